@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+// Makes a fresh clone runnable: installs npm dependencies when they are missing,
+// compiles TypeScript when a source is newer than its output and, with
+// --test-tools, installs the Debian tools the tests check against (as root).
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const log = (msg) => process.stderr.write(`ensure: ${msg}\n`);
+
+function run(cmd, args) {
+  const r = spawnSync(cmd, args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status !== 0) {
+    log(`${cmd} ${args.join(' ')} failed (exit ${r.status ?? r.signal})`);
+    process.exit(1);
+  }
+}
+
+function newestMtime(dir) {
+  let newest = 0;
+  if (!existsSync(dir)) return 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, entry.name);
+    if (entry.isDirectory()) newest = Math.max(newest, newestMtime(p));
+    else if (entry.name.endsWith('.ts')) newest = Math.max(newest, statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+if (!existsSync(join(root, 'node_modules', 'typescript')) || !existsSync(join(root, 'node_modules', 'koffi'))) {
+  log('installing npm dependencies');
+  run('npm', existsSync(join(root, 'package-lock.json')) ? ['ci', '--no-audit', '--no-fund'] : ['install', '--no-audit', '--no-fund']);
+}
+
+const stamp = join(root, 'dist', '.build-stamp');
+const sourceTime = Math.max(...['src', 'test', 'bench'].map((d) => newestMtime(join(root, d))), statSync(join(root, 'tsconfig.json')).mtimeMs);
+if (!existsSync(stamp) || statSync(stamp).mtimeMs < sourceTime) {
+  log('compiling TypeScript');
+  run(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root]);
+  run('touch', [stamp]);
+}
+
+if (process.argv.includes('--test-tools')) {
+  const wanted = { 'fsck.erofs': 'erofs-utils', fsverity: 'fsverity', getfattr: 'attr' };
+  const has = (tool) => spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
+  const missing = Object.entries(wanted).filter(([tool]) => !has(tool)).map(([, pkg]) => pkg);
+  if (missing.length > 0) {
+    if (process.getuid?.() === 0 && has('apt-get')) {
+      log(`installing ${missing.join(', ')} from Debian`);
+      const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+      execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+      execFileSync('apt-get', ['install', '-y', '-qq', ...missing], { stdio: 'inherit', env });
+    } else {
+      log(`missing ${missing.join(', ')}: tests that need them will be skipped`);
+    }
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * Entry point for every executable. Each command lives in its own module and
+ * is imported only when asked for, so `cfs mount` never loads the image writer.
+ */
+import { UserError } from './errors.js';
+
+type CommandModule = { run(args: string[], prog: string): Promise<number | void> | number | void };
+
+const commands: Record<string, { summary: string; load: () => Promise<CommandModule> }> = {
+  mkcomposefs: { summary: 'build a composefs image from a directory or a dump file', load: () => import('./mkcomposefs.js') },
+  mount: { summary: 'mount a composefs image (hidden: no loop device, no temporary mount)', load: () => import('./mount.js') },
+  umount: { summary: 'unmount a composefs mount', load: () => import('./umount.js') },
+  status: { summary: 'list composefs mounts and what each exposes', load: () => import('./status.js') },
+  info: { summary: 'inspect an image: ls, objects, missing-objects, dump, measure-file', load: () => import('./info.js') },
+  dump: { summary: 'write an image back out as a dump file (or copy it)', load: () => import('./dump.js') },
+  fsck: { summary: 'check an image and, with --basedir, its objects', load: () => import('./fsck.js') },
+  'install-helper': { summary: 'install mount.composefs where mount(8) finds it', load: () => import('./install-helper.js') },
+  demo: { summary: 'build a sample image and show what was made (what `npm start` runs)', load: () => import('./demo.js') },
+};
+
+/** The drop-in executables map straight onto a command. */
+const dropIns: Record<string, string> = {
+  mkcomposefs: 'mkcomposefs',
+  'mount.composefs': 'mount',
+  'composefs-info': 'info',
+  'composefs-dump': 'dump',
+};
+
+function usage(): string {
+  const width = Math.max(...Object.keys(commands).map((c) => c.length));
+  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
+  return `Usage: cfs COMMAND [OPTIONS] ...\n\nCommands:\n${lines.join('\n')}\n\nRun 'cfs COMMAND --help' for the options of a command.\n`;
+}
+
+export async function main(prog: string, argv: string[]): Promise<void> {
+  let command = dropIns[prog];
+  let args = argv;
+  let progName = prog;
+  if (!command) {
+    if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h') {
+      process.stdout.write(usage());
+      process.exitCode = argv.length === 0 ? 2 : 0;
+      return;
+    }
+    command = argv[0];
+    args = argv.slice(1);
+    progName = `cfs ${command}`;
+  }
+  const entry = commands[command];
+  if (!entry) {
+    process.stderr.write(`cfs: unknown command '${command}' (see 'cfs --help')\n`);
+    process.exitCode = 2;
+    return;
+  }
+  try {
+    const mod = await entry.load();
+    const code = await mod.run(args, progName);
+    if (typeof code === 'number') process.exitCode = code;
+  } catch (err) {
+    if (err instanceof UserError) {
+      process.stderr.write(`${progName}: ${err.message}\n`);
+      process.exitCode = err.exitCode;
+    } else {
+      const msg = err instanceof Error ? err.message : String(err);
+      process.stderr.write(`${progName}: internal error: ${msg}\n`);
+      if (process.env.CFS_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
+      process.exitCode = 1;
+    }
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * The tree model every part of the project speaks: plain data, no methods.
+ *
+ * It mirrors what a composefs image can express. An `Inode` is one file
+ * object; a directory lists its entries in `children`, sorted by name bytes
+ * (the order the image stores them in). A hard link is a second `Dirent`
+ * pointing at the same `Inode` object, marked `hardlink: true`; the entry that
+ * is not so marked is the inode's primary name, which decides where the inode
+ * sits in the image's breadth-first inode order.
+ */
+
+export const S_IFMT = 0o170000;
+export const S_IFSOCK = 0o140000;
+export const S_IFLNK = 0o120000;
+export const S_IFREG = 0o100000;
+export const S_IFBLK = 0o060000;
+export const S_IFDIR = 0o040000;
+export const S_IFCHR = 0o020000;
+export const S_IFIFO = 0o010000;
+
+export interface Xattr {
+  /** Full name, e.g. `user.foo`, as bytes (no NUL). */
+  key: Buffer;
+  value: Buffer;
+}
+
+export interface Inode {
+  /** st_mode: file type and permission bits. */
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  /** Device number for character and block devices (Linux dev_t encoding). */
+  rdev: number;
+  /** st_size in bytes. For symlinks the target length. */
+  size: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  /** Symlink target, or for a regular file the path of its backing object (relative to the store). */
+  payload: Buffer | null;
+  /** Inline content of a small regular file, stored in the image itself. */
+  content: Buffer | null;
+  /** fs-verity SHA-256 digest (32 bytes) of a regular file's content. */
+  digest: Buffer | null;
+  xattrs: Xattr[];
+  /** Directory entries sorted by name bytes; null for non-directories. */
+  children: Dirent[] | null;
+}
+
+export interface Dirent {
+  name: Buffer;
+  inode: Inode;
+  /** True for every name of a hard-linked inode but its primary one. */
+  hardlink: boolean;
+}
+
+export function fileType(mode: number): number {
+  return mode & S_IFMT;
+}
+
+export function isDir(inode: Inode): boolean {
+  return (inode.mode & S_IFMT) === S_IFDIR;
+}
+
+export function newInode(mode: number, init: Partial<Inode> = {}): Inode {
+  return {
+    mode,
+    nlink: 1,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    size: 0,
+    mtimeSec: 0,
+    mtimeNsec: 0,
+    payload: null,
+    content: null,
+    digest: null,
+    xattrs: [],
+    children: (mode & S_IFMT) === S_IFDIR ? [] : null,
+    ...init,
+  };
+}
+
+/** Byte-wise name order, the same as C strcmp on names without NUL. */
+export function compareNames(a: Buffer, b: Buffer): number {
+  return Buffer.compare(a, b);
+}
+
+/**
+ * Depth-first walk in name order, calling `visit` with each entry's path
+ * (bytes, starting with `/`). The root is visited first with path `/`.
+ */
+export function walk(root: Inode, visit: (path: Buffer, inode: Inode, dirent: Dirent | null) => void): void {
+  const slash = Buffer.from('/');
+  visit(slash, root, null);
+  const recurse = (dir: Inode, prefix: Buffer) => {
+    for (const d of dir.children ?? []) {
+      const path = prefix.length === 1 ? Buffer.concat([slash, d.name]) : Buffer.concat([prefix, slash, d.name]);
+      visit(path, d.inode, d);
+      if (!d.hardlink && d.inode.children) recurse(d.inode, path);
+    }
+  };
+  recurse(root, slash);
+}
