@@ -290,6 +290,8 @@ function addOverlayXattrs(node: WNode, version: number): void {
     }
   }
   if (isWhiteout(node)) {
+    // A whiteout has no data, whatever size the input claimed.
+    node.size = 0;
     node.mode = S_IFREG | (node.mode & ~S_IFMT);
     setXattr(node, K.escWhiteout, EMPTY);
     setXattr(node, K.userWhiteout, EMPTY);
@@ -516,8 +518,13 @@ function xattrAreaSize(node: WNode): number {
 function tailPadding(node: WNode, pos: number, headerSize: number): number {
   const nonTail = headerSize + node.xattrSize;
   if ((node.mode & S_IFMT) === S_IFLNK) {
-    // The kernel needs the inode and the symlink target in one block.
+    // The kernel wants the inode and an inline symlink target in one block;
+    // a target that cannot fit beside its inode goes to a data block.
     const total = nonTail + node.tailSize;
+    if (total >= BLOCK_SIZE) {
+      node.nBlocks++;
+      node.tailSize = 0;
+    }
     if (Math.floor(pos / BLOCK_SIZE) !== Math.floor((pos + total - 1) / BLOCK_SIZE)) return roundUp(pos, BLOCK_SIZE) - pos;
     return 0;
   }
@@ -526,9 +533,10 @@ function tailPadding(node: WNode, pos: number, headerSize: number): number {
     const pad = roundUp(remainder, SLOT_SIZE);
     remainder = BLOCK_SIZE - ((pos + nonTail + pad) % BLOCK_SIZE);
     if (node.tailSize <= remainder) return pad;
-    // It cannot be inlined: the tail moves to a block of its own.
+    // It cannot be inlined: the tail moves to a block of its own and the inode to a fresh block.
     node.nBlocks++;
     node.tailSize = 0;
+    return roundUp(pos, BLOCK_SIZE) - pos;
   }
   return 0;
 }
@@ -670,7 +678,8 @@ function writeInode(out: Emitter, node: WNode, layout: Layout, state: { blockCur
   let size = 0;
   let chunks = 0;
   let chunkFormat = 0;
-  if (type === S_IFDIR || type === S_IFLNK) size = node.nBlocks * BLOCK_SIZE + node.tailSize;
+  if (type === S_IFDIR) size = node.nBlocks * BLOCK_SIZE + node.tailSize;
+  else if (type === S_IFLNK) size = node.nBlocks === 0 ? node.tailSize : node.size;
   else if (type === S_IFREG) {
     size = node.size;
     if (size > 0 && node.content === null) {
@@ -682,11 +691,12 @@ function writeInode(out: Emitter, node: WNode, layout: Layout, state: { blockCur
   }
   const format = (layoutKind << I_DATALAYOUT_BIT) | (node.compact ? 0 : 1);
   let u = 0;
-  if ((type === S_IFDIR || type === S_IFREG) && node.nBlocks > 0) {
+  if ((type === S_IFDIR || type === S_IFREG || type === S_IFLNK) && node.nBlocks > 0) {
     u = state.blockCursor / BLOCK_SIZE;
     state.blockCursor += node.nBlocks * BLOCK_SIZE;
   } else if (type === S_IFCHR || type === S_IFBLK) u = node.rdev >>> 0;
-  if (layoutKind === LAYOUT_CHUNK_BASED) u = chunkFormat;
+  // The chunk format shares the union with the block address: it replaces only the low 16 bits.
+  if (layoutKind === LAYOUT_CHUNK_BASED) u = ((u & 0xffff0000) | chunkFormat) >>> 0;
   if (node.compact) {
     b.writeUInt16LE(format, p + IC.format);
     b.writeUInt16LE(icount, p + IC.xattrIcount);
@@ -731,17 +741,16 @@ function writeInode(out: Emitter, node: WNode, layout: Layout, state: { blockCur
       writeDirents(out, node.children!, first, end);
     }
   } else if (type === S_IFLNK) {
-    if (node.payload) out.bytes(node.payload);
-  } else if (type === S_IFREG) {
-    if (node.content) {
-      if (node.tailSize > 0) out.bytes(node.content.subarray(node.size - node.tailSize, node.size));
-    } else {
-      for (let i = 0; i < chunks; i++) {
-        b.writeUInt32LE(NULL_CHUNK, out.pos);
-        out.pos += 4;
-      }
-    }
+    if (node.nBlocks === 0 && node.payload) out.bytes(node.payload);
+  } else if (type === S_IFREG && node.tailSize > 0) {
+    if (node.content) out.bytes(node.content.subarray(node.size - node.tailSize, node.size));
+    else writeNullChunks(out, chunks);
   }
+}
+
+function writeNullChunks(out: Emitter, count: number): void {
+  out.buf.fill(0xff, out.pos, out.pos + count * 4);
+  out.pos += count * 4;
 }
 
 function writeDataBlocks(out: Emitter, node: WNode): void {
@@ -754,8 +763,12 @@ function writeDataBlocks(out: Emitter, node: WNode): void {
       writeDirents(out, node.children!, first, end);
       out.align(BLOCK_SIZE);
     }
-  } else if (type === S_IFREG && node.content) {
-    out.bytes(node.content.subarray(0, node.nBlocks * BLOCK_SIZE));
+  } else if (type === S_IFREG && !node.content) {
+    // A chunk index too large to inline fills one block of null chunks.
+    writeNullChunks(out, BLOCK_SIZE / 4);
+  } else if (type === S_IFREG || type === S_IFLNK) {
+    const data = type === S_IFREG ? node.content! : node.payload!;
+    out.bytes(data.subarray(0, Math.min(node.size, node.nBlocks * BLOCK_SIZE)));
     out.align(BLOCK_SIZE);
   }
 }
