@@ -90,7 +90,8 @@ export class ImageWriteError extends Error {
 }
 
 interface WXattr {
-  key: Buffer;
+  /** The name as a latin1 string: one char per byte, so string order is byte order. */
+  key: string;
   value: Buffer;
   /** Offset in the shared xattr area, or -1 when stored inline. */
   sharedOffset: number;
@@ -131,29 +132,28 @@ interface WNode {
 const utf8 = (s: string) => Buffer.from(s, 'utf8');
 const EMPTY = Buffer.alloc(0);
 const K = {
-  metacopy: utf8('trusted.overlay.metacopy'),
-  redirect: utf8('trusted.overlay.redirect'),
-  opaque: utf8('trusted.overlay.opaque'),
-  overlayPrefix: utf8('trusted.overlay.'),
-  escapePrefix: utf8('trusted.overlay.overlay.'),
-  escWhiteout: utf8('trusted.overlay.overlay.whiteout'),
-  escWhiteouts: utf8('trusted.overlay.overlay.whiteouts'),
-  escOpaque: utf8('trusted.overlay.overlay.opaque'),
-  userWhiteout: utf8('user.overlay.whiteout'),
-  userWhiteouts: utf8('user.overlay.whiteouts'),
-  userOpaque: utf8('user.overlay.opaque'),
-  selinux: utf8('security.selinux'),
-  aclAccess: utf8('system.posix_acl_access'),
-  aclDefault: utf8('system.posix_acl_default'),
+  metacopy: 'trusted.overlay.metacopy',
+  redirect: 'trusted.overlay.redirect',
+  opaque: 'trusted.overlay.opaque',
+  overlayPrefix: 'trusted.overlay.',
+  escapePrefix: 'trusted.overlay.overlay.',
+  escWhiteout: 'trusted.overlay.overlay.whiteout',
+  escWhiteouts: 'trusted.overlay.overlay.whiteouts',
+  escOpaque: 'trusted.overlay.overlay.opaque',
+  userWhiteout: 'user.overlay.whiteout',
+  userWhiteouts: 'user.overlay.whiteouts',
+  userOpaque: 'user.overlay.opaque',
+  selinux: 'security.selinux',
+  aclAccess: 'system.posix_acl_access',
+  aclDefault: 'system.posix_acl_default',
 };
-const PREFIXES = XATTR_PREFIXES.map(([p, index]) => [utf8(p), index] as const);
 const DOT = utf8('.');
 const DOTDOT = utf8('..');
 const SLASH = utf8('/');
 
-function setXattr(node: WNode, key: Buffer, value: Buffer): void {
+function setXattr(node: WNode, key: string, value: Buffer): void {
   for (const x of node.xattrs) {
-    if (x.key.equals(key)) {
+    if (x.key === key) {
       x.value = value;
       return;
     }
@@ -161,8 +161,8 @@ function setXattr(node: WNode, key: Buffer, value: Buffer): void {
   node.xattrs.push({ key, value, sharedOffset: -1 });
 }
 
-function getXattr(node: WNode, key: Buffer): Buffer | null {
-  for (const x of node.xattrs) if (x.key.equals(key)) return x.value;
+function getXattr(node: WNode, key: string): Buffer | null {
+  for (const x of node.xattrs) if (x.key === key) return x.value;
   return null;
 }
 
@@ -218,7 +218,7 @@ function copyTree(root: Inode): WNode {
     n.payload = inode.payload;
     n.content = inode.content;
     n.digest = inode.digest;
-    n.xattrs = inode.xattrs.map((x) => ({ key: x.key, value: x.value, sharedOffset: -1 }));
+    n.xattrs = inode.xattrs.map((x) => ({ key: x.key.toString('latin1'), value: x.value, sharedOffset: -1 }));
     seen.set(inode, n);
     return n;
   };
@@ -269,9 +269,7 @@ function chooseVersion(root: WNode, min: number, max: number): number {
 
 function addOverlayXattrs(node: WNode, version: number): void {
   for (const x of node.xattrs) {
-    if (x.key.length >= K.overlayPrefix.length && x.key.subarray(0, K.overlayPrefix.length).equals(K.overlayPrefix)) {
-      x.key = Buffer.concat([K.escapePrefix, x.key.subarray(K.overlayPrefix.length)]);
-    }
+    if (x.key.startsWith(K.overlayPrefix)) x.key = K.escapePrefix + x.key.slice(K.overlayPrefix.length);
   }
   const type = node.mode & S_IFMT;
   if (type === S_IFREG && node.size > 0 && node.content === null) {
@@ -354,28 +352,36 @@ function computeOrder(root: WNode): Order {
       for (const e of node.children) if (!e.isLink && (e.node.mode & S_IFMT) === S_IFDIR) nlink++;
       node.nlink = nlink;
     }
-    if (node.xattrs.length > 1) node.xattrs.sort((a, b) => Buffer.compare(a.key, b.key));
+    if (node.xattrs.length > 1) node.xattrs.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     if (node.mtimeSec < minSec || (node.mtimeSec === minSec && node.mtimeNsec < minNsec)) {
       minSec = node.mtimeSec;
       minNsec = node.mtimeNsec;
     }
     node.ino = i;
     if (!hasAcl) {
-      for (const x of node.xattrs) if (x.key.equals(K.aclAccess) || x.key.equals(K.aclDefault)) hasAcl = true;
+      for (const x of node.xattrs) if (x.key === K.aclAccess || x.key === K.aclDefault) hasAcl = true;
     }
     if (node.children) for (const e of node.children) if (!e.isLink) nodes.push(e.node);
   }
   return { nodes, minSec, minNsec, hasAcl };
 }
 
+const prefixCache = new Map<string, readonly [number, number]>();
+
 /** Name index and the length of the prefix it replaces. */
-function xattrPrefix(key: Buffer): [index: number, prefixLen: number] {
-  for (const [prefix, index] of PREFIXES) {
-    if (key.length >= prefix.length && key.compare(prefix, 0, prefix.length, 0, prefix.length) === 0) {
-      return [index, prefix.length];
+function xattrPrefix(key: string): readonly [index: number, prefixLen: number] {
+  let hit = prefixCache.get(key);
+  if (!hit) {
+    hit = [0, 0];
+    for (const [prefix, index] of XATTR_PREFIXES) {
+      if (key.startsWith(prefix)) {
+        hit = [index, prefix.length];
+        break;
+      }
     }
+    if (prefixCache.size < 4096) prefixCache.set(key, hit);
   }
-  return [0, 0];
+  return hit;
 }
 
 function xattrEntrySize(x: WXattr): number {
@@ -392,6 +398,13 @@ interface SharedXattrs {
   size: number;
 }
 
+/** FNV-1a over the bytes: cheap, and only used to bucket values before comparing them. */
+function hashBytes(b: Buffer): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < b.length; i++) h = Math.imul(h ^ b[i], 0x01000193);
+  return h >>> 0;
+}
+
 /** Every (name, value) pair used by more than one inode goes to the shared area once. */
 function computeSharedXattrs(nodes: WNode[]): SharedXattrs {
   interface Count {
@@ -399,21 +412,34 @@ function computeSharedXattrs(nodes: WNode[]): SharedXattrs {
     count: number;
     offset: number;
   }
-  const counts = new Map<string, Count>();
-  const keyOf = (x: WXattr) => `${x.key.toString('latin1')}\0${x.value.toString('latin1')}`;
+  // Names repeat a lot and values rarely: count per name, then per value.
+  // Values are told apart by a hash first, by their bytes only when hashes collide.
+  const byName = new Map<string, Map<number, Count[]>>();
+  const all: Count[] = [];
+  const entryOf: Count[][] = [];
   for (const node of nodes) {
+    const mine: Count[] = [];
     for (const x of node.xattrs) {
-      const k = keyOf(x);
-      const c = counts.get(k);
+      let values = byName.get(x.key);
+      if (!values) byName.set(x.key, (values = new Map()));
+      const h = hashBytes(x.value);
+      let bucket = values.get(h);
+      if (!bucket) values.set(h, (bucket = []));
+      let c = bucket.find((e) => e.x.value.equals(x.value));
       if (c) c.count++;
-      else counts.set(k, { x, count: 1, offset: -1 });
+      else {
+        c = { x, count: 1, offset: -1 };
+        bucket.push(c);
+        all.push(c);
+      }
+      mine.push(c);
     }
+    entryOf.push(mine);
   }
-  const shared = [...counts.values()].filter((c) => c.count > 1);
+  const shared = all.filter((c) => c.count > 1);
   // The reference's canonical order: name, then value length, then value, all descending.
   shared.sort((a, b) => {
-    const byKey = Buffer.compare(b.x.key, a.x.key);
-    if (byKey !== 0) return byKey;
+    if (a.x.key !== b.x.key) return a.x.key < b.x.key ? 1 : -1;
     if (a.x.value.length !== b.x.value.length) return b.x.value.length - a.x.value.length;
     return Buffer.compare(b.x.value, a.x.value);
   });
@@ -422,10 +448,13 @@ function computeSharedXattrs(nodes: WNode[]): SharedXattrs {
     c.offset = offset;
     offset += xattrEntrySize(c.x);
   }
-  for (const node of nodes) {
+  for (let n = 0; n < nodes.length; n++) {
+    const node = nodes[n];
+    const mine = entryOf[n];
     let nShared = 0;
-    for (const x of node.xattrs) {
-      const c = counts.get(keyOf(x))!;
+    for (let i = 0; i < node.xattrs.length; i++) {
+      const x = node.xattrs[i];
+      const c = mine[i];
       if (c.offset >= 0 && nShared < XATTR_LONG_PREFIX) {
         x.sharedOffset = c.offset;
         nShared++;
@@ -437,10 +466,13 @@ function computeSharedXattrs(nodes: WNode[]): SharedXattrs {
 
 function chunkBits(size: number): number {
   // ilog2(size - 1) + 1, at least one block, at most what the format can express.
-  let bits = size - 1 <= 0 ? 1 : Math.floor(Math.log2(size - 1)) + 1;
-  // Math.log2 can round up just below a power of two: correct it exactly.
-  while (bits > 1 && 2 ** (bits - 1) > size - 1) bits--;
-  while (2 ** bits <= size - 1) bits++;
+  const m = size - 1;
+  let bits: number;
+  if (m <= 0) bits = 1;
+  else if (m < 0x100000000) bits = 32 - Math.clz32(m);
+  else {
+    bits = 32 - Math.clz32(Math.floor(m / 0x100000000)) + 32;
+  }
   if (bits < BLOCK_BITS) bits = BLOCK_BITS;
   if (bits - BLOCK_BITS > CHUNK_FORMAT_BLKBITS_MASK) bits = CHUNK_FORMAT_BLKBITS_MASK + BLOCK_BITS;
   return bits;
@@ -615,18 +647,29 @@ function writeXattrEntry(out: Emitter, x: WXattr): void {
   b[out.pos + 1] = index;
   b.writeUInt16LE(x.value.length, out.pos + 2);
   out.pos += XATTR_ENTRY_SIZE;
-  b.set(x.key.subarray(plen), out.pos);
+  if (nameLen > 0) b.write(x.key.slice(plen), out.pos, 'latin1');
   out.pos += nameLen;
   b.set(x.value, out.pos);
   out.pos += x.value.length;
   out.align(4);
 }
 
+const filterCache = new Map<string, number>();
+
+function filterBit(key: string, index: number, plen: number): number {
+  let bit = filterCache.get(key);
+  if (bit === undefined) {
+    bit = xxh32(Buffer.from(key, 'latin1'), (XATTR_FILTER_SEED + index) >>> 0, plen) & (XATTR_FILTER_BITS - 1);
+    if (filterCache.size < 4096) filterCache.set(key, bit);
+  }
+  return bit;
+}
+
 function xattrFilter(node: WNode): number {
   let filter = 0;
   for (const x of node.xattrs) {
     const [index, plen] = xattrPrefix(x.key);
-    const bit = xxh32(x.key, (XATTR_FILTER_SEED + index) >>> 0, plen) & (XATTR_FILTER_BITS - 1);
+    const bit = filterBit(x.key, index, plen);
     filter |= 1 << bit;
   }
   return (XATTR_FILTER_DEFAULT & ~filter) >>> 0;
@@ -639,7 +682,8 @@ function writeDirents(out: Emitter, entries: WEntry[], first: number, end: numbe
   for (let i = first; i < end; i++) {
     const e = entries[i];
     const p = out.pos;
-    b.writeBigUInt64LE(BigInt(e.node.nid), p);
+    b.writeUInt32LE(e.node.nid % 0x100000000, p);
+    b.writeUInt32LE(Math.floor(e.node.nid / 0x100000000), p + 4);
     b.writeUInt16LE(nameoff, p + 8);
     b[p + 10] = fileTypeOf(e.node.mode);
     out.pos += DIRENT_SIZE;
