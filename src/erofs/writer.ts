@@ -89,12 +89,32 @@ export class ImageWriteError extends Error {
   }
 }
 
+/** How an xattr's value is held: as bytes, or derived from the file's digest or backing path. */
+const enum ValueKind {
+  Bytes,
+  /** `trusted.overlay.metacopy`: a 4-byte header and the fs-verity digest (or empty without one). */
+  Metacopy,
+  /** `trusted.overlay.redirect`: `/` followed by the backing path. */
+  Redirect,
+}
+
 interface WXattr {
   /** The name as a latin1 string: one char per byte, so string order is byte order. */
   key: string;
-  value: Buffer;
+  kind: ValueKind;
+  /** The value (Bytes), the digest (Metacopy) or the backing path (Redirect). */
+  data: Buffer | null;
   /** Offset in the shared xattr area, or -1 when stored inline. */
   sharedOffset: number;
+  /** The (name, value) group this xattr was counted in. */
+  group?: XattrGroup;
+}
+
+interface XattrGroup {
+  x: WXattr;
+  count: number;
+  offset: number;
+  next: XattrGroup | null;
 }
 
 interface WEntry {
@@ -147,23 +167,64 @@ const K = {
   aclAccess: 'system.posix_acl_access',
   aclDefault: 'system.posix_acl_default',
 };
+const X = utf8('x');
+const Y = utf8('y');
 const DOT = utf8('.');
 const DOTDOT = utf8('..');
 const SLASH = utf8('/');
 
-function setXattr(node: WNode, key: string, value: Buffer): void {
-  for (const x of node.xattrs) {
-    if (x.key === key) {
-      x.value = value;
+function setXattr(node: WNode, key: string, kind: ValueKind, data: Buffer | null): void {
+  const list = node.xattrs;
+  for (let i = 0; i < list.length; i++) {
+    if (list[i].key === key) {
+      list[i].kind = kind;
+      list[i].data = data;
       return;
     }
   }
-  node.xattrs.push({ key, value, sharedOffset: -1 });
+  list.push({ key, kind, data, sharedOffset: -1 });
 }
 
-function getXattr(node: WNode, key: string): Buffer | null {
-  for (const x of node.xattrs) if (x.key === key) return x.value;
-  return null;
+function valueLength(x: WXattr): number {
+  if (x.kind === ValueKind.Bytes) return x.data!.length;
+  if (x.kind === ValueKind.Metacopy) return x.data ? 4 + 32 : 0;
+  return 1 + x.data!.length;
+}
+
+function writeValue(b: Buffer, pos: number, x: WXattr): void {
+  if (x.kind === ValueKind.Bytes) b.set(x.data!, pos);
+  else if (x.kind === ValueKind.Metacopy) {
+    if (!x.data) return;
+    b[pos] = 0; // version
+    b[pos + 1] = 4 + 32; // length
+    b[pos + 2] = 0; // flags
+    b[pos + 3] = FS_VERITY_HASH_ALG_SHA256;
+    b.set(x.data.subarray(0, 32), pos + 4);
+  } else {
+    b[pos] = 0x2f; // '/'
+    b.set(x.data!, pos + 1);
+  }
+}
+
+function valueBytes(x: WXattr): Buffer {
+  if (x.kind === ValueKind.Bytes) return x.data!;
+  const b = Buffer.alloc(valueLength(x));
+  writeValue(b, 0, x);
+  return b;
+}
+
+function sameValue(a: WXattr, b: WXattr): boolean {
+  if (a.kind !== b.kind) return valueBytes(a).equals(valueBytes(b));
+  if (a.data === b.data) return true;
+  if (!a.data || !b.data) return false;
+  return a.data.equals(b.data);
+}
+
+/** strcmp on names (which hold no NUL). */
+function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  const n = a.length < b.length ? a.length : b.length;
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return a.length - b.length;
 }
 
 function insertSorted(entries: WEntry[], entry: WEntry): void {
@@ -171,10 +232,21 @@ function insertSorted(entries: WEntry[], entry: WEntry): void {
   let hi = entries.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if (Buffer.compare(entries[mid].name, entry.name) < 0) lo = mid + 1;
+    if (compareBytes(entries[mid].name, entry.name) < 0) lo = mid + 1;
     else hi = mid;
   }
   entries.splice(lo, 0, entry);
+}
+
+/** A directory entry name the image can hold: not empty, not `.`/`..`, no `/` or NUL, at most 255 bytes. */
+function checkName(name: Buffer): void {
+  const bad =
+    name.length === 0 ||
+    name.length > 255 ||
+    (name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e))) ||
+    name.includes(0x2f) ||
+    name.includes(0);
+  if (bad) throw new ImageWriteError(`invalid file name '${name.toString('latin1')}'`);
 }
 
 function newWNode(mode: number, parent: WNode | null): WNode {
@@ -218,7 +290,10 @@ function copyTree(root: Inode): WNode {
     n.payload = inode.payload;
     n.content = inode.content;
     n.digest = inode.digest;
-    n.xattrs = inode.xattrs.map((x) => ({ key: x.key.toString('latin1'), value: x.value, sharedOffset: -1 }));
+    const xs = inode.xattrs;
+    for (let i = 0; i < xs.length; i++) {
+      n.xattrs.push({ key: xs[i].key.toString('latin1'), kind: ValueKind.Bytes, data: xs[i].value, sharedOffset: -1 });
+    }
     seen.set(inode, n);
     return n;
   };
@@ -229,6 +304,7 @@ function copyTree(root: Inode): WNode {
     if (!inode.children) return;
     if ((node.mode & S_IFMT) !== S_IFDIR) throw new ImageWriteError('only directories can have children');
     for (const d of inode.children) {
+      checkName(d.name);
       if (d.hardlink) {
         links.push([node, d.name, d.inode]);
         node.children!.push({ name: d.name, node: null as unknown as WNode, isLink: true });
@@ -273,33 +349,22 @@ function addOverlayXattrs(node: WNode, version: number): void {
   }
   const type = node.mode & S_IFMT;
   if (type === S_IFREG && node.size > 0 && node.content === null) {
-    let metacopy = EMPTY;
-    if (node.digest) {
-      metacopy = Buffer.alloc(4 + 32);
-      metacopy[0] = 0; // version
-      metacopy[1] = metacopy.length;
-      metacopy[2] = 0; // flags
-      metacopy[3] = FS_VERITY_HASH_ALG_SHA256;
-      node.digest.copy(metacopy, 4, 0, 32);
-    }
-    setXattr(node, K.metacopy, metacopy);
-    if (node.payload && node.payload.length > 0) {
-      setXattr(node, K.redirect, Buffer.concat([SLASH, node.payload]));
-    }
+    setXattr(node, K.metacopy, ValueKind.Metacopy, node.digest);
+    if (node.payload && node.payload.length > 0) setXattr(node, K.redirect, ValueKind.Redirect, node.payload);
   }
   if (isWhiteout(node)) {
     // A whiteout has no data, whatever size the input claimed.
     node.size = 0;
     node.mode = S_IFREG | (node.mode & ~S_IFMT);
-    setXattr(node, K.escWhiteout, EMPTY);
-    setXattr(node, K.userWhiteout, EMPTY);
+    setXattr(node, K.escWhiteout, ValueKind.Bytes, EMPTY);
+    setXattr(node, K.userWhiteout, ValueKind.Bytes, EMPTY);
     const parent = node.parent;
     if (parent) {
-      setXattr(parent, K.escWhiteouts, EMPTY);
-      setXattr(parent, K.userWhiteouts, EMPTY);
+      setXattr(parent, K.escWhiteouts, ValueKind.Bytes, EMPTY);
+      setXattr(parent, K.userWhiteouts, ValueKind.Bytes, EMPTY);
       if (version >= 1) {
-        setXattr(parent, K.escOpaque, utf8('x'));
-        setXattr(parent, K.userOpaque, utf8('x'));
+        setXattr(parent, K.escOpaque, ValueKind.Bytes, X);
+        setXattr(parent, K.userOpaque, ValueKind.Bytes, X);
       }
     }
   }
@@ -308,16 +373,18 @@ function addOverlayXattrs(node: WNode, version: number): void {
 function rewriteNode(node: WNode, parent: WNode, version: number): void {
   addOverlayXattrs(node, version);
   if (node.children) {
-    if (!node.children.some((e) => e.name.equals(DOT))) insertSorted(node.children, { name: DOT, node, isLink: true });
-    if (!node.children.some((e) => e.name.equals(DOTDOT))) insertSorted(node.children, { name: DOTDOT, node: parent, isLink: true });
-    for (const e of node.children) if (!e.isLink) rewriteNode(e.node, node, version);
+    // Names were checked: the tree holds no `.` or `..` of its own.
+    insertSorted(node.children, { name: DOT, node, isLink: true });
+    insertSorted(node.children, { name: DOTDOT, node: parent, isLink: true });
+    const children = node.children;
+    for (let i = 0; i < children.length; i++) if (!children[i].isLink) rewriteNode(children[i].node, node, version);
   }
 }
 
 const HEX = '0123456789abcdef';
 
 function addRootWhiteouts(root: WNode): void {
-  const selinux = getXattr(root, K.selinux);
+  const selinux = root.xattrs.find((x) => x.key === K.selinux) ?? null;
   const children = root.children!;
   const existing = new Set(children.map((e) => e.name.toString('latin1')));
   for (let i = 0; i < 256; i++) {
@@ -328,7 +395,7 @@ function addRootWhiteouts(root: WNode): void {
     child.gid = root.gid;
     child.mtimeSec = root.mtimeSec;
     child.mtimeNsec = root.mtimeNsec;
-    if (selinux) child.xattrs.push({ key: K.selinux, value: selinux, sharedOffset: -1 });
+    if (selinux) child.xattrs.push({ ...selinux, sharedOffset: -1 });
     insertSorted(children, { name: Buffer.from(name, 'latin1'), node: child, isLink: false });
   }
 }
@@ -340,6 +407,15 @@ interface Order {
   hasAcl: boolean;
 }
 
+function byKey(a: WXattr, b: WXattr): number {
+  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+}
+
+function isSortedByKey(xattrs: WXattr[]): boolean {
+  for (let i = 1; i < xattrs.length; i++) if (xattrs[i - 1].key > xattrs[i].key) return false;
+  return true;
+}
+
 function computeOrder(root: WNode): Order {
   const nodes: WNode[] = [root];
   let minSec = root.mtimeSec;
@@ -347,46 +423,64 @@ function computeOrder(root: WNode): Order {
   let hasAcl = false;
   for (let i = 0; i < nodes.length; i++) {
     const node = nodes[i];
-    if (node.children) {
+    const children = node.children;
+    if (children) {
       let nlink = 2;
-      for (const e of node.children) if (!e.isLink && (e.node.mode & S_IFMT) === S_IFDIR) nlink++;
+      for (let j = 0; j < children.length; j++) {
+        const e = children[j];
+        if (!e.isLink && (e.node.mode & S_IFMT) === S_IFDIR) nlink++;
+      }
       node.nlink = nlink;
     }
-    if (node.xattrs.length > 1) node.xattrs.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    const xattrs = node.xattrs;
+    if (xattrs.length > 1 && !isSortedByKey(xattrs)) xattrs.sort(byKey);
     if (node.mtimeSec < minSec || (node.mtimeSec === minSec && node.mtimeNsec < minNsec)) {
       minSec = node.mtimeSec;
       minNsec = node.mtimeNsec;
     }
     node.ino = i;
     if (!hasAcl) {
-      for (const x of node.xattrs) if (x.key === K.aclAccess || x.key === K.aclDefault) hasAcl = true;
+      for (let j = 0; j < xattrs.length; j++) if (xattrs[j].key === K.aclAccess || xattrs[j].key === K.aclDefault) hasAcl = true;
     }
-    if (node.children) for (const e of node.children) if (!e.isLink) nodes.push(e.node);
+    if (children) for (let j = 0; j < children.length; j++) if (!children[j].isLink) nodes.push(children[j].node);
   }
   return { nodes, minSec, minNsec, hasAcl };
 }
 
-const prefixCache = new Map<string, readonly [number, number]>();
+interface KeyInfo {
+  /** EROFS name index of the prefix (0: none, the whole name is stored). */
+  index: number;
+  /** The name without its prefix, as stored in the image. */
+  suffix: Buffer;
+  /** This name's bit in the per-inode xattr bloom filter. */
+  filterBit: number;
+}
 
-/** Name index and the length of the prefix it replaces. */
-function xattrPrefix(key: string): readonly [index: number, prefixLen: number] {
-  let hit = prefixCache.get(key);
-  if (!hit) {
-    hit = [0, 0];
-    for (const [prefix, index] of XATTR_PREFIXES) {
+const keyInfos = new Map<string, KeyInfo>();
+
+function keyInfo(key: string): KeyInfo {
+  let info = keyInfos.get(key);
+  if (!info) {
+    let index = 0;
+    let plen = 0;
+    for (const [prefix, i] of XATTR_PREFIXES) {
       if (key.startsWith(prefix)) {
-        hit = [index, prefix.length];
+        index = i;
+        plen = prefix.length;
         break;
       }
     }
-    if (prefixCache.size < 4096) prefixCache.set(key, hit);
+    const suffix = Buffer.from(key.slice(plen), 'latin1');
+    const filterBit = xxh32(suffix, (XATTR_FILTER_SEED + index) >>> 0) & (XATTR_FILTER_BITS - 1);
+    info = { index, suffix, filterBit };
+    // Names repeat across a tree; bound the cache for trees where they do not.
+    if (keyInfos.size < 65536) keyInfos.set(key, info);
   }
-  return hit;
+  return info;
 }
 
 function xattrEntrySize(x: WXattr): number {
-  const [, plen] = xattrPrefix(x.key);
-  return roundUp(XATTR_ENTRY_SIZE + x.key.length - plen + x.value.length, 4);
+  return roundUp(XATTR_ENTRY_SIZE + keyInfo(x.key).suffix.length + valueLength(x), 4);
 }
 
 function roundUp(n: number, align: number): number {
@@ -399,69 +493,63 @@ interface SharedXattrs {
 }
 
 /** FNV-1a over the bytes: cheap, and only used to bucket values before comparing them. */
-function hashBytes(b: Buffer): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < b.length; i++) h = Math.imul(h ^ b[i], 0x01000193);
+function hashBytes(b: Buffer | null, seed: number): number {
+  let h = 0x811c9dc5 ^ seed;
+  if (b) for (let i = 0; i < b.length; i++) h = Math.imul(h ^ b[i], 0x01000193);
   return h >>> 0;
 }
 
 /** Every (name, value) pair used by more than one inode goes to the shared area once. */
 function computeSharedXattrs(nodes: WNode[]): SharedXattrs {
-  interface Count {
-    x: WXattr;
-    count: number;
-    offset: number;
-  }
-  // Names repeat a lot and values rarely: count per name, then per value.
-  // Values are told apart by a hash first, by their bytes only when hashes collide.
-  const byName = new Map<string, Map<number, Count[]>>();
-  const all: Count[] = [];
-  const entryOf: Count[][] = [];
-  for (const node of nodes) {
-    const mine: Count[] = [];
-    for (const x of node.xattrs) {
-      let values = byName.get(x.key);
-      if (!values) byName.set(x.key, (values = new Map()));
-      const h = hashBytes(x.value);
-      let bucket = values.get(h);
-      if (!bucket) values.set(h, (bucket = []));
-      let c = bucket.find((e) => e.x.value.equals(x.value));
-      if (c) c.count++;
+  // One hash table over (name, value); a group chains the pairs whose hashes collide.
+  const groups = new Map<number, XattrGroup>();
+  const keyHashes = new Map<string, number>();
+  const all: XattrGroup[] = [];
+  for (let n = 0; n < nodes.length; n++) {
+    const xattrs = nodes[n].xattrs;
+    for (let i = 0; i < xattrs.length; i++) {
+      const x = xattrs[i];
+      let kh = keyHashes.get(x.key);
+      if (kh === undefined) keyHashes.set(x.key, (kh = hashBytes(Buffer.from(x.key, 'latin1'), 0)));
+      const h = hashBytes(x.data, kh ^ x.kind);
+      let g = groups.get(h);
+      const head = g;
+      while (g && !(g.x.key === x.key && sameValue(g.x, x))) g = g.next ?? undefined;
+      if (g) g.count++;
       else {
-        c = { x, count: 1, offset: -1 };
-        bucket.push(c);
-        all.push(c);
+        g = { x, count: 1, offset: -1, next: head ?? null };
+        groups.set(h, g);
+        all.push(g);
       }
-      mine.push(c);
+      x.group = g;
     }
-    entryOf.push(mine);
   }
-  const shared = all.filter((c) => c.count > 1);
+  const shared = all.filter((g) => g.count > 1);
   // The reference's canonical order: name, then value length, then value, all descending.
   shared.sort((a, b) => {
     if (a.x.key !== b.x.key) return a.x.key < b.x.key ? 1 : -1;
-    if (a.x.value.length !== b.x.value.length) return b.x.value.length - a.x.value.length;
-    return Buffer.compare(b.x.value, a.x.value);
+    const la = valueLength(a.x);
+    const lb = valueLength(b.x);
+    if (la !== lb) return lb - la;
+    return Buffer.compare(valueBytes(b.x), valueBytes(a.x));
   });
   let offset = 0;
-  for (const c of shared) {
-    c.offset = offset;
-    offset += xattrEntrySize(c.x);
+  for (const g of shared) {
+    g.offset = offset;
+    offset += xattrEntrySize(g.x);
   }
   for (let n = 0; n < nodes.length; n++) {
-    const node = nodes[n];
-    const mine = entryOf[n];
+    const xattrs = nodes[n].xattrs;
     let nShared = 0;
-    for (let i = 0; i < node.xattrs.length; i++) {
-      const x = node.xattrs[i];
-      const c = mine[i];
-      if (c.offset >= 0 && nShared < XATTR_LONG_PREFIX) {
-        x.sharedOffset = c.offset;
+    for (let i = 0; i < xattrs.length; i++) {
+      const x = xattrs[i];
+      if (x.group!.offset >= 0 && nShared < XATTR_LONG_PREFIX) {
+        x.sharedOffset = x.group!.offset;
         nShared++;
       } else x.sharedOffset = -1;
     }
   }
-  return { list: shared.map((c) => c.x), size: offset };
+  return { list: shared.map((g) => g.x), size: offset };
 }
 
 function chunkBits(size: number): number {
@@ -624,6 +712,24 @@ function fileTypeOf(mode: number): number {
   }
 }
 
+function put16(b: Uint8Array, p: number, v: number): void {
+  b[p] = v & 0xff;
+  b[p + 1] = (v >>> 8) & 0xff;
+}
+
+function put32(b: Uint8Array, p: number, v: number): void {
+  b[p] = v & 0xff;
+  b[p + 1] = (v >>> 8) & 0xff;
+  b[p + 2] = (v >>> 16) & 0xff;
+  b[p + 3] = (v >>> 24) & 0xff;
+}
+
+/** A 64-bit little-endian integer from a safe integer (negative values as two's complement). */
+function put64(b: Uint8Array, p: number, v: number): void {
+  put32(b, p, v >>> 0);
+  put32(b, p + 4, Math.floor(v / 0x100000000) >>> 0);
+}
+
 class Emitter {
   pos = 0;
   constructor(readonly buf: Buffer) {}
@@ -640,38 +746,23 @@ class Emitter {
 }
 
 function writeXattrEntry(out: Emitter, x: WXattr): void {
-  const [index, plen] = xattrPrefix(x.key);
-  const nameLen = x.key.length - plen;
+  const { index, suffix } = keyInfo(x.key);
   const b = out.buf;
-  b[out.pos] = nameLen;
-  b[out.pos + 1] = index;
-  b.writeUInt16LE(x.value.length, out.pos + 2);
-  out.pos += XATTR_ENTRY_SIZE;
-  if (nameLen > 0) b.write(x.key.slice(plen), out.pos, 'latin1');
-  out.pos += nameLen;
-  b.set(x.value, out.pos);
-  out.pos += x.value.length;
+  const p = out.pos;
+  const vlen = valueLength(x);
+  b[p] = suffix.length;
+  b[p + 1] = index;
+  put16(b, p + 2, vlen);
+  b.set(suffix, p + XATTR_ENTRY_SIZE);
+  writeValue(b, p + XATTR_ENTRY_SIZE + suffix.length, x);
+  out.pos = p + XATTR_ENTRY_SIZE + suffix.length + vlen;
   out.align(4);
-}
-
-const filterCache = new Map<string, number>();
-
-function filterBit(key: string, index: number, plen: number): number {
-  let bit = filterCache.get(key);
-  if (bit === undefined) {
-    bit = xxh32(Buffer.from(key, 'latin1'), (XATTR_FILTER_SEED + index) >>> 0, plen) & (XATTR_FILTER_BITS - 1);
-    if (filterCache.size < 4096) filterCache.set(key, bit);
-  }
-  return bit;
 }
 
 function xattrFilter(node: WNode): number {
   let filter = 0;
-  for (const x of node.xattrs) {
-    const [index, plen] = xattrPrefix(x.key);
-    const bit = filterBit(x.key, index, plen);
-    filter |= 1 << bit;
-  }
+  const xattrs = node.xattrs;
+  for (let i = 0; i < xattrs.length; i++) filter |= 1 << keyInfo(xattrs[i].key).filterBit;
   return (XATTR_FILTER_DEFAULT & ~filter) >>> 0;
 }
 
@@ -682,9 +773,8 @@ function writeDirents(out: Emitter, entries: WEntry[], first: number, end: numbe
   for (let i = first; i < end; i++) {
     const e = entries[i];
     const p = out.pos;
-    b.writeUInt32LE(e.node.nid % 0x100000000, p);
-    b.writeUInt32LE(Math.floor(e.node.nid / 0x100000000), p + 4);
-    b.writeUInt16LE(nameoff, p + 8);
+    put64(b, p, e.node.nid);
+    put16(b, p + 8, nameoff);
     b[p + 10] = fileTypeOf(e.node.mode);
     out.pos += DIRENT_SIZE;
     nameoff += e.name.length;
@@ -716,7 +806,8 @@ function writeInode(out: Emitter, node: WNode, layout: Layout, state: { blockCur
   const b = out.buf;
   const p = out.pos;
   const type = node.mode & S_IFMT;
-  const nShared = node.xattrs.reduce((n, x) => n + (x.sharedOffset >= 0 ? 1 : 0), 0);
+  let nShared = 0;
+  for (let i = 0; i < node.xattrs.length; i++) if (node.xattrs[i].sharedOffset >= 0) nShared++;
   const icount = node.xattrSize === 0 ? 0 : (node.xattrSize - XATTR_IBODY_HEADER_SIZE) / 4 + 1;
   let layoutKind = node.tailSize > 0 ? LAYOUT_FLAT_INLINE : LAYOUT_FLAT_PLAIN;
   let size = 0;
@@ -742,38 +833,38 @@ function writeInode(out: Emitter, node: WNode, layout: Layout, state: { blockCur
   // The chunk format shares the union with the block address: it replaces only the low 16 bits.
   if (layoutKind === LAYOUT_CHUNK_BASED) u = ((u & 0xffff0000) | chunkFormat) >>> 0;
   if (node.compact) {
-    b.writeUInt16LE(format, p + IC.format);
-    b.writeUInt16LE(icount, p + IC.xattrIcount);
-    b.writeUInt16LE(node.mode & 0xffff, p + IC.mode);
-    b.writeUInt16LE(node.nlink, p + IC.nlink);
-    b.writeUInt32LE(size, p + IC.size);
-    b.writeUInt32LE(u, p + IC.u);
-    b.writeUInt32LE(node.ino, p + IC.ino);
-    b.writeUInt16LE(node.uid, p + IC.uid);
-    b.writeUInt16LE(node.gid, p + IC.gid);
+    put16(b, p + IC.format, format);
+    put16(b, p + IC.xattrIcount, icount);
+    put16(b, p + IC.mode, node.mode & 0xffff);
+    put16(b, p + IC.nlink, node.nlink);
+    put32(b, p + IC.size, size);
+    put32(b, p + IC.u, u);
+    put32(b, p + IC.ino, node.ino);
+    put16(b, p + IC.uid, node.uid);
+    put16(b, p + IC.gid, node.gid);
     out.pos += INODE_COMPACT_SIZE;
   } else {
-    b.writeUInt16LE(format, p + IE.format);
-    b.writeUInt16LE(icount, p + IE.xattrIcount);
-    b.writeUInt16LE(node.mode & 0xffff, p + IE.mode);
-    b.writeBigUInt64LE(BigInt(size), p + IE.size);
-    b.writeUInt32LE(u, p + IE.u);
-    b.writeUInt32LE(node.ino, p + IE.ino);
-    b.writeUInt32LE(node.uid >>> 0, p + IE.uid);
-    b.writeUInt32LE(node.gid >>> 0, p + IE.gid);
-    b.writeBigInt64LE(BigInt(node.mtimeSec), p + IE.mtime);
-    b.writeUInt32LE(node.mtimeNsec >>> 0, p + IE.mtimeNsec);
-    b.writeUInt32LE(node.nlink >>> 0, p + IE.nlink);
+    put16(b, p + IE.format, format);
+    put16(b, p + IE.xattrIcount, icount);
+    put16(b, p + IE.mode, node.mode & 0xffff);
+    put64(b, p + IE.size, size);
+    put32(b, p + IE.u, u);
+    put32(b, p + IE.ino, node.ino);
+    put32(b, p + IE.uid, node.uid >>> 0);
+    put32(b, p + IE.gid, node.gid >>> 0);
+    put64(b, p + IE.mtime, node.mtimeSec);
+    put32(b, p + IE.mtimeNsec, node.mtimeNsec >>> 0);
+    put32(b, p + IE.nlink, node.nlink >>> 0);
     out.pos += INODE_EXTENDED_SIZE;
   }
   if (node.xattrSize > 0) {
     const h = out.pos;
-    b.writeUInt32LE(xattrFilter(node), h + XH.nameFilter);
+    put32(b, h + XH.nameFilter, xattrFilter(node));
     b[h + XH.sharedCount] = nShared;
     out.pos += XATTR_IBODY_HEADER_SIZE;
     for (const x of node.xattrs) {
       if (x.sharedOffset < 0) continue;
-      b.writeUInt32LE(((layout.inodesEnd % BLOCK_SIZE) + x.sharedOffset) / 4, out.pos);
+      put32(b, out.pos, ((layout.inodesEnd % BLOCK_SIZE) + x.sharedOffset) / 4);
       out.pos += 4;
     }
     for (const x of node.xattrs) if (x.sharedOffset < 0) writeXattrEntry(out, x);
@@ -838,7 +929,7 @@ export function writeImageWithInfo(tree: Inode, opts: WriteOptions = {}): WriteR
   const version = chooseVersion(root, min, max);
 
   rewriteNode(root, root, version);
-  setXattr(root, K.opaque, utf8('y'));
+  setXattr(root, K.opaque, ValueKind.Bytes, Y);
   addRootWhiteouts(root);
 
   const order = computeOrder(root);
