@@ -1,5 +1,176 @@
-import { UserError } from './errors.js';
+/**
+ * `cfs mkcomposefs` and the drop-in `mkcomposefs`: the reference tool's
+ * options, arguments and exit codes (1 for every failure), so scripts written
+ * for it run unchanged.
+ */
+import { closeSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { describeSystemError, UserError } from './errors.js';
+import type { Inode } from '../tree/model.js';
 
-export function run(_args: string[], prog: string): number {
-  throw new UserError(`${prog} is not implemented yet`);
+const specs: OptionSpec[] = [
+  { name: 'digest-store', value: true, arg: 'PATH', help: 'Copy each file into this content-addressed object store (XX/YYYY... named by fs-verity digest)' },
+  { name: 'use-epoch', help: 'Make all mtimes zero' },
+  { name: 'skip-devices', help: "Don't store device nodes" },
+  { name: 'skip-xattrs', help: "Don't store file xattrs" },
+  { name: 'user-xattrs', help: 'Only store user.* xattrs' },
+  { name: 'print-digest', help: 'Print the fs-verity digest of the image' },
+  { name: 'print-digest-only', help: "Print the digest of the image, don't write the image" },
+  { name: 'from-file', help: 'SOURCE is a dump file (composefs-dump(5)), or - for standard input' },
+  { name: 'min-version', value: true, arg: 'N', help: 'Lowest format version to write (default 0)' },
+  { name: 'max-version', value: true, arg: 'N', help: 'Highest format version to upgrade to when the tree needs it (default 1)' },
+  { name: 'threads', value: true, arg: 'N', help: `Threads for digests and copies (default: one per core, here ${availableParallelism()})` },
+  { name: 'quiet', short: 'q', help: 'No progress display' },
+  { name: 'help', short: 'h', help: 'Show this help' },
+];
+
+function usage(prog: string): string {
+  return formatHelp(
+    `${prog} [OPTIONS] SOURCE IMAGE`,
+    'Build a composefs image from a directory tree or, with --from-file, a dump file.\n' +
+      'IMAGE may be - for standard output. With --print-digest-only, IMAGE is omitted.',
+    specs,
+  );
+}
+
+function versionOption(value: string | true | string[] | undefined, which: string): number | undefined {
+  if (value === undefined) return undefined;
+  const s = String(value);
+  if (!/^-?[0-9]+$/.test(s)) throw new UserError(`Invalid ${which} version ${s}`);
+  return Number(s);
+}
+
+async function readSource(source: string, fromFile: boolean, opts: Map<string, string | true | string[]>): Promise<Inode> {
+  if (fromFile) {
+    let data: Buffer;
+    try {
+      data = source === '-' ? readFileSync(0) : readFileSync(source);
+    } catch (err) {
+      throw new UserError(describeSystemError(err, `open \`${source}\``));
+    }
+    const { parseDump } = await import('../dumpfile/parse.js');
+    return parseDump(data, { strict: Boolean(process.env.CFS_PARSE_STRICT) });
+  }
+  let st;
+  try {
+    st = statSync(source);
+  } catch (err) {
+    throw new UserError(describeSystemError(err, `error accessing ${source}`));
+  }
+  if (!st.isDirectory()) throw new UserError(`${source}: not a directory (use --from-file for a dump file)`);
+  const threads = opts.get('threads');
+  let threadCount: number | undefined;
+  if (threads !== undefined) {
+    const s = String(threads);
+    threadCount = /^[0-9]+$/.test(s) ? Number(s) : NaN;
+    if (!(threadCount > 0)) throw new UserError(`Invalid threads count ${s}`);
+  }
+  const { scanDirectory } = await import('../scan/index.js');
+  const { root } = await scanDirectory(source, {
+    useEpoch: opts.has('use-epoch'),
+    skipDevices: opts.has('skip-devices'),
+    skipXattrs: opts.has('skip-xattrs'),
+    userXattrs: opts.has('user-xattrs'),
+    digestStore: opts.has('digest-store') ? String(opts.get('digest-store')) : undefined,
+    computeDigest: true,
+    threads: threadCount,
+    progress: !opts.has('quiet') && process.stderr.isTTY === true,
+  });
+  return root;
+}
+
+/** Write the image next to its destination and rename it into place: never a half-written IMAGE. */
+function writeAtomically(path: string, data: Buffer): void {
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  let fd = -1;
+  try {
+    fd = openSync(tmp, 'wx', 0o644);
+    let off = 0;
+    while (off < data.length) off += writeSync(fd, data, off, data.length - off);
+    fsyncSync(fd);
+    closeSync(fd);
+    fd = -1;
+    renameSync(tmp, path);
+  } catch (err) {
+    if (fd >= 0) closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* it may never have been created */
+    }
+    throw new UserError(describeSystemError(err, `cannot write ${path}`));
+  }
+}
+
+function writeToStdout(data: Buffer): void {
+  if (fstatSync(1).isCharacterDevice() && process.stdout.isTTY) throw new UserError('stdout is a tty.  Refusing to use it');
+  let off = 0;
+  while (off < data.length) {
+    try {
+      off += writeSync(1, data, off, data.length - off);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') continue;
+      throw new UserError(describeSystemError(err, 'cannot write standard output'));
+    }
+  }
+}
+
+export async function run(argv: string[], prog: string): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs(argv, specs);
+  } catch (err) {
+    // The reference exits 1 for usage errors too.
+    if (err instanceof UserError) throw new UserError(err.message, 1);
+    throw err;
+  }
+  const { options, positional } = parsed;
+  if (options.has('help')) {
+    process.stdout.write(usage(prog));
+    return 0;
+  }
+  const printDigestOnly = options.has('print-digest-only');
+  const printDigest = printDigestOnly || options.has('print-digest');
+  if (options.has('skip-xattrs') && options.has('user-xattrs')) throw new UserError('--skip-xattrs and --user-xattrs conflict');
+
+  const minSet = versionOption(options.get('min-version'), 'min');
+  const maxSet = versionOption(options.get('max-version'), 'max');
+  // Like the reference: naming either version makes the other default to 0.
+  const versionSet = minSet !== undefined || maxSet !== undefined;
+  const minVersion = versionSet ? (minSet ?? 0) : 0;
+  const maxVersion = versionSet ? (maxSet ?? 0) : 1;
+
+  if (positional.length < 1) throw new UserError('No source path specified');
+  const source = positional[0];
+  if (source === '') throw new UserError('Empty source path specified');
+  if (positional.length > 2) throw new UserError('Too many arguments');
+  let out: string | null = null;
+  if (positional.length === 1) {
+    if (!printDigestOnly) throw new UserError('No destination path specified');
+  } else if (printDigestOnly) {
+    throw new UserError('Cannot specify destination path with --print-digest-only');
+  } else out = positional[1];
+  if (out === '-' && process.stdout.isTTY) throw new UserError('stdout is a tty.  Refusing to use it');
+
+  const root = await readSource(source, options.has('from-file'), options);
+
+  const { writeImageWithInfo, ImageWriteError } = await import('../erofs/writer.js');
+  let image: Buffer;
+  try {
+    image = writeImageWithInfo(root, { minVersion, maxVersion }).image;
+  } catch (err) {
+    if (err instanceof ImageWriteError) throw new UserError(`cannot write file: ${err.message}`);
+    throw err;
+  }
+
+  if (out === '-') writeToStdout(image);
+  else if (out !== null) writeAtomically(out, image);
+
+  if (printDigest) {
+    const { fsverityDigest } = await import('../fsverity/index.js');
+    process.stdout.write(`${fsverityDigest(image).toString('hex')}\n`);
+  }
+  return 0;
 }
