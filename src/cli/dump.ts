@@ -1,5 +1,60 @@
+/**
+ * `cfs dump IMAGE [DUMPFILE]`: write an image back out as a dump file (to
+ * stdout without DUMPFILE or with `-`); with `--image`, write a copy of the
+ * image instead.
+ *
+ * The drop-in `composefs-dump SRC DEST` does what the reference's does: load
+ * the image into a tree and write that tree as an image again, in the same
+ * composefs format version, so DEST is byte-identical to a SRC the reference
+ * (or this project) wrote.
+ *
+ * Output files are written to a temporary name and renamed, so a failure
+ * leaves no partial file behind.
+ */
 import { UserError } from './errors.js';
+import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { loadImage, writeFileAtomic } from '../check/io.js';
+import { ImageWriteError, writeImage } from '../erofs/writer.js';
+import type { Inode } from '../tree/model.js';
 
-export function run(_args: string[], prog: string): number {
-  throw new UserError(`${prog} is not implemented yet`);
+const specs: OptionSpec[] = [
+  { name: 'image', help: 'write a copy of the image (as composefs-dump does) instead of a dump file' },
+  { name: 'help', short: 'h', help: 'show this help' },
+];
+
+export async function run(args: string[], prog: string): Promise<number> {
+  const dropIn = prog === 'composefs-dump';
+  const parsed = parseArgs(args, dropIn ? specs.filter((s) => s.name === 'help') : specs);
+  if (parsed.options.has('help')) {
+    process.stdout.write(
+      dropIn
+        ? formatHelp(`${prog} SRC DEST`, 'Load the composefs image SRC and write it again to DEST (same format version).', specs.filter((s) => s.name === 'help'))
+        : formatHelp(`${prog} [--image] IMAGE [DUMPFILE]`, 'Write the composefs image IMAGE as a dump file (to stdout without DUMPFILE or with -),\nor with --image as a copy of the image.', specs),
+    );
+    return 0;
+  }
+  const [src, dest, ...extra] = parsed.positional;
+  if (src === undefined) throw new UserError(dropIn ? 'No source path specified' : 'No image path specified (see --help)');
+  if (extra.length > 0) throw new UserError(`unexpected argument '${extra[0]}'`, 2);
+
+  if (dropIn || parsed.options.has('image')) {
+    if (dest === undefined) throw new UserError('No destination path specified');
+    const { root, version } = loadImage(src);
+    writeFileAtomic(dest, copyImage(root, version), 'write image to');
+    return 0;
+  }
+  const { root } = loadImage(src);
+  const { writeDump } = await import('../dumpfile/write.js');
+  writeFileAtomic(dest ?? '-', writeDump(root), 'write dump to');
+  return 0;
+}
+
+/** The tree written again as an image of the given format version. */
+export function copyImage(root: Inode, version: number): Buffer {
+  try {
+    return writeImage(root, { minVersion: version, maxVersion: version });
+  } catch (err) {
+    if (err instanceof ImageWriteError) throw new UserError(`cannot write file: ${err.message}`);
+    throw err;
+  }
 }

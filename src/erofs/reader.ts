@@ -119,6 +119,14 @@ export interface ReadImageOptions {
    * superblock, root) still throws.
    */
   onProblem?: (problem: ImageProblem) => void;
+  /** Called for each inode parsed and each directory entry read (for tests and tools that need the layout). */
+  trace?: ReadTrace;
+}
+
+export interface ReadTrace {
+  inode?(nid: number, offset: number, info: { compact: boolean; mode: number; size: number; xattrSize: number; dataOffset: number }): void;
+  /** `offset` is where the 12-byte dirent is; `nameOffset` where its name starts. */
+  dirent?(dirNid: number, offset: number, nameOffset: number, nid: number, name: Buffer): void;
 }
 
 export interface ImageHeader {
@@ -336,6 +344,7 @@ class Reader {
     readonly buf: Buffer,
     readonly header: ImageHeader,
     readonly onProblem: ((p: ImageProblem) => void) | undefined,
+    readonly trace: ReadTrace | undefined = undefined,
   ) {
     this.len = buf.length;
     this.metaStart = header.metaBlkaddr * BLOCK_SIZE;
@@ -425,6 +434,7 @@ class Reader {
     if (layout !== LAYOUT_FLAT_PLAIN && layout !== LAYOUT_FLAT_INLINE && layout !== LAYOUT_CHUNK_BASED) {
       throw new EntryError('layout', `inode ${nid}: unsupported data layout ${layout}`);
     }
+    this.trace?.inode?.(nid, off, { compact, mode: raw.mode, size: raw.size, xattrSize: raw.xattrSize, dataOffset: raw.u * BLOCK_SIZE });
     const type = raw.mode & S_IFMT;
     if (layout === LAYOUT_CHUNK_BASED && type !== S_IFREG) {
       throw new EntryError('layout', `inode ${nid}: chunk-based layout on a file that is not regular`);
@@ -506,6 +516,7 @@ class Reader {
         }
         const name = b.subarray(start + nameoff, start + end);
         const nid = this.u64(p + DE.nid, `${what}: entry ${i} inode number`);
+        this.trace?.dirent?.(raw.nid, p, start + nameoff, nid, name);
         if (name.length === 1 && name[0] === DOT) {
           dots.dot = nid;
           continue;
@@ -722,7 +733,7 @@ function framePath(frame: Frame | null, name: Buffer | null = null): Buffer {
  */
 export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageResult {
   const header = readImageHeader(buf);
-  const r = new Reader(buf, header, opts.onProblem);
+  const r = new Reader(buf, header, opts.onProblem, opts.trace);
   const checking = r.checking;
   const problem = (path: Buffer | null, code: string, message: string) => opts.onProblem?.({ path, code, message });
 

@@ -1,0 +1,183 @@
+/**
+ * Small pieces the image-reading commands (info, dump, fsck) share: loading
+ * an image file with one-line errors, printing bytes to stdout without
+ * tripping over a closed pipe, writing an output file atomically, and the
+ * reference tools' escaping of paths and payloads.
+ */
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { UserError, describeSystemError } from '../cli/errors.js';
+import { ImageFormatError, readImage, type ReadImageResult } from '../erofs/reader.js';
+
+/** Read a whole file; failures become "Failed to open 'PATH': reason". */
+export function readFileOrFail(path: string, exitCode = 1): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new UserError(describeSystemError(err, `Failed to open '${path}'`), exitCode);
+  }
+}
+
+/** Read and parse an image file; failures are one line naming the file and the reason. */
+export function loadImage(path: string): ReadImageResult & { image: Buffer } {
+  const image = readFileOrFail(path);
+  try {
+    return { ...readImage(image), image };
+  } catch (err) {
+    if (err instanceof ImageFormatError) throw new UserError(`Failed to load '${path}': ${err.message}`);
+    throw err;
+  }
+}
+
+let pipeHandled = false;
+
+/** A reader that closed our stdout early (`| head`) ends the process quietly, as with C tools. */
+export function quietOnClosedStdout(): void {
+  if (pipeHandled) return;
+  pipeHandled = true;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
+}
+
+/** Collects output as strings and buffers and writes it to stdout in large pieces. */
+export class Output {
+  private parts: Array<string | Buffer> = [];
+  private size = 0;
+
+  text(s: string): void {
+    this.parts.push(s);
+    this.size += s.length;
+    if (this.size > 1 << 22) this.flush();
+  }
+
+  bytes(b: Buffer): void {
+    this.parts.push(b);
+    this.size += b.length;
+    if (this.size > 1 << 22) this.flush();
+  }
+
+  flush(): void {
+    if (this.parts.length === 0) return;
+    const buf = Buffer.concat(this.parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'latin1') : p)));
+    this.parts = [];
+    this.size = 0;
+    writeStdout(buf);
+  }
+}
+
+/** Write to fd 1 synchronously (pipes included), so output is complete before the process exits. */
+export function writeStdout(buf: Buffer): void {
+  quietOnClosedStdout();
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += writeSync(1, buf, off, buf.length - off);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'EAGAIN') continue;
+      if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw err;
+    }
+  }
+}
+
+/**
+ * Write a file so that readers never see a partial one: into a temporary
+ * file beside it, then rename. A destination that exists and is not a regular
+ * file (a device, a FIFO) is written in place. `-` means stdout.
+ */
+export function writeFileAtomic(dest: string, data: Buffer, what = 'write'): void {
+  if (dest === '-') {
+    writeStdout(data);
+    return;
+  }
+  let special = false;
+  try {
+    special = !statSync(dest).isFile();
+  } catch {
+    special = false;
+  }
+  if (special) {
+    let fd: number;
+    try {
+      fd = openSync(dest, 'w');
+    } catch (err) {
+      throw new UserError(describeSystemError(err, `failed to open '${dest}'`));
+    }
+    try {
+      writeAll(fd, data);
+    } catch (err) {
+      throw new UserError(describeSystemError(err, `cannot ${what} '${dest}'`));
+    } finally {
+      closeSync(fd);
+    }
+    return;
+  }
+  const tmp = join(dirname(dest), `.${basename(dest)}.${process.pid}.${Date.now().toString(36)}.tmp`);
+  let fd: number;
+  try {
+    fd = openSync(tmp, 'wx', 0o644);
+  } catch (err) {
+    throw new UserError(describeSystemError(err, `failed to open '${dest}'`));
+  }
+  try {
+    writeAll(fd, data);
+    fsyncSync(fd);
+    closeSync(fd);
+    renameSync(tmp, dest);
+  } catch (err) {
+    try {
+      closeSync(fd);
+    } catch {
+      /* already closed */
+    }
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* nothing to clean */
+    }
+    throw new UserError(describeSystemError(err, `cannot ${what} '${dest}'`));
+  }
+}
+
+function writeAll(fd: number, data: Buffer): void {
+  let off = 0;
+  while (off < data.length) off += writeSync(fd, data, off, data.length - off);
+}
+
+/**
+ * The reference tools' escaping (composefs-info's print_escaped): backslash,
+ * newline, carriage return and tab as C escapes; `\xNN` for bytes that are not
+ * graphic ASCII (or, with `keepSpace`, not printable, so a space stays); `=`
+ * as `\x3d` with `escapeEqual`; a lone `-` as `\x2d` with `escapeLoneDash`.
+ */
+export function escapeBytes(b: Uint8Array, opts: { keepSpace?: boolean; escapeEqual?: boolean; escapeLoneDash?: boolean } = {}): string {
+  if (opts.escapeLoneDash && b.length === 1 && b[0] === 0x2d) return '\\x2d';
+  let out = '';
+  let plainFrom = 0;
+  const low = opts.keepSpace ? 0x20 : 0x21;
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i];
+    let esc: string | null = null;
+    if (c === 0x5c) esc = '\\\\';
+    else if (c === 0x0a) esc = '\\n';
+    else if (c === 0x0d) esc = '\\r';
+    else if (c === 0x09) esc = '\\t';
+    else if (c === 0x3d) esc = opts.escapeEqual ? '\\x3d' : null;
+    else if (c < low || c > 0x7e) esc = `\\x${c < 16 ? '0' : ''}${c.toString(16)}`;
+    if (esc !== null) {
+      if (i > plainFrom) out += latin1(b, plainFrom, i);
+      out += esc;
+      plainFrom = i + 1;
+    }
+  }
+  if (plainFrom === 0) return latin1(b, 0, b.length);
+  if (plainFrom < b.length) out += latin1(b, plainFrom, b.length);
+  return out;
+}
+
+function latin1(b: Uint8Array, start: number, end: number): string {
+  return Buffer.from(b.buffer, b.byteOffset + start, end - start).toString('latin1');
+}
