@@ -240,12 +240,9 @@ function insertSorted(entries: WEntry[], entry: WEntry): void {
 
 /** A directory entry name the image can hold: not empty, not `.`/`..`, no `/` or NUL, at most 255 bytes. */
 function checkName(name: Buffer): void {
-  const bad =
-    name.length === 0 ||
-    name.length > 255 ||
-    (name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e))) ||
-    name.includes(0x2f) ||
-    name.includes(0);
+  const n = name.length;
+  let bad = n === 0 || n > 255 || (name[0] === 0x2e && (n === 1 || (n === 2 && name[1] === 0x2e)));
+  for (let i = 0; i < n && !bad; i++) bad = name[i] === 0x2f || name[i] === 0;
   if (bad) throw new ImageWriteError(`invalid file name '${name.toString('latin1')}'`);
 }
 
@@ -492,10 +489,18 @@ interface SharedXattrs {
   size: number;
 }
 
-/** FNV-1a over the bytes: cheap, and only used to bucket values before comparing them. */
+/**
+ * FNV-1a over the length and the first and last bytes: only used to bucket
+ * values before comparing them, and digests and object paths differ early.
+ */
 function hashBytes(b: Buffer | null, seed: number): number {
   let h = 0x811c9dc5 ^ seed;
-  if (b) for (let i = 0; i < b.length; i++) h = Math.imul(h ^ b[i], 0x01000193);
+  if (!b) return h >>> 0;
+  const n = b.length;
+  h = Math.imul(h ^ n, 0x01000193);
+  const head = n < 16 ? n : 16;
+  for (let i = 0; i < head; i++) h = Math.imul(h ^ b[i], 0x01000193);
+  for (let i = n - 8 > head ? n - 8 : head; i < n; i++) h = Math.imul(h ^ b[i], 0x01000193);
   return h >>> 0;
 }
 
