@@ -39,6 +39,15 @@ export class FsVerityHasher {
     this.memAddr = this.native ? addressOf(this.mem) : 0;
   }
 
+  /** Start over, for another file: reuses this hasher's memory. */
+  reset(): this {
+    this.pending = 0;
+    this.counts.fill(0);
+    this.size = 0;
+    this.done = false;
+    return this;
+  }
+
   /** Bytes fed so far. */
   get length(): number {
     return this.size;
@@ -159,19 +168,34 @@ export function fsverityDigest(data: Uint8Array): Buffer {
 export const READ_CHUNK = 1 << 20;
 
 let sharedReadBuf: Buffer | null = null;
+let sharedHasher: FsVerityHasher | null = null;
+
+export interface FileDigestOptions {
+  /** Called with each chunk read (a view into a reused buffer: copy what you keep). */
+  onChunk?: (chunk: Buffer) => void;
+  /**
+   * Stop once this many bytes are read, without the extra read that would
+   * find end of file: for callers that already know the size and check it
+   * (with fstat) afterwards.
+   */
+  knownSize?: number;
+}
 
 /**
  * fs-verity digest of a file (path or open fd), streamed through one reused
  * 1 MiB buffer; reads from the fd's current position to end of file.
- * Synchronous: meant for worker threads and tools.
+ * Synchronous and not re-entrant: meant for worker threads and tools.
  */
-export function fsverityDigestOfFileSync(file: string | Buffer | number, onChunk?: (chunk: Buffer) => void): { digest: Buffer; size: number } {
+export function fsverityDigestOfFileSync(file: string | Buffer | number, options: FileDigestOptions = {}): { digest: Buffer; size: number } {
   const fd = typeof file === 'number' ? file : openSync(file, 'r');
   try {
     const buf = (sharedReadBuf ??= Buffer.allocUnsafeSlow(READ_CHUNK));
-    const h = new FsVerityHasher();
+    const h = (sharedHasher ??= new FsVerityHasher()).reset();
+    const { onChunk, knownSize } = options;
     for (;;) {
-      const n = readSync(fd, buf, 0, buf.length, null);
+      const want = knownSize === undefined ? buf.length : Math.min(buf.length, knownSize - h.length);
+      if (want === 0) break;
+      const n = readSync(fd, buf, 0, want, null);
       if (n === 0) break;
       const chunk = n === buf.length ? buf : buf.subarray(0, n);
       h.update(chunk);

@@ -1,0 +1,95 @@
+/**
+ * Worker thread: fs-verity digests of regular files and, with a store,
+ * copies into it. Receives batches of jobs, answers each batch with one
+ * message (digests packed in one buffer).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { closeSync, constants, openSync } from 'node:fs';
+import { fsverityDigestOfFileSync } from '../fsverity/index.js';
+import { fstatx } from '../sys/fs.js';
+import { ObjectStore, StoreError } from './objects.js';
+import type { BatchRequest, BatchResult, JobResult } from './pool.js';
+
+const storeRoot = (workerData as { store: string | null }).store;
+const store = storeRoot ? new ObjectStore(storeRoot) : null;
+
+const reasons: Record<string, string> = {
+  ENOENT: 'No such file or directory (it vanished during the scan)',
+  EACCES: 'Permission denied',
+  EPERM: 'Operation not permitted',
+  ELOOP: 'not a regular file any more (replaced during the scan)',
+  EISDIR: 'not a regular file any more (replaced during the scan)',
+  ENXIO: 'not a regular file any more (replaced during the scan)',
+  EIO: 'Input/output error',
+};
+
+function describe(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  return (e?.code && reasons[e.code]) || e?.message || String(err);
+}
+
+// O_NONBLOCK: should the file have become a fifo since it was listed, open must not hang.
+const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+
+let content: Buffer | null = null;
+const keepContent = (chunk: Buffer): void => {
+  content = content ? Buffer.concat([content, chunk]) : Buffer.from(chunk);
+};
+
+function processJob(msg: BatchRequest, i: number, digests: Buffer): JobResult {
+  const path = Buffer.from(msg.paths[i], 'latin1');
+  const size = msg.sizes[i];
+  const inline = msg.inline[i] === 1;
+  let fd: number;
+  try {
+    fd = openSync(path, OPEN_FLAGS);
+  } catch (err) {
+    return { error: `cannot read ${path.toString()}: ${describe(err)}` };
+  }
+  try {
+    content = null;
+    let r: { digest: Buffer; size: number };
+    try {
+      r = fsverityDigestOfFileSync(fd, { knownSize: size, onChunk: inline ? keepContent : undefined });
+    } catch (err) {
+      return { error: `cannot read ${path.toString()}: ${describe(err)}` };
+    }
+    if (r.size !== size) return { error: `${path.toString()}: file changed during the scan (${size} bytes when listed, ${r.size} when read)` };
+    r.digest.copy(digests, i * 32);
+    let written = 0;
+    if (store && !inline) {
+      try {
+        written = store.ensure(r.digest, fd, size);
+      } catch (err) {
+        if (err instanceof StoreError) return { error: err.message, fatal: true };
+        return { error: `cannot copy ${path.toString()}: ${describe(err)}` };
+      }
+    }
+    // Any write since the scan's lstat moved ctime (or the size): what we read may be torn.
+    const st = fstatx(fd);
+    if ((st.mode & S_IFMT) !== S_IFREG) return { error: `cannot read ${path.toString()}: not a regular file any more (replaced during the scan)` };
+    if (st.size !== size || st.ctimeSec !== msg.ctimeSec[i] || st.ctimeNsec !== msg.ctimeNsec[i]) {
+      return { error: `${path.toString()}: file changed during the scan` };
+    }
+    return { content: inline ? content ?? Buffer.alloc(0) : null, written };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+parentPort!.on('message', (msg: BatchRequest) => {
+  const n = msg.paths.length;
+  const digests = Buffer.alloc(32 * n);
+  const results: JobResult[] = [];
+  let bytes = 0;
+  for (let i = 0; i < n; i++) {
+    const r = processJob(msg, i, digests);
+    results.push(r);
+    bytes += msg.sizes[i];
+    if (r.error) break; // stop at the first failure, as the reference does
+  }
+  const reply: BatchResult = { id: msg.id, digests, results, bytes };
+  parentPort!.postMessage(reply, [digests.buffer as ArrayBuffer]);
+});
