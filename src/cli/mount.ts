@@ -1,5 +1,88 @@
+/**
+ * `cfs mount` and the drop-in `mount.composefs` (also what mount(8) runs for
+ * `mount -t composefs IMAGE DIR -o ...`). Loads only the mount code: no image
+ * writer, no digest code unless `digest=` is given.
+ */
+import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UserError } from './errors.js';
 
-export function run(_args: string[], prog: string): number {
-  throw new UserError(`${prog} is not implemented yet`);
+const specs: OptionSpec[] = [
+  { name: 'options', short: 'o', value: true, repeat: true, arg: 'OPTS', help: 'comma-separated mount options (see below); may be repeated' },
+  { name: 'explain', help: 'say which path was taken (backing, layers, API) and why' },
+  { name: 'json', help: 'print the result as JSON' },
+  { name: 'backing', value: true, arg: 'auto|fd|file|loop', help: 'force how EROFS reads the image' },
+  { name: 'layers', value: true, arg: 'auto|fd|path', help: 'force how overlayfs gets the EROFS layer' },
+  { name: 'api', value: true, arg: 'auto|new|legacy', help: 'force the new mount API or legacy mount(2)' },
+  { name: 'types', short: 't', value: true, arg: 'TYPE', help: 'file system type: must be composefs (for mount(8))' },
+  { name: 'sloppy', short: 's', help: 'ignore unknown mount options (mount(8) helper protocol)' },
+  { name: 'fake', short: 'f', help: 'check everything but do not mount (mount(8) helper protocol)' },
+  { name: 'no-mtab', short: 'n', help: 'accepted for mount(8); there is no mtab to write' },
+  { name: 'verbose', short: 'v', help: 'same as --explain' },
+  { name: 'namespace', short: 'N', value: true, arg: 'NS', help: 'mount(8) helper protocol; not supported' },
+  { name: 'help', short: 'h', help: 'show this help' },
+];
+
+const optionHelp = `Mount options (-o), as the reference mount.composefs:
+  basedir=PATH[:PATH...]  object store directories (required); \\: escapes a colon
+  digest=DIGEST           the image's expected fs-verity digest, checked before mounting
+                          (measured by the kernel, or computed here when it cannot)
+  verity                  require overlay fs-verity checks of every object; fails if
+                          the kernel or the basedir's file system lacks fs-verity
+  tryverity               the same when available, else mount without (digest= implies it)
+  ro, rw                  read-only (the default without upperdir) or read-write
+  upperdir=DIR,workdir=DIR  a writable overlay upper layer
+  idmap=PATH              idmap the image with this user namespace (/proc/PID/ns/user)
+  private                 copy the image into an anonymous O_TMPFILE file, verify
+                          digest= on the copy and mount that: nobody can change it
+  nosuid, nodev, noexec, noatime, relatime, strictatime, nodiratime
+  backing=, layers=, api= the same as the long options`;
+
+export async function run(args: string[], prog: string): Promise<number> {
+  const p = parseArgs(args, specs);
+  const usage = `${prog} [-o OPTIONS] [--explain] IMAGE MOUNTPOINT`;
+  if (p.options.has('help')) {
+    process.stdout.write(
+      `${formatHelp(usage, 'Mount a composefs image: EROFS for the metadata, overlayfs over the object store, the most hidden way this kernel allows.', specs)}\n${optionHelp}\n`,
+    );
+    return 0;
+  }
+  const type = p.options.get('types');
+  if (type !== undefined && type !== 'composefs') throw new UserError(`unsupported file system type '${String(type)}' (only composefs)`, 2);
+  if (p.options.has('namespace')) throw new UserError('-N (mount in another namespace) is not supported', 2);
+  if (p.positional.length < 1) throw new UserError(`no image given (usage: ${usage})`, 2);
+  if (p.positional.length < 2) throw new UserError(`no mount point given (usage: ${usage})`, 2);
+  if (p.positional.length > 2) throw new UserError(`too many arguments: '${p.positional[2]}' (usage: ${usage})`, 2);
+  const [image, mountpoint] = p.positional;
+
+  const { parseOptionString } = await import('../mount/options.js');
+  const raw = (p.options.get('options') as string[] | undefined) ?? [];
+  const parsed = parseOptionString(raw.join(','), p.options.has('sloppy'));
+  const o = parsed.options;
+  for (const key of ['backing', 'layers', 'api'] as const) {
+    const v = p.options.get(key);
+    if (v === undefined) continue;
+    const allowed = key === 'backing' ? ['auto', 'fd', 'file', 'loop'] : key === 'layers' ? ['auto', 'fd', 'path'] : ['auto', 'new', 'legacy'];
+    if (!allowed.includes(String(v))) throw new UserError(`invalid value for --${key}: '${String(v)}' (expected ${allowed.join(', ')})`, 2);
+    (o as Record<string, unknown>)[key] = v;
+  }
+  if (!o.basedir) throw new UserError('no basedir= given: composefs needs the object store directory (-o basedir=PATH)', 2);
+
+  const { mountComposefs } = await import('../mount/mount.js');
+  const result = await mountComposefs(image, mountpoint, { ...o, basedir: o.basedir, dryRun: p.options.has('fake') });
+  if (p.options.has('json')) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  else if (p.options.has('explain') || p.options.has('verbose')) {
+    const head = result.dryRun ? `would mount ${image} on ${result.mountpoint}` : `mounted ${image} on ${result.mountpoint} (${result.readonly ? 'ro' : 'rw'}) in ${result.ms.toFixed(1)} ms`;
+    const lines = [head, ...result.explain.map((l) => `  ${l}`)];
+    if (!result.dryRun) lines.push(`  footprint: ${footprint(result)}`);
+    if (parsed.ignored.length) lines.push(`  ignored options: ${parsed.ignored.join(', ')}`);
+    process.stdout.write(`${lines.join('\n')}\n`);
+  }
+  return 0;
+}
+
+function footprint(r: { loop: { device: string } | null; temporaryMount: string | null; layers: string }): string {
+  const parts = [r.loop ? `loop device ${r.loop.device} (autoclear)` : 'no loop device'];
+  parts.push(r.temporaryMount ? `a temporary mount existed during the call (${r.temporaryMount}, now removed; its path stays in the overlay's options)` : 'no temporary mount');
+  parts.push('one mountinfo line: the overlay');
+  return parts.join(', ');
 }

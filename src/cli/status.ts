@@ -1,5 +1,51 @@
-import { UserError } from './errors.js';
+/** `cfs status`: the composefs mounts on the system and what each exposes. */
+import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 
-export function run(_args: string[], prog: string): number {
-  throw new UserError(`${prog} is not implemented yet`);
+const specs: OptionSpec[] = [
+  { name: 'json', help: 'print as JSON' },
+  { name: 'clean', help: 'detach and remove temporary mounts and directories left by killed processes' },
+  { name: 'help', short: 'h', help: 'show this help' },
+];
+
+export async function run(args: string[], prog: string): Promise<number> {
+  const p = parseArgs(args, specs);
+  if (p.options.has('help')) {
+    process.stdout.write(formatHelp(`${prog} [--json] [--clean]`, 'List composefs mounts, the path each used, and what they expose (loop devices, temporary mounts, stale paths).', specs));
+    return 0;
+  }
+  const { systemStatus, cleanLeftovers } = await import('../mount/status.js');
+  const cleaned = p.options.has('clean') ? cleanLeftovers() : [];
+  const s = systemStatus();
+  if (p.options.has('json')) {
+    process.stdout.write(`${JSON.stringify({ ...s, cleaned }, null, 2)}\n`);
+    return 0;
+  }
+  const out: string[] = [];
+  out.push(`composefs mounts: ${s.mounts.length}`);
+  for (const m of s.mounts) {
+    const how =
+      m.layers === 'fd'
+        ? 'layers=fd: the EROFS layer is a detached mount, visible nowhere'
+        : `layers=path: the EROFS layer was given by path (${m.lower.join(', ')})`;
+    out.push(`  ${m.mountpoint} (${m.readonly ? 'ro' : 'rw'}${m.verity ? ', verity' : ''}${m.upper ? `, upper ${m.upper}` : ''})`);
+    out.push(`    ${how}`);
+    out.push(`    objects: ${m.data.join(', ') || '(none)'}`);
+    if (m.attachedTemporaryMounts.length) out.push(`    exposes: temporary EROFS mount still attached at ${m.attachedTemporaryMounts.join(', ')}`);
+    if (m.stalePaths.length) out.push(`    options name paths that no longer exist: ${m.stalePaths.join(', ')}`);
+  }
+  const fileBacked = s.erofs.filter((e) => e.backing === 'file').length;
+  const block = s.erofs.filter((e) => e.backing === 'block');
+  out.push(
+    `EROFS instances (all users): ${s.erofs.length}, file-backed ${fileBacked}, on block devices ${block.length}${block.length ? ` (${block.map((e) => e.name).join(', ')})` : ''}`,
+  );
+  out.push(`loop devices holding composefs images: ${s.loops.length === 0 ? 'none' : ''}`);
+  for (const l of s.loops) out.push(`  ${l.device} <- ${l.backingFile} (${[l.readOnly ? 'ro' : 'rw', l.autoclear ? 'autoclear' : 'no autoclear', l.directIo ? 'direct I/O' : 'buffered'].join(', ')})`);
+  out.push(`temporary EROFS mounts: ${s.temporaryMounts.length === 0 ? 'none' : ''}`);
+  for (const t of s.temporaryMounts) out.push(`  ${t.mountpoint} (${t.source})`);
+  const left = s.leftovers;
+  out.push(`temporary directories: ${left.length === 0 ? 'none' : ''}`);
+  for (const l of left) out.push(`  ${l.path} (pid ${l.pid} ${l.alive ? 'running: mount in progress' : 'gone: leftover, `cfs status --clean` removes it'}${l.mounted ? ', mounted' : ''})`);
+  for (const c of cleaned) out.push(`cleaned: ${c}`);
+  process.stdout.write(`${out.join('\n')}\n`);
+  return 0;
 }

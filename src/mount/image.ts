@@ -1,0 +1,83 @@
+/**
+ * Opening and checking a composefs image before anything is mounted, so a
+ * missing file, a file that is not an image, or a truncated one fails with a
+ * clear message instead of an EINVAL from the kernel (EROFS itself does not
+ * check the file size: a truncated image mounts and fails on read).
+ */
+import { fstatSync, openSync, readSync } from 'node:fs';
+import {
+  COMPOSEFS_FLAG_HAS_ACL,
+  COMPOSEFS_HEADER_VERSION,
+  COMPOSEFS_MAGIC,
+  HDR,
+  SB,
+  SUPER_MAGIC_V1,
+  SUPER_OFFSET,
+  SUPER_SIZE,
+} from '../erofs/format.js';
+import { UserError, describeSystemError } from '../cli/errors.js';
+
+export interface ImageInfo {
+  /** composefs header flags (bit 0: the image has ACLs). */
+  flags: number;
+  hasAcl: boolean;
+  /** composefs format version from the header. */
+  formatVersion: number;
+  blockSize: number;
+  /** Bytes the superblock says the image spans. */
+  spanBytes: number;
+  fileSize: number;
+}
+
+/** Open an image read-only; one-line UserError on failure. */
+export function openImageFile(path: string): number {
+  try {
+    return openSync(path, 'r');
+  } catch (err) {
+    throw new UserError(describeSystemError(err, path));
+  }
+}
+
+/** Check the header and superblock of the image open on `fd`; `name` is used in messages. */
+export function checkImage(fd: number, name: string): ImageInfo {
+  const st = fstatSync(fd);
+  if (st.isDirectory()) throw new UserError(`${name}: Is a directory`);
+  if (!st.isFile()) throw new UserError(`${name}: not a regular file`);
+  const need = SUPER_OFFSET + SUPER_SIZE;
+  if (st.size < need) {
+    throw new UserError(
+      st.size === 0 ? `${name}: empty file, not a composefs image` : `${name}: not a composefs image (${st.size} bytes, too small)`,
+    );
+  }
+  const buf = Buffer.alloc(need);
+  const n = readSync(fd, buf, 0, need, 0);
+  if (n < need) throw new UserError(`${name}: short read of the image header`);
+  const magic = buf.readUInt32LE(HDR.magic);
+  const sbMagic = buf.readUInt32LE(SUPER_OFFSET + SB.magic);
+  if (magic !== COMPOSEFS_MAGIC) {
+    if (sbMagic === SUPER_MAGIC_V1) throw new UserError(`${name}: an EROFS image without a composefs header, not a composefs image`);
+    throw new UserError(`${name}: not a composefs image (no composefs header)`);
+  }
+  const version = buf.readUInt32LE(HDR.version);
+  if (version !== COMPOSEFS_HEADER_VERSION) throw new UserError(`${name}: unsupported composefs header version ${version}`);
+  if (sbMagic !== SUPER_MAGIC_V1) throw new UserError(`${name}: corrupt composefs image (no EROFS superblock)`);
+  const blkszbits = buf.readUInt8(SUPER_OFFSET + SB.blkszbits);
+  if (blkszbits < 9 || blkszbits > 16) throw new UserError(`${name}: corrupt composefs image (block size 2^${blkszbits})`);
+  const blockSize = 1 << blkszbits;
+  const blocks = buf.readUInt32LE(SUPER_OFFSET + SB.blocks);
+  const spanBytes = blocks * blockSize;
+  if (spanBytes > st.size) {
+    throw new UserError(`${name}: truncated composefs image (${st.size} bytes, the superblock says ${spanBytes})`);
+  }
+  const metaBlk = buf.readUInt32LE(SUPER_OFFSET + SB.metaBlkaddr);
+  if (metaBlk * blockSize >= st.size) throw new UserError(`${name}: corrupt composefs image (metadata beyond the end of the file)`);
+  const flags = buf.readUInt32LE(HDR.flags);
+  return {
+    flags,
+    hasAcl: (flags & COMPOSEFS_FLAG_HAS_ACL) !== 0,
+    formatVersion: buf.readUInt32LE(HDR.composefsVersion),
+    blockSize,
+    spanBytes,
+    fileSize: st.size,
+  };
+}

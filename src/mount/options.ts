@@ -1,0 +1,237 @@
+/**
+ * Mount options: the types the library takes, and the parser for the
+ * comma-separated `-o` string that mount.composefs and mount(8) pass.
+ *
+ * The option names and meanings follow the reference mount.composefs:
+ * `basedir=PATH[:PATH...]`, `digest=DIGEST`, `verity`, `tryverity`, `ro`,
+ * `rw`, `upperdir=`, `workdir=`, `idmap=`. We add `private` (mount a private,
+ * verified copy of the image), the generic VFS flags mount(8) may hand a
+ * helper (nosuid, nodev, noexec, noatime, ...), and `backing=`, `layers=`,
+ * `api=` to force a mount path. A backslash escapes the next character, so
+ * `\,` puts a comma and `\:` a colon inside a value.
+ */
+import { UserError } from '../cli/errors.js';
+
+/** How EROFS reads the image: given the open file itself, the file by /proc/self/fd path, or a loop device. */
+export type Backing = 'fd' | 'file' | 'loop';
+/** How overlayfs gets the EROFS layer: as a detached mount's fd, or by the path of a temporary mount. */
+export type Layers = 'fd' | 'path';
+/** The new mount API (fsopen/fsconfig/fsmount/move_mount) or legacy mount(2). */
+export type Api = 'new' | 'legacy';
+export type VerityMode = 'off' | 'try' | 'require';
+
+export interface MountOptions {
+  /** Object store directories (at least one); data-only lower layers of the overlay. */
+  basedir: string[];
+  /** Expected fs-verity digest of the image (64 hex digits); checked before mounting. */
+  digest?: string;
+  /** `require`: overlay verity=require, fail if this kernel cannot; `try`: use it when the kernel can. Default `off` (`try` when `digest` is set). */
+  verity?: VerityMode;
+  /** Mount read-only. Default: true unless an upperdir is given. */
+  readonly?: boolean;
+  upperdir?: string;
+  workdir?: string;
+  /** A user namespace (path like /proc/PID/ns/user, or an open fd) whose ID mapping the image's files get. */
+  idmap?: string | number;
+  /** Copy the image into an anonymous O_TMPFILE file first, verify `digest` on the copy, mount the copy. */
+  private?: boolean;
+  /** Directories to try for the private copy, in order (default: the image's own directory, the temp dir, /var/tmp, /dev/shm). */
+  privateDirs?: string[];
+  nosuid?: boolean;
+  nodev?: boolean;
+  noexec?: boolean;
+  atime?: 'relatime' | 'noatime' | 'strictatime';
+  nodiratime?: boolean;
+  /** Force a path instead of the best one found at run time. */
+  backing?: Backing | 'auto';
+  layers?: Layers | 'auto';
+  api?: Api | 'auto';
+  /** The overlay's source field in mountinfo (default "composefs", as the reference). */
+  source?: string;
+  /** Check everything (options, places, image, digest, verity) but mount nothing (mount(8)'s -f). */
+  dryRun?: boolean;
+  /** Called before every step of the mount; tests use it to kill the process at each point. */
+  onStep?: (step: string) => void;
+}
+
+export interface ParsedOptionString {
+  options: Partial<MountOptions>;
+  /** Options we accepted but that do nothing here (`defaults`, `x-*`, ...). */
+  ignored: string[];
+}
+
+/** Split an option string on unescaped commas into raw `key[=value]` items (values still escaped). */
+export function splitOptions(s: string): Array<{ key: string; rawValue: string | null }> {
+  const out: Array<{ key: string; rawValue: string | null }> = [];
+  let i = 0;
+  while (i <= s.length) {
+    let j = i;
+    let eq = -1;
+    for (; j < s.length; j++) {
+      const c = s[j];
+      if (c === '\\' && j + 1 < s.length) j++;
+      else if (c === '=' && eq < 0) eq = j;
+      else if (c === ',') break;
+    }
+    const item = s.slice(i, j);
+    if (item.length > 0) {
+      if (eq >= 0) out.push({ key: s.slice(i, eq), rawValue: s.slice(eq + 1, j) });
+      else out.push({ key: item, rawValue: null });
+    }
+    i = j + 1;
+  }
+  return out;
+}
+
+export function unescape(s: string): string {
+  return s.replace(/\\(.)/gs, '$1');
+}
+
+/** Split on unescaped `sep`, then unescape each piece; empty pieces are dropped (as the reference's strtok). */
+export function splitEscaped(s: string, sep: string): string[] {
+  const parts: string[] = [];
+  let cur = '';
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i];
+    if (c === '\\' && i + 1 < s.length) {
+      cur += s[++i];
+    } else if (c === sep) {
+      parts.push(cur);
+      cur = '';
+    } else cur += c;
+  }
+  parts.push(cur);
+  return parts.filter((p) => p.length > 0);
+}
+
+const choice = <T extends string>(key: string, v: string, allowed: readonly T[]): T => {
+  if (!(allowed as readonly string[]).includes(v)) throw new UserError(`invalid value for option ${key}: '${v}' (expected ${allowed.join(', ')})`, 2);
+  return v as T;
+};
+
+/**
+ * Parse a mount(8)-style option string. Later options override earlier ones
+ * (`ro,rw` is read-write), as mount(8) does. With `sloppy`, unknown options
+ * are ignored instead of rejected.
+ */
+export function parseOptionString(s: string, sloppy = false): ParsedOptionString {
+  const o: Partial<MountOptions> = {};
+  const ignored: string[] = [];
+  let verity = false;
+  let tryverity = false;
+  for (const { key, rawValue } of splitOptions(s)) {
+    const need = (): string => {
+      if (rawValue === null || rawValue === '') throw new UserError(`no value given for option ${key}`, 2);
+      return rawValue;
+    };
+    const noValue = () => {
+      if (rawValue !== null) throw new UserError(`option ${key} takes no value`, 2);
+    };
+    switch (key) {
+      case 'basedir': {
+        const dirs = splitEscaped(need(), ':');
+        if (dirs.length === 0) throw new UserError(`no value given for option basedir`, 2);
+        o.basedir = dirs;
+        break;
+      }
+      case 'digest':
+        o.digest = unescape(need());
+        break;
+      case 'verity':
+        noValue();
+        verity = true;
+        break;
+      case 'tryverity':
+        noValue();
+        tryverity = true;
+        break;
+      case 'noverity':
+        noValue();
+        verity = tryverity = false;
+        o.verity = 'off';
+        break;
+      case 'upperdir':
+        o.upperdir = unescape(need());
+        break;
+      case 'workdir':
+        o.workdir = unescape(need());
+        break;
+      case 'idmap':
+        o.idmap = unescape(need());
+        break;
+      case 'ro':
+        noValue();
+        o.readonly = true;
+        break;
+      case 'rw':
+        noValue();
+        o.readonly = false;
+        break;
+      case 'private':
+        noValue();
+        o.private = true;
+        break;
+      case 'nosuid':
+      case 'nodev':
+      case 'noexec':
+      case 'nodiratime':
+        noValue();
+        o[key] = true;
+        break;
+      case 'suid':
+      case 'dev':
+      case 'exec':
+      case 'diratime':
+        noValue();
+        o[`no${key}` as 'nosuid' | 'nodev' | 'noexec' | 'nodiratime'] = false;
+        break;
+      case 'relatime':
+      case 'noatime':
+      case 'strictatime':
+        noValue();
+        o.atime = key;
+        break;
+      case 'backing':
+        o.backing = choice(key, unescape(need()), ['auto', 'fd', 'file', 'loop'] as const);
+        break;
+      case 'layers':
+        o.layers = choice(key, unescape(need()), ['auto', 'fd', 'path'] as const);
+        break;
+      case 'api':
+        o.api = choice(key, unescape(need()), ['auto', 'new', 'legacy'] as const);
+        break;
+      case 'source':
+        o.source = unescape(need());
+        break;
+      // Options mount(8) and fstab use that mean nothing to the file system itself.
+      case 'defaults':
+      case 'auto':
+      case 'noauto':
+      case 'nofail':
+      case '_netdev':
+      case 'user':
+      case 'nouser':
+      case 'users':
+      case 'owner':
+      case 'group':
+      case 'async':
+      case 'loud':
+      case 'silent':
+        ignored.push(key);
+        break;
+      default:
+        if (key.startsWith('x-') || key === 'comment') {
+          ignored.push(key);
+          break;
+        }
+        if (sloppy) {
+          ignored.push(key);
+          break;
+        }
+        throw new UserError(`unsupported mount option '${key}'`, 2);
+    }
+  }
+  if (verity) o.verity = 'require';
+  else if (tryverity) o.verity = 'try';
+  return { options: o, ignored };
+}
