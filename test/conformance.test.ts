@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -153,9 +153,9 @@ test('mkcomposefs refuses every should-fail dump with one line and writes nothin
     assert.ok(files.length >= 10);
     for (const f of files) {
       const out = join(tmp, 'out.img');
-      const r = spawnSync(process.execPath, [cliPath('mkcomposefs'), '--from-file', join(dir, 'upstream', f), out], { encoding: 'utf8' });
+      const r: SpawnSyncReturns<string> = spawnSync(process.execPath, [cliPath('mkcomposefs'), '--from-file', join(dir, 'upstream', f), out], { encoding: 'utf8' });
       assert.notEqual(r.status, 0, `${f} was accepted`);
-      const lines = r.stderr.trim().split('\n');
+      const lines: string[] = r.stderr.trim().split('\n');
       assert.equal(lines.length, 1, `${f}: expected one line, got:\n${r.stderr}`);
       assert.match(lines[0], /^mkcomposefs: /, f);
       assert.doesNotMatch(r.stderr, /\n\s+at /, `${f}: stack trace`);
