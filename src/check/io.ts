@@ -46,6 +46,9 @@ export class Output {
   private parts: Array<string | Buffer> = [];
   private size = 0;
 
+  /** `sink` receives each flushed piece (default: stdout). */
+  constructor(private readonly sink: (buf: Buffer) => void = writeStdout) {}
+
   text(s: string): void {
     this.parts.push(s);
     this.size += s.length;
@@ -63,7 +66,7 @@ export class Output {
     const buf = Buffer.concat(this.parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'latin1') : p)));
     this.parts = [];
     this.size = 0;
-    writeStdout(buf);
+    this.sink(buf);
   }
 }
 

@@ -18,7 +18,6 @@ import { UserError, describeSystemError } from './errors.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { Output, escapeBytes, loadImage } from '../check/io.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
-import { digestToHex, fsverityDigestOfFileSync } from '../fsverity/index.js';
 
 const specs: OptionSpec[] = [
   { name: 'basedir', value: true, arg: 'DIR', help: 'object store to look objects up in (missing-objects)' },
@@ -147,8 +146,10 @@ function objectExists(basedir: string | null, object: Buffer): boolean {
   }
 }
 
-function measureFiles(paths: string[]): number {
+async function measureFiles(paths: string[]): Promise<number> {
   if (paths.length === 0) throw new UserError('No files specified');
+  // Loaded only here: the hashing module brings in native code the other commands do not need.
+  const { digestToHex, fsverityDigestOfFileSync } = await import('../fsverity/index.js');
   const out = new Output();
   for (const path of paths) {
     let fd: number;

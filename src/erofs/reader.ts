@@ -160,28 +160,28 @@ export interface ReadImageResult {
 const MAX_SAFE_HI = 0x1fffff; // high 32 bits of a u64 that still fits a double exactly
 const NAME_MAX = 255;
 const PATH_MAX = 4096;
-const utf8 = (s: string) => Buffer.from(s, 'utf8');
+const latin1 = (s: string) => Buffer.from(s, 'latin1');
 
-const K = {
-  redirect: utf8('trusted.overlay.redirect'),
-  metacopy: utf8('trusted.overlay.metacopy'),
-  escWhiteout: utf8('trusted.overlay.overlay.whiteout'),
-  escWhiteouts: utf8('trusted.overlay.overlay.whiteouts'),
-  userWhiteout: utf8('user.overlay.whiteout'),
-  userWhiteouts: utf8('user.overlay.whiteouts'),
-  overlayPrefix: utf8('trusted.overlay.'),
-  escapePrefix: utf8('trusted.overlay.overlay.'),
-  trustedPrefix: utf8('trusted.'),
-  aclAccess: utf8('system.posix_acl_access'),
-  aclDefault: utf8('system.posix_acl_default'),
+const PREFIX_BUFS = XATTR_INDEX_PREFIX.map((p) => (p === null ? null : latin1(p)));
+const TRUSTED = latin1('trusted.');
+const USER = latin1('user.');
+/** Names (after `trusted.`, or after `user.` for the two user ones) that mean something to composefs. */
+const N = {
+  overlay: latin1('overlay.'),
+  escape: latin1('overlay.overlay.'),
+  redirect: latin1('overlay.redirect'),
+  metacopy: latin1('overlay.metacopy'),
+  escWhiteout: latin1('overlay.overlay.whiteout'),
+  escWhiteouts: latin1('overlay.overlay.whiteouts'),
+  userWhiteout: latin1('overlay.whiteout'),
+  userWhiteouts: latin1('overlay.whiteouts'),
+  aclAccess: latin1('system.posix_acl_access'),
+  aclDefault: latin1('system.posix_acl_default'),
 };
-const PREFIX_BUFS = XATTR_INDEX_PREFIX.map((p) => (p === null ? null : utf8(p)));
+
 const DOT = 0x2e;
 const SLASH = 0x2f;
 
-function hasPrefix(key: Buffer, prefix: Buffer): boolean {
-  return key.length >= prefix.length && key.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
-}
 
 /** A path as one printable line: the dump format's escapes for anything that is not graphic ASCII. */
 export function printablePath(path: Buffer): string {
@@ -253,6 +253,7 @@ export function imageVersion(buf: Buffer): number {
   return readImageHeader(buf).version;
 }
 
+
 /** One inode as stored, after bounds checks. */
 interface RawInode {
   nid: number;
@@ -273,29 +274,52 @@ interface RawInode {
   xattrSize: number;
 }
 
-interface RawDirent {
-  name: Buffer;
-  nid: number;
-  ftype: number;
+/** What the reference reader does with an xattr (lcfs_build_node_erofs_xattr). */
+const enum XKind {
+  /** Kept under its own name. */
+  Keep,
+  /** `trusted.overlay.overlay.X`: kept as `trusted.overlay.X`. */
+  KeepEscaped,
+  /** composefs's own overlayfs xattrs and whiteout markers: not part of the tree. */
+  Drop,
+  Redirect,
+  Metacopy,
+  /** `trusted.overlay.overlay.whiteout`: makes a regular file a whiteout; elsewhere kept un-escaped. */
+  EscWhiteout,
 }
 
-interface RawXattr {
+/** A shared xattr, parsed once however many inodes refer to it. */
+interface SharedXattr {
   index: number;
-  /** Name without the prefix of its index. */
-  name: Buffer;
-  key: Buffer;
+  nameStart: number;
+  nameLen: number;
+  kind: XKind;
+  acl: boolean;
+  key: Buffer | null;
   value: Buffer;
 }
 
-/** A directory being walked: paths are built only when a message needs one. */
+/** A directory being walked: its entries in parallel arrays; paths are built only for messages. */
 interface Frame {
   inode: Inode;
   nid: number;
   parent: Frame | null;
   name: Buffer | null;
-  entries: RawDirent[];
+  names: Buffer[];
+  nids: number[];
+  ftypes: number[];
+  /** Visiting order when the stored entries were not sorted (else null: stored order). */
+  order: number[] | null;
   next: number;
   subdirs: number;
+}
+
+interface DirentSink {
+  names: Buffer[];
+  nids: number[];
+  ftypes: number[];
+  dot: number;
+  dotdot: number;
 }
 
 /** Thrown for damage confined to one entry; check mode reports it and skips the entry. */
@@ -329,23 +353,94 @@ function ftypeOf(mode: number): number {
   }
 }
 
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  const n = a.length;
+  if (n !== b.length) return false;
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Byte order of names (strcmp on names without NUL), in JavaScript: cheaper than a native call for short names. */
+function compareNames(a: Uint8Array, b: Uint8Array): number {
+  const n = a.length < b.length ? a.length : b.length;
+  for (let i = 0; i < n; i++) {
+    const d = a[i] - b[i];
+    if (d !== 0) return d;
+  }
+  return a.length - b.length;
+}
+
+function setXattr(list: Xattr[], key: Buffer, value: Buffer): void {
+  for (let i = 0; i < list.length; i++) {
+    if (bytesEqual(list[i].key, key)) {
+      list[i].value = value;
+      return;
+    }
+  }
+  list.push({ key, value });
+}
+
+const NONE = 0;
+const WHITEOUT = -1;
+
+/** nid -> tree node (index + 1), or WHITEOUT; a typed array for images of usual size, a Map beyond. */
+class NidTable {
+  private readonly slots: Int32Array | null;
+  private readonly map: Map<number, number> | null;
+  readonly nodes: Inode[] = [];
+  whiteouts = 0;
+
+  constructor(maxNid: number) {
+    if (maxNid < 1 << 22) {
+      this.slots = new Int32Array(Math.max(0, maxNid) + 1);
+      this.map = null;
+    } else {
+      this.slots = null;
+      this.map = new Map();
+    }
+  }
+
+  get(nid: number): number {
+    if (this.slots) return nid < this.slots.length ? this.slots[nid] : NONE;
+    return this.map!.get(nid) ?? NONE;
+  }
+
+  add(nid: number, node: Inode): void {
+    this.nodes.push(node);
+    if (this.slots) this.slots[nid] = this.nodes.length;
+    else this.map!.set(nid, this.nodes.length);
+  }
+
+  node(v: number): Inode {
+    return this.nodes[v - 1];
+  }
+
+  whiteout(nid: number): void {
+    this.whiteouts++;
+    if (this.slots) this.slots[nid] = WHITEOUT;
+    else this.map!.set(nid, WHITEOUT);
+  }
+}
+
 class Reader {
+  readonly b: Buffer;
   readonly len: number;
   readonly metaStart: number;
   readonly xattrStart: number;
   readonly checking: boolean;
-  /** Bytes of directory data, inline xattr areas and contents still allowed to be examined. */
+  /** Bytes of directory data, xattr areas and contents still allowed to be examined. */
   private budget: number;
-  private readonly sharedCache = new Map<number, RawXattr>();
+  private readonly shared = new Map<number, SharedXattr>();
   private readonly filterOn: boolean;
   hasAcl = false;
 
   constructor(
-    readonly buf: Buffer,
+    buf: Buffer,
     readonly header: ImageHeader,
     readonly onProblem: ((p: ImageProblem) => void) | undefined,
-    readonly trace: ReadTrace | undefined = undefined,
+    readonly trace: ReadTrace | undefined,
   ) {
+    this.b = buf;
     this.len = buf.length;
     this.metaStart = header.metaBlkaddr * BLOCK_SIZE;
     this.xattrStart = header.xattrBlkaddr * BLOCK_SIZE;
@@ -356,30 +451,31 @@ class Reader {
     this.filterOn = (header.featureCompat & FEATURE_COMPAT_XATTR_FILTER) !== 0;
   }
 
-  spend(n: number, what: string): void {
+  spend(n: number, nid: number): void {
     this.budget -= n;
     if (this.budget < 0) {
-      throw new ImageFormatError(`${what}: structures overlap far more than a valid image allows (work budget exhausted)`, null, 'overlap');
+      throw new ImageFormatError(`inode ${nid}: structures overlap far more than a valid image allows (work budget exhausted)`, null, 'overlap');
     }
   }
 
-  need(off: number, n: number, what: string): void {
+  need(off: number, n: number, nid: number, what: string): void {
     if (!(off >= 0 && n >= 0 && off + n <= this.len)) {
-      throw new EntryError('bounds', `${what} (offset ${off}, ${n} bytes) lies outside the image (${this.len} bytes)`);
+      throw new EntryError('bounds', `inode ${nid}: ${what} (offset ${off}, ${n} bytes) lies outside the image (${this.len} bytes)`);
     }
   }
 
-  u64(off: number, what: string): number {
-    const hi = this.buf.readUInt32LE(off + 4);
-    if (hi > MAX_SAFE_HI) throw new EntryError('range', `${what} is out of range`);
-    return hi * 0x100000000 + this.buf.readUInt32LE(off);
+  u64(off: number, nid: number, what: string): number {
+    const hi = this.b.readUInt32LE(off + 4);
+    if (hi > MAX_SAFE_HI) throw new EntryError('range', `inode ${nid}: ${what} is out of range`);
+    return hi * 0x100000000 + this.b.readUInt32LE(off);
   }
 
   inode(nid: number): RawInode {
-    if (!Number.isSafeInteger(nid) || nid < 0) throw new EntryError('bounds', `inode number ${nid} is out of range`);
+    const b = this.b;
     const off = this.metaStart + nid * SLOT_SIZE;
-    this.need(off, INODE_COMPACT_SIZE, `inode ${nid}`);
-    const b = this.buf;
+    if (!(nid >= 0 && off + INODE_COMPACT_SIZE <= this.len)) {
+      throw new EntryError('bounds', `inode ${nid} lies outside the image (${this.len} bytes)`);
+    }
     const format = b.readUInt16LE(off);
     const compact = (format & 1) === 0;
     const layout = (format >> I_DATALAYOUT_BIT) & I_DATALAYOUT_MASK;
@@ -404,7 +500,7 @@ class Reader {
         xattrSize: 0,
       };
     } else {
-      this.need(off, INODE_EXTENDED_SIZE, `inode ${nid}`);
+      if (off + INODE_EXTENDED_SIZE > this.len) throw new EntryError('bounds', `inode ${nid} lies outside the image (${this.len} bytes)`);
       const mHi = b.readInt32LE(off + IE.mtime + 4);
       if (mHi > MAX_SAFE_HI || mHi < -MAX_SAFE_HI - 1) throw new EntryError('range', `inode ${nid}: mtime is out of range`);
       raw = {
@@ -415,7 +511,7 @@ class Reader {
         layout,
         mode: b.readUInt16LE(off + IE.mode),
         nlink: b.readUInt32LE(off + IE.nlink),
-        size: this.u64(off + IE.size, `inode ${nid}: size`),
+        size: this.u64(off + IE.size, nid, 'size'),
         u: b.readUInt32LE(off + IE.u),
         uid: b.readUInt32LE(off + IE.uid),
         gid: b.readUInt32LE(off + IE.gid),
@@ -428,14 +524,16 @@ class Reader {
     }
     if (raw.xattrIcount > 0) {
       raw.xattrSize = XATTR_IBODY_HEADER_SIZE + (raw.xattrIcount - 1) * 4;
-      this.need(off + raw.isize, raw.xattrSize, `inode ${nid}: xattr area`);
+      this.need(off + raw.isize, raw.xattrSize, nid, 'xattr area');
     }
+    if (this.trace?.inode) {
+      this.trace.inode(nid, off, { compact, mode: raw.mode, size: raw.size, xattrSize: raw.xattrSize, dataOffset: raw.u * BLOCK_SIZE });
+    }
+    const type = raw.mode & S_IFMT;
     if (ftypeOf(raw.mode) < 0) throw new EntryError('mode', `inode ${nid}: invalid file type in mode 0${raw.mode.toString(8)}`);
     if (layout !== LAYOUT_FLAT_PLAIN && layout !== LAYOUT_FLAT_INLINE && layout !== LAYOUT_CHUNK_BASED) {
       throw new EntryError('layout', `inode ${nid}: unsupported data layout ${layout}`);
     }
-    this.trace?.inode?.(nid, off, { compact, mode: raw.mode, size: raw.size, xattrSize: raw.xattrSize, dataOffset: raw.u * BLOCK_SIZE });
-    const type = raw.mode & S_IFMT;
     if (layout === LAYOUT_CHUNK_BASED && type !== S_IFREG) {
       throw new EntryError('layout', `inode ${nid}: chunk-based layout on a file that is not regular`);
     }
@@ -447,157 +545,277 @@ class Reader {
     return raw.off + raw.isize + raw.xattrSize;
   }
 
-  /** The data of a flat inode as [offset, length] pieces: full blocks, then the inline tail. */
-  dataPieces(raw: RawInode, what: string): Array<[number, number]> {
+  /**
+   * Where a flat inode's data is: `nBlocks` contiguous blocks from `blocks`
+   * (the last one partial for the plain layout), then `tail` bytes inline.
+   */
+  private extent(raw: RawInode): { blocks: number; blockBytes: number; tailOff: number; tail: number } {
     const size = raw.size;
     const inline = raw.layout === LAYOUT_FLAT_INLINE;
     const nBlocks = inline ? Math.floor(size / BLOCK_SIZE) : Math.ceil(size / BLOCK_SIZE);
-    const pieces: Array<[number, number]> = [];
-    if (nBlocks > 0) {
-      const start = raw.u * BLOCK_SIZE;
-      const blockBytes = inline ? nBlocks * BLOCK_SIZE : size;
-      this.need(start, blockBytes, `${what} data blocks`);
-      for (let i = 0; i < nBlocks; i++) {
-        pieces.push([start + i * BLOCK_SIZE, Math.min(BLOCK_SIZE, blockBytes - i * BLOCK_SIZE)]);
+    const blocks = raw.u * BLOCK_SIZE;
+    const blockBytes = inline ? nBlocks * BLOCK_SIZE : size;
+    if (blockBytes > 0) this.need(blocks, blockBytes, raw.nid, 'data blocks');
+    const tail = inline ? size - nBlocks * BLOCK_SIZE : 0;
+    const tailOff = this.tailOffset(raw);
+    if (tail > 0) {
+      this.need(tailOff, tail, raw.nid, 'inline data');
+      if (this.checking && Math.floor(tailOff / BLOCK_SIZE) !== Math.floor((tailOff + tail - 1) / BLOCK_SIZE)) {
+        this.onProblem!({ path: null, code: 'tail-crosses-block', message: `inode ${raw.nid}: inline data crosses a block boundary (the kernel refuses to read it)` });
       }
     }
-    if (inline) {
-      const tail = size - nBlocks * BLOCK_SIZE;
-      if (tail > 0) {
-        const off = this.tailOffset(raw);
-        this.need(off, tail, `${what} inline data`);
-        if (this.checking && Math.floor(off / BLOCK_SIZE) !== Math.floor((off + tail - 1) / BLOCK_SIZE)) {
-          this.problemAt(null, 'tail-crosses-block', `inode ${raw.nid}: inline data crosses a block boundary (the kernel refuses to read it)`);
-        }
-        pieces.push([off, tail]);
-      }
-    }
-    return pieces;
+    return { blocks, blockBytes, tailOff, tail };
   }
 
-  data(raw: RawInode, what: string): Buffer {
-    const pieces = this.dataPieces(raw, what);
-    this.spend(raw.size, what);
-    if (pieces.length === 1) return this.buf.subarray(pieces[0][0], pieces[0][0] + pieces[0][1]);
-    const out = Buffer.allocUnsafe(raw.size);
-    let p = 0;
-    for (const [off, n] of pieces) {
-      this.buf.copy(out, p, off, off + n);
-      p += n;
-    }
+  data(raw: RawInode): Buffer {
+    const { blocks, blockBytes, tailOff, tail } = this.extent(raw);
+    this.spend(raw.size, raw.nid);
+    const b = this.b;
+    if (tail === 0) return b.subarray(blocks, blocks + blockBytes);
+    if (blockBytes === 0) return b.subarray(tailOff, tailOff + tail);
+    const out = Buffer.allocUnsafe(blockBytes + tail);
+    b.copy(out, 0, blocks, blocks + blockBytes);
+    b.copy(out, blockBytes, tailOff, tailOff + tail);
     return out;
   }
 
-  /** Directory entries (without `.` and `..`), in stored order. */
-  dirents(raw: RawInode, what: string, dots: { dot: number; dotdot: number }): RawDirent[] {
-    const pieces = this.dataPieces(raw, what);
-    const out: RawDirent[] = [];
-    for (const [start, len] of pieces) {
-      this.spend(len, what);
-      if (len < DIRENT_SIZE) throw new EntryError('dirent', `${what}: directory block of ${len} bytes is too short`);
-      const b = this.buf;
-      const nameoff0 = b.readUInt16LE(start + DE.nameoff);
-      if (nameoff0 < DIRENT_SIZE || nameoff0 % DIRENT_SIZE !== 0 || nameoff0 > len) {
-        throw new EntryError('dirent', `${what}: bad first name offset ${nameoff0} in a directory block of ${len} bytes`);
+  /** Directory entries (without `.` and `..`) into `sink`, in stored order. */
+  dirents(raw: RawInode, sink: DirentSink): void {
+    const { blocks, blockBytes, tailOff, tail } = this.extent(raw);
+    for (let p = 0; p < blockBytes; p += BLOCK_SIZE) this.direntBlock(raw, blocks + p, Math.min(BLOCK_SIZE, blockBytes - p), sink);
+    if (tail > 0) this.direntBlock(raw, tailOff, tail, sink);
+  }
+
+  private direntBlock(raw: RawInode, start: number, len: number, sink: DirentSink): void {
+    const nid = raw.nid;
+    this.spend(len, nid);
+    if (len < DIRENT_SIZE) throw new EntryError('dirent', `inode ${nid}: directory block of ${len} bytes is too short`);
+    const b = this.b;
+    const nameoff0 = b[start + DE.nameoff] | (b[start + DE.nameoff + 1] << 8);
+    if (nameoff0 < DIRENT_SIZE || nameoff0 % DIRENT_SIZE !== 0 || nameoff0 > len) {
+      throw new EntryError('dirent', `inode ${nid}: bad first name offset ${nameoff0} in a directory block of ${len} bytes`);
+    }
+    const n = nameoff0 / DIRENT_SIZE;
+    for (let i = 0; i < n; i++) {
+      const p = start + i * DIRENT_SIZE;
+      const nameoff = b[p + DE.nameoff] | (b[p + DE.nameoff + 1] << 8);
+      let end: number;
+      if (i + 1 < n) {
+        end = b[p + DIRENT_SIZE + DE.nameoff] | (b[p + DIRENT_SIZE + DE.nameoff + 1] << 8);
+      } else {
+        // The last name runs to the first NUL or the end of the block.
+        end = nameoff;
+        while (end < len && b[start + end] !== 0) end++;
       }
-      const n = nameoff0 / DIRENT_SIZE;
-      for (let i = 0; i < n; i++) {
-        const p = start + i * DIRENT_SIZE;
-        const nameoff = b.readUInt16LE(p + DE.nameoff);
-        let end: number;
-        if (i + 1 < n) {
-          end = b.readUInt16LE(p + DIRENT_SIZE + DE.nameoff);
-        } else {
-          const nul = b.indexOf(0, start + nameoff);
-          end = nul < 0 || nul > start + len ? len : nul - start;
-        }
-        if (nameoff < nameoff0 || end > len || end <= nameoff) {
-          throw new EntryError('dirent', `${what}: entry ${i} has a bad name offset (${nameoff}..${end} in a block of ${len} bytes)`);
-        }
-        const name = b.subarray(start + nameoff, start + end);
-        const nid = this.u64(p + DE.nid, `${what}: entry ${i} inode number`);
-        this.trace?.dirent?.(raw.nid, p, start + nameoff, nid, name);
-        if (name.length === 1 && name[0] === DOT) {
-          dots.dot = nid;
-          continue;
-        }
-        if (name.length === 2 && name[0] === DOT && name[1] === DOT) {
-          dots.dotdot = nid;
-          continue;
-        }
-        if (name.length > NAME_MAX) throw new EntryError('name', `${what}: entry ${i} has a name of ${name.length} bytes (at most ${NAME_MAX})`);
-        if (name.includes(0) || name.includes(SLASH)) {
-          throw new EntryError('name', `${what}: entry name '${printablePath(name)}' contains '/' or NUL`);
-        }
-        out.push({ name, nid, ftype: b[p + DE.fileType] });
+      if (nameoff < nameoff0 || end > len || end <= nameoff) {
+        throw new EntryError('dirent', `inode ${nid}: entry ${i} has a bad name offset (${nameoff}..${end} in a block of ${len} bytes)`);
+      }
+      const hi = b.readUInt32LE(p + DE.nid + 4);
+      if (hi > MAX_SAFE_HI) throw new EntryError('range', `inode ${nid}: entry ${i} has an inode number out of range`);
+      const child = hi * 0x100000000 + b.readUInt32LE(p + DE.nid);
+      const ns = start + nameoff;
+      const ne = start + end;
+      if (this.trace?.dirent) this.trace.dirent(nid, p, ns, child, b.subarray(ns, ne));
+      if (b[ns] === DOT && (ne - ns === 1 || (ne - ns === 2 && b[ns + 1] === DOT))) {
+        if (ne - ns === 1) sink.dot = child;
+        else sink.dotdot = child;
+        continue;
+      }
+      if (ne - ns > NAME_MAX) throw new EntryError('name', `inode ${nid}: entry ${i} has a name of ${ne - ns} bytes (at most ${NAME_MAX})`);
+      for (let q = ns; q < ne; q++) {
+        if (b[q] === 0 || b[q] === SLASH) throw new EntryError('name', `inode ${nid}: entry name '${printablePath(b.subarray(ns, ne))}' contains '/' or NUL`);
+      }
+      sink.names.push(b.subarray(ns, ne));
+      sink.nids.push(child);
+      sink.ftypes.push(b[p + DE.fileType]);
+    }
+  }
+
+  private eqAt(pos: number, n: number, s: Buffer): boolean {
+    if (n !== s.length) return false;
+    const b = this.b;
+    for (let i = 0; i < n; i++) if (b[pos + i] !== s[i]) return false;
+    return true;
+  }
+
+  private startsAt(pos: number, n: number, s: Buffer): boolean {
+    if (n < s.length) return false;
+    const b = this.b;
+    for (let i = 0; i < s.length; i++) if (b[pos + i] !== s[i]) return false;
+    return true;
+  }
+
+  /** Classify the stored name (index, bytes at s..s+n) as lcfs_build_node_erofs_xattr treats it. */
+  private classify(index: number, s: number, n: number): XKind {
+    let rs = -1;
+    let rn = 0;
+    let user = false;
+    if (index === 4) {
+      rs = s;
+      rn = n;
+    } else if (index === 1) {
+      rs = s;
+      rn = n;
+      user = true;
+    } else if (index === 0) {
+      if (this.startsAt(s, n, TRUSTED)) {
+        rs = s + TRUSTED.length;
+        rn = n - TRUSTED.length;
+      } else if (this.startsAt(s, n, USER)) {
+        rs = s + USER.length;
+        rn = n - USER.length;
+        user = true;
       }
     }
-    return out;
+    if (rs < 0) return XKind.Keep;
+    if (user) return this.eqAt(rs, rn, N.userWhiteout) || this.eqAt(rs, rn, N.userWhiteouts) ? XKind.Drop : XKind.Keep;
+    if (!this.startsAt(rs, rn, N.overlay)) return XKind.Keep;
+    if (this.eqAt(rs, rn, N.redirect)) return XKind.Redirect;
+    if (this.eqAt(rs, rn, N.metacopy)) return XKind.Metacopy;
+    if (!this.startsAt(rs, rn, N.escape)) return XKind.Drop;
+    if (this.eqAt(rs, rn, N.escWhiteouts)) return XKind.Drop;
+    if (this.eqAt(rs, rn, N.escWhiteout)) return XKind.EscWhiteout;
+    return XKind.KeepEscaped;
   }
 
-  private entry(off: number, end: number, what: string): RawXattr {
-    if (off + XATTR_ENTRY_SIZE > end) throw new EntryError('xattr', `${what}: truncated xattr entry`);
-    const b = this.buf;
-    const nameLen = b[off];
-    const index = b[off + 1];
-    const valueSize = b.readUInt16LE(off + 2);
-    const total = XATTR_ENTRY_SIZE + nameLen + valueSize;
-    if (off + total > end) throw new EntryError('xattr', `${what}: xattr entry of ${total} bytes runs past its area`);
-    const prefix = index < PREFIX_BUFS.length ? PREFIX_BUFS[index] : null;
-    if (prefix === null) throw new EntryError('xattr', `${what}: unsupported xattr name index ${index}`);
-    const name = b.subarray(off + XATTR_ENTRY_SIZE, off + XATTR_ENTRY_SIZE + nameLen);
-    if (name.includes(0)) throw new EntryError('xattr', `${what}: xattr name contains NUL`);
-    const key = prefix.length === 0 ? name : Buffer.concat([prefix, name], prefix.length + nameLen);
-    if (key.length === 0) throw new EntryError('xattr', `${what}: empty xattr name`);
-    const value = b.subarray(off + XATTR_ENTRY_SIZE + nameLen, off + total);
-    return { index, name, key, value };
+  /** The name an xattr gets in the tree. */
+  private keyOf(index: number, s: number, n: number, escaped: boolean): Buffer {
+    const b = this.b;
+    if (escaped) {
+      // trusted.overlay.overlay.X -> trusted.overlay.X: drop one "overlay.".
+      const rs = index === 0 ? s + TRUSTED.length : s;
+      const from = rs + N.overlay.length;
+      const end = s + n;
+      const key = Buffer.allocUnsafe(TRUSTED.length + end - from);
+      TRUSTED.copy(key, 0);
+      b.copy(key, TRUSTED.length, from, end);
+      return key;
+    }
+    const prefix = PREFIX_BUFS[index]!;
+    const key = Buffer.allocUnsafe(prefix.length + n);
+    prefix.copy(key, 0);
+    b.copy(key, prefix.length, s, s + n);
+    return key;
   }
 
-  /** Inline xattrs first, then shared ones, as the reference reads them. */
-  xattrs(raw: RawInode, what: string): RawXattr[] {
-    if (raw.xattrIcount === 0) return [];
-    const b = this.buf;
+  private isAcl(index: number, s: number, n: number): boolean {
+    return index === 2 || index === 3 || (index === 0 && (this.eqAt(s, n, N.aclAccess) || this.eqAt(s, n, N.aclDefault)));
+  }
+
+  /** Checks on one xattr entry header; returns the entry's total (unpadded) size. */
+  private entryAt(pos: number, end: number, nid: number): number {
+    const b = this.b;
+    if (pos + XATTR_ENTRY_SIZE > end) throw new EntryError('xattr', `inode ${nid}: truncated xattr entry`);
+    const nameLen = b[pos];
+    const index = b[pos + 1];
+    const total = XATTR_ENTRY_SIZE + nameLen + (b[pos + 2] | (b[pos + 3] << 8));
+    if (pos + total > end) throw new EntryError('xattr', `inode ${nid}: xattr entry of ${total} bytes runs past its area`);
+    if (index >= PREFIX_BUFS.length || PREFIX_BUFS[index] === null) throw new EntryError('xattr', `inode ${nid}: unsupported xattr name index ${index}`);
+    const s = pos + XATTR_ENTRY_SIZE;
+    for (let i = 0; i < nameLen; i++) if (b[s + i] === 0) throw new EntryError('xattr', `inode ${nid}: xattr name contains NUL`);
+    if (nameLen === 0 && index === 0) throw new EntryError('xattr', `inode ${nid}: empty xattr name`);
+    return total;
+  }
+
+  private sharedXattr(id: number, nid: number): SharedXattr {
+    let x = this.shared.get(id);
+    if (x) return x;
+    const pos = this.xattrStart + id * 4;
+    if (pos + XATTR_ENTRY_SIZE > this.len) throw new EntryError('bounds', `inode ${nid}: shared xattr ${id} lies outside the image`);
+    const total = this.entryAt(pos, this.len, nid);
+    const b = this.b;
+    const index = b[pos + 1];
+    const nameStart = pos + XATTR_ENTRY_SIZE;
+    const nameLen = b[pos];
+    const kind = this.classify(index, nameStart, nameLen);
+    const key = kind === XKind.Keep || kind === XKind.KeepEscaped || kind === XKind.EscWhiteout ? this.keyOf(index, nameStart, nameLen, kind !== XKind.Keep) : null;
+    x = { index, nameStart, nameLen, kind, acl: this.isAcl(index, nameStart, nameLen), key, value: b.subarray(nameStart + nameLen, pos + total) };
+    this.shared.set(id, x);
+    return x;
+  }
+
+  /** Apply one xattr to the node; returns flags for the checks (1 redirect, 2 metacopy). */
+  private apply(node: Inode, kind: XKind, key: Buffer | null, value: Buffer, check: ((code: string, msg: string) => void) | null): number {
+    const isReg = (node.mode & S_IFMT) === S_IFREG;
+    switch (kind) {
+      case XKind.Drop:
+        return 0;
+      case XKind.Redirect:
+        if (!isReg) return 0;
+        {
+          // The reference stores "/" + payload; a NUL ends it as in C.
+          const start = value.length > 1 && value[0] === SLASH ? 1 : 0;
+          let end = start;
+          while (end < value.length && value[end] !== 0) end++;
+          node.payload = start === 0 && end === value.length ? value : value.subarray(start, end);
+        }
+        return 1;
+      case XKind.Metacopy:
+        if (!isReg) return 0;
+        if (value.length === 4 + 32) node.digest = value.subarray(4, 36);
+        if (check) {
+          if (value.length !== 0 && value.length !== 36) check('metacopy', `trusted.overlay.metacopy of ${value.length} bytes (expected 0 or 36)`);
+          else if (value.length === 36 && (value[0] !== 0 || value[1] !== 36 || value[2] !== 0 || value[3] !== FS_VERITY_HASH_ALG_SHA256)) {
+            check('metacopy', 'trusted.overlay.metacopy has a bad header (version, length, flags or hash algorithm)');
+          }
+        }
+        return 2;
+      case XKind.EscWhiteout:
+        if (isReg) {
+          node.mode = (node.mode & ~S_IFMT) | S_IFCHR;
+          node.rdev = 0;
+          node.size = 0;
+          return 0;
+        }
+        break;
+    }
+    setXattr(node.xattrs, key!, value);
+    return 0;
+  }
+
+  private filterCheck(filter: number, index: number, s: number, n: number, nid: number): void {
+    const bit = xxh32(this.b, (XATTR_FILTER_SEED + index) >>> 0, s, s + n) & (XATTR_FILTER_BITS - 1);
+    if ((filter >>> bit) & 1) {
+      const full = Buffer.concat([PREFIX_BUFS[index]!, this.b.subarray(s, s + n)]);
+      this.onProblem!({ path: null, code: 'xattr-filter', message: `inode ${nid}: the xattr name filter hides '${printablePath(full)}' (the kernel would not find it)` });
+    }
+  }
+
+  /** Inline xattrs first, then shared ones, applied in the reference's order. Returns check flags. */
+  private xattrs(raw: RawInode, node: Inode, check: ((code: string, msg: string) => void) | null): number {
+    const b = this.b;
+    const nid = raw.nid;
     const h = raw.off + raw.isize;
     const end = h + raw.xattrSize;
-    this.spend(raw.xattrSize, what);
+    this.spend(raw.xattrSize, nid);
     const sharedCount = b[h + XH.sharedCount];
     let pos = h + XATTR_IBODY_HEADER_SIZE + sharedCount * 4;
-    if (pos > end) throw new EntryError('xattr', `${what}: ${sharedCount} shared xattrs do not fit an xattr area of ${raw.xattrSize} bytes`);
-    const out: RawXattr[] = [];
+    if (pos > end) throw new EntryError('xattr', `inode ${nid}: ${sharedCount} shared xattrs do not fit an xattr area of ${raw.xattrSize} bytes`);
+    const filter = this.checking && this.filterOn ? b.readUInt32LE(h + XH.nameFilter) : 0;
+    let flags = 0;
     while (pos < end) {
-      const x = this.entry(pos, end, what);
-      out.push(x);
-      pos += (XATTR_ENTRY_SIZE + x.name.length + x.value.length + 3) & ~3;
+      const total = this.entryAt(pos, end, nid);
+      const nameLen = b[pos];
+      const index = b[pos + 1];
+      const s = pos + XATTR_ENTRY_SIZE;
+      if (!this.hasAcl && this.isAcl(index, s, nameLen)) this.hasAcl = true;
+      if (filter !== 0) this.filterCheck(filter, index, s, nameLen, nid);
+      const kind = this.classify(index, s, nameLen);
+      const key = kind === XKind.Keep || kind === XKind.KeepEscaped || kind === XKind.EscWhiteout ? this.keyOf(index, s, nameLen, kind !== XKind.Keep) : null;
+      flags |= this.apply(node, kind, key, b.subarray(s + nameLen, pos + total), check);
+      pos += (total + 3) & ~3;
     }
     for (let i = 0; i < sharedCount; i++) {
-      const id = b.readUInt32LE(h + XATTR_IBODY_HEADER_SIZE + i * 4);
-      let x = this.sharedCache.get(id);
-      if (!x) {
-        const off = this.xattrStart + id * 4;
-        if (off + XATTR_ENTRY_SIZE > this.len) throw new EntryError('bounds', `${what}: shared xattr ${id} lies outside the image`);
-        x = this.entry(off, this.len, `${what}: shared xattr ${id}`);
-        this.sharedCache.set(id, x);
-      }
-      out.push(x);
+      const x = this.sharedXattr(b.readUInt32LE(h + XATTR_IBODY_HEADER_SIZE + i * 4), nid);
+      if (x.acl) this.hasAcl = true;
+      if (filter !== 0) this.filterCheck(filter, x.index, x.nameStart, x.nameLen, nid);
+      flags |= this.apply(node, x.kind, x.key, x.value, check);
     }
-    if (this.checking && this.filterOn) {
-      const filter = b.readUInt32LE(h + XH.nameFilter);
-      for (const x of out) {
-        const bit = xxh32(x.name, (XATTR_FILTER_SEED + x.index) >>> 0) & (XATTR_FILTER_BITS - 1);
-        if ((filter >>> bit) & 1) {
-          this.problemAt(null, 'xattr-filter', `${what}: the xattr name filter hides '${printablePath(x.key)}' (the kernel would not find it)`);
-        }
-      }
-    }
-    return out;
-  }
-
-  problemAt(path: Buffer | null, code: string, message: string): void {
-    this.onProblem?.({ path, code, message });
+    return flags;
   }
 
   /** Build the tree node of an inode (its xattrs taken apart as the reference does). */
-  build(raw: RawInode, what: string, check: (code: string, msg: string) => void): Inode {
+  build(raw: RawInode, check: ((code: string, msg: string) => void) | null): Inode {
     const type = raw.mode & S_IFMT;
     const node: Inode = {
       mode: raw.mode,
@@ -614,77 +832,34 @@ class Reader {
       xattrs: [],
       children: type === S_IFDIR ? [] : null,
     };
+    const nid = raw.nid;
     if (type === S_IFLNK) {
-      if (raw.layout === LAYOUT_CHUNK_BASED) throw new EntryError('layout', `${what}: symlink with chunk-based layout`);
-      const target = this.data(raw, what);
-      if (target.includes(0)) throw new EntryError('symlink', `${what}: symlink target contains NUL`);
-      if (this.checking) {
+      const target = this.data(raw);
+      for (let i = 0; i < target.length; i++) if (target[i] === 0) throw new EntryError('symlink', `inode ${nid}: symlink target contains NUL`);
+      if (check) {
         if (target.length === 0) check('symlink', 'empty symlink target');
         else if (target.length >= PATH_MAX) check('symlink', `symlink target of ${target.length} bytes (at most ${PATH_MAX - 1})`);
       }
       node.payload = target;
     } else if (type === S_IFREG && raw.size > 0 && raw.layout !== LAYOUT_CHUNK_BASED) {
-      node.content = this.data(raw, what);
-    } else if (this.checking && type === S_IFREG && raw.layout === LAYOUT_CHUNK_BASED) {
+      node.content = this.data(raw);
+    } else if (check && type === S_IFREG && raw.layout === LAYOUT_CHUNK_BASED) {
       this.checkChunks(raw, check);
-    } else if (this.checking && type !== S_IFDIR && type !== S_IFREG && raw.size !== 0) {
+    } else if (check && type !== S_IFDIR && type !== S_IFREG && raw.size !== 0) {
       check('size', `special file with size ${raw.size}`);
     }
-    if (this.checking && !raw.compact && raw.mtimeNsec >= 1e9) check('mtime', `mtime nanoseconds ${raw.mtimeNsec} out of range`);
-    if (this.checking && (raw.format & ~0xf) !== 0) check('format', `unknown inode format bits 0x${raw.format.toString(16)}`);
-    let metacopySeen = false;
-    let redirectSeen = false;
-    for (const x of this.xattrs(raw, what)) {
-      const key = x.key;
-      const value = x.value;
-      if (!this.hasAcl && (key.equals(K.aclAccess) || key.equals(K.aclDefault))) this.hasAcl = true;
-      const isReg = (node.mode & S_IFMT) === S_IFREG;
-      if (key.equals(K.redirect)) {
-        if (isReg) {
-          let v = value;
-          if (v.length > 1 && v[0] === SLASH) v = v.subarray(1);
-          const nul = v.indexOf(0);
-          node.payload = nul >= 0 ? v.subarray(0, nul) : v;
-          redirectSeen = true;
-        }
-        continue;
-      }
-      if (key.equals(K.metacopy)) {
-        if (isReg) {
-          metacopySeen = true;
-          if (value.length === 4 + 32) node.digest = value.subarray(4, 36);
-          if (this.checking) {
-            if (value.length !== 0 && value.length !== 36) check('metacopy', `trusted.overlay.metacopy of ${value.length} bytes (expected 0 or 36)`);
-            else if (value.length === 36 && (value[0] !== 0 || value[1] !== 36 || value[2] !== 0 || value[3] !== FS_VERITY_HASH_ALG_SHA256)) {
-              check('metacopy', 'trusted.overlay.metacopy has a bad header (version, length, flags or hash algorithm)');
-            }
-          }
-        }
-        continue;
-      }
-      if (isReg && key.equals(K.escWhiteout)) {
-        node.mode = (node.mode & ~S_IFMT) | S_IFCHR;
-        node.rdev = 0;
-        node.size = 0;
-        continue;
-      }
-      if (key.equals(K.escWhiteouts) || key.equals(K.userWhiteout) || key.equals(K.userWhiteouts)) continue;
-      let outKey = key;
-      if (hasPrefix(key, K.overlayPrefix)) {
-        if (!hasPrefix(key, K.escapePrefix)) continue;
-        outKey = Buffer.concat([K.trustedPrefix, key.subarray(K.overlayPrefix.length)]);
-      }
-      setXattr(node.xattrs, outKey, value);
-    }
+    if (check && !raw.compact && raw.mtimeNsec >= 1e9) check('mtime', `mtime nanoseconds ${raw.mtimeNsec} out of range`);
+    if (check && (raw.format & ~0xf) !== 0) check('format', `unknown inode format bits 0x${raw.format.toString(16)}`);
+    const flags = raw.xattrIcount === 0 ? 0 : this.xattrs(raw, node, check);
     if ((node.mode & S_IFMT) === S_IFCHR && type === S_IFREG) {
       // An escaped whiteout: a device node has no data of its own.
       node.payload = null;
       node.content = null;
       node.digest = null;
     }
-    if (this.checking && (node.mode & S_IFMT) === S_IFREG) {
-      if (redirectSeen && !metacopySeen) check('metacopy', 'trusted.overlay.redirect without trusted.overlay.metacopy');
-      if (raw.layout === LAYOUT_CHUNK_BASED && raw.size > 0 && !metacopySeen) {
+    if (check && (node.mode & S_IFMT) === S_IFREG) {
+      if (flags & 1 && !(flags & 2)) check('metacopy', 'trusted.overlay.redirect without trusted.overlay.metacopy');
+      if (raw.layout === LAYOUT_CHUNK_BASED && raw.size > 0 && !(flags & 2)) {
         check('metacopy', 'file data is not in the image and there is no trusted.overlay.metacopy');
       }
     }
@@ -705,16 +880,6 @@ class Reader {
     const off = Math.ceil(this.tailOffset(raw) / unit) * unit;
     if (off + count * unit > this.len) check('chunks', `chunk index of ${count} entries lies outside the image`);
   }
-}
-
-function setXattr(list: Xattr[], key: Buffer, value: Buffer): void {
-  for (const x of list) {
-    if (x.key.equals(key)) {
-      x.value = value;
-      return;
-    }
-  }
-  list.push({ key, value });
 }
 
 function framePath(frame: Frame | null, name: Buffer | null = null): Buffer {
@@ -749,51 +914,48 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
     }
   }
 
+  const table = new NidTable(Math.floor((buf.length - r.metaStart) / SLOT_SIZE));
+  const stack: Frame[] = [];
+  const newSink = (): DirentSink => ({ names: [], nids: [], ftypes: [], dot: -1, dotdot: -1 });
+
+  /** Push a directory: check `.`/`..` and the order of its entries. */
+  const enter = (inode: Inode, nid: number, parent: Frame | null, name: Buffer | null, sink: DirentSink, parentNid: number) => {
+    const frame: Frame = { inode, nid, parent, name, names: sink.names, nids: sink.nids, ftypes: sink.ftypes, order: null, next: 0, subdirs: 0 };
+    if (checking) {
+      const path = framePath(frame);
+      if (sink.dot !== nid) problem(path, 'dot', sink.dot < 0 ? "missing '.' entry" : `'.' points at inode ${sink.dot}, not at the directory itself`);
+      if (sink.dotdot !== parentNid) problem(path, 'dotdot', sink.dotdot < 0 ? "missing '..' entry" : `'..' points at inode ${sink.dotdot}, not at the parent`);
+    }
+    // Name order is what the tree model (and the writer) need; report when the image differs.
+    const names = sink.names;
+    for (let i = 1; i < names.length; i++) {
+      if (compareNames(names[i - 1], names[i]) >= 0) {
+        if (checking) problem(framePath(frame), 'order', 'directory entries are not sorted by name (the kernel lookup relies on it)');
+        frame.order = names.map((_, k) => k).sort((a, b) => compareNames(names[a], names[b]) || a - b);
+        break;
+      }
+    }
+    stack.push(frame);
+  };
+
   const rootPath = Buffer.from('/');
-  let rootRaw: RawInode;
-  let root: Inode;
-  const rootDots = { dot: -1, dotdot: -1 };
-  let rootEntries: RawDirent[];
   try {
-    rootRaw = r.inode(header.rootNid);
+    const rootRaw = r.inode(header.rootNid);
     if ((rootRaw.mode & S_IFMT) !== S_IFDIR) throw new EntryError('root', `root inode ${header.rootNid} is not a directory`);
-    root = r.build(rootRaw, 'root directory', (code, msg) => problem(rootPath, code, msg));
-    rootEntries = r.dirents(rootRaw, 'root directory', rootDots);
+    const root = r.build(rootRaw, checking ? (code, msg) => problem(rootPath, code, msg) : null);
+    const sink = newSink();
+    r.dirents(rootRaw, sink);
+    table.add(header.rootNid, root);
+    enter(root, header.rootNid, null, null, sink, header.rootNid);
   } catch (e) {
     if (e instanceof EntryError) throw new ImageFormatError(e.message, rootPath, e.code);
     throw e;
   }
-
-  const byNid = new Map<number, Inode>();
-  const whiteouts = new Set<number>();
-  byNid.set(header.rootNid, root);
-  const stack: Frame[] = [];
-  const enter = (frame: Frame, raw: RawInode, dots: { dot: number; dotdot: number }, parentNid: number) => {
-    if (checking) {
-      const path = framePath(frame);
-      if (dots.dot !== raw.nid) problem(path, 'dot', dots.dot < 0 ? "missing '.' entry" : `'.' points at inode ${dots.dot}, not at the directory itself`);
-      if (dots.dotdot !== parentNid) problem(path, 'dotdot', dots.dotdot < 0 ? "missing '..' entry" : `'..' points at inode ${dots.dotdot}, not at the parent`);
-    }
-    // Name order is what the tree model (and the writer) need; report when the image differs.
-    const e = frame.entries;
-    let sorted = true;
-    for (let i = 1; i < e.length; i++) {
-      if (Buffer.compare(e[i - 1].name, e[i].name) >= 0) {
-        sorted = false;
-        break;
-      }
-    }
-    if (!sorted) {
-      if (checking) problem(framePath(frame), 'order', 'directory entries are not sorted by name (the kernel lookup relies on it)');
-      e.sort((a, b) => Buffer.compare(a.name, b.name));
-    }
-    stack.push(frame);
-  };
-  enter({ inode: root, nid: header.rootNid, parent: null, name: null, entries: rootEntries, next: 0, subdirs: 0 }, rootRaw, rootDots, header.rootNid);
+  const root = table.nodes[0];
 
   while (stack.length > 0) {
     const frame = stack[stack.length - 1];
-    if (frame.next >= frame.entries.length) {
+    if (frame.next >= frame.names.length) {
       stack.pop();
       if (checking) {
         const want = 2 + frame.subdirs;
@@ -803,63 +965,69 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
       }
       continue;
     }
-    const ent = frame.entries[frame.next++];
-    if (frame.next > 1 && Buffer.compare(frame.entries[frame.next - 2].name, ent.name) === 0) {
+    const pos = frame.next++;
+    const k = frame.order === null ? pos : frame.order[pos];
+    const name = frame.names[k];
+    const nid = frame.nids[k];
+    if (frame.order !== null && pos > 0 && compareNames(frame.names[frame.order[pos - 1]], name) === 0) {
       const msg = 'duplicate directory entry';
       if (checking) {
-        problem(framePath(frame, ent.name), 'duplicate', msg);
+        problem(framePath(frame, name), 'duplicate', msg);
         continue;
       }
-      throw new ImageFormatError(msg, framePath(frame, ent.name), 'duplicate');
+      throw new ImageFormatError(msg, framePath(frame, name), 'duplicate');
     }
     try {
-      const seen = byNid.get(ent.nid);
-      if (seen) {
-        if ((seen.mode & S_IFMT) === S_IFDIR) {
-          throw new EntryError('loop', `entry refers to directory inode ${ent.nid}, which is already in the tree (a directory loop or a hard-linked directory)`);
+      const seen = table.get(nid);
+      if (seen > 0) {
+        const node = table.node(seen);
+        if ((node.mode & S_IFMT) === S_IFDIR) {
+          throw new EntryError('loop', `entry refers to directory inode ${nid}, which is already in the tree (a directory loop or a hard-linked directory)`);
         }
-        if (checking && ent.ftype !== ftypeOf(seen.mode) && !((seen.mode & S_IFMT) === S_IFCHR && seen.rdev === 0 && ent.ftype === FT_REG_FILE)) {
-          problem(framePath(frame, ent.name), 'dirent-type', `directory entry type ${ent.ftype} does not match the inode's file type`);
+        if (checking && frame.ftypes[k] !== ftypeOf(node.mode) && !((node.mode & S_IFMT) === S_IFCHR && node.rdev === 0 && frame.ftypes[k] === FT_REG_FILE)) {
+          problem(framePath(frame, name), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type`);
         }
-        const d: Dirent = { name: ent.name, inode: seen, hardlink: true };
+        const d: Dirent = { name, inode: node, hardlink: true };
         frame.inode.children!.push(d);
         continue;
       }
-      if (whiteouts.has(ent.nid)) continue;
-      const raw = r.inode(ent.nid);
+      if (seen === WHITEOUT) continue;
+      const raw = r.inode(nid);
       const type = raw.mode & S_IFMT;
       if (type === S_IFCHR && raw.u === 0) {
         // An overlayfs whiteout the writer added (the 00..ff in the root): not part of the tree.
-        whiteouts.add(ent.nid);
+        table.whiteout(nid);
         continue;
       }
-      if (checking && ent.ftype !== ftypeOf(raw.mode)) {
-        problem(framePath(frame, ent.name), 'dirent-type', `directory entry type ${ent.ftype} does not match the inode's file type ${ftypeOf(raw.mode)}`);
+      let check: ((code: string, msg: string) => void) | null = null;
+      if (checking) {
+        if (frame.ftypes[k] !== ftypeOf(raw.mode)) {
+          problem(framePath(frame, name), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type ${ftypeOf(raw.mode)}`);
+        }
+        let checkPath: Buffer | null = null;
+        check = (code: string, msg: string) => problem((checkPath ??= framePath(frame, name)), code, msg);
       }
-      const what = `inode ${ent.nid}`;
-      let checkPath: Buffer | null = null;
-      const check = (code: string, msg: string) => problem((checkPath ??= framePath(frame, ent.name)), code, msg);
-      const node = r.build(raw, what, check);
+      const node = r.build(raw, check);
       if (type === S_IFDIR) {
-        const dots = { dot: -1, dotdot: -1 };
-        const entries = r.dirents(raw, what, dots);
-        byNid.set(ent.nid, node);
-        frame.inode.children!.push({ name: ent.name, inode: node, hardlink: false });
+        const sink = newSink();
+        r.dirents(raw, sink);
+        table.add(nid, node);
+        frame.inode.children!.push({ name, inode: node, hardlink: false });
         frame.subdirs++;
-        enter({ inode: node, nid: ent.nid, parent: frame, name: ent.name, entries, next: 0, subdirs: 0 }, raw, dots, frame.nid);
+        enter(node, nid, frame, name, sink, frame.nid);
       } else {
-        byNid.set(ent.nid, node);
-        frame.inode.children!.push({ name: ent.name, inode: node, hardlink: false });
+        table.add(nid, node);
+        frame.inode.children!.push({ name, inode: node, hardlink: false });
       }
     } catch (e) {
       if (!(e instanceof EntryError)) throw e;
-      const path = framePath(frame, ent.name);
+      const path = framePath(frame, name);
       if (checking) problem(path, e.code, e.message);
       else throw new ImageFormatError(e.message, path, e.code);
     }
   }
 
-  const inodeCount = byNid.size + whiteouts.size;
+  const inodeCount = table.nodes.length + table.whiteouts;
   if (checking) {
     if (header.inodes !== inodeCount) problem(null, 'inodes', `superblock counts ${header.inodes} inodes, the tree reaches ${inodeCount}`);
     const flagAcl = (header.flags & COMPOSEFS_FLAG_HAS_ACL) !== 0;
