@@ -513,6 +513,9 @@ test('cfs install-helper writes a helper mount(8) can run', { skip: SKIP }, asyn
         assert.equal(m.status, 0, m.stderr);
         try {
           checkTree(fx);
+          // mount(8) hands the helper "rw" by default: without an upper layer the mount is read-only all the same.
+          const line = parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8')).find((x) => x.mountPoint === fx.mnt)!;
+          assert.ok(line.mountOptions.split(',').includes('ro'), line.line);
         } finally {
           spawnSync('umount', [fx.mnt]);
         }

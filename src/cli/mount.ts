@@ -29,7 +29,7 @@ const optionHelp = `Mount options (-o), as the reference mount.composefs:
   verity                  require overlay fs-verity checks of every object; fails if
                           the kernel or the basedir's file system lacks fs-verity
   tryverity               the same when available, else mount without (digest= implies it)
-  ro, rw                  read-only (the default without upperdir) or read-write
+  ro, rw                  read-only or read-write; without upperdir always read-only
   upperdir=DIR,workdir=DIR  a writable overlay upper layer
   idmap=PATH              idmap the image with this user namespace (/proc/PID/ns/user)
   private                 copy the image into an anonymous O_TMPFILE file, verify

@@ -166,11 +166,14 @@ export function mountComposefsSync(image: string, mountpoint: string, options: M
     if (plan.layers === 'fd') throw new UserError('layers=fd needs the new mount API (api=legacy given)', 2);
     if (o.idmap !== undefined) throw new UserError('idmap needs the new mount API (api=legacy given)', 2);
   }
-  const readonly = o.readonly ?? !o.upperdir;
+  // Without an upper layer overlayfs cannot write anyway: the mount is read-only whatever was asked
+  // (mount(8) passes "rw" to helpers by default), so mountinfo does not claim otherwise.
+  const readonly = o.upperdir ? (o.readonly ?? false) : true;
   const verityMode = o.verity ?? (expected ? 'try' : 'off');
   const source = o.source ?? DEFAULT_SOURCE;
   const { attr, ms } = mountAttrs(o, readonly);
 
+  if (o.readonly === false && !o.upperdir) explain.push('rw: ignored, without upperdir the overlay has nothing to write to; mounted read-only');
   const c = new Cleanup();
   try {
     // ---- the places involved ------------------------------------------------------------
@@ -287,6 +290,7 @@ export function mountComposefsSync(image: string, mountpoint: string, options: M
       loop = er.loop;
       const spec = { source, verity, upper, work, attr };
       let done = false;
+      let refusedFd: string | null = null;
       if (plan.layers !== 'path' && (plan.layers === 'fd' || kernel.overlayFdLayers?.ok !== false)) {
         step('overlay-fd');
         try {
@@ -299,20 +303,31 @@ export function mountComposefsSync(image: string, mountpoint: string, options: M
         } catch (err) {
           if (!(err instanceof LayerFdUnsupported)) throw err;
           if (plan.layers === 'fd') throw new UserError(`layers=fd: ${err.message}`);
-          kernel.overlayFdLayers = { ok: false, why: err.message };
+          refusedFd = err.message;
         }
       }
       if (done) layers = 'fd';
       else {
         layers = 'path';
-        const why = plan.layers === 'path' ? 'forced' : kernel.overlayFdLayers?.why ?? 'fd layers not available';
+        const why = plan.layers === 'path' ? 'forced' : refusedFd ?? kernel.overlayFdLayers?.why ?? 'fd layers not available';
         step('tempdir');
         temporaryMount = withTemporaryMount(
           c,
           (dir) => sys.moveMountTo(er.mntFd, dir),
-          (dir) => overlayPathNewApi(dir, basedirs, spec, mntFd, mnt, step),
+          (dir) => {
+            try {
+              overlayPathNewApi(dir, basedirs, spec, mntFd, mnt, step);
+            } catch (err) {
+              if (!(err instanceof AppendUnsupported)) throw err;
+              // An overlayfs without lowerdir+/datadir+ (before 6.7) or without its own fs_context: legacy options.
+              explain.push(`overlay: legacy mount(2), ${err.message}`);
+              overlayLegacy(dir, basedirs, { source, verity, upper, work, ms }, mnt, explain, step);
+            }
+          },
           step,
         );
+        // Remember the refusal only now that the other way worked: it was about fds, not this mount.
+        if (refusedFd) kernel.overlayFdLayers = { ok: false, why: refusedFd };
         explain.push(
           `layers: path, the EROFS mount sat on a private temporary directory while overlayfs was set up, then was detached and the directory removed; the overlay's options name that removed directory (${why})`,
         );
@@ -596,6 +611,9 @@ function overlayFdLayers(
   }
 }
 
+/** overlayfs refuses appending layers (lowerdir+/datadir+) through fsconfig. */
+class AppendUnsupported extends Error {}
+
 function overlayPathNewApi(
   lower: string,
   basedirs: string[],
@@ -606,14 +624,23 @@ function overlayPathNewApi(
 ): void {
   const fsfd = sys.fsopen('overlay');
   try {
-    overlayCommon(fsfd, s);
-    sys.fsconfigString(fsfd, 'lowerdir+', lower);
-    for (const d of basedirs) sys.fsconfigString(fsfd, 'datadir+', d);
+    try {
+      overlayCommon(fsfd, s);
+      sys.fsconfigString(fsfd, 'lowerdir+', lower);
+      for (const d of basedirs) sys.fsconfigString(fsfd, 'datadir+', d);
+    } catch (err) {
+      if (errnoOf(err) === EINVAL) throw new AppendUnsupported(`this overlayfs refuses layers through fsconfig (${kernelSays(err)})`);
+      throw overlayError(err);
+    }
     overlayUpper(fsfd, s);
     step('overlay-create');
     try {
       sys.fsconfigCreate(fsfd);
     } catch (err) {
+      // Without its own fs_context, overlayfs only sees the options at create time.
+      if (errnoOf(err) === EINVAL && !(err instanceof sys.FsConfigError && err.kernelLog.length)) {
+        throw new AppendUnsupported(`this overlayfs refused the appended layers (${kernelSays(err)})`);
+      }
       throw overlayError(err);
     }
     step('overlay-fsmount');

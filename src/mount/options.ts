@@ -27,7 +27,7 @@ export interface MountOptions {
   digest?: string;
   /** `require`: overlay verity=require, fail if this kernel cannot; `try`: use it when the kernel can. Default `off` (`try` when `digest` is set). */
   verity?: VerityMode;
-  /** Mount read-only. Default: true unless an upperdir is given. */
+  /** Read-only. Without an upperdir the mount is always read-only (`rw` is ignored: nothing could be written); with one the default is read-write. */
   readonly?: boolean;
   upperdir?: string;
   workdir?: string;
