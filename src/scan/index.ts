@@ -210,7 +210,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
         filesTotal: filesQueued,
         filesDone: pool.filesDone,
         bytesTotal: bytesQueued,
-        bytesDone: pool.bytesDone,
+        bytesDone: pool.bytesProgress,
       }))
     : null;
   let scanDone = false;

@@ -55,7 +55,7 @@ interface Pending {
 }
 
 export class DigestPool {
-  private readonly workers: { w: Worker; outstanding: number }[] = [];
+  private readonly workers: { w: Worker; outstanding: number; ready: Promise<void> }[] = [];
   private readonly queue: { req: BatchRequest; tags: number[] }[] = [];
   private readonly inflight = new Map<number, { tags: number[]; worker: number }>();
   private current: Pending = this.empty();
@@ -65,6 +65,9 @@ export class DigestPool {
   private closing = false;
   filesDone = 0;
   bytesDone = 0;
+  /** bytesDone plus what workers reported of the files they are still reading (for progress). */
+  bytesProgress = 0;
+  private readonly partial: number[] = [];
   objectsWritten = 0;
   bytesWritten = 0;
 
@@ -80,8 +83,19 @@ export class DigestPool {
     const url = new URL('./worker.js', import.meta.url);
     for (let i = 0; i < threads; i++) {
       const w = new Worker(url, { workerData: { store } });
-      const slot = { w, outstanding: 0 };
-      w.on('message', (m: BatchResult) => this.onResult(i, m));
+      let setReady!: () => void;
+      const ready = new Promise<void>((res) => (setReady = res));
+      const slot = { w, outstanding: 0, ready };
+      this.partial.push(0);
+      w.once('exit', () => setReady());
+      w.once('error', () => setReady());
+      w.on('message', (m: BatchResult | { progress: number } | { ready: true }) => {
+        if ('ready' in m) setReady();
+        else if ('progress' in m) {
+          this.partial[i] += m.progress;
+          this.bytesProgress += m.progress;
+        } else this.onResult(i, m);
+      });
       w.on('error', (err) => this.fail(err));
       w.on('exit', (code) => {
         if (code !== 0 && !this.closing) this.fail(new Error(`digest worker exited with code ${code}`));
@@ -153,6 +167,8 @@ export class DigestPool {
       this.onDone(entry.tags[i], { digest: Buffer.from(digests.subarray(i * 32, i * 32 + 32)), content, written });
     }
     this.bytesDone += m.bytes;
+    this.bytesProgress += m.bytes - this.partial[worker];
+    this.partial[worker] = 0;
     this.pump();
     if (this.inflight.size === 0 && this.queue.length === 0) this.wakeIdle();
   }
@@ -184,7 +200,14 @@ export class DigestPool {
 
   async close(): Promise<void> {
     this.closing = true;
-    await Promise.all(this.workers.map((s) => s.w.terminate()));
+    // Never terminate a worker still loading its modules: a native addon
+    // (koffi) interrupted in its initialisation aborts the whole process.
+    await Promise.all(
+      this.workers.map(async (s) => {
+        await s.ready;
+        await s.w.terminate();
+      }),
+    );
   }
 }
 

@@ -38,6 +38,17 @@ const keepContent = (chunk: Buffer): void => {
   content = content ? Buffer.concat([content, chunk]) : Buffer.from(chunk);
 };
 
+/** Bytes read since the last progress report; big files report as they go. */
+let unreported = 0;
+const PROGRESS_STEP = 64 << 20;
+const countBytes = (chunk: Buffer): void => {
+  unreported += chunk.length;
+  if (unreported >= PROGRESS_STEP) {
+    parentPort!.postMessage({ progress: unreported });
+    unreported = 0;
+  }
+};
+
 function processJob(msg: BatchRequest, i: number, digests: Buffer): JobResult {
   const path = Buffer.from(msg.paths[i], 'latin1');
   const size = msg.sizes[i];
@@ -52,7 +63,7 @@ function processJob(msg: BatchRequest, i: number, digests: Buffer): JobResult {
     content = null;
     let r: { digest: Buffer; size: number };
     try {
-      r = fsverityDigestOfFileSync(fd, { knownSize: size, onChunk: inline ? keepContent : undefined });
+      r = fsverityDigestOfFileSync(fd, { knownSize: size, onChunk: inline ? keepContent : size >= PROGRESS_STEP ? countBytes : undefined });
     } catch (err) {
       return { error: `cannot read ${path.toString()}: ${describe(err)}` };
     }
@@ -79,6 +90,13 @@ function processJob(msg: BatchRequest, i: number, digests: Buffer): JobResult {
   }
 }
 
+try {
+  fstatx(0); // bind the system calls now, not in the middle of a batch
+} catch {
+  /* fd 0 may be closed: nothing lost */
+}
+parentPort!.postMessage({ ready: true });
+
 parentPort!.on('message', (msg: BatchRequest) => {
   const n = msg.paths.length;
   const digests = Buffer.alloc(32 * n);
@@ -90,6 +108,7 @@ parentPort!.on('message', (msg: BatchRequest) => {
     bytes += msg.sizes[i];
     if (r.error) break; // stop at the first failure, as the reference does
   }
+  unreported = 0;
   const reply: BatchResult = { id: msg.id, digests, results, bytes };
   parentPort!.postMessage(reply, [digests.buffer as ArrayBuffer]);
 });
