@@ -249,6 +249,26 @@ test('numbers are read like strtoull, with the reference\'s uid/gid quirk', () =
   assert.equal(parseError(ROOT + '/x 0 100648 1 0 0 0 0.0 - - -\n').message, "line 2: mode: invalid number '100648'");
 });
 
+test('numbers past 2^53 are kept as near as a JS number allows, and print back stably', () => {
+  const root = parse(
+    ROOT +
+      '/d 18446744073709551615 20644 1 0 0 9999999999999999999 -9223372036854775808.5 - - -\n' +
+      '/e 123 60644 4294967295 4294967295 4294967295 9007199254740993 9223372036854775807.4294967297 - - -\n',
+  );
+  const d = at(root, 'd').inode;
+  assert.equal(d.size, 2 ** 64);
+  // rdev keeps its low 32 bits (all the image stores) and stays non-zero.
+  assert.equal(d.rdev % 2 ** 32, Number(9999999999999999999n % 2n ** 32n));
+  assert.equal(d.mtimeSec, -(2 ** 63));
+  const e = at(root, 'e').inode;
+  assert.equal(e.nlink, 4294967295);
+  assert.equal(e.rdev % 2 ** 32, 1);
+  assert.ok(e.mtimeSec < 2 ** 63);
+  assert.equal(e.mtimeNsec, 1);
+  const out = writeDump(root);
+  assert.ok(writeDump(parseDump(out)).equals(out));
+});
+
 test('malformed lines give a one-line message naming the line, field and reason', () => {
   const cases: [string, string][] = [
     [ROOT + '/a 0 10x644 1 0 0 0 0.0 - - -\n', "line 2: mode: invalid number '10x644'"],

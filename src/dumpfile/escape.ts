@@ -65,8 +65,38 @@ export class ByteSink {
   bytes(src: Uint8Array, start = 0, end = src.length): void {
     const n = end - start;
     this.ensure(n);
-    this.buf.set(src.subarray(start, end), this.len);
+    const b = this.buf;
+    if (n < 24) {
+      let o = this.len;
+      for (let i = start; i < end; i++) b[o++] = src[i];
+    } else {
+      b.set(src.subarray(start, end), this.len);
+    }
     this.len += n;
+  }
+
+  /** Append an integer in `radix` (8 or 10; negative ones only in decimal). */
+  int(n: number, radix = 10): void {
+    if (!Number.isSafeInteger(n)) {
+      // Past 2^53 (or not an integer): let JS format it, in decimal.
+      this.ascii(Number.isFinite(n) ? BigInt(Math.trunc(n)).toString() : '0');
+      return;
+    }
+    this.ensure(24);
+    const b = this.buf;
+    if (n < 0) {
+      b[this.len++] = 0x2d;
+      n = -n;
+    }
+    if (n < radix) {
+      b[this.len++] = 0x30 + n;
+      return;
+    }
+    let digits = 0;
+    for (let m = n; m >= 1; m = Math.floor(m / radix)) digits++;
+    let o = this.len + digits;
+    this.len = o;
+    for (let m = n; m >= 1; m = Math.floor(m / radix)) b[--o] = 0x30 + (m % radix);
   }
 
   /** Append `src[start..end)` escaped for a dump-file field. */

@@ -153,6 +153,12 @@ function rdevNumber(v: U64): number {
   return typeof v === 'number' ? v : Number(v % 0x100000000n) + 2 ** 52;
 }
 
+/** mtime seconds (int64) as a number: rounded past 2^53, kept inside the int64 range. */
+function secondsNumber(v: bigint): number {
+  const n = Number(BigInt.asIntN(64, v));
+  return n >= 2 ** 63 ? 2 ** 63 - 1024 : n;
+}
+
 function u64Text(v: U64): string {
   return typeof v === 'number' ? String(v) : v.toString();
 }
@@ -241,8 +247,9 @@ class Parser {
   line = 0;
   /** Whether the last unescapeField() had to decode (so made a copy). */
   copied = false;
-  /** Position of the next backslash at or after the last field looked at (data.length if none). */
+  /** Position of the next backslash / space at or after the last field looked at (data.length if none). */
   nextBackslash = -1;
+  nextSpace = -1;
   /**
    * The directories from the root down to the one most recently added or
    * used as a parent, with the canonical path of the deepest in `chainPath`
@@ -316,15 +323,26 @@ class Parser {
     const fs = this.fs;
     const fe = this.fe;
 
-    // Split the 11 fixed fields; missing ones are empty.
+    // Split the 11 fixed fields; missing ones are empty. (Native searches
+    // keep this fast before the JIT has warmed up; the cached position of the
+    // next space keeps it linear when a line has none.)
     let pos = start;
+    let sp = this.nextSpace;
     for (let f = 0; f < N_FIELDS; f++) {
       fs[f] = pos;
-      let i = pos;
-      while (i < end && d[i] !== 0x20) i++;
-      fe[f] = i;
-      pos = i < end ? i + 1 : end;
+      if (sp < pos) {
+        sp = d.indexOf(0x20, pos);
+        if (sp < 0) sp = d.length;
+      }
+      if (sp < end) {
+        fe[f] = sp;
+        pos = sp + 1;
+      } else {
+        fe[f] = end;
+        pos = end;
+      }
     }
+    this.nextSpace = sp;
     const rest = pos;
 
     const path = this.cstring(F_PATH, fs[F_PATH], fe[F_PATH]);
@@ -411,7 +429,7 @@ class Parser {
     } else if (this.strict && rdev !== 0) {
       this.fail(F_RDEV, `device number ${u64Text(rdev)} on a file that is not a device`);
     }
-    inode.mtimeSec = typeof sec === 'number' ? sec : Number(BigInt.asIntN(64, sec));
+    inode.mtimeSec = typeof sec === 'number' ? sec : secondsNumber(sec);
     inode.mtimeNsec = low32(nsec);
 
     if (type === S_IFLNK) {
@@ -543,8 +561,7 @@ class Parser {
     if (root === null) this.fail(F_PATH, `'${printable(path)}' comes before the root directory '/'`);
 
     // Fast path: the parent is on the chain (which holds canonical paths only).
-    let slash = path.length - 1;
-    while (slash >= 0 && path[slash] !== 0x2f) slash--;
+    const slash = path.lastIndexOf(0x2f);
     let parent: Dir | undefined;
     let depth = -1;
     if (slash >= 0 && slash < path.length - 1 && path[0] === 0x2f) {
@@ -552,7 +569,7 @@ class Parser {
       for (let k = chainLen.length - 1; k >= 0; k--) {
         const len = chainLen[k];
         if (len < slash) break;
-        if (len === slash && compareBytes(this.chainPath, 0, slash, path, 0, slash) === 0) {
+        if (len === slash && this.chainPath.compare(path, 0, slash, 0, slash) === 0) {
           parent = this.chain[k];
           depth = k;
           break;

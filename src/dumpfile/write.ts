@@ -32,24 +32,25 @@ const FLUSH_AT = 1 << 20;
 export function writeDumpChunks(root: Inode, emit: (chunk: Buffer) => void): void {
   const targets = primaryPaths(root);
   const out = new ByteSink(FLUSH_AT + (1 << 16));
+  // The escaped path of the entry being printed (escaping works byte by byte,
+  // so the escaped names can simply be joined).
   const path = new ByteSink(4096);
 
   printEntry(out, path, root, false, targets);
   const walk = (dir: Inode): void => {
-    const children = dir.children;
-    if (!children) return;
+    const children = dir.children!;
     for (let i = 0; i < children.length; i++) {
       const d = children[i];
       const mark = path.len;
       path.byte(0x2f);
-      path.bytes(d.name);
+      path.escaped(d.name, 0);
       printEntry(out, path, d.inode, d.hardlink, targets);
       if (out.len >= FLUSH_AT) emit(out.take());
       if (!d.hardlink && d.inode.children) walk(d.inode);
       path.len = mark;
     }
   };
-  walk(root);
+  if (root.children) walk(root);
   if (out.len > 0) emit(out.take());
 }
 
@@ -61,9 +62,9 @@ export function writeDump(root: Inode): Buffer {
 }
 
 /**
- * For every inode that some hard link points to, the path of its primary
- * entry (the one not marked `hardlink`; failing that, its first entry in
- * walk order). Empty when the tree has no hard links.
+ * For every inode that some hard link points to, the escaped path of its
+ * primary entry (the one not marked `hardlink`; failing that, its first
+ * entry in walk order). Empty when the tree has no hard links.
  */
 function primaryPaths(root: Inode): Map<Inode, Buffer> {
   const wanted = new Set<Inode>();
@@ -84,7 +85,7 @@ function primaryPaths(root: Inode): Map<Inode, Buffer> {
     for (const d of dir.children ?? []) {
       const mark = path.len;
       path.byte(0x2f);
-      path.bytes(d.name);
+      path.escaped(d.name, 0);
       if (wanted.has(d.inode)) {
         const here = Buffer.from(path.buf.subarray(0, path.len));
         if (!d.hardlink) {
@@ -104,14 +105,36 @@ function primaryPaths(root: Inode): Map<Inode, Buffer> {
 
 function printEntry(out: ByteSink, path: ByteSink, inode: Inode, hardlink: boolean, targets: Map<Inode, Buffer>): void {
   if (path.len === 0) out.byte(0x2f);
-  else out.escaped(path.buf, 0, 0, path.len);
-  out.ascii(
-    ` ${inode.size} ${hardlink ? '@' : ''}${inode.mode.toString(8)} ${inode.nlink} ${inode.uid} ${inode.gid} ${inode.rdev} ${inode.mtimeSec}.${inode.mtimeNsec} `,
-  );
+  else out.bytes(path.buf, 0, path.len);
+  out.byte(0x20);
+  out.int(inode.size);
+  out.byte(0x20);
+  if (hardlink) out.byte(0x40);
+  out.int(inode.mode, 8);
+  out.byte(0x20);
+  out.int(inode.nlink);
+  out.byte(0x20);
+  out.int(inode.uid);
+  out.byte(0x20);
+  out.int(inode.gid);
+  out.byte(0x20);
+  out.int(inode.rdev);
+  out.byte(0x20);
+  out.int(inode.mtimeSec);
+  out.byte(0x2e);
+  out.int(inode.mtimeNsec);
+  out.byte(0x20);
 
-  const payload = hardlink ? targets.get(inode) ?? null : inode.payload;
-  if (payload === null) out.byte(0x2d);
-  else out.escaped(payload, ESCAPE_LONE_DASH);
+  if (hardlink) {
+    // The target's path, already escaped (a path is never a lone '-'); the
+    // root's path is empty here, as in the reference.
+    const target = targets.get(inode);
+    if (target !== undefined) out.bytes(target);
+  } else if (inode.payload === null) {
+    out.byte(0x2d);
+  } else {
+    out.escaped(inode.payload, ESCAPE_LONE_DASH);
+  }
   out.byte(0x20);
 
   if (inode.content === null) out.byte(0x2d);
