@@ -26,7 +26,35 @@ export interface Fixture {
 /** A scratch directory on the root file system (ext4 here: file-backed EROFS works there). */
 export function scratch(tag: string): string {
   const base = process.env.CFS_MOUNT_TEST_DIR ?? tmpdir();
-  return mkdtempSync(join(base, `cfs-${tag}-`));
+  const dir = mkdtempSync(join(base, `cfs-${tag}-`));
+  scopes.push(dir);
+  return dir;
+}
+
+/**
+ * Other work may mount and bind loop devices on this machine while the tests
+ * run, so snapshots keep only what this test process can have made: mounts
+ * under its scratch directories or on a temporary mount directory of this
+ * process (or of a dead one: a killed child), loop devices backed by files in
+ * its scratch directories or by anonymous files in /dev/shm.
+ */
+const scopes: string[] = [];
+const under = (p: string) => scopes.some((s) => p === s || p.startsWith(`${s}/`));
+
+function ourTempDir(p: string): boolean {
+  const name = p.slice(p.lastIndexOf('/') + 1);
+  if (!name.startsWith(TEMP_PREFIX)) return false;
+  const pid = Number(name.slice(TEMP_PREFIX.length).split('-')[0]);
+  return pid === process.pid || !existsSync(`/proc/${pid}`);
+}
+
+function relevantMountLine(line: string): boolean {
+  const mp = line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return !!mp && (under(mp) || ourTempDir(mp));
+}
+
+function relevantLoop(backing: string): boolean {
+  return under(backing.replace(/ \(deleted\)$/, '')) || /^\/dev\/shm\/#\d+ \(deleted\)$/.test(backing) || scopes.some((s) => backing.startsWith(`${s}/#`));
 }
 
 /**
@@ -106,14 +134,16 @@ function tempDirs(): string[] {
   return out;
 }
 
-/** Mountinfo lines without the mount id (ids are reused) — compare as a multiset of the rest. */
+/** What this test process may have left (see `relevantMountLine`); `dev` and `sysBlock` are system-wide. */
 export function snapshot(): Snapshot {
   return {
-    mountinfo: readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean),
-    loops: listLoops().map((l) => `${l.name} ${l.backingFile}`),
+    mountinfo: readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l && relevantMountLine(l)),
+    loops: listLoops()
+      .filter((l) => relevantLoop(l.backingFile))
+      .map((l) => `${l.name} ${l.backingFile}`),
     dev: readdirSync('/dev'),
     sysBlock: readdirSync('/sys/block'),
-    tempDirs: tempDirs(),
+    tempDirs: tempDirs().filter(ourTempDir),
   };
 }
 
