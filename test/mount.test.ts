@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, truncateSync, writeFileSync, writeSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { cliPath, isRoot } from './helpers/paths.js';
 import {
@@ -21,7 +21,17 @@ import {
   ueventListener,
   type Fixture,
 } from './mount-fixtures.js';
-import { mountComposefs, unmountComposefs, kernel, systemStatus, type MountOptions } from '../src/mount/index.js';
+import {
+  describeFootprint,
+  footprintSince,
+  kernel,
+  markSystem,
+  mountComposefs,
+  probeKernel,
+  systemStatus,
+  unmountComposefs,
+  type MountOptions,
+} from '../src/mount/index.js';
 import { UserError } from '../src/cli/errors.js';
 import { fsverityDigestOfFileSync } from '../src/fsverity/index.js';
 import { parseMountinfo, splitSuperOptions } from '../src/mount/mountinfo.js';
@@ -568,5 +578,44 @@ test('a truncated image never reaches the kernel', { skip: SKIP }, async () => {
     await assert.rejects(mountComposefs(fx.image, fx.mnt, { basedir: [fx.basedir] }), /truncated composefs image/);
     rmSync(fx.image);
     await assert.rejects(mountComposefs(fx.image, fx.mnt, { basedir: [fx.basedir] }), /No such file or directory/);
+  });
+});
+
+test('an image given as an open fd (an anonymous file just written) mounts; the caller keeps the fd', { skip: SKIP }, async () => {
+  await withFixture('fd-image', async (fx) => {
+    const bytes = readFileSync(fx.image);
+    const fd = openSync(fx.dir, 0o20000000 | fsc.O_DIRECTORY | fsc.O_RDWR, 0o600); // O_TMPFILE: no name anywhere
+    try {
+      writeSync(fd, bytes); // the offset is now at the end: the mount must not care
+      const digest = fsverityDigestOfFileSync(fx.image).digest.toString('hex');
+      const r = await mountComposefs(fd, fx.mnt, { basedir: [fx.basedir], digest });
+      try {
+        assert.equal(r.image, `fd ${fd}`);
+        checkTree(fx);
+      } finally {
+        unmountComposefs(fx.mnt);
+      }
+      writeSync(fd, Buffer.alloc(1)); // still ours and open
+    } finally {
+      closeSync(fd);
+    }
+  });
+});
+
+test('footprint helpers show what a mount added; probeKernel answers without an image', { skip: SKIP }, async () => {
+  await withFixture('footprint', async (fx) => {
+    const marks = markSystem();
+    await mountComposefs(fx.image, fx.mnt, { basedir: [fx.basedir] });
+    try {
+      const f = footprintSince(marks);
+      assert.ok(f.mountinfoLines.some((l) => l.includes(` ${fx.mnt} `) && l.includes(' - overlay composefs ')), describeFootprint(f));
+      assert.ok(!f.loopDevices.some((l) => l.includes(fx.dir)), describeFootprint(f));
+      assert.match(describeFootprint(f), /^mountinfo: \d+ new line/);
+    } finally {
+      unmountComposefs(fx.mnt);
+    }
+    const probes = probeKernel();
+    assert.equal(probes.find((p) => p.what.startsWith('new mount API'))?.ok, true);
+    for (const p of probes) assert.ok(typeof p.why === 'string' && p.why.length > 0, p.what);
   });
 });

@@ -14,13 +14,17 @@ export async function run(args: string[], prog: string): Promise<number> {
     return 0;
   }
   const { systemStatus, cleanLeftovers } = await import('../mount/status.js');
+  const { probeKernel } = await import('../mount/kernel.js');
   const cleaned = p.options.has('clean') ? cleanLeftovers() : [];
   const s = systemStatus();
+  const kernel = probeKernel();
   if (p.options.has('json')) {
-    process.stdout.write(`${JSON.stringify({ ...s, cleaned }, null, 2)}\n`);
+    process.stdout.write(`${JSON.stringify({ ...s, kernel, cleaned }, null, 2)}\n`);
     return 0;
   }
   const out: string[] = [];
+  out.push('this kernel:');
+  for (const k of kernel) out.push(`  ${k.what}: ${k.ok === null ? 'per mount' : k.ok ? 'yes' : 'no'}${k.why !== 'yes' ? ` (${k.why})` : ''}`);
   out.push(`composefs mounts: ${s.mounts.length}`);
   for (const m of s.mounts) {
     const how =

@@ -11,4 +11,5 @@ export { mountComposefs, mountComposefsSync, type MountResult } from './mount.js
 export { unmountComposefs, isComposefsMount, type UnmountOptions } from './umount.js';
 export { systemStatus, cleanLeftovers, type SystemStatus, type ComposefsMountStatus } from './status.js';
 export { parseOptionString, type MountOptions, type Backing, type Layers, type Api, type VerityMode } from './options.js';
-export { kernel, resetKernelKnowledge, type KernelKnowledge } from './kernel.js';
+export { kernel, resetKernelKnowledge, probeKernel, type KernelKnowledge, type Probe } from './kernel.js';
+export { markSystem, footprintSince, describeFootprint, type Footprint, type SystemMarks } from './footprint.js';

@@ -8,8 +8,10 @@
  * that means "not supported", records that and falls back. Later mounts go
  * straight to the path that works.
  */
-import { readFileSync } from 'node:fs';
-import { gunzipSync } from 'node:zlib';
+import { closeSync, existsSync, openSync, readFileSync, constants as fsc } from 'node:fs';
+import { createRequire } from 'node:module';
+import * as sys from '../sys/mount.js';
+import { SysError } from '../sys/libc.js';
 
 export interface Answer {
   ok: boolean;
@@ -45,12 +47,8 @@ export function resetKernelKnowledge(): void {
  * (/proc/kallsyms, slower). Null when neither can tell.
  */
 export function kernelHasFsverity(): boolean | null {
-  try {
-    const config = gunzipSync(readFileSync('/proc/config.gz'));
-    if (config.length > 0) return config.includes('\nCONFIG_FS_VERITY=y');
-  } catch {
-    /* no IKCONFIG_PROC */
-  }
+  const config = kernelConfig();
+  if (config !== null) return config.includes('\nCONFIG_FS_VERITY=y');
   try {
     const syms = readFileSync('/proc/kallsyms');
     if (syms.length === 0) return null;
@@ -58,6 +56,112 @@ export function kernelHasFsverity(): boolean | null {
   } catch {
     return null;
   }
+}
+
+let configText: string | null | undefined;
+/** The running kernel's own configuration (/proc/config.gz), or null when it does not publish it. */
+export function kernelConfig(): string | null {
+  if (configText !== undefined) return configText;
+  try {
+    // node:zlib only when asked: it is not needed to mount.
+    const { gunzipSync } = createRequire(import.meta.url)('node:zlib') as typeof import('node:zlib');
+    configText = `\n${gunzipSync(readFileSync('/proc/config.gz')).toString('latin1')}`;
+  } catch {
+    configText = null;
+  }
+  return configText;
+}
+
+export interface Probe {
+  what: string;
+  /** null: cannot tell without an image (decided per mount). */
+  ok: boolean | null;
+  why: string;
+}
+
+function attempt(fn: () => void): { ok: boolean; why: string } {
+  try {
+    fn();
+    return { ok: true, why: 'yes' };
+  } catch (err) {
+    if (err instanceof sys.FsConfigError && err.kernelLog.length) return { ok: false, why: err.kernelLog.map((l) => l.replace(/^[ewi] /, '')).join('; ') };
+    return { ok: false, why: err instanceof Error ? err.message : String(err) };
+  }
+}
+
+/** A detached tmpfs mount, for probing overlayfs without touching any real directory. */
+function detachedTmpfs(close: number[]): number {
+  const fs = sys.fsopen('tmpfs');
+  close.push(fs);
+  sys.fsconfigCreate(fs);
+  const m = sys.fsmount(fs, 0);
+  close.push(m);
+  return m;
+}
+
+/**
+ * Ask the kernel what it can do, without an image and without leaving
+ * anything (detached tmpfs mounts only): for `cfs status`. Mounting learns
+ * the same answers by trying, see `kernel`.
+ */
+export function probeKernel(): Probe[] {
+  const out: Probe[] = [];
+  const fds: number[] = [];
+  const closeAll = () => fds.splice(0).forEach((fd) => sys.closeQuiet(fd));
+  try {
+    let newApi = true;
+    try {
+      fds.push(sys.fsopen('erofs'));
+      out.push({ what: 'new mount API (fsopen/fsconfig/fsmount)', ok: true, why: 'yes' });
+    } catch (err) {
+      newApi = false;
+      const why = err instanceof SysError && err.code === 'ENOSYS' ? 'fsopen() not implemented' : err instanceof Error ? err.message : String(err);
+      out.push({ what: 'new mount API (fsopen/fsconfig/fsmount)', ok: false, why });
+    }
+    if (newApi) {
+      const devnull = openSync('/dev/null', 'r');
+      fds.push(devnull);
+      const r = attempt(() => sys.fsconfigFd(fds[0], 'source', devnull));
+      out.push({ what: 'EROFS source as a file descriptor', ok: r.ok, why: r.ok ? 'fsconfig accepts an fd source' : r.why });
+    }
+    const config = kernelConfig();
+    const fileBacked = config === null ? null : config.includes('\nCONFIG_EROFS_FS_BACKED_BY_FILE=y');
+    out.push({
+      what: 'file-backed EROFS (/proc/self/fd/N)',
+      ok: fileBacked,
+      why: fileBacked === null ? 'decided per mount and per file system (ENOTBLK when not)' : fileBacked ? 'CONFIG_EROFS_FS_BACKED_BY_FILE=y; not on tmpfs' : 'kernel built without it',
+    });
+    out.push({ what: 'loop devices (LOOP_CONFIGURE)', ok: existsSync('/dev/loop-control'), why: existsSync('/dev/loop-control') ? '/dev/loop-control' : 'no /dev/loop-control' });
+    if (newApi) {
+      closeAll();
+      const r = attempt(() => {
+        const ovl = sys.fsopen('overlay');
+        fds.push(ovl);
+        const dir = openSync('/', sys.O_PATH | fsc.O_DIRECTORY);
+        fds.push(dir);
+        sys.fsconfigFd(ovl, 'lowerdir+', dir);
+      });
+      out.push({ what: 'overlayfs layers as file descriptors', ok: r.ok, why: r.ok ? 'fsconfig lowerdir+ takes an fd' : r.why });
+      closeAll();
+      if (r.ok) {
+        const d = attempt(() => {
+          const lower = detachedTmpfs(fds);
+          const data = detachedTmpfs(fds);
+          const ovl = sys.fsopen('overlay');
+          fds.push(ovl);
+          sys.fsconfigFd(ovl, 'lowerdir+', lower);
+          sys.fsconfigFd(ovl, 'datadir+', data);
+          sys.fsconfigCreate(ovl);
+        });
+        out.push({ what: 'overlayfs layers from detached mounts', ok: d.ok, why: d.ok ? 'an overlay over detached tmpfs mounts was created' : d.why });
+      }
+    }
+    const v = kernelHasFsverity();
+    out.push({ what: 'fs-verity', ok: v, why: v === null ? 'cannot tell (no /proc/config.gz, no kallsyms)' : v ? 'CONFIG_FS_VERITY' : 'kernel built without CONFIG_FS_VERITY' });
+  } finally {
+    closeAll();
+  }
+  return out;
 }
 
 /** Names for the f_type values we are likely to meet, for messages. */

@@ -136,7 +136,7 @@ type DigestOfFd = (fd: number) => Buffer;
  * Mount `image` on `mountpoint`. Rejects with a one-line UserError on any
  * failure, having left nothing behind.
  */
-export async function mountComposefs(image: string, mountpoint: string, options: MountOptions): Promise<MountResult> {
+export async function mountComposefs(image: string | number, mountpoint: string, options: MountOptions): Promise<MountResult> {
   let digestOf: DigestOfFd | null = null;
   if (options.digest !== undefined) {
     const fv = await import('../fsverity/index.js');
@@ -145,8 +145,15 @@ export async function mountComposefs(image: string, mountpoint: string, options:
   return mountComposefsSync(image, mountpoint, options, digestOf);
 }
 
-/** The same, synchronously; `digestOf` computes an fs-verity digest in userspace (needed only with `digest`). */
-export function mountComposefsSync(image: string, mountpoint: string, options: MountOptions, digestOf: DigestOfFd | null = null): MountResult {
+/**
+ * The same, synchronously; `digestOf` computes an fs-verity digest in
+ * userspace (needed only with `digest`). `image` is a path, or an open file
+ * descriptor (left open: the caller owns it), e.g. an anonymous file the image
+ * was just written into.
+ */
+export function mountComposefsSync(imageArg: string | number, mountpoint: string, options: MountOptions, digestOf: DigestOfFd | null = null): MountResult {
+  const image = typeof imageArg === 'number' ? `fd ${imageArg}` : imageArg;
+  const imagePath = typeof imageArg === 'number' ? null : resolve(imageArg);
   const t0 = performance.now();
   const o = options;
   const step = o.onStep ?? (() => {});
@@ -205,12 +212,12 @@ export function mountComposefsSync(image: string, mountpoint: string, options: M
 
     // ---- the image ----------------------------------------------------------------------
     step('open-image');
-    let imgFd = c.fd(openImageFile(image));
+    let imgFd = imagePath === null ? (imageArg as number) : c.fd(openImageFile(image));
     const info: ImageInfo = checkImage(imgFd, image);
     let privateCopy: MountResult['privateCopy'] = null;
     if (o.private) {
       step('private-copy');
-      const dirs = o.privateDirs ?? [dirname(resolve(image)), tmpdir(), '/var/tmp', '/dev/shm'];
+      const dirs = o.privateDirs ?? [...(imagePath ? [dirname(imagePath)] : []), tmpdir(), '/var/tmp', '/dev/shm'];
       const copy = privateCopyOf(imgFd, image, dirs, c, explain);
       imgFd = copy.fd;
       privateCopy = { dir: copy.dir, fsType: copy.fsType };
@@ -285,7 +292,7 @@ export function mountComposefsSync(image: string, mountpoint: string, options: M
     let temporaryMount: string | null = null;
     let loop: LoopDevice | null = null;
     if (api === 'new') {
-      const er = erofsNewApi(imgFd, image, info, plan, usernsFd, c, explain, step);
+      const er = erofsNewApi(imgFd, image, imagePath, info, plan, usernsFd, c, explain, step);
       backing = er.backing;
       loop = er.loop;
       const spec = { source, verity, upper, work, attr };
@@ -339,7 +346,7 @@ export function mountComposefsSync(image: string, mountpoint: string, options: M
       temporaryMount = withTemporaryMount(
         c,
         (dir) => {
-          chosen = legacyErofs(dir, imgFd, image, info, plan, c, explain, step);
+          chosen = legacyErofs(dir, imgFd, image, imagePath, info, plan, c, explain, step);
         },
         (dir) => overlayLegacy(dir, basedirs, { source, verity, upper, work, ms }, mnt, explain, step),
         step,
@@ -418,6 +425,7 @@ function erofsContext(source: { fd?: number; path?: string }, info: ImageInfo): 
 function erofsNewApi(
   imgFd: number,
   image: string,
+  imagePath: string | null,
   info: ImageInfo,
   plan: Plan,
   usernsFd: number,
@@ -481,7 +489,7 @@ function erofsNewApi(
   // 3. A loop device.
   if (backing === null) {
     step('loop-attach');
-    loop = attachLoopOrFail(imgFd, image);
+    loop = attachLoopOrFail(imgFd, image, imagePath);
     c.fd(loop.fd);
     step('erofs-loop-source');
     const ctx = erofsContext({ path: `/proc/self/fd/${loop.fd}` }, info);
@@ -520,9 +528,9 @@ function erofsNewApi(
   return { mntFd, backing, loop };
 }
 
-function attachLoopOrFail(imgFd: number, image: string): LoopDevice {
+function attachLoopOrFail(imgFd: number, image: string, imagePath: string | null): LoopDevice {
   try {
-    return attachLoop(imgFd, { name: resolve(image) });
+    return attachLoop(imgFd, { name: imagePath ?? '' });
   } catch (err) {
     throw new UserError(`loop device for ${image}: ${err instanceof Error ? err.message : String(err)}`);
   }
@@ -737,6 +745,7 @@ function legacyErofs(
   dir: string,
   imgFd: number,
   image: string,
+  imagePath: string | null,
   info: ImageInfo,
   plan: Plan,
   c: Cleanup,
@@ -762,7 +771,7 @@ function legacyErofs(
     }
   }
   step('loop-attach');
-  const loop = attachLoopOrFail(imgFd, image);
+  const loop = attachLoopOrFail(imgFd, image, imagePath);
   c.fd(loop.fd);
   step('erofs-loop-source');
   try {
@@ -829,8 +838,13 @@ function checkDigest(fd: number, image: string, expected: Buffer, explain: strin
   if (m.ok) actual = m.digest;
   else {
     if (!digestOf) throw new Error('digest given but no userspace fs-verity digest function (use mountComposefs)');
-    // Positional reads so far: the fd is at offset 0, and its offset matters to nobody after this.
-    actual = digestOf(fd);
+    // A fresh open file description reads from offset 0, whatever the caller's fd did.
+    const own = openSync(`/proc/self/fd/${fd}`, 'r');
+    try {
+      actual = digestOf(own);
+    } finally {
+      closeSync(own);
+    }
   }
   if (!actual.equals(expected)) {
     throw new UserError(`${image}: wrong fs-verity digest: expected ${expected.toString('hex')}, the image has ${actual.toString('hex')}`);
