@@ -208,6 +208,16 @@ test('hard links point at the same inode; the target keeps the nlink its own lin
   );
 });
 
+test('long chains of links to links resolve to the first inode', () => {
+  let text = ROOT + '/f0 0 100644 1 0 0 0 0.0 - - -\n';
+  for (let i = 1; i < 20000; i++) text += `/f${i} 0 @100644 1 0 0 0 0.0 /f${i - 1} - -\n`;
+  const root = parse(text);
+  const first = at(root, 'f0').inode;
+  assert.equal(root.children!.length, 20000);
+  assert.ok(root.children!.every((c) => c.inode === first && c.hardlink === (c.name.toString() !== 'f0')));
+  assert.match(dump(root), /^\/f9999 0 @100644 1 0 0 0 0\.0 \/f0 - -$/m);
+});
+
 test('bad hard links are refused', () => {
   const f = '/f 0 100644 1 0 0 0 0.0 - - -\n';
   assert.equal(parseError(ROOT + f + '/l 0 @100644 1 0 0 0 0.0 - - -\n').message, 'line 3: payload: hard link without a target path');

@@ -722,18 +722,33 @@ class Parser {
   }
 
   /** The inode a hard link ends at, following links to links. */
-  resolve(f: Fixup): Inode {
-    if (f.state === 2) return f.final!;
-    if (f.state === 1) {
-      this.line = f.line;
-      this.fail(F_PAYLOAD, `hard link cycle through '${printable(f.target!)}'`);
+  resolve(start: Fixup): Inode {
+    // Follow the chain of links (iteratively: chains can be long).
+    const path: Fixup[] = [];
+    let f: Fixup = start;
+    let final: Inode;
+    for (;;) {
+      if (f.state === 2) {
+        final = f.final!;
+        break;
+      }
+      if (f.state === 1) {
+        this.line = f.line;
+        this.fail(F_PAYLOAD, `hard link cycle through '${printable(f.target!)}'`);
+      }
+      f.state = 1;
+      path.push(f);
+      const next = this.links.get(f.to!);
+      if (next === undefined) {
+        final = f.to!;
+        break;
+      }
+      f = next;
     }
-    f.state = 1;
-    const to = f.to!;
-    const next = this.links.get(to);
-    const final = next !== undefined ? this.resolve(next) : to;
-    f.state = 2;
-    f.final = final;
+    for (const p of path) {
+      p.state = 2;
+      p.final = final;
+    }
     return final;
   }
 }

@@ -20,7 +20,7 @@
  * The writer prints the tree as it is: it does not sort, fix up nlink or
  * sizes, or drop fields the image could not hold.
  */
-import type { Inode } from '../tree/model.js';
+import type { Dirent, Inode } from '../tree/model.js';
 import { ByteSink, ESCAPE_EQUAL, ESCAPE_LONE_DASH } from './escape.js';
 
 const FLUSH_AT = 1 << 20;
@@ -37,20 +37,39 @@ export function writeDumpChunks(root: Inode, emit: (chunk: Buffer) => void): voi
   const path = new ByteSink(4096);
 
   printEntry(out, path, root, false, targets);
-  const walk = (dir: Inode): void => {
-    const children = dir.children!;
-    for (let i = 0; i < children.length; i++) {
-      const d = children[i];
-      const mark = path.len;
-      path.byte(0x2f);
-      path.escaped(d.name, 0);
-      printEntry(out, path, d.inode, d.hardlink, targets);
-      if (out.len >= FLUSH_AT) emit(out.take());
-      if (!d.hardlink && d.inode.children) walk(d.inode);
-      path.len = mark;
+  // Depth first, with an explicit stack (trees can be deep).
+  const dirs: Dirent[][] = [];
+  const next: number[] = [];
+  const marks: number[] = [];
+  if (root.children) {
+    dirs.push(root.children);
+    next.push(0);
+    marks.push(0);
+  }
+  while (dirs.length > 0) {
+    const top = dirs.length - 1;
+    const children = dirs[top];
+    const i = next[top];
+    if (i === children.length) {
+      path.len = marks[top];
+      dirs.pop();
+      next.pop();
+      marks.pop();
+      continue;
     }
-  };
-  if (root.children) walk(root);
+    next[top] = i + 1;
+    const d = children[i];
+    path.len = marks[top];
+    path.byte(0x2f);
+    path.escaped(d.name, 0);
+    printEntry(out, path, d.inode, d.hardlink, targets);
+    if (out.len >= FLUSH_AT) emit(out.take());
+    if (!d.hardlink && d.inode.children) {
+      dirs.push(d.inode.children);
+      next.push(0);
+      marks.push(path.len);
+    }
+  }
   if (out.len > 0) emit(out.take());
 }
 
@@ -68,39 +87,57 @@ export function writeDump(root: Inode): Buffer {
  */
 function primaryPaths(root: Inode): Map<Inode, Buffer> {
   const wanted = new Set<Inode>();
-  const findLinks = (dir: Inode): void => {
-    for (const d of dir.children ?? []) {
-      if (d.hardlink) wanted.add(d.inode);
-      else if (d.inode.children) findLinks(d.inode);
-    }
-  };
-  findLinks(root);
+  forEachEntry(root, null, (d) => {
+    if (d.hardlink) wanted.add(d.inode);
+  });
   const found = new Map<Inode, Buffer>();
   if (wanted.size === 0) return found;
 
   const fallback = new Map<Inode, Buffer>();
   if (wanted.has(root)) found.set(root, Buffer.alloc(0));
   const path = new ByteSink(4096);
-  const walk = (dir: Inode): void => {
-    for (const d of dir.children ?? []) {
-      const mark = path.len;
-      path.byte(0x2f);
-      path.escaped(d.name, 0);
-      if (wanted.has(d.inode)) {
-        const here = Buffer.from(path.buf.subarray(0, path.len));
-        if (!d.hardlink) {
-          if (!found.has(d.inode)) found.set(d.inode, here);
-        } else if (!fallback.has(d.inode)) {
-          fallback.set(d.inode, here);
-        }
-      }
-      if (!d.hardlink && d.inode.children) walk(d.inode);
-      path.len = mark;
+  forEachEntry(root, path, (d) => {
+    if (!wanted.has(d.inode)) return;
+    const here = Buffer.from(path.buf.subarray(0, path.len));
+    if (!d.hardlink) {
+      if (!found.has(d.inode)) found.set(d.inode, here);
+    } else if (!fallback.has(d.inode)) {
+      fallback.set(d.inode, here);
     }
-  };
-  walk(root);
+  });
   for (const [inode, p] of fallback) if (!found.has(inode)) found.set(inode, p);
   return found;
+}
+
+/** Visit every entry below `root` depth first; with `path`, keep the entry's escaped path in it. */
+function forEachEntry(root: Inode, path: ByteSink | null, visit: (d: Dirent) => void): void {
+  if (!root.children) return;
+  const dirs: Dirent[][] = [root.children];
+  const next: number[] = [0];
+  const marks: number[] = [0];
+  while (dirs.length > 0) {
+    const top = dirs.length - 1;
+    const i = next[top];
+    if (i === dirs[top].length) {
+      dirs.pop();
+      next.pop();
+      marks.pop();
+      continue;
+    }
+    next[top] = i + 1;
+    const d = dirs[top][i];
+    if (path !== null) {
+      path.len = marks[top];
+      path.byte(0x2f);
+      path.escaped(d.name, 0);
+    }
+    visit(d);
+    if (!d.hardlink && d.inode.children) {
+      dirs.push(d.inode.children);
+      next.push(0);
+      marks.push(path !== null ? path.len : 0);
+    }
+  }
 }
 
 function printEntry(out: ByteSink, path: ByteSink, inode: Inode, hardlink: boolean, targets: Map<Inode, Buffer>): void {
