@@ -1,0 +1,49 @@
+/**
+ * composefs-ts: the library. Everything the CLI does is here, as functions over
+ * plain data (the tree model) and bytes.
+ *
+ * Importing this module loads the format code only; the directory scanner,
+ * the object store and the mount code (which load the system-call layer)
+ * are re-exported from their own modules and cost nothing until used.
+ */
+export * from './tree/model.js';
+export { parseDump, writeDump, writeDumpChunks, DumpParseError, type ParseOptions } from './dumpfile/index.js';
+export { writeImage, writeImageWithInfo, ImageWriteError, type WriteOptions, type WriteResult } from './erofs/writer.js';
+export {
+  readImage,
+  readImageHeader,
+  imageVersion,
+  ImageFormatError,
+  type ReadImageOptions,
+  type ReadImageResult,
+  type ImageHeader,
+  type ImageProblem,
+} from './erofs/reader.js';
+export {
+  FsVerityHasher,
+  fsverityDigest,
+  fsverityDigestOfFile,
+  fsverityDigestOfFileSync,
+  digestToHex,
+  hexToDigest,
+  digestToObjectPath,
+  objectPathToDigest,
+} from './fsverity/index.js';
+export { fsckImage, type FsckReport, type FsckProblem, type FsckOptions } from './check/fsck.js';
+
+/** Build the tree of a directory (and fill an object store) as `mkcomposefs SOURCEDIR` does. */
+export async function scanDirectory(...args: Parameters<typeof import('./scan/index.js').scanDirectory>) {
+  return (await import('./scan/index.js')).scanDirectory(...args);
+}
+
+/** Mount an image hidden: see src/mount/ for the paths and their fallbacks. */
+export async function mountComposefs(...args: Parameters<typeof import('./mount/index.js').mountComposefs>) {
+  return (await import('./mount/index.js')).mountComposefs(...args);
+}
+
+export async function unmountComposefs(...args: Parameters<typeof import('./mount/index.js').unmountComposefs>) {
+  return (await import('./mount/index.js')).unmountComposefs(...args);
+}
+
+export type { ScanOptions, ScanStats } from './scan/index.js';
+export type { MountOptions, MountResult } from './mount/index.js';
