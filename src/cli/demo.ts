@@ -5,7 +5,7 @@
  * back and shows the footprint. Everything lands in a temporary directory
  * that is removed at the end.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +30,40 @@ function human(bytes: number): string {
     u++;
   }
   return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`;
+}
+
+/** Mount the image hidden, read a file back through the overlay, show what the mount added, unmount. */
+async function showHiddenMount(image: string, basedir: string, work: string, root: Inode): Promise<void> {
+  const { mountComposefs, unmountComposefs, markSystem, footprintSince, describeFootprint } = await import('../mount/index.js');
+  const mnt = join(work, 'mnt');
+  mkdirSync(mnt);
+  const marks = markSystem();
+  const result = await mountComposefs(image, mnt, { basedir: [basedir] });
+  try {
+    say(`\nMounted ${image} on ${mnt} in ${result.ms.toFixed(1)} ms (backing: ${result.backing}, layers: ${result.layers}, API: ${result.api})`);
+    for (const line of result.explain) say(`  ${line}`);
+    const file = findExternalFile(root);
+    if (file) {
+      const data = readFileSync(join(mnt, file));
+      say(`  read back /${file} through the object store: ${data.length} bytes, fs-verity ${(await import('../fsverity/index.js')).fsverityDigest(data).toString('hex').slice(0, 16)}…`);
+    }
+    say(`  footprint:\n${describeFootprint(footprintSince(marks)).replace(/^/gm, '    ')}`);
+  } finally {
+    unmountComposefs(mnt);
+  }
+  say(`Unmounted; footprint now:\n${describeFootprint(footprintSince(marks)).replace(/^/gm, '    ')}`);
+}
+
+/** The path of some regular file whose content lives in the object store. */
+function findExternalFile(root: Inode, prefix = ''): string | null {
+  for (const d of root.children ?? []) {
+    const name = prefix + d.name.toString('latin1');
+    if (d.inode.children && !d.hardlink) {
+      const found = findExternalFile(d.inode, `${name}/`);
+      if (found) return found;
+    } else if ((d.inode.mode & 0o170000) === 0o100000 && d.inode.size > 64 && /^[ -~]+$/.test(name)) return name;
+  }
+  return null;
 }
 
 export async function run(args: string[]): Promise<number> {
@@ -77,9 +111,7 @@ export async function run(args: string[]): Promise<number> {
       say('\n(not root: skipping the hidden mount)');
       return 0;
     }
-    const demoModule: string = '../mount/demo.js';
-    const demoMount = await import(demoModule).catch(() => null);
-    if (demoMount) await demoMount.showHiddenMount({ image: realPath, basedir: store, work, say });
+    await showHiddenMount(realPath, store, work, root);
     return 0;
   } catch (err) {
     if (err instanceof UserError) throw err;
