@@ -24,7 +24,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   }
   const out: string[] = [];
   out.push('this kernel:');
-  for (const k of kernel) out.push(`  ${k.what}: ${k.ok === null ? 'per mount' : k.ok ? 'yes' : 'no'}${k.why !== 'yes' ? ` (${k.why})` : ''}`);
+  for (const k of kernel) out.push(`  ${k.what}: ${k.ok === null ? '?' : k.ok ? 'yes' : 'no'}${k.why !== 'yes' ? ` (${k.why})` : ''}`);
   out.push(`composefs mounts: ${s.mounts.length}`);
   for (const m of s.mounts) {
     const how =

@@ -115,7 +115,12 @@ export function probeKernel(): Probe[] {
       out.push({ what: 'new mount API (fsopen/fsconfig/fsmount)', ok: true, why: 'yes' });
     } catch (err) {
       newApi = false;
-      const why = err instanceof SysError && err.code === 'ENOSYS' ? 'fsopen() not implemented' : err instanceof Error ? err.message : String(err);
+      const code = err instanceof SysError ? err.code : '';
+      if (code === 'EPERM') {
+        out.push({ what: 'new mount API (fsopen/fsconfig/fsmount)', ok: null, why: 'cannot tell: probing needs root' });
+        return out;
+      }
+      const why = code === 'ENOSYS' ? 'fsopen() not implemented' : err instanceof Error ? err.message : String(err);
       out.push({ what: 'new mount API (fsopen/fsconfig/fsmount)', ok: false, why });
     }
     if (newApi) {

@@ -269,6 +269,9 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
     if (plan.api === 'legacy') {
       api = 'legacy';
       explain.push('api: legacy mount(2) (forced)');
+    } else if (kernel.newApi?.ok) {
+      api = 'new';
+      explain.push(`api: new mount API, fsopen/fsconfig/fsmount/move_mount (${plan.api === 'new' ? 'forced' : kernel.newApi.why})`);
     } else {
       step('probe-api');
       const fsfd = tryFsopen('erofs');
@@ -376,7 +379,8 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
     };
   } catch (err) {
     if (err instanceof UserError) throw err;
-    throw new UserError(`mounting ${image} on ${mountpoint}: ${err instanceof Error ? err.message : String(err)}`);
+    const hint = err instanceof SysError && err.code === 'EPERM' ? ' (mounting needs root: CAP_SYS_ADMIN)' : '';
+    throw new UserError(`mounting ${image} on ${mountpoint}: ${err instanceof Error ? err.message : String(err)}${hint}`);
   } finally {
     c.run();
   }
