@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { gunzipSync } from 'node:zlib';
-import { ImageFormatError, readImage, type ReadImageResult } from '../src/erofs/reader.js';
+import { ImageFormatError, dumpImage, readImage, type ReadImageResult } from '../src/erofs/reader.js';
 import { ImageWriteError, writeImage, writeImageWithInfo } from '../src/erofs/writer.js';
 import { fsckImage } from '../src/check/fsck.js';
 import { Output } from '../src/check/io.js';
@@ -569,13 +569,23 @@ export async function runCase(image: Buffer, maxMs = 5000): Promise<CaseResult> 
     if (!(err instanceof ImageFormatError)) throw err;
     if (typeof err.message !== 'string' || err.message.length === 0 || err.message.includes('\n')) throw new FuzzFailure('error message is not one line');
     message = err.message;
+    try {
+      dumpImage(image);
+      throw new FuzzFailure('dumpImage accepted an image readImage refused');
+    } catch (e) {
+      if (!(e instanceof ImageFormatError)) throw e;
+    }
   }
   if (res) {
     checkTreeInvariants(res.root);
     const out = new Output(NULL_OUT);
     listTree(res.root, out);
     collectObjects(res.root, new Map());
-    if (writeDump) writeDump(res.root);
+    if (writeDump) {
+      // The dump printed while walking the image is the dump of the tree.
+      const fromTree = writeDump(res.root);
+      if (!dumpImage(image).equals(fromTree)) throw new FuzzFailure('dumpImage differs from writeDump(readImage())');
+    }
     try {
       writeImage(res.root, { minVersion: res.version, maxVersion: res.version });
     } catch (err) {

@@ -7,7 +7,7 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { UserError, describeSystemError } from '../cli/errors.js';
-import { ImageFormatError, readImage, type ReadImageResult } from '../erofs/reader.js';
+import { ImageFormatError, dumpImage, readImage, type ReadImageResult } from '../erofs/reader.js';
 
 /** Read a whole file; failures become "Failed to open 'PATH': reason". */
 export function readFileOrFail(path: string, exitCode = 1): Buffer {
@@ -23,6 +23,17 @@ export function loadImage(path: string): ReadImageResult & { image: Buffer } {
   const image = readFileOrFail(path);
   try {
     return { ...readImage(image), image };
+  } catch (err) {
+    if (err instanceof ImageFormatError) throw new UserError(`Failed to load '${path}': ${err.message}`);
+    throw err;
+  }
+}
+
+/** Read an image file and print it as a dump file (without building a tree). */
+export function loadImageDump(path: string): Buffer {
+  const image = readFileOrFail(path);
+  try {
+    return dumpImage(image);
   } catch (err) {
     if (err instanceof ImageFormatError) throw new UserError(`Failed to load '${path}': ${err.message}`);
     throw err;

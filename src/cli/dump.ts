@@ -13,7 +13,7 @@
  */
 import { UserError } from './errors.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
-import { loadImage, writeFileAtomic } from '../check/io.js';
+import { loadImage, loadImageDump, writeFileAtomic } from '../check/io.js';
 import { ImageWriteError, writeImage } from '../erofs/writer.js';
 import type { Inode } from '../tree/model.js';
 
@@ -43,9 +43,7 @@ export async function run(args: string[], prog: string): Promise<number> {
     writeFileAtomic(dest, copyImage(root, version), 'write image to');
     return 0;
   }
-  const { root } = loadImage(src);
-  const { writeDump } = await import('../dumpfile/write.js');
-  writeFileAtomic(dest ?? '-', writeDump(root), 'write dump to');
+  writeFileAtomic(dest ?? '-', loadImageDump(src), 'write dump to');
   return 0;
 }
 

@@ -16,7 +16,7 @@
 import { closeSync, openSync, statSync } from 'node:fs';
 import { UserError, describeSystemError } from './errors.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
-import { Output, escapeBytes, loadImage } from '../check/io.js';
+import { Output, escapeBytes, loadImage, loadImageDump } from '../check/io.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 
 const specs: OptionSpec[] = [
@@ -66,13 +66,17 @@ export async function run(args: string[], prog: string): Promise<number> {
   }
   if (paths.length === 0) throw new UserError('No image path specified');
 
-  const roots = paths.map((p) => loadImage(p).root);
   const out = new Output();
+  if (command === 'dump') {
+    // Printed straight from each image; all are read before anything is printed.
+    const dumps = paths.map((p) => loadImageDump(p));
+    for (const d of dumps) out.bytes(d);
+    out.flush();
+    return 0;
+  }
+  const roots = paths.map((p) => loadImage(p).root);
   if (command === 'ls') {
     for (const root of roots) listTree(root, out);
-  } else if (command === 'dump') {
-    const { writeDump } = await import('../dumpfile/write.js');
-    for (const root of roots) out.bytes(writeDump(root));
   } else {
     const objects = new Map<string, Buffer>();
     for (const root of roots) collectObjects(root, objects);

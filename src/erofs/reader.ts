@@ -73,6 +73,8 @@ import {
   XH,
 } from './format.js';
 import { xxh32 } from './xxhash.js';
+import { ByteSink, ESCAPE_EQUAL, ESCAPE_LONE_DASH } from '../dumpfile/escape.js';
+import { writeDump } from '../dumpfile/write.js';
 import {
   S_IFBLK,
   S_IFCHR,
@@ -305,7 +307,9 @@ interface Frame {
   nid: number;
   parent: Frame | null;
   name: Buffer | null;
-  names: Buffer[];
+  /** Where each entry's name is in the image. */
+  starts: number[];
+  ends: number[];
   nids: number[];
   ftypes: number[];
   /** Visiting order when the stored entries were not sorted (else null: stored order). */
@@ -315,7 +319,8 @@ interface Frame {
 }
 
 interface DirentSink {
-  names: Buffer[];
+  starts: number[];
+  ends: number[];
   nids: number[];
   ftypes: number[];
   dot: number;
@@ -360,16 +365,6 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-/** Byte order of names (strcmp on names without NUL), in JavaScript: cheaper than a native call for short names. */
-function compareNames(a: Uint8Array, b: Uint8Array): number {
-  const n = a.length < b.length ? a.length : b.length;
-  for (let i = 0; i < n; i++) {
-    const d = a[i] - b[i];
-    if (d !== 0) return d;
-  }
-  return a.length - b.length;
-}
-
 function setXattr(list: Xattr[], key: Buffer, value: Buffer): void {
   for (let i = 0; i < list.length; i++) {
     if (bytesEqual(list[i].key, key)) {
@@ -382,12 +377,17 @@ function setXattr(list: Xattr[], key: Buffer, value: Buffer): void {
 
 const NONE = 0;
 const WHITEOUT = -1;
+/** Seen, a directory, node not kept. */
+const SEEN_DIR = -2;
+/** Seen, not a directory, node not kept (the dump keeps only inodes that may have hard links). */
+const SEEN_FILE = -3;
 
-/** nid -> tree node (index + 1), or WHITEOUT; a typed array for images of usual size, a Map beyond. */
+/** nid -> kept node (index + 1) or a marker; a typed array for images of usual size, a Map beyond. */
 class NidTable {
   private readonly slots: Int32Array | null;
   private readonly map: Map<number, number> | null;
   readonly nodes: Inode[] = [];
+  count = 0;
   whiteouts = 0;
 
   constructor(maxNid: number) {
@@ -405,10 +405,17 @@ class NidTable {
     return this.map!.get(nid) ?? NONE;
   }
 
-  add(nid: number, node: Inode): void {
-    this.nodes.push(node);
-    if (this.slots) this.slots[nid] = this.nodes.length;
-    else this.map!.set(nid, this.nodes.length);
+  private set(nid: number, v: number): void {
+    if (this.slots) this.slots[nid] = v;
+    else this.map!.set(nid, v);
+  }
+
+  add(nid: number, node: Inode, keep: boolean): void {
+    this.count++;
+    if (keep) {
+      this.nodes.push(node);
+      this.set(nid, this.nodes.length);
+    } else this.set(nid, node.children ? SEEN_DIR : SEEN_FILE);
   }
 
   node(v: number): Inode {
@@ -417,10 +424,22 @@ class NidTable {
 
   whiteout(nid: number): void {
     this.whiteouts++;
-    if (this.slots) this.slots[nid] = WHITEOUT;
-    else this.map!.set(nid, WHITEOUT);
+    this.set(nid, WHITEOUT);
   }
 }
+
+/** What the walk does with each entry: build a tree, or print a dump. */
+interface Visitor {
+  /** Whether the walk must keep this node to hand it out again for a later hard link. */
+  keep(node: Inode): boolean;
+  root(node: Inode): void;
+  /** An entry of `parent` (its name at image[start..end)), depth first in name order; a directory's entries follow until leave(). */
+  entry(parent: Inode, start: number, end: number, node: Inode, hardlink: boolean): void;
+  leave(dir: Inode): void;
+}
+
+/** A hard link to an inode the dump did not keep (its link count said it had one name): the dump starts over from a tree. */
+class NeedTree extends Error {}
 
 class Reader {
   readonly b: Buffer;
@@ -625,7 +644,8 @@ class Reader {
       for (let q = ns; q < ne; q++) {
         if (b[q] === 0 || b[q] === SLASH) throw new EntryError('name', `inode ${nid}: entry name '${printablePath(b.subarray(ns, ne))}' contains '/' or NUL`);
       }
-      sink.names.push(b.subarray(ns, ne));
+      sink.starts.push(ns);
+      sink.ends.push(ne);
       sink.nids.push(child);
       sink.ftypes.push(b[p + DE.fileType]);
     }
@@ -897,6 +917,104 @@ function framePath(frame: Frame | null, name: Buffer | null = null): Buffer {
  * damage (or, with `onProblem`, reports what it can and leaves damaged entries out).
  */
 export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageResult {
+  const visitor: Visitor = {
+    keep: () => true,
+    root: () => {},
+    entry: (parent, start, end, node, hardlink) => {
+      parent.children!.push({ name: buf.subarray(start, end), inode: node, hardlink });
+    },
+    leave: () => {},
+  };
+  return walkImage(buf, opts, visitor);
+}
+
+/**
+ * The dump of an image (what `composefs-info dump` prints): the same as
+ * `writeDump(readImage(buf).root)`, printed while the image is walked instead
+ * of from a tree, which is faster and keeps less in memory.
+ */
+export function dumpImage(buf: Buffer): Buffer {
+  const out = new ByteSink(1 << 20);
+  const path = new ByteSink(4096);
+  const marks: number[] = [];
+  const targets = new Map<Inode, Buffer>();
+  const visitor: Visitor = {
+    keep: (node) => node.children === null && node.nlink > 1,
+    root: (node) => printDumpEntry(out, path, node, false, targets),
+    entry: (_parent, start, end, node, hardlink) => {
+      const mark = path.len;
+      path.byte(0x2f);
+      path.escaped(buf, 0, start, end);
+      printDumpEntry(out, path, node, hardlink, targets);
+      if (hardlink) {
+        path.len = mark;
+        return;
+      }
+      if (node.children !== null) {
+        marks.push(mark);
+        return;
+      }
+      if (node.nlink > 1) targets.set(node, Buffer.from(path.buf.subarray(0, path.len)));
+      path.len = mark;
+    },
+    leave: () => {
+      path.len = marks.pop() ?? 0;
+    },
+  };
+  try {
+    walkImage(buf, {}, visitor);
+  } catch (err) {
+    if (!(err instanceof NeedTree)) throw err;
+    return writeDump(readImage(buf).root);
+  }
+  return out.buf.subarray(0, out.len);
+}
+
+function printDumpEntry(out: ByteSink, path: ByteSink, inode: Inode, hardlink: boolean, targets: Map<Inode, Buffer>): void {
+  // The same line writeDump prints (src/dumpfile/write.ts); the tests compare the two.
+  if (path.len === 0) out.byte(0x2f);
+  else out.bytes(path.buf, 0, path.len);
+  out.byte(0x20);
+  out.int(inode.size);
+  out.byte(0x20);
+  if (hardlink) out.byte(0x40);
+  out.int(inode.mode, 8);
+  out.byte(0x20);
+  out.int(inode.nlink);
+  out.byte(0x20);
+  out.int(inode.uid);
+  out.byte(0x20);
+  out.int(inode.gid);
+  out.byte(0x20);
+  out.int(inode.rdev);
+  out.byte(0x20);
+  out.int(inode.mtimeSec);
+  out.byte(0x2e);
+  out.int(inode.mtimeNsec);
+  out.byte(0x20);
+  if (hardlink) {
+    const target = targets.get(inode);
+    if (target === undefined) throw new NeedTree();
+    out.bytes(target);
+  } else if (inode.payload === null) out.byte(0x2d);
+  else out.escaped(inode.payload, ESCAPE_LONE_DASH);
+  out.byte(0x20);
+  if (inode.content === null) out.byte(0x2d);
+  else out.escaped(inode.content, ESCAPE_LONE_DASH);
+  out.byte(0x20);
+  if (inode.digest === null) out.byte(0x2d);
+  else out.hex(inode.digest);
+  const xattrs = inode.xattrs;
+  for (let i = 0; i < xattrs.length; i++) {
+    out.byte(0x20);
+    out.escaped(xattrs[i].key, ESCAPE_EQUAL);
+    out.byte(0x3d);
+    out.escaped(xattrs[i].value, ESCAPE_EQUAL);
+  }
+  out.byte(0x0a);
+}
+
+function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor): ReadImageResult {
   const header = readImageHeader(buf);
   const r = new Reader(buf, header, opts.onProblem, opts.trace);
   const checking = r.checking;
@@ -916,22 +1034,34 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
 
   const table = new NidTable(Math.floor((buf.length - r.metaStart) / SLOT_SIZE));
   const stack: Frame[] = [];
-  const newSink = (): DirentSink => ({ names: [], nids: [], ftypes: [], dot: -1, dotdot: -1 });
+  const newSink = (): DirentSink => ({ starts: [], ends: [], nids: [], ftypes: [], dot: -1, dotdot: -1 });
+  const cmpAt = (i: number, j: number, starts: number[], ends: number[]): number => {
+    const si = starts[i];
+    const sj = starts[j];
+    const li = ends[i] - si;
+    const lj = ends[j] - sj;
+    const n = li < lj ? li : lj;
+    for (let q = 0; q < n; q++) {
+      const d = buf[si + q] - buf[sj + q];
+      if (d !== 0) return d;
+    }
+    return li - lj;
+  };
 
   /** Push a directory: check `.`/`..` and the order of its entries. */
   const enter = (inode: Inode, nid: number, parent: Frame | null, name: Buffer | null, sink: DirentSink, parentNid: number) => {
-    const frame: Frame = { inode, nid, parent, name, names: sink.names, nids: sink.nids, ftypes: sink.ftypes, order: null, next: 0, subdirs: 0 };
+    const frame: Frame = { inode, nid, parent, name, starts: sink.starts, ends: sink.ends, nids: sink.nids, ftypes: sink.ftypes, order: null, next: 0, subdirs: 0 };
     if (checking) {
       const path = framePath(frame);
       if (sink.dot !== nid) problem(path, 'dot', sink.dot < 0 ? "missing '.' entry" : `'.' points at inode ${sink.dot}, not at the directory itself`);
       if (sink.dotdot !== parentNid) problem(path, 'dotdot', sink.dotdot < 0 ? "missing '..' entry" : `'..' points at inode ${sink.dotdot}, not at the parent`);
     }
     // Name order is what the tree model (and the writer) need; report when the image differs.
-    const names = sink.names;
-    for (let i = 1; i < names.length; i++) {
-      if (compareNames(names[i - 1], names[i]) >= 0) {
+    const { starts, ends } = sink;
+    for (let i = 1; i < starts.length; i++) {
+      if (cmpAt(i - 1, i, starts, ends) >= 0) {
         if (checking) problem(framePath(frame), 'order', 'directory entries are not sorted by name (the kernel lookup relies on it)');
-        frame.order = names.map((_, k) => k).sort((a, b) => compareNames(names[a], names[b]) || a - b);
+        frame.order = starts.map((_, k) => k).sort((a, b) => cmpAt(a, b, starts, ends) || a - b);
         break;
       }
     }
@@ -939,24 +1069,28 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
   };
 
   const rootPath = Buffer.from('/');
+  let rootNode: Inode | null = null;
   try {
     const rootRaw = r.inode(header.rootNid);
     if ((rootRaw.mode & S_IFMT) !== S_IFDIR) throw new EntryError('root', `root inode ${header.rootNid} is not a directory`);
     const root = r.build(rootRaw, checking ? (code, msg) => problem(rootPath, code, msg) : null);
     const sink = newSink();
     r.dirents(rootRaw, sink);
-    table.add(header.rootNid, root);
+    table.add(header.rootNid, root, false);
+    rootNode = root;
+    visitor.root(root);
     enter(root, header.rootNid, null, null, sink, header.rootNid);
   } catch (e) {
     if (e instanceof EntryError) throw new ImageFormatError(e.message, rootPath, e.code);
     throw e;
   }
-  const root = table.nodes[0];
+  const root = rootNode!;
 
   while (stack.length > 0) {
     const frame = stack[stack.length - 1];
-    if (frame.next >= frame.names.length) {
+    if (frame.next >= frame.starts.length) {
       stack.pop();
+      if (frame.parent !== null) visitor.leave(frame.inode);
       if (checking) {
         const want = 2 + frame.subdirs;
         if (frame.inode.nlink !== want) {
@@ -967,28 +1101,30 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
     }
     const pos = frame.next++;
     const k = frame.order === null ? pos : frame.order[pos];
-    const name = frame.names[k];
+    const start = frame.starts[k];
+    const end = frame.ends[k];
     const nid = frame.nids[k];
-    if (frame.order !== null && pos > 0 && compareNames(frame.names[frame.order[pos - 1]], name) === 0) {
+    const nameOf = () => buf.subarray(start, end);
+    if (frame.order !== null && pos > 0 && cmpAt(frame.order[pos - 1], k, frame.starts, frame.ends) === 0) {
       const msg = 'duplicate directory entry';
       if (checking) {
-        problem(framePath(frame, name), 'duplicate', msg);
+        problem(framePath(frame, nameOf()), 'duplicate', msg);
         continue;
       }
-      throw new ImageFormatError(msg, framePath(frame, name), 'duplicate');
+      throw new ImageFormatError(msg, framePath(frame, nameOf()), 'duplicate');
     }
     try {
       const seen = table.get(nid);
+      if (seen === SEEN_DIR || (seen > 0 && table.node(seen).children !== null)) {
+        throw new EntryError('loop', `entry refers to directory inode ${nid}, which is already in the tree (a directory loop or a hard-linked directory)`);
+      }
+      if (seen === SEEN_FILE) throw new NeedTree();
       if (seen > 0) {
         const node = table.node(seen);
-        if ((node.mode & S_IFMT) === S_IFDIR) {
-          throw new EntryError('loop', `entry refers to directory inode ${nid}, which is already in the tree (a directory loop or a hard-linked directory)`);
-        }
         if (checking && frame.ftypes[k] !== ftypeOf(node.mode) && !((node.mode & S_IFMT) === S_IFCHR && node.rdev === 0 && frame.ftypes[k] === FT_REG_FILE)) {
-          problem(framePath(frame, name), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type`);
+          problem(framePath(frame, nameOf()), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type`);
         }
-        const d: Dirent = { name, inode: node, hardlink: true };
-        frame.inode.children!.push(d);
+        visitor.entry(frame.inode, start, end, node, true);
         continue;
       }
       if (seen === WHITEOUT) continue;
@@ -1002,32 +1138,32 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
       let check: ((code: string, msg: string) => void) | null = null;
       if (checking) {
         if (frame.ftypes[k] !== ftypeOf(raw.mode)) {
-          problem(framePath(frame, name), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type ${ftypeOf(raw.mode)}`);
+          problem(framePath(frame, nameOf()), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type ${ftypeOf(raw.mode)}`);
         }
         let checkPath: Buffer | null = null;
-        check = (code: string, msg: string) => problem((checkPath ??= framePath(frame, name)), code, msg);
+        check = (code: string, msg: string) => problem((checkPath ??= framePath(frame, nameOf())), code, msg);
       }
       const node = r.build(raw, check);
       if (type === S_IFDIR) {
         const sink = newSink();
         r.dirents(raw, sink);
-        table.add(nid, node);
-        frame.inode.children!.push({ name, inode: node, hardlink: false });
+        table.add(nid, node, false);
+        visitor.entry(frame.inode, start, end, node, false);
         frame.subdirs++;
-        enter(node, nid, frame, name, sink, frame.nid);
+        enter(node, nid, frame, nameOf(), sink, frame.nid);
       } else {
-        table.add(nid, node);
-        frame.inode.children!.push({ name, inode: node, hardlink: false });
+        table.add(nid, node, visitor.keep(node));
+        visitor.entry(frame.inode, start, end, node, false);
       }
     } catch (e) {
       if (!(e instanceof EntryError)) throw e;
-      const path = framePath(frame, name);
+      const path = framePath(frame, nameOf());
       if (checking) problem(path, e.code, e.message);
       else throw new ImageFormatError(e.message, path, e.code);
     }
   }
 
-  const inodeCount = table.nodes.length + table.whiteouts;
+  const inodeCount = table.count + table.whiteouts;
   if (checking) {
     if (header.inodes !== inodeCount) problem(null, 'inodes', `superblock counts ${header.inodes} inodes, the tree reaches ${inodeCount}`);
     const flagAcl = (header.flags & COMPOSEFS_FLAG_HAS_ACL) !== 0;
