@@ -30,13 +30,18 @@ export class FsVerityHasher {
   private readonly mem = Buffer.allocUnsafeSlow(FSVERITY_BLOCK_SIZE * (MAX_LEVELS + 1));
   private readonly memAddr: number;
   private pending = 0; // bytes in the partial data block
+  /** The fsverity_descriptor, rebuilt for each digest. */
+  private readonly desc = Buffer.allocUnsafeSlow(256 + DIGEST_SIZE);
   /** Hashes appended to each level so far (total, not only the partial block). */
   private readonly counts = new Array<number>(MAX_LEVELS).fill(0);
   private size = 0;
   private done = false;
 
+  private readonly descAddr: number;
+
   constructor() {
     this.memAddr = this.native ? addressOf(this.mem) : 0;
+    this.descAddr = this.native ? addressOf(this.desc) : 0;
   }
 
   /** Start over, for another file: reuses this hasher's memory. */
@@ -91,13 +96,22 @@ export class FsVerityHasher {
       this.mem.fill(0, this.pending, FSVERITY_BLOCK_SIZE);
       this.hashDataBlockFromMem();
     }
-    const root = Buffer.alloc(64);
+    // struct fsverity_descriptor: version 1, SHA-256 (1), log2(block size) 12,
+    // no salt, 4 reserved bytes, le64 data size, 64-byte root hash (32 used),
+    // 32-byte salt and 144 reserved bytes, all zero.
+    const desc = this.desc;
+    desc.fill(0, 0, 256);
+    desc[0] = 1;
+    desc[1] = 1;
+    desc[2] = 12;
+    desc.writeUInt32LE(this.size % 0x100000000, 8);
+    desc.writeUInt32LE(Math.floor(this.size / 0x100000000), 12);
     if (this.size > 0) {
       for (let level = 0; ; level++) {
         const n = this.counts[level];
         const blk = this.levelOffset(level);
         if (n === 1) {
-          this.mem.copy(root, 0, blk, blk + DIGEST_SIZE);
+          this.mem.copy(desc, 16, blk, blk + DIGEST_SIZE);
           break;
         }
         const inBlock = n % HASHES_PER_BLOCK;
@@ -107,14 +121,13 @@ export class FsVerityHasher {
         }
       }
     }
-    const desc = Buffer.alloc(256);
-    desc[0] = 1; // version
-    desc[1] = 1; // FS_VERITY_HASH_ALG_SHA256
-    desc[2] = 12; // log2(block size)
-    desc[3] = 0; // salt size
-    desc.writeBigUInt64LE(BigInt(this.size), 8);
-    root.copy(desc, 16);
-    return crypto.createHash('sha256').update(desc).digest();
+    if (this.native) {
+      const out = Buffer.allocUnsafe(DIGEST_SIZE);
+      this.native(this.descAddr, 256, this.descAddr + 256);
+      desc.copy(out, 0, 256, 256 + DIGEST_SIZE);
+      return out;
+    }
+    return crypto.createHash('sha256').update(desc.subarray(0, 256)).digest();
   }
 
   private levelOffset(level: number): number {

@@ -193,8 +193,8 @@ export interface StatInfo {
   gid: number;
   /** st_rdev in glibc's dev_t encoding (what Node's Stats.rdev holds). */
   rdev: number;
-  /** st_dev as "major:minor", for hard-link identity. */
-  dev: string;
+  /** st_dev in glibc's dev_t encoding, for hard-link identity. */
+  dev: number;
   ino: number;
   size: number;
   mtimeSec: number;
@@ -213,6 +213,14 @@ export function makedev(major: number, minor: number): number {
   return (major & 0xfff) * 0x100 + (minor & 0xff) + (minor & ~0xff) * 0x1000 + Math.floor(major / 0x1000) * 0x100000000000;
 }
 
+// 64-bit fields without BigInt (exact below 2^53, which sizes, inode numbers and times stay under).
+function u64(b: Buffer, off: number): number {
+  return b.readUInt32LE(off) + b.readUInt32LE(off + 4) * 0x100000000;
+}
+function i64(b: Buffer, off: number): number {
+  return b.readUInt32LE(off) + b.readInt32LE(off + 4) * 0x100000000;
+}
+
 function readStatx(): StatInfo {
   const b = statxBuf;
   return {
@@ -220,14 +228,14 @@ function readStatx(): StatInfo {
     uid: b.readUInt32LE(20),
     gid: b.readUInt32LE(24),
     mode: b.readUInt16LE(28),
-    ino: Number(b.readBigUInt64LE(32)),
-    size: Number(b.readBigUInt64LE(40)),
-    ctimeSec: Number(b.readBigInt64LE(96)),
+    ino: u64(b, 32),
+    size: u64(b, 40),
+    ctimeSec: i64(b, 96),
     ctimeNsec: b.readUInt32LE(104),
-    mtimeSec: Number(b.readBigInt64LE(112)),
+    mtimeSec: i64(b, 112),
     mtimeNsec: b.readUInt32LE(120),
     rdev: makedev(b.readUInt32LE(128), b.readUInt32LE(132)),
-    dev: `${b.readUInt32LE(136)}:${b.readUInt32LE(140)}`,
+    dev: makedev(b.readUInt32LE(136), b.readUInt32LE(140)),
   };
 }
 
