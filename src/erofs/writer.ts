@@ -272,54 +272,83 @@ function newWNode(mode: number, parent: WNode | null): WNode {
   };
 }
 
-/** Copy the caller's tree into writer nodes; hard links keep pointing at one node. */
+/** Xattr names as latin1 strings, decoded once per distinct name. */
+class KeyInterner {
+  private readonly table = new Map<number, Array<[Buffer, string]>>();
+
+  get(bytes: Buffer): string {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i], 0x01000193);
+    let bucket = this.table.get(h);
+    if (bucket) {
+      for (let i = 0; i < bucket.length; i++) if (bucket[i][0].equals(bytes)) return bucket[i][1];
+    } else this.table.set(h, (bucket = []));
+    const str = bytes.toString('latin1');
+    bucket.push([bytes, str]);
+    return str;
+  }
+}
+
+function copyNode(inode: Inode, parent: WNode | null, keys: KeyInterner): WNode {
+  const n = newWNode(inode.mode, parent);
+  n.nlink = inode.nlink;
+  n.uid = inode.uid;
+  n.gid = inode.gid;
+  n.rdev = inode.rdev;
+  n.size = inode.size;
+  n.mtimeSec = inode.mtimeSec;
+  n.mtimeNsec = inode.mtimeNsec;
+  n.payload = inode.payload;
+  n.content = inode.content;
+  n.digest = inode.digest;
+  const xs = inode.xattrs;
+  for (let i = 0; i < xs.length; i++) {
+    n.xattrs.push({ key: keys.get(xs[i].key), kind: ValueKind.Bytes, data: xs[i].value, sharedOffset: -1 });
+  }
+  return n;
+}
+
+/** Copy the caller's tree into writer nodes (without recursion); hard links keep pointing at one node. */
 function copyTree(root: Inode): WNode {
-  const seen = new Map<Inode, WNode>();
-  const copy = (inode: Inode, parent: WNode | null): WNode => {
-    const n = newWNode(inode.mode, parent);
-    n.nlink = inode.nlink;
-    n.uid = inode.uid;
-    n.gid = inode.gid;
-    n.rdev = inode.rdev;
-    n.size = inode.size;
-    n.mtimeSec = inode.mtimeSec;
-    n.mtimeNsec = inode.mtimeNsec;
-    n.payload = inode.payload;
-    n.content = inode.content;
-    n.digest = inode.digest;
-    const xs = inode.xattrs;
-    for (let i = 0; i < xs.length; i++) {
-      n.xattrs.push({ key: xs[i].key.toString('latin1'), kind: ValueKind.Bytes, data: xs[i].value, sharedOffset: -1 });
-    }
-    seen.set(inode, n);
-    return n;
-  };
-  const rootNode = copy(root, null);
-  // Primary entries first (depth first), so every hard link finds its target copied.
-  const links: Array<[WNode, Buffer, Inode]> = [];
-  const walk = (inode: Inode, node: WNode) => {
-    if (!inode.children) return;
+  const keys = new KeyInterner();
+  const rootNode = copyNode(root, null, keys);
+  const copiedFrom: Inode[] = [root];
+  const copies: WNode[] = [rootNode];
+  const links: Array<[WEntry, Inode]> = [];
+  const stack: Array<[Inode, WNode]> = [[root, rootNode]];
+  while (stack.length > 0) {
+    const [inode, node] = stack.pop()!;
+    const children = inode.children;
+    if (!children) continue;
     if ((node.mode & S_IFMT) !== S_IFDIR) throw new ImageWriteError('only directories can have children');
-    for (const d of inode.children) {
+    const out = node.children!;
+    for (let i = 0; i < children.length; i++) {
+      const d = children[i];
       checkName(d.name);
       if (d.hardlink) {
-        links.push([node, d.name, d.inode]);
-        node.children!.push({ name: d.name, node: null as unknown as WNode, isLink: true });
+        const entry: WEntry = { name: d.name, node: rootNode, isLink: true };
+        links.push([entry, d.inode]);
+        out.push(entry);
         continue;
       }
-      if (seen.has(d.inode)) throw new ImageWriteError(`inode reachable under two primary names (${d.name.toString()})`);
-      const child = copy(d.inode, node);
-      node.children!.push({ name: d.name, node: child, isLink: false });
-      walk(d.inode, child);
+      const child = copyNode(d.inode, node, keys);
+      copiedFrom.push(d.inode);
+      copies.push(child);
+      out.push({ name: d.name, node: child, isLink: false });
+      if (d.inode.children) stack.push([d.inode, child]);
     }
-  };
-  walk(root, rootNode);
-  for (const [parent, name, target] of links) {
-    const t = seen.get(target);
-    if (!t) throw new ImageWriteError(`hard link ${name.toString()} points outside the tree`);
-    if ((t.mode & S_IFMT) === S_IFDIR) throw new ImageWriteError(`hard link ${name.toString()} points at a directory`);
-    const entry = parent.children!.find((e) => e.name === name)!;
-    entry.node = t;
+  }
+  if (links.length > 0) {
+    const byInode = new Map<Inode, WNode>();
+    for (let i = 0; i < copiedFrom.length; i++) byInode.set(copiedFrom[i], copies[i]);
+    if (byInode.size !== copiedFrom.length) throw new ImageWriteError('an inode is reachable under two primary names');
+    for (const [entry, target] of links) {
+      const t = byInode.get(target);
+      const name = entry.name.toString();
+      if (!t) throw new ImageWriteError(`hard link ${name} points outside the tree`);
+      if ((t.mode & S_IFMT) === S_IFDIR) throw new ImageWriteError(`hard link ${name} points at a directory`);
+      entry.node = t;
+    }
   }
   return rootNode;
 }
@@ -367,14 +396,17 @@ function addOverlayXattrs(node: WNode, version: number): void {
   }
 }
 
-function rewriteNode(node: WNode, parent: WNode, version: number): void {
-  addOverlayXattrs(node, version);
-  if (node.children) {
-    // Names were checked: the tree holds no `.` or `..` of its own.
-    insertSorted(node.children, { name: DOT, node, isLink: true });
-    insertSorted(node.children, { name: DOTDOT, node: parent, isLink: true });
+function rewriteTree(root: WNode, version: number): void {
+  const stack: Array<[WNode, WNode]> = [[root, root]];
+  while (stack.length > 0) {
+    const [node, parent] = stack.pop()!;
+    addOverlayXattrs(node, version);
     const children = node.children;
-    for (let i = 0; i < children.length; i++) if (!children[i].isLink) rewriteNode(children[i].node, node, version);
+    if (!children) continue;
+    // Names were checked: the tree holds no `.` or `..` of its own.
+    insertSorted(children, { name: DOT, node, isLink: true });
+    insertSorted(children, { name: DOTDOT, node: parent, isLink: true });
+    for (let i = 0; i < children.length; i++) if (!children[i].isLink) stack.push([children[i].node, node]);
   }
 }
 
@@ -933,7 +965,7 @@ export function writeImageWithInfo(tree: Inode, opts: WriteOptions = {}): WriteR
   const root = copyTree(tree);
   const version = chooseVersion(root, min, max);
 
-  rewriteNode(root, root, version);
+  rewriteTree(root, version);
   setXattr(root, K.opaque, ValueKind.Bytes, Y);
   addRootWhiteouts(root);
 
