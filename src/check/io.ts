@@ -7,7 +7,8 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { UserError, describeSystemError } from '../cli/errors.js';
-import { ImageFormatError, dumpImage, readImage, type ReadImageResult } from '../erofs/reader.js';
+import { ImageFormatError, readImage, type ReadImageResult } from '../erofs/reader.js';
+import { dumpImage } from '../erofs/read-dump.js';
 
 /** Read a whole file; failures become "Failed to open 'PATH': reason". */
 export function readFileOrFail(path: string, exitCode = 1): Buffer {

@@ -73,8 +73,6 @@ import {
   XH,
 } from './format.js';
 import { xxh32 } from './xxhash.js';
-import { ByteSink, ESCAPE_EQUAL, ESCAPE_LONE_DASH } from '../dumpfile/escape.js';
-import { writeDump } from '../dumpfile/write.js';
 import {
   S_IFBLK,
   S_IFCHR,
@@ -428,8 +426,8 @@ class NidTable {
   }
 }
 
-/** What the walk does with each entry: build a tree, or print a dump. */
-interface Visitor {
+/** @internal What the walk does with each entry: build a tree, or print a dump. */
+export interface Visitor {
   /** Whether the walk must keep this node to hand it out again for a later hard link. */
   keep(node: Inode): boolean;
   root(node: Inode): void;
@@ -439,7 +437,7 @@ interface Visitor {
 }
 
 /** A hard link to an inode the dump did not keep (its link count said it had one name): the dump starts over from a tree. */
-class NeedTree extends Error {}
+export class NeedTree extends Error {}
 
 class Reader {
   readonly b: Buffer;
@@ -928,93 +926,8 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
   return walkImage(buf, opts, visitor);
 }
 
-/**
- * The dump of an image (what `composefs-info dump` prints): the same as
- * `writeDump(readImage(buf).root)`, printed while the image is walked instead
- * of from a tree, which is faster and keeps less in memory.
- */
-export function dumpImage(buf: Buffer): Buffer {
-  const out = new ByteSink(1 << 20);
-  const path = new ByteSink(4096);
-  const marks: number[] = [];
-  const targets = new Map<Inode, Buffer>();
-  const visitor: Visitor = {
-    keep: (node) => node.children === null && node.nlink > 1,
-    root: (node) => printDumpEntry(out, path, node, false, targets),
-    entry: (_parent, start, end, node, hardlink) => {
-      const mark = path.len;
-      path.byte(0x2f);
-      path.escaped(buf, 0, start, end);
-      printDumpEntry(out, path, node, hardlink, targets);
-      if (hardlink) {
-        path.len = mark;
-        return;
-      }
-      if (node.children !== null) {
-        marks.push(mark);
-        return;
-      }
-      if (node.nlink > 1) targets.set(node, Buffer.from(path.buf.subarray(0, path.len)));
-      path.len = mark;
-    },
-    leave: () => {
-      path.len = marks.pop() ?? 0;
-    },
-  };
-  try {
-    walkImage(buf, {}, visitor);
-  } catch (err) {
-    if (!(err instanceof NeedTree)) throw err;
-    return writeDump(readImage(buf).root);
-  }
-  return out.buf.subarray(0, out.len);
-}
-
-function printDumpEntry(out: ByteSink, path: ByteSink, inode: Inode, hardlink: boolean, targets: Map<Inode, Buffer>): void {
-  // The same line writeDump prints (src/dumpfile/write.ts); the tests compare the two.
-  if (path.len === 0) out.byte(0x2f);
-  else out.bytes(path.buf, 0, path.len);
-  out.byte(0x20);
-  out.int(inode.size);
-  out.byte(0x20);
-  if (hardlink) out.byte(0x40);
-  out.int(inode.mode, 8);
-  out.byte(0x20);
-  out.int(inode.nlink);
-  out.byte(0x20);
-  out.int(inode.uid);
-  out.byte(0x20);
-  out.int(inode.gid);
-  out.byte(0x20);
-  out.int(inode.rdev);
-  out.byte(0x20);
-  out.int(inode.mtimeSec);
-  out.byte(0x2e);
-  out.int(inode.mtimeNsec);
-  out.byte(0x20);
-  if (hardlink) {
-    const target = targets.get(inode);
-    if (target === undefined) throw new NeedTree();
-    out.bytes(target);
-  } else if (inode.payload === null) out.byte(0x2d);
-  else out.escaped(inode.payload, ESCAPE_LONE_DASH);
-  out.byte(0x20);
-  if (inode.content === null) out.byte(0x2d);
-  else out.escaped(inode.content, ESCAPE_LONE_DASH);
-  out.byte(0x20);
-  if (inode.digest === null) out.byte(0x2d);
-  else out.hex(inode.digest);
-  const xattrs = inode.xattrs;
-  for (let i = 0; i < xattrs.length; i++) {
-    out.byte(0x20);
-    out.escaped(xattrs[i].key, ESCAPE_EQUAL);
-    out.byte(0x3d);
-    out.escaped(xattrs[i].value, ESCAPE_EQUAL);
-  }
-  out.byte(0x0a);
-}
-
-function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor): ReadImageResult {
+/** @internal The walk behind readImage and dumpImage (src/erofs/read-dump.ts). */
+export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor): ReadImageResult {
   const header = readImageHeader(buf);
   const r = new Reader(buf, header, opts.onProblem, opts.trace);
   const checking = r.checking;

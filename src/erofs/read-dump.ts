@@ -1,0 +1,196 @@
+/**
+ * `dumpImage`: the dump of a composefs image (what `composefs-info dump`
+ * prints), printed while the reader walks the image instead of from a tree.
+ * The output is byte for byte `writeDump(readImage(image).root)` (the tests
+ * and every fuzz case compare the two); building no tree makes it faster and
+ * lighter, which is what `cfs info dump` of a big image needs.
+ *
+ * Only inodes that may be hard-linked (not directories, link count above 1)
+ * are kept for the `@` lines; an image whose link counts hide a hard link is
+ * dumped through the tree instead.
+ */
+import { NeedTree, readImage, walkImage, type Visitor } from './reader.js';
+import { writeDump } from '../dumpfile/write.js';
+import type { Inode } from '../tree/model.js';
+
+const HEX = Buffer.from('0123456789abcdef', 'latin1');
+
+/** Per byte: 0 printed as is; 1 escaped; 2 `=` (escaped in xattr fields only). */
+const CLASS = new Uint8Array(256).fill(1);
+for (let c = 0x21; c <= 0x7e; c++) CLASS[c] = 0;
+CLASS[0x5c] = 1;
+CLASS[0x3d] = 2;
+
+/** A growable byte buffer with the dump format's escaping, written byte by byte (no temporary views). */
+class Sink {
+  buf = Buffer.allocUnsafe(1 << 20);
+  len = 0;
+
+  ensure(extra: number): void {
+    const need = this.len + extra;
+    if (need <= this.buf.length) return;
+    let cap = this.buf.length * 2;
+    while (cap < need) cap *= 2;
+    const next = Buffer.allocUnsafe(cap);
+    this.buf.copy(next, 0, 0, this.len);
+    this.buf = next;
+  }
+
+  byte(c: number): void {
+    if (this.len >= this.buf.length) this.ensure(1);
+    this.buf[this.len++] = c;
+  }
+
+  copy(src: Uint8Array, start: number, end: number): void {
+    this.ensure(end - start);
+    const b = this.buf;
+    let n = this.len;
+    for (let i = start; i < end; i++) b[n++] = src[i];
+    this.len = n;
+  }
+
+  /** A non-negative or negative integer in decimal, or octal. */
+  int(v: number, radix = 10): void {
+    if (v >= 0 && v < 10) {
+      this.byte(0x30 + v);
+      return;
+    }
+    const s = v.toString(radix);
+    this.ensure(s.length);
+    for (let i = 0; i < s.length; i++) this.buf[this.len++] = s.charCodeAt(i);
+  }
+
+  /** src[start..end) escaped; `equal` escapes `=` too; `loneDash` writes a lone `-` as `\x2d`. */
+  escaped(src: Uint8Array, start: number, end: number, equal: boolean, loneDash: boolean): void {
+    if (loneDash && end - start === 1 && src[start] === 0x2d) {
+      this.ensure(4);
+      this.put4(0x78, 0x32, 0x64);
+      return;
+    }
+    this.ensure(4 * (end - start));
+    const b = this.buf;
+    let n = this.len;
+    for (let i = start; i < end; i++) {
+      const c = src[i];
+      const k = CLASS[c];
+      if (k === 0 || (k === 2 && !equal)) {
+        b[n++] = c;
+        continue;
+      }
+      b[n++] = 0x5c;
+      if (c === 0x5c) b[n++] = 0x5c;
+      else if (c === 0x0a) b[n++] = 0x6e;
+      else if (c === 0x0d) b[n++] = 0x72;
+      else if (c === 0x09) b[n++] = 0x74;
+      else {
+        b[n++] = 0x78;
+        b[n++] = HEX[c >> 4];
+        b[n++] = HEX[c & 15];
+      }
+    }
+    this.len = n;
+  }
+
+  private put4(c1: number, c2: number, c3: number): void {
+    const b = this.buf;
+    b[this.len++] = 0x5c;
+    b[this.len++] = c1;
+    b[this.len++] = c2;
+    b[this.len++] = c3;
+  }
+
+  hex(src: Uint8Array): void {
+    this.ensure(src.length * 2);
+    const b = this.buf;
+    let n = this.len;
+    for (let i = 0; i < src.length; i++) {
+      b[n++] = HEX[src[i] >> 4];
+      b[n++] = HEX[src[i] & 15];
+    }
+    this.len = n;
+  }
+}
+
+/** One dump line, as writeDump prints it (src/dumpfile/write.ts). */
+function printEntry(out: Sink, path: Sink, inode: Inode, hardlink: boolean, targets: Map<Inode, Buffer>): void {
+  if (path.len === 0) out.byte(0x2f);
+  else out.copy(path.buf, 0, path.len);
+  out.byte(0x20);
+  out.int(inode.size);
+  out.byte(0x20);
+  if (hardlink) out.byte(0x40);
+  out.int(inode.mode, 8);
+  out.byte(0x20);
+  out.int(inode.nlink);
+  out.byte(0x20);
+  out.int(inode.uid);
+  out.byte(0x20);
+  out.int(inode.gid);
+  out.byte(0x20);
+  out.int(inode.rdev);
+  out.byte(0x20);
+  out.int(inode.mtimeSec);
+  out.byte(0x2e);
+  out.int(inode.mtimeNsec);
+  out.byte(0x20);
+  if (hardlink) {
+    const target = targets.get(inode);
+    if (target === undefined) throw new NeedTree();
+    out.copy(target, 0, target.length);
+  } else if (inode.payload === null) out.byte(0x2d);
+  else out.escaped(inode.payload, 0, inode.payload.length, false, true);
+  out.byte(0x20);
+  if (inode.content === null) out.byte(0x2d);
+  else out.escaped(inode.content, 0, inode.content.length, false, true);
+  out.byte(0x20);
+  if (inode.digest === null) out.byte(0x2d);
+  else out.hex(inode.digest);
+  const xattrs = inode.xattrs;
+  for (let i = 0; i < xattrs.length; i++) {
+    const x = xattrs[i];
+    out.byte(0x20);
+    out.escaped(x.key, 0, x.key.length, true, false);
+    out.byte(0x3d);
+    out.escaped(x.value, 0, x.value.length, true, false);
+  }
+  out.byte(0x0a);
+}
+
+/** The dump of an image; throws ImageFormatError as readImage does. */
+export function dumpImage(image: Buffer): Buffer {
+  const out = new Sink();
+  const path = new Sink();
+  path.buf = Buffer.allocUnsafe(4096);
+  const marks: number[] = [];
+  const targets = new Map<Inode, Buffer>();
+  const visitor: Visitor = {
+    keep: (node) => node.children === null && node.nlink > 1,
+    root: (node) => printEntry(out, path, node, false, targets),
+    entry: (_parent, start, end, node, hardlink) => {
+      const mark = path.len;
+      path.byte(0x2f);
+      path.escaped(image, start, end, false, false);
+      printEntry(out, path, node, hardlink, targets);
+      if (hardlink) {
+        path.len = mark;
+        return;
+      }
+      if (node.children !== null) {
+        marks.push(mark);
+        return;
+      }
+      if (node.nlink > 1) targets.set(node, Buffer.from(path.buf.subarray(0, path.len)));
+      path.len = mark;
+    },
+    leave: () => {
+      path.len = marks.pop() ?? 0;
+    },
+  };
+  try {
+    walkImage(image, {}, visitor);
+  } catch (err) {
+    if (!(err instanceof NeedTree)) throw err;
+    return writeDump(readImage(image).root);
+  }
+  return out.buf.subarray(0, out.len);
+}
