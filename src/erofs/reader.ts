@@ -231,6 +231,9 @@ export function readImageHeader(buf: Buffer): ImageHeader {
   const inosHi = buf.readUInt32LE(sb + SB.inos + 4);
   const btLo = buf.readUInt32LE(sb + SB.buildTime);
   const btHi = buf.readInt32LE(sb + SB.buildTime + 4);
+  if (btHi > MAX_SAFE_HI || btHi < -MAX_SAFE_HI - 1) {
+    throw new ImageFormatError('superblock build time is out of range', null, 'superblock');
+  }
   return {
     version: buf.readUInt32LE(HDR.composefsVersion),
     headerVersion,
