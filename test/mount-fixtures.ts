@@ -41,11 +41,17 @@ export function scratch(tag: string): string {
 const scopes: string[] = [];
 const under = (p: string) => scopes.some((s) => p === s || p.startsWith(`${s}/`));
 
+/** Child processes this test process started (they mount too, and may be killed mid-mount). */
+const children = new Set<number>();
+export function adoptChild(pid: number | undefined): void {
+  if (pid) children.add(pid);
+}
+
 function ourTempDir(p: string): boolean {
   const name = p.slice(p.lastIndexOf('/') + 1);
   if (!name.startsWith(TEMP_PREFIX)) return false;
   const pid = Number(name.slice(TEMP_PREFIX.length).split('-')[0]);
-  return pid === process.pid || !existsSync(`/proc/${pid}`);
+  return pid === process.pid || children.has(pid);
 }
 
 function relevantMountLine(line: string): boolean {
@@ -184,9 +190,8 @@ export function cleanupDir(dir: string): void {
     }
   }
   for (const t of tempDirs()) {
-    // Only ours: this process's, or a dead process's (a killed test child).
-    const pid = Number(t.slice(t.lastIndexOf(TEMP_PREFIX) + TEMP_PREFIX.length).split('-')[0]);
-    if (pid !== process.pid && existsSync(`/proc/${pid}`)) continue;
+    // Only ours: this process's or its children's (a killed test child).
+    if (!ourTempDir(t)) continue;
     try {
       umount2(t, MNT_DETACH);
     } catch {

@@ -12,7 +12,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isRoot, repoRoot } from './helpers/paths.js';
-import { cleanupDir, eventually, leftovers, makeImage, scratch, snapshot, standardFiles, type Snapshot } from './mount-fixtures.js';
+import { adoptChild, cleanupDir, eventually, leftovers, makeImage, scratch, snapshot, standardFiles, type Snapshot } from './mount-fixtures.js';
 import { cleanLeftovers, mountComposefs, systemStatus, unmountComposefs, type MountOptions } from '../src/mount/index.js';
 import { readMountinfo } from '../src/mount/mountinfo.js';
 
@@ -103,6 +103,7 @@ for (const pc of cases) {
       const report: string[] = [];
       for (const step of steps) {
         const r = spawnSync(process.execPath, [script, fx.image, fx.mnt, fx.basedir, JSON.stringify(pc.opts), step], { encoding: 'utf8' });
+        adoptChild(r.pid);
         assert.equal(r.signal, 'SIGKILL', `killed before ${step}: ${r.stderr}`);
         const expected = [...new Set(pc.leaves(step, steps))].sort();
         // Loop devices unbind (autoclear) and detached mounts dissolve as the dead process's files are closed.
@@ -115,7 +116,7 @@ for (const pc of cases) {
           if (got.includes('tempdir')) assert.ok(st.leftovers.some((l) => !l.alive), 'status reports the dead process leftovers');
           if (got.includes('tempmount')) assert.ok(st.temporaryMounts.length > 0, 'status reports the temporary mount');
           if (got.includes('overlay')) unmountComposefs(fx.mnt);
-          cleanLeftovers();
+          cleanLeftovers({ pids: [r.pid] });
           assert.ok(await eventually(() => leftovers(before).length === 0), `after cleaning: ${leftovers(before).join('; ')}`);
         }
       }
@@ -136,6 +137,7 @@ test('killed at random moments while looping mount/unmount (default path): nothi
     let mountedAtKill = 0;
     for (let i = 0; i < 25; i++) {
       const child = spawn(process.execPath, [script, fx.image, fx.mnt, fx.basedir, '{}', 'loop'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      adoptChild(child.pid);
       await new Promise<void>((res) => child.stdout!.once('data', () => res()));
       await new Promise((r) => setTimeout(r, 5 + Math.random() * 40));
       child.kill('SIGKILL');

@@ -169,11 +169,12 @@ export function systemStatus(): SystemStatus {
   return { mounts, erofs, loops, temporaryMounts, leftovers: findLeftovers(all) };
 }
 
-/** Remove what dead processes left: detach their temporary mounts and remove the directories. */
-export function cleanLeftovers(): string[] {
+/** Remove what dead processes left: detach their temporary mounts and remove the directories (only those of `pids`, if given). */
+export function cleanLeftovers(opts: { pids?: number[] } = {}): string[] {
   const done: string[] = [];
   for (const l of findLeftovers()) {
     if (l.alive) continue;
+    if (opts.pids && !opts.pids.includes(l.pid)) continue;
     if (l.mounted) {
       try {
         sys.umount2(l.path, sys.MNT_DETACH);
