@@ -199,7 +199,7 @@ function writeValue(b: Buffer, pos: number, x: WXattr): void {
     b[pos + 1] = 4 + 32; // length
     b[pos + 2] = 0; // flags
     b[pos + 3] = FS_VERITY_HASH_ALG_SHA256;
-    b.set(x.data.subarray(0, 32), pos + 4);
+    copyBytes(b, pos + 4, x.data, 0, 32);
   } else {
     b[pos] = 0x2f; // '/'
     b.set(x.data!, pos + 1);
@@ -315,9 +315,11 @@ function copyTree(root: Inode): WNode {
   const copiedFrom: Inode[] = [root];
   const copies: WNode[] = [rootNode];
   const links: Array<[WEntry, Inode]> = [];
-  const stack: Array<[Inode, WNode]> = [[root, rootNode]];
-  while (stack.length > 0) {
-    const [inode, node] = stack.pop()!;
+  const stackIn: Inode[] = [root];
+  const stackOut: WNode[] = [rootNode];
+  while (stackIn.length > 0) {
+    const inode = stackIn.pop()!;
+    const node = stackOut.pop()!;
     const children = inode.children;
     if (!children) continue;
     if ((node.mode & S_IFMT) !== S_IFDIR) throw new ImageWriteError('only directories can have children');
@@ -335,7 +337,10 @@ function copyTree(root: Inode): WNode {
       copiedFrom.push(d.inode);
       copies.push(child);
       out.push({ name: d.name, node: child, isLink: false });
-      if (d.inode.children) stack.push([d.inode, child]);
+      if (d.inode.children) {
+        stackIn.push(d.inode);
+        stackOut.push(child);
+      }
     }
   }
   if (links.length > 0) {
@@ -397,16 +402,23 @@ function addOverlayXattrs(node: WNode, version: number): void {
 }
 
 function rewriteTree(root: WNode, version: number): void {
-  const stack: Array<[WNode, WNode]> = [[root, root]];
-  while (stack.length > 0) {
-    const [node, parent] = stack.pop()!;
+  const nodes: WNode[] = [root];
+  const parents: WNode[] = [root];
+  while (nodes.length > 0) {
+    const node = nodes.pop()!;
+    const parent = parents.pop()!;
     addOverlayXattrs(node, version);
     const children = node.children;
     if (!children) continue;
     // Names were checked: the tree holds no `.` or `..` of its own.
     insertSorted(children, { name: DOT, node, isLink: true });
     insertSorted(children, { name: DOTDOT, node: parent, isLink: true });
-    for (let i = 0; i < children.length; i++) if (!children[i].isLink) stack.push([children[i].node, node]);
+    for (let i = 0; i < children.length; i++) {
+      if (!children[i].isLink) {
+        nodes.push(children[i].node);
+        parents.push(node);
+      }
+    }
   }
 }
 
@@ -749,6 +761,13 @@ function fileTypeOf(mode: number): number {
   }
 }
 
+/** src[from..to) into dst at pos, without making a view of src first. */
+function copyBytes(dst: Uint8Array, pos: number, src: Uint8Array, from: number, to: number): void {
+  if (from === 0 && to === src.length) dst.set(src, pos);
+  else if (to - from <= 64) for (let i = from; i < to; i++) dst[pos++] = src[i];
+  else dst.set(new Uint8Array(src.buffer, src.byteOffset + from, to - from), pos);
+}
+
 function put16(b: Uint8Array, p: number, v: number): void {
   b[p] = v & 0xff;
   b[p + 1] = (v >>> 8) & 0xff;
@@ -915,7 +934,10 @@ function writeInode(out: Emitter, node: WNode, layout: Layout, state: { blockCur
   } else if (type === S_IFLNK) {
     if (node.nBlocks === 0 && node.payload) out.bytes(node.payload);
   } else if (type === S_IFREG && node.tailSize > 0) {
-    if (node.content) out.bytes(node.content.subarray(node.size - node.tailSize, node.size));
+    if (node.content) {
+      copyBytes(out.buf, out.pos, node.content, node.size - node.tailSize, node.size);
+      out.pos += node.tailSize;
+    }
     else writeNullChunks(out, chunks);
   }
 }
@@ -940,7 +962,9 @@ function writeDataBlocks(out: Emitter, node: WNode): void {
     writeNullChunks(out, BLOCK_SIZE / 4);
   } else if (type === S_IFREG || type === S_IFLNK) {
     const data = type === S_IFREG ? node.content! : node.payload!;
-    out.bytes(data.subarray(0, Math.min(node.size, node.nBlocks * BLOCK_SIZE)));
+    const n = Math.min(node.size, node.nBlocks * BLOCK_SIZE);
+    copyBytes(out.buf, out.pos, data, 0, n);
+    out.pos += n;
     out.align(BLOCK_SIZE);
   }
 }
