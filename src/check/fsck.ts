@@ -61,11 +61,11 @@ export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
   }
   const basedirs = opts.basedirs ?? [];
   const results = new Map<string, ObjectResult>();
-  walkFiles(root, (path, inode) => {
+  walkFiles(root, (pathOf, inode) => {
     if (inode.payload === null) return;
     const named = objectPathToDigest(inode.payload.toString('latin1').replace(/^\/+/, ''));
     if (named && inode.digest && !named.equals(inode.digest)) {
-      problems.push({ path: printablePath(path), code: 'digest-name', message: `backing object '${printablePath(inode.payload)}' is named after digest ${digestToHex(named)} but the image records ${digestToHex(inode.digest)}` });
+      problems.push({ path: printablePath(pathOf()), code: 'digest-name', message: `backing object '${printablePath(inode.payload)}' is named after digest ${digestToHex(named)} but the image records ${digestToHex(inode.digest)}` });
     }
     const key = inode.payload.toString('latin1') + '\0' + String(inode.size) + '\0' + (inode.digest ? digestToHex(inode.digest) : '');
     let res = results.get(key);
@@ -78,29 +78,42 @@ export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
         else if (res.problems.length > 0) report.objects.bad++;
       }
     }
-    for (const p of res.problems) problems.push({ path: printablePath(path), code: p.code, message: p.message });
+    if (res.problems.length > 0) {
+      const path = printablePath(pathOf());
+      for (const p of res.problems) problems.push({ path, code: p.code, message: p.message });
+    }
   });
   report.objects.referenced = new Set([...results.keys()].map((k) => k.slice(0, k.indexOf('\0')))).size;
   report.ok = problems.length === 0;
   return report;
 }
 
-/** Every regular file by its primary path, depth first in name order. */
-function walkFiles(root: Inode, visit: (path: Buffer, inode: Inode) => void): void {
-  const stack: Array<{ dir: Inode; path: Buffer; i: number }> = [{ dir: root, path: Buffer.alloc(0), i: 0 }];
+/**
+ * Every regular file (primary names only), depth first in name order. Its path
+ * is built only when asked for (a problem to report): building every path
+ * would cost depth x entries on a deep tree.
+ */
+function walkFiles(root: Inode, visit: (pathOf: () => Buffer, inode: Inode) => void): void {
+  const names: Buffer[] = [];
+  const stack: Array<{ dir: Inode; i: number }> = [{ dir: root, i: 0 }];
   const slash = Buffer.from('/');
   while (stack.length > 0) {
     const top = stack[stack.length - 1];
     const children = top.dir.children ?? [];
     if (top.i >= children.length) {
       stack.pop();
+      names.pop();
       continue;
     }
     const d = children[top.i++];
     if (d.hardlink) continue;
-    const path = Buffer.concat([top.path, slash, d.name]);
-    if ((d.inode.mode & S_IFMT) === S_IFREG) visit(path, d.inode);
-    if (d.inode.children) stack.push({ dir: d.inode, path, i: 0 });
+    if ((d.inode.mode & S_IFMT) === S_IFREG) {
+      visit(() => Buffer.concat([...names.flatMap((n) => [slash, n]), slash, d.name]), d.inode);
+    }
+    if (d.inode.children) {
+      stack.push({ dir: d.inode, i: 0 });
+      names.push(d.name);
+    }
   }
 }
 

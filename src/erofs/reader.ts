@@ -968,9 +968,9 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
   const enter = (inode: Inode, nid: number, parent: Frame | null, name: Buffer | null, sink: DirentSink, parentNid: number) => {
     const frame: Frame = { inode, nid, parent, name, starts: sink.starts, ends: sink.ends, nids: sink.nids, ftypes: sink.ftypes, order: null, next: 0, subdirs: 0 };
     if (checking) {
-      const path = framePath(frame);
-      if (sink.dot !== nid) problem(path, 'dot', sink.dot < 0 ? "missing '.' entry" : `'.' points at inode ${sink.dot}, not at the directory itself`);
-      if (sink.dotdot !== parentNid) problem(path, 'dotdot', sink.dotdot < 0 ? "missing '..' entry" : `'..' points at inode ${sink.dotdot}, not at the parent`);
+      // Paths are built only for a message: building one per directory would cost depth x directories.
+      if (sink.dot !== nid) problem(framePath(frame), 'dot', sink.dot < 0 ? "missing '.' entry" : `'.' points at inode ${sink.dot}, not at the directory itself`);
+      if (sink.dotdot !== parentNid) problem(framePath(frame), 'dotdot', sink.dotdot < 0 ? "missing '..' entry" : `'..' points at inode ${sink.dotdot}, not at the parent`);
     }
     // Name order is what the tree model (and the writer) need; report when the image differs.
     const { starts, ends } = sink;
