@@ -329,3 +329,24 @@ test('conformance: every upstream vector image -> tree -> image is byte-identica
   }
   assert.ok(n >= 10, `only ${n} upstream vectors checked`);
 });
+
+test('a directory chain 10,000 deep is read, dumped and checked without recursion', async () => {
+  const { dumpImage } = await import('../src/erofs/read-dump.js');
+  const { fsckImage } = await import('../src/check/fsck.js');
+  const root = newInode(S_IFDIR | 0o755);
+  let dir = root;
+  for (let i = 0; i < 10000; i++) {
+    const sub = newInode(S_IFDIR | 0o755);
+    dir.children!.push({ name: B('d'), inode: sub, hardlink: false });
+    dir = sub;
+  }
+  dir.children!.push({ name: B('f'), inode: newInode(S_IFREG | 0o644, { size: 1, content: B('x') }), hardlink: false });
+  const image = writeImage(root);
+  const res = readImage(image);
+  let depth = 0;
+  for (let n = res.root; n.children!.length > 0 && n.children![0].inode.children; n = n.children![0].inode) depth++;
+  assert.equal(depth, 10000);
+  const dump = dumpImage(image);
+  assert.ok(dump.subarray(dump.length - 40).toString().endsWith('/d/f 1 100644 1 0 0 0 0.0 - x -\n'));
+  assert.equal(fsckImage(image).ok, true);
+});
