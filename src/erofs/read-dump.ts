@@ -23,8 +23,12 @@ CLASS[0x3d] = 2;
 
 /** A growable byte buffer with the dump format's escaping, written byte by byte (no temporary views). */
 class Sink {
-  buf = Buffer.allocUnsafe(1 << 20);
+  buf: Buffer;
   len = 0;
+
+  constructor(capacity: number) {
+    this.buf = Buffer.allocUnsafe(capacity);
+  }
 
   ensure(extra: number): void {
     const need = this.len + extra;
@@ -158,9 +162,9 @@ function printEntry(out: Sink, path: Sink, inode: Inode, hardlink: boolean, targ
 
 /** The dump of an image; throws ImageFormatError as readImage does. */
 export function dumpImage(image: Buffer): Buffer {
-  const out = new Sink();
-  const path = new Sink();
-  path.buf = Buffer.allocUnsafe(4096);
+  // A dump is about as big as its image: start there and rarely grow (growing copies).
+  const out = new Sink(Math.max(1 << 16, image.length + (image.length >> 2)));
+  const path = new Sink(4096);
   const marks: number[] = [];
   const targets = new Map<Inode, Buffer>();
   const visitor: Visitor = {
