@@ -115,28 +115,53 @@ class Sink {
   }
 }
 
-/** One dump line, as writeDump prints it (src/dumpfile/write.ts). */
+/** Write a non-negative safe integer (or a negative one, in decimal) at b[n..]; returns the new end. */
+function putInt(b: Buffer, n: number, v: number, radix = 10): number {
+  if (v >= 0 && v < radix) {
+    b[n] = 0x30 + v;
+    return n + 1;
+  }
+  if (v < 0) {
+    b[n++] = 0x2d;
+    v = -v;
+  }
+  let digits = 0;
+  for (let m = v; m >= 1; m = Math.floor(m / radix)) digits++;
+  let o = n + digits;
+  const end = o;
+  for (let m = v; m >= 1; m = Math.floor(m / radix)) b[--o] = 0x30 + (m % radix);
+  return end;
+}
+
+/** One dump line, as writeDump prints it (src/dumpfile/write.ts): the fixed part written in place, with few calls. */
 function printEntry(out: Sink, path: Sink, inode: Inode, hardlink: boolean, targets: Map<Inode, Buffer>): void {
-  if (path.len === 0) out.byte(0x2f);
-  else out.copy(path.buf, 0, path.len);
-  out.byte(0x20);
-  out.int(inode.size);
-  out.byte(0x20);
-  if (hardlink) out.byte(0x40);
-  out.int(inode.mode, 8);
-  out.byte(0x20);
-  out.int(inode.nlink);
-  out.byte(0x20);
-  out.int(inode.uid);
-  out.byte(0x20);
-  out.int(inode.gid);
-  out.byte(0x20);
-  out.int(inode.rdev);
-  out.byte(0x20);
-  out.int(inode.mtimeSec);
-  out.byte(0x2e);
-  out.int(inode.mtimeNsec);
-  out.byte(0x20);
+  out.ensure(path.len + 8 * 22 + 16);
+  let b = out.buf;
+  let n = out.len;
+  if (path.len === 0) b[n++] = 0x2f;
+  else {
+    const p = path.buf;
+    for (let i = 0; i < path.len; i++) b[n++] = p[i];
+  }
+  b[n++] = 0x20;
+  n = putInt(b, n, inode.size);
+  b[n++] = 0x20;
+  if (hardlink) b[n++] = 0x40;
+  n = putInt(b, n, inode.mode, 8);
+  b[n++] = 0x20;
+  n = putInt(b, n, inode.nlink);
+  b[n++] = 0x20;
+  n = putInt(b, n, inode.uid);
+  b[n++] = 0x20;
+  n = putInt(b, n, inode.gid);
+  b[n++] = 0x20;
+  n = putInt(b, n, inode.rdev);
+  b[n++] = 0x20;
+  n = putInt(b, n, inode.mtimeSec);
+  b[n++] = 0x2e;
+  n = putInt(b, n, inode.mtimeNsec);
+  b[n++] = 0x20;
+  out.len = n;
   if (hardlink) {
     const target = targets.get(inode);
     if (target === undefined) throw new NeedTree();
@@ -146,9 +171,19 @@ function printEntry(out: Sink, path: Sink, inode: Inode, hardlink: boolean, targ
   out.byte(0x20);
   if (inode.content === null) out.byte(0x2d);
   else out.escaped(inode.content, 0, inode.content.length, false, true);
-  out.byte(0x20);
-  if (inode.digest === null) out.byte(0x2d);
-  else out.hex(inode.digest);
+  out.ensure(2 + 64 + 1);
+  b = out.buf;
+  n = out.len;
+  b[n++] = 0x20;
+  const digest = inode.digest;
+  if (digest === null) b[n++] = 0x2d;
+  else {
+    for (let i = 0; i < digest.length; i++) {
+      b[n++] = HEX[digest[i] >> 4];
+      b[n++] = HEX[digest[i] & 15];
+    }
+  }
+  out.len = n;
   const xattrs = inode.xattrs;
   for (let i = 0; i < xattrs.length; i++) {
     const x = xattrs[i];
