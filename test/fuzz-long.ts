@@ -22,7 +22,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 import { ImageFormatError, readImage, type ReadImageResult } from '../src/erofs/reader.js';
-import { dumpImage } from '../src/erofs/read-dump.js';
+import { dumpImage, listImage } from '../src/erofs/read-dump.js';
 import { ImageWriteError, writeImage, writeImageWithInfo } from '../src/erofs/writer.js';
 import { fsckImage } from '../src/check/fsck.js';
 import { Output } from '../src/check/io.js';
@@ -579,8 +579,11 @@ export async function runCase(image: Buffer, maxMs = 5000): Promise<CaseResult> 
   }
   if (res) {
     checkTreeInvariants(res.root);
-    const out = new Output(NULL_OUT);
+    const chunks: Buffer[] = [];
+    const out = new Output((c) => chunks.push(c));
     listTree(res.root, out);
+    out.flush();
+    if (!listImage(image).equals(Buffer.concat(chunks))) throw new FuzzFailure('listImage differs from listTree(readImage())');
     collectObjects(res.root, new Map());
     if (writeDump) {
       // The dump printed while walking the image is the dump of the tree.

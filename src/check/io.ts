@@ -8,7 +8,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unl
 import { basename, dirname, join } from 'node:path';
 import { UserError, describeSystemError } from '../cli/errors.js';
 import { ImageFormatError, readImage, type ReadImageResult } from '../erofs/reader.js';
-import { dumpImage } from '../erofs/read-dump.js';
+import { dumpImage, listImage } from '../erofs/read-dump.js';
 
 /** Read a whole file; failures become "Failed to open 'PATH': reason". */
 export function readFileOrFail(path: string, exitCode = 1): Buffer {
@@ -30,11 +30,11 @@ export function loadImage(path: string): ReadImageResult & { image: Buffer } {
   }
 }
 
-/** Read an image file and print it as a dump file (without building a tree). */
-export function loadImageDump(path: string): Buffer {
+/** Read an image file and print it as a dump file, or with `ls` as a listing (without building a tree). */
+export function loadImageDump(path: string, ls = false): Buffer {
   const image = readFileOrFail(path);
   try {
-    return dumpImage(image);
+    return ls ? listImage(image) : dumpImage(image);
   } catch (err) {
     if (err instanceof ImageFormatError) throw new UserError(`Failed to load '${path}': ${err.message}`);
     throw err;

@@ -67,32 +67,29 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (paths.length === 0) throw new UserError('No image path specified');
 
   const out = new Output();
-  if (command === 'dump') {
+  if (command === 'dump' || command === 'ls') {
     // Printed straight from each image; all are read before anything is printed.
-    const dumps = paths.map((p) => loadImageDump(p));
+    const dumps = paths.map((p) => loadImageDump(p, command === 'ls'));
     for (const d of dumps) out.bytes(d);
     out.flush();
     return 0;
   }
+  // objects, missing-objects: one sorted list over all the images.
   const roots = paths.map((p) => loadImage(p).root);
-  if (command === 'ls') {
-    for (const root of roots) listTree(root, out);
-  } else {
-    const objects = new Map<string, Buffer>();
-    for (const root of roots) collectObjects(root, objects);
-    let list = [...objects.values()];
-    if (command === 'missing-objects') list = list.filter((o) => !objectExists(basedir, o));
-    list.sort(Buffer.compare);
-    for (const o of list) {
-      out.bytes(o);
-      out.text('\n');
-    }
+  const objects = new Map<string, Buffer>();
+  for (const root of roots) collectObjects(root, objects);
+  let list = [...objects.values()];
+  if (command === 'missing-objects') list = list.filter((o) => !objectExists(basedir, o));
+  list.sort(Buffer.compare);
+  for (const o of list) {
+    out.bytes(o);
+    out.text('\n');
   }
   out.flush();
   return 0;
 }
 
-/** composefs-info ls: depth first in name order, the root itself not listed. */
+/** composefs-info ls of a tree: depth first in name order, the root itself not listed (listImage prints the same from an image). */
 export function listTree(root: Inode, out: Output): void {
   const stack: Array<{ dir: Inode; prefix: string; i: number }> = [{ dir: root, prefix: '', i: 0 }];
   while (stack.length > 0) {

@@ -95,6 +95,31 @@ class Sink {
     this.len = n;
   }
 
+  /** As composefs-info ls prints paths: like escaped() but a space stays a space and `=` is never escaped. */
+  escapedKeepSpace(src: Uint8Array, start: number, end: number): void {
+    this.ensure(4 * (end - start));
+    const b = this.buf;
+    let n = this.len;
+    for (let i = start; i < end; i++) {
+      const c = src[i];
+      if (c >= 0x20 && c <= 0x7e && c !== 0x5c) {
+        b[n++] = c;
+        continue;
+      }
+      b[n++] = 0x5c;
+      if (c === 0x5c) b[n++] = 0x5c;
+      else if (c === 0x0a) b[n++] = 0x6e;
+      else if (c === 0x0d) b[n++] = 0x72;
+      else if (c === 0x09) b[n++] = 0x74;
+      else {
+        b[n++] = 0x78;
+        b[n++] = HEX[c >> 4];
+        b[n++] = HEX[c & 15];
+      }
+    }
+    this.len = n;
+  }
+
   private put4(c1: number, c2: number, c3: number): void {
     const b = this.buf;
     b[this.len++] = 0x5c;
@@ -231,5 +256,63 @@ export function dumpImage(image: Buffer): Buffer {
     if (!(err instanceof NeedTree)) throw err;
     return writeDump(readImage(image).root);
   }
+  return out.buf.subarray(0, out.len);
+}
+
+/**
+ * `composefs-info ls` of an image, printed while walking it: every path below
+ * the root (escaped, a space kept), `/` and a tab after directories,
+ * `<tab>-> TARGET` after symlinks, `<tab>@ OBJECT` after files with a backing
+ * object; a hard link's second name is its path alone. Throws ImageFormatError
+ * as readImage does.
+ */
+export function listImage(image: Buffer): Buffer {
+  const out = new Sink(Math.max(1 << 16, image.length));
+  const path = new Sink(4096);
+  const marks: number[] = [];
+  const line = (tail: () => void) => {
+    out.copy(path.buf, 0, path.len);
+    tail();
+    out.byte(0x0a);
+  };
+  const visitor: Visitor = {
+    keep: () => false,
+    root: () => {},
+    entry: (_parent, start, end, node, hardlink) => {
+      const mark = path.len;
+      path.byte(0x2f);
+      path.escapedKeepSpace(image, start, end);
+      const type = node.mode & 0o170000;
+      if (hardlink) line(() => {});
+      else if (type === 0o040000) {
+        line(() => {
+          out.byte(0x2f);
+          out.byte(0x09);
+        });
+        marks.push(mark);
+        return;
+      } else if (type === 0o120000) {
+        line(() => {
+          out.byte(0x09);
+          out.byte(0x2d);
+          out.byte(0x3e);
+          out.byte(0x20);
+          if (node.payload) out.escaped(node.payload, 0, node.payload.length, false, false);
+        });
+      } else if (type === 0o100000 && node.payload !== null) {
+        line(() => {
+          out.byte(0x09);
+          out.byte(0x40);
+          out.byte(0x20);
+          out.escaped(node.payload!, 0, node.payload!.length, false, false);
+        });
+      } else line(() => {});
+      path.len = mark;
+    },
+    leave: () => {
+      path.len = marks.pop() ?? 0;
+    },
+  };
+  walkImage(image, {}, visitor, true);
   return out.buf.subarray(0, out.len);
 }

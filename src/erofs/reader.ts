@@ -455,6 +455,9 @@ export interface Visitor {
 /** A hard link to an inode the dump did not keep (its link count said it had one name): the dump starts over from a tree. */
 export class NeedTree extends Error {}
 
+/** Stands for a hard link's target when the walk did not keep it (listings print the name alone). */
+const EMPTY_NODE: Inode = { mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, size: 0, mtimeSec: 0, mtimeNsec: 0, payload: null, content: null, digest: null, xattrs: [], children: null };
+
 class Reader {
   readonly b: Buffer;
   readonly len: number;
@@ -943,7 +946,7 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
 }
 
 /** @internal The walk behind readImage and dumpImage (src/erofs/read-dump.ts). */
-export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor): ReadImageResult {
+export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor, hardlinksByName = false): ReadImageResult {
   const header = readImageHeader(buf);
   const r = new Reader(buf, header, opts.onProblem, opts.trace);
   const checking = r.checking;
@@ -1047,7 +1050,12 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
       if (seen === SEEN_DIR || (seen > 0 && table.node(seen).children !== null)) {
         throw new EntryError('loop', `entry refers to directory inode ${nid}, which is already in the tree (a directory loop or a hard-linked directory)`);
       }
-      if (seen === SEEN_FILE) throw new NeedTree();
+      if (seen === SEEN_FILE) {
+        // A hard link to a node not kept: fine for a listing (only the name is printed), not for a dump.
+        if (!hardlinksByName) throw new NeedTree();
+        visitor.entry(frame.inode, start, end, EMPTY_NODE, true);
+        continue;
+      }
       if (seen > 0) {
         const node = table.node(seen);
         if (checking && frame.ftypes[k] !== ftypeOf(node.mode) && !((node.mode & S_IFMT) === S_IFCHR && node.rdev === 0 && frame.ftypes[k] === FT_REG_FILE)) {
