@@ -308,6 +308,29 @@ test('a missing or non-directory source is a one-line error naming it', async ()
   }
 });
 
+test('an unreadable file or directory is a one-line error naming it', async (t) => {
+  // As root nothing is unreadable: run the scan as nobody then.
+  const asUser = isRoot ? (existsSync('/usr/bin/setpriv') ? ['/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--'] : null) : [];
+  if (!asUser) return t.skip('root without setpriv(1): cannot drop privileges to test permissions');
+  const dir = mkdtempSync(join(tmpdir(), 'cfs-scan-'));
+  try {
+    chmodSync(dir, 0o755);
+    const mod = new URL('../src/scan/index.js', import.meta.url).pathname;
+    const script = join(dir, 'run.mjs');
+    writeFileSync(script, `const { scanDirectory } = await import(${JSON.stringify(mod)});\ntry { await scanDirectory(process.argv[2], {}); console.log('ok'); } catch (e) { console.log(e.name + ': ' + e.message); }\n`);
+    const run = (src: string) => execFileSync(asUser[0] ?? process.execPath, [...asUser.slice(1), ...(asUser.length ? [process.execPath] : []), script, src], { encoding: 'utf8' }).trim();
+    mkdirSync(join(dir, 'src1/sub'), { recursive: true });
+    writeFileSync(join(dir, 'src1/sub/secret'), 'x'.repeat(100));
+    chmodSync(join(dir, 'src1/sub/secret'), 0o000);
+    assert.equal(run(join(dir, 'src1')), `UserError: cannot read ${join(dir, 'src1/sub/secret')}: Permission denied`);
+    mkdirSync(join(dir, 'src2/locked'), { recursive: true });
+    chmodSync(join(dir, 'src2/locked'), 0o000);
+    assert.equal(run(join(dir, 'src2')), `UserError: error accessing ${join(dir, 'src2/locked')}: Permission denied`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 /**
  * A tree whose one worker is busy with a big sparse file for a while after
  * the (tiny) scan has listed `sub/victim`: whatever `meddle` does to the

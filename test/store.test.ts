@@ -269,6 +269,29 @@ test('a store that fills up is a one-line error naming the object, and leaves no
   }
 });
 
+test('a store on another file system (tmpfs) is filled the same way', async (t) => {
+  if (!isRoot) return t.skip('not root: cannot mount a tmpfs');
+  const dir = mkdtempSync(join(tmpdir(), 'cfs-store-'));
+  const store = join(dir, 'store');
+  mkdirSync(store);
+  let mounted = false;
+  try {
+    const why = tryMount(['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', store]);
+    if (why) return t.skip(`cannot mount a tmpfs: ${why}`);
+    mounted = true;
+    makeTree(join(dir, 'src'), 20, 30_000);
+    const { root, stats } = await scanDirectory(join(dir, 'src'), { digestStore: store });
+    const want = expectedObjects(root);
+    const files = storeFiles(store);
+    assert.deepEqual(files, [...want.keys()].sort());
+    assert.equal(stats.objectsWritten, want.size);
+    if (haveFsverity) verifyObjects(store, files);
+  } finally {
+    if (mounted) spawnSync('umount', [store]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a store path that cannot be a directory is a one-line error', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'cfs-store-'));
   try {
