@@ -221,7 +221,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
     stats.entries = 1;
     const stack: { inode: Inode; path: Buffer; rel: Buffer }[] = [{ inode: root, path: sourcePath, rel: Buffer.alloc(0) }];
     let sinceYield = 0;
-    while (stack.length > 0) {
+    scan: while (stack.length > 0) {
       const { inode: dir, path: dirPath, rel: dirRel } = stack.pop()!;
       let names: Buffer[];
       try {
@@ -231,6 +231,13 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
       }
       const children: Dirent[] = [];
       for (const name of names) {
+        // Let worker results in now and then, huge directories included, so the workers never starve.
+        if (++sinceYield >= YIELD_EVERY) {
+          sinceYield = 0;
+          pool.flush();
+          await new Promise<void>((res) => setImmediate(res));
+          if (pool.error) break scan; // drain() below reports it
+        }
         const cpath = childCPath(dirPath, name);
         const path = cpath.subarray(0, cpath.length - 1);
         let st: StatInfo;
@@ -271,13 +278,6 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
       }
       children.sort((a, b) => compareNames(a.name, b.name));
       dir.children = children;
-      sinceYield += names.length + 1;
-      if (sinceYield >= YIELD_EVERY) {
-        sinceYield = 0;
-        pool.flush();
-        await new Promise<void>((res) => setImmediate(res));
-        if (pool.error) break;
-      }
     }
     scanDone = true;
     await pool.drain();

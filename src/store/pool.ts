@@ -43,6 +43,8 @@ export interface FileDone {
 const BATCH_FILES = 256;
 const BATCH_BYTES = 8 << 20;
 const MAX_OUTSTANDING = 3;
+/** More threads than this only costs memory. */
+const MAX_WORKERS = 64;
 
 interface Pending {
   paths: string[];
@@ -75,33 +77,37 @@ export class DigestPool {
    * `onDone(tag, result)` runs on the main thread for each file, with the
    * tag given to `add`.
    */
+  private readonly maxWorkers: number;
+
   constructor(
     threads: number,
-    store: string | null,
+    private readonly store: string | null,
     private readonly onDone: (tag: number, r: FileDone) => void,
   ) {
-    const url = new URL('./worker.js', import.meta.url);
-    for (let i = 0; i < threads; i++) {
-      const w = new Worker(url, { workerData: { store } });
-      let setReady!: () => void;
-      const ready = new Promise<void>((res) => (setReady = res));
-      const slot = { w, outstanding: 0, ready };
-      this.partial.push(0);
-      w.once('exit', () => setReady());
-      w.once('error', () => setReady());
-      w.on('message', (m: BatchResult | { progress: number } | { ready: true }) => {
-        if ('ready' in m) setReady();
-        else if ('progress' in m) {
-          this.partial[i] += m.progress;
-          this.bytesProgress += m.progress;
-        } else this.onResult(i, m);
-      });
-      w.on('error', (err) => this.fail(err));
-      w.on('exit', (code) => {
-        if (code !== 0 && !this.closing) this.fail(new Error(`digest worker exited with code ${code}`));
-      });
-      this.workers.push(slot);
-    }
+    this.maxWorkers = Math.max(1, Math.min(threads, MAX_WORKERS));
+  }
+
+  /** Workers start on demand: a small tree never pays for threads it cannot use. */
+  private spawn(): void {
+    const i = this.workers.length;
+    const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { store: this.store } });
+    let setReady!: () => void;
+    const ready = new Promise<void>((res) => (setReady = res));
+    this.partial.push(0);
+    w.once('exit', () => setReady());
+    w.once('error', () => setReady());
+    w.on('message', (m: BatchResult | { progress: number } | { ready: true }) => {
+      if ('ready' in m) setReady();
+      else if ('progress' in m) {
+        this.partial[i] += m.progress;
+        this.bytesProgress += m.progress;
+      } else this.onResult(i, m);
+    });
+    w.on('error', (err) => this.fail(err));
+    w.on('exit', (code) => {
+      if (code !== 0 && !this.closing) this.fail(new Error(`digest worker exited with code ${code}`));
+    });
+    this.workers.push({ w, outstanding: 0, ready });
   }
 
   private empty(): Pending {
@@ -133,6 +139,7 @@ export class DigestPool {
 
   private pump(): void {
     while (this.queue.length > 0 && !this.failure) {
+      if (this.workers.length < this.maxWorkers && this.workers.every((s) => s.outstanding > 0)) this.spawn();
       let best = -1;
       for (let i = 0; i < this.workers.length; i++) {
         if (this.workers[i].outstanding < MAX_OUTSTANDING && (best < 0 || this.workers[i].outstanding < this.workers[best].outstanding)) best = i;
