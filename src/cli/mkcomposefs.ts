@@ -3,7 +3,7 @@
  * options, arguments and exit codes (1 for every failure), so scripts written
  * for it run unchanged.
  */
-import { closeSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, lstatSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
@@ -55,11 +55,12 @@ async function readSource(source: string, fromFile: boolean, opts: Map<string, s
   }
   let st;
   try {
-    st = statSync(source);
+    // Like the reference, the source itself is not followed if it is a symlink.
+    st = lstatSync(source);
   } catch (err) {
     throw new UserError(describeSystemError(err, `error accessing ${source}`));
   }
-  if (!st.isDirectory()) throw new UserError(`${source}: not a directory (use --from-file for a dump file)`);
+  if (!st.isDirectory()) throw new UserError(`error accessing ${source}: Not a directory (use --from-file for a dump file)`);
   const threads = opts.get('threads');
   let threadCount: number | undefined;
   if (threads !== undefined) {
