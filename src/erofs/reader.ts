@@ -1036,14 +1036,13 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
     const start = frame.starts[k];
     const end = frame.ends[k];
     const nid = frame.nids[k];
-    const nameOf = () => buf.subarray(start, end);
     if (frame.order !== null && pos > 0 && cmpAt(frame.order[pos - 1], k, frame.starts, frame.ends) === 0) {
       const msg = 'duplicate directory entry';
       if (checking) {
-        problem(framePath(frame, nameOf()), 'duplicate', msg);
+        problem(framePath(frame, buf.subarray(start, end)), 'duplicate', msg);
         continue;
       }
-      throw new ImageFormatError(msg, framePath(frame, nameOf()), 'duplicate');
+      throw new ImageFormatError(msg, framePath(frame, buf.subarray(start, end)), 'duplicate');
     }
     try {
       const seen = table.get(nid);
@@ -1059,7 +1058,7 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
       if (seen > 0) {
         const node = table.node(seen);
         if (checking && frame.ftypes[k] !== ftypeOf(node.mode) && !((node.mode & S_IFMT) === S_IFCHR && node.rdev === 0 && frame.ftypes[k] === FT_REG_FILE)) {
-          problem(framePath(frame, nameOf()), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type`);
+          problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type`);
         }
         visitor.entry(frame.inode, start, end, node, true);
         continue;
@@ -1075,10 +1074,10 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
       let check: ((code: string, msg: string) => void) | null = null;
       if (checking) {
         if (frame.ftypes[k] !== ftypeOf(raw.mode)) {
-          problem(framePath(frame, nameOf()), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type ${ftypeOf(raw.mode)}`);
+          problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type ${ftypeOf(raw.mode)}`);
         }
         let checkPath: Buffer | null = null;
-        check = (code: string, msg: string) => problem((checkPath ??= framePath(frame, nameOf())), code, msg);
+        check = (code: string, msg: string) => problem((checkPath ??= framePath(frame, buf.subarray(start, end))), code, msg);
       }
       const node = r.build(raw, check);
       if (type === S_IFDIR) {
@@ -1087,14 +1086,14 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
         table.add(nid, node, false);
         visitor.entry(frame.inode, start, end, node, false);
         frame.subdirs++;
-        enter(node, nid, frame, nameOf(), sink, frame.nid);
+        enter(node, nid, frame, buf.subarray(start, end), sink, frame.nid);
       } else {
         table.add(nid, node, visitor.keep(node));
         visitor.entry(frame.inode, start, end, node, false);
       }
     } catch (e) {
       if (!(e instanceof EntryError)) throw e;
-      const path = framePath(frame, nameOf());
+      const path = framePath(frame, buf.subarray(start, end));
       if (checking) problem(path, e.code, e.message);
       else throw new ImageFormatError(e.message, path, e.code);
     }
