@@ -309,7 +309,8 @@ function copyNode(inode: Inode, parent: WNode | null, keys: KeyInterner): WNode 
 }
 
 /** Copy the caller's tree into writer nodes (without recursion); hard links keep pointing at one node. */
-function copyTree(root: Inode): WNode {
+function copyTree(root: Inode): { root: WNode; hasWhiteout: boolean } {
+  let hasWhiteout = false;
   const keys = new KeyInterner();
   const rootNode = copyNode(root, null, keys);
   const copiedFrom: Inode[] = [root];
@@ -334,6 +335,7 @@ function copyTree(root: Inode): WNode {
         continue;
       }
       const child = copyNode(d.inode, node, keys);
+      if (!hasWhiteout) hasWhiteout = isWhiteout(child);
       copiedFrom.push(d.inode);
       copies.push(child);
       out.push({ name: d.name, node: child, isLink: false });
@@ -355,7 +357,7 @@ function copyTree(root: Inode): WNode {
       entry.node = t;
     }
   }
-  return rootNode;
+  return { root: rootNode, hasWhiteout };
 }
 
 function isWhiteout(n: WNode): boolean {
@@ -363,15 +365,8 @@ function isWhiteout(n: WNode): boolean {
 }
 
 /** The reference upgrades to version 1 (xwhiteout marking) when the tree holds a whiteout. */
-function chooseVersion(root: WNode, min: number, max: number): number {
-  if (min >= 1 || max < 1) return min;
-  const stack = [root];
-  while (stack.length) {
-    const n = stack.pop()!;
-    if (isWhiteout(n)) return 1;
-    for (const e of n.children ?? []) if (!e.isLink) stack.push(e.node);
-  }
-  return min;
+function chooseVersion(hasWhiteout: boolean, min: number, max: number): number {
+  return min < 1 && max >= 1 && hasWhiteout ? 1 : min;
 }
 
 function addOverlayXattrs(node: WNode, version: number): void {
@@ -615,8 +610,11 @@ function chunkBits(size: number): number {
   return bits;
 }
 
+const MAX_CHUNK = 2 ** (CHUNK_FORMAT_BLKBITS_MASK + BLOCK_BITS);
+
+/** One chunk covers any file below the largest chunk size; only bigger files need several. */
 function chunkCount(size: number): number {
-  return Math.ceil(size / 2 ** chunkBits(size));
+  return size - 1 < MAX_CHUNK ? 1 : Math.ceil(size / MAX_CHUNK);
 }
 
 function computeDirSize(node: WNode): void {
@@ -876,7 +874,7 @@ function writeInode(out: Emitter, node: WNode, layout: Layout, state: { blockCur
     if (size > 0 && node.content === null) {
       const bits = chunkBits(size);
       layoutKind = LAYOUT_CHUNK_BASED;
-      chunks = Math.ceil(size / 2 ** bits);
+      chunks = chunkCount(size);
       chunkFormat = bits - BLOCK_BITS;
     }
   }
@@ -986,8 +984,8 @@ function validateVersions(opts: WriteOptions): [number, number] {
 export function writeImageWithInfo(tree: Inode, opts: WriteOptions = {}): WriteResult {
   const [min, max] = validateVersions(opts);
   if ((tree.mode & S_IFMT) !== S_IFDIR) throw new ImageWriteError('the root of an image must be a directory');
-  const root = copyTree(tree);
-  const version = chooseVersion(root, min, max);
+  const { root, hasWhiteout } = copyTree(tree);
+  const version = chooseVersion(hasWhiteout || isWhiteout(root), min, max);
 
   rewriteTree(root, version);
   setXattr(root, K.opaque, ValueKind.Bytes, Y);
