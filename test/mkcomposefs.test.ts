@@ -1,0 +1,102 @@
+/**
+ * The mkcomposefs drop-in as a script sees it: arguments, exit codes, one-line
+ * errors and never a partial image. Uses only dumps the test writes itself.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseDump } from '../src/dumpfile/parse.js';
+import { writeImage } from '../src/erofs/writer.js';
+import { fsverityDigest } from '../src/fsverity/index.js';
+import { cliPath, isRoot } from './helpers/paths.js';
+
+const DUMP = `/ 4096 40755 2 0 0 0 1700000000.0 - - - user.a=1
+/file 5 100644 1 0 0 0 1700000000.0 - hello - user.a=1
+/big 100000 100644 1 0 0 0 1700000000.0 ab/cdef - -
+`;
+
+function run(args: string[], input?: string) {
+  return spawnSync(process.execPath, [cliPath('mkcomposefs'), ...args], { encoding: 'utf8', input });
+}
+
+function withTemp(fn: (dir: string) => void): void {
+  const dir = mkdtempSync(join(tmpdir(), 'cfs-mk-'));
+  try {
+    fn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function assertOneLineError(r: ReturnType<typeof run>, pattern: RegExp): void {
+  assert.equal(r.status, 1, `exit status, stderr: ${r.stderr}`);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `one line: ${r.stderr}`);
+  assert.match(lines[0], pattern);
+  assert.doesNotMatch(r.stderr, /\n\s+at /);
+}
+
+test('a dump file becomes the same image as the library writes, and --print-digest prints its fs-verity digest', () => {
+  withTemp((dir) => {
+    const dump = join(dir, 'tree.dump');
+    writeFileSync(dump, DUMP);
+    const out = join(dir, 'tree.cfs');
+    const r = run(['--print-digest', '--from-file', dump, out]);
+    assert.equal(r.status, 0, r.stderr);
+    const expected = writeImage(parseDump(Buffer.from(DUMP)));
+    assert.ok(readFileSync(out).equals(expected));
+    assert.equal(r.stdout, `${fsverityDigest(expected).toString('hex')}\n`);
+    assert.deepEqual(readdirSync(dir).sort(), ['tree.cfs', 'tree.dump'], 'no temporary file left');
+  });
+});
+
+test('usage errors exit 1 with one line, as the reference', () => {
+  assertOneLineError(run(['--no-such-option', 'a', 'b']), /unrecognized option '--no-such-option'/);
+  assertOneLineError(run([]), /No source path specified/);
+  assertOneLineError(run(['--from-file', 'x']), /No destination path specified/);
+  assertOneLineError(run(['--print-digest-only', '--from-file', 'x', 'y']), /Cannot specify destination path with --print-digest-only/);
+  assertOneLineError(run(['--min-version=x', 'a', 'b']), /Invalid min version x/);
+  assertOneLineError(run(['--threads=0', '/', '/tmp/never']), /Invalid threads count 0/);
+  assertOneLineError(run(['a', 'b', 'c']), /Too many arguments/);
+  assertOneLineError(run(['--max-version=7', '--from-file', '-', '/tmp/never'], DUMP), /unsupported format version 7/);
+  const help = run(['--help']);
+  assert.equal(help.status, 0);
+  for (const option of ['--digest-store', '--from-file', '--print-digest-only', '--min-version', '--max-version', '--threads', '--use-epoch', '--skip-xattrs', '--user-xattrs', '--skip-devices']) {
+    assert.match(help.stdout, new RegExp(option), `--help explains ${option}`);
+  }
+});
+
+test('missing inputs and unwritable outputs are one-line errors and leave no file', (t) => {
+  withTemp((dir) => {
+    assertOneLineError(run(['--from-file', join(dir, 'missing.dump'), join(dir, 'out.cfs')]), /missing\.dump.*No such file or directory/);
+    assertOneLineError(run([join(dir, 'missing-dir'), join(dir, 'out.cfs')]), /missing-dir.*No such file or directory/);
+    const dump = join(dir, 'tree.dump');
+    writeFileSync(dump, DUMP);
+    assertOneLineError(run(['--from-file', dump, join(dir, 'no', 'such', 'dir', 'out.cfs')]), /cannot write .*out\.cfs: No such file or directory/);
+    writeFileSync(join(dir, 'bad.dump'), DUMP.replace('100644 1 0 0 0 1700000000.0 - hello', '10x644 1 0 0 0 1700000000.0 - hello'));
+    assertOneLineError(run(['--from-file', join(dir, 'bad.dump'), join(dir, 'out.cfs')]), /line 2: mode/);
+    assert.deepEqual(readdirSync(dir).sort(), ['bad.dump', 'tree.dump']);
+    if (!isRoot) {
+      const ro = join(dir, 'ro');
+      mkdirSync(ro);
+      chmodSync(ro, 0o500);
+      assertOneLineError(run(['--from-file', dump, join(ro, 'out.cfs')]), /Permission denied/);
+    } else t.diagnostic('running as root: the permission-denied case is covered by the read-only store tests');
+  });
+});
+
+test('a failed build keeps the previous image in place', () => {
+  withTemp((dir) => {
+    const dump = join(dir, 'tree.dump');
+    writeFileSync(dump, DUMP);
+    const out = join(dir, 'tree.cfs');
+    assert.equal(run(['--from-file', dump, out]).status, 0);
+    const before = readFileSync(out);
+    writeFileSync(dump, `${DUMP}/broken 1 1 1 1 1\n`);
+    assertOneLineError(run(['--from-file', dump, out]), /line 4/);
+    assert.ok(readFileSync(out).equals(before));
+  });
+});
