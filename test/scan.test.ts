@@ -11,7 +11,8 @@ import { makedev } from '../src/sys/fs.js';
 import { digestToHex, digestToObjectPath } from '../src/fsverity/index.js';
 import { writeImage } from '../src/erofs/writer.js';
 import { fsverityDigest } from '../src/fsverity/index.js';
-import { conformanceDir, isRoot, NO_CONFORMANCE } from './helpers/paths.js';
+import { cliPath, conformanceDir, isRoot, NO_CONFORMANCE } from './helpers/paths.js';
+import { writeDump } from '../src/dumpfile/write.js';
 
 /* What real tools (GNU find, getfattr, fsverity-utils) say about a tree,
    keyed by path relative to it (latin1 strings: any byte survives). */
@@ -414,7 +415,13 @@ test('conformance: images of gentree.py trees have the reference digests', async
     try {
       execFileSync(join(conf, 'gentree.py'), [join(dir, 't'), '--seed', seed, '--entries', entries]);
       const { root } = await scanDirectory(join(dir, 't'), {});
-      assert.equal(digestToHex(fsverityDigest(writeImage(root))), want, `gentree seed ${seed}, ${entries} entries`);
+      const image = writeImage(root);
+      assert.equal(digestToHex(fsverityDigest(image)), want, `gentree seed ${seed}, ${entries} entries`);
+      // The drop-in prints the same digest, and our dump of the tree builds the same image.
+      const printed = execFileSync(process.execPath, [cliPath('cfs'), 'mkcomposefs', '--print-digest-only', join(dir, 't')], { encoding: 'utf8' });
+      assert.equal(printed.trim(), want, `cfs mkcomposefs --print-digest-only, seed ${seed}`);
+      const fromDump = execFileSync(process.execPath, [cliPath('mkcomposefs'), '--from-file', '-', '-'], { input: writeDump(root), maxBuffer: 1 << 28 });
+      assert.ok(fromDump.equals(image), `--from-file of our dump of seed ${seed} gives the same image`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

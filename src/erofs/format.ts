@@ -154,6 +154,28 @@ export const FT_FIFO = 5;
 export const FT_SOCK = 6;
 export const FT_SYMLINK = 7;
 
+/** The directory-entry file type for a mode; FT_UNKNOWN when the mode has no valid type. */
+export function direntFileType(mode: number): number {
+  switch (mode & 0o170000) {
+    case 0o100000:
+      return FT_REG_FILE;
+    case 0o040000:
+      return FT_DIR;
+    case 0o120000:
+      return FT_SYMLINK;
+    case 0o020000:
+      return FT_CHRDEV;
+    case 0o060000:
+      return FT_BLKDEV;
+    case 0o010000:
+      return FT_FIFO;
+    case 0o140000:
+      return FT_SOCK;
+    default:
+      return FT_UNKNOWN;
+  }
+}
+
 /** Overlayfs xattrs composefs adds or escapes. */
 export const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 export const OVERLAY_XATTR_ESCAPE_PREFIX = 'trusted.overlay.overlay.';

@@ -43,13 +43,10 @@ import {
   FEATURE_COMPAT_XATTR_FILTER,
   FORMAT_VERSION_MAX,
   FS_VERITY_HASH_ALG_SHA256,
-  FT_BLKDEV,
-  FT_CHRDEV,
   FT_DIR,
-  FT_FIFO,
   FT_REG_FILE,
-  FT_SOCK,
-  FT_SYMLINK,
+  FT_UNKNOWN,
+  direntFileType,
   HDR,
   I_DATALAYOUT_BIT,
   I_DATALAYOUT_MASK,
@@ -338,25 +335,10 @@ class EntryError extends Error {
   }
 }
 
+/** The dirent file type of a mode, or -1 when the mode has no valid type. */
 function ftypeOf(mode: number): number {
-  switch (mode & S_IFMT) {
-    case S_IFREG:
-      return FT_REG_FILE;
-    case S_IFDIR:
-      return FT_DIR;
-    case S_IFLNK:
-      return FT_SYMLINK;
-    case S_IFCHR:
-      return FT_CHRDEV;
-    case S_IFBLK:
-      return FT_BLKDEV;
-    case S_IFIFO:
-      return FT_FIFO;
-    case S_IFSOCK:
-      return FT_SOCK;
-    default:
-      return -1;
-  }
+  const ft = direntFileType(mode);
+  return ft === FT_UNKNOWN ? -1 : ft;
 }
 
 /** Little-endian reads as plain arithmetic: cheaper than Buffer's methods in code that has not warmed up. */

@@ -24,14 +24,7 @@ import {
   FEATURE_COMPAT_XATTR_FILTER,
   FORMAT_VERSION_MAX,
   FS_VERITY_HASH_ALG_SHA256,
-  FT_BLKDEV,
-  FT_CHRDEV,
-  FT_DIR,
-  FT_FIFO,
-  FT_REG_FILE,
-  FT_SOCK,
-  FT_SYMLINK,
-  FT_UNKNOWN,
+  direntFileType,
   HDR,
   I_DATALAYOUT_BIT,
   IC,
@@ -738,26 +731,6 @@ function computeLayout(order: Order, shared: SharedXattrs): Layout {
   return { inodesEnd, dataStart, nDataBlocks };
 }
 
-function fileTypeOf(mode: number): number {
-  switch (mode & S_IFMT) {
-    case S_IFREG:
-      return FT_REG_FILE;
-    case S_IFDIR:
-      return FT_DIR;
-    case S_IFLNK:
-      return FT_SYMLINK;
-    case S_IFCHR:
-      return FT_CHRDEV;
-    case S_IFBLK:
-      return FT_BLKDEV;
-    case S_IFIFO:
-      return FT_FIFO;
-    case S_IFSOCK:
-      return FT_SOCK;
-    default:
-      return FT_UNKNOWN;
-  }
-}
 
 /** src[from..to) into dst at pos, without making a view of src first. */
 function copyBytes(dst: Uint8Array, pos: number, src: Uint8Array, from: number, to: number): void {
@@ -829,7 +802,7 @@ function writeDirents(out: Emitter, entries: WEntry[], first: number, end: numbe
     const p = out.pos;
     put64(b, p, e.node.nid);
     put16(b, p + 8, nameoff);
-    b[p + 10] = fileTypeOf(e.node.mode);
+    b[p + 10] = direntFileType(e.node.mode);
     out.pos += DIRENT_SIZE;
     nameoff += e.name.length;
   }

@@ -610,16 +610,21 @@ function overlayFdLayers(
       }
       throw overlayError(err);
     }
-    step('overlay-fsmount');
-    const om = sys.fsmount(fsfd, s.attr);
-    try {
-      step('move-mount');
-      sys.moveMountTo(om, mnt, mntFd);
-    } finally {
-      sys.closeQuiet(om);
-    }
+    attachOverlay(fsfd, s.attr, mnt, mntFd, step);
   } finally {
     sys.closeQuiet(fsfd);
+  }
+}
+
+/** Turn a configured overlay context into a mount and move it onto the mountpoint. */
+function attachOverlay(fsfd: number, attr: number, mnt: string, mntFd: number, step: (s: string) => void): void {
+  step('overlay-fsmount');
+  const om = sys.fsmount(fsfd, attr);
+  try {
+    step('move-mount');
+    sys.moveMountTo(om, mnt, mntFd);
+  } finally {
+    sys.closeQuiet(om);
   }
 }
 
@@ -655,14 +660,7 @@ function overlayPathNewApi(
       }
       throw overlayError(err);
     }
-    step('overlay-fsmount');
-    const om = sys.fsmount(fsfd, s.attr);
-    try {
-      step('move-mount');
-      sys.moveMountTo(om, mnt, mntFd);
-    } finally {
-      sys.closeQuiet(om);
-    }
+    attachOverlay(fsfd, s.attr, mnt, mntFd, step);
   } finally {
     sys.closeQuiet(fsfd);
   }
