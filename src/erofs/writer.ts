@@ -99,15 +99,8 @@ interface WXattr {
   data: Buffer | null;
   /** Offset in the shared xattr area, or -1 when stored inline. */
   sharedOffset: number;
-  /** The (name, value) group this xattr was counted in. */
-  group?: XattrGroup;
-}
-
-interface XattrGroup {
-  x: WXattr;
-  count: number;
-  offset: number;
-  next: XattrGroup | null;
+  /** Prefix index, stored suffix and filter bit of the name (set once the names are final). */
+  info?: KeyInfo;
 }
 
 interface WEntry {
@@ -274,7 +267,7 @@ class KeyInterner {
     for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i], 0x01000193);
     let bucket = this.table.get(h);
     if (bucket) {
-      for (let i = 0; i < bucket.length; i++) if (bucket[i][0].equals(bytes)) return bucket[i][1];
+      for (let i = 0; i < bucket.length; i++) if (compareBytes(bucket[i][0], bytes) === 0) return bucket[i][1];
     } else this.table.set(h, (bucket = []));
     const str = bytes.toString('latin1');
     bucket.push([bytes, str]);
@@ -509,7 +502,7 @@ function keyInfo(key: string): KeyInfo {
 }
 
 function xattrEntrySize(x: WXattr): number {
-  return roundUp(XATTR_ENTRY_SIZE + keyInfo(x.key).suffix.length + valueLength(x), 4);
+  return roundUp(XATTR_ENTRY_SIZE + (x.info ?? keyInfo(x.key)).suffix.length + valueLength(x), 4);
 }
 
 function roundUp(n: number, align: number): number {
@@ -537,56 +530,91 @@ function hashBytes(b: Buffer | null, seed: number): number {
 }
 
 /** Every (name, value) pair used by more than one inode goes to the shared area once. */
+function sameXattr(a: WXattr, b: WXattr): boolean {
+  return a.key === b.key && sameValue(a, b);
+}
+
+/**
+ * Every (name, value) pair used by more than one inode goes to the shared area
+ * once. Pairs are grouped by sorting (hash, position) keys in a Float64Array,
+ * which costs far less than a hash table of objects for the many unique pairs.
+ */
 function computeSharedXattrs(nodes: WNode[]): SharedXattrs {
-  // One hash table over (name, value); a group chains the pairs whose hashes collide.
-  const groups = new Map<number, XattrGroup>();
+  const all: WXattr[] = [];
   const keyHashes = new Map<string, number>();
-  const all: XattrGroup[] = [];
   for (let n = 0; n < nodes.length; n++) {
     const xattrs = nodes[n].xattrs;
     for (let i = 0; i < xattrs.length; i++) {
       const x = xattrs[i];
-      let kh = keyHashes.get(x.key);
-      if (kh === undefined) keyHashes.set(x.key, (kh = hashBytes(Buffer.from(x.key, 'latin1'), 0)));
-      const h = hashBytes(x.data, kh ^ x.kind);
-      let g = groups.get(h);
-      const head = g;
-      while (g && !(g.x.key === x.key && sameValue(g.x, x))) g = g.next ?? undefined;
-      if (g) g.count++;
-      else {
-        g = { x, count: 1, offset: -1, next: head ?? null };
-        groups.set(h, g);
-        all.push(g);
-      }
-      x.group = g;
+      x.info = keyInfo(x.key);
+      all.push(x);
     }
   }
-  const shared = all.filter((g) => g.count > 1);
-  // The reference's canonical order: name, then value length, then value, all descending.
-  shared.sort((a, b) => {
-    if (a.x.key !== b.x.key) return a.x.key < b.x.key ? 1 : -1;
-    const la = valueLength(a.x);
-    const lb = valueLength(b.x);
-    if (la !== lb) return lb - la;
-    return Buffer.compare(valueBytes(b.x), valueBytes(a.x));
-  });
-  let offset = 0;
-  for (const g of shared) {
-    g.offset = offset;
-    offset += xattrEntrySize(g.x);
+  // Positions need 21 bits (2M xattrs); beyond that, fall back to a plain sort.
+  const POS = 0x200000;
+  const keys = new Float64Array(all.length);
+  for (let i = 0; i < all.length; i++) {
+    const x = all[i];
+    let kh = keyHashes.get(x.key);
+    if (kh === undefined) keyHashes.set(x.key, (kh = hashBytes(x.info!.suffix, x.info!.index)));
+    keys[i] = hashBytes(x.data, kh ^ x.kind) * POS + i;
   }
+  if (all.length < POS) keys.sort();
+  else keys.sort((a, b) => a - b);
+  const groupOf = new Int32Array(all.length).fill(-1);
+  const count = new Int32Array(all.length);
+  const shared: WXattr[] = [];
+  for (let start = 0; start < keys.length; ) {
+    const hash = Math.floor(keys[start] / POS);
+    let end = start + 1;
+    while (end < keys.length && Math.floor(keys[end] / POS) === hash) end++;
+    // Within one hash, sort out the distinct values (almost always exactly one).
+    for (let i = start; i < end; i++) {
+      const xi = keys[i] % POS;
+      if (groupOf[xi] >= 0) continue;
+      groupOf[xi] = xi;
+      let c = 1;
+      for (let j = i + 1; j < end; j++) {
+        const xj = keys[j] % POS;
+        if (groupOf[xj] < 0 && sameXattr(all[xi], all[xj])) {
+          groupOf[xj] = xi;
+          c++;
+        }
+      }
+      count[xi] = c;
+      if (c > 1) shared.push(all[xi]);
+    }
+    start = end;
+  }
+  // The reference's canonical order: name, then value length, then value, all descending.
+  const sortable = shared.map((x) => ({ x, value: valueBytes(x) }));
+  sortable.sort((a, b) => {
+    if (a.x.key !== b.x.key) return a.x.key < b.x.key ? 1 : -1;
+    if (a.value.length !== b.value.length) return b.value.length - a.value.length;
+    return compareBytes(b.value, a.value);
+  });
+  shared.length = 0;
+  for (const e of sortable) shared.push(e.x);
+  const offsetOf = new Map<WXattr, number>();
+  let offset = 0;
+  for (const x of shared) {
+    offsetOf.set(x, offset);
+    offset += xattrEntrySize(x);
+  }
+  let k = 0;
   for (let n = 0; n < nodes.length; n++) {
     const xattrs = nodes[n].xattrs;
     let nShared = 0;
-    for (let i = 0; i < xattrs.length; i++) {
-      const x = xattrs[i];
-      if (x.group!.offset >= 0 && nShared < XATTR_LONG_PREFIX) {
-        x.sharedOffset = x.group!.offset;
+    for (let i = 0; i < xattrs.length; i++, k++) {
+      const leader = groupOf[k];
+      const off = count[leader] > 1 ? offsetOf.get(all[leader])! : -1;
+      if (off >= 0 && nShared < XATTR_LONG_PREFIX) {
+        xattrs[i].sharedOffset = off;
         nShared++;
-      } else x.sharedOffset = -1;
+      } else xattrs[i].sharedOffset = -1;
     }
   }
-  return { list: shared.map((g) => g.x), size: offset };
+  return { list: shared, size: offset };
 }
 
 function chunkBits(size: number): number {
@@ -773,7 +801,7 @@ class Emitter {
 }
 
 function writeXattrEntry(out: Emitter, x: WXattr): void {
-  const { index, suffix } = keyInfo(x.key);
+  const { index, suffix } = x.info ?? keyInfo(x.key);
   const b = out.buf;
   const p = out.pos;
   const vlen = valueLength(x);
@@ -789,7 +817,7 @@ function writeXattrEntry(out: Emitter, x: WXattr): void {
 function xattrFilter(node: WNode): number {
   let filter = 0;
   const xattrs = node.xattrs;
-  for (let i = 0; i < xattrs.length; i++) filter |= 1 << keyInfo(xattrs[i].key).filterBit;
+  for (let i = 0; i < xattrs.length; i++) filter |= 1 << (xattrs[i].info ?? keyInfo(xattrs[i].key)).filterBit;
   return (XATTR_FILTER_DEFAULT & ~filter) >>> 0;
 }
 
