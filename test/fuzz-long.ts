@@ -556,7 +556,6 @@ export function checkTreeInvariants(root: Inode): void {
   for (const n of linked) if (!primaries.has(n)) fail('hard link to an inode without a primary name');
 }
 
-const NULL_OUT = () => {};
 
 /** Run every consumer over one image; throws FuzzFailure (or anything unexpected) on a bug. */
 export async function runCase(image: Buffer, maxMs = 5000): Promise<CaseResult> {

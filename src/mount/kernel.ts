@@ -8,7 +8,7 @@
  * that means "not supported", records that and falls back. Later mounts go
  * straight to the path that works.
  */
-import { closeSync, existsSync, openSync, readFileSync, constants as fsc } from 'node:fs';
+import { existsSync, openSync, readFileSync, constants as fsc } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as sys from '../sys/mount.js';
 import { SysError } from '../sys/libc.js';

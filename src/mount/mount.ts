@@ -25,7 +25,7 @@ import { TEMP_PREFIX, temporaryBase } from './temp.js';
 import { dirname, resolve } from 'node:path';
 import { UserError, describeSystemError } from '../cli/errors.js';
 import { SysError, strerror } from '../sys/libc.js';
-import { fsTypeOf, measureVerity, TMPFS_MAGIC, RAMFS_MAGIC } from '../sys/fsinfo.js';
+import { fsTypeOf, measureVerity } from '../sys/fsinfo.js';
 import { attachLoop, type LoopDevice } from '../sys/loop.js';
 import * as sys from '../sys/mount.js';
 import { checkImage, openImageFile, type ImageInfo } from './image.js';
