@@ -13,6 +13,8 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { parseDump } from '../src/dumpfile/parse.js';
 import { writeImage } from '../src/erofs/writer.js';
+import { readImage } from '../src/erofs/reader.js';
+import { writeDump } from '../src/dumpfile/write.js';
 import { conformanceDir, NO_CONFORMANCE, cliPath, isRoot } from './helpers/paths.js';
 import { compareMountWithTree } from './helpers/trees.js';
 
@@ -164,4 +166,17 @@ test('mkcomposefs refuses every should-fail dump with one line and writes nothin
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
+});
+
+test('every vector image -> dump file -> image is byte-identical', (t) => {
+  const dir = conformanceDir();
+  if (!dir) return t.skip(NO_CONFORMANCE);
+  const differing: string[] = [];
+  for (const v of loadVectors(dir)) {
+    const image = writeImage(parseDump(v.dump), versionOpts(v));
+    const { root, version } = readImage(image);
+    const again = writeImage(parseDump(writeDump(root)), { minVersion: version, maxVersion: version });
+    if (!again.equals(image)) differing.push(v.name);
+  }
+  assert.deepEqual(differing, []);
 });
