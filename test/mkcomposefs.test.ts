@@ -4,8 +4,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, watch, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseDump } from '../src/dumpfile/parse.js';
@@ -99,4 +99,38 @@ test('a failed build keeps the previous image in place', () => {
     assertOneLineError(run(['--from-file', dump, out]), /line 4/);
     assert.ok(readFileSync(out).equals(before));
   });
+});
+
+test('a signal while the image is being written leaves the whole image, never a temporary file', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cfs-mk-int-'));
+  try {
+    // A dump whose image takes a few milliseconds to write and sync.
+    const lines = ['/ 4096 40755 2 0 0 0 1700000000.0 - - -'];
+    for (let i = 0; i < 20000; i++) lines.push(`/f${i} 100000 100644 1 0 0 0 1700000000.${i} ab/${String(i).padStart(62, '0')} - - user.n=${i}`);
+    const dump = join(dir, 'big.dump');
+    writeFileSync(dump, `${lines.join('\n')}\n`);
+    const expected = writeImage(parseDump(readFileSync(dump)));
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+      const out = join(dir, 'out.cfs');
+      rmSync(out, { force: true });
+      const child = spawn(process.execPath, [cliPath('mkcomposefs'), '--from-file', dump, out], { stdio: 'ignore' });
+      const exited = new Promise((r) => child.on('exit', r));
+      // Signal the moment the temporary image appears.
+      let signalled = false;
+      const watcher = watch(dir, (_event, name) => {
+        if (!signalled && name && String(name).endsWith('.tmp')) {
+          signalled = true;
+          child.kill(signal);
+        }
+      });
+      await exited;
+      watcher.close();
+      assert.ok(signalled, `${signal}: the temporary image was seen`);
+      const left = readdirSync(dir).filter((f) => f !== 'big.dump');
+      assert.deepEqual(left, ['out.cfs'], `${signal}: only the whole image is left`);
+      assert.ok(readFileSync(out).equals(expected), `${signal}: the image is whole`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

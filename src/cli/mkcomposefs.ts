@@ -4,7 +4,7 @@
  * for it run unchanged.
  */
 import { closeSync, fstatSync, fsyncSync, lstatSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, constants as osConstants } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { describeSystemError, UserError } from './errors.js';
@@ -82,9 +82,17 @@ async function readSource(source: string, fromFile: boolean, opts: Map<string, s
   return root;
 }
 
-/** Write the image next to its destination and rename it into place: never a half-written IMAGE. */
+/**
+ * Write the image next to its destination and rename it into place: never a
+ * half-written IMAGE. The write is synchronous and signal listeners are in
+ * place before the temporary file exists, so an interrupt or a TERM is only
+ * acted on once the file has been renamed or removed.
+ */
 function writeAtomically(path: string, data: Buffer): void {
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => process.exit(128 + (osConstants.signals[sig] ?? 0)));
+  }
   let fd = -1;
   try {
     fd = openSync(tmp, 'wx', 0o644);
