@@ -2,12 +2,13 @@
  * The composefs image writer: tree in, EROFS image bytes out, byte for byte
  * what the reference mkcomposefs writes for the same tree.
  *
- * The work happens in four passes over a private copy of the tree:
- *  1. rewrite: add the overlayfs xattrs (metacopy, redirect, escaped
- *     `trusted.overlay.*`, whiteout escapes), `.`/`..` entries, the opaque
- *     root and the 256 `00`..`ff` whiteouts overlayfs needs in the root;
- *  2. order: breadth-first inode order, directory link counts, minimum mtime;
- *  3. layout: shared xattrs, then each inode's slot, inline tail and blocks;
+ * The work happens in passes over flat arrays indexed by inode number
+ * (src/erofs/write/), never changing the caller's tree:
+ *  1. plan: breadth-first inode order, directory entries with `.` and `..`,
+ *     the root's `00`..`ff` whiteouts, and every xattr the reference adds or
+ *     escapes for overlayfs;
+ *  2. shared: the xattrs used by more than one inode, stored once;
+ *  3. layout: each inode's slot, inline tail and data blocks;
  *  4. emit: one buffer of the final size, filled in place.
  */
 import {
@@ -23,19 +24,18 @@ import {
   FORMAT_VERSION_MAX,
   HDR,
   SB,
-  SLOT_SIZE,
   SUPER_MAGIC_V1,
   SUPER_OFFSET,
   SUPER_SIZE,
 } from './format.js';
-import { S_IFDIR, S_IFMT, type Inode } from '../tree/model.js';
-import { ImageWriteError, ValueKind, K, Y, setXattr, copyTree, isWhiteout } from './write/nodes.js';
-import { chooseVersion, rewriteTree, addRootWhiteouts } from './write/rewrite.js';
-import { computeSharedXattrs } from './write/xattrs.js';
-import { computeOrder, computeLayout } from './write/layout.js';
-import { Emitter, writeXattrEntry, writeInode, writeDataBlocks } from './write/emit.js';
+import type { Inode } from '../tree/model.js';
+import { ImageWriteError, planTree } from './write/plan.js';
+import { computeShared } from './write/shared.js';
+import { computeLayout } from './write/layout.js';
+import { emitImage } from './write/emit.js';
+import { put64 } from './write/bytes.js';
 
-export { ImageWriteError } from './write/nodes.js';
+export { ImageWriteError } from './write/plan.js';
 
 export interface WriteOptions {
   /** Lowest composefs format version to write (default 0). */
@@ -53,11 +53,10 @@ export interface WriteResult {
 function validateVersions(opts: WriteOptions): [number, number] {
   const min = opts.minVersion ?? DEFAULT_MIN_VERSION;
   let max = opts.maxVersion ?? DEFAULT_MAX_VERSION;
-  if (!Number.isInteger(min) || min < 0 || min > FORMAT_VERSION_MAX) {
-    throw new ImageWriteError(`unsupported format version ${min} (supported: 0..${FORMAT_VERSION_MAX})`);
-  }
-  if (!Number.isInteger(max) || max < 0 || max > FORMAT_VERSION_MAX) {
-    throw new ImageWriteError(`unsupported format version ${max} (supported: 0..${FORMAT_VERSION_MAX})`);
+  for (const v of [min, max]) {
+    if (!Number.isInteger(v) || v < 0 || v > FORMAT_VERSION_MAX) {
+      throw new ImageWriteError(`unsupported format version ${v} (supported: 0..${FORMAT_VERSION_MAX})`);
+    }
   }
   if (max < min) max = min;
   return [min, max];
@@ -66,51 +65,32 @@ function validateVersions(opts: WriteOptions): [number, number] {
 /** Write the composefs image of a tree. The tree itself is not modified. */
 export function writeImageWithInfo(tree: Inode, opts: WriteOptions = {}): WriteResult {
   const [min, max] = validateVersions(opts);
-  if ((tree.mode & S_IFMT) !== S_IFDIR) throw new ImageWriteError('the root of an image must be a directory');
-  const { root, hasWhiteout } = copyTree(tree);
-  const version = chooseVersion(hasWhiteout || isWhiteout(root), min, max);
-
-  rewriteTree(root, version);
-  setXattr(root, K.opaque, ValueKind.Bytes, Y);
-  addRootWhiteouts(root);
-
-  const order = computeOrder(root);
-  const shared = computeSharedXattrs(order.nodes);
-  const layout = computeLayout(order, shared);
-  const rootNid = order.nodes[0].nid;
+  const plan = planTree(tree, min, max);
+  const shared = computeShared(plan);
+  const layout = computeLayout(plan, shared);
+  const rootNid = layout.nid[0];
   if (rootNid > 0xffff) throw new ImageWriteError('root inode does not fit in the superblock');
 
-  const totalSize = layout.dataStart + layout.nDataBlocks * BLOCK_SIZE;
-  const image = Buffer.alloc(totalSize);
+  const image = Buffer.alloc(layout.dataStart + layout.dataBlocks * BLOCK_SIZE);
   image.writeUInt32LE(COMPOSEFS_MAGIC, HDR.magic);
   image.writeUInt32LE(COMPOSEFS_HEADER_VERSION, HDR.version);
-  image.writeUInt32LE(order.hasAcl ? COMPOSEFS_FLAG_HAS_ACL : 0, HDR.flags);
-  image.writeUInt32LE(version, HDR.composefsVersion);
+  image.writeUInt32LE(plan.hasAcl ? COMPOSEFS_FLAG_HAS_ACL : 0, HDR.flags);
+  image.writeUInt32LE(plan.version, HDR.composefsVersion);
 
   const sb = SUPER_OFFSET;
   image.writeUInt32LE(SUPER_MAGIC_V1, sb + SB.magic);
   image.writeUInt32LE(FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER, sb + SB.featureCompat);
   image[sb + SB.blkszbits] = BLOCK_BITS;
   image.writeUInt16LE(rootNid, sb + SB.rootNid);
-  image.writeBigUInt64LE(BigInt(order.nodes.length), sb + SB.inos);
-  image.writeBigInt64LE(BigInt(order.minSec), sb + SB.buildTime);
-  image.writeUInt32LE(order.minNsec >>> 0, sb + SB.buildTimeNsec);
-  image.writeUInt32LE(layout.dataStart / BLOCK_SIZE + layout.nDataBlocks, sb + SB.blocks);
+  put64(image, sb + SB.inos, plan.count);
+  put64(image, sb + SB.buildTime, plan.minSec);
+  image.writeUInt32LE(plan.minNsec >>> 0, sb + SB.buildTimeNsec);
+  image.writeUInt32LE(layout.dataStart / BLOCK_SIZE + layout.dataBlocks, sb + SB.blocks);
   image.writeUInt32LE(Math.floor((SUPER_OFFSET + SUPER_SIZE) / BLOCK_SIZE), sb + SB.metaBlkaddr);
   image.writeUInt32LE(Math.floor(layout.inodesEnd / BLOCK_SIZE), sb + SB.xattrBlkaddr);
 
-  const out = new Emitter(image);
-  out.pos = SUPER_OFFSET + SUPER_SIZE;
-  const state = { blockCursor: layout.dataStart };
-  for (const node of order.nodes) writeInode(out, node, layout, state);
-  out.align(SLOT_SIZE);
-  if (out.pos !== layout.inodesEnd) throw new ImageWriteError(`internal layout mismatch at inode table end (${out.pos} != ${layout.inodesEnd})`);
-  for (const x of shared.list) writeXattrEntry(out, x);
-  out.align(BLOCK_SIZE);
-  if (out.pos !== layout.dataStart) throw new ImageWriteError('internal layout mismatch at data start');
-  for (const node of order.nodes) writeDataBlocks(out, node);
-  if (out.pos !== totalSize) throw new ImageWriteError(`internal layout mismatch at image end (${out.pos} != ${totalSize})`);
-  return { image, version };
+  emitImage(image, plan, shared, layout);
+  return { image, version: plan.version };
 }
 
 export function writeImage(tree: Inode, opts: WriteOptions = {}): Buffer {
