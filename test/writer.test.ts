@@ -84,3 +84,11 @@ test('the kernel mounts what we write and shows the tree', (t) => {
     }
   });
 });
+
+test('a tree that reaches a directory twice is refused instead of walked forever', () => {
+  const root = newInode(S_IFDIR | 0o755);
+  const sub = newInode(S_IFDIR | 0o755);
+  sub.children!.push({ name: Buffer.from('loop'), inode: root, hardlink: false });
+  root.children!.push({ name: Buffer.from('sub'), inode: sub, hardlink: false });
+  assert.throws(() => writeImage(root), ImageWriteError);
+});

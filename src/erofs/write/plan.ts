@@ -102,6 +102,7 @@ function order(root: Inode) {
   const linkTargets: Inode[] = [];
   let whiteoutParents: Set<number> | null = null;
   const stubs = new Set<Inode>();
+  const dirs = new Set<Inode>([root]);
   for (let i = 0; i < inodes.length; i++) {
     const dir = inodes[i];
     const children = dir.children;
@@ -140,6 +141,11 @@ function order(root: Inode) {
         targets.push(-1 - linkTargets.length);
         linkTargets.push(d.inode);
         continue;
+      }
+      if (d.inode.children) {
+        // A directory reachable twice would make the walk endless.
+        if (dirs.has(d.inode)) throw new ImageWriteError(`directory ${d.name.toString()} appears twice in the tree`);
+        dirs.add(d.inode);
       }
       const index = inodes.length;
       inodes.push(d.inode);
