@@ -21,6 +21,21 @@ for (let c = 0x21; c <= 0x7e; c++) CLASS[c] = 0;
 CLASS[0x5c] = 1;
 CLASS[0x3d] = 2;
 
+/** Write byte `c` escaped (`\\`, `\n`, `\r`, `\t` or `\xHH`) at b[n..]; returns the new end. */
+function escapeByte(b: Buffer, n: number, c: number): number {
+  b[n++] = 0x5c;
+  if (c === 0x5c) b[n++] = 0x5c;
+  else if (c === 0x0a) b[n++] = 0x6e;
+  else if (c === 0x0d) b[n++] = 0x72;
+  else if (c === 0x09) b[n++] = 0x74;
+  else {
+    b[n++] = 0x78;
+    b[n++] = HEX[c >> 4];
+    b[n++] = HEX[c & 15];
+  }
+  return n;
+}
+
 /** A growable byte buffer with the dump format's escaping, written byte by byte (no temporary views). */
 class Sink {
   buf: Buffer;
@@ -81,16 +96,7 @@ class Sink {
         b[n++] = c;
         continue;
       }
-      b[n++] = 0x5c;
-      if (c === 0x5c) b[n++] = 0x5c;
-      else if (c === 0x0a) b[n++] = 0x6e;
-      else if (c === 0x0d) b[n++] = 0x72;
-      else if (c === 0x09) b[n++] = 0x74;
-      else {
-        b[n++] = 0x78;
-        b[n++] = HEX[c >> 4];
-        b[n++] = HEX[c & 15];
-      }
+      n = escapeByte(b, n, c);
     }
     this.len = n;
   }
@@ -106,16 +112,7 @@ class Sink {
         b[n++] = c;
         continue;
       }
-      b[n++] = 0x5c;
-      if (c === 0x5c) b[n++] = 0x5c;
-      else if (c === 0x0a) b[n++] = 0x6e;
-      else if (c === 0x0d) b[n++] = 0x72;
-      else if (c === 0x09) b[n++] = 0x74;
-      else {
-        b[n++] = 0x78;
-        b[n++] = HEX[c >> 4];
-        b[n++] = HEX[c & 15];
-      }
+      n = escapeByte(b, n, c);
     }
     this.len = n;
   }
