@@ -16,12 +16,9 @@ import { S_IFCHR, S_IFDIR, S_IFMT, S_IFREG, newInode, type Inode } from '../../t
 import { compareBytes } from './bytes.js';
 import { KeyTable } from './keys.js';
 
-export class ImageWriteError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ImageWriteError';
-  }
-}
+import { ImageWriteError } from './errors.js';
+
+export { ImageWriteError };
 
 /** How an xattr's value is held: as bytes, or derived from the file's digest or backing path. */
 export const enum ValueKind {
