@@ -1,8 +1,9 @@
 /**
  * Reading images: `cfs info dump` of the cs9 image (the figure with a target),
  * plus `info ls`, `fsck` and the `composefs-dump` copy of the same image.
- * Whole process (Node start-up included), output sent to /dev/null; peak
- * memory from GNU time when it is installed.
+ * Whole process, the executable run as a user runs it (Node start-up
+ * included), output sent to /dev/null; peak memory from GNU time when it is
+ * installed.
  */
 import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,8 +22,8 @@ function once(args: string[]): { wallMs: number; peakKiB: number | null } {
   try {
     const start = process.hrtime.bigint();
     const r = useTime
-      ? spawnSync(GNU_TIME, ['-f', '%M', process.execPath, ...args], { stdio: ['ignore', devnull, 'pipe'], encoding: 'utf8' })
-      : spawnSync(process.execPath, args, { stdio: ['ignore', devnull, 'pipe'], encoding: 'utf8' });
+      ? spawnSync(GNU_TIME, ['-f', '%M', ...args], { stdio: ['ignore', devnull, 'pipe'], encoding: 'utf8' })
+      : spawnSync(args[0], args.slice(1), { stdio: ['ignore', devnull, 'pipe'], encoding: 'utf8' });
     const wallMs = Number(process.hrtime.bigint() - start) / 1e6;
     if (r.status !== 0 && !(args.includes('fsck') && r.status === 1)) throw new Error(`${args.join(' ')} failed: ${r.stderr}`);
     const lines = (r.stderr ?? '').trim().split('\n');

@@ -13,12 +13,12 @@ export async function benchScan({ repoRoot }: { repoRoot: string }): Promise<Row
   if (!existsSync(source)) return [{ task: `${source} is missing: skipped`, 'wall median (s)': '', 'peak memory (MiB)': '', target: '' }];
   const cli = join(repoRoot, 'bin', 'mkcomposefs.js');
   const runs = Number(process.env.CFS_BENCH_RUNS ?? 3);
-  runOnce(process.execPath, [cli, '--print-digest-only', source]);
-  const digest = Array.from({ length: runs }, () => runOnce(process.execPath, [cli, '--print-digest-only', source]));
+  runOnce(cli, ['--print-digest-only', source]);
+  const digest = Array.from({ length: runs }, () => runOnce(cli, ['--print-digest-only', source]));
   const store = Array.from({ length: runs }, () => {
     const dir = mkdtempSync(join(tmpdir(), 'cfs-bench-store-'));
     try {
-      return runOnce(process.execPath, [cli, `--digest-store=${join(dir, 'objects')}`, source, join(dir, 'image.cfs')]);
+      return runOnce(cli, [`--digest-store=${join(dir, 'objects')}`, source, join(dir, 'image.cfs')]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
