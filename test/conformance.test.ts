@@ -76,18 +76,18 @@ test('the drop-in mkcomposefs writes the same images and digests as the library'
       const dump = join(tmp, 'in.dump');
       writeFileSync(dump, v.dump);
       const out = join(tmp, 'out.img');
-      const args = [cliPath('mkcomposefs'), '--print-digest', '--from-file', dump, out];
-      if (v.version !== null) args.splice(1, 0, `--min-version=${v.version}`, `--max-version=${v.version}`);
-      const r = spawnSync(process.execPath, args, { encoding: 'utf8' });
+      const args = ['--print-digest', '--from-file', dump, out];
+      if (v.version !== null) args.unshift(`--min-version=${v.version}`, `--max-version=${v.version}`);
+      const r = spawnSync(cliPath('mkcomposefs'), args, { encoding: 'utf8' });
       assert.equal(r.status, 0, `${v.name}: ${r.stderr}`);
       const image = readFileSync(out);
       assert.equal(createHash('sha256').update(image).digest('hex'), v.sha256, v.name);
       const fsv = spawnSync('fsverity', ['digest', out], { encoding: 'utf8' });
       if (fsv.status === 0) assert.equal(`sha256:${r.stdout.trim()}`, fsv.stdout.split(' ')[0], `${v.name}: --print-digest`);
-      const only = spawnSync(process.execPath, [...args.filter((a) => a !== out && a !== '--print-digest'), '--print-digest-only'], { encoding: 'utf8' });
+      const only = spawnSync(cliPath('mkcomposefs'), [...args.filter((a) => a !== out && a !== '--print-digest'), '--print-digest-only'], { encoding: 'utf8' });
       assert.equal(only.status, 0, only.stderr);
       assert.equal(only.stdout, r.stdout, `${v.name}: --print-digest-only prints the same digest`);
-      const stdin = spawnSync(process.execPath, [cliPath('mkcomposefs'), '--from-file', '-', '-', ...(v.version === null ? [] : [`--min-version=${v.version}`, `--max-version=${v.version}`])], {
+      const stdin = spawnSync(cliPath('mkcomposefs'), ['--from-file', '-', '-', ...(v.version === null ? [] : [`--min-version=${v.version}`, `--max-version=${v.version}`])], {
         input: v.dump,
         maxBuffer: 1 << 28,
       });
@@ -155,7 +155,7 @@ test('mkcomposefs refuses every should-fail dump with one line and writes nothin
     assert.ok(files.length >= 10);
     for (const f of files) {
       const out = join(tmp, 'out.img');
-      const r: SpawnSyncReturns<string> = spawnSync(process.execPath, [cliPath('mkcomposefs'), '--from-file', join(dir, 'upstream', f), out], { encoding: 'utf8' });
+      const r: SpawnSyncReturns<string> = spawnSync(cliPath('mkcomposefs'), ['--from-file', join(dir, 'upstream', f), out], { encoding: 'utf8' });
       assert.notEqual(r.status, 0, `${f} was accepted`);
       const lines: string[] = r.stderr.trim().split('\n');
       assert.equal(lines.length, 1, `${f}: expected one line, got:\n${r.stderr}`);

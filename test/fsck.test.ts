@@ -20,7 +20,7 @@ const B = (s: string) => Buffer.from(s);
 const has = (tool: string) => spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0;
 
 function fsck(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [cliPath('cfs'), 'fsck', ...args], { encoding: 'utf8' });
+  const r = spawnSync(cliPath('cfs'), ['fsck', ...args], { encoding: 'utf8' });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

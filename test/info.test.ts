@@ -19,7 +19,7 @@ import { cliPath, conformanceDir, NO_CONFORMANCE } from './helpers/paths.js';
 const B = (s: string) => Buffer.from(s);
 
 function run(tool: string, args: string[]): { status: number | null; stdout: Buffer; stderr: string } {
-  const r = spawnSync(process.execPath, [cliPath(tool), ...args], { maxBuffer: 1 << 28 });
+  const r = spawnSync(cliPath(tool), args, { maxBuffer: 1 << 28 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
 }
 

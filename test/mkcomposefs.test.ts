@@ -19,7 +19,7 @@ const DUMP = `/ 4096 40755 2 0 0 0 1700000000.0 - - - user.a=1
 `;
 
 function run(args: string[], input?: string) {
-  return spawnSync(process.execPath, [cliPath('mkcomposefs'), ...args], { encoding: 'utf8', input });
+  return spawnSync(cliPath('mkcomposefs'), args, { encoding: 'utf8', input });
 }
 
 function withTemp(fn: (dir: string) => void): void {
@@ -113,7 +113,7 @@ test('a signal while the image is being written leaves the whole image, never a 
     for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
       const out = join(dir, 'out.cfs');
       rmSync(out, { force: true });
-      const child = spawn(process.execPath, [cliPath('mkcomposefs'), '--from-file', dump, out], { stdio: 'ignore' });
+      const child = spawn(cliPath('mkcomposefs'), ['--from-file', dump, out], { stdio: 'ignore' });
       const exited = new Promise((r) => child.on('exit', r));
       // Signal the moment the temporary image appears.
       let signalled = false;

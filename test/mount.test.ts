@@ -62,7 +62,7 @@ async function withFixture(tag: string, fn: (fx: Fixture) => Promise<void> | voi
 }
 
 function cli(args: string[], name = 'cfs'): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [cliPath(name), ...args], { encoding: 'utf8' });
+  const r = spawnSync(cliPath(name), args, { encoding: 'utf8' });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

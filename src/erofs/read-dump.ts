@@ -68,6 +68,13 @@ class Sink {
     this.len = n;
   }
 
+  /** Append a copy of this buffer's own bytes [start, start + len): copyWithin needs no view. */
+  repeat(start: number, len: number): void {
+    this.ensure(len);
+    this.buf.copyWithin(this.len, start, start + len);
+    this.len += len;
+  }
+
   /** A non-negative or negative integer in decimal, or octal. */
   int(v: number, radix = 10): void {
     if (v >= 0 && v < 10) {
@@ -155,16 +162,15 @@ function putInt(b: Buffer, n: number, v: number, radix = 10): number {
   return end;
 }
 
-/** One dump line, as writeDump prints it (src/dumpfile/write.ts): the fixed part written in place, with few calls. */
-function printEntry(out: Sink, path: Sink, inode: Inode, hardlink: boolean, targets: Map<Inode, Buffer>): void {
-  out.ensure(path.len + 8 * 22 + 16);
+/**
+ * The rest of a dump line after its path (already in `out`), as writeDump
+ * prints it (src/dumpfile/write.ts): the fixed part written in place, with few
+ * calls. A hard link's target path is copied from the target's own line.
+ */
+function printFields(out: Sink, inode: Inode, hardlink: boolean, targets: Map<Inode, number[]>): void {
+  out.ensure(8 * 22 + 16);
   let b = out.buf;
   let n = out.len;
-  if (path.len === 0) b[n++] = 0x2f;
-  else {
-    const p = path.buf;
-    for (let i = 0; i < path.len; i++) b[n++] = p[i];
-  }
   b[n++] = 0x20;
   n = putInt(b, n, inode.size);
   b[n++] = 0x20;
@@ -187,7 +193,7 @@ function printEntry(out: Sink, path: Sink, inode: Inode, hardlink: boolean, targ
   if (hardlink) {
     const target = targets.get(inode);
     if (target === undefined) throw new NeedTree();
-    out.copy(target, 0, target.length);
+    out.repeat(target[0], target[1]);
   } else if (inode.payload === null) out.byte(0x2d);
   else out.escaped(inode.payload, 0, inode.payload.length, false, true);
   out.byte(0x20);
@@ -221,30 +227,35 @@ function printEntry(out: Sink, path: Sink, inode: Inode, hardlink: boolean, targ
 export function dumpImage(image: Buffer): Buffer {
   // A dump is about as big as its image: start there and rarely grow (growing copies).
   const out = new Sink(Math.max(1 << 16, image.length + (image.length >> 2)));
-  const path = new Sink(4096);
-  const marks: number[] = [];
-  const targets = new Map<Inode, Buffer>();
+  // A path is never built on its own: it is the parent's path, copied from
+  // the start of the parent's line (a native copy within one buffer), then
+  // the escaped name. `dirStart`/`dirLen` hold the open directories' paths.
+  const dirStart: number[] = [0];
+  const dirLen: number[] = [0];
+  const targets = new Map<Inode, number[]>();
   const visitor: Visitor = {
     keep: (node) => node.children === null && node.nlink > 1,
-    root: (node) => printEntry(out, path, node, false, targets),
+    root: (node) => {
+      out.byte(0x2f);
+      printFields(out, node, false, targets);
+    },
     entry: (_parent, start, end, node, hardlink) => {
-      const mark = path.len;
-      path.byte(0x2f);
-      path.escaped(image, start, end, false, false);
-      printEntry(out, path, node, hardlink, targets);
-      if (hardlink) {
-        path.len = mark;
-        return;
-      }
+      const lineStart = out.len;
+      const depth = dirStart.length - 1;
+      out.repeat(dirStart[depth], dirLen[depth]);
+      out.byte(0x2f);
+      out.escaped(image, start, end, false, false);
+      const pathLen = out.len - lineStart;
+      printFields(out, node, hardlink, targets);
+      if (hardlink) return;
       if (node.children !== null) {
-        marks.push(mark);
-        return;
-      }
-      if (node.nlink > 1) targets.set(node, Buffer.from(path.buf.subarray(0, path.len)));
-      path.len = mark;
+        dirStart.push(lineStart);
+        dirLen.push(pathLen);
+      } else if (node.nlink > 1) targets.set(node, [lineStart, pathLen]);
     },
     leave: () => {
-      path.len = marks.pop() ?? 0;
+      dirStart.pop();
+      dirLen.pop();
     },
   };
   try {
