@@ -1,3 +1,3 @@
 #!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node
-import { main } from '../dist/src/cli/main.js';
-main('composefs-info', process.argv.slice(2));
+// CommonJS (see bin/package.json): the bundle of the CLI loads without the ES module loader.
+require('./load.js')('composefs-info');

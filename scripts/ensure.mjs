@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Makes a fresh clone runnable: installs npm dependencies when they are missing,
-// compiles TypeScript when a source is newer than its output and, with
-// --test-tools, installs the Debian tools the tests check against (as root).
+// compiles TypeScript (and bundles the CLI) when a source is newer than its
+// output and, with --test-tools, installs the Debian tools the tests check
+// against (as root).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, dirname } from 'node:path';
@@ -29,7 +30,7 @@ function newestMtime(dir) {
   return newest;
 }
 
-if (!existsSync(join(root, 'node_modules', 'typescript')) || !existsSync(join(root, 'node_modules', 'koffi'))) {
+if (['typescript', 'koffi', 'esbuild'].some((pkg) => !existsSync(join(root, 'node_modules', pkg)))) {
   log('installing npm dependencies');
   run('npm', existsSync(join(root, 'package-lock.json')) ? ['ci', '--no-audit', '--no-fund'] : ['install', '--no-audit', '--no-fund']);
 }
@@ -39,6 +40,7 @@ const sourceTime = Math.max(...['src', 'test', 'bench'].map((d) => newestMtime(j
 if (!existsSync(stamp) || statSync(stamp).mtimeMs < sourceTime) {
   log('compiling TypeScript');
   run(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root]);
+  run(process.execPath, [join(root, 'scripts', 'bundle.mjs')]);
   run('touch', [stamp]);
 }
 

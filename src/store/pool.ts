@@ -90,7 +90,8 @@ export class DigestPool {
   /** Workers start on demand: a small tree never pays for threads it cannot use. */
   private spawn(): void {
     const i = this.workers.length;
-    const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { store: this.store } });
+    // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
+    const w = new Worker(new URL('../store/worker.js', import.meta.url), { workerData: { store: this.store } });
     let setReady!: () => void;
     const ready = new Promise<void>((res) => (setReady = res));
     this.partial.push(0);
