@@ -23,7 +23,8 @@ const specs: OptionSpec[] = [
 export function helperScript(): string {
   const entry = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'mount.composefs.js');
   const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
-  return `#!/bin/sh\n${MARKER}\nexec ${q(process.execPath)} ${q(entry)} "$@"\n`;
+  // Like the shebang of bin/*.js: no TLS here, so Node need not parse a CA bundle at start-up.
+  return `#!/bin/sh\n${MARKER}\nunset NODE_EXTRA_CA_CERTS\nexec ${q(process.execPath)} ${q(entry)} "$@"\n`;
 }
 
 export function run(args: string[], prog: string): number {
