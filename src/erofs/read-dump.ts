@@ -234,6 +234,7 @@ export function dumpImage(image: Buffer): Buffer {
   const dirLen: number[] = [0];
   const targets = new Map<Inode, number[]>();
   const visitor: Visitor = {
+    transient: true,
     keep: (node) => node.children === null && node.nlink > 1,
     root: (node) => {
       out.byte(0x2f);
@@ -284,6 +285,7 @@ export function listImage(image: Buffer): Buffer {
     out.byte(0x0a);
   };
   const visitor: Visitor = {
+    transient: true,
     keep: () => false,
     root: () => {},
     entry: (_parent, start, end, node, hardlink) => {

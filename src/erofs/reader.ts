@@ -292,33 +292,67 @@ interface SharedXattr {
   kind: XKind;
   acl: boolean;
   key: Buffer | null;
-  value: Buffer;
+  /** The value is image[valueStart..valueEnd). */
+  valueStart: number;
+  valueEnd: number;
 }
 
-/** A directory being walked: its entries in parallel arrays; paths are built only for messages. */
+/** A directory being walked: its entries are `entries[base, end)`; paths are built only for messages. */
 interface Frame {
   inode: Inode;
   nid: number;
   parent: Frame | null;
   name: Buffer | null;
-  /** Where each entry's name is in the image. */
-  starts: number[];
-  ends: number[];
-  nids: number[];
-  ftypes: number[];
-  /** Visiting order when the stored entries were not sorted (else null: stored order). */
+  base: number;
+  end: number;
+  /** Visiting order (absolute indices) when the stored entries were not sorted (else null: stored order). */
   order: number[] | null;
   next: number;
   subdirs: number;
 }
 
-interface DirentSink {
-  starts: number[];
-  ends: number[];
-  nids: number[];
-  ftypes: number[];
-  dot: number;
-  dotdot: number;
+/**
+ * The entries of every directory on the walk's path, in one stack of typed
+ * arrays: a directory's entries are pushed when it is entered and dropped
+ * when it is left, which the depth-first walk does in stack order. One set of
+ * arrays for the whole walk instead of four growing arrays per directory.
+ */
+class DirentStack {
+  /** Where each entry's name is in the image. */
+  starts = new Uint32Array(256);
+  ends = new Uint32Array(256);
+  nids = new Float64Array(256);
+  ftypes = new Uint8Array(256);
+  top = 0;
+  /** What `.` and `..` of the directory read last point at (-1: missing). */
+  dot = -1;
+  dotdot = -1;
+
+  push(start: number, end: number, nid: number, ftype: number): void {
+    const i = this.top;
+    if (i === this.starts.length) this.grow();
+    this.starts[i] = start;
+    this.ends[i] = end;
+    this.nids[i] = nid;
+    this.ftypes[i] = ftype;
+    this.top = i + 1;
+  }
+
+  private grow(): void {
+    const n = this.starts.length * 2;
+    const starts = new Uint32Array(n);
+    const ends = new Uint32Array(n);
+    const nids = new Float64Array(n);
+    const ftypes = new Uint8Array(n);
+    starts.set(this.starts);
+    ends.set(this.ends);
+    nids.set(this.nids);
+    ftypes.set(this.ftypes);
+    this.starts = starts;
+    this.ends = ends;
+    this.nids = nids;
+    this.ftypes = ftypes;
+  }
 }
 
 /** Thrown for damage confined to one entry; check mode reports it and skips the entry. */
@@ -344,6 +378,15 @@ function u16(b: Uint8Array, o: number): number {
 
 function u32(b: Uint8Array, o: number): number {
   return (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16)) + b[o + 3] * 0x1000000;
+}
+
+/**
+ * hi * 2^32 + lo, with the multiplication skipped when hi is 0: before V8 has
+ * optimised the code, arithmetic with 2^32 (a double) yields a boxed double
+ * even for small results, and every nid passed on would then allocate.
+ */
+function join64(hi: number, lo: number): number {
+  return hi === 0 ? lo : hi * 0x100000000 + lo;
 }
 
 function i32(b: Uint8Array, o: number): number {
@@ -422,6 +465,12 @@ class NidTable {
 
 /** @internal What the walk does with each entry: build a tree, or print a dump. */
 export interface Visitor {
+  /**
+   * Whether entry() is done with a non-directory's node when it returns, so
+   * the walk may refill one node for all of them (a printer), except those
+   * keep() asks for.
+   */
+  transient?: boolean;
   /** Whether the walk must keep this node to hand it out again for a later hard link. */
   keep(node: Inode): boolean;
   root(node: Inode): void;
@@ -447,6 +496,15 @@ class Reader {
   private readonly shared = new Map<number, SharedXattr>();
   private readonly filterOn: boolean;
   hasAcl = false;
+  private readonly raw: RawInode = {
+    nid: 0, off: 0, compact: true, format: 0, layout: 0, mode: 0, nlink: 0, size: 0, u: 0,
+    uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, isize: 0, xattrIcount: 0, xattrSize: 0,
+  };
+  /** Where the data of the inode extent() last looked at is (see there); fields, not an object per call. */
+  private extBlocks = 0;
+  private extBlockBytes = 0;
+  private extTailOff = 0;
+  private extTail = 0;
 
   constructor(
     buf: Buffer,
@@ -481,7 +539,7 @@ class Reader {
   u64(off: number, nid: number, what: string): number {
     const hi = u32(this.b, off + 4);
     if (hi > MAX_SAFE_HI) throw new EntryError('range', `inode ${nid}: ${what} is out of range`);
-    return hi * 0x100000000 + u32(this.b, off);
+    return join64(hi, u32(this.b, off));
   }
 
   inode(nid: number): RawInode {
@@ -493,48 +551,39 @@ class Reader {
     const format = u16(b, off);
     const compact = (format & 1) === 0;
     const layout = (format >> I_DATALAYOUT_BIT) & I_DATALAYOUT_MASK;
-    let raw: RawInode;
+    // One record, refilled for every inode: its users are done with it before the next.
+    const raw = this.raw;
+    raw.nid = nid;
+    raw.off = off;
+    raw.compact = compact;
+    raw.format = format;
+    raw.layout = layout;
+    raw.xattrSize = 0;
     if (compact) {
-      raw = {
-        nid,
-        off,
-        compact,
-        format,
-        layout,
-        mode: u16(b, off + IC.mode),
-        nlink: u16(b, off + IC.nlink),
-        size: u32(b, off + IC.size),
-        u: u32(b, off + IC.u),
-        uid: u16(b, off + IC.uid),
-        gid: u16(b, off + IC.gid),
-        mtimeSec: this.header.buildTime,
-        mtimeNsec: this.header.buildTimeNsec,
-        isize: INODE_COMPACT_SIZE,
-        xattrIcount: u16(b, off + IC.xattrIcount),
-        xattrSize: 0,
-      };
+      raw.mode = u16(b, off + IC.mode);
+      raw.nlink = u16(b, off + IC.nlink);
+      raw.size = u32(b, off + IC.size);
+      raw.u = u32(b, off + IC.u);
+      raw.uid = u16(b, off + IC.uid);
+      raw.gid = u16(b, off + IC.gid);
+      raw.mtimeSec = this.header.buildTime;
+      raw.mtimeNsec = this.header.buildTimeNsec;
+      raw.isize = INODE_COMPACT_SIZE;
+      raw.xattrIcount = u16(b, off + IC.xattrIcount);
     } else {
       if (off + INODE_EXTENDED_SIZE > this.len) throw new EntryError('bounds', `inode ${nid} lies outside the image (${this.len} bytes)`);
       const mHi = i32(b, off + IE.mtime + 4);
       if (mHi > MAX_SAFE_HI || mHi < -MAX_SAFE_HI - 1) throw new EntryError('range', `inode ${nid}: mtime is out of range`);
-      raw = {
-        nid,
-        off,
-        compact,
-        format,
-        layout,
-        mode: u16(b, off + IE.mode),
-        nlink: u32(b, off + IE.nlink),
-        size: this.u64(off + IE.size, nid, 'size'),
-        u: u32(b, off + IE.u),
-        uid: u32(b, off + IE.uid),
-        gid: u32(b, off + IE.gid),
-        mtimeSec: mHi * 0x100000000 + u32(b, off + IE.mtime),
-        mtimeNsec: u32(b, off + IE.mtimeNsec),
-        isize: INODE_EXTENDED_SIZE,
-        xattrIcount: u16(b, off + IE.xattrIcount),
-        xattrSize: 0,
-      };
+      raw.mode = u16(b, off + IE.mode);
+      raw.nlink = u32(b, off + IE.nlink);
+      raw.size = this.u64(off + IE.size, nid, 'size');
+      raw.u = u32(b, off + IE.u);
+      raw.uid = u32(b, off + IE.uid);
+      raw.gid = u32(b, off + IE.gid);
+      raw.mtimeSec = join64(mHi, u32(b, off + IE.mtime));
+      raw.mtimeNsec = u32(b, off + IE.mtimeNsec);
+      raw.isize = INODE_EXTENDED_SIZE;
+      raw.xattrIcount = u16(b, off + IE.xattrIcount);
     }
     if (raw.xattrIcount > 0) {
       raw.xattrSize = XATTR_IBODY_HEADER_SIZE + (raw.xattrIcount - 1) * 4;
@@ -563,7 +612,7 @@ class Reader {
    * Where a flat inode's data is: `nBlocks` contiguous blocks from `blocks`
    * (the last one partial for the plain layout), then `tail` bytes inline.
    */
-  private extent(raw: RawInode): { blocks: number; blockBytes: number; tailOff: number; tail: number } {
+  private extent(raw: RawInode): void {
     const size = raw.size;
     const inline = raw.layout === LAYOUT_FLAT_INLINE;
     const nBlocks = inline ? Math.floor(size / BLOCK_SIZE) : Math.ceil(size / BLOCK_SIZE);
@@ -578,11 +627,18 @@ class Reader {
         this.onProblem!({ path: null, code: 'tail-crosses-block', message: `inode ${raw.nid}: inline data crosses a block boundary (the kernel refuses to read it)` });
       }
     }
-    return { blocks, blockBytes, tailOff, tail };
+    this.extBlocks = blocks;
+    this.extBlockBytes = blockBytes;
+    this.extTailOff = tailOff;
+    this.extTail = tail;
   }
 
   data(raw: RawInode): Buffer {
-    const { blocks, blockBytes, tailOff, tail } = this.extent(raw);
+    this.extent(raw);
+    const blocks = this.extBlocks;
+    const blockBytes = this.extBlockBytes;
+    const tailOff = this.extTailOff;
+    const tail = this.extTail;
     this.spend(raw.size, raw.nid);
     const b = this.b;
     if (tail === 0) return b.subarray(blocks, blocks + blockBytes);
@@ -594,13 +650,19 @@ class Reader {
   }
 
   /** Directory entries (without `.` and `..`) into `sink`, in stored order. */
-  dirents(raw: RawInode, sink: DirentSink): void {
-    const { blocks, blockBytes, tailOff, tail } = this.extent(raw);
+  dirents(raw: RawInode, sink: DirentStack): void {
+    sink.dot = -1;
+    sink.dotdot = -1;
+    this.extent(raw);
+    const blocks = this.extBlocks;
+    const blockBytes = this.extBlockBytes;
+    const tailOff = this.extTailOff;
+    const tail = this.extTail;
     for (let p = 0; p < blockBytes; p += BLOCK_SIZE) this.direntBlock(raw, blocks + p, Math.min(BLOCK_SIZE, blockBytes - p), sink);
     if (tail > 0) this.direntBlock(raw, tailOff, tail, sink);
   }
 
-  private direntBlock(raw: RawInode, start: number, len: number, sink: DirentSink): void {
+  private direntBlock(raw: RawInode, start: number, len: number, sink: DirentStack): void {
     const nid = raw.nid;
     this.spend(len, nid);
     if (len < DIRENT_SIZE) throw new EntryError('dirent', `inode ${nid}: directory block of ${len} bytes is too short`);
@@ -626,7 +688,7 @@ class Reader {
       }
       const hi = u32(b, p + DE.nid + 4);
       if (hi > MAX_SAFE_HI) throw new EntryError('range', `inode ${nid}: entry ${i} has an inode number out of range`);
-      const child = hi * 0x100000000 + u32(b, p + DE.nid);
+      const child = join64(hi, u32(b, p + DE.nid));
       const ns = start + nameoff;
       const ne = start + end;
       if (this.trace?.dirent) this.trace.dirent(nid, p, ns, child, b.subarray(ns, ne));
@@ -639,10 +701,7 @@ class Reader {
       for (let q = ns; q < ne; q++) {
         if (b[q] === 0 || b[q] === SLASH) throw new EntryError('name', `inode ${nid}: entry name '${printablePath(b.subarray(ns, ne))}' contains '/' or NUL`);
       }
-      sink.starts.push(ns);
-      sink.ends.push(ne);
-      sink.nids.push(child);
-      sink.ftypes.push(b[p + DE.fileType]);
+      sink.push(ns, ne, child, b[p + DE.fileType]);
     }
   }
 
@@ -744,14 +803,20 @@ class Reader {
     const nameLen = b[pos];
     const kind = this.classify(index, nameStart, nameLen);
     const key = kind === XKind.Keep || kind === XKind.KeepEscaped || kind === XKind.EscWhiteout ? this.keyOf(index, nameStart, nameLen, kind !== XKind.Keep) : null;
-    x = { index, nameStart, nameLen, kind, acl: this.isAcl(index, nameStart, nameLen), key, value: b.subarray(nameStart + nameLen, pos + total) };
+    x = { index, nameStart, nameLen, kind, acl: this.isAcl(index, nameStart, nameLen), key, valueStart: nameStart + nameLen, valueEnd: pos + total };
     this.shared.set(id, x);
     return x;
   }
 
-  /** Apply one xattr to the node; returns flags for the checks (1 redirect, 2 metacopy). */
-  private apply(node: Inode, kind: XKind, key: Buffer | null, value: Buffer, check: ((code: string, msg: string) => void) | null): number {
+  /**
+   * Apply one xattr, its value at image[vs..ve), to the node; returns flags
+   * for the checks (1 redirect, 2 metacopy). Views of the image are made only
+   * for what the node keeps.
+   */
+  private apply(node: Inode, kind: XKind, key: Buffer | null, vs: number, ve: number, check: ((code: string, msg: string) => void) | null): number {
     const isReg = (node.mode & S_IFMT) === S_IFREG;
+    const b = this.b;
+    const length = ve - vs;
     switch (kind) {
       case XKind.Drop:
         return 0;
@@ -759,18 +824,18 @@ class Reader {
         if (!isReg) return 0;
         {
           // The reference stores "/" + payload; a NUL ends it as in C.
-          const start = value.length > 1 && value[0] === SLASH ? 1 : 0;
+          const start = length > 1 && b[vs] === SLASH ? vs + 1 : vs;
           let end = start;
-          while (end < value.length && value[end] !== 0) end++;
-          node.payload = start === 0 && end === value.length ? value : value.subarray(start, end);
+          while (end < ve && b[end] !== 0) end++;
+          node.payload = b.subarray(start, end);
         }
         return 1;
       case XKind.Metacopy:
         if (!isReg) return 0;
-        if (value.length === 4 + 32) node.digest = value.subarray(4, 36);
+        if (length === 4 + 32) node.digest = b.subarray(vs + 4, vs + 36);
         if (check) {
-          if (value.length !== 0 && value.length !== 36) check('metacopy', `trusted.overlay.metacopy of ${value.length} bytes (expected 0 or 36)`);
-          else if (value.length === 36 && (value[0] !== 0 || value[1] !== 36 || value[2] !== 0 || value[3] !== FS_VERITY_HASH_ALG_SHA256)) {
+          if (length !== 0 && length !== 36) check('metacopy', `trusted.overlay.metacopy of ${length} bytes (expected 0 or 36)`);
+          else if (length === 36 && (b[vs] !== 0 || b[vs + 1] !== 36 || b[vs + 2] !== 0 || b[vs + 3] !== FS_VERITY_HASH_ALG_SHA256)) {
             check('metacopy', 'trusted.overlay.metacopy has a bad header (version, length, flags or hash algorithm)');
           }
         }
@@ -784,7 +849,7 @@ class Reader {
         }
         break;
     }
-    setXattr(node.xattrs, key!, value);
+    setXattr(node.xattrs, key!, b.subarray(vs, ve));
     return 0;
   }
 
@@ -817,36 +882,57 @@ class Reader {
       if (filter !== 0) this.filterCheck(filter, index, s, nameLen, nid);
       const kind = this.classify(index, s, nameLen);
       const key = kind === XKind.Keep || kind === XKind.KeepEscaped || kind === XKind.EscWhiteout ? this.keyOf(index, s, nameLen, kind !== XKind.Keep) : null;
-      flags |= this.apply(node, kind, key, b.subarray(s + nameLen, pos + total), check);
+      flags |= this.apply(node, kind, key, s + nameLen, pos + total, check);
       pos += (total + 3) & ~3;
     }
     for (let i = 0; i < sharedCount; i++) {
       const x = this.sharedXattr(u32(b, h + XATTR_IBODY_HEADER_SIZE + i * 4), nid);
       if (x.acl) this.hasAcl = true;
       if (filter !== 0) this.filterCheck(filter, x.index, x.nameStart, x.nameLen, nid);
-      flags |= this.apply(node, x.kind, x.key, x.value, check);
+      flags |= this.apply(node, x.kind, x.key, x.valueStart, x.valueEnd, check);
     }
     return flags;
   }
 
-  /** Build the tree node of an inode (its xattrs taken apart as the reference does). */
-  build(raw: RawInode, check: ((code: string, msg: string) => void) | null): Inode {
+  /**
+   * Build the tree node of an inode (its xattrs taken apart as the reference
+   * does), into `into` when given (a node of a non-directory to refill).
+   */
+  build(raw: RawInode, check: ((code: string, msg: string) => void) | null, into: Inode | null = null): Inode {
     const type = raw.mode & S_IFMT;
-    const node: Inode = {
-      mode: raw.mode,
-      nlink: raw.nlink,
-      uid: raw.uid,
-      gid: raw.gid,
-      rdev: type === S_IFCHR || type === S_IFBLK ? raw.u : 0,
-      size: raw.size,
-      mtimeSec: raw.mtimeSec,
-      mtimeNsec: raw.mtimeNsec,
-      payload: null,
-      content: null,
-      digest: null,
-      xattrs: [],
-      children: type === S_IFDIR ? [] : null,
-    };
+    let node: Inode;
+    if (into !== null && type !== S_IFDIR) {
+      node = into;
+      node.mode = raw.mode;
+      node.nlink = raw.nlink;
+      node.uid = raw.uid;
+      node.gid = raw.gid;
+      node.rdev = type === S_IFCHR || type === S_IFBLK ? raw.u : 0;
+      node.size = raw.size;
+      node.mtimeSec = raw.mtimeSec;
+      node.mtimeNsec = raw.mtimeNsec;
+      node.payload = null;
+      node.content = null;
+      node.digest = null;
+      node.xattrs.length = 0;
+      node.children = null;
+    } else {
+      node = {
+        mode: raw.mode,
+        nlink: raw.nlink,
+        uid: raw.uid,
+        gid: raw.gid,
+        rdev: type === S_IFCHR || type === S_IFBLK ? raw.u : 0,
+        size: raw.size,
+        mtimeSec: raw.mtimeSec,
+        mtimeNsec: raw.mtimeNsec,
+        payload: null,
+        content: null,
+        digest: null,
+        xattrs: [],
+        children: type === S_IFDIR ? [] : null,
+      };
+    }
     const nid = raw.nid;
     if (type === S_IFLNK) {
       const target = this.data(raw);
@@ -944,12 +1030,12 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
 
   const table = new NidTable(Math.floor((buf.length - r.metaStart) / SLOT_SIZE));
   const stack: Frame[] = [];
-  const newSink = (): DirentSink => ({ starts: [], ends: [], nids: [], ftypes: [], dot: -1, dotdot: -1 });
-  const cmpAt = (i: number, j: number, starts: number[], ends: number[]): number => {
-    const si = starts[i];
-    const sj = starts[j];
-    const li = ends[i] - si;
-    const lj = ends[j] - sj;
+  const entries = new DirentStack();
+  const cmpAt = (i: number, j: number): number => {
+    const si = entries.starts[i];
+    const sj = entries.starts[j];
+    const li = entries.ends[i] - si;
+    const lj = entries.ends[j] - sj;
     const n = li < lj ? li : lj;
     for (let q = 0; q < n; q++) {
       const d = buf[si + q] - buf[sj + q];
@@ -958,20 +1044,23 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
     return li - lj;
   };
 
-  /** Push a directory: check `.`/`..` and the order of its entries. */
-  const enter = (inode: Inode, nid: number, parent: Frame | null, name: Buffer | null, sink: DirentSink, parentNid: number) => {
-    const frame: Frame = { inode, nid, parent, name, starts: sink.starts, ends: sink.ends, nids: sink.nids, ftypes: sink.ftypes, order: null, next: 0, subdirs: 0 };
+  /** Push a directory whose entries were just read into entries[base, top): check `.`/`..` and their order. */
+  const enter = (inode: Inode, nid: number, parent: Frame | null, name: Buffer | null, base: number, parentNid: number) => {
+    const end = entries.top;
+    const frame: Frame = { inode, nid, parent, name, base, end, order: null, next: base, subdirs: 0 };
     if (checking) {
       // Paths are built only for a message: building one per directory would cost depth x directories.
-      if (sink.dot !== nid) problem(framePath(frame), 'dot', sink.dot < 0 ? "missing '.' entry" : `'.' points at inode ${sink.dot}, not at the directory itself`);
-      if (sink.dotdot !== parentNid) problem(framePath(frame), 'dotdot', sink.dotdot < 0 ? "missing '..' entry" : `'..' points at inode ${sink.dotdot}, not at the parent`);
+      const { dot, dotdot } = entries;
+      if (dot !== nid) problem(framePath(frame), 'dot', dot < 0 ? "missing '.' entry" : `'.' points at inode ${dot}, not at the directory itself`);
+      if (dotdot !== parentNid) problem(framePath(frame), 'dotdot', dotdot < 0 ? "missing '..' entry" : `'..' points at inode ${dotdot}, not at the parent`);
     }
     // Name order is what the tree model (and the writer) need; report when the image differs.
-    const { starts, ends } = sink;
-    for (let i = 1; i < starts.length; i++) {
-      if (cmpAt(i - 1, i, starts, ends) >= 0) {
+    for (let i = base + 1; i < end; i++) {
+      if (cmpAt(i - 1, i) >= 0) {
         if (checking) problem(framePath(frame), 'order', 'directory entries are not sorted by name (the kernel lookup relies on it)');
-        frame.order = starts.map((_, k) => k).sort((a, b) => cmpAt(a, b, starts, ends) || a - b);
+        const order: number[] = [];
+        for (let k = base; k < end; k++) order.push(k);
+        frame.order = order.sort((a, b) => cmpAt(a, b) || a - b);
         break;
       }
     }
@@ -979,17 +1068,17 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
   };
 
   const rootPath = Buffer.from('/');
+  const scratch: Inode | null = visitor.transient ? { ...EMPTY_NODE, xattrs: [] } : null;
   let rootNode: Inode | null = null;
   try {
     const rootRaw = r.inode(header.rootNid);
     if ((rootRaw.mode & S_IFMT) !== S_IFDIR) throw new EntryError('root', `root inode ${header.rootNid} is not a directory`);
     const root = r.build(rootRaw, checking ? (code, msg) => problem(rootPath, code, msg) : null);
-    const sink = newSink();
-    r.dirents(rootRaw, sink);
+    r.dirents(rootRaw, entries);
     table.add(header.rootNid, root, false);
     rootNode = root;
     visitor.root(root);
-    enter(root, header.rootNid, null, null, sink, header.rootNid);
+    enter(root, header.rootNid, null, null, 0, header.rootNid);
   } catch (e) {
     if (e instanceof EntryError) throw new ImageFormatError(e.message, rootPath, e.code);
     throw e;
@@ -998,8 +1087,9 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
 
   while (stack.length > 0) {
     const frame = stack[stack.length - 1];
-    if (frame.next >= frame.starts.length) {
+    if (frame.next >= frame.end) {
       stack.pop();
+      entries.top = frame.base;
       if (frame.parent !== null) visitor.leave(frame.inode);
       if (checking) {
         const want = 2 + frame.subdirs;
@@ -1010,11 +1100,11 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
       continue;
     }
     const pos = frame.next++;
-    const k = frame.order === null ? pos : frame.order[pos];
-    const start = frame.starts[k];
-    const end = frame.ends[k];
-    const nid = frame.nids[k];
-    if (frame.order !== null && pos > 0 && cmpAt(frame.order[pos - 1], k, frame.starts, frame.ends) === 0) {
+    const k = frame.order === null ? pos : frame.order[pos - frame.base];
+    const start = entries.starts[k];
+    const end = entries.ends[k];
+    const nid = entries.nids[k];
+    if (frame.order !== null && pos > frame.base && cmpAt(frame.order[pos - frame.base - 1], k) === 0) {
       const msg = 'duplicate directory entry';
       if (checking) {
         problem(framePath(frame, buf.subarray(start, end)), 'duplicate', msg);
@@ -1035,8 +1125,8 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
       }
       if (seen > 0) {
         const node = table.node(seen);
-        if (checking && frame.ftypes[k] !== ftypeOf(node.mode) && !((node.mode & S_IFMT) === S_IFCHR && node.rdev === 0 && frame.ftypes[k] === FT_REG_FILE)) {
-          problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type`);
+        if (checking && entries.ftypes[k] !== ftypeOf(node.mode) && !((node.mode & S_IFMT) === S_IFCHR && node.rdev === 0 && entries.ftypes[k] === FT_REG_FILE)) {
+          problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${entries.ftypes[k]} does not match the inode's file type`);
         }
         visitor.entry(frame.inode, start, end, node, true);
         continue;
@@ -1051,26 +1141,30 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
       }
       let check: ((code: string, msg: string) => void) | null = null;
       if (checking) {
-        if (frame.ftypes[k] !== ftypeOf(raw.mode)) {
-          problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${frame.ftypes[k]} does not match the inode's file type ${ftypeOf(raw.mode)}`);
+        if (entries.ftypes[k] !== ftypeOf(raw.mode)) {
+          problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${entries.ftypes[k]} does not match the inode's file type ${ftypeOf(raw.mode)}`);
         }
         let checkPath: Buffer | null = null;
         check = (code: string, msg: string) => problem((checkPath ??= framePath(frame, buf.subarray(start, end))), code, msg);
       }
-      const node = r.build(raw, check);
+      const node = r.build(raw, check, scratch);
       if (type === S_IFDIR) {
-        const sink = newSink();
-        r.dirents(raw, sink);
+        const base = entries.top;
+        r.dirents(raw, entries);
         table.add(nid, node, false);
         visitor.entry(frame.inode, start, end, node, false);
         frame.subdirs++;
-        enter(node, nid, frame, buf.subarray(start, end), sink, frame.nid);
+        enter(node, nid, frame, buf.subarray(start, end), base, frame.nid);
       } else {
-        table.add(nid, node, visitor.keep(node));
-        visitor.entry(frame.inode, start, end, node, false);
+        const keep = visitor.keep(node);
+        const kept = keep && node === scratch ? { ...node, xattrs: node.xattrs.slice() } : node;
+        table.add(nid, kept, keep);
+        visitor.entry(frame.inode, start, end, kept, false);
       }
     } catch (e) {
       if (!(e instanceof EntryError)) throw e;
+      // Entries of a directory that failed half-way through being read.
+      entries.top = frame.end;
       const path = framePath(frame, buf.subarray(start, end));
       if (checking) problem(path, e.code, e.message);
       else throw new ImageFormatError(e.message, path, e.code);
