@@ -273,8 +273,6 @@ class FlatParser {
   nsec = 0;
   /** fastLine()'s numbers: SIZE MODE NLINK UID GID RDEV SEC NSEC. */
   readonly nums = new Float64Array(8);
-  /** The text MODE .. NSEC of `nums` came from (with its last space); a NUL if none. */
-  sameText = '\0';
   /** End of the field `optional()` returned. */
   re = 0;
   /** After fastLine(): where the line's xattrs start, and where it ends. */
@@ -305,6 +303,8 @@ class FlatParser {
   xattrStart: Int32Array;
   /** Per directory: its last entry so far (0 = none yet; the root is nobody's child). */
   lastChild: Int32Array;
+  /** Per directory: how many entries it has. */
+  kids: Int32Array;
   /** Per directory: 1 once its names came out of order (it is sorted at the end). */
   unsortedFlag: Uint8Array;
 
@@ -373,6 +373,7 @@ class FlatParser {
     this.digest = new Int32Array(cap);
     this.xattrStart = new Int32Array(cap + 1);
     this.lastChild = new Int32Array(cap);
+    this.kids = new Int32Array(cap);
     this.unsortedFlag = new Uint8Array(cap);
   }
 
@@ -398,6 +399,7 @@ class FlatParser {
     this.digest = grownInt32(this.digest, cap);
     this.xattrStart = grownInt32(this.xattrStart, cap + 1);
     this.lastChild = grownInt32(this.lastChild, cap);
+    this.kids = grownInt32(this.kids, cap);
     const flags = new Uint8Array(cap);
     flags.set(this.unsortedFlag);
     this.unsortedFlag = flags;
@@ -578,21 +580,9 @@ class FlatParser {
 
     // SIZE MODE NLINK UID GID RDEV SEC.NSEC: digits and a space (a dot after
     // SEC) each, at most 9 digits (10 for SEC: it stays below 2^31 until 2038).
-    // MODE .. NSEC are often the same as on the line before (`sameText`),
-    // and then so are their numbers.
     const nums = this.nums;
     let p = pe + 1;
-    let midStart = -1;
     for (let f = 0; f < 8; f++) {
-      if (f === 1) {
-        const same = this.sameText;
-        if (text.startsWith(same, p - tb)) {
-          p += same.length;
-          break;
-        }
-        midStart = p;
-        this.sameText = '\0';
-      }
       const base = f === 1 ? 8 : 10;
       const top = 0x30 + base;
       let q = p;
@@ -606,7 +596,6 @@ class FlatParser {
       nums[f] = v;
       p = q + 1;
     }
-    if (midStart >= 0) this.sameText = text.substring(midStart - tb, p - tb);
     const size = nums[0];
     const mode = nums[1];
     const type = mode & K.S_IFMT;
@@ -677,6 +666,7 @@ class FlatParser {
     this.digest[e] = digS;
     this.xattrStart[e] = this.xcount;
     this.lastChild[parent] = e;
+    this.kids[parent]++;
     if (digS >= 0) {
       const out = this.digestBytes;
       for (let i = 0; i < 32; i++) d[digS + i] = out[i];
@@ -1117,6 +1107,7 @@ class FlatParser {
   newEntry(nameStart: number, nameEnd: number, parent: number, mode: number): number {
     if (this.count === this.cap) this.grow();
     const e = this.count++;
+    if (parent >= 0) this.kids[parent]++;
     this.nameStart[e] = nameStart;
     this.nameEnd[e] = nameEnd;
     this.parent[e] = parent;
@@ -1180,14 +1171,23 @@ class FlatParser {
     const nameStart = this.nameStart;
     const nameEnd = this.nameEnd;
 
-    // Children in CSR form: counted, then placed in line order, which is
-    // name order except in the directories whose names came out of order.
+    // Children in CSR form, placed in line order, which is name order
+    // except in the directories whose names came out of order. One pass: a
+    // parent comes before its entries, so its start is known when they come;
+    // `kids` turns from counts into the next free slot of each directory.
     const childStart = new Int32Array(count + 1);
-    for (let e = 1; e < count; e++) childStart[parent[e] + 1]++;
-    for (let e = 0; e < count; e++) childStart[e + 1] += childStart[e];
-    const fill = childStart.slice(0, count);
     const children = new Int32Array(Math.max(count - 1, 1));
-    for (let e = 1; e < count; e++) children[fill[parent[e]]++] = e;
+    const kids = this.kids;
+    let next = kids[0];
+    kids[0] = 0;
+    for (let e = 1; e < count; e++) {
+      children[kids[parent[e]]++] = e;
+      childStart[e] = next;
+      const k = kids[e];
+      kids[e] = next;
+      next += k;
+    }
+    childStart[count] = next;
     for (const dir of this.unsorted) {
       children.subarray(childStart[dir], childStart[dir + 1]).sort((a, b) => compareBytes(d, nameStart[a], nameEnd[a], d, nameStart[b], nameEnd[b]));
     }
