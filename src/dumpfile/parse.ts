@@ -255,7 +255,7 @@ class FlatParser {
   te = 0;
   textLen = 0;
   /** Offset of the first NUL byte in the input (n if none). */
-  readonly firstNul: number;
+  firstNul: number;
   line = 0;
   lineStart = 0;
   /**
@@ -348,9 +348,9 @@ class FlatParser {
     this.buf = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.length);
     this.n = input.length;
     this.strict = strict;
-    const nul = this.buf.indexOf(0);
-    this.firstNul = nul < 0 ? this.n : nul;
     this.setWindow(0);
+    const nul = this.textLen === this.n ? this.text.indexOf('\0') : this.buf.indexOf(0);
+    this.firstNul = nul < 0 ? this.n : nul;
     // Lines are rarely shorter than 64 bytes; the columns grow if they are.
     const cap = Math.max(64, Math.min(this.n >>> 6, 1 << 20));
     this.cap = cap;
