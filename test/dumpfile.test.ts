@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { DumpParseError, parseDump, writeDump, writeDumpChunks } from '../src/dumpfile/index.js';
+import { DumpParseError, parseDump, parseDumpFlat, writeDump, writeDumpChunks } from '../src/dumpfile/index.js';
+import { inflate, type FlatTree } from '../src/tree/flat.js';
 import { UserError } from '../src/cli/errors.js';
 import { newInode, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, walk, type Dirent, type Inode } from '../src/tree/model.js';
 import { conformanceDir, NO_CONFORMANCE } from './helpers/paths.js';
@@ -393,6 +394,101 @@ test('the writer prints a tree built in code', () => {
   // Printing does not change the tree, and parsing the output gives it back.
   const again = parse(expected);
   assert.deepEqual(again, root);
+});
+
+// ---- The flat tree ------------------------------------------------------------
+
+/** The entry at `path` in a flat tree (by binary search through the children, as a reader would). */
+function flatAt(flat: FlatTree, path: string): number {
+  let node = 0;
+  for (const part of path.split('/').filter(Boolean)) {
+    const want = b(part);
+    let found = -1;
+    for (let k = flat.childStart[node]; k < flat.childStart[node + 1]; k++) {
+      const c = flat.children[k];
+      if (Buffer.from(flat.pool.subarray(flat.nameStart[c], flat.nameEnd[c])).equals(want)) found = c;
+    }
+    assert.ok(found >= 0, `no entry ${path}`);
+    node = found;
+  }
+  return node;
+}
+
+test('parseDumpFlat: columns over the input, children sorted, links to the primary entry', () => {
+  const text =
+    ROOT +
+    '/z 4096 40755 2 0 0 0 0.0 - - -\n' +
+    `/z/f 10 100644 2 1 2 0 3.4 ab/cd - ${D64} user.x=\\x00y\n` +
+    '/a\\x20b 0 @100644 1 0 0 0 0.0 /z/f - -\n' +
+    '/b 0 @100644 1 0 0 0 0.0 /a\\x20b - -\n' +
+    '/c 3 100644 1 0 0 0 0.0 - a\\nb -\n';
+  const input = b(text);
+  const flat = parseDumpFlat(input);
+  assert.equal(flat.pool, input, 'the pool is the input itself');
+  assert.equal(flat.count, 6);
+  assert.equal(flat.mode[0], 0o40755);
+  // The root's children in name order, whatever the line order.
+  const names = (e: number) => {
+    const out: string[] = [];
+    for (let k = flat.childStart[e]; k < flat.childStart[e + 1]; k++) out.push(Buffer.from(flat.pool.subarray(flat.nameStart[flat.children[k]], flat.nameEnd[flat.children[k]])).toString('latin1'));
+    return out;
+  };
+  assert.deepEqual(names(0), ['a b', 'b', 'c', 'z']);
+  const f = flatAt(flat, 'z/f');
+  assert.equal(flat.linkTo[f], -1);
+  assert.equal(flat.linkTo[flatAt(flat, 'a b')], f);
+  assert.equal(flat.linkTo[flatAt(flat, 'b')], f, 'a link to a link ends at the primary entry');
+  assert.deepEqual(Buffer.from(flat.pool.subarray(flat.digest[f], flat.digest[f] + 32)), Buffer.from(D64, 'hex'));
+  assert.equal(flat.xattrStart[f + 1] - flat.xattrStart[f], 1);
+  const x = flat.xattrStart[f];
+  assert.deepEqual(Buffer.from(flat.pool.subarray(flat.xattrValueStart[x], flat.xattrValueEnd[x])), b('\0y'));
+  const c = flatAt(flat, 'c');
+  assert.deepEqual(Buffer.from(flat.pool.subarray(flat.contentStart[c], flat.contentEnd[c])), b('a\nb'));
+  assert.equal(flat.payloadStart[c], -1);
+  assert.equal(flat.xattrStart[flat.count], 1);
+  // parseDump() leaves the caller's buffer alone, and gives the same tree.
+  const again = b(text);
+  const root = parseDump(again);
+  assert.ok(again.equals(b(text)), 'parseDump does not change its input');
+  assert.equal(dump(root), dump(inflate(parseDumpFlat(b(text)))));
+  assert.ok(!input.equals(b(text)), 'parseDumpFlat decodes in place');
+});
+
+/**
+ * The same dump written the long way: every name's first byte escaped, every
+ * number with a '+', a '/' doubled. The parser reads such lines on its
+ * general path and the plain ones on its fast path; both must build the
+ * same tree.
+ */
+function theLongWay(text: string): string {
+  return text
+    .split('\n')
+    .map((line) => {
+      if (line === '') return line;
+      const f = line.split(' ');
+      if (f.length < 11) return line;
+      if (f[0] !== '/') f[0] = f[0].replace(/\/([^/\\])/g, (_m, ch: string) => `/\\x${ch.charCodeAt(0).toString(16).padStart(2, '0')}`).replace(/^\//, '//');
+      for (const i of [1, 3, 4, 5, 6]) f[i] = `+${f[i]}`;
+      if (!f[2].startsWith('@')) f[2] = `0${f[2]}`;
+      return f.join(' ');
+    })
+    .join('\n');
+}
+
+test('the fast and the general path of the parser build the same trees', (t) => {
+  const samples = [FUZZ_SEED, ROOT + '/d 4096 40755 2 0 0 0 1.2 - - -\n/d/e 4096 40755 2 0 0 0 1.2 - - -\n/d/e/f 5 100644 1 0 0 0 1700000000.999999999 - hello -\n/d/g 2 120777 1 0 0 0 0.0 /d - -\n/h 0 20644 1 0 0 1025 0.0 - - -\n'];
+  const dir = conformanceDir();
+  if (dir !== null) {
+    for (const v of ['config.dump.gz', 'config-with-hard-link.dump.gz']) samples.push(gunzipSync(readFileSync(join(dir, 'upstream', v))).toString('latin1'));
+  } else {
+    t.diagnostic(NO_CONFORMANCE);
+  }
+  for (const text of samples) {
+    const plain = dump(parse(text));
+    const long = theLongWay(text);
+    assert.notEqual(long, text);
+    assert.equal(dump(parse(long)), plain);
+  }
 });
 
 // ---- Fuzzing -----------------------------------------------------------------

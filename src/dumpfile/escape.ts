@@ -171,58 +171,74 @@ export function hexValue(c: number): number {
   return -1;
 }
 
-/** Thrown by {@link unescape}; the parser turns it into a DumpParseError. */
+/** Thrown by {@link unescape} and {@link unescapeInPlace}; the parser turns it into a DumpParseError. */
 export class UnescapeError extends Error {}
 
 /**
  * Decode the escapes of `src[start..end)`. Without any backslash the result
- * is a view of `src` (no copy).
+ * is a view of `src` (no copy); otherwise a new Buffer.
  */
 export function unescape(src: Buffer, start: number, end: number): Buffer {
   let i = start;
   while (i < end && src[i] !== 0x5c) i++;
   if (i === end) return src.subarray(start, end);
+  const out = Buffer.from(src.subarray(start, end));
+  return out.subarray(0, unescapeInPlace(out, 0, out.length));
+}
 
-  const out = Buffer.allocUnsafe(end - start);
-  let o = i - start;
-  src.copy(out, 0, start, i);
+/**
+ * Decode the escapes of `buf[start..end)` in place and return where the
+ * decoded bytes end: they are `buf[start..result)` (decoding only shrinks, so
+ * nothing past `end` is touched; what is left between the result and `end` is
+ * unspecified). With `cstring` the result stops at the first NUL, as a C
+ * string would, but the whole field is still decoded, so a bad escape after
+ * that NUL is still an error. Throws {@link UnescapeError}; the bytes of the
+ * offending escape itself are still intact then.
+ */
+export function unescapeInPlace(buf: Uint8Array, start: number, end: number, cstring = false): number {
+  let i = start;
+  while (i < end && buf[i] !== 0x5c) i++;
+  let o = i;
   while (i < end) {
-    const c = src[i++];
+    const c = buf[i++];
     if (c !== 0x5c) {
-      out[o++] = c;
+      buf[o++] = c;
       continue;
     }
     if (i >= end) throw new UnescapeError('no character after escape \\');
-    const e = src[i++];
+    const e = buf[i++];
     switch (e) {
       case 0x5c:
-        out[o++] = 0x5c;
+        buf[o++] = 0x5c;
         break;
       case 0x6e:
-        out[o++] = 0x0a;
+        buf[o++] = 0x0a;
         break;
       case 0x72:
-        out[o++] = 0x0d;
+        buf[o++] = 0x0d;
         break;
       case 0x74:
-        out[o++] = 0x09;
+        buf[o++] = 0x09;
         break;
       case 0x78: {
         if (i >= end) throw new UnescapeError('no hex digits after escape \\x');
-        const h1 = hexValue(src[i++]);
+        const h1 = hexValue(buf[i++]);
         if (i >= end) throw new UnescapeError('no hex digits after escape \\x');
-        const h2 = hexValue(src[i++]);
+        const h2 = hexValue(buf[i++]);
         if (h1 < 0 || h2 < 0) {
-          throw new UnescapeError(`invalid hex digits in escape '\\x${printable(src.subarray(i - 2, i))}'`);
+          throw new UnescapeError(`invalid hex digits in escape '\\x${printable(buf.subarray(i - 2, i))}'`);
         }
-        out[o++] = (h1 << 4) | h2;
+        buf[o++] = (h1 << 4) | h2;
         break;
       }
       default:
-        throw new UnescapeError(`unsupported escape '\\${printable(src.subarray(i - 1, i))}'`);
+        throw new UnescapeError(`unsupported escape '\\${printable(buf.subarray(i - 1, i))}'`);
     }
   }
-  return out.subarray(0, o);
+  if (cstring) {
+    for (let k = start; k < o; k++) if (buf[k] === 0) return k;
+  }
+  return o;
 }
 
 /**

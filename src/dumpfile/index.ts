@@ -1,4 +1,4 @@
 /** The composefs dump-file format (composefs-dump(5)): parser and writer. */
-export { parseDump, DumpParseError, type ParseOptions } from './parse.js';
+export { parseDump, parseDumpFlat, DumpParseError, type ParseOptions } from './parse.js';
 export { writeDump, writeDumpChunks } from './write.js';
 export { escapeField, ESCAPE_EQUAL, ESCAPE_LONE_DASH } from './escape.js';

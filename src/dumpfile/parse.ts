@@ -27,10 +27,29 @@
  * - With `strict`, like `CFS_PARSE_STRICT=1`: the last line must end in a
  *   newline, RDEV must be 0 on anything but a device, a symlink's SIZE must
  *   equal its target's length and a symlink may not have CONTENT.
+ *
+ * The parser builds a {@link FlatTree} (src/tree/flat.ts) whose pool is the
+ * input buffer itself: escaped fields are decoded in place (decoding only
+ * shrinks) and a digest's 64 hex digits become its 32 bytes where they stood,
+ * so no byte is copied. {@link parseDumpFlat} therefore takes the input over;
+ * {@link parseDump} copies it first and returns the `Inode` tree.
+ *
+ * Why it is written the way it is: a build from a dump runs mostly before V8
+ * has optimised anything (on cs9, 22,010 lines, optimised code for the line
+ * parser arrives only after several thousand lines), so the parser allocates
+ * no object per line, leaves the scanning for spaces, newlines, slashes and
+ * backslashes to the engine's native string search over one latin1 copy of
+ * the input, and reads numbers while splitting the line. The common line is
+ * taken by fastLine(), which is kept lean and never meets, once optimised, an
+ * operation it has not seen before (that would throw the optimised code
+ * away). Anything else (escapes, hard links, out-of-order names, odd numbers,
+ * inline content, every error) goes to the general parseLine(), which
+ * follows the reference step by step; xattrs go to parseXattrs() after either.
  */
 import { UserError } from '../cli/errors.js';
-import { type Dirent, type Inode, type Xattr, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from '../tree/model.js';
-import { hexValue, printable, unescape, UnescapeError } from './escape.js';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
+import { inflate, type FlatTree } from '../tree/flat.js';
+import { printable, unescapeInPlace, UnescapeError } from './escape.js';
 
 export interface ParseOptions {
   /** The reference's `CFS_PARSE_STRICT` checks (see the module comment). */
@@ -87,6 +106,38 @@ const F_PAYLOAD = 8;
 const F_CONTENT = 9;
 const F_DIGEST = 10;
 const N_FIELDS = 11;
+/** In `nv`: the number was not read while splitting; parse the field with parseU64. */
+const LATER = -2;
+
+/** The file types an image can hold, as a bit set over `(mode & S_IFMT) >> 12`. */
+const VALID_TYPES = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 12);
+
+/**
+ * The same numbers for fastLine(), where tsc writes them in as literals
+ * (V8 checks a module constant on every use until the code is optimised).
+ */
+const enum K {
+  S_IFMT = 0o170000,
+  S_IFDIR = 0o040000,
+  S_IFLNK = 0o120000,
+  S_IFCHR = 0o020000,
+  S_IFBLK = 0o060000,
+  VALID_TYPES = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 12),
+  NAME_MAX = 255,
+  PATH_MAX = 4096,
+  XATTR_TEXT_MAX = 0xffff,
+}
+
+/** Value of each byte as a hex digit, or -1. */
+const HEX_DIGIT = new Int8Array(256).fill(-1);
+for (let c = 0; c < 10; c++) HEX_DIGIT[0x30 + c] = c;
+for (let c = 0; c < 6; c++) HEX_DIGIT[0x61 + c] = HEX_DIGIT[0x41 + c] = 10 + c;
+
+/**
+ * The input is searched as a latin1 string, at most this many bytes of it
+ * at a time (V8 strings are limited to about 2^29 characters).
+ */
+const TEXT_WINDOW = 1 << 28;
 
 /** A parsed number: exact `number` below 2^53, else `bigint` (both modulo 2^64); -1 when invalid. */
 type U64 = number | bigint;
@@ -95,7 +146,7 @@ type U64 = number | bigint;
  * `strtoull(text, &end, base)` over `d[start..end)`, accepted only when the
  * text is non-empty and fully consumed, as the reference requires.
  */
-function parseU64(d: Buffer, start: number, end: number, base: number): U64 {
+function parseU64(d: Uint8Array, start: number, end: number, base: number): U64 {
   if (end - start > 0 && end - start <= 15) {
     const top = 0x30 + base;
     let v = 0;
@@ -110,7 +161,7 @@ function parseU64(d: Buffer, start: number, end: number, base: number): U64 {
   return parseU64Slow(d, start, end, base);
 }
 
-function parseU64Slow(d: Buffer, start: number, end: number, base: number): U64 {
+function parseU64Slow(d: Uint8Array, start: number, end: number, base: number): U64 {
   if (start >= end) return -1;
   let i = start;
   while (i < end && (d[i] === 0x20 || (d[i] >= 0x09 && d[i] <= 0x0d))) i++;
@@ -163,44 +214,6 @@ function u64Text(v: U64): string {
   return typeof v === 'number' ? String(v) : v.toString();
 }
 
-function validType(mode: number): boolean {
-  switch (mode & S_IFMT) {
-    case S_IFREG:
-    case S_IFDIR:
-    case S_IFLNK:
-    case S_IFBLK:
-    case S_IFCHR:
-    case S_IFSOCK:
-    case S_IFIFO:
-      return true;
-    default:
-      return false;
-  }
-}
-
-/** Bookkeeping for a directory being filled. */
-interface Dir {
-  inode: Inode;
-  /** Whether names arrived in increasing order so far (then `inode.children` is sorted). */
-  sorted: boolean;
-  /** Directories that got names out of order: name (latin1) -> entry. */
-  index: Map<string, Dirent> | null;
-}
-
-/** A hard-link line, resolved once the whole file is read. */
-interface Fixup {
-  line: number;
-  dirent: Dirent;
-  /** The stand-in inode the entry holds until then. */
-  placeholder: Inode;
-  target: Buffer | null;
-  /** The inode at the target path (filled in when resolving). */
-  to: Inode | null;
-  /** 0 = unresolved, 1 = resolving, 2 = resolved. */
-  state: number;
-  final: Inode | null;
-}
-
 /** Bytewise comparison of `a[as..ae)` and `b[bs..be)`: <0, 0, >0. */
 function compareBytes(a: Uint8Array, as: number, ae: number, b: Uint8Array, bs: number, be: number): number {
   const n = Math.min(ae - as, be - bs);
@@ -211,271 +224,712 @@ function compareBytes(a: Uint8Array, as: number, ae: number, b: Uint8Array, bs: 
   return ae - as - (be - bs);
 }
 
-/** The entry named `src[s..e)` in `dir`, if any. */
-function findChild(dir: Dir, src: Buffer, s: number, e: number): Dirent | undefined {
-  if (dir.index !== null) return dir.index.get(src.toString('latin1', s, e));
-  const kids = dir.inode.children!;
-  let lo = 0;
-  let hi = kids.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    const name = kids[mid].name;
-    const c = compareBytes(src, s, e, name, 0, name.length);
-    if (c === 0) return kids[mid];
-    if (c < 0) hi = mid;
-    else lo = mid + 1;
-  }
-  return undefined;
+function grownInt32(a: Int32Array, size: number, fill = 0): Int32Array {
+  const b = new Int32Array(size);
+  b.set(a);
+  if (fill !== 0) b.fill(fill, a.length);
+  return b;
 }
 
-function nameKey(name: Buffer): string {
-  return name.toString('latin1', 0, name.length);
+function grownUint32(a: Uint32Array, size: number): Uint32Array {
+  const b = new Uint32Array(size);
+  b.set(a);
+  return b;
 }
 
-class Parser {
-  readonly data: Buffer;
+function grownFloat64(a: Float64Array, size: number): Float64Array {
+  const b = new Float64Array(size);
+  b.set(a);
+  return b;
+}
+
+/**
+ * The parser's state. Entries are numbered in the order of their lines (the
+ * root, which must come first, is 0); every column is indexed by entry.
+ */
+class FlatParser {
+  readonly pool: Uint8Array;
+  /** A Buffer over the same bytes, for the few Buffer-only operations. */
+  readonly buf: Buffer;
+  readonly n: number;
   readonly strict: boolean;
+  /** latin1 text of `pool[tb .. te)` (textLen long), for native searches. */
+  text = '';
+  tb = 0;
+  te = 0;
+  textLen = 0;
+  /** Offset of the first NUL byte in the input (n if none). */
+  firstNul: number;
+  line = 0;
+  lineStart = 0;
+  /**
+   * Cached position of the next space / backslash at or after the last one
+   * asked for; `te` if there is none before the end of the text window (so n
+   * if none at all; fastLine() may store a `te` short of n, which is no space).
+   */
+  nextSpace = -1;
+  nextBackslash = -1;
+  /** The current line's 11 fields: [fs, fe) each. */
   readonly fs = new Int32Array(N_FIELDS);
   readonly fe = new Int32Array(N_FIELDS);
-  readonly fixups: Fixup[] = [];
-  /** Directory inode -> its bookkeeping. */
-  readonly dirs = new Map<Inode, Dir>();
-  /** Stand-in inode of a hard-link line -> the link. */
-  readonly links = new Map<Inode, Fixup>();
-  readonly unsorted: Dir[] = [];
-  root: Dir | null = null;
-  line = 0;
-  /** Whether the last unescapeField() had to decode (so made a copy). */
-  copied = false;
-  /** Position of the next backslash / space at or after the last field looked at (data.length if none). */
-  nextBackslash = -1;
-  nextSpace = -1;
+  /** Numbers read while splitting (LATER if not). For MTIME, the seconds; `nsec` holds the rest. */
+  readonly nv = new Int32Array(N_FIELDS);
+  nsec = 0;
+  /** fastLine()'s numbers: SIZE MODE NLINK UID GID RDEV SEC NSEC. */
+  readonly nums = new Float64Array(8);
+  /** End of the field `optional()` returned. */
+  re = 0;
+  /** After fastLine(): where the line's xattrs start, and where it ends. */
+  rest = 0;
+  lineEnd = 0;
+
+  cap: number;
+  count = 0;
+  nameStart: Int32Array;
+  nameEnd: Int32Array;
+  parent: Int32Array;
+  /** -1 (the default of this column and of contentStart/End); -2 for a hard-link line until the links are resolved. */
+  linkTo: Int32Array;
+  mode: Uint32Array;
+  nlink: Uint32Array;
+  uid: Uint32Array;
+  gid: Uint32Array;
+  rdev: Float64Array;
+  size: Float64Array;
+  mtimeSec: Float64Array;
+  mtimeNsec: Uint32Array;
+  payloadStart: Int32Array;
+  payloadEnd: Int32Array;
+  contentStart: Int32Array;
+  contentEnd: Int32Array;
+  digest: Int32Array;
+  /** (cap + 1) */
+  xattrStart: Int32Array;
+  /** Per directory: its last entry so far (0 = none yet; the root is nobody's child). */
+  lastChild: Int32Array;
+  /** Per directory: how many entries it has. */
+  kids: Int32Array;
+  /** Per directory: 1 once its names came out of order (it is sorted at the end). */
+  unsortedFlag: Uint8Array;
+
+  xcap = 64;
+  xcount = 0;
+  xattrKeyStart = new Int32Array(64);
+  xattrKeyEnd = new Int32Array(64);
+  xattrValueStart = new Int32Array(64);
+  xattrValueEnd = new Int32Array(64);
+
   /**
    * The directories from the root down to the one most recently added or
-   * used as a parent, with the canonical path of the deepest in `chainPath`
-   * and each one's path length in `chainLen`. Dump files list a directory's
-   * entries right after it, so a line's parent is almost always here.
+   * used as a parent (`chainEntry[0 .. chainDepth)`), each with its
+   * canonical path (decoded, in latin1; "" for the root) in `chainPath` and
+   * that path's length in `chainLen`. Dump files list a directory's entries
+   * right after it, so a line's parent is almost always here.
    */
-  chain: Dir[] = [];
-  chainLen: number[] = [];
-  chainPath: Buffer = Buffer.allocUnsafe(4096);
-  /** First regular file too big for an image (the reference refuses it when writing). */
-  tooBig: { line: number; size: string } | null = null;
+  readonly chainEntry: number[] = [0];
+  readonly chainLen: number[] = [0];
+  readonly chainPath: string[] = [''];
+  chainDepth = 0;
 
-  constructor(data: Buffer, strict: boolean) {
-    this.data = data;
+  /** Hard-link entries and their line numbers, in file order. */
+  readonly links: number[] = [];
+  readonly linkLines: number[] = [];
+  /**
+   * `parent/name` (name in latin1) -> entry, over all entries; built the
+   * first time a name must be looked up while reading (names out of order, a
+   * parent not on the chain), then kept up to date.
+   */
+  index: Map<string, number> | null = null;
+  /** Directories whose names came out of order. */
+  readonly unsorted: number[] = [];
+  /** First regular file too big for an image (the reference refuses it when writing). */
+  tooBigLine = 0;
+  tooBigSize = '';
+  readonly digestBytes = new Uint8Array(32);
+
+  constructor(input: Uint8Array, strict: boolean) {
+    this.pool = input;
+    this.buf = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.length);
+    this.n = input.length;
     this.strict = strict;
+    this.setWindow(0);
+    const nul = this.textLen === this.n ? this.text.indexOf('\0') : this.buf.indexOf(0);
+    this.firstNul = nul < 0 ? this.n : nul;
+    // Lines are rarely shorter than 64 bytes; the columns grow if they are.
+    const cap = Math.max(64, Math.min(this.n >>> 6, 1 << 20));
+    this.cap = cap;
+    this.nameStart = new Int32Array(cap);
+    this.nameEnd = new Int32Array(cap);
+    this.parent = new Int32Array(cap);
+    this.linkTo = new Int32Array(cap).fill(-1);
+    this.mode = new Uint32Array(cap);
+    this.nlink = new Uint32Array(cap);
+    this.uid = new Uint32Array(cap);
+    this.gid = new Uint32Array(cap);
+    this.rdev = new Float64Array(cap);
+    this.size = new Float64Array(cap);
+    this.mtimeSec = new Float64Array(cap);
+    this.mtimeNsec = new Uint32Array(cap);
+    this.payloadStart = new Int32Array(cap);
+    this.payloadEnd = new Int32Array(cap);
+    this.contentStart = new Int32Array(cap).fill(-1);
+    this.contentEnd = new Int32Array(cap).fill(-1);
+    this.digest = new Int32Array(cap);
+    this.xattrStart = new Int32Array(cap + 1);
+    this.lastChild = new Int32Array(cap);
+    this.kids = new Int32Array(cap);
+    this.unsortedFlag = new Uint8Array(cap);
+  }
+
+  grow(): void {
+    const cap = this.cap * 2;
+    this.cap = cap;
+    this.nameStart = grownInt32(this.nameStart, cap);
+    this.nameEnd = grownInt32(this.nameEnd, cap);
+    this.parent = grownInt32(this.parent, cap);
+    this.linkTo = grownInt32(this.linkTo, cap, -1);
+    this.mode = grownUint32(this.mode, cap);
+    this.nlink = grownUint32(this.nlink, cap);
+    this.uid = grownUint32(this.uid, cap);
+    this.gid = grownUint32(this.gid, cap);
+    this.rdev = grownFloat64(this.rdev, cap);
+    this.size = grownFloat64(this.size, cap);
+    this.mtimeSec = grownFloat64(this.mtimeSec, cap);
+    this.mtimeNsec = grownUint32(this.mtimeNsec, cap);
+    this.payloadStart = grownInt32(this.payloadStart, cap);
+    this.payloadEnd = grownInt32(this.payloadEnd, cap);
+    this.contentStart = grownInt32(this.contentStart, cap, -1);
+    this.contentEnd = grownInt32(this.contentEnd, cap, -1);
+    this.digest = grownInt32(this.digest, cap);
+    this.xattrStart = grownInt32(this.xattrStart, cap + 1);
+    this.lastChild = grownInt32(this.lastChild, cap);
+    this.kids = grownInt32(this.kids, cap);
+    const flags = new Uint8Array(cap);
+    flags.set(this.unsortedFlag);
+    this.unsortedFlag = flags;
+  }
+
+  growXattrs(): void {
+    const cap = this.xcap * 2;
+    this.xcap = cap;
+    this.xattrKeyStart = grownInt32(this.xattrKeyStart, cap);
+    this.xattrKeyEnd = grownInt32(this.xattrKeyEnd, cap);
+    this.xattrValueStart = grownInt32(this.xattrValueStart, cap);
+    this.xattrValueEnd = grownInt32(this.xattrValueEnd, cap);
+  }
+
+  setWindow(at: number): void {
+    const te = Math.min(this.n, at + TEXT_WINDOW);
+    this.tb = at;
+    this.te = te;
+    this.textLen = te - at;
+    this.text = this.buf.toString('latin1', at, te);
+    this.nextSpace = this.nextBackslash = -1;
+  }
+
+  /** First `byte` at or after `pos`, or -1; `ch` is the same byte as a string. */
+  find(ch: string, byte: number, pos: number): number {
+    const r = this.text.indexOf(ch, pos - this.tb);
+    return r >= 0 ? r + this.tb : this.findSlow(byte, pos);
+  }
+
+  /** find() when the text window has no match: past the window, or nowhere. */
+  findSlow(byte: number, pos: number): number {
+    const tb = this.tb;
+    const te = tb + this.text.length;
+    if (te === this.n && pos >= tb) return -1;
+    // Move the window up to the current line once that is past its middle;
+    // later searches never look before the line's start.
+    if (this.lineStart >= tb + (this.text.length >>> 1) && te < this.n) this.setWindow(this.lineStart);
+    return this.buf.indexOf(byte, pos);
+  }
+
+  /** End of the field starting at `pos`: the next space, or the line's `end`. */
+  fieldEnd(pos: number, end: number): number {
+    let sp = this.nextSpace;
+    if (sp < pos || (sp === this.te && sp < this.n)) {
+      sp = this.find(' ', 0x20, pos);
+      if (sp < 0) sp = this.n;
+      this.nextSpace = sp;
+    }
+    return sp < end ? sp : end;
+  }
+
+  /** Whether `pool[start..end)` holds a backslash. */
+  hasEscape(start: number, end: number): boolean {
+    let bs = this.nextBackslash;
+    if (bs < start) {
+      bs = this.find('\\', 0x5c, start);
+      if (bs < 0) bs = this.n;
+      this.nextBackslash = bs;
+    }
+    return bs < end;
   }
 
   fail(field: number | string, reason: string): never {
     throw new DumpParseError(this.line, typeof field === 'number' ? FIELD_NAMES[field] : field, reason);
   }
 
-  text(field: number): string {
-    return printable(this.data.subarray(this.fs[field], this.fe[field]));
+  fieldText(field: number): string {
+    return printable(this.pool.subarray(this.fs[field], this.fe[field]));
   }
 
-  /** Unescape `data[start..end)`; a view when there is nothing to decode. */
-  unescapeField(field: number | string, start: number, end: number): Buffer {
-    const d = this.data;
-    let bs = this.nextBackslash;
-    if (bs < start) {
-      bs = d.indexOf(0x5c, start);
-      this.nextBackslash = bs = bs < 0 ? d.length : bs;
-    }
-    if (bs >= end) {
-      this.copied = false;
-      return d.subarray(start, end);
-    }
-    this.copied = true;
+  /** Decode `pool[start..end)` in place; returns the decoded end. */
+  decode(field: number | string, start: number, end: number, cstring: boolean): number {
     try {
-      return unescape(d, start, end);
+      return unescapeInPlace(this.pool, start, end, cstring);
     } catch (e) {
       if (e instanceof UnescapeError) this.fail(field, e.message);
       throw e;
     }
   }
 
-  /** Unescape a C-string field: a decoded NUL ends it. */
-  cstring(field: number | string, start: number, end: number): Buffer {
-    const b = this.unescapeField(field, start, end);
-    if (this.copied) {
-      const nul = b.indexOf(0);
-      if (nul >= 0) return b.subarray(0, nul);
-    }
-    return b;
-  }
-
-  /** An optional field: a lone `-` means none. */
-  optional(field: number, cstr: boolean): Buffer | null {
+  /**
+   * An optional field: -1 for a lone `-`, else its start, with the end of its
+   * decoded bytes in `re`. C-string fields end at a decoded NUL.
+   */
+  optional(field: number, cstring: boolean): number {
     const s = this.fs[field];
-    const e = this.fe[field];
-    if (e - s === 1 && this.data[s] === 0x2d) return null;
-    return cstr ? this.cstring(field, s, e) : this.unescapeField(field, s, e);
+    let e = this.fe[field];
+    if (e - s === 1 && this.pool[s] === 0x2d) return -1;
+    if (this.hasEscape(s, e)) e = this.decode(field, s, e, cstring);
+    this.re = e;
+    return s;
   }
 
-  number(field: number, base: number): U64 {
-    return parseU64(this.data, this.fs[field], this.fe[field], base);
+  run(): void {
+    const n = this.n;
+    let pos = 0;
+    while (pos < n) {
+      this.line++;
+      let next = this.fastLine(pos);
+      if (next < 0) next = this.parseLine(pos);
+      else if (this.rest < this.lineEnd) this.parseXattrs(this.rest, this.lineEnd);
+      pos = next;
+    }
   }
 
-  parseLine(start: number, end: number): void {
-    const d = this.data;
+  /**
+   * The common line, the cheap way: a path without escapes whose parent is
+   * on the chain and whose name sorts after its last sibling, plain numbers,
+   * no CONTENT, DIGEST `-` or 64 hex digits. Returns -1, having changed
+   * nothing but the search caches, for any other line (parseLine() takes it
+   * then, errors included); else adds the entry and returns where the next
+   * line starts, leaving the xattrs (`rest .. lineEnd`) to the caller.
+   *
+   * It runs unoptimised for the first few thousand lines, so it is kept
+   * small. And it computes every comparison it needs on every line, even
+   * where `&&` would skip some: V8 optimises code for what it has seen, and
+   * an operation first met later, by optimised code, throws that code away.
+   */
+  fastLine(start: number): number {
+    const d = this.pool;
+    const text = this.text;
+    const tb = this.tb;
+    const textLen = this.textLen;
+    let end = text.indexOf('\n', start - tb);
+    if (end < 0 || this.index !== null || this.count === this.cap || this.count === 0) return -1;
+    end += tb;
+
+    // PATH: up to the first space; no backslash, no NUL.
+    let pe = this.nextSpace;
+    pe = text.indexOf(' ', (pe < start ? start : pe) - tb);
+    pe = (pe < 0 ? textLen : pe) + tb;
+    let bs = this.nextBackslash;
+    bs = text.indexOf('\\', (bs < start ? start : bs) - tb);
+    bs = (bs < 0 ? textLen : bs) + tb;
+    this.nextSpace = pe;
+    this.nextBackslash = bs;
+    if (pe >= end || bs < pe || this.firstNul < end || d[start] !== 0x2f) return -1;
+
+    // The parent: the deepest directory on the chain whose path, and a '/',
+    // start the line; the rest is the name, which has no further '/'.
+    const chainLen = this.chainLen;
+    const chainPath = this.chainPath;
+    let depth = this.chainDepth - 1;
+    let nameStart = start + chainLen[depth] + 1;
+    while (depth > 0 && !(nameStart <= pe && d[nameStart - 1] === 0x2f && text.startsWith(chainPath[depth], start - tb))) {
+      depth--;
+      nameStart = start + chainLen[depth] + 1;
+    }
+    const parent = this.chainEntry[depth];
+    let slash = text.indexOf('/', nameStart - tb);
+    slash = (slash < 0 ? textLen : slash) + tb;
+
+    // '.', '..', empty or too long names go to parseLine() too.
+    const nameLen = pe - nameStart;
+    const empty = nameLen <= 0;
+    const long = nameLen > K.NAME_MAX;
+    const dot0 = d[nameStart] === 0x2e;
+    const dot1 = d[nameStart + 1] === 0x2e;
+    const len1 = nameLen === 1;
+    const len2 = nameLen === 2;
+    if (slash < pe || empty || long || (dot0 && (len1 || (len2 && dot1)))) return -1;
+
+    // The name must sort after the directory's last one.
+    const last = this.lastChild[parent];
+    const unsorted = this.unsortedFlag[parent] !== 0;
+    let after = true;
+    if (last !== 0) {
+      const ls = this.nameStart[last];
+      const ll = this.nameEnd[last] - ls;
+      const m = nameLen < ll ? nameLen : ll;
+      let i = 0;
+      while (i < m && d[nameStart + i] === d[ls + i]) i++;
+      const byByte = d[nameStart + i] - d[ls + i];
+      const byLength = nameLen - ll;
+      after = (i < m ? byByte : byLength) > 0;
+    }
+    if (!after || unsorted) return -1;
+
+    // SIZE MODE NLINK UID GID RDEV SEC.NSEC: digits and a space (a dot after
+    // SEC) each, at most 9 digits (10 for SEC: it stays below 2^31 until 2038).
+    const nums = this.nums;
+    let p = pe + 1;
+    for (let f = 0; f < 8; f++) {
+      const base = f === 1 ? 8 : 10;
+      const top = 0x30 + base;
+      let q = p;
+      let c = d[q];
+      let v = 0;
+      while (c >= 0x30 && c < top) {
+        v = v * base + (c - 0x30);
+        c = d[++q];
+      }
+      if (q === p || q - p > (f === 6 ? 10 : 9) || c !== (f === 6 ? 0x2e : 0x20)) return -1;
+      nums[f] = v;
+      p = q + 1;
+    }
+    const size = nums[0];
+    const mode = nums[1];
+    const type = mode & K.S_IFMT;
+    const rdev = nums[5];
+    if (((K.VALID_TYPES >>> (type >>> 12)) & 1) === 0) return -1;
+
+    // PAYLOAD: `-` or a field without backslashes; CONTENT: `-`.
+    let payS = -1;
+    let payE = -1;
+    const noPayload = d[p] === 0x2d && d[p + 1] === 0x20;
+    if (noPayload) {
+      p += 2;
+    } else {
+      let sp = text.indexOf(' ', p - tb);
+      sp = (sp < 0 ? textLen : sp) + tb;
+      if (sp >= end || bs < sp) return -1;
+      payS = p;
+      payE = sp;
+      p = sp + 1;
+    }
+    if (d[p] !== 0x2d || d[p + 1] !== 0x20) return -1;
+    p += 2;
+
+    // DIGEST: `-` or 64 hex digits, decoded into `digestBytes` for now.
+    let digS = -1;
+    let fieldEnd = p + 1;
+    const dash = d[p] === 0x2d;
+    const lastField = fieldEnd === end;
+    const spaceAfter = d[fieldEnd] === 0x20;
+    if (!dash || !(lastField || spaceAfter)) {
+      fieldEnd = p + 64;
+      if (fieldEnd > end || (fieldEnd !== end && d[fieldEnd] !== 0x20)) return -1;
+      const out = this.digestBytes;
+      for (let i = 0; i < 32; i++) {
+        const hi = HEX_DIGIT[d[p + 2 * i]];
+        const lo = HEX_DIGIT[d[p + 2 * i + 1]];
+        if ((hi | lo) < 0) return -1;
+        out[i] = (hi << 4) | lo;
+      }
+      digS = p;
+    }
+    const rest = fieldEnd < end ? fieldEnd + 1 : end;
+
+    // What parseLine() would refuse (or, for symlinks, size differently).
+    const payLen = payE - payS;
+    const link = type === K.S_IFLNK;
+    const device = type === K.S_IFCHR || type === K.S_IFBLK;
+    const longPayload = payLen >= K.PATH_MAX;
+    const badLink = link && (payS < 0 || payLen === 0 || (this.strict && size !== payLen));
+    const badRdev = !device && rdev !== 0 && this.strict;
+    if (longPayload || badLink || badRdev || end - rest > K.XATTR_TEXT_MAX) return -1;
+
+    // The line is good: add the entry.
+    const e = this.count++;
+    this.nameStart[e] = nameStart;
+    this.nameEnd[e] = pe;
+    this.parent[e] = parent;
+    this.mode[e] = mode;
+    this.nlink[e] = nums[2];
+    this.uid[e] = nums[3];
+    this.gid[e] = nums[4];
+    this.rdev[e] = device ? rdev : 0;
+    this.size[e] = link ? payLen : size;
+    this.mtimeSec[e] = nums[6];
+    this.mtimeNsec[e] = nums[7];
+    this.payloadStart[e] = payS;
+    this.payloadEnd[e] = payE;
+    this.digest[e] = digS;
+    this.xattrStart[e] = this.xcount;
+    this.lastChild[parent] = e;
+    this.kids[parent]++;
+    if (digS >= 0) {
+      const out = this.digestBytes;
+      for (let i = 0; i < 32; i++) d[digS + i] = out[i];
+    }
+    if (type === K.S_IFDIR) {
+      this.chainEntry[depth + 1] = e;
+      this.chainLen[depth + 1] = pe - start;
+      this.chainPath[depth + 1] = text.substring(start - tb, pe - tb);
+      this.chainDepth = depth + 2;
+    }
+    // (Only now: the cache must stay right for parseLine() from `start`.)
+    this.nextSpace = payS < 0 ? pe : payE;
+    this.rest = rest;
+    this.lineEnd = end;
+    return end + 1;
+  }
+
+  /**
+   * Parse the line starting at `start`, whatever it holds; returns where the
+   * next one starts.
+   */
+  parseLine(start: number): number {
+    const d = this.pool;
     const fs = this.fs;
     const fe = this.fe;
+    const nv = this.nv;
+    this.lineStart = start;
+    let end = this.find('\n', 0x0a, start);
+    let next = end + 1;
+    if (end < 0) {
+      if (this.strict) this.fail('line', 'missing newline at the end of the file');
+      end = next = this.n;
+    }
+    if (this.firstNul < end) this.fail('line', `NUL byte at column ${this.firstNul - start + 1}`);
 
-    // Split the 11 fixed fields; missing ones are empty. (Native searches
-    // keep this fast before the JIT has warmed up; the cached position of the
-    // next space keeps it linear when a line has none.)
+    // Split the 11 fixed fields (missing ones are empty), reading the numbers
+    // on the way when they are plain digits followed by a space.
     let pos = start;
-    let sp = this.nextSpace;
-    for (let f = 0; f < N_FIELDS; f++) {
+    fs[F_PATH] = pos;
+    let e = this.fieldEnd(pos, end);
+    fe[F_PATH] = e;
+    pos = e < end ? e + 1 : end;
+    for (let f = F_SIZE; f <= F_MTIME; f++) {
       fs[f] = pos;
-      if (sp < pos) {
-        sp = d.indexOf(0x20, pos);
-        if (sp < 0) sp = d.length;
+      let q = pos;
+      let base = 10;
+      if (f === F_MODE) {
+        base = 8;
+        if (d[q] === 0x40) q++;
       }
-      if (sp < end) {
-        fe[f] = sp;
-        pos = sp + 1;
+      const top = 0x30 + base;
+      const digits = q;
+      let v = 0;
+      let c = d[q];
+      while (c >= 0x30 && c < top) {
+        v = v * base + (c - 0x30);
+        c = d[++q];
+      }
+      let ok = q > digits && q - digits <= 9;
+      if (f === F_MTIME) {
+        // SEC.NSEC
+        ok = ok && c === 0x2e;
+        const ns = ++q;
+        let w = 0;
+        c = d[q];
+        while (c >= 0x30 && c <= 0x39) {
+          w = w * 10 + (c - 0x30);
+          c = d[++q];
+        }
+        ok = ok && q > ns && q - ns <= 9;
+        this.nsec = w;
+      }
+      if (ok && c === 0x20) {
+        nv[f] = v;
+        fe[f] = q;
+        pos = q + 1;
       } else {
-        fe[f] = end;
-        pos = end;
+        nv[f] = LATER;
+        e = this.fieldEnd(pos, end);
+        fe[f] = e;
+        pos = e < end ? e + 1 : end;
       }
     }
-    this.nextSpace = sp;
+    for (let f = F_PAYLOAD; f <= F_DIGEST; f++) {
+      fs[f] = pos;
+      if (d[pos] === 0x2d && (d[pos + 1] === 0x20 || pos + 1 === end)) {
+        fe[f] = pos + 1;
+        pos = pos + 1 < end ? pos + 2 : end;
+      } else {
+        e = this.fieldEnd(pos, end);
+        fe[f] = e;
+        pos = e < end ? e + 1 : end;
+      }
+    }
     const rest = pos;
 
-    const path = this.cstring(F_PATH, fs[F_PATH], fe[F_PATH]);
-    if (path.length === 0) this.fail(F_PATH, 'empty path');
+    // Then the fields in the reference's order, which decides which error
+    // a bad line gets.
+    const ps = fs[F_PATH];
+    let pe = fe[F_PATH];
+    if (this.hasEscape(ps, pe)) pe = this.decode(F_PATH, ps, pe, true);
+    if (pe === ps) this.fail(F_PATH, 'empty path');
 
     let hardlink = false;
     if (fe[F_MODE] > fs[F_MODE] && d[fs[F_MODE]] === 0x40) {
       hardlink = true;
       fs[F_MODE]++;
     }
-    const modeValue = this.number(F_MODE, 8);
-    if (modeValue === -1) this.fail(F_MODE, `invalid number '${this.text(F_MODE)}'`);
+    const modeValue = nv[F_MODE] !== LATER ? nv[F_MODE] : parseU64(d, fs[F_MODE], fe[F_MODE], 8);
+    if (modeValue === -1) this.fail(F_MODE, `invalid number '${this.fieldText(F_MODE)}'`);
     const mode = low32(modeValue);
-    if (!validType(mode)) this.fail(F_MODE, `invalid mode ${mode.toString(8)}: no valid file type`);
     const type = mode & S_IFMT;
+    if (((VALID_TYPES >>> (type >>> 12)) & 1) === 0) this.fail(F_MODE, `invalid mode ${mode.toString(8)}: no valid file type`);
 
-    const inode: Inode = {
-      mode,
-      nlink: 1,
-      uid: 0,
-      gid: 0,
-      rdev: 0,
-      size: 0,
-      mtimeSec: 0,
-      mtimeNsec: 0,
-      payload: null,
-      content: null,
-      digest: null,
-      xattrs: [],
-      children: type === S_IFDIR && !hardlink ? [] : null,
-    };
-    const dirent = this.addToTree(path, inode, hardlink);
+    const entry = this.addToTree(ps, pe, mode, hardlink);
 
     if (hardlink) {
       if (type === S_IFDIR) this.fail(F_MODE, 'directories cannot be hard-linked');
-      const target = this.optional(F_PAYLOAD, true);
-      const fixup: Fixup = { line: this.line, dirent: dirent!, placeholder: inode, target, to: null, state: 0, final: null };
-      this.links.set(inode, fixup);
-      this.fixups.push(fixup);
-      return;
+      const ts = this.optional(F_PAYLOAD, true);
+      this.linkTo[entry] = -2;
+      this.payloadStart[entry] = ts;
+      this.payloadEnd[entry] = ts < 0 ? -1 : this.re;
+      this.contentStart[entry] = this.contentEnd[entry] = this.digest[entry] = -1;
+      this.links.push(entry);
+      this.linkLines.push(this.line);
+      return next;
     }
 
-    const size = this.number(F_SIZE, 10);
-    if (size === -1) this.fail(F_SIZE, `invalid number '${this.text(F_SIZE)}'`);
-    const nlink = this.number(F_NLINK, 10);
-    if (nlink === -1) this.fail(F_NLINK, `invalid number '${this.text(F_NLINK)}'`);
-    const uid = this.number(F_UID, 10);
-    if (uid === -1) this.fail(F_UID, `invalid number '${this.text(F_UID)}'`);
+    const size = nv[F_SIZE] !== LATER ? nv[F_SIZE] : parseU64(d, fs[F_SIZE], fe[F_SIZE], 10);
+    if (size === -1) this.fail(F_SIZE, `invalid number '${this.fieldText(F_SIZE)}'`);
+    const nlink = nv[F_NLINK] !== LATER ? nv[F_NLINK] : parseU64(d, fs[F_NLINK], fe[F_NLINK], 10);
+    if (nlink === -1) this.fail(F_NLINK, `invalid number '${this.fieldText(F_NLINK)}'`);
+    const uid = nv[F_UID] !== LATER ? nv[F_UID] : parseU64(d, fs[F_UID], fe[F_UID], 10);
+    if (uid === -1) this.fail(F_UID, `invalid number '${this.fieldText(F_UID)}'`);
     // The reference tests the wrong variable after reading GID and RDEV: an
     // invalid GID or RDEV is an error only when UID is 0; otherwise it reads as 0.
-    let gid = this.number(F_GID, 10);
+    let gid = nv[F_GID] !== LATER ? nv[F_GID] : parseU64(d, fs[F_GID], fe[F_GID], 10);
     if (gid === -1) {
-      if (uid === 0) this.fail(F_GID, `invalid number '${this.text(F_GID)}'`);
+      if (uid === 0) this.fail(F_GID, `invalid number '${this.fieldText(F_GID)}'`);
       gid = 0;
     }
-    let rdev = this.number(F_RDEV, 10);
+    let rdev = nv[F_RDEV] !== LATER ? nv[F_RDEV] : parseU64(d, fs[F_RDEV], fe[F_RDEV], 10);
     if (rdev === -1) {
-      if (uid === 0) this.fail(F_RDEV, `invalid number '${this.text(F_RDEV)}'`);
+      if (uid === 0) this.fail(F_RDEV, `invalid number '${this.fieldText(F_RDEV)}'`);
       rdev = 0;
     }
 
-    // MTIME is SEC.NSEC, split at the first dot.
-    let dot = fs[F_MTIME];
-    while (dot < fe[F_MTIME] && d[dot] !== 0x2e) dot++;
-    const sec = parseU64(d, fs[F_MTIME], dot, 10);
-    if (sec === -1) this.fail(F_MTIME, `invalid seconds in '${this.text(F_MTIME)}'`);
-    const nsecStart = dot < fe[F_MTIME] ? dot + 1 : dot;
-    const nsec = parseU64(d, nsecStart, fe[F_MTIME], 10);
-    if (nsec === -1) this.fail(F_MTIME, `invalid nanoseconds in '${this.text(F_MTIME)}'`);
-
-    const payload = this.optional(F_PAYLOAD, true);
-    const content = this.optional(F_CONTENT, false);
-    if (content !== null && content.length !== size) {
-      this.fail(F_CONTENT, `content is ${content.length} bytes but size is ${u64Text(size)}`);
+    let sec: U64;
+    let nsec: U64;
+    if (nv[F_MTIME] !== LATER) {
+      sec = nv[F_MTIME];
+      nsec = this.nsec;
+    } else {
+      // MTIME is SEC.NSEC, split at the first dot.
+      const ms = fs[F_MTIME];
+      const me = fe[F_MTIME];
+      let dot = ms;
+      while (dot < me && d[dot] !== 0x2e) dot++;
+      sec = parseU64(d, ms, dot, 10);
+      if (sec === -1) this.fail(F_MTIME, `invalid seconds in '${this.fieldText(F_MTIME)}'`);
+      nsec = parseU64(d, dot < me ? dot + 1 : dot, me, 10);
+      if (nsec === -1) this.fail(F_MTIME, `invalid nanoseconds in '${this.fieldText(F_MTIME)}'`);
     }
-    const digestText = this.optional(F_DIGEST, true);
 
-    if (type !== S_IFLNK) inode.size = approx(size);
-    inode.nlink = low32(nlink);
-    inode.uid = low32(uid);
-    inode.gid = low32(gid);
+    const payS = this.optional(F_PAYLOAD, true);
+    const payE = payS < 0 ? -1 : this.re;
+    const conS = this.optional(F_CONTENT, false);
+    const conE = conS < 0 ? -1 : this.re;
+    if (conS >= 0 && conE - conS !== size) {
+      this.fail(F_CONTENT, `content is ${conE - conS} bytes but size is ${u64Text(size)}`);
+    }
+    const digS = this.optional(F_DIGEST, true);
+    const digE = digS < 0 ? -1 : this.re;
+
+    let fileSize = type !== S_IFLNK ? approx(size) : 0;
+    let devNumber = 0;
     if (type === S_IFCHR || type === S_IFBLK) {
-      inode.rdev = rdevNumber(rdev);
+      devNumber = rdevNumber(rdev);
     } else if (this.strict && rdev !== 0) {
       this.fail(F_RDEV, `device number ${u64Text(rdev)} on a file that is not a device`);
     }
-    inode.mtimeSec = typeof sec === 'number' ? sec : secondsNumber(sec);
-    inode.mtimeNsec = low32(nsec);
 
+    let inlineStart = -1;
     if (type === S_IFLNK) {
-      if (payload === null || payload.length === 0) this.fail(F_PAYLOAD, 'symlink without a target');
-      if (payload.length >= PATH_MAX) this.fail(F_PAYLOAD, `symlink target of ${payload.length} bytes is too long (the limit is ${PATH_MAX - 1})`);
-      inode.payload = payload;
-      inode.size = payload.length;
+      const len = payE - payS;
+      if (payS < 0 || len === 0) this.fail(F_PAYLOAD, 'symlink without a target');
+      if (len >= PATH_MAX) this.fail(F_PAYLOAD, `symlink target of ${len} bytes is too long (the limit is ${PATH_MAX - 1})`);
+      fileSize = len;
       if (this.strict) {
-        if (size !== payload.length) this.fail(F_SIZE, `symlink size ${u64Text(size)} differs from its target's length ${payload.length}`);
-        if (content !== null && content.length > 0) this.fail(F_CONTENT, 'a symlink cannot have content');
+        if (size !== len) this.fail(F_SIZE, `symlink size ${u64Text(size)} differs from its target's length ${len}`);
+        if (conS >= 0 && conE > conS) this.fail(F_CONTENT, 'a symlink cannot have content');
       }
     } else {
-      if (payload !== null && payload.length >= PATH_MAX) {
-        this.fail(F_PAYLOAD, `payload of ${payload.length} bytes is too long (the limit is ${PATH_MAX - 1})`);
+      if (payS >= 0 && payE - payS >= PATH_MAX) {
+        this.fail(F_PAYLOAD, `payload of ${payE - payS} bytes is too long (the limit is ${PATH_MAX - 1})`);
       }
-      inode.payload = payload;
-      if (content !== null) {
-        if (content.length > INLINE_CONTENT_MAX) {
-          this.fail(F_CONTENT, `inline content of ${content.length} bytes exceeds the maximum of ${INLINE_CONTENT_MAX}`);
-        }
-        if (content.length > 0) inode.content = content;
-        inode.size = content.length;
+      if (conS >= 0) {
+        const len = conE - conS;
+        if (len > INLINE_CONTENT_MAX) this.fail(F_CONTENT, `inline content of ${len} bytes exceeds the maximum of ${INLINE_CONTENT_MAX}`);
+        if (len > 0) inlineStart = conS;
+        fileSize = len;
       }
     }
-    const stub = type === S_IFREG && inode.content === null && size !== 0;
-    if (stub && typeof size === 'bigint' && size > BigInt(MAX_FILE_SIZE) && this.tooBig === null) {
-      this.tooBig = { line: this.line, size: u64Text(size) };
+    const stub = type === S_IFREG && inlineStart < 0 && size !== 0;
+    if (stub && typeof size === 'bigint' && size > BigInt(MAX_FILE_SIZE) && this.tooBigLine === 0) {
+      this.tooBigLine = this.line;
+      this.tooBigSize = u64Text(size);
     }
 
-    if (digestText !== null) {
-      const digest = decodeDigest(digestText);
+    let digest = -1;
+    if (digS >= 0) {
+      digest = this.decodeDigest(digS, digE);
       // A digest that is not 64 hex digits leaves the reference with
       // uninitialized bytes; that only matters where the image uses it.
-      if (digest === null && stub) {
-        this.fail(F_DIGEST, `invalid fs-verity digest '${printable(digestText)}': expected 64 hex digits`);
+      if (digest < 0 && stub) {
+        this.fail(F_DIGEST, `invalid fs-verity digest '${printable(d.subarray(digS, digE))}': expected 64 hex digits`);
       }
-      inode.digest = digest;
     }
 
+    this.size[entry] = fileSize;
+    this.nlink[entry] = low32(nlink);
+    this.uid[entry] = low32(uid);
+    this.gid[entry] = low32(gid);
+    this.rdev[entry] = devNumber;
+    this.mtimeSec[entry] = typeof sec === 'number' ? sec : secondsNumber(sec);
+    this.mtimeNsec[entry] = low32(nsec);
+    this.payloadStart[entry] = payS;
+    this.payloadEnd[entry] = payE;
+    this.contentStart[entry] = inlineStart;
+    this.contentEnd[entry] = inlineStart < 0 ? -1 : conE;
+    this.digest[entry] = digest;
+
     if (end - rest > XATTR_TEXT_MAX) this.fail('xattrs', `${end - rest} bytes of xattrs on one line exceed the maximum of ${XATTR_TEXT_MAX}`);
-    if (rest < end) this.parseXattrs(inode, rest, end);
+    if (rest < end) this.parseXattrs(rest, end);
+    return next;
   }
 
-  parseXattrs(inode: Inode, start: number, end: number): void {
-    const d = this.data;
-    const xattrs = inode.xattrs;
+  /**
+   * The first 64 characters of `pool[start..end)` as hex, as the reference
+   * reads a digest: decoded to 32 bytes at `start` (returned), or -1 if they
+   * are not 64 hex digits (then the text is left as it was).
+   */
+  decodeDigest(start: number, end: number): number {
+    if (end - start < 64) return -1;
+    const d = this.pool;
+    const out = this.digestBytes;
+    for (let i = 0; i < 32; i++) {
+      const hi = HEX_DIGIT[d[start + 2 * i]];
+      const lo = HEX_DIGIT[d[start + 2 * i + 1]];
+      if ((hi | lo) < 0) return -1;
+      out[i] = (hi << 4) | lo;
+    }
+    d.set(out, start);
+    return start;
+  }
+
+  parseXattrs(start: number, end: number): void {
+    const d = this.pool;
+    const first = this.xcount;
     let space = 0;
     let index: Map<string, number> | null = null;
     let pos = start;
@@ -492,303 +946,417 @@ class Parser {
       pos = i < end ? i + 1 : end;
       if (eq < 0) this.fail('xattr', `missing '=' in '${printable(d.subarray(tokenStart, tokenEnd))}'`);
 
-      const key = this.cstring('xattr', tokenStart, eq);
-      const value = this.unescapeField('xattr', eq + 1, tokenEnd);
-      if (key.length === 0) this.fail('xattr', `empty xattr name in '${printable(d.subarray(tokenStart, tokenEnd))}'`);
-      if (key.length > XATTR_NAME_MAX) this.fail('xattr', `xattr name of ${key.length} bytes exceeds the maximum of ${XATTR_NAME_MAX}`);
-      if (value.length > XATTR_VALUE_MAX) this.fail('xattr', `xattr value of ${value.length} bytes exceeds the maximum of ${XATTR_VALUE_MAX}`);
+      // The name is a C string, so it is empty when it starts with an escaped
+      // NUL; the message shows the token as written, so keep that first.
+      let emptyName = '';
+      if (eq === tokenStart || (eq - tokenStart >= 4 && d[tokenStart] === 0x5c && d[tokenStart + 1] === 0x78 && d[tokenStart + 2] === 0x30 && d[tokenStart + 3] === 0x30)) {
+        emptyName = printable(d.subarray(tokenStart, tokenEnd));
+      }
+      const ks = tokenStart;
+      const ke = this.hasEscape(ks, eq) ? this.decode('xattr', ks, eq, true) : eq;
+      const vs = eq + 1;
+      const ve = this.hasEscape(vs, tokenEnd) ? this.decode('xattr', vs, tokenEnd, false) : tokenEnd;
+      if (ke === ks) this.fail('xattr', `empty xattr name in '${emptyName}'`);
+      if (ke - ks > XATTR_NAME_MAX) this.fail('xattr', `xattr name of ${ke - ks} bytes exceeds the maximum of ${XATTR_NAME_MAX}`);
+      if (ve - vs > XATTR_VALUE_MAX) this.fail('xattr', `xattr value of ${ve - vs} bytes exceeds the maximum of ${XATTR_VALUE_MAX}`);
 
       // Setting a name again drops the old value, moving the last xattr into its slot.
-      if (index === null && xattrs.length >= 16) {
+      const keyStart = this.xattrKeyStart;
+      const keyEnd = this.xattrKeyEnd;
+      const valueStart = this.xattrValueStart;
+      const valueEnd = this.xattrValueEnd;
+      if (index === null && this.xcount - first >= 16) {
         index = new Map();
-        for (let k = 0; k < xattrs.length; k++) index.set(nameKey(xattrs[k].key), k);
+        for (let k = first; k < this.xcount; k++) index.set(this.buf.toString('latin1', keyStart[k], keyEnd[k]), k);
       }
       let old = -1;
-      const keyText = index !== null ? nameKey(key) : '';
+      const keyText = index !== null ? this.buf.toString('latin1', ks, ke) : '';
       if (index !== null) {
         old = index.get(keyText) ?? -1;
       } else {
-        for (let k = 0; k < xattrs.length; k++) {
-          const other = xattrs[k].key;
-          if (compareBytes(other, 0, other.length, key, 0, key.length) === 0) {
+        for (let k = first; k < this.xcount; k++) {
+          if (compareBytes(d, keyStart[k], keyEnd[k], d, ks, ke) === 0) {
             old = k;
             break;
           }
         }
       }
       if (old >= 0) {
-        const removed = xattrs[old];
-        const last = xattrs.length - 1;
+        const removed = XATTR_ENTRY_OVERHEAD + keyEnd[old] - keyStart[old] + valueEnd[old] - valueStart[old];
+        const last = this.xcount - 1;
         if (old !== last) {
-          xattrs[old] = xattrs[last];
-          if (index !== null) index.set(nameKey(xattrs[old].key), old);
+          keyStart[old] = keyStart[last];
+          keyEnd[old] = keyEnd[last];
+          valueStart[old] = valueStart[last];
+          valueEnd[old] = valueEnd[last];
+          if (index !== null) index.set(this.buf.toString('latin1', keyStart[old], keyEnd[old]), old);
         }
-        xattrs.pop();
+        this.xcount = last;
         if (index !== null) index.delete(keyText);
-        space = xattrs.length > 0 ? space - (XATTR_ENTRY_OVERHEAD + removed.key.length + removed.value.length) : 0;
+        space = this.xcount > first ? space - removed : 0;
       }
-      const need = XATTR_ENTRY_OVERHEAD + key.length + value.length + (xattrs.length === 0 ? XATTR_HEADER : 0);
+      const need = XATTR_ENTRY_OVERHEAD + (ke - ks) + (ve - vs) + (this.xcount === first ? XATTR_HEADER : 0);
       if (space + need > XATTR_SPACE_MAX) {
-        this.fail('xattr', `xattrs of this file exceed ${XATTR_SPACE_MAX} bytes (at '${printable(key)}')`);
+        this.fail('xattr', `xattrs of this file exceed ${XATTR_SPACE_MAX} bytes (at '${printable(d.subarray(ks, ke))}')`);
       }
-      const x: Xattr = { key, value };
-      if (index !== null) index.set(keyText, xattrs.length);
-      xattrs.push(x);
+      if (this.xcount === this.xcap) this.growXattrs();
+      const x = this.xcount++;
+      this.xattrKeyStart[x] = ks;
+      this.xattrKeyEnd[x] = ke;
+      this.xattrValueStart[x] = vs;
+      this.xattrValueEnd[x] = ve;
+      if (index !== null) index.set(keyText, x);
       space += need;
     }
   }
 
-  newDir(inode: Inode): Dir {
-    const dir: Dir = { inode, sorted: true, index: null };
-    this.dirs.set(inode, dir);
-    return dir;
+  /** The `index` key of name `pool[start..end)` in directory `dir`. */
+  key(dir: number, start: number, end: number): string {
+    return `${dir}/${this.buf.toString('latin1', start, end)}`;
   }
 
-  /** Put `inode` at `path` as the reference does, or fail as it would. Returns its entry (null for the root). */
-  addToTree(path: Buffer, inode: Inode, hardlink: boolean): Dirent | null {
-    const isDir = inode.children !== null;
-    if (path.length === 1 && path[0] === 0x2f) {
-      if ((inode.mode & S_IFMT) !== S_IFDIR) this.fail(F_PATH, 'the root must be a directory');
-      if (this.root !== null) this.fail(F_PATH, 'a second root directory');
-      if (!isDir) inode.children = [];
-      const root = this.newDir(inode);
-      this.root = root;
-      this.chain = [root];
-      this.chainLen = [0];
-      return null;
+  /** The entry named `pool[start..end)` in directory `dir`, or -1 (while reading). */
+  findChild(dir: number, start: number, end: number): number {
+    let index = this.index;
+    if (index === null) {
+      index = new Map();
+      for (let e = 1; e < this.count; e++) index.set(this.key(this.parent[e], this.nameStart[e], this.nameEnd[e]), e);
+      this.index = index;
     }
-    const root = this.root;
-    if (root === null) this.fail(F_PATH, `'${printable(path)}' comes before the root directory '/'`);
+    return index.get(this.key(dir, start, end)) ?? -1;
+  }
+
+  isDir(entry: number): boolean {
+    return this.linkTo[entry] === -1 && (this.mode[entry] & S_IFMT) === S_IFDIR;
+  }
+
+  /**
+   * Put the entry of path `pool[ps..pe)` into the tree as the reference does,
+   * or fail as it would. Returns the new entry, with its name, parent, mode
+   * and xattr start set.
+   */
+  addToTree(ps: number, pe: number, mode: number, hardlink: boolean): number {
+    const d = this.pool;
+    const dir = (mode & S_IFMT) === S_IFDIR && !hardlink;
+    if (pe - ps === 1 && d[ps] === 0x2f) {
+      if ((mode & S_IFMT) !== S_IFDIR) this.fail(F_PATH, 'the root must be a directory');
+      if (this.count > 0) this.fail(F_PATH, 'a second root directory');
+      this.newEntry(0, 0, -1, mode);
+      this.chainDepth = 1;
+      return 0;
+    }
+    if (this.count === 0) this.fail(F_PATH, `'${printable(d.subarray(ps, pe))}' comes before the root directory '/'`);
 
     // Fast path: the parent is on the chain (which holds canonical paths only).
-    const slash = path.lastIndexOf(0x2f);
-    let parent: Dir | undefined;
+    let slash = pe - 1;
+    while (slash >= ps && d[slash] !== 0x2f) slash--;
+    const rel = slash - ps;
+    let parent = -1;
     let depth = -1;
-    if (slash >= 0 && slash < path.length - 1 && path[0] === 0x2f) {
+    if (rel >= 0 && slash < pe - 1 && d[ps] === 0x2f) {
       const chainLen = this.chainLen;
-      for (let k = chainLen.length - 1; k >= 0; k--) {
-        const len = chainLen[k];
-        if (len < slash) break;
-        if (len === slash && this.chainPath.compare(path, 0, slash, 0, slash) === 0) {
-          parent = this.chain[k];
+      let k = this.chainDepth - 1;
+      while (k >= 0 && chainLen[k] > rel) k--;
+      if (k >= 0 && chainLen[k] === rel) {
+        const chainPath = this.chainPath[k];
+        let i = 0;
+        while (i < rel && chainPath.charCodeAt(i) === d[ps + i]) i++;
+        if (i === rel) {
+          parent = this.chainEntry[k];
           depth = k;
-          break;
         }
       }
     }
     let nameStart = slash + 1;
-    if (parent === undefined) {
-      // The reference skips runs of '/' and takes what follows the last one
-      // as the name (empty after a trailing '/'); each directory on the way
-      // must exist.
-      const walked: Dir[] = [root];
-      const ends: number[] = [0];
-      const parts: number[] = [];
-      let node: Dir = root;
-      let nonDir = false;
-      let s = 0;
-      while (s < path.length && path[s] === 0x2f) s++;
-      let partStart = s;
-      for (let i = s; i < path.length; i++) {
-        if (path[i] !== 0x2f) continue;
-        if (i > partStart) {
-          const found = nonDir ? undefined : findChild(node, path, partStart, i);
-          if (found === undefined) this.fail(F_PATH, `parent directory missing for '${printable(path)}'`);
-          const dir = this.dirs.get(found.inode);
-          if (dir === undefined) {
-            nonDir = true;
-          } else {
-            node = dir;
-            walked.push(dir);
-            parts.push(partStart, i);
-          }
-        }
-        partStart = i + 1;
-      }
-      if (nonDir) this.fail(F_PATH, `parent of '${printable(path)}' is not a directory`);
-      nameStart = partStart;
-      parent = node;
-      // The walked directories become the chain.
-      let len = 0;
-      for (let k = 0; k < parts.length; k += 2) len += 1 + parts[k + 1] - parts[k];
-      this.ensureChainPath(len);
-      let o = 0;
-      for (let k = 0; k < parts.length; k += 2) {
-        this.chainPath[o++] = 0x2f;
-        o += path.copy(this.chainPath, o, parts[k], parts[k + 1]);
-        ends.push(o);
-      }
-      this.chain = walked;
-      this.chainLen = ends;
-      depth = walked.length - 1;
+    if (parent < 0) {
+      nameStart = this.walkToParent(ps, pe);
+      depth = this.chainDepth - 1;
+      parent = this.chainEntry[depth];
     }
 
-    const nameLen = path.length - nameStart;
-    if (nameLen === 1 && path[nameStart] === 0x2e) this.fail(F_PATH, `invalid name '.' in '${printable(path)}'`);
-    if (nameLen === 2 && path[nameStart] === 0x2e && path[nameStart + 1] === 0x2e) this.fail(F_PATH, `invalid name '..' in '${printable(path)}'`);
-    if (nameLen === 0) this.fail(F_PATH, `empty file name in '${printable(path)}'`);
+    const nameLen = pe - nameStart;
+    if (nameLen === 1 && d[nameStart] === 0x2e) this.fail(F_PATH, `invalid name '.' in '${printable(d.subarray(ps, pe))}'`);
+    if (nameLen === 2 && d[nameStart] === 0x2e && d[nameStart + 1] === 0x2e) this.fail(F_PATH, `invalid name '..' in '${printable(d.subarray(ps, pe))}'`);
+    if (nameLen === 0) this.fail(F_PATH, `empty file name in '${printable(d.subarray(ps, pe))}'`);
     if (nameLen > NAME_MAX) this.fail(F_PATH, `file name of ${nameLen} bytes exceeds the maximum of ${NAME_MAX}`);
 
-    const children = parent.inode.children!;
-    if (children.length > 0) {
-      if (parent.sorted) {
-        const lastName = children[children.length - 1].name;
-        const c = compareBytes(path, nameStart, path.length, lastName, 0, lastName.length);
+    const last = this.lastChild[parent];
+    if (last !== 0) {
+      if (this.unsortedFlag[parent] === 0) {
+        const c = compareBytes(d, nameStart, pe, d, this.nameStart[last], this.nameEnd[last]);
         if (c <= 0) {
-          if (c === 0 || findChild(parent, path, nameStart, path.length) !== undefined) this.fail(F_PATH, `'${printable(path)}' already exists`);
-          parent.sorted = false;
-          const index = new Map<string, Dirent>();
-          for (const k of children) index.set(nameKey(k.name), k);
-          parent.index = index;
+          if (c === 0 || this.findChild(parent, nameStart, pe) >= 0) this.fail(F_PATH, `'${printable(d.subarray(ps, pe))}' already exists`);
+          this.unsortedFlag[parent] = 1;
           this.unsorted.push(parent);
         }
-      } else if (parent.index!.has(path.toString('latin1', nameStart, path.length))) {
-        this.fail(F_PATH, `'${printable(path)}' already exists`);
+      } else if (this.findChild(parent, nameStart, pe) >= 0) {
+        this.fail(F_PATH, `'${printable(d.subarray(ps, pe))}' already exists`);
       }
     }
 
-    const name = path.subarray(nameStart);
-    const dirent: Dirent = { name, inode, hardlink };
-    children.push(dirent);
-    if (parent.index !== null) parent.index.set(nameKey(name), dirent);
+    const entry = this.newEntry(nameStart, pe, parent, mode);
+    this.lastChild[parent] = entry;
+    if (this.index !== null) this.index.set(this.key(parent, nameStart, pe), entry);
 
-    if (isDir) {
+    if (dir) {
       // The next lines are most likely this directory's entries.
-      const dir = this.newDir(inode);
-      const base = this.chainLen[depth];
-      this.chain.length = depth + 1;
-      this.chainLen.length = depth + 1;
-      this.ensureChainPath(base + 1 + nameLen);
-      this.chainPath[base] = 0x2f;
-      name.copy(this.chainPath, base + 1);
-      this.chain.push(dir);
-      this.chainLen.push(base + 1 + nameLen);
+      this.chainEntry[depth + 1] = entry;
+      this.chainLen[depth + 1] = this.chainLen[depth] + 1 + nameLen;
+      this.chainPath[depth + 1] = `${this.chainPath[depth]}/${this.buf.toString('latin1', nameStart, pe)}`;
+      this.chainDepth = depth + 2;
     }
-    return dirent;
+    return entry;
   }
 
-  ensureChainPath(len: number): void {
-    if (len <= this.chainPath.length) return;
-    const next = Buffer.allocUnsafe(Math.max(len, this.chainPath.length * 2));
-    this.chainPath.copy(next);
-    this.chainPath = next;
+  newEntry(nameStart: number, nameEnd: number, parent: number, mode: number): number {
+    if (this.count === this.cap) this.grow();
+    const e = this.count++;
+    if (parent >= 0) this.kids[parent]++;
+    this.nameStart[e] = nameStart;
+    this.nameEnd[e] = nameEnd;
+    this.parent[e] = parent;
+    this.mode[e] = mode;
+    this.linkTo[e] = -1;
+    this.xattrStart[e] = this.xcount;
+    return e;
   }
 
-  /** The inode at a hard link's target path: runs of '/' skipped, empty parts ignored. */
-  lookup(target: Buffer): Inode | undefined {
-    let node: Dir | undefined = this.root!;
-    let found: Inode = node.inode;
-    let start = 0;
-    for (let i = 0; i <= target.length; i++) {
-      if (i === target.length || target[i] === 0x2f) {
-        if (i > start) {
-          if (node === undefined) return undefined;
-          const d = findChild(node, target, start, i);
-          if (d === undefined) return undefined;
-          found = d.inode;
-          node = this.dirs.get(found);
+  /**
+   * The parent of `pool[ps..pe)` found the way the reference finds it: runs
+   * of '/' skipped, every directory on the way must exist. The directories
+   * walked become the chain; returns where the name starts (after the last
+   * '/', so empty after a trailing one).
+   */
+  walkToParent(ps: number, pe: number): number {
+    const d = this.pool;
+    const walked: number[] = [0];
+    const parts: number[] = [];
+    let node = 0;
+    let nonDir = false;
+    let s = ps;
+    while (s < pe && d[s] === 0x2f) s++;
+    let partStart = s;
+    for (let i = s; i < pe; i++) {
+      if (d[i] !== 0x2f) continue;
+      if (i > partStart) {
+        const found = nonDir ? -1 : this.findChild(node, partStart, i);
+        if (found < 0) this.fail(F_PATH, `parent directory missing for '${printable(d.subarray(ps, pe))}'`);
+        if (!this.isDir(found)) {
+          nonDir = true;
+        } else {
+          node = found;
+          walked.push(found);
+          parts.push(partStart, i);
         }
-        start = i + 1;
       }
+      partStart = i + 1;
     }
-    return found;
+    if (nonDir) this.fail(F_PATH, `parent of '${printable(d.subarray(ps, pe))}' is not a directory`);
+
+    // The walked directories become the chain.
+    let path = '';
+    for (let k = 0; k < parts.length; k += 2) {
+      path = `${path}/${this.buf.toString('latin1', parts[k], parts[k + 1])}`;
+      this.chainEntry[1 + k / 2] = walked[1 + k / 2];
+      this.chainLen[1 + k / 2] = path.length;
+      this.chainPath[1 + k / 2] = path;
+    }
+    this.chainDepth = walked.length;
+    return partStart;
   }
 
-  finish(): Inode {
-    if (this.root === null) {
+  finish(): FlatTree {
+    const count = this.count;
+    if (count === 0) {
       throw new DumpParseError(Math.max(this.line, 1), 'path', "no entries: a dump file needs at least the root directory '/'");
     }
+    const d = this.pool;
+    const parent = this.parent;
+    const nameStart = this.nameStart;
+    const nameEnd = this.nameEnd;
 
-    // Hard links, last line first as the reference resolves them.
-    for (let k = this.fixups.length - 1; k >= 0; k--) {
-      const f = this.fixups[k];
-      this.line = f.line;
-      if (f.target === null) this.fail(F_PAYLOAD, 'hard link without a target path');
-      const to = this.lookup(f.target);
-      if (to === undefined) this.fail(F_PAYLOAD, `no target at '${printable(f.target)}' for the hard link`);
-      if (to === f.placeholder) this.fail(F_PAYLOAD, `hard link to itself ('${printable(f.target)}')`);
-      f.to = to;
+    // Children in CSR form, placed in line order, which is name order
+    // except in the directories whose names came out of order. One pass: a
+    // parent comes before its entries, so its start is known when they come;
+    // `kids` turns from counts into the next free slot of each directory.
+    const childStart = new Int32Array(count + 1);
+    const children = new Int32Array(Math.max(count - 1, 1));
+    const kids = this.kids;
+    let next = kids[0];
+    kids[0] = 0;
+    for (let e = 1; e < count; e++) {
+      children[kids[parent[e]]++] = e;
+      childStart[e] = next;
+      const k = kids[e];
+      kids[e] = next;
+      next += k;
+    }
+    childStart[count] = next;
+    for (const dir of this.unsorted) {
+      children.subarray(childStart[dir], childStart[dir + 1]).sort((a, b) => compareBytes(d, nameStart[a], nameEnd[a], d, nameStart[b], nameEnd[b]));
     }
 
-    // What the reference refuses only when writing the image.
-    if (this.tooBig !== null) {
-      this.line = this.tooBig.line;
-      this.fail(F_SIZE, `file of ${this.tooBig.size} bytes is too big for an image (the limit is ${MAX_FILE_SIZE})`);
-    }
-    for (const f of this.fixups) f.dirent.inode = this.resolve(f);
+    if (this.links.length > 0) this.resolveLinks(childStart, children);
 
-    for (const dir of this.unsorted) dir.inode.children!.sort((a, b) => compareBytes(a.name, 0, a.name.length, b.name, 0, b.name.length));
-    return this.root.inode;
+    // What the reference refuses only when writing the image, after the
+    // hard links are found (a cycle among them is found later still).
+    if (this.tooBigLine !== 0) {
+      this.line = this.tooBigLine;
+      this.fail(F_SIZE, `file of ${this.tooBigSize} bytes is too big for an image (the limit is ${MAX_FILE_SIZE})`);
+    }
+    if (this.links.length > 0) this.followLinks();
+
+    if (this.xattrStart.length < count + 1) this.grow();
+    this.xattrStart[count] = this.xcount;
+    return {
+      count,
+      pool: d,
+      childStart,
+      children,
+      nameStart,
+      nameEnd,
+      linkTo: this.linkTo,
+      mode: this.mode,
+      nlink: this.nlink,
+      uid: this.uid,
+      gid: this.gid,
+      rdev: this.rdev,
+      size: this.size,
+      mtimeSec: this.mtimeSec,
+      mtimeNsec: this.mtimeNsec,
+      payloadStart: this.payloadStart,
+      payloadEnd: this.payloadEnd,
+      contentStart: this.contentStart,
+      contentEnd: this.contentEnd,
+      digest: this.digest,
+      xattrStart: this.xattrStart,
+      xattrKeyStart: this.xattrKeyStart,
+      xattrKeyEnd: this.xattrKeyEnd,
+      xattrValueStart: this.xattrValueStart,
+      xattrValueEnd: this.xattrValueEnd,
+    };
   }
 
-  /** The inode a hard link ends at, following links to links. */
-  resolve(start: Fixup): Inode {
-    // Follow the chain of links (iteratively: chains can be long).
-    const path: Fixup[] = [];
-    let f: Fixup = start;
-    let final: Inode;
-    for (;;) {
-      if (f.state === 2) {
-        final = f.final!;
-        break;
-      }
-      if (f.state === 1) {
-        this.line = f.line;
-        this.fail(F_PAYLOAD, `hard link cycle through '${printable(f.target!)}'`);
-      }
-      f.state = 1;
-      path.push(f);
-      const next = this.links.get(f.to!);
-      if (next === undefined) {
-        final = f.to!;
-        break;
-      }
-      f = next;
+  /** Hard-link targets found by path, last line first as the reference does; kept in `linkTarget`. */
+  linkTarget: Int32Array = new Int32Array(0);
+
+  resolveLinks(childStart: Int32Array, children: Int32Array): void {
+    const d = this.pool;
+    const links = this.links;
+    const target = new Int32Array(links.length);
+    for (let k = links.length - 1; k >= 0; k--) {
+      const e = links[k];
+      this.line = this.linkLines[k];
+      const ts = this.payloadStart[e];
+      const te = this.payloadEnd[e];
+      if (ts < 0) this.fail(F_PAYLOAD, 'hard link without a target path');
+      const to = this.lookup(childStart, children, ts, te);
+      if (to < 0) this.fail(F_PAYLOAD, `no target at '${printable(d.subarray(ts, te))}' for the hard link`);
+      if (to === e) this.fail(F_PAYLOAD, `hard link to itself ('${printable(d.subarray(ts, te))}')`);
+      target[k] = to;
     }
-    for (const p of path) {
-      p.state = 2;
-      p.final = final;
+    this.linkTarget = target;
+  }
+
+  /** Point every hard link at the entry its chain of links ends at, refusing cycles. */
+  followLinks(): void {
+    const d = this.pool;
+    const links = this.links;
+    const target = this.linkTarget;
+    const linkOf = new Map<number, number>();
+    for (let k = 0; k < links.length; k++) linkOf.set(links[k], k);
+    // 0 = not yet, 1 = being followed, 2 = done (final in `result`).
+    const state = new Uint8Array(links.length);
+    const result = new Int32Array(links.length);
+    const path: number[] = [];
+    for (let start = 0; start < links.length; start++) {
+      path.length = 0;
+      let k = start;
+      let final: number;
+      for (;;) {
+        if (state[k] === 2) {
+          final = result[k];
+          break;
+        }
+        if (state[k] === 1) {
+          this.line = this.linkLines[k];
+          const e = links[k];
+          this.fail(F_PAYLOAD, `hard link cycle through '${printable(d.subarray(this.payloadStart[e], this.payloadEnd[e]))}'`);
+        }
+        state[k] = 1;
+        path.push(k);
+        const to = target[k];
+        if (this.linkTo[to] === -1) {
+          final = to;
+          break;
+        }
+        k = linkOf.get(to)!;
+      }
+      for (const p of path) {
+        state[p] = 2;
+        result[p] = final;
+      }
     }
-    return final;
+    for (let k = 0; k < links.length; k++) {
+      const e = links[k];
+      this.linkTo[e] = result[k];
+      this.payloadStart[e] = this.payloadEnd[e] = -1;
+    }
+  }
+
+  /** The entry at a hard link's target path (runs of '/' skipped, empty parts ignored), or -1. */
+  lookup(childStart: Int32Array, children: Int32Array, start: number, end: number): number {
+    const d = this.pool;
+    let node = 0;
+    let nodeIsDir = true;
+    let s = start;
+    for (let i = start; i <= end; i++) {
+      if (i < end && d[i] !== 0x2f) continue;
+      if (i > s) {
+        if (!nodeIsDir) return -1;
+        let lo = childStart[node];
+        let hi = childStart[node + 1];
+        let found = -1;
+        while (lo < hi) {
+          const mid = (lo + hi) >>> 1;
+          const c = children[mid];
+          const cmp = compareBytes(d, s, i, d, this.nameStart[c], this.nameEnd[c]);
+          if (cmp === 0) {
+            found = c;
+            break;
+          }
+          if (cmp < 0) hi = mid;
+          else lo = mid + 1;
+        }
+        if (found < 0) return -1;
+        node = found;
+        nodeIsDir = this.isDir(found);
+      }
+      s = i + 1;
+    }
+    return node;
   }
 }
 
-/** The first 64 characters as hex, as the reference reads a digest; null if they are not. */
-function decodeDigest(text: Buffer): Buffer | null {
-  if (text.length < 64) return null;
-  const out = Buffer.allocUnsafe(32);
-  for (let i = 0; i < 32; i++) {
-    const hi = hexValue(text[2 * i]);
-    const lo = hexValue(text[2 * i + 1]);
-    if (hi < 0 || lo < 0) return null;
-    out[i] = (hi << 4) | lo;
-  }
-  return out;
+/**
+ * Parse a dump file into a {@link FlatTree}. Throws {@link DumpParseError}
+ * for anything the reference would refuse.
+ *
+ * The tree's pool is `input` itself, and parsing changes it (escaped fields
+ * and digests are decoded in place): the caller hands `input` over and must
+ * not use or change it afterwards, except through the tree.
+ */
+export function parseDumpFlat(input: Uint8Array, opts: ParseOptions = {}): FlatTree {
+  const parser = new FlatParser(input, opts.strict === true);
+  parser.run();
+  return parser.finish();
 }
 
 /**
  * Parse a dump file into a tree and return its root directory. Throws
  * {@link DumpParseError} for anything the reference would refuse.
- *
- * Names, payloads, content and xattrs without escapes are views into
- * `input`, so `input` must not be changed while the tree is in use.
+ * `input` is not changed; the tree's byte strings are views into a copy of it.
  */
 export function parseDump(input: Uint8Array, opts: ParseOptions = {}): Inode {
-  const data = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.length);
-  const parser = new Parser(data, opts.strict === true);
-  const firstNul = data.indexOf(0);
-  const n = data.length;
-  let pos = 0;
-  while (pos < n) {
-    parser.line++;
-    let end = data.indexOf(0x0a, pos);
-    if (end < 0) {
-      if (parser.strict) parser.fail('line', 'missing newline at the end of the file');
-      end = n;
-    }
-    if (firstNul >= pos && firstNul < end) parser.fail('line', `NUL byte at column ${firstNul - pos + 1}`);
-    parser.parseLine(pos, end);
-    pos = end + 1;
-  }
-  return parser.finish();
+  return inflate(parseDumpFlat(Buffer.from(input), opts));
 }
