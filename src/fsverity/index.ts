@@ -25,7 +25,7 @@ const MAX_LEVELS = 8; // 128^8 blocks of 4 KiB is far beyond any file size.
 
 /** Incremental fs-verity digest. Feed `update()` any chunk sizes, then call `digest()` once. */
 export class FsVerityHasher {
-  private readonly native: RawSha256 | null = rawSha256();
+  private readonly native: RawSha256 | null;
   /** Partial data block, and the Merkle levels' partial hash blocks, in one buffer. */
   private readonly mem = Buffer.allocUnsafeSlow(FSVERITY_BLOCK_SIZE * (MAX_LEVELS + 1));
   private readonly memAddr: number;
@@ -39,7 +39,9 @@ export class FsVerityHasher {
 
   private readonly descAddr: number;
 
-  constructor() {
+  /** `native: false` hashes through Node's crypto, without loading koffi (worth it only for many blocks). */
+  constructor(opts: { native?: boolean } = {}) {
+    this.native = opts.native === false ? null : rawSha256();
     this.memAddr = this.native ? addressOf(this.mem) : 0;
     this.descAddr = this.native ? addressOf(this.desc) : 0;
   }
@@ -172,9 +174,12 @@ export class FsVerityHasher {
   }
 }
 
+const NATIVE_THRESHOLD = 64 << 20;
+
 /** fs-verity digest of an in-memory buffer. */
 export function fsverityDigest(data: Uint8Array): Buffer {
-  return new FsVerityHasher().update(data).digest();
+  // Loading koffi costs more than it saves below some tens of MiB.
+  return new FsVerityHasher({ native: data.length >= NATIVE_THRESHOLD }).update(data).digest();
 }
 
 /** Read buffer size for file digests: large reads, few system calls. */

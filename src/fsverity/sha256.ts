@@ -10,7 +10,7 @@
  * Otherwise we fall back to Node's crypto.
  */
 import crypto from 'node:crypto';
-import { koffi } from '../sys/libc.js';
+import { getKoffi } from '../sys/koffi.js';
 
 /** Hash `len` bytes at address `src` into the 32 bytes at address `dst`. */
 export type RawSha256 = (src: number, len: number, dst: number) => void;
@@ -25,7 +25,7 @@ export function rawSha256(): RawSha256 | null {
   raw = null;
   if (process.env.CFS_NO_NATIVE_SHA256) return raw;
   try {
-    const self = koffi.load(null as unknown as string);
+    const self = getKoffi().load(null as unknown as string);
     // SHA256_Init/Update/Final rather than the one-shot SHA256(), which in
     // OpenSSL 3 fetches the algorithm on every call (15% slower here).
     const init = self.func('SHA256_Init', 'int', ['uintptr_t']) as (ctx: number) => number;
@@ -51,7 +51,7 @@ export function rawSha256(): RawSha256 | null {
 
 /** Address of a Buffer's first byte (koffi accounts for byteOffset). */
 export function addressOf(buf: Uint8Array): number {
-  return Number(koffi.address(buf));
+  return Number(getKoffi().address(buf));
 }
 
 const hashFn = (crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: 'buffer') => Buffer }).hash;

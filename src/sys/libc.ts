@@ -3,26 +3,11 @@
  * src/sys/ declares its functions on `libc` lazily and throws `SysError`
  * carrying errno, so callers can report "what: reason" like Node's own errors.
  */
-import type * as KoffiModule from 'koffi';
 import type { LibraryHandle } from 'koffi';
-import { createRequire } from 'node:module';
 import { constants } from 'node:os';
+import { getKoffi } from './koffi.js';
 
-/**
- * koffi's own entry point spends ~6 ms working out which prebuilt binary to
- * load; asking for this platform's package directly skips that. Any other
- * platform goes through koffi's entry point as usual.
- */
-function loadKoffi(): typeof KoffiModule {
-  const require = createRequire(import.meta.url);
-  try {
-    return require(`@koromix/koffi-${process.platform}-${process.arch}`) as typeof KoffiModule;
-  } catch {
-    return require('koffi') as typeof KoffiModule;
-  }
-}
-
-const koffi = loadKoffi();
+const koffi = getKoffi();
 
 let lib: LibraryHandle | null = null;
 
