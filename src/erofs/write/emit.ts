@@ -1,197 +1,224 @@
-/** Pass 4: the bytes of inodes, xattrs, directory entries and data blocks, into a zeroed buffer of the final size. */
-import {
-  BLOCK_BITS,
-  BLOCK_SIZE,
-  DIRENT_SIZE,
-  I_DATALAYOUT_BIT,
-  IC,
-  IE,
-  INODE_COMPACT_SIZE,
-  INODE_EXTENDED_SIZE,
-  LAYOUT_CHUNK_BASED,
-  LAYOUT_FLAT_INLINE,
-  LAYOUT_FLAT_PLAIN,
-  SLOT_SIZE,
-  SUPER_OFFSET,
-  SUPER_SIZE,
-  XATTR_ENTRY_SIZE,
-  XATTR_FILTER_DEFAULT,
-  XATTR_IBODY_HEADER_SIZE,
-  XH,
-  direntFileType,
-} from '../format.js';
-import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../../tree/model.js';
-import { copyBytes, put16, put32, put64, roundUp } from './bytes.js';
-import { ImageWriteError, type Plan } from './plan.js';
-import { valueLength, writeValue, type Shared } from './shared.js';
-import { chunkBits, chunkCount, direntBreaks, type Layout } from './layout.js';
+/**
+ * Pass 4: the image's bytes after the superblock, into a zeroed buffer of the
+ * final size: one loop over the inodes for their headers, xattr areas and
+ * inline file data, then the shared xattr area, the directory entries
+ * (inline and in blocks) and the other data blocks. Fields are stored as
+ * aligned 16- and 32-bit words (bytes.ts), byte strings copied from the pool.
+ */
+import { direntFileType } from '../format.js';
+import { Erofs, Mode } from './consts.js';
+import { copyBytes, words, type Words } from './bytes.js';
+import { ImageWriteError, SYNTH, badNameMessage, type Plan } from './plan.js';
+import { writeXattr, type Shared } from './shared.js';
+import { Key } from './keys.js';
+import { Flag, type Layout } from './layout.js';
 
-function writeXattr(b: Uint8Array, pos: number, plan: Plan, k: number): number {
-  const key = plan.xattrKey[k];
-  const suffix = plan.keys.suffix[key];
-  const kind = plan.xattrKind[k];
-  const data = plan.xattrData[k];
-  const vlen = valueLength(kind, data);
-  b[pos] = suffix.length;
-  b[pos + 1] = plan.keys.index[key];
-  put16(b, pos + 2, vlen);
-  copyBytes(b, pos + XATTR_ENTRY_SIZE, suffix, 0, suffix.length);
-  writeValue(b, pos + XATTR_ENTRY_SIZE + suffix.length, kind, data);
-  return roundUp(pos + XATTR_ENTRY_SIZE + suffix.length + vlen, 4);
-}
+/** Directory-entry file type by `(mode >> 12) & 15`: a table lookup instead of a call per entry. */
+const FILE_TYPE = Uint8Array.from({ length: 16 }, (_, t) => direntFileType(t << 12));
 
-/** Entries [first, end) of a directory as one chunk: the dirents, then the names. */
-function writeDirents(b: Uint8Array, pos: number, plan: Plan, layout: Layout, dir: number, first: number, end: number): number {
-  const names = plan.entryNames[dir]!;
-  const targets = plan.entryTargets[dir]!;
-  let nameoff = (end - first) * DIRENT_SIZE;
-  let p = pos;
-  for (let k = first; k < end; k++) {
-    const t = targets[k];
-    put64(b, p, layout.nid[t]);
-    put16(b, p + 8, nameoff);
-    b[p + 10] = direntFileType(plan.mode[t]);
-    p += DIRENT_SIZE;
-    nameoff += names[k].length;
-  }
-  for (let k = first; k < end; k++) {
-    copyBytes(b, p, names[k], 0, names[k].length);
-    p += names[k].length;
-  }
-  return p;
-}
-
-/** Fill `image` (zeroed, of the layout's size) from the superblock's end on. */
-export function emitImage(image: Buffer, plan: Plan, shared: Shared, layout: Layout): void {
-  const b = image;
-  let pos = SUPER_OFFSET + SUPER_SIZE;
-  let blockCursor = layout.dataStart;
-  const sharedBase = layout.inodesEnd % BLOCK_SIZE;
+/**
+ * Each inode: its header (fields as IC and IE in format.ts; inodes sit on
+ * 32-byte slots, so every field is aligned), its xattr area, and what
+ * follows for a file or symlink (its last bytes, its target or its chunk
+ * index; a directory's entries come later).
+ */
+function writeInodes(out: Words, plan: Plan, l: Layout): void {
+  const { b, u16, u32 } = out;
+  const flat = plan.flat;
+  const pool = flat.pool;
+  const { mode, entry, xattrStart } = plan;
+  const { nid, flags, tail, blocks, firstBlock, union, size: sizes, nlink: nlinks, xattrSize } = l;
+  const uid = flat.uid;
+  const gid = flat.gid;
+  const { xattrKey, xattrLength, xattrFrom } = plan;
+  const { offset, xattrFilter, sharedIds } = l;
+  const firstDataBlock = l.dataStart / Erofs.BLOCK_SIZE;
+  const sharedBase = l.inodesEnd & (Erofs.BLOCK_SIZE - 1);
+  // trusted.overlay.redirect, on nearly every file: its entry header and name suffix (16 bytes), as words.
+  const keys = plan.keys;
+  const redirectHead = keys.suffixLength[Key.REDIRECT] | (keys.prefixIndex[Key.REDIRECT] << 8);
+  const rs = keys.suffixStart[Key.REDIRECT];
+  const r0 = keys.suffixWords[rs];
+  const r1 = keys.suffixWords[rs + 1];
+  const r2 = keys.suffixWords[rs + 2];
+  const r3 = keys.suffixWords[rs + 3];
+  const poolBuffer = pool.buffer;
+  const poolOffset = pool.byteOffset;
+  let from = 0;
   for (let i = 0; i < plan.count; i++) {
-    pos += layout.pad[i];
-    const p = pos;
-    const inode = plan.inodes[i];
-    const mode = plan.mode[i];
-    const type = mode & S_IFMT;
-    const size = plan.size[i];
-    const nb = layout.blocks[i];
-    const tail = layout.tail[i];
-    const xs = layout.xattrSize[i];
-    const icount = xs === 0 ? 0 : (xs - XATTR_IBODY_HEADER_SIZE) / 4 + 1;
-    let dataLayout = tail > 0 ? LAYOUT_FLAT_INLINE : LAYOUT_FLAT_PLAIN;
-    let fieldSize = 0;
-    let chunks = 0;
-    let chunkFormat = 0;
-    if (type === S_IFDIR) fieldSize = nb * BLOCK_SIZE + tail;
-    else if (type === S_IFLNK) fieldSize = nb === 0 ? tail : size;
-    else if (type === S_IFREG) {
-      fieldSize = size;
-      if (size > 0 && inode.content === null) {
-        dataLayout = LAYOUT_CHUNK_BASED;
-        chunks = chunkCount(size);
-        chunkFormat = chunkBits(size) - BLOCK_BITS;
-      }
+    const m = mode[i];
+    const e = entry[i];
+    const f = flags[i];
+    const t = tail[i];
+    const nb = blocks[i];
+    const xs = xattrSize[i];
+    const size = sizes[i];
+    let u = union[i];
+    if (nb > 0) {
+      const address = firstDataBlock + firstBlock[i];
+      // A chunk index moved to a block keeps its chunk format in the low 16 bits.
+      u = (f & Flag.CHUNKED) !== 0 ? (address & 0xffff0000) | u : address;
     }
-    const compact = layout.compact[i] === 1;
-    const format = (dataLayout << I_DATALAYOUT_BIT) | (compact ? 0 : 1);
-    let u = 0;
-    if ((type === S_IFDIR || type === S_IFREG || type === S_IFLNK) && nb > 0) {
-      u = blockCursor / BLOCK_SIZE;
-      blockCursor += nb * BLOCK_SIZE;
-    } else if (type === S_IFCHR || type === S_IFBLK) u = inode.rdev >>> 0;
-    // The chunk format shares the union with the block address: it replaces only the low 16 bits.
-    if (dataLayout === LAYOUT_CHUNK_BASED) u = ((u & 0xffff0000) | chunkFormat) >>> 0;
-    const nlink = plan.nlink[i];
-    if (compact) {
-      put16(b, p + IC.format, format);
-      put16(b, p + IC.xattrIcount, icount);
-      put16(b, p + IC.mode, mode & 0xffff);
-      put16(b, p + IC.nlink, nlink);
-      put32(b, p + IC.size, fieldSize);
-      put32(b, p + IC.u, u);
-      put32(b, p + IC.ino, i);
-      put16(b, p + IC.uid, inode.uid);
-      put16(b, p + IC.gid, inode.gid);
-      pos += INODE_COMPACT_SIZE;
+    const dataLayout = (f & Flag.CHUNKED) !== 0 ? Erofs.LAYOUT_CHUNK_BASED : t > 0 ? Erofs.LAYOUT_FLAT_INLINE : Erofs.LAYOUT_FLAT_PLAIN;
+    const w = nid[i] * (Erofs.SLOT_SIZE / 4);
+    // xattr_icount: the xattr area in 4-byte units past its 12-byte header, plus one.
+    const icount = xs === 0 ? 0 : ((xs - Erofs.XATTR_HEADER_SIZE) >> 2) + 1;
+    u32[w + 4] = u;
+    u32[w + 5] = i;
+    let at: number;
+    if ((f & Flag.COMPACT) !== 0) {
+      u32[w] = (dataLayout << Erofs.DATALAYOUT_BIT) | (icount << 16);
+      u32[w + 1] = (m & 0xffff) | (nlinks[i] << 16);
+      u32[w + 2] = size;
+      u32[w + 6] = uid[e] | (gid[e] << 16);
+      at = 4 * w + Erofs.COMPACT_SIZE;
     } else {
-      put16(b, p + IE.format, format);
-      put16(b, p + IE.xattrIcount, icount);
-      put16(b, p + IE.mode, mode & 0xffff);
-      put64(b, p + IE.size, fieldSize);
-      put32(b, p + IE.u, u);
-      put32(b, p + IE.ino, i);
-      put32(b, p + IE.uid, inode.uid >>> 0);
-      put32(b, p + IE.gid, inode.gid >>> 0);
-      put64(b, p + IE.mtime, inode.mtimeSec);
-      put32(b, p + IE.mtimeNsec, inode.mtimeNsec >>> 0);
-      put32(b, p + IE.nlink, nlink >>> 0);
-      pos += INODE_EXTENDED_SIZE;
+      const sec = flat.mtimeSec[e];
+      u32[w] = (dataLayout << Erofs.DATALAYOUT_BIT) | 1 | (icount << 16);
+      u16[2 * w + 2] = m;
+      u32[w + 2] = size;
+      u32[w + 3] = Math.floor(size / 0x100000000);
+      u32[w + 6] = uid[e];
+      u32[w + 7] = gid[e];
+      u32[w + 8] = sec;
+      u32[w + 9] = Math.floor(sec / 0x100000000);
+      u32[w + 10] = flat.mtimeNsec[e];
+      u32[w + 11] = nlinks[i];
+      at = 4 * w + Erofs.EXTENDED_SIZE;
     }
     if (xs > 0) {
-      const from = plan.xattrStart[i];
-      const to = plan.xattrStart[i + 1];
-      let filter = 0;
-      let nShared = 0;
-      for (let k = from; k < to; k++) {
-        filter |= 1 << plan.keys.filterBit[plan.xattrKey[k]];
-        if (shared.offset[k] >= 0) nShared++;
+      // The xattr area: name filter and count, the shared ids, the other entries.
+      const to = xattrStart[i + 1];
+      const ids = sharedIds[i];
+      u32[at >> 2] = ~xattrFilter[i];
+      b[at + 4] = ids;
+      let id = (at + Erofs.XATTR_HEADER_SIZE) >> 2;
+      let p = at + Erofs.XATTR_HEADER_SIZE + 4 * ids;
+      for (let x = from; x < to; x++) {
+        const o = offset[x];
+        if (o >= 0) u32[id++] = (sharedBase + o) >> 2;
+        else if (xattrKey[x] === Key.REDIRECT) {
+          const length = xattrLength[x];
+          const v = p >> 2;
+          u32[v] = redirectHead | ((length + 1) << 16);
+          u32[v + 1] = r0;
+          u32[v + 2] = r1;
+          u32[v + 3] = r2;
+          u32[v + 4] = r3;
+          b[p + 20] = 0x2f; // '/'
+          b.set(new Uint8Array(poolBuffer, poolOffset + xattrFrom[x], length), p + 21);
+          p = (p + 21 + length + 3) & ~3;
+        } else p = writeXattr(out, p, plan, x);
       }
-      put32(b, pos + XH.nameFilter, (XATTR_FILTER_DEFAULT & ~filter) >>> 0);
-      b[pos + XH.sharedCount] = nShared;
-      pos += XATTR_IBODY_HEADER_SIZE;
-      for (let k = from; k < to; k++) {
-        if (shared.offset[k] < 0) continue;
-        put32(b, pos, (sharedBase + shared.offset[k]) / 4);
-        pos += 4;
-      }
-      for (let k = from; k < to; k++) if (shared.offset[k] < 0) pos = writeXattr(b, pos, plan, k);
+      from = to;
+      at += xs;
     }
-    if (tail > 0) {
-      if (type === S_IFDIR) {
-        const names = plan.entryNames[i]!;
-        const breaks = direntBreaks(names);
-        pos = writeDirents(b, pos, plan, layout, i, breaks.length > 0 ? breaks[breaks.length - 1] : 0, names.length);
-      } else if (type === S_IFLNK) {
-        copyBytes(b, pos, inode.payload!, 0, tail);
-        pos += tail;
-      } else if (type === S_IFREG) {
-        if (inode.content) copyBytes(b, pos, inode.content, size - tail, size);
-        else b.fill(0xff, pos, pos + chunks * 4); // null chunk indexes
-        pos += tail;
-      }
-    }
-  }
-  pos = roundUp(pos, SLOT_SIZE);
-  if (pos !== layout.inodesEnd) throw new ImageWriteError(`internal layout mismatch at inode table end (${pos} != ${layout.inodesEnd})`);
-  for (const k of shared.list) pos = writeXattr(b, pos, plan, k);
-  pos = roundUp(pos, BLOCK_SIZE);
-  if (pos !== layout.dataStart) throw new ImageWriteError('internal layout mismatch at data start');
-  for (let i = 0; i < plan.count; i++) {
-    const nb = layout.blocks[i];
-    if (nb === 0) continue;
-    const type = plan.mode[i] & S_IFMT;
-    const inode = plan.inodes[i];
-    if (type === S_IFDIR) {
-      const names = plan.entryNames[i]!;
-      const breaks = direntBreaks(names);
-      const starts = [0, ...breaks];
-      // With an inline tail, the last group is not in a block.
-      const inBlocks = layout.tail[i] > 0 ? starts.length - 1 : starts.length;
-      for (let g = 0; g < inBlocks; g++) {
-        const end = g + 1 < starts.length ? starts[g + 1] : names.length;
-        writeDirents(b, pos, plan, layout, i, starts[g], end);
-        pos += BLOCK_SIZE;
-      }
-    } else if (type === S_IFREG && !inode.content) {
-      // A chunk index too large to inline fills one block of null chunks.
-      b.fill(0xff, pos, pos + BLOCK_SIZE);
-      pos += BLOCK_SIZE;
-    } else if (type === S_IFREG || type === S_IFLNK) {
-      const data = type === S_IFREG ? inode.content! : inode.payload!;
-      const n = Math.min(plan.size[i], nb * BLOCK_SIZE);
-      copyBytes(b, pos, data, 0, n);
-      pos = roundUp(pos + n, BLOCK_SIZE);
+    if (t > 0 && (m & Mode.TYPE) !== Mode.DIR) {
+      if ((f & Flag.CHUNKED) !== 0) {
+        // Null chunk indexes: the data lives in the store.
+        for (let k = 0; k < t; k += 4) u32[(at + k) >> 2] = 0xffffffff;
+      } else if ((m & Mode.TYPE) === Mode.LNK) copyBytes(b, at, pool, flat.payloadStart[e], t);
+      else copyBytes(b, at, pool, flat.contentStart[e] + size - t, t);
     }
   }
-  if (pos !== image.length) throw new ImageWriteError(`internal layout mismatch at image end (${pos} != ${image.length})`);
+}
+
+/**
+ * Entries [first, end) of a directory as one chunk at pos (4-aligned): the
+ * dirents, then the names. Names are checked for `/` and NUL as they are
+ * copied rather than in a pass of their own; returns whether one had any.
+ */
+function writeDirents(out: Words, pos: number, plan: Plan, nid: Uint32Array, first: number, end: number): boolean {
+  const { b, u32 } = out;
+  const target = plan.direntTarget;
+  const length = plan.direntLength;
+  const name = plan.direntName;
+  const mode = plan.mode;
+  let nameoff = (end - first) * Erofs.DIRENT_SIZE;
+  let w = pos >> 2;
+  // nid < 2^32: the high half of the 64-bit field stays zero.
+  for (let d = first; d < end; d++) {
+    const t = target[d];
+    u32[w] = nid[t];
+    u32[w + 2] = nameoff | (FILE_TYPE[(mode[t] >>> 12) & 15] << 16);
+    w += Erofs.DIRENT_SIZE / 4;
+    nameoff += length[d];
+  }
+  const pool = plan.flat.pool;
+  let p = w << 2;
+  let bad = false;
+  for (let d = first; d < end; d++) {
+    const s = name[d];
+    const n = length[d];
+    if (s >= 0) {
+      for (let i = 0; i < n; i++) {
+        const c = pool[s + i];
+        if (c === 0x2f || c === 0) bad = true;
+        b[p + i] = c;
+      }
+    } else for (let i = 0; i < n; i++) b[p + i] = SYNTH[~s + i];
+    p += n;
+  }
+  return bad;
+}
+
+/** Each directory's entries: those that fill blocks, in its blocks; the rest inline after its xattrs. */
+function writeDirectories(out: Words, plan: Plan, l: Layout): boolean {
+  const { nid, flags, dirs, tail, blocks, firstBlock, tailFrom, xattrSize } = l;
+  const { direntStart, direntEnd } = plan;
+  const direntLength = plan.direntLength;
+  let bad = false;
+  for (let k = 0; k < l.dirCount; k++) {
+    const i = dirs[k];
+    const inline = tail[i] > 0;
+    if (inline) {
+      const at = nid[i] * Erofs.SLOT_SIZE + ((flags[i] & Flag.COMPACT) !== 0 ? Erofs.COMPACT_SIZE : Erofs.EXTENDED_SIZE) + xattrSize[i];
+      if (writeDirents(out, at, plan, nid, tailFrom[i], direntEnd[i])) bad = true;
+    }
+    if (blocks[i] === 0) continue;
+    const end = inline ? tailFrom[i] : direntEnd[i];
+    let first = direntStart[i];
+    let used = 0;
+    let at = l.dataStart + firstBlock[i] * Erofs.BLOCK_SIZE;
+    for (let d = first; d < end; d++) {
+      const len = Erofs.DIRENT_SIZE + direntLength[d];
+      if (used + len > Erofs.BLOCK_SIZE) {
+        if (writeDirents(out, at, plan, nid, first, d)) bad = true;
+        at += Erofs.BLOCK_SIZE;
+        first = d;
+        used = 0;
+      }
+      used += len;
+    }
+    if (end > first && writeDirents(out, at, plan, nid, first, end)) bad = true;
+  }
+  return bad;
+}
+
+/** Fill `image` (zeroed, of the layout's size, owning its ArrayBuffer from offset 0) from the superblock's end on. */
+export function emitImage(image: Buffer, plan: Plan, shared: Shared, l: Layout): void {
+  // A plain Uint8Array: the helpers see one kind of array.
+  const out = words(new Uint8Array(image.buffer, image.byteOffset, image.length));
+  const flat = plan.flat;
+  writeInodes(out, plan, l);
+  let pos = l.inodesEnd;
+  for (let k = 0; k < shared.list.length; k++) pos = writeXattr(out, pos, plan, shared.list[k]);
+  if (pos !== l.inodesEnd + shared.size) throw new ImageWriteError(`internal layout mismatch in the shared xattrs (${pos} != ${l.inodesEnd + shared.size})`);
+  const badName = writeDirectories(out, plan, l);
+  // The other data blocks: inline content or a symlink target too big to inline, or a chunk index.
+  for (let k = 0; k < l.blockOwnerCount; k++) {
+    const i = l.blockOwners[k];
+    const type = plan.mode[i] & Mode.TYPE;
+    if (type === Mode.DIR) continue;
+    const e = plan.entry[i];
+    const at = l.dataStart + l.firstBlock[i] * Erofs.BLOCK_SIZE;
+    if ((l.flags[i] & Flag.CHUNKED) !== 0) out.b.fill(0xff, at, at + Erofs.BLOCK_SIZE);
+    else {
+      const from = type === Mode.REG ? flat.contentStart[e] : flat.payloadStart[e];
+      const have = (type === Mode.REG ? flat.contentEnd[e] : flat.payloadEnd[e]) - from;
+      copyBytes(out.b, at, flat.pool, from, Math.min(flat.size[e], l.blocks[i] * Erofs.BLOCK_SIZE, have));
+    }
+  }
+  if (l.dataStart + l.dataBlocks * Erofs.BLOCK_SIZE !== image.length) throw new ImageWriteError('internal layout mismatch at image end');
+  if (badName) throw new ImageWriteError(badNameMessage(flat) ?? 'invalid file name');
 }
