@@ -9,6 +9,7 @@ import { basename, dirname, join } from 'node:path';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { describeSystemError, UserError } from './errors.js';
 import type { Inode } from '../tree/model.js';
+import type { FlatTree } from '../tree/flat.js';
 
 const specs: OptionSpec[] = [
   { name: 'digest-store', value: true, arg: 'PATH', help: 'Copy each file into this content-addressed object store (XX/YYYY... named by fs-verity digest)' },
@@ -42,7 +43,8 @@ function versionOption(value: string | true | string[] | undefined, which: strin
   return Number(s);
 }
 
-async function readSource(source: string, fromFile: boolean, opts: Map<string, string | true | string[]>): Promise<Inode> {
+/** A dump is parsed straight into columns (no Inode objects); a directory scan gives an Inode tree. */
+async function readSource(source: string, fromFile: boolean, opts: Map<string, string | true | string[]>): Promise<{ flat: FlatTree } | { root: Inode }> {
   if (fromFile) {
     let data: Buffer;
     try {
@@ -50,8 +52,8 @@ async function readSource(source: string, fromFile: boolean, opts: Map<string, s
     } catch (err) {
       throw new UserError(describeSystemError(err, `open \`${source}\``));
     }
-    const { parseDump } = await import('../dumpfile/parse.js');
-    return parseDump(data, { strict: Boolean(process.env.CFS_PARSE_STRICT) });
+    const { parseDumpFlat } = await import('../dumpfile/parse.js');
+    return { flat: parseDumpFlat(data, { strict: Boolean(process.env.CFS_PARSE_STRICT) }) };
   }
   let st;
   try {
@@ -79,7 +81,7 @@ async function readSource(source: string, fromFile: boolean, opts: Map<string, s
     threads: threadCount,
     progress: !opts.has('quiet') && process.stderr.isTTY === true,
   });
-  return root;
+  return { root };
 }
 
 /**
@@ -163,12 +165,13 @@ export async function run(argv: string[], prog: string): Promise<number> {
   } else out = positional[1];
   if (out === '-' && process.stdout.isTTY) throw new UserError('stdout is a tty.  Refusing to use it');
 
-  const root = await readSource(source, options.has('from-file'), options);
+  const tree = await readSource(source, options.has('from-file'), options);
 
-  const { writeImageWithInfo, ImageWriteError } = await import('../erofs/writer.js');
+  const { writeFlatImage, writeImageWithInfo, ImageWriteError } = await import('../erofs/writer.js');
   let image: Buffer;
   try {
-    image = writeImageWithInfo(root, { minVersion, maxVersion }).image;
+    const versions = { minVersion, maxVersion };
+    image = ('flat' in tree ? writeFlatImage(tree.flat, versions) : writeImageWithInfo(tree.root, versions)).image;
   } catch (err) {
     if (err instanceof ImageWriteError) throw new UserError(`cannot write file: ${err.message}`);
     throw err;
