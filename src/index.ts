@@ -7,8 +7,8 @@
  * are re-exported from their own modules and cost nothing until used.
  */
 export * from './tree/model.js';
-export type { FlatTree } from './tree/flat.js';
-export { parseDump, writeDump, writeDumpChunks, DumpParseError, type ParseOptions } from './dumpfile/index.js';
+export { inflate, type FlatTree } from './tree/flat.js';
+export { parseDump, parseDumpFlat, writeDump, writeDumpChunks, DumpParseError, type ParseOptions } from './dumpfile/index.js';
 export { writeImage, writeImageWithInfo, writeFlatImage, ImageWriteError, type WriteOptions, type WriteResult } from './erofs/writer.js';
 export {
   readImage,
