@@ -3,7 +3,7 @@
  * options, arguments and exit codes (1 for every failure), so scripts written
  * for it run unchanged.
  */
-import { closeSync, fstatSync, fsyncSync, lstatSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, lstatSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { availableParallelism, constants as osConstants } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
@@ -89,6 +89,12 @@ async function readSource(source: string, fromFile: boolean, opts: Map<string, s
  * half-written IMAGE. The write is synchronous and signal listeners are in
  * place before the temporary file exists, so an interrupt or a TERM is only
  * acted on once the file has been renamed or removed.
+ *
+ * There is no fsync, as in the reference (which writes IMAGE in place) and
+ * in mkfs tools: it costs ~4 ms of a 0.14 s dump build here, and a
+ * caller that needs the image on disk now syncs it. With --digest-store the
+ * objects are made durable (syncfs) before the rename, so an image never
+ * names objects a crash could lose.
  */
 function writeAtomically(path: string, data: Buffer): void {
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
@@ -100,7 +106,6 @@ function writeAtomically(path: string, data: Buffer): void {
     fd = openSync(tmp, 'wx', 0o644);
     let off = 0;
     while (off < data.length) off += writeSync(fd, data, off, data.length - off);
-    fsyncSync(fd);
     closeSync(fd);
     fd = -1;
     renameSync(tmp, path);
