@@ -163,13 +163,10 @@ export function escapeField(value: Uint8Array, flags = 0): string {
   return sink.buf.toString('latin1', 0, sink.len);
 }
 
-/** Value of a hex digit (either case), or -1. */
-export function hexValue(c: number): number {
-  if (c >= 0x30 && c <= 0x39) return c - 0x30;
-  if (c >= 0x61 && c <= 0x66) return c - 0x61 + 10;
-  if (c >= 0x41 && c <= 0x46) return c - 0x41 + 10;
-  return -1;
-}
+/** Value of each byte as a hex digit (either case), or -1: one table for the unescaper and the digest reader. */
+export const HEX_DIGIT = new Int8Array(256).fill(-1);
+for (let c = 0; c < 10; c++) HEX_DIGIT[0x30 + c] = c;
+for (let c = 0; c < 6; c++) HEX_DIGIT[0x61 + c] = HEX_DIGIT[0x41 + c] = 10 + c;
 
 /** Thrown by {@link unescape} and {@link unescapeInPlace}; the parser turns it into a DumpParseError. */
 export class UnescapeError extends Error {}
@@ -222,9 +219,9 @@ export function unescapeInPlace(buf: Uint8Array, start: number, end: number, cst
         break;
       case 0x78: {
         if (i >= end) throw new UnescapeError('no hex digits after escape \\x');
-        const h1 = hexValue(buf[i++]);
+        const h1 = HEX_DIGIT[buf[i++]];
         if (i >= end) throw new UnescapeError('no hex digits after escape \\x');
-        const h2 = hexValue(buf[i++]);
+        const h2 = HEX_DIGIT[buf[i++]];
         if (h1 < 0 || h2 < 0) {
           throw new UnescapeError(`invalid hex digits in escape '\\x${printable(buf.subarray(i - 2, i))}'`);
         }

@@ -49,7 +49,7 @@
 import { UserError } from '../cli/errors.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 import { inflate, type FlatTree } from '../tree/flat.js';
-import { printable, unescapeInPlace, UnescapeError } from './escape.js';
+import { HEX_DIGIT, printable, unescapeInPlace, UnescapeError } from './escape.js';
 
 export interface ParseOptions {
   /** The reference's `CFS_PARSE_STRICT` checks (see the module comment). */
@@ -128,10 +128,6 @@ const enum K {
   XATTR_TEXT_MAX = 0xffff,
 }
 
-/** Value of each byte as a hex digit, or -1. */
-const HEX_DIGIT = new Int8Array(256).fill(-1);
-for (let c = 0; c < 10; c++) HEX_DIGIT[0x30 + c] = c;
-for (let c = 0; c < 6; c++) HEX_DIGIT[0x61 + c] = HEX_DIGIT[0x41 + c] = 10 + c;
 
 /**
  * The input is searched as a latin1 string, at most this many bytes of it

@@ -117,7 +117,7 @@ function sameValue(pool: Uint8Array, a: number, b: number, length: number): bool
 }
 
 /** Size of xattr x's entry: header, name suffix, value, padded to 4. */
-export function entrySize(plan: Plan, x: number): number {
+function entrySize(plan: Plan, x: number): number {
   const key = plan.xattrKey[x];
   return (Erofs.XATTR_ENTRY_SIZE + 3 + plan.keys.suffixLength[key] + valueLength(key, plan.xattrLength[x])) & ~3;
 }
