@@ -1,3 +1,5 @@
+import { ComposefsError, UsageError } from '../errors.js';
+
 /**
  * A failure the user caused or can fix: printed as one line, never with a stack.
  * `exitCode` follows the reference tools (1 for most errors, 2 for usage).
@@ -30,4 +32,22 @@ export function describeSystemError(err: unknown, what: string): string {
   };
   const reason = (e && e.code && reasons[e.code]) || (e && e.message) || String(err);
   return `${what}: ${reason}`;
+}
+
+/**
+ * The one place errors become output and exit codes: a known error prints
+ * its one line (exit 2 for usage, else 1); anything else is a bug and says
+ * "internal error" (its stack only with CFS_DEBUG set).
+ */
+export function reportError(progName: string, err: unknown): number {
+  if (err instanceof UserError || err instanceof ComposefsError) {
+    process.stderr.write(`${progName}: ${err.message}\n`);
+    if (process.env.CFS_DEBUG) process.stderr.write(`${err.stack}\n`);
+    if (err instanceof UserError) return err.exitCode;
+    return err instanceof UsageError ? 2 : 1;
+  }
+  const msg = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`${progName}: internal error: ${msg}\n`);
+  if (process.env.CFS_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
+  return 1;
 }

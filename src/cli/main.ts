@@ -2,7 +2,7 @@
  * Entry point for every executable. Each command lives in its own module and
  * is imported only when asked for, so `cfs mount` never loads the image writer.
  */
-import { UserError } from './errors.js';
+import { reportError } from './errors.js';
 
 type CommandModule = { run(args: string[], prog: string): Promise<number | void> | number | void };
 
@@ -57,14 +57,6 @@ export async function main(prog: string, argv: string[]): Promise<void> {
     const code = await mod.run(args, progName);
     if (typeof code === 'number') process.exitCode = code;
   } catch (err) {
-    if (err instanceof UserError) {
-      process.stderr.write(`${progName}: ${err.message}\n`);
-      process.exitCode = err.exitCode;
-    } else {
-      const msg = err instanceof Error ? err.message : String(err);
-      process.stderr.write(`${progName}: internal error: ${msg}\n`);
-      if (process.env.CFS_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
-      process.exitCode = 1;
-    }
+    process.exitCode = reportError(progName, err);
   }
 }
