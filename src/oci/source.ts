@@ -1,0 +1,63 @@
+/**
+ * Where container images come from, as the importer sees them: one interface
+ * for every transport (a registry, an OCI layout directory, an OCI or Docker
+ * archive). A source resolves a reference to one image (a platform chosen
+ * from an index) and hands out its blobs as streams whose size and sha256
+ * are checked while they flow; the importer never learns which transport it
+ * reads from.
+ */
+import type { Readable } from 'node:stream';
+
+export interface Platform {
+  os: string;
+  architecture: string;
+  variant?: string;
+}
+
+/** An OCI content descriptor (Docker schema 2 descriptors have the same shape). */
+export interface Descriptor {
+  mediaType: string;
+  /** `sha256:<64 hex>` */
+  digest: string;
+  size: number;
+  urls?: string[];
+  annotations?: Record<string, string>;
+  platform?: Platform;
+}
+
+/** One image, resolved: its manifest, its config and its layers, base layer first. */
+export interface ResolvedImage {
+  /** The reference as the user gave it, transport included (`docker://host/repo:tag`). */
+  reference: string;
+  /** The name a pull gives the image by default: repository and tag (`host/repo:tag`, or the digest when pulled by digest). */
+  defaultName: string;
+  /** Digest of the manifest bytes below (`sha256:…`). */
+  manifestDigest: string;
+  manifestMediaType: string;
+  /** The manifest exactly as the source served it. */
+  manifest: Buffer;
+  /** The config blob's descriptor and its bytes (already checked against the descriptor). */
+  configDescriptor: Descriptor;
+  config: Buffer;
+  /** Layer descriptors in manifest order (base first). */
+  layers: Descriptor[];
+  /** The platform chosen from an index, when there was one. */
+  platform?: Platform;
+}
+
+export interface BlobOptions {
+  signal?: AbortSignal;
+  /** Called as compressed bytes arrive (for progress). */
+  onBytes?: (bytes: number) => void;
+}
+
+export interface ImageSource {
+  resolve(): Promise<ResolvedImage>;
+  /**
+   * The blob's bytes, as served (still compressed). The stream errors, naming
+   * the blob, if its size or sha256 differ from the descriptor's, before its
+   * end is signalled: a consumer that saw 'end' saw verified bytes.
+   */
+  openBlob(descriptor: Descriptor, options?: BlobOptions): Promise<Readable>;
+  close(): Promise<void>;
+}
