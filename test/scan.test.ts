@@ -5,7 +5,7 @@ import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rea
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { scanDirectory } from '../src/scan/index.js';
-import { UserError } from '../src/cli/errors.js';
+import { ComposefsError } from '../src/errors.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, walk, type Inode } from '../src/tree/model.js';
 import { makedev } from '../src/sys/fs.js';
 import { digestToHex, digestToObjectPath } from '../src/fsverity/index.js';
@@ -292,7 +292,7 @@ test('--use-epoch, --skip-xattrs, --user-xattrs and --skip-devices mean what the
       const { root } = await scanDirectory(dir, { ...opts, threads: 1 });
       checkAgainstTools(root, view, opts);
     }
-    await assert.rejects(scanDirectory(dir, { skipXattrs: true, userXattrs: true }), UserError);
+    await assert.rejects(scanDirectory(dir, { skipXattrs: true, userXattrs: true }), ComposefsError);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -301,9 +301,9 @@ test('--use-epoch, --skip-xattrs, --user-xattrs and --skip-devices mean what the
 test('a missing or non-directory source is a one-line error naming it', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'cfs-scan-'));
   try {
-    await assert.rejects(scanDirectory(join(dir, 'nope'), {}), (e: Error) => e instanceof UserError && /^error accessing .*nope: No such file or directory$/.test(e.message));
+    await assert.rejects(scanDirectory(join(dir, 'nope'), {}), (e: Error) => e instanceof ComposefsError && /^error accessing .*nope: No such file or directory$/.test(e.message));
     writeFileSync(join(dir, 'file'), 'x');
-    await assert.rejects(scanDirectory(join(dir, 'file'), {}), (e: Error) => e instanceof UserError && /file: Not a directory$/.test(e.message));
+    await assert.rejects(scanDirectory(join(dir, 'file'), {}), (e: Error) => e instanceof ComposefsError && /file: Not a directory$/.test(e.message));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -323,10 +323,10 @@ test('an unreadable file or directory is a one-line error naming it', async (t) 
     mkdirSync(join(dir, 'src1/sub'), { recursive: true });
     writeFileSync(join(dir, 'src1/sub/secret'), 'x'.repeat(100));
     chmodSync(join(dir, 'src1/sub/secret'), 0o000);
-    assert.equal(run(join(dir, 'src1')), `UserError: cannot read ${join(dir, 'src1/sub/secret')}: Permission denied`);
+    assert.equal(run(join(dir, 'src1')), `ScanError: cannot read ${join(dir, 'src1/sub/secret')}: Permission denied`);
     mkdirSync(join(dir, 'src2/locked'), { recursive: true });
     chmodSync(join(dir, 'src2/locked'), 0o000);
-    assert.equal(run(join(dir, 'src2')), `UserError: error accessing ${join(dir, 'src2/locked')}: Permission denied`);
+    assert.equal(run(join(dir, 'src2')), `ScanError: error accessing ${join(dir, 'src2/locked')}: Permission denied`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -361,17 +361,17 @@ async function faultDuringScan(meddle: (victim: string) => void): Promise<unknow
 
 test('a file that vanishes during the scan is a clear error naming it', async () => {
   const err = await faultDuringScan((victim) => unlinkSync(victim));
-  assert.ok(err instanceof UserError, `expected a UserError, got ${String(err)}`);
+  assert.ok(err instanceof ComposefsError, `expected a ComposefsError, got ${String(err)}`);
   assert.match((err as Error).message, /sub\/victim: No such file or directory \(it vanished during the scan\)$/);
   assert.doesNotMatch((err as Error).message, /\n/);
 });
 
 test('a file that changes during the scan is a clear error naming it', async () => {
   const err = await faultDuringScan((victim) => appendFileSync(victim, 'more'));
-  assert.ok(err instanceof UserError, `expected a UserError, got ${String(err)}`);
+  assert.ok(err instanceof ComposefsError, `expected a ComposefsError, got ${String(err)}`);
   assert.match((err as Error).message, /sub\/victim: file changed during the scan/);
   const err2 = await faultDuringScan((victim) => writeFileSync(victim, 'y'.repeat(1000)));
-  assert.ok(err2 instanceof UserError, `expected a UserError, got ${String(err2)}`);
+  assert.ok(err2 instanceof ComposefsError, `expected a ComposefsError, got ${String(err2)}`);
   assert.match((err2 as Error).message, /sub\/victim: file changed during the scan/);
 });
 

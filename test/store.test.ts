@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import crypto from 'node:crypto';
 import { scanDirectory } from '../src/scan/index.js';
-import { UserError } from '../src/cli/errors.js';
+import { ComposefsError } from '../src/errors.js';
 import { S_IFMT, S_IFREG, walk, type Inode } from '../src/tree/model.js';
 import { digestToHex } from '../src/fsverity/index.js';
 import { isRoot } from './helpers/paths.js';
@@ -229,7 +229,7 @@ test('a read-only store is a one-line error naming it, before any work', async (
     mounted = true;
     if (why) return t.skip(`cannot make a read-only bind mount: ${why}`);
     await assert.rejects(scanDirectory(join(dir, 'src'), { digestStore: store }), (e: Error) => {
-      assert.ok(e instanceof UserError, String(e));
+      assert.ok(e instanceof ComposefsError, String(e));
       assert.equal(e.message, `cannot write to object store ${store}: Read-only file system`);
       return true;
     });
@@ -256,7 +256,7 @@ test('a store that fills up is a one-line error naming the object, and leaves no
       () => null,
       (e: Error) => e,
     );
-    assert.ok(err instanceof UserError, String(err));
+    assert.ok(err instanceof ComposefsError, String(err));
     const hex = digestToHex((await scanDirectory(join(dir, 'src'), {})).root.children!.find((c) => c.name.toString() === 'huge')!.inode.digest!);
     assert.equal(err.message, `cannot write object ${store}/${hex.slice(0, 2)}/${hex.slice(2)}: No space left on device`);
     // Only complete objects are visible: the small one at most.
@@ -298,7 +298,7 @@ test('a store path that cannot be a directory is a one-line error', async () => 
     makeTree(join(dir, 'src'), 1, 100);
     writeFileSync(join(dir, 'file'), '');
     await assert.rejects(scanDirectory(join(dir, 'src'), { digestStore: join(dir, 'file', 'store') }), (e: Error) => {
-      assert.ok(e instanceof UserError, String(e));
+      assert.ok(e instanceof ComposefsError, String(e));
       assert.equal(e.message, `cannot create object store ${join(dir, 'file', 'store')}: Not a directory`);
       return true;
     });

@@ -26,7 +26,7 @@
  */
 import { readdirSync, readlinkSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { UserError } from '../cli/errors.js';
+import { ComposefsError, InvalidInputError, reasonOf as errorReason, type ComposefsErrorOptions } from '../errors.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, compareNames, type Dirent, type Inode, type Xattr } from '../tree/model.js';
 import { cPath, lstatx, readXattrs, SysError, type StatInfo } from '../sys/fs.js';
 import { DigestPool, PoolJobError, type FileDone } from '../store/pool.js';
@@ -69,25 +69,21 @@ const XATTR_VALUE_MAX = 0xffff;
 const SLASH = Buffer.from('/');
 const YIELD_EVERY = 256;
 
-function reasonOf(err: unknown): string {
-  const e = err as NodeJS.ErrnoException;
-  if (e instanceof SysError) return e.message.replace(/^.*?: (?=[^:]*$)/, '');
-  const map: Record<string, string> = {
-    ENOENT: 'No such file or directory',
-    EACCES: 'Permission denied',
-    EPERM: 'Operation not permitted',
-    ENOTDIR: 'Not a directory',
-    ELOOP: 'Too many levels of symbolic links',
-    EIO: 'Input/output error',
-    ENAMETOOLONG: 'File name too long',
-    EMFILE: 'Too many open files',
-    ENOMEM: 'Cannot allocate memory',
-  };
-  return (e?.code && map[e.code]) || e?.message || String(err);
+/** A source tree that cannot be read or stored: "error accessing PATH: reason", as the reference says it. */
+export class ScanError extends ComposefsError {
+  constructor(message: string, options?: ComposefsErrorOptions) {
+    super(message, 'scan', options);
+  }
 }
 
-function accessError(path: Buffer | string, err: unknown): UserError {
-  return new UserError(`error accessing ${path.toString()}: ${reasonOf(err)}`);
+function reasonOf(err: unknown): string {
+  // A SysError's message is "syscall path: reason": keep the reason only, the caller names the path.
+  if (err instanceof SysError) return err.message.replace(/^.*?: (?=[^:]*$)/, '');
+  return errorReason(err);
+}
+
+function accessError(path: Buffer | string, err: unknown): ScanError {
+  return new ScanError(`error accessing ${path.toString()}: ${reasonOf(err)}`, { cause: err });
 }
 
 /** `dir/name` followed by a NUL, in one allocation. */
@@ -103,7 +99,7 @@ function childCPath(dir: Buffer, name: Buffer): Buffer {
 }
 
 export async function scanDirectory(source: string, opts: ScanOptions = {}): Promise<{ root: Inode; stats: ScanStats }> {
-  if (opts.skipXattrs && opts.userXattrs) throw new UserError('--skip-xattrs and --user-xattrs conflict');
+  if (opts.skipXattrs && opts.userXattrs) throw new InvalidInputError('--skip-xattrs and --user-xattrs conflict');
   const sourcePath = Buffer.from(source.length > 1 ? source.replace(/\/+$/, '') || '/' : source);
   const useEpoch = opts.useEpoch === true;
   const computeDigest = opts.computeDigest !== false || opts.digestStore !== undefined;
@@ -120,7 +116,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
       throw accessError(path, err);
     }
     for (const x of xs) {
-      if (x.value.length > XATTR_VALUE_MAX) throw new UserError(`error accessing ${path.toString()}: xattr ${x.key.toString()} is ${x.value.length} bytes, more than composefs can store (${XATTR_VALUE_MAX})`);
+      if (x.value.length > XATTR_VALUE_MAX) throw new ScanError(`error accessing ${path.toString()}: xattr ${x.key.toString()} is ${x.value.length} bytes, more than composefs can store (${XATTR_VALUE_MAX})`);
     }
     if (xs.length > 1) xs.sort((a, b) => compareNames(a.key, b.key));
     return xs;
@@ -151,7 +147,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
       } catch (err) {
         throw accessError(path, err);
       }
-      if (target.length === 0) throw new UserError(`error accessing ${path.toString()}: empty symlink target`);
+      if (target.length === 0) throw new ScanError(`error accessing ${path.toString()}: empty symlink target`);
       inode.payload = target;
       inode.size = target.length;
     }
@@ -166,7 +162,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
   } catch (err) {
     throw accessError(source, err);
   }
-  if ((rootStat.mode & S_IFMT) !== S_IFDIR) throw new UserError(`error accessing ${source}: Not a directory`);
+  if ((rootStat.mode & S_IFMT) !== S_IFDIR) throw new ScanError(`error accessing ${source}: Not a directory`);
 
   let store: ObjectStore | null = null;
   if (opts.digestStore !== undefined) {
@@ -174,7 +170,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
     try {
       store.prepare();
     } catch (err) {
-      throw new UserError((err as Error).message);
+      throw new ScanError((err as Error).message, { cause: err });
     }
   }
 
@@ -288,12 +284,12 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
       try {
         syncStore(store.root);
       } catch (err) {
-        throw new UserError((err as Error).message);
+        throw new ScanError((err as Error).message, { cause: err });
       }
     }
     return { root, stats };
   } catch (err) {
-    if (err instanceof PoolJobError || err instanceof StoreError) throw new UserError(err.message);
+    if (err instanceof PoolJobError || err instanceof StoreError) throw new ScanError(err.message, { cause: err });
     throw err;
   } finally {
     progress?.end();
