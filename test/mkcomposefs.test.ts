@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, watch, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseDump } from '../src/dumpfile/parse.js';
@@ -75,7 +75,7 @@ test('missing inputs and unwritable outputs are one-line errors and leave no fil
     assertOneLineError(run([join(dir, 'missing-dir'), join(dir, 'out.cfs')]), /missing-dir.*No such file or directory/);
     const dump = join(dir, 'tree.dump');
     writeFileSync(dump, DUMP);
-    assertOneLineError(run(['--from-file', dump, join(dir, 'no', 'such', 'dir', 'out.cfs')]), /cannot write .*out\.cfs: No such file or directory/);
+    assertOneLineError(run(['--from-file', dump, join(dir, 'no', 'such', 'dir', 'out.cfs')]), /failed to open output file .*out\.cfs.: No such file or directory/);
     writeFileSync(join(dir, 'bad.dump'), DUMP.replace('100644 1 0 0 0 1700000000.0 - hello', '10x644 1 0 0 0 1700000000.0 - hello'));
     assertOneLineError(run(['--from-file', join(dir, 'bad.dump'), join(dir, 'out.cfs')]), /line 2: mode/);
     assert.deepEqual(readdirSync(dir).sort(), ['bad.dump', 'tree.dump']);
@@ -115,17 +115,33 @@ test('a signal while the image is being written leaves the whole image, never a 
       rmSync(out, { force: true });
       const child = spawn(cliPath('mkcomposefs'), ['--from-file', dump, out], { stdio: 'ignore' });
       const exited = new Promise((r) => child.on('exit', r));
-      // Signal the moment the temporary image appears.
+      // Signal the moment the child holds the new image open in dir (an unnamed O_TMPFILE file, or a named temporary).
       let signalled = false;
-      const watcher = watch(dir, (_event, name) => {
-        if (!signalled && name && String(name).endsWith('.tmp')) {
-          signalled = true;
-          child.kill(signal);
+      const poll = setInterval(() => {
+        if (signalled) return;
+        let fds: string[] = [];
+        try {
+          fds = readdirSync(`/proc/${child.pid}/fd`);
+        } catch {
+          return;
         }
-      });
+        for (const fd of fds) {
+          let target = '';
+          try {
+            target = readlinkSync(`/proc/${child.pid}/fd/${fd}`);
+          } catch {
+            continue;
+          }
+          if (target.startsWith(`${dir}/`) && (target.endsWith(' (deleted)') || target.endsWith('.tmp'))) {
+            signalled = true;
+            child.kill(signal);
+            return;
+          }
+        }
+      }, 0);
       await exited;
-      watcher.close();
-      assert.ok(signalled, `${signal}: the temporary image was seen`);
+      clearInterval(poll);
+      assert.ok(signalled, `${signal}: the image was seen being written`);
       const left = readdirSync(dir).filter((f) => f !== 'big.dump');
       assert.deepEqual(left, ['out.cfs'], `${signal}: only the whole image is left`);
       assert.ok(readFileSync(out).equals(expected), `${signal}: the image is whole`);

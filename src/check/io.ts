@@ -1,42 +1,49 @@
 /**
  * Small pieces the image-reading commands (info, dump, fsck) share: loading
  * an image file with one-line errors, printing bytes to stdout without
- * tripping over a closed pipe, writing an output file atomically, and the
- * reference tools' escaping of paths and payloads.
+ * tripping over a closed pipe, and the reference tools' escaping of paths
+ * and payloads. (Output files are written by src/output/file.ts.)
  */
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
-import { UserError, describeSystemError } from '../cli/errors.js';
-import { ImageFormatError, readImage, type ReadImageResult } from '../erofs/reader.js';
+import { readFileSync, writeSync } from 'node:fs';
+import { InvalidInputError, ioError } from '../errors.js';
+import { ImageFormatError, readImage, type ReadImageOptions, type ReadImageResult } from '../erofs/reader.js';
 import { dumpImage, listImage } from '../erofs/read-dump.js';
 
-/** Read a whole file; failures become "Failed to open 'PATH': reason". */
-export function readFileOrFail(path: string, exitCode = 1): Buffer {
+/** Read a whole file; failures are an IoError "Failed to open 'PATH': reason". */
+export function readFileOrFail(path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new UserError(describeSystemError(err, `Failed to open '${path}'`), exitCode);
+    throw ioError(err, `Failed to open '${path}'`);
   }
 }
 
+/** The image file could not be read as a composefs image: "Failed to load 'PATH': reason". */
+function loadFailure(path: string, err: ImageFormatError): InvalidInputError {
+  return new InvalidInputError(`Failed to load '${path}': ${err.message}`, { cause: err });
+}
+
+/** What of an image to read: `topLevel` keeps only those entries of the root (and all below them), as composefs-info --filter. */
+export type LoadImageOptions = Pick<ReadImageOptions, 'topLevel'>;
+
 /** Read and parse an image file; failures are one line naming the file and the reason. */
-export function loadImage(path: string): ReadImageResult & { image: Buffer } {
+export function loadImage(path: string, opts: LoadImageOptions = {}): ReadImageResult & { image: Buffer } {
   const image = readFileOrFail(path);
   try {
-    return { ...readImage(image), image };
+    return { ...readImage(image, opts), image };
   } catch (err) {
-    if (err instanceof ImageFormatError) throw new UserError(`Failed to load '${path}': ${err.message}`);
+    if (err instanceof ImageFormatError) throw loadFailure(path, err);
     throw err;
   }
 }
 
 /** Read an image file and print it as a dump file, or with `ls` as a listing (without building a tree). */
-export function loadImageDump(path: string, ls = false): Buffer {
+export function loadImageDump(path: string, ls = false, opts: LoadImageOptions = {}): Buffer {
   const image = readFileOrFail(path);
   try {
-    return ls ? listImage(image) : dumpImage(image);
+    return ls ? listImage(image, opts) : dumpImage(image, opts);
   } catch (err) {
-    if (err instanceof ImageFormatError) throw new UserError(`Failed to load '${path}': ${err.message}`);
+    if (err instanceof ImageFormatError) throw loadFailure(path, err);
     throw err;
   }
 }
@@ -96,70 +103,6 @@ export function writeStdout(buf: Buffer): void {
       throw err;
     }
   }
-}
-
-/**
- * Write a file so that readers never see a partial one: into a temporary
- * file beside it, then rename. A destination that exists and is not a regular
- * file (a device, a FIFO) is written in place. `-` means stdout.
- */
-export function writeFileAtomic(dest: string, data: Buffer, what = 'write'): void {
-  if (dest === '-') {
-    writeStdout(data);
-    return;
-  }
-  let special = false;
-  try {
-    special = !statSync(dest).isFile();
-  } catch {
-    special = false;
-  }
-  if (special) {
-    let fd: number;
-    try {
-      fd = openSync(dest, 'w');
-    } catch (err) {
-      throw new UserError(describeSystemError(err, `failed to open '${dest}'`));
-    }
-    try {
-      writeAll(fd, data);
-    } catch (err) {
-      throw new UserError(describeSystemError(err, `cannot ${what} '${dest}'`));
-    } finally {
-      closeSync(fd);
-    }
-    return;
-  }
-  const tmp = join(dirname(dest), `.${basename(dest)}.${process.pid}.${Date.now().toString(36)}.tmp`);
-  let fd: number;
-  try {
-    fd = openSync(tmp, 'wx', 0o644);
-  } catch (err) {
-    throw new UserError(describeSystemError(err, `failed to open '${dest}'`));
-  }
-  try {
-    writeAll(fd, data);
-    fsyncSync(fd);
-    closeSync(fd);
-    renameSync(tmp, dest);
-  } catch (err) {
-    try {
-      closeSync(fd);
-    } catch {
-      /* already closed */
-    }
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* nothing to clean */
-    }
-    throw new UserError(describeSystemError(err, `cannot ${what} '${dest}'`));
-  }
-}
-
-function writeAll(fd: number, data: Buffer): void {
-  let off = 0;
-  while (off < data.length) off += writeSync(fd, data, off, data.length - off);
 }
 
 /**

@@ -8,12 +8,13 @@
  * composefs format version, so DEST is byte-identical to a SRC the reference
  * (or this project) wrote.
  *
- * Output files are written to a temporary name and renamed, so a failure
- * leaves no partial file behind.
+ * Output files follow src/output/file.ts: a regular file is replaced
+ * atomically (keeping its mode and owner), so a failure leaves no partial
+ * file behind; a device, FIFO or symlink is written as the reference does.
  */
 import { UserError } from './errors.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
-import { loadImage, loadImageDump, writeFileAtomic } from '../check/io.js';
+import { loadImage, loadImageDump, writeStdout } from '../check/io.js';
 import { ImageWriteError, writeImage } from '../erofs/writer.js';
 import type { Inode } from '../tree/model.js';
 
@@ -40,11 +41,22 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (dropIn || parsed.options.has('image')) {
     if (dest === undefined) throw new UserError('No destination path specified');
     const { root, version } = loadImage(src);
-    writeFileAtomic(dest, copyImage(root, version), 'write image to');
+    await writeOutput(dest, copyImage(root, version), 'write image to');
     return 0;
   }
-  writeFileAtomic(dest ?? '-', loadImageDump(src), 'write dump to');
+  await writeOutput(dest ?? '-', loadImageDump(src), 'write dump to');
   return 0;
+}
+
+/** `-` is stdout; a path goes through the shared output-file rules (src/output/file.ts): devices, FIFOs and symlinks as the reference, regular files replaced atomically. */
+async function writeOutput(dest: string, data: Buffer, what: string): Promise<void> {
+  if (dest === '-') {
+    writeStdout(data);
+    return;
+  }
+  // Loaded only here: it brings in the system-call bindings, which printing to stdout does not need.
+  const { writeOutputFile } = await import('../output/file.js');
+  writeOutputFile(dest, data, { durable: true, openFailure: `failed to open '${dest}'`, writeFailure: `cannot ${what} '${dest}'` });
 }
 
 /** The tree written again as an image of the given format version. */

@@ -52,7 +52,12 @@ export function run(args: string[], prog: string): number {
     }
     if (!isDir) throw new UserError(`Can't open basedir '${dir}': Not a directory`, EXIT_CANNOT_CHECK);
   }
-  const image = readFileOrFail(imagePath, EXIT_CANNOT_CHECK);
+  let image: Buffer;
+  try {
+    image = readFileOrFail(imagePath);
+  } catch (err) {
+    throw new UserError((err as Error).message, EXIT_CANNOT_CHECK);
+  }
   const report = fsckImage(image, { basedirs });
   const out = new Output();
   if (parsed.options.has('json')) {

@@ -9,7 +9,7 @@
  * are kept for the `@` lines; an image whose link counts hide a hard link is
  * dumped through the tree instead.
  */
-import { NeedTree, readImage, walkImage, type Visitor } from './reader.js';
+import { NeedTree, readImage, walkImage, type ReadImageOptions, type Visitor } from './reader.js';
 import { writeDump } from '../dumpfile/write.js';
 import type { Inode } from '../tree/model.js';
 
@@ -224,7 +224,7 @@ function printFields(out: Sink, inode: Inode, hardlink: boolean, targets: Map<In
 }
 
 /** The dump of an image; throws ImageFormatError as readImage does. */
-export function dumpImage(image: Buffer): Buffer {
+export function dumpImage(image: Buffer, opts: Pick<ReadImageOptions, 'topLevel'> = {}): Buffer {
   // A dump is about as big as its image: start there and rarely grow (growing copies).
   const out = new Sink(Math.max(1 << 16, image.length + (image.length >> 2)));
   // A path is never built on its own: it is the parent's path, copied from
@@ -260,10 +260,10 @@ export function dumpImage(image: Buffer): Buffer {
     },
   };
   try {
-    walkImage(image, {}, visitor);
+    walkImage(image, opts, visitor);
   } catch (err) {
     if (!(err instanceof NeedTree)) throw err;
-    return writeDump(readImage(image).root);
+    return writeDump(readImage(image, opts).root);
   }
   return out.buf.subarray(0, out.len);
 }
@@ -275,7 +275,7 @@ export function dumpImage(image: Buffer): Buffer {
  * object; a hard link's second name is its path alone. Throws ImageFormatError
  * as readImage does.
  */
-export function listImage(image: Buffer): Buffer {
+export function listImage(image: Buffer, opts: Pick<ReadImageOptions, 'topLevel'> = {}): Buffer {
   const out = new Sink(Math.max(1 << 16, image.length));
   const path = new Sink(4096);
   const marks: number[] = [];
@@ -323,6 +323,6 @@ export function listImage(image: Buffer): Buffer {
       path.len = marks.pop() ?? 0;
     },
   };
-  walkImage(image, {}, visitor, true);
+  walkImage(image, opts, visitor, true);
   return out.buf.subarray(0, out.len);
 }

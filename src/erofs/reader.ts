@@ -114,6 +114,12 @@ export interface ReadImageOptions {
   onProblem?: (problem: ImageProblem) => void;
   /** Called for each inode parsed and each directory entry read (for tests and tools that need the layout). */
   trace?: ReadTrace;
+  /**
+   * Read only these entries of the root directory, and everything below
+   * them (the reference's `toplevel_entries`, composefs-info --filter). The
+   * others are skipped unread.
+   */
+  topLevel?: readonly Buffer[];
 }
 
 export interface ReadTrace {
@@ -1084,6 +1090,7 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
     throw e;
   }
   const root = rootNode!;
+  const topLevel = opts.topLevel ? new Set(opts.topLevel.map((name) => name.toString('latin1'))) : null;
 
   while (stack.length > 0) {
     const frame = stack[stack.length - 1];
@@ -1104,6 +1111,7 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
     const start = entries.starts[k];
     const end = entries.ends[k];
     const nid = entries.nids[k];
+    if (topLevel !== null && frame.parent === null && !topLevel.has(buf.toString('latin1', start, end))) continue;
     if (frame.order !== null && pos > frame.base && cmpAt(frame.order[pos - frame.base - 1], k) === 0) {
       const msg = 'duplicate directory entry';
       if (checking) {
@@ -1135,6 +1143,8 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
       const raw = r.inode(nid);
       const type = raw.mode & S_IFMT;
       if (type === S_IFCHR && raw.u === 0) {
+        // As the reference's reader: a whiteout stands for a file's absence, so it cannot be hard-linked.
+        if (raw.nlink > 1) throw new EntryError('whiteout-nlink', `whiteout (character device 0:0) with link count ${raw.nlink}: a whiteout cannot be hard-linked`);
         // An overlayfs whiteout the writer added (the 00..ff in the root): not part of the tree.
         table.whiteout(nid);
         continue;
