@@ -21,6 +21,7 @@ import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js'
 
 const specs: OptionSpec[] = [
   { name: 'basedir', value: true, arg: 'DIR', help: 'object store to look objects up in (missing-objects)' },
+  { name: 'filter', value: true, repeat: true, arg: 'NAME', help: 'read only this entry of the root and what lies under it (repeatable)' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
@@ -28,7 +29,7 @@ const COMMANDS = ['ls', 'objects', 'dump', 'missing-objects', 'measure-file'];
 
 function help(prog: string): string {
   return formatHelp(
-    `${prog} [--basedir=DIR] [ls|objects|dump|missing-objects|measure-file] IMAGES...`,
+    `${prog} [--basedir=DIR] [--filter=NAME]... [ls|objects|dump|missing-objects|measure-file] IMAGES...`,
     [
       'Show what composefs images hold, without mounting them.',
       '',
@@ -48,6 +49,12 @@ export async function run(args: string[], prog: string): Promise<number> {
     process.stdout.write(help(prog));
     return 0;
   }
+  const filters = (parsed.options.get('filter') as string[] | undefined) ?? [];
+  for (const name of filters) {
+    // The reference's message; it also accepts an empty name (matching nothing).
+    if (name.includes('/')) throw new UserError(`Filter must be a single name: ${name}`);
+  }
+  const load = { topLevel: filters.length > 0 ? filters.map((name) => Buffer.from(name)) : undefined };
   const [command, ...paths] = parsed.positional;
   if (command === undefined) throw new UserError(`No command specified (one of ${COMMANDS.join(', ')}; see --help)`);
   if (!COMMANDS.includes(command)) throw new UserError(`Unknown command '${command}'`);
@@ -69,13 +76,13 @@ export async function run(args: string[], prog: string): Promise<number> {
   const out = new Output();
   if (command === 'dump' || command === 'ls') {
     // Printed straight from each image; all are read before anything is printed.
-    const dumps = paths.map((p) => loadImageDump(p, command === 'ls'));
+    const dumps = paths.map((p) => loadImageDump(p, command === 'ls', load));
     for (const d of dumps) out.bytes(d);
     out.flush();
     return 0;
   }
   // objects, missing-objects: one sorted list over all the images.
-  const roots = paths.map((p) => loadImage(p).root);
+  const roots = paths.map((p) => loadImage(p, load).root);
   const objects = new Map<string, Buffer>();
   for (const root of roots) collectObjects(root, objects);
   let list = [...objects.values()];
