@@ -176,6 +176,12 @@ test("every option of the reference tools' --help is accepted", () => {
       assert.notEqual(r.status, 0);
       assert.doesNotMatch(r.stderr, /unsupported|unrecognized|invalid option/i, `mount.composefs -o ${o}: ${r.stderr}`);
     }
+    // The reference tools exit 1 on a bad option, getopt's usage(); exit(1).
+    for (const tool of ['mkcomposefs', 'composefs-info', 'composefs-dump']) {
+      const r = run(tool, ['--no-such-option', image, join(dir, 'x')]);
+      assert.equal(r.status, 1, `${tool} --no-such-option: ${r.stderr}`);
+      assert.equal(r.stderr.split('\n').filter(Boolean).length, 1, `${tool}: one line`);
+    }
     const wrongType = run('mount.composefs', ['-t', 'ext4', '-o', `basedir=${dir}`, image, join(dir, 'mnt')]);
     assert.notEqual(wrongType.status, 0);
     assert.match(wrongType.stderr, /ext4/);

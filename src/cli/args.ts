@@ -94,3 +94,16 @@ export function intOption(parsed: Parsed, name: string, fallback: number, min = 
   if (n < min || n > max) throw new UserError(`invalid value for --${name}: ${n} is outside ${min}..${max}`, 2);
   return n;
 }
+
+/**
+ * parseArgs for a drop-in whose reference tool exits 1 on a bad option, as
+ * getopt's callers there do (usage(); exit(1)): the same errors, status 1.
+ */
+export function parseArgsExit1(argv: string[], specs: OptionSpec[]): Parsed {
+  try {
+    return parseArgs(argv, specs);
+  } catch (err) {
+    if (err instanceof UserError) throw new UserError(err.message, 1);
+    throw err;
+  }
+}

@@ -13,7 +13,7 @@
  * file behind; a device, FIFO or symlink is written as the reference does.
  */
 import { UserError } from './errors.js';
-import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { formatHelp, parseArgs, parseArgsExit1, type OptionSpec } from './args.js';
 import { loadImage, loadImageDump, writeStdout } from '../check/io.js';
 import { ImageWriteError, writeImage } from '../erofs/writer.js';
 import type { Inode } from '../tree/model.js';
@@ -25,7 +25,8 @@ const specs: OptionSpec[] = [
 
 export async function run(args: string[], prog: string): Promise<number> {
   const dropIn = prog === 'composefs-dump';
-  const parsed = parseArgs(args, dropIn ? specs.filter((s) => s.name === 'help') : specs);
+  // The drop-in exits 1 on a bad option, as the reference does.
+  const parsed = dropIn ? parseArgsExit1(args, specs.filter((s) => s.name === 'help')) : parseArgs(args, specs);
   if (parsed.options.has('help')) {
     process.stdout.write(
       dropIn
@@ -36,7 +37,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   }
   const [src, dest, ...extra] = parsed.positional;
   if (src === undefined) throw new UserError(dropIn ? 'No source path specified' : 'No image path specified (see --help)');
-  if (extra.length > 0) throw new UserError(`unexpected argument '${extra[0]}'`, 2);
+  if (extra.length > 0) throw new UserError(`unexpected argument '${extra[0]}'`, dropIn ? 1 : 2);
 
   if (dropIn || parsed.options.has('image')) {
     if (dest === undefined) throw new UserError('No destination path specified');

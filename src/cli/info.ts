@@ -15,7 +15,7 @@
  */
 import { closeSync, openSync, statSync } from 'node:fs';
 import { UserError, describeSystemError } from './errors.js';
-import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { formatHelp, parseArgs, parseArgsExit1, type OptionSpec } from './args.js';
 import { Output, escapeBytes, loadImage, loadImageDump } from '../check/io.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 
@@ -44,7 +44,8 @@ function help(prog: string): string {
 }
 
 export async function run(args: string[], prog: string): Promise<number> {
-  const parsed = parseArgs(args, specs);
+  // The drop-in exits 1 on a bad option, as the reference does; `cfs info` keeps the usage status 2.
+  const parsed = prog === 'composefs-info' ? parseArgsExit1(args, specs) : parseArgs(args, specs);
   if (parsed.options.has('help')) {
     process.stdout.write(help(prog));
     return 0;

@@ -5,7 +5,7 @@
  */
 import { fstatSync, lstatSync, readFileSync, writeSync } from 'node:fs';
 import { availableParallelism, constants as osConstants } from 'node:os';
-import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { formatHelp, parseArgsExit1, type OptionSpec } from './args.js';
 import { describeSystemError, UserError } from './errors.js';
 import type { Inode } from '../tree/model.js';
 import type { FlatTree } from '../tree/flat.js';
@@ -118,14 +118,8 @@ function writeToStdout(data: Buffer): void {
 }
 
 export async function run(argv: string[], prog: string): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs(argv, specs);
-  } catch (err) {
-    // The reference exits 1 for usage errors too.
-    if (err instanceof UserError) throw new UserError(err.message, 1);
-    throw err;
-  }
+  // The reference exits 1 for usage errors too.
+  const parsed = parseArgsExit1(argv, specs);
   const { options, positional } = parsed;
   if (options.has('help')) {
     process.stdout.write(usage(prog));
