@@ -247,3 +247,48 @@ test('a writer killed while writing leaves the old file whole and no other file'
     rmSync(inputs, { recursive: true, force: true });
   }
 });
+
+test('as a user who cannot keep the owner or use the directory, the file is written in place as the reference does; a file the user may not write is refused', (t) => {
+  if (!isRoot) return t.skip('needs root to run the writer as another user');
+  if (spawnSync('setpriv', ['--version']).status !== 0) return t.skip('no setpriv');
+  // The writer runs as uid 1000 (setpriv); its inputs and directories must be reachable for that user.
+  const dir = mkdtempSync(join(tmpdir(), 'cfs-out-user-'));
+  try {
+    chmodSync(dir, 0o755);
+    const dump = join(dir, 'in.dump');
+    writeFileSync(dump, DUMP, { mode: 0o644 });
+    const expected = writeImage(parseDump(Buffer.from(DUMP)));
+    const asUser = (out: string) =>
+      spawnSync('setpriv', ['--reuid=1000', '--regid=1000', '--clear-groups', cliPath('mkcomposefs'), '--from-file', dump, out], { encoding: 'utf8' });
+    const cases: Array<{ name: string; dirMode: number; fileMode: number; ok: boolean }> = [
+      { name: 'directory not writable, file writable', dirMode: 0o755, fileMode: 0o666, ok: true },
+      { name: 'directory writable, file owned by root', dirMode: 0o777, fileMode: 0o666, ok: true },
+      { name: 'file not writable', dirMode: 0o777, fileMode: 0o644, ok: false },
+    ];
+    for (const c of cases) {
+      const sub = join(dir, c.name.replace(/\W+/g, '-'));
+      mkdirSync(sub);
+      chmodSync(sub, c.dirMode);
+      const out = join(sub, 'out.cfs');
+      writeFileSync(out, 'old');
+      chmodSync(out, c.fileMode);
+      const before = lstatSync(out);
+      const r = asUser(out);
+      const after = lstatSync(out);
+      if (c.ok) {
+        assert.equal(r.status, 0, `${c.name}: ${r.stderr}`);
+        assert.ok(readFileSync(out).equals(expected), `${c.name}: written`);
+        assert.equal(after.ino, before.ino, `${c.name}: in place`);
+      } else {
+        assert.equal(r.status, 1, c.name);
+        assert.match(r.stderr, /^mkcomposefs: failed to open output file .*: Permission denied\n$/, c.name);
+        assert.equal(readFileSync(out, 'utf8'), 'old', `${c.name}: untouched`);
+      }
+      assert.equal(after.uid, 0, `${c.name}: owner kept`);
+      assert.equal(after.mode, before.mode, `${c.name}: mode kept`);
+      assert.deepEqual(readdirSync(sub), ['out.cfs'], `${c.name}: nothing else left`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
