@@ -48,3 +48,10 @@ export async function unmountComposefs(...args: Parameters<typeof import('./moun
 
 export type { ScanOptions, ScanStats } from './scan/index.js';
 export type { MountOptions, MountResult } from './mount/index.js';
+
+/** Write an output file as the reference tools do (devices, FIFOs, symlinks), a regular file atomically keeping its mode and owner: see src/output/file.ts. */
+export async function writeOutputFile(...args: Parameters<typeof import('./output/file.js').writeOutputFile>) {
+  return (await import('./output/file.js')).writeOutputFile(...args);
+}
+
+export type { OutputFileOptions, OutputFileWrite, OutputFileError } from './output/file.js';
