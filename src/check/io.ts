@@ -4,18 +4,35 @@
  * tripping over a closed pipe, writing an output file atomically, and the
  * reference tools' escaping of paths and payloads.
  */
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync, constants as fsc } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { UserError, describeSystemError } from '../cli/errors.js';
 import { ImageFormatError, readImage, type ReadImageResult } from '../erofs/reader.js';
 import { dumpImage, listImage } from '../erofs/read-dump.js';
 
-/** Read a whole file; failures become "Failed to open 'PATH': reason". */
+/**
+ * Read a whole file; failures become "Failed to open 'PATH': reason". Opened
+ * without blocking and refused unless a regular file or block device: a FIFO
+ * would wait forever for a writer.
+ */
 export function readFileOrFail(path: string, exitCode = 1): Buffer {
+  let fd: number;
   try {
-    return readFileSync(path);
+    fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOCTTY);
   } catch (err) {
     throw new UserError(describeSystemError(err, `Failed to open '${path}'`), exitCode);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() && !st.isBlockDevice()) {
+      throw new UserError(`Failed to open '${path}': ${st.isDirectory() ? 'Is a directory' : 'not a regular file or block device'}`, exitCode);
+    }
+    return readFileSync(fd);
+  } catch (err) {
+    if (err instanceof UserError) throw err;
+    throw new UserError(describeSystemError(err, `Failed to read '${path}'`), exitCode);
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -4,7 +4,7 @@
  * clear message instead of an EINVAL from the kernel (EROFS itself does not
  * check the file size: a truncated image mounts and fails on read).
  */
-import { fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, constants as fsc } from 'node:fs';
 import {
   COMPOSEFS_FLAG_HAS_ACL,
   COMPOSEFS_HEADER_VERSION,
@@ -16,6 +16,7 @@ import {
   SUPER_SIZE,
 } from '../erofs/format.js';
 import { UserError, describeSystemError } from '../cli/errors.js';
+import { seekableSize } from '../sys/extents.js';
 
 export interface ImageInfo {
   /** composefs header flags (bit 0: the image has ACLs). */
@@ -29,24 +30,36 @@ export interface ImageInfo {
   fileSize: number;
 }
 
-/** Open an image read-only; one-line UserError on failure. */
+/**
+ * Open an image read-only; one-line UserError on failure. Opened without
+ * blocking (a FIFO would otherwise wait forever for a writer) and refused
+ * unless it is a regular file or a block device. O_NONBLOCK means nothing
+ * to reads of either, so the descriptor is used as it is.
+ */
 export function openImageFile(path: string): number {
+  const shown = path === '' ? "''" : path;
+  let fd: number;
   try {
-    return openSync(path, 'r');
+    fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOCTTY);
   } catch (err) {
-    throw new UserError(describeSystemError(err, path));
+    throw new UserError(describeSystemError(err, shown));
   }
+  const st = fstatSync(fd);
+  if (st.isFile() || st.isBlockDevice()) return fd;
+  closeSync(fd);
+  throw new UserError(st.isDirectory() ? `${shown}: Is a directory` : `${shown}: not a regular file or block device`);
 }
 
 /** Check the header and superblock of the image open on `fd`; `name` is used in messages. */
 export function checkImage(fd: number, name: string): ImageInfo {
   const st = fstatSync(fd);
   if (st.isDirectory()) throw new UserError(`${name}: Is a directory`);
-  if (!st.isFile()) throw new UserError(`${name}: not a regular file`);
+  if (!st.isFile() && !st.isBlockDevice()) throw new UserError(`${name}: not a regular file or block device`);
+  const size = st.isFile() ? st.size : seekableSize(fd);
   const need = SUPER_OFFSET + SUPER_SIZE;
-  if (st.size < need) {
+  if (size < need) {
     throw new UserError(
-      st.size === 0 ? `${name}: empty file, not a composefs image` : `${name}: not a composefs image (${st.size} bytes, too small)`,
+      size === 0 ? `${name}: empty file, not a composefs image` : `${name}: not a composefs image (${size} bytes, too small)`,
     );
   }
   const buf = Buffer.alloc(need);
@@ -66,11 +79,11 @@ export function checkImage(fd: number, name: string): ImageInfo {
   const blockSize = 1 << blkszbits;
   const blocks = buf.readUInt32LE(SUPER_OFFSET + SB.blocks);
   const spanBytes = blocks * blockSize;
-  if (spanBytes > st.size) {
-    throw new UserError(`${name}: truncated composefs image (${st.size} bytes, the superblock says ${spanBytes})`);
+  if (spanBytes > size) {
+    throw new UserError(`${name}: truncated composefs image (${size} bytes, the superblock says ${spanBytes})`);
   }
   const metaBlk = buf.readUInt32LE(SUPER_OFFSET + SB.metaBlkaddr);
-  if (metaBlk * blockSize >= st.size) throw new UserError(`${name}: corrupt composefs image (metadata beyond the end of the file)`);
+  if (metaBlk * blockSize >= size) throw new UserError(`${name}: corrupt composefs image (metadata beyond the end of the file)`);
   const flags = buf.readUInt32LE(HDR.flags);
   return {
     flags,
@@ -78,6 +91,6 @@ export function checkImage(fd: number, name: string): ImageInfo {
     formatVersion: buf.readUInt32LE(HDR.composefsVersion),
     blockSize,
     spanBytes,
-    fileSize: st.size,
+    fileSize: size,
   };
 }

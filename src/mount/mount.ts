@@ -19,13 +19,14 @@
  * leaves nothing: the overlay appears only with the final, atomic
  * move_mount(). See `killLeftovers` for what each fallback can leave.
  */
-import { closeSync, fstatSync, mkdtempSync, openSync, readSync, rmdirSync, writeSync, constants as fsc } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readSync, rmdirSync, writeSync, constants as fsc } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { TEMP_PREFIX, temporaryBase } from './temp.js';
 import { dirname, resolve } from 'node:path';
 import { UserError, describeSystemError } from '../cli/errors.js';
 import { SysError, strerror } from '../sys/libc.js';
-import { fsTypeOf, measureVerity } from '../sys/fsinfo.js';
+import { dataExtents } from '../sys/extents.js';
+import { fsTypeOf, measureVerity, type VerityMeasurement } from '../sys/fsinfo.js';
 import { attachLoop, type LoopDevice } from '../sys/loop.js';
 import * as sys from '../sys/mount.js';
 import { checkImage, openImageFile, type ImageInfo } from './image.js';
@@ -161,6 +162,8 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
   const plan: Plan = { api: o.api ?? 'auto', backing: o.backing ?? 'auto', layers: o.layers ?? 'auto' };
 
   // ---- options --------------------------------------------------------------------------
+  // resolve('') is the current directory: an empty mountpoint must not mean "here" (the reference gets ENOENT).
+  if (mountpoint === '') throw new UserError("mountpoint '': No such file or directory");
   if (!o.basedir || o.basedir.length === 0) throw new UserError('no basedir given: composefs needs the object store directory (basedir=PATH)', 2);
   if (!!o.upperdir !== !!o.workdir) throw new UserError('upperdir and workdir must be given together', 2);
   let expected: Buffer | null = null;
@@ -176,7 +179,8 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
   // Without an upper layer overlayfs cannot write anyway: the mount is read-only whatever was asked
   // (mount(8) passes "rw" to helpers by default), so mountinfo does not claim otherwise.
   const readonly = o.upperdir ? (o.readonly ?? false) : true;
-  const verityMode = o.verity ?? (expected ? 'try' : 'off');
+  // As the reference, digest= means the objects are checked too; only an explicit tryverity/noverity accepts unchecked ones.
+  const verityMode = o.verity ?? (expected ? 'require' : 'off');
   const source = o.source ?? DEFAULT_SOURCE;
   const { attr, ms } = mountAttrs(o, readonly);
 
@@ -215,10 +219,13 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
     let imgFd = imagePath === null ? (imageArg as number) : c.fd(openImageFile(image));
     const info: ImageInfo = checkImage(imgFd, image);
     let privateCopy: MountResult['privateCopy'] = null;
-    if (o.private) {
+    // A digest the kernel cannot measure is computed here, from bytes anyone could change before
+    // EROFS reads them: check and mount a private copy instead, so what is mounted is what was checked.
+    const measured: VerityMeasurement | null = expected && !o.private ? measureVerity(imgFd) : null;
+    if (o.private || (measured && !measured.ok)) {
       step('private-copy');
       const dirs = o.privateDirs ?? [...(imagePath ? [dirname(imagePath)] : []), tmpdir(), '/var/tmp', '/dev/shm'];
-      const copy = privateCopyOf(imgFd, image, dirs, c, explain);
+      const copy = privateCopyOf(imgFd, image, info.spanBytes, dirs, c, explain, o.private ? 'private' : 'digest');
       imgFd = copy.fd;
       privateCopy = { dir: copy.dir, fsType: copy.fsType };
     }
@@ -226,7 +233,7 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
     let digest: MountResult['digest'] = null;
     if (expected) {
       step('digest');
-      digest = { expected: o.digest!.toLowerCase(), measuredBy: checkDigest(imgFd, image, expected, explain, !!o.private, digestOf) };
+      digest = { expected: o.digest!.toLowerCase(), measuredBy: checkDigest(imgFd, image, expected, explain, measured, digestOf) };
     }
 
     // ---- verity -------------------------------------------------------------------------
@@ -237,10 +244,14 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
       if (v.ok) {
         verity = true;
         explain.push(`verity: overlay verity=require (${v.why})`);
+      } else if (verityMode === 'require' && o.verity === undefined) {
+        throw new UserError(
+          `digest=: the objects cannot be verified, ${v.why}; add tryverity to mount with unchecked objects, or use a kernel and basedir with fs-verity`,
+        );
       } else if (verityMode === 'require') {
         throw new UserError(`verity: ${v.why}; overlay verity cannot be enforced (use tryverity to mount without it)`);
       } else {
-        explain.push(`verity: off, ${v.why} (${o.verity === 'try' ? 'tryverity' : 'digest= implies tryverity'}: going on without)`);
+        explain.push(`verity: off, ${v.why} (${o.verity === 'try' ? 'tryverity' : 'noverity'}: going on without)`);
       }
     } else explain.push('verity: off (not requested)');
 
@@ -791,7 +802,20 @@ function legacyErofs(
 // ---------------------------------------------------------------------------------------
 // private copy, digest, verity
 
-function privateCopyOf(srcFd: number, image: string, dirs: string[], c: Cleanup, explain: string[]): { fd: number; dir: string; fsType: string } {
+/**
+ * Copy the image into an anonymous O_TMPFILE file in the first of `dirs`
+ * that takes one; return a read-only descriptor of the copy. `label` is the
+ * option that asked for it, for --explain.
+ */
+function privateCopyOf(
+  srcFd: number,
+  image: string,
+  span: number,
+  dirs: string[],
+  c: Cleanup,
+  explain: string[],
+  label: 'private' | 'digest',
+): { fd: number; dir: string; fsType: string } {
   const O_TMPFILE = sys.O__TMPFILE | fsc.O_DIRECTORY;
   const refused: string[] = [];
   for (const dir of dirs) {
@@ -803,12 +827,13 @@ function privateCopyOf(srcFd: number, image: string, dirs: string[], c: Cleanup,
       continue;
     }
     try {
-      copyAll(srcFd, rw);
+      copySparse(srcFd, rw, span);
       // Keep only a read-only descriptor: once the writable one is closed nobody can change the copy.
       const ro = c.fd(openSync(`/proc/self/fd/${rw}`, fsc.O_RDONLY));
       const fsType = fsTypeName(fsTypeOf(ro));
+      const why = label === 'private' ? 'private: the image was copied' : 'digest: the kernel cannot measure the image, so it was copied';
       explain.push(
-        `private: the image was copied into an anonymous O_TMPFILE file in ${dir} (${fsType}), now open read-only and linked nowhere; it lives exactly as long as the mount`,
+        `${why} into an anonymous O_TMPFILE file in ${dir} (${fsType}), ${span} bytes as the superblock says, holes kept, now open read-only and linked nowhere; it lives exactly as long as the mount`,
       );
       return { fd: ro, dir, fsType };
     } catch (err) {
@@ -817,25 +842,39 @@ function privateCopyOf(srcFd: number, image: string, dirs: string[], c: Cleanup,
       sys.closeQuiet(rw);
     }
   }
-  throw new UserError(`private: cannot make an anonymous copy of ${image}: ${refused.join('; ')}`);
+  throw new UserError(`${label}: cannot make an anonymous copy of ${image}: ${refused.join('; ')}`);
 }
 
-function copyAll(src: number, dst: number): void {
-  const size = fstatSync(src).size;
-  const buf = Buffer.allocUnsafe(Math.min(size, 1 << 20) || 1);
-  let pos = 0;
-  while (pos < size) {
-    const n = readSync(src, buf, 0, buf.length, pos);
-    if (n === 0) throw new Error('image shrank while being copied');
-    let w = 0;
-    while (w < n) w += writeSync(dst, buf, w, n - w, pos + w);
-    pos += n;
+/**
+ * Copy the first `span` bytes of `src` (the image as its superblock sizes
+ * it, not whatever the file holds after it) into `dst`, writing only the
+ * data extents: a hole stays a hole, so an 8 GiB sparse file holding a small
+ * image costs the image's blocks, not 8 GiB.
+ */
+function copySparse(src: number, dst: number, span: number): void {
+  const buf = Buffer.allocUnsafe(Math.min(span, 1 << 20) || 1);
+  for (const [start, end] of dataExtents(src, span)) {
+    let pos = start;
+    while (pos < end) {
+      const n = readSync(src, buf, 0, Math.min(buf.length, end - pos), pos);
+      if (n === 0) throw new Error('image shrank while being copied');
+      let w = 0;
+      while (w < n) w += writeSync(dst, buf, w, n - w, pos + w);
+      pos += n;
+    }
   }
+  ftruncateSync(dst, span);
 }
 
-
-function checkDigest(fd: number, image: string, expected: Buffer, explain: string[], isPrivate: boolean, digestOf: DigestOfFd | null): 'kernel' | 'userspace' {
-  const m = measureVerity(fd);
+function checkDigest(
+  fd: number,
+  image: string,
+  expected: Buffer,
+  explain: string[],
+  original: VerityMeasurement | null,
+  digestOf: DigestOfFd | null,
+): 'kernel' | 'userspace' {
+  const m = original?.ok ? original : measureVerity(fd);
   let actual: Buffer;
   if (m.ok) actual = m.digest;
   else {
@@ -851,12 +890,11 @@ function checkDigest(fd: number, image: string, expected: Buffer, explain: strin
   if (!actual.equals(expected)) {
     throw new UserError(`${image}: wrong fs-verity digest: expected ${expected.toString('hex')}, the image has ${actual.toString('hex')}`);
   }
+  const cannot = original && !original.ok ? original : m;
   const reason = m.ok
     ? 'measured by the kernel (FS_IOC_MEASURE_VERITY)'
-    : `computed in userspace, the kernel cannot measure this file (${m.reason === 'no-verity' ? 'fs-verity not enabled on it' : 'no fs-verity support'})`;
-  explain.push(
-    `digest: matches, ${reason}${!m.ok && !isPrivate ? '; the file could still change after the check: -o private mounts a verified private copy' : ''}`,
-  );
+    : `computed in userspace on the private copy that is mounted, the kernel cannot measure the image (${!cannot.ok && cannot.reason === 'no-verity' ? 'fs-verity not enabled on it' : 'no fs-verity support'})`;
+  explain.push(`digest: matches, ${reason}`);
   return m.ok ? 'kernel' : 'userspace';
 }
 
