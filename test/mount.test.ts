@@ -32,7 +32,7 @@ import {
   unmountComposefs,
   type MountOptions,
 } from '../src/mount/index.js';
-import { UserError } from '../src/cli/errors.js';
+import { ComposefsError } from '../src/errors.js';
 import { fsverityDigestOfFileSync } from '../src/fsverity/index.js';
 import { parseMountinfo, splitSuperOptions } from '../src/mount/mountinfo.js';
 import { parseOptionString } from '../src/mount/options.js';
@@ -218,7 +218,7 @@ test('backing=fd: used when the kernel takes an fd source, else refused with the
       checkTree(fx);
       unmountComposefs(fx.mnt);
     } catch (err) {
-      assert.ok(err instanceof UserError);
+      assert.ok(err instanceof ComposefsError);
       assert.match(err.message, /^backing=fd: this kernel's EROFS refuses a file-descriptor source/);
       assert.equal(kernel.erofsFdSource?.ok, false);
     }
@@ -299,7 +299,7 @@ test('verity: refused with the reason when the kernel lacks fs-verity; tryverity
       required = r.verity;
       unmountComposefs(fx.mnt);
     } catch (err) {
-      assert.ok(err instanceof UserError);
+      assert.ok(err instanceof ComposefsError);
       assert.match(err.message, /^verity: .*(lacks fs-verity|does not support fs-verity).*overlay verity cannot be enforced/);
     }
     if (!required) {

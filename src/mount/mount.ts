@@ -23,7 +23,8 @@ import { closeSync, ftruncateSync, mkdtempSync, openSync, readSync, rmdirSync, w
 import { tmpdir } from 'node:os';
 import { TEMP_PREFIX, temporaryBase } from './temp.js';
 import { dirname, resolve } from 'node:path';
-import { UserError, describeSystemError } from '../cli/errors.js';
+import { ComposefsError, UsageError, ioError } from '../errors.js';
+import { MountError } from './errors.js';
 import { SysError, strerror } from '../sys/libc.js';
 import { dataExtents } from '../sys/extents.js';
 import { fsTypeOf, measureVerity, type VerityMeasurement } from '../sys/fsinfo.js';
@@ -94,7 +95,7 @@ function openDir(path: string, what: string, flags = O_PATH_DIR): number {
   try {
     return openSync(path, flags);
   } catch (err) {
-    throw new UserError(describeSystemError(err, `${what} ${path}`));
+    throw ioError(err, `${what} ${path}`);
   }
 }
 
@@ -134,7 +135,7 @@ interface Plan {
 type DigestOfFd = (fd: number) => Buffer;
 
 /**
- * Mount `image` on `mountpoint`. Rejects with a one-line UserError on any
+ * Mount `image` on `mountpoint`. Rejects with a one-line error on any
  * failure, having left nothing behind.
  */
 export async function mountComposefs(image: string | number, mountpoint: string, options: MountOptions): Promise<MountResult> {
@@ -163,18 +164,18 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
 
   // ---- options --------------------------------------------------------------------------
   // resolve('') is the current directory: an empty mountpoint must not mean "here" (the reference gets ENOENT).
-  if (mountpoint === '') throw new UserError("mountpoint '': No such file or directory");
-  if (!o.basedir || o.basedir.length === 0) throw new UserError('no basedir given: composefs needs the object store directory (basedir=PATH)', 2);
-  if (!!o.upperdir !== !!o.workdir) throw new UserError('upperdir and workdir must be given together', 2);
+  if (mountpoint === '') throw new MountError("mountpoint '': No such file or directory");
+  if (!o.basedir || o.basedir.length === 0) throw new UsageError('no basedir given: composefs needs the object store directory (basedir=PATH)');
+  if (!!o.upperdir !== !!o.workdir) throw new UsageError('upperdir and workdir must be given together');
   let expected: Buffer | null = null;
   if (o.digest !== undefined) {
-    if (!/^[0-9a-fA-F]{64}$/.test(o.digest)) throw new UserError(`invalid digest '${o.digest}': expected 64 hex digits (an fs-verity SHA-256 digest)`, 2);
+    if (!/^[0-9a-fA-F]{64}$/.test(o.digest)) throw new UsageError(`invalid digest '${o.digest}': expected 64 hex digits (an fs-verity SHA-256 digest)`);
     expected = Buffer.from(o.digest, 'hex');
   }
   if (plan.api === 'legacy') {
-    if (plan.backing === 'fd') throw new UserError('backing=fd needs the new mount API (api=legacy given)', 2);
-    if (plan.layers === 'fd') throw new UserError('layers=fd needs the new mount API (api=legacy given)', 2);
-    if (o.idmap !== undefined) throw new UserError('idmap needs the new mount API (api=legacy given)', 2);
+    if (plan.backing === 'fd') throw new UsageError('backing=fd needs the new mount API (api=legacy given)');
+    if (plan.layers === 'fd') throw new UsageError('layers=fd needs the new mount API (api=legacy given)');
+    if (o.idmap !== undefined) throw new UsageError('idmap needs the new mount API (api=legacy given)');
   }
   // Without an upper layer overlayfs cannot write anyway: the mount is read-only whatever was asked
   // (mount(8) passes "rw" to helpers by default), so mountinfo does not claim otherwise.
@@ -209,7 +210,7 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
         try {
           usernsFd = c.fd(openSync(o.idmap, 'r'));
         } catch (err) {
-          throw new UserError(describeSystemError(err, `idmap ${o.idmap}`));
+          throw ioError(err, `idmap ${o.idmap}`);
         }
       }
     }
@@ -245,11 +246,11 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
         verity = true;
         explain.push(`verity: overlay verity=require (${v.why})`);
       } else if (verityMode === 'require' && o.verity === undefined) {
-        throw new UserError(
+        throw new MountError(
           `digest=: the objects cannot be verified, ${v.why}; add tryverity to mount with unchecked objects, or use a kernel and basedir with fs-verity`,
         );
       } else if (verityMode === 'require') {
-        throw new UserError(`verity: ${v.why}; overlay verity cannot be enforced (use tryverity to mount without it)`);
+        throw new MountError(`verity: ${v.why}; overlay verity cannot be enforced (use tryverity to mount without it)`);
       } else {
         explain.push(`verity: off, ${v.why} (${o.verity === 'try' ? 'tryverity' : 'noverity'}: going on without)`);
       }
@@ -287,7 +288,7 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
       step('probe-api');
       const fsfd = tryFsopen('erofs');
       if (fsfd === null) {
-        if (plan.api === 'new') throw new UserError('api=new: this kernel has no new mount API (fsopen: Function not implemented)');
+        if (plan.api === 'new') throw new MountError('api=new: this kernel has no new mount API (fsopen: Function not implemented)');
         api = 'legacy';
         explain.push(`api: legacy mount(2) (${kernel.newApi!.why})`);
       } else {
@@ -297,7 +298,7 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
       }
     }
     if (api === 'legacy' && (plan.backing === 'fd' || plan.layers === 'fd' || usernsFd >= 0)) {
-      throw new UserError(`${plan.backing === 'fd' ? 'backing=fd' : plan.layers === 'fd' ? 'layers=fd' : 'idmap'} needs the new mount API, which this kernel lacks`);
+      throw new MountError(`${plan.backing === 'fd' ? 'backing=fd' : plan.layers === 'fd' ? 'layers=fd' : 'idmap'} needs the new mount API, which this kernel lacks`);
     }
 
     // ---- EROFS and overlay ----------------------------------------------------------------
@@ -323,7 +324,7 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
           );
         } catch (err) {
           if (!(err instanceof LayerFdUnsupported)) throw err;
-          if (plan.layers === 'fd') throw new UserError(`layers=fd: ${err.message}`);
+          if (plan.layers === 'fd') throw new MountError(`layers=fd: ${err.message}`);
           refusedFd = err.message;
         }
       }
@@ -389,9 +390,9 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
       ms: performance.now() - t0,
     };
   } catch (err) {
-    if (err instanceof UserError) throw err;
+    if (err instanceof ComposefsError) throw err;
     const hint = err instanceof SysError && err.code === 'EPERM' ? ' (mounting needs root: CAP_SYS_ADMIN)' : '';
-    throw new UserError(`mounting ${image} on ${mountpoint}: ${err instanceof Error ? err.message : String(err)}${hint}`);
+    throw new MountError(`mounting ${image} on ${mountpoint}: ${err instanceof Error ? err.message : String(err)}${hint}`);
   } finally {
     c.run();
   }
@@ -409,7 +410,7 @@ function tryFsopen(fsName: string): number | null {
       kernel.newApi = { ok: false, why: 'fsopen() is not implemented by this kernel' };
       return null;
     }
-    if (e === ENODEV) throw new UserError(`this kernel has no ${fsName} file system (fsopen ${fsName}: No such device)`);
+    if (e === ENODEV) throw new MountError(`this kernel has no ${fsName} file system (fsopen ${fsName}: No such device)`);
     throw err;
   }
 }
@@ -472,7 +473,7 @@ function erofsNewApi(
       if (!setFdRefused) throw imageMountError(err, image);
       const why = `this kernel's EROFS refuses a file-descriptor source (${kernelSays(err)})`;
       kernel.erofsFdSource = { ok: false, why };
-      if (plan.backing === 'fd') throw new UserError(`backing=fd: ${why}`);
+      if (plan.backing === 'fd') throw new MountError(`backing=fd: ${why}`);
     }
   }
   if (backing === null && kernel.erofsFdSource && !kernel.erofsFdSource.ok) tried.push(kernel.erofsFdSource.why);
@@ -495,7 +496,7 @@ function erofsNewApi(
         if (errnoOf(err) !== ENOTBLK) throw imageMountError(err, image);
         const why = `file-backed EROFS is not available for an image on ${fsTypeName(fsType)} (the kernel wants a block device: ENOTBLK)`;
         kernel.fileBacked.set(fsType, { ok: false, why });
-        if (plan.backing === 'file') throw new UserError(`backing=file: ${why}`);
+        if (plan.backing === 'file') throw new MountError(`backing=file: ${why}`);
       }
     }
     if (backing === null) tried.push(kernel.fileBacked.get(fsType)!.why);
@@ -527,7 +528,7 @@ function erofsNewApi(
     try {
       sys.mountSetattrFd(mntFd, { set: sys.MOUNT_ATTR_IDMAP, usernsFd });
     } catch (err) {
-      throw new UserError(`idmap: cannot idmap the image mount: ${err instanceof Error ? err.message : String(err)}`);
+      throw new MountError(`idmap: cannot idmap the image mount: ${err instanceof Error ? err.message : String(err)}`);
     }
     explain.push('idmap: the EROFS mount is idmapped with the given user namespace');
   }
@@ -547,7 +548,7 @@ function attachLoopOrFail(imgFd: number, image: string, imagePath: string | null
   try {
     return attachLoop(imgFd, { name: imagePath ?? '' });
   } catch (err) {
-    throw new UserError(`loop device for ${image}: ${err instanceof Error ? err.message : String(err)}`);
+    throw new MountError(`loop device for ${image}: ${err instanceof Error ? err.message : String(err)}`);
   }
 }
 
@@ -560,7 +561,7 @@ function kernelSays(err: unknown): string {
 function imageMountError(err: unknown, image: string): Error {
   const e = errnoOf(err);
   if (e === EINVAL || e === 117 /* EUCLEAN */ || e === 74 /* EBADMSG */ || e === 5 /* EIO */ || e === 95 /* EOPNOTSUPP */) {
-    return new UserError(`${image}: the kernel refused the image (corrupt or unsupported composefs image: ${strerror(e)})`);
+    return new MountError(`${image}: the kernel refused the image (corrupt or unsupported composefs image: ${strerror(e)})`);
   }
   return err instanceof Error ? err : new Error(String(err));
 }
@@ -714,8 +715,8 @@ function overlayLegacy(
 }
 
 function overlayError(err: unknown): Error {
-  if (err instanceof UserError) return err;
-  return new UserError(`overlayfs: ${err instanceof Error ? err.message : String(err)}`);
+  if (err instanceof ComposefsError) return err;
+  return new MountError(`overlayfs: ${err instanceof Error ? err.message : String(err)}`);
 }
 
 /**
@@ -780,7 +781,7 @@ function legacyErofs(
       if (errnoOf(err) !== ENOTBLK) throw imageMountError(err, image);
       const why = `file-backed EROFS is not available for an image on ${fsTypeName(fsType)} (the kernel wants a block device: ENOTBLK)`;
       kernel.fileBacked.set(fsType, { ok: false, why });
-      if (plan.backing === 'file') throw new UserError(`backing=file: ${why}`);
+      if (plan.backing === 'file') throw new MountError(`backing=file: ${why}`);
     }
   }
   step('loop-attach');
@@ -823,7 +824,7 @@ function privateCopyOf(
     try {
       rw = openSync(dir, O_TMPFILE | fsc.O_RDWR | fsc.O_EXCL, 0o400);
     } catch (err) {
-      refused.push(describeSystemError(err, dir));
+      refused.push(ioError(err, dir).message);
       continue;
     }
     try {
@@ -837,12 +838,12 @@ function privateCopyOf(
       );
       return { fd: ro, dir, fsType };
     } catch (err) {
-      refused.push(describeSystemError(err, dir));
+      refused.push(ioError(err, dir).message);
     } finally {
       sys.closeQuiet(rw);
     }
   }
-  throw new UserError(`${label}: cannot make an anonymous copy of ${image}: ${refused.join('; ')}`);
+  throw new MountError(`${label}: cannot make an anonymous copy of ${image}: ${refused.join('; ')}`);
 }
 
 /**
@@ -888,7 +889,7 @@ function checkDigest(
     }
   }
   if (!actual.equals(expected)) {
-    throw new UserError(`${image}: wrong fs-verity digest: expected ${expected.toString('hex')}, the image has ${actual.toString('hex')}`);
+    throw new MountError(`${image}: wrong fs-verity digest: expected ${expected.toString('hex')}, the image has ${actual.toString('hex')}`);
   }
   const cannot = original && !original.ok ? original : m;
   const reason = m.ok
@@ -905,7 +906,7 @@ function verityAvailable(basedirs: string[]): { ok: boolean; why: string } {
     try {
       fd = openSync(d, fsc.O_RDONLY | fsc.O_DIRECTORY);
     } catch (err) {
-      throw new UserError(describeSystemError(err, `basedir ${d}`));
+      throw ioError(err, `basedir ${d}`);
     }
     let m;
     try {

@@ -10,7 +10,7 @@
  * `api=` to force a mount path. A backslash escapes the next character, so
  * `\,` puts a comma and `\:` a colon inside a value.
  */
-import { UserError } from '../cli/errors.js';
+import { UsageError } from '../errors.js';
 
 /** How EROFS reads the image: given the open file itself, the file by /proc/self/fd path, or a loop device. */
 export type Backing = 'fd' | 'file' | 'loop';
@@ -105,7 +105,7 @@ export function splitEscaped(s: string, sep: string): string[] {
 }
 
 const choice = <T extends string>(key: string, v: string, allowed: readonly T[]): T => {
-  if (!(allowed as readonly string[]).includes(v)) throw new UserError(`invalid value for option ${key}: '${v}' (expected ${allowed.join(', ')})`, 2);
+  if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`invalid value for option ${key}: '${v}' (expected ${allowed.join(', ')})`);
   return v as T;
 };
 
@@ -121,16 +121,16 @@ export function parseOptionString(s: string, sloppy = false): ParsedOptionString
   let tryverity = false;
   for (const { key, rawValue } of splitOptions(s)) {
     const need = (): string => {
-      if (rawValue === null || rawValue === '') throw new UserError(`no value given for option ${key}`, 2);
+      if (rawValue === null || rawValue === '') throw new UsageError(`no value given for option ${key}`);
       return rawValue;
     };
     const noValue = () => {
-      if (rawValue !== null) throw new UserError(`option ${key} takes no value`, 2);
+      if (rawValue !== null) throw new UsageError(`option ${key} takes no value`);
     };
     switch (key) {
       case 'basedir': {
         const dirs = splitEscaped(need(), ':');
-        if (dirs.length === 0) throw new UserError(`no value given for option basedir`, 2);
+        if (dirs.length === 0) throw new UsageError(`no value given for option basedir`);
         o.basedir = dirs;
         break;
       }
@@ -228,7 +228,7 @@ export function parseOptionString(s: string, sloppy = false): ParsedOptionString
           ignored.push(key);
           break;
         }
-        throw new UserError(`unsupported mount option '${key}'`, 2);
+        throw new UsageError(`unsupported mount option '${key}'`);
     }
   }
   if (verity) o.verity = 'require';
