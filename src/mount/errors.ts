@@ -6,7 +6,10 @@
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 
 export class MountError extends ComposefsError {
-  constructor(message: string, options?: ComposefsErrorOptions) {
+  /** The kernel refused for lack of privilege (EPERM): another rung of the ladder (FUSE) may still work. */
+  readonly privilege: boolean;
+  constructor(message: string, options?: ComposefsErrorOptions & { privilege?: boolean }) {
     super(message, 'mount', options);
+    this.privilege = options?.privilege ?? false;
   }
 }
