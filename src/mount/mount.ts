@@ -113,6 +113,7 @@ export async function mountComposefs(image: string | number, mountpoint: string,
     digestOf = (fd) => fv.fsverityDigestOfFileSync(fd).digest;
   }
   const rungs = registeredMountRungs();
+  if (options.fuse && !rungs.some((r) => r.asked(options))) throw new MountError('fuse: no FUSE mount path is available in this build');
   if (rungs.length === 0) return mountComposefsSync(image, mountpoint, options, digestOf);
   const names = planRungs(options, rungs);
   for (const [i, name] of names.entries()) {

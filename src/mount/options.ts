@@ -48,6 +48,8 @@ export interface MountOptions {
   api?: Api | 'auto';
   /** The overlay's source field in mountinfo (default "composefs", as the reference). */
   source?: string;
+  /** Mount through the registered FUSE rung (src/mount/ladder.ts) instead of the kernel. */
+  fuse?: boolean;
   /** Check everything (options, places, image, digest, verity) but mount nothing (mount(8)'s -f). */
   dryRun?: boolean;
   /** Called before every step of the mount; tests use it to kill the process at each point. */
