@@ -96,6 +96,21 @@ export async function benchMount(ctx: { repoRoot?: string } = {}): Promise<{ row
       mount.push(time([cfs, 'mount', '-o', `basedir=${fx.basedir}`, fx.image, fx.mnt]));
       umount.push(time([cfs, 'umount', fx.mnt]));
     }
+    // Many mounts: one `cfs mount` call with N pairs pays Node's start-up once; N calls pay it N times.
+    const n = 50;
+    const mnts = Array.from({ length: n }, (_, i) => join(dir, `many${i}`));
+    for (const m of mnts) mkdirSync(m);
+    const t0 = performance.now();
+    time([cfs, 'mount', '-o', `basedir=${fx.basedir}`, ...mnts.flatMap((m) => [fx.image, m])]);
+    const oneCall = performance.now() - t0;
+    time([cfs, 'umount', ...mnts]);
+    const t1 = performance.now();
+    for (const m of mnts) time([cfs, 'mount', '-o', `basedir=${fx.basedir}`, fx.image, m]);
+    const perCall = performance.now() - t1;
+    time([cfs, 'umount', ...mnts]);
+    rows.push({ what: `CLI: ${n} mounts in one cfs mount call, per mount`, 'median ms': (oneCall / n).toFixed(2), 'p90 ms': '-', runs: 1, note: `${oneCall.toFixed(0)} ms in all` });
+    rows.push({ what: `CLI: ${n} mounts, one cfs mount call each, per mount`, 'median ms': (perCall / n).toFixed(2), 'p90 ms': '-', runs: 1, note: `${perCall.toFixed(0)} ms in all` });
+
     const row = (what: string, xs: number[], note: string) =>
       rows.push({ what, 'median ms': quantile(xs.slice(2), 0.5).toFixed(1), 'p90 ms': quantile(xs.slice(2), 0.9).toFixed(1), runs, note });
     row('CLI: cfs mount (whole process)', mount, 'node start-up included');
@@ -103,6 +118,7 @@ export async function benchMount(ctx: { repoRoot?: string } = {}): Promise<{ row
     row('CLI: node -e 0 (start-up floor)', base, 'for comparison, started as the executables start it');
   } finally {
     spawnSync('umount', [join(dir, 'mnt')], { stdio: 'ignore' });
+    for (let i = 0; i < 50; i++) spawnSync('umount', [join(dir, `many${i}`)], { stdio: 'ignore' });
     rmSync(dir, { recursive: true, force: true });
   }
   return { rows };

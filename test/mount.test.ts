@@ -32,7 +32,7 @@ import {
   unmountComposefs,
   type MountOptions,
 } from '../src/mount/index.js';
-import { UserError } from '../src/cli/errors.js';
+import { ComposefsError } from '../src/errors.js';
 import { fsverityDigestOfFileSync } from '../src/fsverity/index.js';
 import { parseMountinfo, splitSuperOptions } from '../src/mount/mountinfo.js';
 import { parseOptionString } from '../src/mount/options.js';
@@ -218,7 +218,7 @@ test('backing=fd: used when the kernel takes an fd source, else refused with the
       checkTree(fx);
       unmountComposefs(fx.mnt);
     } catch (err) {
-      assert.ok(err instanceof UserError);
+      assert.ok(err instanceof ComposefsError);
       assert.match(err.message, /^backing=fd: this kernel's EROFS refuses a file-descriptor source/);
       assert.equal(kernel.erofsFdSource?.ok, false);
     }
@@ -243,7 +243,7 @@ test('private: an anonymous verified copy, unaffected by later changes to the im
   await withFixture('private', async (fx) => {
     const before = snapshot();
     const digest = fsverityDigestOfFileSync(fx.image).digest.toString('hex');
-    const r = await mountComposefs(fx.image, fx.mnt, { basedir: [fx.basedir], private: true, digest });
+    const r = await mountComposefs(fx.image, fx.mnt, { basedir: [fx.basedir], private: true, digest, verity: 'try' });
     try {
       assert.ok(r.privateCopy, 'private copy reported');
       assert.equal(r.digest?.measuredBy, 'userspace');
@@ -279,7 +279,7 @@ test('digest: the right one mounts, a wrong one is refused and nothing is left',
   await withFixture('digest', async (fx) => {
     const before = snapshot();
     const digest = fsverityDigestOfFileSync(fx.image).digest.toString('hex');
-    const r = await mountComposefs(fx.image, fx.mnt, { basedir: [fx.basedir], digest: digest.toUpperCase() });
+    const r = await mountComposefs(fx.image, fx.mnt, { basedir: [fx.basedir], digest: digest.toUpperCase(), verity: 'try' });
     assert.equal(r.digest?.expected, digest);
     assert.match(r.explain.join('\n'), /digest: matches/);
     unmountComposefs(fx.mnt);
@@ -299,7 +299,7 @@ test('verity: refused with the reason when the kernel lacks fs-verity; tryverity
       required = r.verity;
       unmountComposefs(fx.mnt);
     } catch (err) {
-      assert.ok(err instanceof UserError);
+      assert.ok(err instanceof ComposefsError);
       assert.match(err.message, /^verity: .*(lacks fs-verity|does not support fs-verity).*overlay verity cannot be enforced/);
     }
     if (!required) {
@@ -588,7 +588,7 @@ test('an image given as an open fd (an anonymous file just written) mounts; the 
     try {
       writeSync(fd, bytes); // the offset is now at the end: the mount must not care
       const digest = fsverityDigestOfFileSync(fx.image).digest.toString('hex');
-      const r = await mountComposefs(fd, fx.mnt, { basedir: [fx.basedir], digest });
+      const r = await mountComposefs(fd, fx.mnt, { basedir: [fx.basedir], digest, verity: 'try' });
       try {
         assert.equal(r.image, `fd ${fd}`);
         checkTree(fx);

@@ -4,17 +4,34 @@
  * tripping over a closed pipe, and the reference tools' escaping of paths
  * and payloads. (Output files are written by src/output/file.ts.)
  */
-import { readFileSync, writeSync } from 'node:fs';
-import { InvalidInputError, ioError } from '../errors.js';
+import { closeSync, fstatSync, openSync, readFileSync, writeSync, constants as fsc } from 'node:fs';
+import { InvalidInputError, IoError, ioError } from '../errors.js';
 import { ImageFormatError, readImage, type ReadImageOptions, type ReadImageResult } from '../erofs/reader.js';
 import { dumpImage, listImage } from '../erofs/read-dump.js';
 
-/** Read a whole file; failures are an IoError "Failed to open 'PATH': reason". */
+/**
+ * Read a whole file; failures are an IoError "Failed to open 'PATH': reason".
+ * Opened without blocking and refused unless a regular file or block device:
+ * a FIFO would wait forever for a writer.
+ */
 export function readFileOrFail(path: string): Buffer {
+  let fd: number;
   try {
-    return readFileSync(path);
+    fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOCTTY);
   } catch (err) {
     throw ioError(err, `Failed to open '${path}'`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() && !st.isBlockDevice()) {
+      throw new IoError(`Failed to open '${path}': ${st.isDirectory() ? 'Is a directory' : 'not a regular file or block device'}`, st.isDirectory() ? 'EISDIR' : undefined);
+    }
+    return readFileSync(fd);
+  } catch (err) {
+    if (err instanceof IoError) throw err;
+    throw ioError(err, `Failed to read '${path}'`);
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -25,10 +25,12 @@ const specs: OptionSpec[] = [
 const optionHelp = `Mount options (-o), as the reference mount.composefs:
   basedir=PATH[:PATH...]  object store directories (required); \\: escapes a colon
   digest=DIGEST           the image's expected fs-verity digest, checked before mounting
-                          (measured by the kernel, or computed here when it cannot)
+                          (measured by the kernel; when it cannot, computed here on a
+                          private copy, which is what gets mounted); implies verity
   verity                  require overlay fs-verity checks of every object; fails if
                           the kernel or the basedir's file system lacks fs-verity
-  tryverity               the same when available, else mount without (digest= implies it)
+  tryverity               the same when available, else mount without (with digest=:
+                          accept objects nothing can check)
   ro, rw                  read-only or read-write; without upperdir always read-only
   upperdir=DIR,workdir=DIR  a writable overlay upper layer
   idmap=PATH              idmap the image with this user namespace (/proc/PID/ns/user)
@@ -39,10 +41,15 @@ const optionHelp = `Mount options (-o), as the reference mount.composefs:
 
 export async function run(args: string[], prog: string): Promise<number> {
   const p = parseArgs(args, specs);
-  const usage = `${prog} [-o OPTIONS] [--explain] IMAGE MOUNTPOINT`;
+  // mount(8) hands its helper exactly one pair; `cfs mount` takes several, to pay Node's start-up once.
+  const several = prog !== 'mount.composefs';
+  const usage = `${prog} [-o OPTIONS] [--explain] IMAGE MOUNTPOINT${several ? ' [IMAGE MOUNTPOINT]...' : ''}`;
   if (p.options.has('help')) {
+    const pairs = several
+      ? '\nSeveral IMAGE MOUNTPOINT pairs are mounted in order with the same options, all or nothing: when one fails, those this call mounted are unmounted again and the error names the failing image.\n'
+      : '';
     process.stdout.write(
-      `${formatHelp(usage, 'Mount a composefs image: EROFS for the metadata, overlayfs over the object store, the most hidden way this kernel allows.', specs)}\n${optionHelp}\n`,
+      `${formatHelp(usage, 'Mount a composefs image: EROFS for the metadata, overlayfs over the object store, the most hidden way this kernel allows.', specs)}${pairs}\n${optionHelp}\n`,
     );
     return 0;
   }
@@ -50,9 +57,8 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (type !== undefined && type !== 'composefs') throw new UserError(`unsupported file system type '${String(type)}' (only composefs)`, 2);
   if (p.options.has('namespace')) throw new UserError('-N (mount in another namespace) is not supported', 2);
   if (p.positional.length < 1) throw new UserError(`no image given (usage: ${usage})`, 2);
-  if (p.positional.length < 2) throw new UserError(`no mount point given (usage: ${usage})`, 2);
-  if (p.positional.length > 2) throw new UserError(`too many arguments: '${p.positional[2]}' (usage: ${usage})`, 2);
-  const [image, mountpoint] = p.positional;
+  if (p.positional.length > 2 && !several) throw new UserError(`too many arguments: '${p.positional[2]}' (usage: ${usage})`, 2);
+  if (p.positional.length % 2 === 1) throw new UserError(`no mount point given${p.positional.length > 1 ? ` for ${p.positional.at(-1)}` : ''} (usage: ${usage})`, 2);
 
   const { parseOptionString } = await import('../mount/options.js');
   const raw = (p.options.get('options') as string[] | undefined) ?? [];
@@ -68,12 +74,33 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (!o.basedir) throw new UserError('no basedir= given: composefs needs the object store directory (-o basedir=PATH)', 2);
 
   const { mountComposefs } = await import('../mount/mount.js');
-  const result = await mountComposefs(image, mountpoint, { ...o, basedir: o.basedir, dryRun: p.options.has('fake') });
-  if (p.options.has('json')) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  const { unmountComposefs } = await import('../mount/umount.js');
+  const results: Array<Awaited<ReturnType<typeof mountComposefs>>> = [];
+  try {
+    for (let i = 0; i < p.positional.length; i += 2) {
+      results.push(await mountComposefs(p.positional[i], p.positional[i + 1], { ...o, basedir: o.basedir, dryRun: p.options.has('fake') }));
+    }
+  } catch (err) {
+    // All or nothing: undo this call's mounts, newest first (a later pair may sit inside an earlier one).
+    for (const r of results.reverse()) {
+      if (r.dryRun) continue;
+      try {
+        unmountComposefs(r.mountpoint, { lazy: true });
+      } catch {
+        /* already gone */
+      }
+    }
+    throw err;
+  }
+  if (p.options.has('json')) process.stdout.write(`${JSON.stringify(several && results.length > 1 ? results : results[0], null, 2)}\n`);
   else if (p.options.has('explain') || p.options.has('verbose')) {
-    const head = result.dryRun ? `would mount ${image} on ${result.mountpoint}` : `mounted ${image} on ${result.mountpoint} (${result.readonly ? 'ro' : 'rw'}) in ${result.ms.toFixed(1)} ms`;
-    const lines = [head, ...result.explain.map((l) => `  ${l}`)];
-    if (!result.dryRun) lines.push(`  footprint: ${footprint(result)}`);
+    const lines: string[] = [];
+    for (const [i, result] of results.entries()) {
+      const image = p.positional[2 * i];
+      const head = result.dryRun ? `would mount ${image} on ${result.mountpoint}` : `mounted ${image} on ${result.mountpoint} (${result.readonly ? 'ro' : 'rw'}) in ${result.ms.toFixed(1)} ms`;
+      lines.push(head, ...result.explain.map((l) => `  ${l}`));
+      if (!result.dryRun) lines.push(`  footprint: ${footprint(result)}`);
+    }
     if (parsed.ignored.length) lines.push(`  ignored options: ${parsed.ignored.join(', ')}`);
     process.stdout.write(`${lines.join('\n')}\n`);
   }

@@ -1,6 +1,7 @@
 /** `cfs umount MOUNTPOINT...`: unmount composefs mounts. */
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UserError } from './errors.js';
+import { ComposefsError } from '../errors.js';
 
 const specs: OptionSpec[] = [
   { name: 'lazy', short: 'l', help: 'detach now, finish when the mount is no longer busy (MNT_DETACH)' },
@@ -21,7 +22,7 @@ export async function run(args: string[], prog: string): Promise<number> {
     try {
       unmountComposefs(mp, { lazy: p.options.has('lazy'), any: p.options.has('any') });
     } catch (err) {
-      if (p.positional.length === 1 || !(err instanceof UserError)) throw err;
+      if (p.positional.length === 1 || !(err instanceof UserError || err instanceof ComposefsError)) throw err;
       process.stderr.write(`${prog}: ${err.message}\n`);
       failed++;
     }

@@ -11,5 +11,8 @@ export { mountComposefs, mountComposefsSync, type MountResult } from './mount.js
 export { unmountComposefs, isComposefsMount, type UnmountOptions } from './umount.js';
 export { systemStatus, cleanLeftovers, type SystemStatus, type ComposefsMountStatus } from './status.js';
 export { parseOptionString, type MountOptions, type Backing, type Layers, type Api, type VerityMode } from './options.js';
-export { kernel, resetKernelKnowledge, probeKernel, type KernelKnowledge, type Probe } from './kernel.js';
+export { kernel, resetKernelKnowledge, probeKernel, learn, type KernelKnowledge, type Finding, type Probe } from './kernel.js';
+export { planMount, type KernelFacts, type PlanRequest, type MountPlan, type PlanRefusal, type Answer } from './plan.js';
+export { registerMountRung, registeredMountRungs, planRungs, explainRecord, KERNEL_RUNG, type MountRung, type Attempt } from './ladder.js';
+export { MountError } from './errors.js';
 export { markSystem, footprintSince, describeFootprint, type Footprint, type SystemMarks } from './footprint.js';

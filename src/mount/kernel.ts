@@ -13,10 +13,8 @@ import { createRequire } from 'node:module';
 import * as sys from '../sys/mount.js';
 import { SysError } from '../sys/libc.js';
 
-export interface Answer {
-  ok: boolean;
-  why: string;
-}
+import type { Answer } from './plan.js';
+export type { Answer } from './plan.js';
 
 export interface KernelKnowledge {
   /** fsopen() exists (the new mount API). */
@@ -31,9 +29,28 @@ export interface KernelKnowledge {
   overlayDataOnly?: Answer;
   /** The kernel has fs-verity. */
   fsverity?: Answer;
+  /** /dev/loop-control exists. */
+  loopDevices?: boolean;
 }
 
+/**
+ * The process's knowledge, the default a mount is handed (a caller may hand
+ * its own). Mount code never writes it directly: attempts return findings
+ * and `learn` records them, here and nowhere else.
+ */
 export const kernel: KernelKnowledge = { fileBacked: new Map() };
+
+/** Something an attempt found out; `ifUnknown` keeps an earlier answer. */
+export type Finding =
+  | { fact: 'newApi' | 'erofsFdSource' | 'overlayFdLayers' | 'overlayDataOnly' | 'fsverity'; answer: Answer; ifUnknown?: boolean }
+  | { fact: 'fileBacked'; fsType: number; answer: Answer; ifUnknown?: boolean };
+
+/** Record a finding in `knowledge`. */
+export function learn(knowledge: KernelKnowledge, f: Finding): void {
+  if (f.fact === 'fileBacked') {
+    if (!f.ifUnknown || !knowledge.fileBacked.has(f.fsType)) knowledge.fileBacked.set(f.fsType, f.answer);
+  } else if (!f.ifUnknown || knowledge[f.fact] === undefined) knowledge[f.fact] = f.answer;
+}
 
 /** Forget everything learned (tests). */
 export function resetKernelKnowledge(): void {

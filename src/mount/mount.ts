@@ -19,18 +19,24 @@
  * leaves nothing: the overlay appears only with the final, atomic
  * move_mount(). See `killLeftovers` for what each fallback can leave.
  */
-import { closeSync, fstatSync, mkdtempSync, openSync, readSync, rmdirSync, writeSync, constants as fsc } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readSync, writeSync, constants as fsc } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { TEMP_PREFIX, temporaryBase } from './temp.js';
 import { dirname, resolve } from 'node:path';
-import { UserError, describeSystemError } from '../cli/errors.js';
+import { ComposefsError, UsageError, ioError } from '../errors.js';
 import { SysError, strerror } from '../sys/libc.js';
-import { fsTypeOf, measureVerity } from '../sys/fsinfo.js';
-import { attachLoop, type LoopDevice } from '../sys/loop.js';
+import { dataExtents } from '../sys/extents.js';
+import { loopControlExists } from '../sys/loop.js';
+import { fsTypeOf, measureVerity, type VerityMeasurement } from '../sys/fsinfo.js';
 import * as sys from '../sys/mount.js';
+import { mountErofs, type ErofsMount } from './backing.js';
+import { Cleanup, type MountContext } from './context.js';
+import { MountError } from './errors.js';
 import { checkImage, openImageFile, type ImageInfo } from './image.js';
-import { fsTypeName, kernel, kernelHasFsverity } from './kernel.js';
+import { fsTypeName, kernel, kernelHasFsverity, learn, type KernelKnowledge } from './kernel.js';
+import { explainRecord, KERNEL_RUNG, planRungs, registeredMountRungs, type Attempt } from './ladder.js';
 import type { Api, Backing, Layers, MountOptions } from './options.js';
+import { mountLayers, mountLegacy } from './overlay.js';
+import { planMount, type PlanRequest } from './plan.js';
 
 export interface MountResult {
   image: string;
@@ -60,40 +66,13 @@ export interface MountResult {
 const DEFAULT_SOURCE = 'composefs';
 const O_PATH_DIR = sys.O_PATH | fsc.O_DIRECTORY;
 const ENOSYS = 38;
-const EINVAL = 22;
-const ENOTBLK = 15;
 const ENODEV = 19;
-
-/** A stack of undo actions run in reverse, whatever happens. */
-class Cleanup {
-  private readonly stack: Array<() => void> = [];
-  push(fn: () => void): void {
-    this.stack.push(fn);
-  }
-  fd(fd: number): number {
-    this.stack.push(() => sys.closeQuiet(fd));
-    return fd;
-  }
-  run(): void {
-    while (this.stack.length) {
-      try {
-        this.stack.pop()!();
-      } catch {
-        /* keep unwinding */
-      }
-    }
-  }
-}
-
-function errnoOf(err: unknown): number {
-  return err instanceof SysError ? err.errno : -1;
-}
 
 function openDir(path: string, what: string, flags = O_PATH_DIR): number {
   try {
     return openSync(path, flags);
   } catch (err) {
-    throw new UserError(describeSystemError(err, `${what} ${path}`));
+    throw ioError(err, `${what} ${path}`);
   }
 }
 
@@ -118,23 +97,14 @@ function mountAttrs(o: MountOptions, readonly: boolean): { attr: number; ms: num
   return { attr, ms };
 }
 
-/** Escape a path for a legacy overlay option string: backslash before `\`, `,` and `:`. */
-function escapeLegacy(s: string): string {
-  return s.replace(/[\\,:]/g, (c) => `\\${c}`);
-}
-
-interface Plan {
-  api: Api | 'auto';
-  backing: Backing | 'auto';
-  layers: Layers | 'auto';
-}
-
 /** The userspace fs-verity digest, loaded only when `digest=` is used (it pulls in node:crypto). */
 type DigestOfFd = (fd: number) => Buffer;
 
 /**
- * Mount `image` on `mountpoint`. Rejects with a one-line UserError on any
- * failure, having left nothing behind.
+ * Mount `image` on `mountpoint`. Rejects with a one-line ComposefsError on
+ * any failure, having left nothing behind. The rungs of the ladder
+ * (src/mount/ladder.ts) are tried in order: the kernel, then a registered
+ * rung (FUSE) when the kernel path failed for lack of privilege.
  */
 export async function mountComposefs(image: string | number, mountpoint: string, options: MountOptions): Promise<MountResult> {
   let digestOf: DigestOfFd | null = null;
@@ -142,45 +112,68 @@ export async function mountComposefs(image: string | number, mountpoint: string,
     const fv = await import('../fsverity/index.js');
     digestOf = (fd) => fv.fsverityDigestOfFileSync(fd).digest;
   }
-  return mountComposefsSync(image, mountpoint, options, digestOf);
+  const rungs = registeredMountRungs();
+  if (options.fuse && !rungs.some((r) => r.asked(options))) throw new MountError('fuse: no FUSE mount path is available in this build');
+  if (rungs.length === 0) return mountComposefsSync(image, mountpoint, options, digestOf);
+  const names = planRungs(options, rungs);
+  for (const [i, name] of names.entries()) {
+    const last = i === names.length - 1;
+    try {
+      if (name === KERNEL_RUNG) return mountComposefsSync(image, mountpoint, options, digestOf);
+      return (await rungs.find((r) => r.name === name)!.mount(image, mountpoint, options)) as MountResult;
+    } catch (err) {
+      if (last || !(err instanceof MountError && err.privilege)) throw err;
+    }
+  }
+  throw new MountError(`mounting ${String(image)}: no mount rung to try`);
 }
 
 /**
- * The same, synchronously; `digestOf` computes an fs-verity digest in
+ * The kernel rung, synchronously; `digestOf` computes an fs-verity digest in
  * userspace (needed only with `digest`). `image` is a path, or an open file
  * descriptor (left open: the caller owns it), e.g. an anonymous file the image
- * was just written into.
+ * was just written into. `knowledge` is what is known of the kernel: read to
+ * plan, and added to by what this mount finds out.
  */
-export function mountComposefsSync(imageArg: string | number, mountpoint: string, options: MountOptions, digestOf: DigestOfFd | null = null): MountResult {
+export function mountComposefsSync(
+  imageArg: string | number,
+  mountpoint: string,
+  options: MountOptions,
+  digestOf: DigestOfFd | null = null,
+  knowledge: KernelKnowledge = kernel,
+): MountResult {
   const image = typeof imageArg === 'number' ? `fd ${imageArg}` : imageArg;
   const imagePath = typeof imageArg === 'number' ? null : resolve(imageArg);
   const t0 = performance.now();
   const o = options;
   const step = o.onStep ?? (() => {});
-  const explain: string[] = [];
-  const plan: Plan = { api: o.api ?? 'auto', backing: o.backing ?? 'auto', layers: o.layers ?? 'auto' };
+  const record: Attempt[] = [];
+  const say = (text: string) => record.push({ stage: 'check', rung: 'check', outcome: 'note', text });
+  const request: PlanRequest = { api: o.api ?? 'auto', backing: o.backing ?? 'auto', layers: o.layers ?? 'auto', idmap: o.idmap !== undefined };
 
   // ---- options --------------------------------------------------------------------------
-  if (!o.basedir || o.basedir.length === 0) throw new UserError('no basedir given: composefs needs the object store directory (basedir=PATH)', 2);
-  if (!!o.upperdir !== !!o.workdir) throw new UserError('upperdir and workdir must be given together', 2);
+  // resolve('') is the current directory: an empty mountpoint must not mean "here" (the reference gets ENOENT).
+  if (mountpoint === '') throw new MountError("mountpoint '': No such file or directory");
+  if (!o.basedir || o.basedir.length === 0) throw new UsageError('no basedir given: composefs needs the object store directory (basedir=PATH)');
+  if (!!o.upperdir !== !!o.workdir) throw new UsageError('upperdir and workdir must be given together');
   let expected: Buffer | null = null;
   if (o.digest !== undefined) {
-    if (!/^[0-9a-fA-F]{64}$/.test(o.digest)) throw new UserError(`invalid digest '${o.digest}': expected 64 hex digits (an fs-verity SHA-256 digest)`, 2);
+    if (!/^[0-9a-fA-F]{64}$/.test(o.digest)) throw new UsageError(`invalid digest '${o.digest}': expected 64 hex digits (an fs-verity SHA-256 digest)`);
     expected = Buffer.from(o.digest, 'hex');
   }
-  if (plan.api === 'legacy') {
-    if (plan.backing === 'fd') throw new UserError('backing=fd needs the new mount API (api=legacy given)', 2);
-    if (plan.layers === 'fd') throw new UserError('layers=fd needs the new mount API (api=legacy given)', 2);
-    if (o.idmap !== undefined) throw new UserError('idmap needs the new mount API (api=legacy given)', 2);
+  if (request.api === 'legacy') {
+    // What legacy mount(2) cannot do is a usage mistake when legacy was asked for: refused before anything is opened.
+    const legacy = planMount(request, { newApi: false, loopDevices: true });
+    if (!legacy.ok) throw new UsageError(legacy.reason);
   }
   // Without an upper layer overlayfs cannot write anyway: the mount is read-only whatever was asked
   // (mount(8) passes "rw" to helpers by default), so mountinfo does not claim otherwise.
   const readonly = o.upperdir ? (o.readonly ?? false) : true;
-  const verityMode = o.verity ?? (expected ? 'try' : 'off');
-  const source = o.source ?? DEFAULT_SOURCE;
+  // As the reference, digest= means the objects are checked too; only an explicit tryverity/noverity accepts unchecked ones.
+  const verityMode = o.verity ?? (expected ? 'require' : 'off');
   const { attr, ms } = mountAttrs(o, readonly);
 
-  if (o.readonly === false && !o.upperdir) explain.push('rw: ignored, without upperdir the overlay has nothing to write to; mounted read-only');
+  if (o.readonly === false && !o.upperdir) say('rw: ignored, without upperdir the overlay has nothing to write to; mounted read-only');
   const c = new Cleanup();
   try {
     // ---- the places involved ------------------------------------------------------------
@@ -205,7 +198,7 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
         try {
           usernsFd = c.fd(openSync(o.idmap, 'r'));
         } catch (err) {
-          throw new UserError(describeSystemError(err, `idmap ${o.idmap}`));
+          throw ioError(err, `idmap ${o.idmap}`);
         }
       }
     }
@@ -215,10 +208,13 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
     let imgFd = imagePath === null ? (imageArg as number) : c.fd(openImageFile(image));
     const info: ImageInfo = checkImage(imgFd, image);
     let privateCopy: MountResult['privateCopy'] = null;
-    if (o.private) {
+    // A digest the kernel cannot measure is computed here, from bytes anyone could change before
+    // EROFS reads them: check and mount a private copy instead, so what is mounted is what was checked.
+    const measured: VerityMeasurement | null = expected && !o.private ? measureVerity(imgFd) : null;
+    if (o.private || (measured && !measured.ok)) {
       step('private-copy');
       const dirs = o.privateDirs ?? [...(imagePath ? [dirname(imagePath)] : []), tmpdir(), '/var/tmp', '/dev/shm'];
-      const copy = privateCopyOf(imgFd, image, dirs, c, explain);
+      const copy = privateCopyOf(imgFd, image, info.spanBytes, dirs, c, say, o.private ? 'private' : 'digest');
       imgFd = copy.fd;
       privateCopy = { dir: copy.dir, fsType: copy.fsType };
     }
@@ -226,572 +222,157 @@ export function mountComposefsSync(imageArg: string | number, mountpoint: string
     let digest: MountResult['digest'] = null;
     if (expected) {
       step('digest');
-      digest = { expected: o.digest!.toLowerCase(), measuredBy: checkDigest(imgFd, image, expected, explain, !!o.private, digestOf) };
+      digest = { expected: o.digest!.toLowerCase(), measuredBy: checkDigest(imgFd, image, expected, say, measured, digestOf) };
     }
 
     // ---- verity -------------------------------------------------------------------------
     let verity = false;
     if (verityMode !== 'off') {
       step('verity-probe');
-      const v = verityAvailable(basedirs);
+      const v = verityAvailable(basedirs, knowledge);
       if (v.ok) {
         verity = true;
-        explain.push(`verity: overlay verity=require (${v.why})`);
+        say(`verity: overlay verity=require (${v.why})`);
+      } else if (verityMode === 'require' && o.verity === undefined) {
+        throw new MountError(
+          `digest=: the objects cannot be verified, ${v.why}; add tryverity to mount with unchecked objects, or use a kernel and basedir with fs-verity`,
+        );
       } else if (verityMode === 'require') {
-        throw new UserError(`verity: ${v.why}; overlay verity cannot be enforced (use tryverity to mount without it)`);
+        throw new MountError(`verity: ${v.why}; overlay verity cannot be enforced (use tryverity to mount without it)`);
       } else {
-        explain.push(`verity: off, ${v.why} (${o.verity === 'try' ? 'tryverity' : 'digest= implies tryverity'}: going on without)`);
+        say(`verity: off, ${v.why} (${o.verity === 'try' ? 'tryverity' : 'noverity'}: going on without)`);
       }
-    } else explain.push('verity: off (not requested)');
+    } else say('verity: off (not requested)');
 
-    if (o.dryRun) {
-      explain.push('dry run: everything checked, nothing mounted');
-      return {
-        image,
-        mountpoint: mnt,
-        backing: 'file',
-        layers: 'fd',
-        api: 'new',
-        readonly,
-        verity,
-        digest,
-        privateCopy,
-        loop: null,
-        temporaryMount: null,
-        explain,
-        ms: performance.now() - t0,
-        dryRun: true,
-      };
-    }
-
-    // ---- API ----------------------------------------------------------------------------
-    let api: Api;
-    if (plan.api === 'legacy') {
-      api = 'legacy';
-      explain.push('api: legacy mount(2) (forced)');
-    } else if (kernel.newApi?.ok) {
-      api = 'new';
-      explain.push(`api: new mount API, fsopen/fsconfig/fsmount/move_mount (${plan.api === 'new' ? 'forced' : kernel.newApi.why})`);
-    } else {
-      step('probe-api');
-      const fsfd = tryFsopen('erofs');
-      if (fsfd === null) {
-        if (plan.api === 'new') throw new UserError('api=new: this kernel has no new mount API (fsopen: Function not implemented)');
-        api = 'legacy';
-        explain.push(`api: legacy mount(2) (${kernel.newApi!.why})`);
-      } else {
-        sys.closeQuiet(fsfd);
-        api = 'new';
-        explain.push(`api: new mount API, fsopen/fsconfig/fsmount/move_mount (${plan.api === 'new' ? 'forced' : kernel.newApi!.why})`);
-      }
-    }
-    if (api === 'legacy' && (plan.backing === 'fd' || plan.layers === 'fd' || usernsFd >= 0)) {
-      throw new UserError(`${plan.backing === 'fd' ? 'backing=fd' : plan.layers === 'fd' ? 'layers=fd' : 'idmap'} needs the new mount API, which this kernel lacks`);
-    }
-
-    // ---- EROFS and overlay ----------------------------------------------------------------
-    let backing: Backing;
-    let layers: Layers;
-    let temporaryMount: string | null = null;
-    let loop: LoopDevice | null = null;
-    if (api === 'new') {
-      const er = erofsNewApi(imgFd, image, imagePath, info, plan, usernsFd, c, explain, step);
-      backing = er.backing;
-      loop = er.loop;
-      const spec = { source, verity, upper, work, attr };
-      let done = false;
-      let refusedFd: string | null = null;
-      if (plan.layers !== 'path' && (plan.layers === 'fd' || kernel.overlayFdLayers?.ok !== false)) {
-        step('overlay-fd');
-        try {
-          overlayFdLayers(er.mntFd, baseFds, spec, mntFd, mnt, step);
-          done = true;
-          kernel.overlayFdLayers ??= { ok: true, why: 'overlayfs took the detached EROFS mount as a file descriptor' };
-          explain.push(
-            `layers: fd, the EROFS mount stays detached and overlayfs got it as a file descriptor (lowerdir+ via FSCONFIG_SET_FD)${plan.layers === 'fd' ? ', forced' : ''}`,
-          );
-        } catch (err) {
-          if (!(err instanceof LayerFdUnsupported)) throw err;
-          if (plan.layers === 'fd') throw new UserError(`layers=fd: ${err.message}`);
-          refusedFd = err.message;
-        }
-      }
-      if (done) layers = 'fd';
-      else {
-        layers = 'path';
-        const why = plan.layers === 'path' ? 'forced' : refusedFd ?? kernel.overlayFdLayers?.why ?? 'fd layers not available';
-        step('tempdir');
-        temporaryMount = withTemporaryMount(
-          c,
-          (dir) => sys.moveMountTo(er.mntFd, dir),
-          (dir) => {
-            try {
-              overlayPathNewApi(dir, basedirs, spec, mntFd, mnt, step);
-            } catch (err) {
-              if (!(err instanceof AppendUnsupported)) throw err;
-              // An overlayfs without lowerdir+/datadir+ (before 6.7) or without its own fs_context: legacy options.
-              explain.push(`overlay: legacy mount(2), ${err.message}`);
-              overlayLegacy(dir, basedirs, { source, verity, upper, work, ms }, mnt, explain, step);
-            }
-          },
-          step,
-        );
-        // Remember the refusal only now that the other way worked: it was about fds, not this mount.
-        if (refusedFd) kernel.overlayFdLayers = { ok: false, why: refusedFd };
-        explain.push(
-          `layers: path, the EROFS mount sat on a private temporary directory while overlayfs was set up, then was detached and the directory removed; the overlay's options name that removed directory (${why})`,
-        );
-      }
-    } else {
-      layers = 'path';
-      let chosen: { backing: Backing; loop: LoopDevice | null } | null = null;
-      step('tempdir');
-      temporaryMount = withTemporaryMount(
-        c,
-        (dir) => {
-          chosen = legacyErofs(dir, imgFd, image, imagePath, info, plan, c, explain, step);
-        },
-        (dir) => overlayLegacy(dir, basedirs, { source, verity, upper, work, ms }, mnt, explain, step),
-        step,
-      );
-      backing = chosen!.backing;
-      loop = chosen!.loop;
-      explain.push(
-        "layers: path, legacy mount(2) takes layers by path only: the EROFS mount sat on a temporary directory, detached and removed before returning; the overlay's options name that removed directory",
-      );
-    }
-
-    step('done');
-    return {
+    const result = (fields: Pick<MountResult, 'backing' | 'layers' | 'api' | 'loop' | 'temporaryMount'>): MountResult => ({
       image,
       mountpoint: mnt,
-      backing,
-      layers,
-      api,
+      ...fields,
       readonly,
       verity,
       digest,
       privateCopy,
+      explain: explainRecord(record),
+      ms: performance.now() - t0,
+    });
+    if (o.dryRun) {
+      say('dry run: everything checked, nothing mounted');
+      return { ...result({ backing: 'file', layers: 'fd', api: 'new', loop: null, temporaryMount: null }), dryRun: true };
+    }
+
+    // ---- the plan -----------------------------------------------------------------------
+    const newApi = request.api === 'legacy' ? false : knownNewApi(knowledge, step);
+    const loopDevices = (knowledge.loopDevices ??= loopControlExists());
+    const imgFsType = fsTypeOf(imgFd);
+    const plan = planMount(request, {
+      newApi,
+      erofsFdSource: knowledge.erofsFdSource,
+      fileBacked: knowledge.fileBacked.get(imgFsType),
+      overlayFdLayers: knowledge.overlayFdLayers,
+      loopDevices,
+    });
+    if (!plan.ok) throw new MountError(plan.reason);
+    const apiWhy = request.api === 'legacy' ? 'forced' : plan.api === 'new' && request.api === 'new' ? 'forced' : knowledge.newApi!.why;
+    record.push({
+      stage: 'api',
+      rung: plan.api,
+      outcome: 'used',
+      text: plan.api === 'new' ? `api: new mount API, fsopen/fsconfig/fsmount/move_mount (${apiWhy})` : `api: legacy mount(2) (${apiWhy})`,
+    });
+
+    // ---- the ladder ---------------------------------------------------------------------
+    const ctx: MountContext = {
+      image,
+      imagePath,
+      imgFd,
+      imgFsType,
+      info,
+      mnt,
+      mntFd,
+      basedirs,
+      baseFds,
+      upper,
+      work,
+      usernsFd,
+      source: o.source ?? DEFAULT_SOURCE,
+      verity,
+      attr,
+      msFlags: ms,
+      knowledge,
+      cleanup: c,
+      step,
+      record,
+    };
+    let erofs: ErofsMount;
+    let layers: Layers;
+    let temporaryMount: string | null;
+    if (plan.api === 'new') {
+      erofs = mountErofs(ctx, plan, { api: 'new' });
+      ({ layers, temporaryMount } = mountLayers(ctx, plan.layers, erofs));
+    } else {
+      let onDir: ErofsMount | null = null;
+      temporaryMount = mountLegacy(ctx, (dir) => {
+        onDir = mountErofs(ctx, plan, { api: 'legacy', dir });
+      });
+      erofs = onDir!;
+      layers = 'path';
+    }
+
+    step('done');
+    const loop = erofs.loop;
+    return result({
+      backing: erofs.backing,
+      layers,
+      api: plan.api,
       loop: loop ? { device: loop.path, directIo: loop.directIo, created: loop.created } : null,
       temporaryMount,
-      explain,
-      ms: performance.now() - t0,
-    };
+    });
   } catch (err) {
-    if (err instanceof UserError) throw err;
-    const hint = err instanceof SysError && err.code === 'EPERM' ? ' (mounting needs root: CAP_SYS_ADMIN)' : '';
-    throw new UserError(`mounting ${image} on ${mountpoint}: ${err instanceof Error ? err.message : String(err)}${hint}`);
+    if (err instanceof ComposefsError) throw err;
+    const privilege = err instanceof SysError && err.code === 'EPERM';
+    const hint = privilege ? ' (mounting needs root: CAP_SYS_ADMIN)' : '';
+    throw new MountError(`mounting ${image} on ${mountpoint}: ${err instanceof Error ? err.message : String(err)}${hint}`, { cause: err, privilege });
   } finally {
     c.run();
   }
 }
 
-function tryFsopen(fsName: string): number | null {
-  if (kernel.newApi?.ok === false) return null;
+/** Whether the new mount API works, probing (fsopen erofs) the first time. */
+function knownNewApi(knowledge: KernelKnowledge, step: (s: string) => void): boolean {
+  if (knowledge.newApi) return knowledge.newApi.ok;
+  step('probe-api');
   try {
-    const fd = sys.fsopen(fsName);
-    kernel.newApi ??= { ok: true, why: 'fsopen() works' };
-    return fd;
+    sys.closeQuiet(sys.fsopen('erofs'));
+    learn(knowledge, { fact: 'newApi', answer: { ok: true, why: 'fsopen() works' } });
+    return true;
   } catch (err) {
-    const e = errnoOf(err);
+    const e = err instanceof SysError ? err.errno : -1;
     if (e === ENOSYS) {
-      kernel.newApi = { ok: false, why: 'fsopen() is not implemented by this kernel' };
-      return null;
+      learn(knowledge, { fact: 'newApi', answer: { ok: false, why: 'fsopen() is not implemented by this kernel' } });
+      return false;
     }
-    if (e === ENODEV) throw new UserError(`this kernel has no ${fsName} file system (fsopen ${fsName}: No such device)`);
+    if (e === ENODEV) throw new MountError('this kernel has no erofs file system (fsopen erofs: No such device)');
     throw err;
   }
-}
-
-// ---------------------------------------------------------------------------------------
-// EROFS with the new mount API
-
-interface ErofsMount {
-  mntFd: number;
-  backing: Backing;
-  loop: LoopDevice | null;
-}
-
-function erofsContext(source: { fd?: number; path?: string }, info: ImageInfo): number {
-  const fsfd = sys.fsopen('erofs');
-  try {
-    if (source.fd !== undefined) sys.fsconfigFd(fsfd, 'source', source.fd);
-    else sys.fsconfigString(fsfd, 'source', source.path!);
-    sys.fsconfigFlag(fsfd, 'ro');
-    if (!info.hasAcl) sys.fsconfigFlag(fsfd, 'noacl');
-    return fsfd;
-  } catch (err) {
-    sys.closeQuiet(fsfd);
-    throw err;
-  }
-}
-
-function erofsNewApi(
-  imgFd: number,
-  image: string,
-  imagePath: string | null,
-  info: ImageInfo,
-  plan: Plan,
-  usernsFd: number,
-  c: Cleanup,
-  explain: string[],
-  step: (s: string) => void,
-): ErofsMount {
-  let backing: Backing | null = null;
-  let fsfd = -1;
-  let loop: LoopDevice | null = null;
-  const tried: string[] = [];
-
-  // 1. The image fd itself.
-  if (plan.backing === 'fd' || (plan.backing === 'auto' && kernel.erofsFdSource?.ok !== false)) {
-    step('erofs-fd-source');
-    const ctx = sys.fsopen('erofs');
-    try {
-      sys.fsconfigFd(ctx, 'source', imgFd);
-      sys.fsconfigFlag(ctx, 'ro');
-      if (!info.hasAcl) sys.fsconfigFlag(ctx, 'noacl');
-      step('erofs-create');
-      sys.fsconfigCreate(ctx);
-      fsfd = ctx;
-      backing = 'fd';
-      kernel.erofsFdSource = { ok: true, why: 'EROFS took the image file descriptor as its source' };
-    } catch (err) {
-      sys.closeQuiet(ctx);
-      const setFdRefused = err instanceof sys.FsConfigError && err.key.startsWith('source') && errnoOf(err) === EINVAL;
-      if (!setFdRefused) throw imageMountError(err, image);
-      const why = `this kernel's EROFS refuses a file-descriptor source (${kernelSays(err)})`;
-      kernel.erofsFdSource = { ok: false, why };
-      if (plan.backing === 'fd') throw new UserError(`backing=fd: ${why}`);
-    }
-  }
-  if (backing === null && kernel.erofsFdSource && !kernel.erofsFdSource.ok) tried.push(kernel.erofsFdSource.why);
-
-  // 2. File-backed EROFS through /proc/self/fd/N.
-  if (backing === null && (plan.backing === 'file' || plan.backing === 'auto')) {
-    const fsType = fsTypeOf(imgFd);
-    const known = kernel.fileBacked.get(fsType);
-    if (plan.backing === 'file' || known?.ok !== false) {
-      step('erofs-file-source');
-      const ctx = erofsContext({ path: `/proc/self/fd/${imgFd}` }, info);
-      try {
-        step('erofs-create');
-        sys.fsconfigCreate(ctx);
-        fsfd = ctx;
-        backing = 'file';
-        if (!known) kernel.fileBacked.set(fsType, { ok: true, why: `file-backed EROFS works on ${fsTypeName(fsType)}` });
-      } catch (err) {
-        sys.closeQuiet(ctx);
-        if (errnoOf(err) !== ENOTBLK) throw imageMountError(err, image);
-        const why = `file-backed EROFS is not available for an image on ${fsTypeName(fsType)} (the kernel wants a block device: ENOTBLK)`;
-        kernel.fileBacked.set(fsType, { ok: false, why });
-        if (plan.backing === 'file') throw new UserError(`backing=file: ${why}`);
-      }
-    }
-    if (backing === null) tried.push(kernel.fileBacked.get(fsType)!.why);
-  }
-
-  // 3. A loop device.
-  if (backing === null) {
-    step('loop-attach');
-    loop = attachLoopOrFail(imgFd, image, imagePath);
-    c.fd(loop.fd);
-    step('erofs-loop-source');
-    const ctx = erofsContext({ path: `/proc/self/fd/${loop.fd}` }, info);
-    try {
-      step('erofs-create');
-      sys.fsconfigCreate(ctx);
-    } catch (err) {
-      sys.closeQuiet(ctx);
-      throw imageMountError(err, image);
-    }
-    fsfd = ctx;
-    backing = 'loop';
-  }
-  c.fd(fsfd);
-
-  step('erofs-fsmount');
-  const mntFd = c.fd(sys.fsmount(fsfd, sys.MOUNT_ATTR_RDONLY));
-  if (usernsFd >= 0) {
-    step('idmap');
-    try {
-      sys.mountSetattrFd(mntFd, { set: sys.MOUNT_ATTR_IDMAP, usernsFd });
-    } catch (err) {
-      throw new UserError(`idmap: cannot idmap the image mount: ${err instanceof Error ? err.message : String(err)}`);
-    }
-    explain.push('idmap: the EROFS mount is idmapped with the given user namespace');
-  }
-
-  const forced = plan.backing !== 'auto' ? ', forced' : '';
-  if (backing === 'fd') explain.push(`backing: fd, EROFS reads the open image file itself, no path and no device${forced}`);
-  else if (backing === 'file')
-    explain.push(`backing: file, file-backed EROFS opens the image through /proc/self/fd/${imgFd}, no loop device${forced}${tried.length ? `; ${tried.join('; ')}` : ''}`);
-  else
-    explain.push(
-      `backing: loop, ${loop!.path} bound read-only with autoclear${loop!.directIo ? ' and direct I/O' : ' (buffered: the backing file cannot do direct I/O)'}${loop!.created ? ', a new device node' : ''}; it unbinds when the mount goes${forced}${tried.length ? `; ${tried.join('; ')}` : ''}`,
-    );
-  return { mntFd, backing, loop };
-}
-
-function attachLoopOrFail(imgFd: number, image: string, imagePath: string | null): LoopDevice {
-  try {
-    return attachLoop(imgFd, { name: imagePath ?? '' });
-  } catch (err) {
-    throw new UserError(`loop device for ${image}: ${err instanceof Error ? err.message : String(err)}`);
-  }
-}
-
-function kernelSays(err: unknown): string {
-  if (err instanceof sys.FsConfigError && err.kernelLog.length) return `kernel: "${err.kernelLog.map((l) => l.replace(/^[ewi] /, '')).join('; ')}"`;
-  return err instanceof SysError ? strerror(err.errno) : String(err);
-}
-
-/** The kernel refused the image itself: say so in one line. */
-function imageMountError(err: unknown, image: string): Error {
-  const e = errnoOf(err);
-  if (e === EINVAL || e === 117 /* EUCLEAN */ || e === 74 /* EBADMSG */ || e === 5 /* EIO */ || e === 95 /* EOPNOTSUPP */) {
-    return new UserError(`${image}: the kernel refused the image (corrupt or unsupported composefs image: ${strerror(e)})`);
-  }
-  return err instanceof Error ? err : new Error(String(err));
-}
-
-// ---------------------------------------------------------------------------------------
-// overlayfs
-
-interface OverlaySpec {
-  source: string;
-  verity: boolean;
-  upper?: string;
-  work?: string;
-}
-
-/** The kernel cannot take layers as detached-mount file descriptors. */
-class LayerFdUnsupported extends Error {}
-
-function overlayCommon(fsfd: number, s: OverlaySpec): void {
-  sys.fsconfigString(fsfd, 'source', s.source);
-  sys.fsconfigString(fsfd, 'metacopy', 'on');
-  sys.fsconfigString(fsfd, 'redirect_dir', 'on');
-  if (s.verity) sys.fsconfigString(fsfd, 'verity', 'require');
-}
-
-function overlayUpper(fsfd: number, s: OverlaySpec): void {
-  if (s.upper && s.work) {
-    sys.fsconfigString(fsfd, 'upperdir', s.upper);
-    sys.fsconfigString(fsfd, 'workdir', s.work);
-  }
-}
-
-function overlayFdLayers(
-  erofsMnt: number,
-  baseFds: number[],
-  s: OverlaySpec & { attr: number },
-  mntFd: number,
-  mnt: string,
-  step: (s: string) => void,
-): void {
-  const fsfd = sys.fsopen('overlay');
-  try {
-    overlayCommon(fsfd, s);
-    try {
-      sys.fsconfigFd(fsfd, 'lowerdir+', erofsMnt);
-      for (const fd of baseFds) sys.fsconfigFd(fsfd, 'datadir+', fd);
-    } catch (err) {
-      if (errnoOf(err) === EINVAL) throw new LayerFdUnsupported(`overlayfs refuses layers as file descriptors (${kernelSays(err)})`);
-      throw err;
-    }
-    overlayUpper(fsfd, s);
-    step('overlay-create');
-    try {
-      sys.fsconfigCreate(fsfd);
-    } catch (err) {
-      // A kernel that takes fds but not detached mounts (before 6.15) fails here with EINVAL.
-      if (errnoOf(err) === EINVAL && !(err instanceof sys.FsConfigError && err.kernelLog.length)) {
-        throw new LayerFdUnsupported(`overlayfs refused the detached EROFS mount as a layer (${kernelSays(err)})`);
-      }
-      throw overlayError(err);
-    }
-    attachOverlay(fsfd, s.attr, mnt, mntFd, step);
-  } finally {
-    sys.closeQuiet(fsfd);
-  }
-}
-
-/** Turn a configured overlay context into a mount and move it onto the mountpoint. */
-function attachOverlay(fsfd: number, attr: number, mnt: string, mntFd: number, step: (s: string) => void): void {
-  step('overlay-fsmount');
-  const om = sys.fsmount(fsfd, attr);
-  try {
-    step('move-mount');
-    sys.moveMountTo(om, mnt, mntFd);
-  } finally {
-    sys.closeQuiet(om);
-  }
-}
-
-/** overlayfs refuses appending layers (lowerdir+/datadir+) through fsconfig. */
-class AppendUnsupported extends Error {}
-
-function overlayPathNewApi(
-  lower: string,
-  basedirs: string[],
-  s: OverlaySpec & { attr: number },
-  mntFd: number,
-  mnt: string,
-  step: (s: string) => void,
-): void {
-  const fsfd = sys.fsopen('overlay');
-  try {
-    try {
-      overlayCommon(fsfd, s);
-      sys.fsconfigString(fsfd, 'lowerdir+', lower);
-      for (const d of basedirs) sys.fsconfigString(fsfd, 'datadir+', d);
-    } catch (err) {
-      if (errnoOf(err) === EINVAL) throw new AppendUnsupported(`this overlayfs refuses layers through fsconfig (${kernelSays(err)})`);
-      throw overlayError(err);
-    }
-    overlayUpper(fsfd, s);
-    step('overlay-create');
-    try {
-      sys.fsconfigCreate(fsfd);
-    } catch (err) {
-      // Without its own fs_context, overlayfs only sees the options at create time.
-      if (errnoOf(err) === EINVAL && !(err instanceof sys.FsConfigError && err.kernelLog.length)) {
-        throw new AppendUnsupported(`this overlayfs refused the appended layers (${kernelSays(err)})`);
-      }
-      throw overlayError(err);
-    }
-    attachOverlay(fsfd, s.attr, mnt, mntFd, step);
-  } finally {
-    sys.closeQuiet(fsfd);
-  }
-}
-
-function overlayLegacy(
-  lower: string,
-  basedirs: string[],
-  s: OverlaySpec & { ms: number },
-  mnt: string,
-  explain: string[],
-  step: (s: string) => void,
-): void {
-  const build = (sep: string) =>
-    [
-      'metacopy=on',
-      'redirect_dir=on',
-      `lowerdir=${[escapeLegacy(lower), ...basedirs.map(escapeLegacy)].join(sep)}`,
-      ...(s.upper && s.work ? [`upperdir=${escapeLegacy(s.upper)}`, `workdir=${escapeLegacy(s.work)}`] : []),
-      ...(s.verity ? ['verity=require'] : []),
-    ].join(',');
-  step('move-mount');
-  if (kernel.overlayDataOnly?.ok !== false) {
-    try {
-      sys.mount(s.source, mnt, 'overlay', s.ms | sys.MS_SILENT, build('::'));
-      kernel.overlayDataOnly ??= { ok: true, why: 'overlayfs knows data-only lower layers' };
-      return;
-    } catch (err) {
-      if (errnoOf(err) !== EINVAL) throw overlayError(err);
-      kernel.overlayDataOnly = { ok: false, why: 'overlayfs refused "::" data-only layers' };
-    }
-  }
-  // Older overlayfs: the basedirs become ordinary lower layers (the image's whiteouts hide them).
-  explain.push(`overlay: ${kernel.overlayDataOnly!.why}; basedirs mounted as ordinary lower layers`);
-  try {
-    sys.mount(s.source, mnt, 'overlay', s.ms, build(':'));
-  } catch (err) {
-    throw overlayError(err);
-  }
-}
-
-function overlayError(err: unknown): Error {
-  if (err instanceof UserError) return err;
-  return new UserError(`overlayfs: ${err instanceof Error ? err.message : String(err)}`);
-}
-
-/**
- * Run `setup` on a fresh private temporary directory (mode 0700), attach the
- * EROFS mount there, run `use`, then always detach and remove the directory.
- */
-function withTemporaryMount(c: Cleanup, attach: (dir: string) => void, use: (dir: string) => void, step: (s: string) => void): string {
-  const dir = mkdtempSync(`${temporaryBase()}/${TEMP_PREFIX}${process.pid}-`);
-  let mounted = false;
-  const undo = () => {
-    if (mounted) {
-      try {
-        sys.umount2(dir, sys.MNT_DETACH);
-      } catch {
-        /* already gone */
-      }
-      mounted = false;
-    }
-    try {
-      rmdirSync(dir);
-    } catch {
-      /* already gone */
-    }
-  };
-  c.push(undo);
-  step('temp-attach');
-  attach(dir);
-  mounted = true;
-  use(dir);
-  step('temp-detach');
-  undo();
-  return dir;
-}
-
-// ---------------------------------------------------------------------------------------
-// legacy mount(2)
-
-/** Mount EROFS on `dir` with mount(2): file-backed when the kernel can, else through a loop device. */
-function legacyErofs(
-  dir: string,
-  imgFd: number,
-  image: string,
-  imagePath: string | null,
-  info: ImageInfo,
-  plan: Plan,
-  c: Cleanup,
-  explain: string[],
-  step: (s: string) => void,
-): { backing: Backing; loop: LoopDevice | null } {
-  const data = info.hasAcl ? null : 'noacl';
-  const flags = sys.MS_RDONLY | sys.MS_SILENT;
-  const fsType = fsTypeOf(imgFd);
-  const forced = plan.backing !== 'auto' ? ', forced' : '';
-  if (plan.backing === 'file' || (plan.backing === 'auto' && kernel.fileBacked.get(fsType)?.ok !== false)) {
-    step('erofs-file-source');
-    try {
-      sys.mount(`/proc/self/fd/${imgFd}`, dir, 'erofs', flags, data);
-      kernel.fileBacked.set(fsType, { ok: true, why: `file-backed EROFS works on ${fsTypeName(fsType)}` });
-      explain.push(`backing: file, file-backed EROFS opens the image through /proc/self/fd/${imgFd}, no loop device${forced}`);
-      return { backing: 'file', loop: null };
-    } catch (err) {
-      if (errnoOf(err) !== ENOTBLK) throw imageMountError(err, image);
-      const why = `file-backed EROFS is not available for an image on ${fsTypeName(fsType)} (the kernel wants a block device: ENOTBLK)`;
-      kernel.fileBacked.set(fsType, { ok: false, why });
-      if (plan.backing === 'file') throw new UserError(`backing=file: ${why}`);
-    }
-  }
-  step('loop-attach');
-  const loop = attachLoopOrFail(imgFd, image, imagePath);
-  c.fd(loop.fd);
-  step('erofs-loop-source');
-  try {
-    sys.mount(`/proc/self/fd/${loop.fd}`, dir, 'erofs', flags, data);
-  } catch (err) {
-    throw imageMountError(err, image);
-  }
-  const tried = kernel.fileBacked.get(fsType);
-  explain.push(
-    `backing: loop, ${loop.path} bound read-only with autoclear${loop.directIo ? ' and direct I/O' : ''}${loop.created ? ', a new device node' : ''}; it unbinds when the mount goes${forced}${tried && !tried.ok ? `; ${tried.why}` : ''}`,
-  );
-  return { backing: 'loop', loop };
 }
 
 // ---------------------------------------------------------------------------------------
 // private copy, digest, verity
 
-function privateCopyOf(srcFd: number, image: string, dirs: string[], c: Cleanup, explain: string[]): { fd: number; dir: string; fsType: string } {
+/**
+ * Copy the image into an anonymous O_TMPFILE file in the first of `dirs`
+ * that takes one; return a read-only descriptor of the copy. `label` is the
+ * option that asked for it, for --explain.
+ */
+function privateCopyOf(
+  srcFd: number,
+  image: string,
+  span: number,
+  dirs: string[],
+  c: Cleanup,
+  say: (line: string) => void,
+  label: 'private' | 'digest',
+): { fd: number; dir: string; fsType: string } {
   const O_TMPFILE = sys.O__TMPFILE | fsc.O_DIRECTORY;
   const refused: string[] = [];
   for (const dir of dirs) {
@@ -799,43 +380,58 @@ function privateCopyOf(srcFd: number, image: string, dirs: string[], c: Cleanup,
     try {
       rw = openSync(dir, O_TMPFILE | fsc.O_RDWR | fsc.O_EXCL, 0o400);
     } catch (err) {
-      refused.push(describeSystemError(err, dir));
+      refused.push(ioError(err, dir).message);
       continue;
     }
     try {
-      copyAll(srcFd, rw);
+      copySparse(srcFd, rw, span);
       // Keep only a read-only descriptor: once the writable one is closed nobody can change the copy.
       const ro = c.fd(openSync(`/proc/self/fd/${rw}`, fsc.O_RDONLY));
       const fsType = fsTypeName(fsTypeOf(ro));
-      explain.push(
-        `private: the image was copied into an anonymous O_TMPFILE file in ${dir} (${fsType}), now open read-only and linked nowhere; it lives exactly as long as the mount`,
+      const why = label === 'private' ? 'private: the image was copied' : 'digest: the kernel cannot measure the image, so it was copied';
+      say(
+        `${why} into an anonymous O_TMPFILE file in ${dir} (${fsType}), ${span} bytes as the superblock says, holes kept, now open read-only and linked nowhere; it lives exactly as long as the mount`,
       );
       return { fd: ro, dir, fsType };
     } catch (err) {
-      refused.push(describeSystemError(err, dir));
+      refused.push(ioError(err, dir).message);
     } finally {
       sys.closeQuiet(rw);
     }
   }
-  throw new UserError(`private: cannot make an anonymous copy of ${image}: ${refused.join('; ')}`);
+  throw new MountError(`${label}: cannot make an anonymous copy of ${image}: ${refused.join('; ')}`);
 }
 
-function copyAll(src: number, dst: number): void {
-  const size = fstatSync(src).size;
-  const buf = Buffer.allocUnsafe(Math.min(size, 1 << 20) || 1);
-  let pos = 0;
-  while (pos < size) {
-    const n = readSync(src, buf, 0, buf.length, pos);
-    if (n === 0) throw new Error('image shrank while being copied');
-    let w = 0;
-    while (w < n) w += writeSync(dst, buf, w, n - w, pos + w);
-    pos += n;
+/**
+ * Copy the first `span` bytes of `src` (the image as its superblock sizes
+ * it, not whatever the file holds after it) into `dst`, writing only the
+ * data extents: a hole stays a hole, so an 8 GiB sparse file holding a small
+ * image costs the image's blocks, not 8 GiB.
+ */
+function copySparse(src: number, dst: number, span: number): void {
+  const buf = Buffer.allocUnsafe(Math.min(span, 1 << 20) || 1);
+  for (const [start, end] of dataExtents(src, span)) {
+    let pos = start;
+    while (pos < end) {
+      const n = readSync(src, buf, 0, Math.min(buf.length, end - pos), pos);
+      if (n === 0) throw new Error('image shrank while being copied');
+      let w = 0;
+      while (w < n) w += writeSync(dst, buf, w, n - w, pos + w);
+      pos += n;
+    }
   }
+  ftruncateSync(dst, span);
 }
 
-
-function checkDigest(fd: number, image: string, expected: Buffer, explain: string[], isPrivate: boolean, digestOf: DigestOfFd | null): 'kernel' | 'userspace' {
-  const m = measureVerity(fd);
+function checkDigest(
+  fd: number,
+  image: string,
+  expected: Buffer,
+  say: (line: string) => void,
+  original: VerityMeasurement | null,
+  digestOf: DigestOfFd | null,
+): 'kernel' | 'userspace' {
+  const m = original?.ok ? original : measureVerity(fd);
   let actual: Buffer;
   if (m.ok) actual = m.digest;
   else {
@@ -849,25 +445,24 @@ function checkDigest(fd: number, image: string, expected: Buffer, explain: strin
     }
   }
   if (!actual.equals(expected)) {
-    throw new UserError(`${image}: wrong fs-verity digest: expected ${expected.toString('hex')}, the image has ${actual.toString('hex')}`);
+    throw new MountError(`${image}: wrong fs-verity digest: expected ${expected.toString('hex')}, the image has ${actual.toString('hex')}`);
   }
+  const cannot = original && !original.ok ? original : m;
   const reason = m.ok
     ? 'measured by the kernel (FS_IOC_MEASURE_VERITY)'
-    : `computed in userspace, the kernel cannot measure this file (${m.reason === 'no-verity' ? 'fs-verity not enabled on it' : 'no fs-verity support'})`;
-  explain.push(
-    `digest: matches, ${reason}${!m.ok && !isPrivate ? '; the file could still change after the check: -o private mounts a verified private copy' : ''}`,
-  );
+    : `computed in userspace on the private copy that is mounted, the kernel cannot measure the image (${!cannot.ok && cannot.reason === 'no-verity' ? 'fs-verity not enabled on it' : 'no fs-verity support'})`;
+  say(`digest: matches, ${reason}`);
   return m.ok ? 'kernel' : 'userspace';
 }
 
 /** Can overlay verity work here? Asks the basedirs' file systems, and the kernel for the reason. */
-function verityAvailable(basedirs: string[]): { ok: boolean; why: string } {
+function verityAvailable(basedirs: string[], knowledge: KernelKnowledge): { ok: boolean; why: string } {
   for (const d of basedirs) {
     let fd: number;
     try {
       fd = openSync(d, fsc.O_RDONLY | fsc.O_DIRECTORY);
     } catch (err) {
-      throw new UserError(describeSystemError(err, `basedir ${d}`));
+      throw ioError(err, `basedir ${d}`);
     }
     let m;
     try {
@@ -876,14 +471,17 @@ function verityAvailable(basedirs: string[]): { ok: boolean; why: string } {
       closeSync(fd);
     }
     if (m.ok || m.reason === 'no-verity') continue;
-    if (kernel.fsverity === undefined) {
+    if (knowledge.fsverity === undefined) {
       const has = kernelHasFsverity();
-      kernel.fsverity =
-        has === false
-          ? { ok: false, why: 'this kernel lacks fs-verity (built without CONFIG_FS_VERITY)' }
-          : { ok: true, why: has === true ? 'this kernel has fs-verity' : 'unknown' };
+      learn(knowledge, {
+        fact: 'fsverity',
+        answer:
+          has === false
+            ? { ok: false, why: 'this kernel lacks fs-verity (built without CONFIG_FS_VERITY)' }
+            : { ok: true, why: has === true ? 'this kernel has fs-verity' : 'unknown' },
+      });
     }
-    if (!kernel.fsverity.ok) return { ok: false, why: kernel.fsverity.why };
+    if (!knowledge.fsverity!.ok) return { ok: false, why: knowledge.fsverity!.why };
     return { ok: false, why: `the file system of basedir ${d} does not support fs-verity (${strerror(m.errno)})` };
   }
   return { ok: true, why: 'fs-verity is available on every basedir' };

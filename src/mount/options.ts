@@ -10,7 +10,7 @@
  * `api=` to force a mount path. A backslash escapes the next character, so
  * `\,` puts a comma and `\:` a colon inside a value.
  */
-import { UserError } from '../cli/errors.js';
+import { UsageError } from '../errors.js';
 
 /** How EROFS reads the image: given the open file itself, the file by /proc/self/fd path, or a loop device. */
 export type Backing = 'fd' | 'file' | 'loop';
@@ -48,6 +48,8 @@ export interface MountOptions {
   api?: Api | 'auto';
   /** The overlay's source field in mountinfo (default "composefs", as the reference). */
   source?: string;
+  /** Mount through the registered FUSE rung (src/mount/ladder.ts) instead of the kernel. */
+  fuse?: boolean;
   /** Check everything (options, places, image, digest, verity) but mount nothing (mount(8)'s -f). */
   dryRun?: boolean;
   /** Called before every step of the mount; tests use it to kill the process at each point. */
@@ -105,7 +107,7 @@ export function splitEscaped(s: string, sep: string): string[] {
 }
 
 const choice = <T extends string>(key: string, v: string, allowed: readonly T[]): T => {
-  if (!(allowed as readonly string[]).includes(v)) throw new UserError(`invalid value for option ${key}: '${v}' (expected ${allowed.join(', ')})`, 2);
+  if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`invalid value for option ${key}: '${v}' (expected ${allowed.join(', ')})`);
   return v as T;
 };
 
@@ -121,16 +123,16 @@ export function parseOptionString(s: string, sloppy = false): ParsedOptionString
   let tryverity = false;
   for (const { key, rawValue } of splitOptions(s)) {
     const need = (): string => {
-      if (rawValue === null || rawValue === '') throw new UserError(`no value given for option ${key}`, 2);
+      if (rawValue === null || rawValue === '') throw new UsageError(`no value given for option ${key}`);
       return rawValue;
     };
     const noValue = () => {
-      if (rawValue !== null) throw new UserError(`option ${key} takes no value`, 2);
+      if (rawValue !== null) throw new UsageError(`option ${key} takes no value`);
     };
     switch (key) {
       case 'basedir': {
         const dirs = splitEscaped(need(), ':');
-        if (dirs.length === 0) throw new UserError(`no value given for option basedir`, 2);
+        if (dirs.length === 0) throw new UsageError(`no value given for option basedir`);
         o.basedir = dirs;
         break;
       }
@@ -228,7 +230,7 @@ export function parseOptionString(s: string, sloppy = false): ParsedOptionString
           ignored.push(key);
           break;
         }
-        throw new UserError(`unsupported mount option '${key}'`, 2);
+        throw new UsageError(`unsupported mount option '${key}'`);
     }
   }
   if (verity) o.verity = 'require';

@@ -1,7 +1,8 @@
 /** Unmounting a composefs mount. */
 import { realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { UserError, describeSystemError } from '../cli/errors.js';
+import { ioError } from '../errors.js';
+import { MountError } from './errors.js';
 import { SysError } from '../sys/libc.js';
 import * as sys from '../sys/mount.js';
 import { mountAt, readMountinfo, type MountInfo } from './mountinfo.js';
@@ -23,12 +24,12 @@ export function unmountComposefs(mountpoint: string, opts: UnmountOptions = {}):
   try {
     path = realpathSync(resolve(mountpoint));
   } catch (err) {
-    throw new UserError(describeSystemError(err, mountpoint));
+    throw ioError(err, mountpoint);
   }
   const m = mountAt(path);
-  if (!m) throw new UserError(`${mountpoint}: not a mount point`);
+  if (!m) throw new MountError(`${mountpoint}: not a mount point`);
   if (!opts.any && !isComposefsMount(m)) {
-    throw new UserError(`${mountpoint}: not a composefs mount (${m.fstype} from ${m.source}); --any unmounts it anyway`);
+    throw new MountError(`${mountpoint}: not a composefs mount (${m.fstype} from ${m.source}); --any unmounts it anyway`);
   }
   unmountPath(path, mountpoint, opts.lazy);
 }
@@ -38,8 +39,8 @@ export function unmountPath(path: string, shown = path, lazy = false): void {
   try {
     sys.umount2(path, (lazy ? sys.MNT_DETACH : 0) | sys.UMOUNT_NOFOLLOW);
   } catch (err) {
-    if (err instanceof SysError && err.code === 'EBUSY') throw new UserError(`${shown}: busy (files or directories in use); --lazy detaches it now and finishes later`);
-    throw new UserError(`${shown}: ${err instanceof Error ? err.message : String(err)}`);
+    if (err instanceof SysError && err.code === 'EBUSY') throw new MountError(`${shown}: busy (files or directories in use); --lazy detaches it now and finishes later`);
+    throw new MountError(`${shown}: ${err instanceof Error ? err.message : String(err)}`);
   }
 }
 

@@ -150,3 +150,8 @@ export function loopDeviceNames(): string[] {
     return [];
   }
 }
+
+/** Whether this system has loop devices to hand out (/dev/loop-control). */
+export function loopControlExists(): boolean {
+  return existsSync('/dev/loop-control');
+}

@@ -1,0 +1,170 @@
+/**
+ * The mount planner without root: every combination of kernel facts (new
+ * API or not, fd source or not, file-backed EROFS or not, fd layers or not,
+ * loop devices or not) under every forced option, against expectations
+ * written out by hand, plus the rules every plan must keep. Imports only the
+ * pure planner and the ladder; a last test runs this file again as nobody.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { planMount, type Answer, type KernelFacts, type PlanRequest } from '../src/mount/plan.js';
+import { KERNEL_RUNG, planRungs, explainRecord } from '../src/mount/ladder.js';
+import type { MountOptions } from '../src/mount/options.js';
+
+const yes: Answer = { ok: true, why: 'yes' };
+const no = (why: string): Answer => ({ ok: false, why });
+
+interface Facts {
+  api?: boolean;
+  fdSrc?: Answer;
+  file?: Answer;
+  fdLayers?: Answer;
+  loops?: boolean;
+}
+function facts(f: Facts): KernelFacts {
+  return { newApi: f.api ?? true, erofsFdSource: f.fdSrc, fileBacked: f.file, overlayFdLayers: f.fdLayers, loopDevices: f.loops ?? true };
+}
+function req(r: Partial<PlanRequest>): PlanRequest {
+  return { api: 'auto', backing: 'auto', layers: 'auto', idmap: false, ...r };
+}
+/** A plan in one line: "API: backing,backing | layers,layers(overlay ways)". */
+function shape(r: Partial<PlanRequest>, f: Facts): string {
+  const p = planMount(req(r), facts(f));
+  if (!p.ok) return `refused: ${p.reason}`;
+  const layers = p.layers.map((l) => (l.layers === 'path' ? `path(${l.overlayBy.join('+')})` : 'fd'));
+  return `${p.api}: ${p.backing.map((b) => b.backing).join(',')} | ${layers.join(',')}`;
+}
+
+const cases: Array<[string, Partial<PlanRequest>, Facts, string]> = [
+  ['nothing known yet: every rung, best first', {}, {}, 'new: fd,file,loop | fd,path(fsconfig+mount2)'],
+  ['all known good', {}, { fdSrc: yes, file: yes, fdLayers: yes }, 'new: fd,file,loop | fd,path(fsconfig+mount2)'],
+  ['fd source refused before (Linux 6.18)', {}, { fdSrc: no('Non-string source') }, 'new: file,loop | fd,path(fsconfig+mount2)'],
+  ['fd source and file-backed refused (image on tmpfs)', {}, { fdSrc: no('a'), file: no('ENOTBLK') }, 'new: loop | fd,path(fsconfig+mount2)'],
+  ['fd layers refused before', {}, { fdLayers: no('EINVAL') }, 'new: fd,file,loop | path(fsconfig+mount2)'],
+  ['no loop devices', {}, { loops: false }, 'new: fd,file | fd,path(fsconfig+mount2)'],
+  ['no loop devices and no other backing', {}, { fdSrc: no('a'), file: no('b'), loops: false }, 'refused: no way to back EROFS: a; b; no loop devices (/dev/loop-control is missing)'],
+  ['no new API: legacy, file then loop, path layers by mount(2)', {}, { api: false }, 'legacy: file,loop | path(mount2)'],
+  ['no new API, file-backed refused', {}, { api: false, file: no('ENOTBLK') }, 'legacy: loop | path(mount2)'],
+  ['no new API, no loop devices', {}, { api: false, loops: false }, 'legacy: file | path(mount2)'],
+  ['no new API, fd facts do not matter', {}, { api: false, fdSrc: yes, fdLayers: yes }, 'legacy: file,loop | path(mount2)'],
+  ['backing=fd forced', { backing: 'fd' }, {}, 'new: fd | fd,path(fsconfig+mount2)'],
+  ['backing=fd forced although refused before: tried again', { backing: 'fd' }, { fdSrc: no('x') }, 'new: fd | fd,path(fsconfig+mount2)'],
+  ['backing=file forced although refused before', { backing: 'file' }, { file: no('ENOTBLK') }, 'new: file | fd,path(fsconfig+mount2)'],
+  ['backing=loop forced', { backing: 'loop' }, {}, 'new: loop | fd,path(fsconfig+mount2)'],
+  ['backing=loop forced without loop devices', { backing: 'loop' }, { loops: false }, 'refused: no way to back EROFS: no loop devices (/dev/loop-control is missing)'],
+  ['layers=fd forced although refused before', { layers: 'fd' }, { fdLayers: no('x') }, 'new: fd,file,loop | fd'],
+  ['layers=path forced', { layers: 'path' }, {}, 'new: fd,file,loop | path(fsconfig+mount2)'],
+  ['api=legacy forced on a new kernel', { api: 'legacy' }, {}, 'legacy: file,loop | path(mount2)'],
+  ['api=legacy with backing=loop', { api: 'legacy', backing: 'loop' }, {}, 'legacy: loop | path(mount2)'],
+  ['api=legacy with layers=path', { api: 'legacy', layers: 'path' }, {}, 'legacy: file,loop | path(mount2)'],
+  ['api=legacy with backing=fd', { api: 'legacy', backing: 'fd' }, {}, 'refused: backing=fd needs the new mount API (api=legacy given)'],
+  ['api=legacy with layers=fd', { api: 'legacy', layers: 'fd' }, {}, 'refused: layers=fd needs the new mount API (api=legacy given)'],
+  ['api=legacy with idmap', { api: 'legacy', idmap: true }, {}, 'refused: idmap needs the new mount API (api=legacy given)'],
+  ['api=new forced where there is none', { api: 'new' }, { api: false }, 'refused: api=new: this kernel has no new mount API (fsopen: Function not implemented)'],
+  ['api=new forced where there is one', { api: 'new' }, {}, 'new: fd,file,loop | fd,path(fsconfig+mount2)'],
+  ['backing=fd on a kernel without the new API', { backing: 'fd' }, { api: false }, 'refused: backing=fd needs the new mount API, which this kernel lacks'],
+  ['layers=fd on a kernel without the new API', { layers: 'fd' }, { api: false }, 'refused: layers=fd needs the new mount API, which this kernel lacks'],
+  ['idmap on a kernel without the new API', { idmap: true }, { api: false }, 'refused: idmap needs the new mount API, which this kernel lacks'],
+  ['idmap on a new kernel', { idmap: true }, { fdSrc: no('x') }, 'new: file,loop | fd,path(fsconfig+mount2)'],
+];
+
+for (const [what, r, f, expected] of cases) {
+  test(`plan: ${what}`, () => {
+    assert.equal(shape(r, f), expected);
+  });
+}
+
+test('plan: the reasons of rungs the kernel refused before are kept for --explain, in rung order', () => {
+  const p = planMount(req({}), facts({ fdSrc: no('fd: Non-string source'), file: no('file: ENOTBLK') }));
+  assert.ok(p.ok);
+  assert.deepEqual(p.skipped, ['fd: Non-string source', 'file: ENOTBLK']);
+  const forced = planMount(req({ backing: 'loop' }), facts({ fdSrc: no('x') }));
+  assert.ok(forced.ok);
+  assert.deepEqual(forced.skipped, [], 'a forced backing mentions nothing skipped');
+  assert.deepEqual(
+    forced.backing.map((b) => b.forced),
+    [true],
+  );
+});
+
+const answers: Array<Answer | undefined> = [undefined, yes, no('refused')];
+const forcings: Array<Partial<PlanRequest>> = [];
+for (const api of ['auto', 'new', 'legacy'] as const)
+  for (const backing of ['auto', 'fd', 'file', 'loop'] as const)
+    for (const layers of ['auto', 'fd', 'path'] as const) for (const idmap of [false, true]) forcings.push({ api, backing, layers, idmap });
+
+test('plan: every combination of facts and forced options keeps the rules', () => {
+  let plans = 0;
+  let refusals = 0;
+  for (const api of [true, false])
+    for (const fdSrc of answers)
+      for (const file of answers)
+        for (const fdLayers of answers)
+          for (const loops of [true, false])
+            for (const r of forcings) {
+              const where = JSON.stringify({ api, fdSrc, file, fdLayers, loops, r });
+              const p = planMount(req(r), facts({ api, fdSrc, file, fdLayers, loops }));
+              if (!p.ok) {
+                refusals++;
+                assert.match(p.reason, /^[^\n]+$/, where);
+                continue;
+              }
+              plans++;
+              assert.ok(p.backing.length > 0 && p.layers.length > 0, where);
+              if (r.api === 'legacy') assert.equal(p.api, 'legacy', where);
+              if (!api) assert.equal(p.api, 'legacy', where);
+              if (p.api === 'legacy') {
+                assert.ok(!p.backing.some((b) => b.backing === 'fd'), `legacy never plans an fd source: ${where}`);
+                assert.deepEqual(p.layers, [{ layers: 'path', forced: r.layers === 'path', overlayBy: ['mount2'] }], where);
+              }
+              if (r.backing && r.backing !== 'auto') assert.deepEqual(p.backing, [{ backing: r.backing, forced: true }], where);
+              else {
+                if (fdSrc?.ok === false) assert.ok(!p.backing.some((b) => b.backing === 'fd'), where);
+                if (file?.ok === false) assert.ok(!p.backing.some((b) => b.backing === 'file'), where);
+              }
+              if (!loops) assert.ok(!p.backing.some((b) => b.backing === 'loop'), where);
+              const order = p.backing.map((b) => ['fd', 'file', 'loop'].indexOf(b.backing));
+              assert.deepEqual(order, [...order].sort(), `backings best first: ${where}`);
+              if (r.layers === 'fd') assert.deepEqual(p.layers.map((l) => l.layers), ['fd'], where);
+              if (r.layers === 'path') assert.deepEqual(p.layers.map((l) => l.layers), ['path'], where);
+              if (p.api === 'new' && r.layers !== 'fd') assert.equal(p.layers.at(-1)?.layers, 'path', `path layers are the last resort: ${where}`);
+            }
+  assert.ok(plans > 1000 && refusals > 100, `${plans} plans, ${refusals} refusals`);
+});
+
+test('ladder: the kernel first; an added rung only when asked, or after a privilege failure', () => {
+  const fuse = { name: 'fuse', asked: (o: MountOptions) => o.fuse === true, afterPrivilegeFailure: true };
+  const other = { name: 'other', asked: () => false, afterPrivilegeFailure: false };
+  const o = { basedir: ['/objects'] };
+  assert.deepEqual(planRungs(o, []), [KERNEL_RUNG]);
+  assert.deepEqual(planRungs(o, [fuse, other]), [KERNEL_RUNG, 'fuse']);
+  assert.deepEqual(planRungs({ ...o, fuse: true }, [fuse, other]), ['fuse']);
+  assert.deepEqual(
+    explainRecord([
+      { stage: 'backing', rung: 'fd', outcome: 'refused', text: 'no fd source' },
+      { stage: 'backing', rung: 'file', outcome: 'used', text: 'backing: file' },
+      { stage: 'check', rung: 'check', outcome: 'note', text: 'verity: off' },
+    ]),
+    ['backing: file', 'verity: off'],
+  );
+});
+
+const self = fileURLToPath(import.meta.url);
+const setpriv = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+test(
+  'the planner tests pass as an unprivileged user (nobody)',
+  { skip: process.env.CFS_PLAN_UNPRIVILEGED ? 'this is that run' : process.getuid?.() !== 0 ? 'already not root' : !setpriv && 'no setpriv' },
+  () => {
+    const r = spawnSync(setpriv!, ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--test', self], {
+      encoding: 'utf8',
+      // Without NODE_TEST_CONTEXT the child reports in TAP on its stdout instead of to this runner.
+      env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_TEST_CONTEXT')), CFS_PLAN_UNPRIVILEGED: '1' },
+    });
+    assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
+    assert.match(r.stdout, /# fail 0/);
+    assert.match(r.stdout, /# pass [1-9]/);
+  },
+);
