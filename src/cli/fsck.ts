@@ -11,6 +11,7 @@
  */
 import { statSync } from 'node:fs';
 import { UserError, describeSystemError } from './errors.js';
+import { IoError } from '../errors.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { Output, readFileOrFail } from '../check/io.js';
 import { fsckImage } from '../check/fsck.js';
@@ -52,7 +53,13 @@ export function run(args: string[], prog: string): number {
     }
     if (!isDir) throw new UserError(`Can't open basedir '${dir}': Not a directory`, EXIT_CANNOT_CHECK);
   }
-  const image = readFileOrFail(imagePath, EXIT_CANNOT_CHECK);
+  let image: Buffer;
+  try {
+    image = readFileOrFail(imagePath);
+  } catch (err) {
+    if (err instanceof IoError) throw new UserError(err.message, EXIT_CANNOT_CHECK);
+    throw err;
+  }
   const report = fsckImage(image, { basedirs });
   const out = new Output();
   if (parsed.options.has('json')) {

@@ -46,7 +46,7 @@
  * inline content, every error) goes to the general parseLine(), which
  * follows the reference step by step; xattrs go to parseXattrs() after either.
  */
-import { UserError } from '../cli/errors.js';
+import { ComposefsError } from '../errors.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 import { inflate, type FlatTree } from '../tree/flat.js';
 import { HEX_DIGIT, printable, unescapeInPlace, UnescapeError } from './escape.js';
@@ -57,14 +57,13 @@ export interface ParseOptions {
 }
 
 /** A dump file the reference would refuse; the message is one line: `line N: FIELD: reason`. */
-export class DumpParseError extends UserError {
+export class DumpParseError extends ComposefsError {
   constructor(
     readonly line: number,
     readonly field: string,
     readonly reason: string,
   ) {
-    super(`line ${line}: ${field}: ${reason}`);
-    this.name = 'DumpParseError';
+    super(`line ${line}: ${field}: ${reason}`, 'dump-format');
   }
 }
 

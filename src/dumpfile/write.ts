@@ -21,7 +21,7 @@
  * sizes, or drop fields the image could not hold.
  */
 import type { Dirent, Inode } from '../tree/model.js';
-import { ByteSink, ESCAPE_EQUAL, ESCAPE_LONE_DASH } from './escape.js';
+import { ByteSink, ESCAPE_EQUAL, ESCAPE_LONE_DASH, putHex, putInt } from './escape.js';
 
 const FLUSH_AT = 1 << 20;
 
@@ -143,43 +143,60 @@ function forEachEntry(root: Inode, path: ByteSink | null, visit: (d: Dirent) => 
 function printEntry(out: ByteSink, path: ByteSink, inode: Inode, hardlink: boolean, targets: Map<Inode, Buffer>): void {
   if (path.len === 0) out.byte(0x2f);
   else out.bytes(path.buf, 0, path.len);
-  out.byte(0x20);
-  out.int(inode.size);
-  out.byte(0x20);
-  if (hardlink) out.byte(0x40);
-  out.int(inode.mode, 8);
-  out.byte(0x20);
-  out.int(inode.nlink);
-  out.byte(0x20);
-  out.int(inode.uid);
-  out.byte(0x20);
-  out.int(inode.gid);
-  out.byte(0x20);
-  out.int(inode.rdev);
-  out.byte(0x20);
-  out.int(inode.mtimeSec);
-  out.byte(0x2e);
-  out.int(inode.mtimeNsec);
-  out.byte(0x20);
+  // The root's path is empty here, as in the reference.
+  printFields(out, inode, hardlink ? (into) => into.bytes(targets.get(inode) ?? EMPTY) : null);
+}
 
-  if (hardlink) {
-    // The target's path, already escaped (a path is never a lone '-'); the
-    // root's path is empty here, as in the reference.
-    const target = targets.get(inode);
-    if (target !== undefined) out.bytes(target);
-  } else if (inode.payload === null) {
-    out.byte(0x2d);
-  } else {
-    out.escaped(inode.payload, ESCAPE_LONE_DASH);
-  }
-  out.byte(0x20);
+const EMPTY = Buffer.alloc(0);
 
+/** Prints a hard link's PAYLOAD: its target's path, already escaped (a path is never a lone `-`). */
+export type LinkTargetPrinter = (out: ByteSink) => void;
+
+/**
+ * The one dump-line printer, shared by writeDump and the printers that walk
+ * an image (src/dumpfile/from-image.ts): everything of a line after its PATH,
+ * through the newline. `linkTarget` is given for a hard link. The fixed
+ * part is written in place with one bounds check (it is most of the line).
+ */
+export function printFields(out: ByteSink, inode: Inode, linkTarget: LinkTargetPrinter | null): void {
+  out.ensure(8 * 24 + 16);
+  let buf = out.buf;
+  let at = out.len;
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.size);
+  buf[at++] = 0x20;
+  if (linkTarget !== null) buf[at++] = 0x40;
+  at = putInt(buf, at, inode.mode, 8);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.nlink);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.uid);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.gid);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.rdev);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.mtimeSec);
+  buf[at++] = 0x2e;
+  at = putInt(buf, at, inode.mtimeNsec);
+  buf[at++] = 0x20;
+  out.len = at;
+
+  if (linkTarget !== null) linkTarget(out);
+  else if (inode.payload === null) out.byte(0x2d);
+  else out.escaped(inode.payload, ESCAPE_LONE_DASH);
+  out.byte(0x20);
   if (inode.content === null) out.byte(0x2d);
   else out.escaped(inode.content, ESCAPE_LONE_DASH);
-  out.byte(0x20);
 
-  if (inode.digest === null) out.byte(0x2d);
-  else out.hex(inode.digest);
+  const digest = inode.digest;
+  out.ensure(2 + (digest === null ? 1 : 2 * digest.length));
+  buf = out.buf;
+  at = out.len;
+  buf[at++] = 0x20;
+  if (digest === null) buf[at++] = 0x2d;
+  else at = putHex(buf, at, digest);
+  out.len = at;
 
   const xattrs = inode.xattrs;
   for (let i = 0; i < xattrs.length; i++) {

@@ -36,8 +36,6 @@ import {
   CHUNK_FORMAT_BLKBITS_MASK,
   CHUNK_FORMAT_INDEXES,
   COMPOSEFS_FLAG_HAS_ACL,
-  COMPOSEFS_HEADER_VERSION,
-  COMPOSEFS_MAGIC,
   DE,
   DIRENT_SIZE,
   FEATURE_COMPAT_XATTR_FILTER,
@@ -46,7 +44,6 @@ import {
   FT_REG_FILE,
   FT_UNKNOWN,
   direntFileType,
-  HDR,
   I_DATALAYOUT_BIT,
   I_DATALAYOUT_MASK,
   IC,
@@ -56,11 +53,7 @@ import {
   LAYOUT_CHUNK_BASED,
   LAYOUT_FLAT_INLINE,
   LAYOUT_FLAT_PLAIN,
-  SB,
   SLOT_SIZE,
-  SUPER_MAGIC_V1,
-  SUPER_OFFSET,
-  SUPER_SIZE,
   XATTR_ENTRY_SIZE,
   XATTR_FILTER_BITS,
   XATTR_FILTER_SEED,
@@ -69,6 +62,9 @@ import {
   XH,
 } from './format.js';
 import { xxh32 } from './xxhash.js';
+import { ImageFormatError, printablePath, readImageHeader, type ImageHeader } from './header.js';
+
+export { ImageFormatError, printablePath, readImageHeader, imageVersion, checkImageHeader, type ImageHeader } from './header.js';
 import {
   S_IFBLK,
   S_IFCHR,
@@ -79,18 +75,6 @@ import {
   type Inode,
   type Xattr,
 } from '../tree/model.js';
-
-/** An image that cannot be read: one line, with the path in the image where known. */
-export class ImageFormatError extends Error {
-  constructor(
-    readonly reason: string,
-    readonly path: Buffer | null = null,
-    readonly code = 'format',
-  ) {
-    super(path ? `${printablePath(path)}: ${reason}` : reason);
-    this.name = 'ImageFormatError';
-  }
-}
 
 /** Something wrong found while checking (see `ReadImageOptions.onProblem`). */
 export interface ImageProblem {
@@ -120,25 +104,6 @@ export interface ReadTrace {
   inode?(nid: number, offset: number, info: { compact: boolean; mode: number; size: number; xattrSize: number; dataOffset: number }): void;
   /** `offset` is where the 12-byte dirent is; `nameOffset` where its name starts. */
   dirent?(dirNid: number, offset: number, nameOffset: number, nid: number, name: Buffer): void;
-}
-
-export interface ImageHeader {
-  /** The composefs format version in the header (what the writer must be asked for to write it again). */
-  version: number;
-  headerVersion: number;
-  flags: number;
-  featureCompat: number;
-  featureIncompat: number;
-  blkszbits: number;
-  rootNid: number;
-  /** Inode count in the superblock (includes the root's `00`..`ff` whiteouts). */
-  inodes: number;
-  buildTime: number;
-  buildTimeNsec: number;
-  /** Block count in the superblock. */
-  blocks: number;
-  metaBlkaddr: number;
-  xattrBlkaddr: number;
 }
 
 export interface ReadImageResult {
@@ -174,80 +139,6 @@ const N = {
 
 const DOT = 0x2e;
 const SLASH = 0x2f;
-
-
-/** A path as one printable line: the dump format's escapes for anything that is not graphic ASCII. */
-export function printablePath(path: Buffer): string {
-  let out = '';
-  for (const c of path) {
-    if (c === 0x5c) out += '\\\\';
-    else if (c === 0x0a) out += '\\n';
-    else if (c === 0x0d) out += '\\r';
-    else if (c === 0x09) out += '\\t';
-    else if (c <= 0x20 || c >= 0x7f) out += `\\x${c.toString(16).padStart(2, '0')}`;
-    else out += String.fromCharCode(c);
-  }
-  return out;
-}
-
-/** Parse and check the composefs header and the EROFS superblock. */
-export function readImageHeader(buf: Buffer): ImageHeader {
-  if (buf.length < SUPER_OFFSET + SUPER_SIZE) {
-    throw new ImageFormatError(`image too small (${buf.length} bytes): not a composefs image`, null, 'header');
-  }
-  const magic = buf.readUInt32LE(HDR.magic);
-  if (magic !== COMPOSEFS_MAGIC) {
-    throw new ImageFormatError(`not a composefs image (bad magic 0x${magic.toString(16).padStart(8, '0')})`, null, 'header');
-  }
-  const headerVersion = buf.readUInt32LE(HDR.version);
-  if (headerVersion !== COMPOSEFS_HEADER_VERSION) {
-    throw new ImageFormatError(`unsupported composefs header version ${headerVersion}`, null, 'header');
-  }
-  const sb = SUPER_OFFSET;
-  const sbMagic = buf.readUInt32LE(sb + SB.magic);
-  if (sbMagic !== SUPER_MAGIC_V1) {
-    throw new ImageFormatError(`bad EROFS superblock magic 0x${sbMagic.toString(16).padStart(8, '0')}`, null, 'superblock');
-  }
-  const blkszbits = buf[sb + SB.blkszbits];
-  if (blkszbits !== BLOCK_BITS) {
-    throw new ImageFormatError(`unsupported block size 2^${blkszbits} (composefs uses ${BLOCK_SIZE})`, null, 'superblock');
-  }
-  const metaBlkaddr = buf.readUInt32LE(sb + SB.metaBlkaddr);
-  const xattrBlkaddr = buf.readUInt32LE(sb + SB.xattrBlkaddr);
-  if (metaBlkaddr * BLOCK_SIZE >= buf.length) {
-    throw new ImageFormatError(`metadata block address ${metaBlkaddr} lies outside the image (${buf.length} bytes)`, null, 'superblock');
-  }
-  if (xattrBlkaddr * BLOCK_SIZE > buf.length) {
-    throw new ImageFormatError(`shared xattr block address ${xattrBlkaddr} lies outside the image (${buf.length} bytes)`, null, 'superblock');
-  }
-  const inosLo = buf.readUInt32LE(sb + SB.inos);
-  const inosHi = buf.readUInt32LE(sb + SB.inos + 4);
-  const btLo = buf.readUInt32LE(sb + SB.buildTime);
-  const btHi = buf.readInt32LE(sb + SB.buildTime + 4);
-  if (btHi > MAX_SAFE_HI || btHi < -MAX_SAFE_HI - 1) {
-    throw new ImageFormatError('superblock build time is out of range', null, 'superblock');
-  }
-  return {
-    version: buf.readUInt32LE(HDR.composefsVersion),
-    headerVersion,
-    flags: buf.readUInt32LE(HDR.flags),
-    featureCompat: buf.readUInt32LE(sb + SB.featureCompat),
-    featureIncompat: buf.readUInt32LE(sb + SB.featureIncompat),
-    blkszbits,
-    rootNid: buf.readUInt16LE(sb + SB.rootNid),
-    inodes: inosHi > MAX_SAFE_HI ? Number.MAX_SAFE_INTEGER : inosHi * 0x100000000 + inosLo,
-    buildTime: btHi * 0x100000000 + btLo,
-    buildTimeNsec: buf.readUInt32LE(sb + SB.buildTimeNsec),
-    blocks: buf.readUInt32LE(sb + SB.blocks),
-    metaBlkaddr,
-    xattrBlkaddr,
-  };
-}
-
-/** The composefs format version of an image (checks header and superblock). */
-export function imageVersion(buf: Buffer): number {
-  return readImageHeader(buf).version;
-}
 
 
 /** One inode as stored, after bounds checks. */
@@ -467,23 +358,19 @@ class NidTable {
 export interface Visitor {
   /**
    * Whether entry() is done with a non-directory's node when it returns, so
-   * the walk may refill one node for all of them (a printer), except those
-   * keep() asks for.
+   * the walk may refill one node for all of them (a printer). A transient
+   * visitor gets a hard link's node decoded again from its nid; otherwise
+   * every node is kept and a hard link gets the very node of its first name.
    */
   transient?: boolean;
-  /** Whether the walk must keep this node to hand it out again for a later hard link. */
-  keep(node: Inode): boolean;
   root(node: Inode): void;
-  /** An entry of `parent` (its name at image[start..end)), depth first in name order; a directory's entries follow until leave(). */
-  entry(parent: Inode, start: number, end: number, node: Inode, hardlink: boolean): void;
+  /**
+   * An entry of `parent` (its name at image[nameStart..nameEnd), its inode
+   * `nid`), depth first in name order; a directory's entries follow until leave().
+   */
+  entry(parent: Inode, nameStart: number, nameEnd: number, node: Inode, hardlink: boolean, nid: number): void;
   leave(dir: Inode): void;
 }
-
-/** A hard link to an inode the dump did not keep (its link count said it had one name): the dump starts over from a tree. */
-export class NeedTree extends Error {}
-
-/** Stands for a hard link's target when the walk did not keep it (listings print the name alone). */
-const EMPTY_NODE: Inode = { mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, size: 0, mtimeSec: 0, mtimeNsec: 0, payload: null, content: null, digest: null, xattrs: [], children: null };
 
 class Reader {
   readonly b: Buffer;
@@ -999,7 +886,6 @@ function framePath(frame: Frame | null, name: Buffer | null = null): Buffer {
  */
 export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageResult {
   const visitor: Visitor = {
-    keep: () => true,
     root: () => {},
     entry: (parent, start, end, node, hardlink) => {
       parent.children!.push({ name: buf.subarray(start, end), inode: node, hardlink });
@@ -1009,8 +895,8 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
   return walkImage(buf, opts, visitor);
 }
 
-/** @internal The walk behind readImage and dumpImage (src/erofs/read-dump.ts). */
-export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor, hardlinksByName = false): ReadImageResult {
+/** @internal The walk behind readImage and the printers of src/dumpfile/from-image.ts. */
+export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor): ReadImageResult {
   const header = readImageHeader(buf);
   const r = new Reader(buf, header, opts.onProblem, opts.trace);
   const checking = r.checking;
@@ -1068,7 +954,9 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
   };
 
   const rootPath = Buffer.from('/');
-  const scratch: Inode | null = visitor.transient ? { ...EMPTY_NODE, xattrs: [] } : null;
+  const scratch: Inode | null = visitor.transient
+    ? { mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, size: 0, mtimeSec: 0, mtimeNsec: 0, payload: null, content: null, digest: null, xattrs: [], children: null }
+    : null;
   let rootNode: Inode | null = null;
   try {
     const rootRaw = r.inode(header.rootNid);
@@ -1118,9 +1006,8 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
         throw new EntryError('loop', `entry refers to directory inode ${nid}, which is already in the tree (a directory loop or a hard-linked directory)`);
       }
       if (seen === SEEN_FILE) {
-        // A hard link to a node not kept: fine for a listing (only the name is printed), not for a dump.
-        if (!hardlinksByName) throw new NeedTree();
-        visitor.entry(frame.inode, start, end, EMPTY_NODE, true);
+        // A hard link for a transient visitor: its node was not kept, decode it again.
+        visitor.entry(frame.inode, start, end, r.build(r.inode(nid), null, scratch), true, nid);
         continue;
       }
       if (seen > 0) {
@@ -1128,7 +1015,7 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
         if (checking && entries.ftypes[k] !== ftypeOf(node.mode) && !((node.mode & S_IFMT) === S_IFCHR && node.rdev === 0 && entries.ftypes[k] === FT_REG_FILE)) {
           problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${entries.ftypes[k]} does not match the inode's file type`);
         }
-        visitor.entry(frame.inode, start, end, node, true);
+        visitor.entry(frame.inode, start, end, node, true, nid);
         continue;
       }
       if (seen === WHITEOUT) continue;
@@ -1152,14 +1039,12 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
         const base = entries.top;
         r.dirents(raw, entries);
         table.add(nid, node, false);
-        visitor.entry(frame.inode, start, end, node, false);
+        visitor.entry(frame.inode, start, end, node, false, nid);
         frame.subdirs++;
         enter(node, nid, frame, buf.subarray(start, end), base, frame.nid);
       } else {
-        const keep = visitor.keep(node);
-        const kept = keep && node === scratch ? { ...node, xattrs: node.xattrs.slice() } : node;
-        table.add(nid, kept, keep);
-        visitor.entry(frame.inode, start, end, kept, false);
+        table.add(nid, node, scratch === null);
+        visitor.entry(frame.inode, start, end, node, false, nid);
       }
     } catch (e) {
       if (!(e instanceof EntryError)) throw e;
