@@ -5,14 +5,12 @@
  * reference's `lcfs_load_node_from_image` does, so that the tree prints as the
  * reference's `composefs-info dump` and writes back into the identical image:
  *
- *  - the overlayfs xattrs composefs adds are taken apart again: the payload
- *    comes from `trusted.overlay.redirect` (without its leading `/`), the
- *    fs-verity digest from a 36-byte `trusted.overlay.metacopy`; the escaped
- *    `trusted.overlay.overlay.*` names are un-escaped; every other
- *    `trusted.overlay.*` name and the whiteout markers are dropped;
- *  - a regular file marked `trusted.overlay.overlay.whiteout` becomes the
- *    character device 0:0 it stood for, and a real 0:0 character device (the
- *    `00`..`ff` whiteouts in the root) is left out;
+ *  - this file decodes the structure (header, inodes, data, directory
+ *    entries, xattr entries); what the overlayfs xattrs composefs adds mean
+ *    (payload, digest, escaped names, whiteouts) is src/erofs/overlay.ts,
+ *    and the header check is src/erofs/header.ts;
+ *  - a real 0:0 character device (the `00`..`ff` whiteouts in the root) is
+ *    left out;
  *  - entries are visited depth first in name order; the first name that
  *    reaches an inode is its primary one, later names are hard links to the
  *    same `Inode` object;
@@ -35,12 +33,9 @@ import {
   BLOCK_SIZE,
   CHUNK_FORMAT_BLKBITS_MASK,
   CHUNK_FORMAT_INDEXES,
-  COMPOSEFS_FLAG_HAS_ACL,
   DE,
   DIRENT_SIZE,
   FEATURE_COMPAT_XATTR_FILTER,
-  FORMAT_VERSION_MAX,
-  FS_VERITY_HASH_ALG_SHA256,
   FT_REG_FILE,
   FT_UNKNOWN,
   direntFileType,
@@ -58,10 +53,13 @@ import {
   XATTR_FILTER_BITS,
   XATTR_FILTER_SEED,
   XATTR_IBODY_HEADER_SIZE,
-  XATTR_INDEX_PREFIX,
   XH,
 } from './format.js';
 import { xxh32 } from './xxhash.js';
+import { headerProblems, totalsProblems, type ImageProblem } from './image-checks.js';
+
+export type { ImageProblem } from './image-checks.js';
+import { HAS_METACOPY, HAS_REDIRECT, XATTR_NAME_PREFIXES, XattrMeaning, applyXattr, isAclXattr, treeXattrName, xattrMeaning } from './overlay.js';
 import { ImageFormatError, printablePath, readImageHeader, type ImageHeader } from './header.js';
 
 export { ImageFormatError, printablePath, readImageHeader, imageVersion, checkImageHeader, type ImageHeader } from './header.js';
@@ -73,17 +71,7 @@ import {
   S_IFMT,
   S_IFREG,
   type Inode,
-  type Xattr,
 } from '../tree/model.js';
-
-/** Something wrong found while checking (see `ReadImageOptions.onProblem`). */
-export interface ImageProblem {
-  /** Path in the image (bytes, starting with `/`), or null for the image as a whole. */
-  path: Buffer | null;
-  /** Short machine-readable kind, e.g. `dirent-type`, `loop`, `bounds`. */
-  code: string;
-  message: string;
-}
 
 export interface ReadImageOptions {
   /**
@@ -118,24 +106,6 @@ export interface ReadImageResult {
 const MAX_SAFE_HI = 0x1fffff; // high 32 bits of a u64 that still fits a double exactly
 const NAME_MAX = 255;
 const PATH_MAX = 4096;
-const latin1 = (s: string) => Buffer.from(s, 'latin1');
-
-const PREFIX_BUFS = XATTR_INDEX_PREFIX.map((p) => (p === null ? null : latin1(p)));
-const TRUSTED = latin1('trusted.');
-const USER = latin1('user.');
-/** Names (after `trusted.`, or after `user.` for the two user ones) that mean something to composefs. */
-const N = {
-  overlay: latin1('overlay.'),
-  escape: latin1('overlay.overlay.'),
-  redirect: latin1('overlay.redirect'),
-  metacopy: latin1('overlay.metacopy'),
-  escWhiteout: latin1('overlay.overlay.whiteout'),
-  escWhiteouts: latin1('overlay.overlay.whiteouts'),
-  userWhiteout: latin1('overlay.whiteout'),
-  userWhiteouts: latin1('overlay.whiteouts'),
-  aclAccess: latin1('system.posix_acl_access'),
-  aclDefault: latin1('system.posix_acl_default'),
-};
 
 const DOT = 0x2e;
 const SLASH = 0x2f;
@@ -161,26 +131,12 @@ interface RawInode {
   xattrSize: number;
 }
 
-/** What the reference reader does with an xattr (lcfs_build_node_erofs_xattr). */
-const enum XKind {
-  /** Kept under its own name. */
-  Keep,
-  /** `trusted.overlay.overlay.X`: kept as `trusted.overlay.X`. */
-  KeepEscaped,
-  /** composefs's own overlayfs xattrs and whiteout markers: not part of the tree. */
-  Drop,
-  Redirect,
-  Metacopy,
-  /** `trusted.overlay.overlay.whiteout`: makes a regular file a whiteout; elsewhere kept un-escaped. */
-  EscWhiteout,
-}
-
 /** A shared xattr, parsed once however many inodes refer to it. */
 interface SharedXattr {
   index: number;
   nameStart: number;
   nameLen: number;
-  kind: XKind;
+  meaning: XattrMeaning;
   acl: boolean;
   key: Buffer | null;
   /** The value is image[valueStart..valueEnd). */
@@ -284,22 +240,7 @@ function i32(b: Uint8Array, o: number): number {
   return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24);
 }
 
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  const n = a.length;
-  if (n !== b.length) return false;
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
 
-function setXattr(list: Xattr[], key: Buffer, value: Buffer): void {
-  for (let i = 0; i < list.length; i++) {
-    if (bytesEqual(list[i].key, key)) {
-      list[i].value = value;
-      return;
-    }
-  }
-  list.push({ key, value });
-}
 
 const NONE = 0;
 const WHITEOUT = -1;
@@ -592,77 +533,6 @@ class Reader {
     }
   }
 
-  private eqAt(pos: number, n: number, s: Buffer): boolean {
-    if (n !== s.length) return false;
-    const b = this.b;
-    for (let i = 0; i < n; i++) if (b[pos + i] !== s[i]) return false;
-    return true;
-  }
-
-  private startsAt(pos: number, n: number, s: Buffer): boolean {
-    if (n < s.length) return false;
-    const b = this.b;
-    for (let i = 0; i < s.length; i++) if (b[pos + i] !== s[i]) return false;
-    return true;
-  }
-
-  /** Classify the stored name (index, bytes at s..s+n) as lcfs_build_node_erofs_xattr treats it. */
-  private classify(index: number, s: number, n: number): XKind {
-    let rs = -1;
-    let rn = 0;
-    let user = false;
-    if (index === 4) {
-      rs = s;
-      rn = n;
-    } else if (index === 1) {
-      rs = s;
-      rn = n;
-      user = true;
-    } else if (index === 0) {
-      if (this.startsAt(s, n, TRUSTED)) {
-        rs = s + TRUSTED.length;
-        rn = n - TRUSTED.length;
-      } else if (this.startsAt(s, n, USER)) {
-        rs = s + USER.length;
-        rn = n - USER.length;
-        user = true;
-      }
-    }
-    if (rs < 0) return XKind.Keep;
-    if (user) return this.eqAt(rs, rn, N.userWhiteout) || this.eqAt(rs, rn, N.userWhiteouts) ? XKind.Drop : XKind.Keep;
-    if (!this.startsAt(rs, rn, N.overlay)) return XKind.Keep;
-    if (this.eqAt(rs, rn, N.redirect)) return XKind.Redirect;
-    if (this.eqAt(rs, rn, N.metacopy)) return XKind.Metacopy;
-    if (!this.startsAt(rs, rn, N.escape)) return XKind.Drop;
-    if (this.eqAt(rs, rn, N.escWhiteouts)) return XKind.Drop;
-    if (this.eqAt(rs, rn, N.escWhiteout)) return XKind.EscWhiteout;
-    return XKind.KeepEscaped;
-  }
-
-  /** The name an xattr gets in the tree. */
-  private keyOf(index: number, s: number, n: number, escaped: boolean): Buffer {
-    const b = this.b;
-    if (escaped) {
-      // trusted.overlay.overlay.X -> trusted.overlay.X: drop one "overlay.".
-      const rs = index === 0 ? s + TRUSTED.length : s;
-      const from = rs + N.overlay.length;
-      const end = s + n;
-      const key = Buffer.allocUnsafe(TRUSTED.length + end - from);
-      TRUSTED.copy(key, 0);
-      b.copy(key, TRUSTED.length, from, end);
-      return key;
-    }
-    const prefix = PREFIX_BUFS[index]!;
-    const key = Buffer.allocUnsafe(prefix.length + n);
-    prefix.copy(key, 0);
-    b.copy(key, prefix.length, s, s + n);
-    return key;
-  }
-
-  private isAcl(index: number, s: number, n: number): boolean {
-    return index === 2 || index === 3 || (index === 0 && (this.eqAt(s, n, N.aclAccess) || this.eqAt(s, n, N.aclDefault)));
-  }
-
   /** Checks on one xattr entry header; returns the entry's total (unpadded) size. */
   private entryAt(pos: number, end: number, nid: number): number {
     const b = this.b;
@@ -671,7 +541,7 @@ class Reader {
     const index = b[pos + 1];
     const total = XATTR_ENTRY_SIZE + nameLen + (b[pos + 2] | (b[pos + 3] << 8));
     if (pos + total > end) throw new EntryError('xattr', `inode ${nid}: xattr entry of ${total} bytes runs past its area`);
-    if (index >= PREFIX_BUFS.length || PREFIX_BUFS[index] === null) throw new EntryError('xattr', `inode ${nid}: unsupported xattr name index ${index}`);
+    if (index >= XATTR_NAME_PREFIXES.length || XATTR_NAME_PREFIXES[index] === null) throw new EntryError('xattr', `inode ${nid}: unsupported xattr name index ${index}`);
     const s = pos + XATTR_ENTRY_SIZE;
     for (let i = 0; i < nameLen; i++) if (b[s + i] === 0) throw new EntryError('xattr', `inode ${nid}: xattr name contains NUL`);
     if (nameLen === 0 && index === 0) throw new EntryError('xattr', `inode ${nid}: empty xattr name`);
@@ -688,62 +558,17 @@ class Reader {
     const index = b[pos + 1];
     const nameStart = pos + XATTR_ENTRY_SIZE;
     const nameLen = b[pos];
-    const kind = this.classify(index, nameStart, nameLen);
-    const key = kind === XKind.Keep || kind === XKind.KeepEscaped || kind === XKind.EscWhiteout ? this.keyOf(index, nameStart, nameLen, kind !== XKind.Keep) : null;
-    x = { index, nameStart, nameLen, kind, acl: this.isAcl(index, nameStart, nameLen), key, valueStart: nameStart + nameLen, valueEnd: pos + total };
+    const meaning = xattrMeaning(b, index, nameStart, nameLen);
+    const key = treeXattrName(b, meaning, index, nameStart, nameLen);
+    x = { index, nameStart, nameLen, meaning, acl: isAclXattr(b, index, nameStart, nameLen), key, valueStart: nameStart + nameLen, valueEnd: pos + total };
     this.shared.set(id, x);
     return x;
-  }
-
-  /**
-   * Apply one xattr, its value at image[vs..ve), to the node; returns flags
-   * for the checks (1 redirect, 2 metacopy). Views of the image are made only
-   * for what the node keeps.
-   */
-  private apply(node: Inode, kind: XKind, key: Buffer | null, vs: number, ve: number, check: ((code: string, msg: string) => void) | null): number {
-    const isReg = (node.mode & S_IFMT) === S_IFREG;
-    const b = this.b;
-    const length = ve - vs;
-    switch (kind) {
-      case XKind.Drop:
-        return 0;
-      case XKind.Redirect:
-        if (!isReg) return 0;
-        {
-          // The reference stores "/" + payload; a NUL ends it as in C.
-          const start = length > 1 && b[vs] === SLASH ? vs + 1 : vs;
-          let end = start;
-          while (end < ve && b[end] !== 0) end++;
-          node.payload = b.subarray(start, end);
-        }
-        return 1;
-      case XKind.Metacopy:
-        if (!isReg) return 0;
-        if (length === 4 + 32) node.digest = b.subarray(vs + 4, vs + 36);
-        if (check) {
-          if (length !== 0 && length !== 36) check('metacopy', `trusted.overlay.metacopy of ${length} bytes (expected 0 or 36)`);
-          else if (length === 36 && (b[vs] !== 0 || b[vs + 1] !== 36 || b[vs + 2] !== 0 || b[vs + 3] !== FS_VERITY_HASH_ALG_SHA256)) {
-            check('metacopy', 'trusted.overlay.metacopy has a bad header (version, length, flags or hash algorithm)');
-          }
-        }
-        return 2;
-      case XKind.EscWhiteout:
-        if (isReg) {
-          node.mode = (node.mode & ~S_IFMT) | S_IFCHR;
-          node.rdev = 0;
-          node.size = 0;
-          return 0;
-        }
-        break;
-    }
-    setXattr(node.xattrs, key!, b.subarray(vs, ve));
-    return 0;
   }
 
   private filterCheck(filter: number, index: number, s: number, n: number, nid: number): void {
     const bit = xxh32(this.b, (XATTR_FILTER_SEED + index) >>> 0, s, s + n) & (XATTR_FILTER_BITS - 1);
     if ((filter >>> bit) & 1) {
-      const full = Buffer.concat([PREFIX_BUFS[index]!, this.b.subarray(s, s + n)]);
+      const full = Buffer.concat([XATTR_NAME_PREFIXES[index]!, this.b.subarray(s, s + n)]);
       this.onProblem!({ path: null, code: 'xattr-filter', message: `inode ${nid}: the xattr name filter hides '${printablePath(full)}' (the kernel would not find it)` });
     }
   }
@@ -765,18 +590,17 @@ class Reader {
       const nameLen = b[pos];
       const index = b[pos + 1];
       const s = pos + XATTR_ENTRY_SIZE;
-      if (!this.hasAcl && this.isAcl(index, s, nameLen)) this.hasAcl = true;
+      if (!this.hasAcl && isAclXattr(b, index, s, nameLen)) this.hasAcl = true;
       if (filter !== 0) this.filterCheck(filter, index, s, nameLen, nid);
-      const kind = this.classify(index, s, nameLen);
-      const key = kind === XKind.Keep || kind === XKind.KeepEscaped || kind === XKind.EscWhiteout ? this.keyOf(index, s, nameLen, kind !== XKind.Keep) : null;
-      flags |= this.apply(node, kind, key, s + nameLen, pos + total, check);
+      const meaning = xattrMeaning(b, index, s, nameLen);
+      flags |= applyXattr(node, meaning, treeXattrName(b, meaning, index, s, nameLen), b, s + nameLen, pos + total, check);
       pos += (total + 3) & ~3;
     }
     for (let i = 0; i < sharedCount; i++) {
       const x = this.sharedXattr(u32(b, h + XATTR_IBODY_HEADER_SIZE + i * 4), nid);
       if (x.acl) this.hasAcl = true;
       if (filter !== 0) this.filterCheck(filter, x.index, x.nameStart, x.nameLen, nid);
-      flags |= this.apply(node, x.kind, x.key, x.valueStart, x.valueEnd, check);
+      flags |= applyXattr(node, x.meaning, x.key, b, x.valueStart, x.valueEnd, check);
     }
     return flags;
   }
@@ -846,8 +670,8 @@ class Reader {
       node.digest = null;
     }
     if (check && (node.mode & S_IFMT) === S_IFREG) {
-      if (flags & 1 && !(flags & 2)) check('metacopy', 'trusted.overlay.redirect without trusted.overlay.metacopy');
-      if (raw.layout === LAYOUT_CHUNK_BASED && raw.size > 0 && !(flags & 2)) {
+      if (flags & HAS_REDIRECT && !(flags & HAS_METACOPY)) check('metacopy', 'trusted.overlay.redirect without trusted.overlay.metacopy');
+      if (raw.layout === LAYOUT_CHUNK_BASED && raw.size > 0 && !(flags & HAS_METACOPY)) {
         check('metacopy', 'file data is not in the image and there is no trusted.overlay.metacopy');
       }
     }
@@ -902,17 +726,7 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
   const checking = r.checking;
   const problem = (path: Buffer | null, code: string, message: string) => opts.onProblem?.({ path, code, message });
 
-  if (checking) {
-    if (header.version > FORMAT_VERSION_MAX) problem(null, 'version', `unknown composefs format version ${header.version}`);
-    if (header.flags & ~COMPOSEFS_FLAG_HAS_ACL) problem(null, 'header', `unknown composefs header flags 0x${header.flags.toString(16)}`);
-    if (header.featureIncompat !== 0) {
-      problem(null, 'superblock', `incompatible EROFS features 0x${header.featureIncompat.toString(16)} (the kernel may refuse to mount)`);
-    }
-    if (buf.length % BLOCK_SIZE !== 0) problem(null, 'size', `image size ${buf.length} is not a multiple of the block size ${BLOCK_SIZE}`);
-    if (header.blocks * BLOCK_SIZE !== buf.length) {
-      problem(null, 'size', `superblock says ${header.blocks} blocks (${header.blocks * BLOCK_SIZE} bytes) but the image has ${buf.length} bytes`);
-    }
-  }
+  if (checking) for (const p of headerProblems(header, buf.length)) opts.onProblem!(p);
 
   const table = new NidTable(Math.floor((buf.length - r.metaStart) / SLOT_SIZE));
   const stack: Frame[] = [];
@@ -1057,12 +871,6 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
   }
 
   const inodeCount = table.count + table.whiteouts;
-  if (checking) {
-    if (header.inodes !== inodeCount) problem(null, 'inodes', `superblock counts ${header.inodes} inodes, the tree reaches ${inodeCount}`);
-    const flagAcl = (header.flags & COMPOSEFS_FLAG_HAS_ACL) !== 0;
-    if (flagAcl !== r.hasAcl) {
-      problem(null, 'header', flagAcl ? 'header flags the image as having ACLs but no inode has one' : 'inodes have ACLs but the header does not flag them');
-    }
-  }
+  if (checking) for (const p of totalsProblems(header, inodeCount, r.hasAcl)) opts.onProblem!(p);
   return { root, header, version: header.version, inodeCount };
 }
