@@ -81,12 +81,6 @@ export class ByteSink {
     this.len += length;
   }
 
-  /** Append an integer in `radix` (8 or 10; negative ones only in decimal). */
-  int(value: number, radix = 10): void {
-    this.ensure(24);
-    this.len = putInt(this.buf, this.len, value, radix);
-  }
-
   /** Append `src[start..end)` escaped for a dump-file field (`flags`: ESCAPE_*). */
   escaped(src: Uint8Array, flags: number, start = 0, end = src.length): void {
     if ((flags & ESCAPE_LONE_DASH) !== 0 && end - start === 1 && src[start] === 0x2d) {
@@ -94,12 +88,14 @@ export class ByteSink {
       return;
     }
     this.ensure(4 * (end - start));
+    const keepEqual = (flags & ESCAPE_EQUAL) === 0;
+    const keepSpace = (flags & ESCAPE_KEEP_SPACE) !== 0;
     const out = this.buf;
     let at = this.len;
     for (let i = start; i < end; i++) {
       const c = src[i];
       const kind = BYTE_CLASS[c];
-      if (kind === 0 || (kind === 2 && (flags & ESCAPE_EQUAL) === 0) || (kind === 3 && (flags & ESCAPE_KEEP_SPACE) !== 0)) {
+      if (kind === 0 || (kind === 2 && keepEqual) || (kind === 3 && keepSpace)) {
         out[at++] = c;
         continue;
       }
@@ -117,12 +113,6 @@ export class ByteSink {
     this.len = at;
   }
 
-  /** Append lowercase hex of `src`. */
-  hex(src: Uint8Array): void {
-    this.ensure(src.length * 2);
-    this.len = putHex(this.buf, this.len, src);
-  }
-
   /** Hand the written bytes out and start over with a fresh buffer. */
   take(): Buffer {
     const written = this.buf.subarray(0, this.len);
@@ -130,31 +120,6 @@ export class ByteSink {
     this.len = 0;
     return written;
   }
-}
-
-/**
- * Write `value` in `radix` at out[at..] (room for 24 bytes is the caller's
- * job) and return the new end. Safe integers are written digit by digit;
- * anything past 2^53 as JS formats it, in decimal.
- */
-export function putInt(out: Buffer, at: number, value: number, radix = 10): number {
-  if (value >= 0 && value < radix) {
-    out[at] = 0x30 + value;
-    return at + 1;
-  }
-  if (!Number.isSafeInteger(value)) {
-    return at + out.write(Number.isFinite(value) ? BigInt(Math.trunc(value)).toString() : '0', at, 'latin1');
-  }
-  if (value < 0) {
-    out[at++] = 0x2d;
-    value = -value;
-  }
-  let digits = 0;
-  for (let rest = value; rest >= 1; rest = Math.floor(rest / radix)) digits++;
-  const end = at + digits;
-  let pos = end;
-  for (let rest = value; rest >= 1; rest = Math.floor(rest / radix)) out[--pos] = 0x30 + (rest % radix);
-  return end;
 }
 
 /** Write lowercase hex of `src` at out[at..] and return the new end. */

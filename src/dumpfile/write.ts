@@ -21,7 +21,7 @@
  * sizes, or drop fields the image could not hold.
  */
 import type { Dirent, Inode } from '../tree/model.js';
-import { ByteSink, ESCAPE_EQUAL, ESCAPE_LONE_DASH, putHex, putInt } from './escape.js';
+import { ByteSink, ESCAPE_EQUAL, ESCAPE_LONE_DASH, putHex } from './escape.js';
 
 const FLUSH_AT = 1 << 20;
 
@@ -148,6 +148,33 @@ function printEntry(out: ByteSink, path: ByteSink, inode: Inode, hardlink: boole
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * Write `value` in `radix` at out[at..] (room for 24 bytes is the caller's
+ * job) and return the new end. Safe integers are written digit by digit,
+ * anything past 2^53 as JS formats it, in decimal.
+ */
+function putInt(out: Buffer, at: number, value: number, radix = 10): number {
+  if (value >= 0 && value < radix) {
+    out[at] = 0x30 + value;
+    return at + 1;
+  }
+  // Past 2^31 (rare: sizes, times), make sure the digit loop below is exact.
+  if ((value > 0x7fffffff || value < -0x7fffffff) && !Number.isSafeInteger(value)) {
+    return at + out.write(Number.isFinite(value) ? BigInt(Math.trunc(value)).toString() : '0', at, 'latin1');
+  }
+  if (value < 0) {
+    out[at++] = 0x2d;
+    value = -value;
+  }
+  let digits = 0;
+  for (let rest = value; rest >= 1; rest = Math.floor(rest / radix)) digits++;
+  const end = at + digits;
+  let pos = end;
+  for (let rest = value; rest >= 1; rest = Math.floor(rest / radix)) out[--pos] = 0x30 + (rest % radix);
+  return end;
+}
+
 
 /** Prints a hard link's PAYLOAD: its target's path, already escaped (a path is never a lone `-`). */
 export type LinkTargetPrinter = (out: ByteSink) => void;
