@@ -10,9 +10,11 @@ export * from './tree/model.js';
 export { inflate, type FlatTree } from './tree/flat.js';
 export { parseDump, parseDumpFlat, writeDump, writeDumpChunks, DumpParseError, type ParseOptions } from './dumpfile/index.js';
 export { writeImage, writeImageWithInfo, writeFlatImage, ImageWriteError, type WriteOptions, type WriteResult } from './erofs/writer.js';
+export { dumpImage, listImage } from './dumpfile/from-image.js';
 export {
   readImage,
   readImageHeader,
+  checkImageHeader,
   imageVersion,
   ImageFormatError,
   type ReadImageOptions,

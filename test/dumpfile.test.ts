@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { DumpParseError, parseDump, parseDumpFlat, writeDump, writeDumpChunks } from '../src/dumpfile/index.js';
 import { inflate, type FlatTree } from '../src/tree/flat.js';
-import { UserError } from '../src/cli/errors.js';
+import { ComposefsError } from '../src/errors.js';
 import { newInode, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, walk, type Dirent, type Inode } from '../src/tree/model.js';
 import { conformanceDir, NO_CONFORMANCE } from './helpers/paths.js';
 
@@ -32,7 +32,7 @@ function parseError(text: string | Buffer, strict = false): DumpParseError {
     parseDump(typeof text === 'string' ? b(text) : text, { strict });
   } catch (e) {
     assert.ok(e instanceof DumpParseError, `not a DumpParseError: ${e}`);
-    assert.ok(e instanceof UserError);
+    assert.ok(e instanceof ComposefsError);
     assert.match(e.message, /^line \d+: [a-z]+: \S/);
     assert.ok(!/[\n\r]/.test(e.message), `message spans lines: ${JSON.stringify(e.message)}`);
     return e;

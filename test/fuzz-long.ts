@@ -22,7 +22,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 import { ImageFormatError, readImage, type ReadImageResult } from '../src/erofs/reader.js';
-import { dumpImage, listImage } from '../src/erofs/read-dump.js';
+import { dumpImage, listImage } from '../src/dumpfile/from-image.js';
 import { ImageWriteError, writeImage, writeImageWithInfo } from '../src/erofs/writer.js';
 import { fsckImage } from '../src/check/fsck.js';
 import { Output } from '../src/check/io.js';

@@ -331,7 +331,7 @@ test('conformance: every upstream vector image -> tree -> image is byte-identica
 });
 
 test('a directory chain 10,000 deep is read, dumped and checked without recursion', async () => {
-  const { dumpImage } = await import('../src/erofs/read-dump.js');
+  const { dumpImage } = await import('../src/dumpfile/from-image.js');
   const { fsckImage } = await import('../src/check/fsck.js');
   const root = newInode(S_IFDIR | 0o755);
   let dir = root;

@@ -5,9 +5,17 @@
  * and payloads. (Output files are written by src/output/file.ts.)
  */
 import { closeSync, fstatSync, openSync, readFileSync, writeSync, constants as fsc } from 'node:fs';
-import { InvalidInputError, IoError, ioError } from '../errors.js';
+import { ComposefsError, IoError, ioError } from '../errors.js';
 import { ImageFormatError, readImage, type ReadImageOptions, type ReadImageResult } from '../erofs/reader.js';
-import { dumpImage, listImage } from '../erofs/read-dump.js';
+import { dumpImage, listImage } from '../dumpfile/from-image.js';
+import { ESCAPE_EQUAL, ESCAPE_KEEP_SPACE, ESCAPE_LONE_DASH, escapeField } from '../dumpfile/escape.js';
+
+/** An image file that exists but cannot be read as an image: "Failed to load 'PATH': reason". */
+export class ImageLoadError extends ComposefsError {
+  constructor(path: string, cause: ImageFormatError) {
+    super(`Failed to load '${path}': ${cause.message}`, 'image-format', { cause });
+  }
+}
 
 /**
  * Read a whole file; failures are an IoError "Failed to open 'PATH': reason".
@@ -35,11 +43,6 @@ export function readFileOrFail(path: string): Buffer {
   }
 }
 
-/** The image file could not be read as a composefs image: "Failed to load 'PATH': reason". */
-function loadFailure(path: string, err: ImageFormatError): InvalidInputError {
-  return new InvalidInputError(`Failed to load '${path}': ${err.message}`, { cause: err });
-}
-
 /** What of an image to read: `topLevel` keeps only those entries of the root (and all below them), as composefs-info --filter. */
 export type LoadImageOptions = Pick<ReadImageOptions, 'topLevel'>;
 
@@ -49,7 +52,7 @@ export function loadImage(path: string, opts: LoadImageOptions = {}): ReadImageR
   try {
     return { ...readImage(image, opts), image };
   } catch (err) {
-    if (err instanceof ImageFormatError) throw loadFailure(path, err);
+    if (err instanceof ImageFormatError) throw new ImageLoadError(path, err);
     throw err;
   }
 }
@@ -60,7 +63,7 @@ export function loadImageDump(path: string, ls = false, opts: LoadImageOptions =
   try {
     return ls ? listImage(image, opts) : dumpImage(image, opts);
   } catch (err) {
-    if (err instanceof ImageFormatError) throw loadFailure(path, err);
+    if (err instanceof ImageFormatError) throw new ImageLoadError(path, err);
     throw err;
   }
 }
@@ -123,36 +126,12 @@ export function writeStdout(buf: Buffer): void {
 }
 
 /**
- * The reference tools' escaping (composefs-info's print_escaped): backslash,
- * newline, carriage return and tab as C escapes; `\xNN` for bytes that are not
- * graphic ASCII (or, with `keepSpace`, not printable, so a space stays); `=`
- * as `\x3d` with `escapeEqual`; a lone `-` as `\x2d` with `escapeLoneDash`.
+ * The reference tools' escaping (composefs-info's print_escaped), as a
+ * string: the dump format's escapes (src/dumpfile/escape.ts), a space kept
+ * with `keepSpace`, `=` escaped with `escapeEqual`, a lone `-` as `\\x2d` with
+ * `escapeLoneDash`.
  */
 export function escapeBytes(b: Uint8Array, opts: { keepSpace?: boolean; escapeEqual?: boolean; escapeLoneDash?: boolean } = {}): string {
-  if (opts.escapeLoneDash && b.length === 1 && b[0] === 0x2d) return '\\x2d';
-  let out = '';
-  let plainFrom = 0;
-  const low = opts.keepSpace ? 0x20 : 0x21;
-  for (let i = 0; i < b.length; i++) {
-    const c = b[i];
-    let esc: string | null = null;
-    if (c === 0x5c) esc = '\\\\';
-    else if (c === 0x0a) esc = '\\n';
-    else if (c === 0x0d) esc = '\\r';
-    else if (c === 0x09) esc = '\\t';
-    else if (c === 0x3d) esc = opts.escapeEqual ? '\\x3d' : null;
-    else if (c < low || c > 0x7e) esc = `\\x${c < 16 ? '0' : ''}${c.toString(16)}`;
-    if (esc !== null) {
-      if (i > plainFrom) out += latin1(b, plainFrom, i);
-      out += esc;
-      plainFrom = i + 1;
-    }
-  }
-  if (plainFrom === 0) return latin1(b, 0, b.length);
-  if (plainFrom < b.length) out += latin1(b, plainFrom, b.length);
-  return out;
-}
-
-function latin1(b: Uint8Array, start: number, end: number): string {
-  return Buffer.from(b.buffer, b.byteOffset + start, end - start).toString('latin1');
+  const flags = (opts.keepSpace ? ESCAPE_KEEP_SPACE : 0) | (opts.escapeEqual ? ESCAPE_EQUAL : 0) | (opts.escapeLoneDash ? ESCAPE_LONE_DASH : 0);
+  return escapeField(b, flags);
 }

@@ -11,6 +11,7 @@
  */
 import { statSync } from 'node:fs';
 import { UserError, describeSystemError } from './errors.js';
+import { IoError } from '../errors.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { Output, readFileOrFail } from '../check/io.js';
 import { fsckImage } from '../check/fsck.js';
@@ -56,7 +57,8 @@ export function run(args: string[], prog: string): number {
   try {
     image = readFileOrFail(imagePath);
   } catch (err) {
-    throw new UserError((err as Error).message, EXIT_CANNOT_CHECK);
+    if (err instanceof IoError) throw new UserError(err.message, EXIT_CANNOT_CHECK);
+    throw err;
   }
   const report = fsckImage(image, { basedirs });
   const out = new Output();

@@ -17,146 +17,121 @@
 export const ESCAPE_EQUAL = 1;
 /** A value that is exactly `-` is written `\x2d` (optional fields). */
 export const ESCAPE_LONE_DASH = 2;
+/** Print a space as itself (`composefs-info ls` paths); otherwise it is `\x20`. */
+export const ESCAPE_KEEP_SPACE = 4;
 
-const HEX = '0123456789abcdef';
+const HEX = Buffer.from('0123456789abcdef', 'latin1');
+
+/** Per byte: 0 = printed as is, 1 = escaped, 2 = `=` (escaped with ESCAPE_EQUAL), 3 = space (kept with ESCAPE_KEEP_SPACE). */
+const BYTE_CLASS = new Uint8Array(256).fill(1);
+for (let c = 0x21; c <= 0x7e; c++) BYTE_CLASS[c] = 0;
+BYTE_CLASS[0x5c] = 1;
+BYTE_CLASS[0x3d] = 2;
+BYTE_CLASS[0x20] = 3;
 
 /**
- * Per byte: 0 = copy as is, 1 = needs escaping, 2 = `=` (escape only with
- * ESCAPE_EQUAL).
+ * The one growable output buffer of the dump format: the dump writer, the
+ * printers that walk an image, and escaping for messages all append here.
+ * Appends write byte by byte into `buf` (no temporary views): most of a
+ * dump is printed before V8 has optimised anything, where a view costs an
+ * allocation.
  */
-const CLASS = new Uint8Array(256);
-for (let c = 0; c < 256; c++) {
-  if (c === 0x5c) CLASS[c] = 1;
-  else if (c === 0x3d) CLASS[c] = 2;
-  else if (c >= 0x21 && c <= 0x7e) CLASS[c] = 0;
-  else CLASS[c] = 1;
-}
-
-/** A growable output buffer of bytes. */
 export class ByteSink {
   buf: Buffer;
   len = 0;
 
-  constructor(initial = 1 << 16) {
-    this.buf = Buffer.allocUnsafe(initial);
+  constructor(initialCapacity = 1 << 16) {
+    this.buf = Buffer.allocUnsafe(Math.max(16, initialCapacity));
   }
 
+  /** Make room for `extra` more bytes (callers may then write `buf` directly and advance `len`). */
   ensure(extra: number): void {
-    const need = this.len + extra;
-    if (need <= this.buf.length) return;
-    let cap = this.buf.length * 2;
-    while (cap < need) cap *= 2;
-    const next = Buffer.allocUnsafe(cap);
-    this.buf.copy(next, 0, 0, this.len);
-    this.buf = next;
+    const needed = this.len + extra;
+    if (needed <= this.buf.length) return;
+    let capacity = this.buf.length * 2;
+    while (capacity < needed) capacity *= 2;
+    const bigger = Buffer.allocUnsafe(capacity);
+    this.buf.copy(bigger, 0, 0, this.len);
+    this.buf = bigger;
   }
 
-  byte(b: number): void {
+  byte(value: number): void {
     if (this.len >= this.buf.length) this.ensure(1);
-    this.buf[this.len++] = b;
+    this.buf[this.len++] = value;
   }
 
   /** Append an ASCII string (numbers, separators). */
-  ascii(s: string): void {
-    this.ensure(s.length);
-    this.len += this.buf.write(s, this.len, 'latin1');
+  ascii(text: string): void {
+    this.ensure(text.length);
+    this.len += this.buf.write(text, this.len, 'latin1');
   }
 
   bytes(src: Uint8Array, start = 0, end = src.length): void {
-    const n = end - start;
-    this.ensure(n);
-    const b = this.buf;
-    if (n < 24) {
-      let o = this.len;
-      for (let i = start; i < end; i++) b[o++] = src[i];
-    } else {
-      b.set(src.subarray(start, end), this.len);
-    }
-    this.len += n;
+    this.ensure(end - start);
+    const out = this.buf;
+    let at = this.len;
+    for (let i = start; i < end; i++) out[at++] = src[i];
+    this.len = at;
   }
 
-  /** Append an integer in `radix` (8 or 10; negative ones only in decimal). */
-  int(n: number, radix = 10): void {
-    if (!Number.isSafeInteger(n)) {
-      // Past 2^53 (or not an integer): let JS format it, in decimal.
-      this.ascii(Number.isFinite(n) ? BigInt(Math.trunc(n)).toString() : '0');
-      return;
-    }
-    this.ensure(24);
-    const b = this.buf;
-    if (n < 0) {
-      b[this.len++] = 0x2d;
-      n = -n;
-    }
-    if (n < radix) {
-      b[this.len++] = 0x30 + n;
-      return;
-    }
-    let digits = 0;
-    for (let m = n; m >= 1; m = Math.floor(m / radix)) digits++;
-    let o = this.len + digits;
-    this.len = o;
-    for (let m = n; m >= 1; m = Math.floor(m / radix)) b[--o] = 0x30 + (m % radix);
+  /** Append a copy of this sink's own bytes [start, start + length) (a native copy, no view). */
+  repeat(start: number, length: number): void {
+    this.ensure(length);
+    this.buf.copyWithin(this.len, start, start + length);
+    this.len += length;
   }
 
-  /** Append `src[start..end)` escaped for a dump-file field. */
+  /** Append `src[start..end)` escaped for a dump-file field (`flags`: ESCAPE_*). */
   escaped(src: Uint8Array, flags: number, start = 0, end = src.length): void {
     if ((flags & ESCAPE_LONE_DASH) !== 0 && end - start === 1 && src[start] === 0x2d) {
       this.ascii('\\x2d');
       return;
     }
-    const escapeEqual = (flags & ESCAPE_EQUAL) !== 0;
-    let runStart = start;
+    this.ensure(4 * (end - start));
+    const keepEqual = (flags & ESCAPE_EQUAL) === 0;
+    const keepSpace = (flags & ESCAPE_KEEP_SPACE) !== 0;
+    const out = this.buf;
+    let at = this.len;
     for (let i = start; i < end; i++) {
       const c = src[i];
-      const k = CLASS[c];
-      if (k === 0 || (k === 2 && !escapeEqual)) continue;
-      if (i > runStart) this.bytes(src, runStart, i);
-      runStart = i + 1;
-      this.ensure(4);
-      const b = this.buf;
-      if (c === 0x5c) {
-        b[this.len++] = 0x5c;
-        b[this.len++] = 0x5c;
-      } else if (c === 0x0a) {
-        b[this.len++] = 0x5c;
-        b[this.len++] = 0x6e;
-      } else if (c === 0x0d) {
-        b[this.len++] = 0x5c;
-        b[this.len++] = 0x72;
-      } else if (c === 0x09) {
-        b[this.len++] = 0x5c;
-        b[this.len++] = 0x74;
-      } else {
-        b[this.len++] = 0x5c;
-        b[this.len++] = 0x78;
-        b[this.len++] = HEX.charCodeAt(c >> 4);
-        b[this.len++] = HEX.charCodeAt(c & 15);
+      const kind = BYTE_CLASS[c];
+      if (kind === 0 || (kind === 2 && keepEqual) || (kind === 3 && keepSpace)) {
+        out[at++] = c;
+        continue;
+      }
+      out[at++] = 0x5c;
+      if (c === 0x5c) out[at++] = 0x5c;
+      else if (c === 0x0a) out[at++] = 0x6e;
+      else if (c === 0x0d) out[at++] = 0x72;
+      else if (c === 0x09) out[at++] = 0x74;
+      else {
+        out[at++] = 0x78;
+        out[at++] = HEX[c >> 4];
+        out[at++] = HEX[c & 15];
       }
     }
-    if (end > runStart) this.bytes(src, runStart, end);
-  }
-
-  /** Append lowercase hex of `src`. */
-  hex(src: Uint8Array): void {
-    this.ensure(src.length * 2);
-    const b = this.buf;
-    for (let i = 0; i < src.length; i++) {
-      b[this.len++] = HEX.charCodeAt(src[i] >> 4);
-      b[this.len++] = HEX.charCodeAt(src[i] & 15);
-    }
+    this.len = at;
   }
 
   /** Hand the written bytes out and start over with a fresh buffer. */
   take(): Buffer {
-    const out = this.buf.subarray(0, this.len);
+    const written = this.buf.subarray(0, this.len);
     this.buf = Buffer.allocUnsafe(Math.max(1 << 16, Math.min(this.buf.length, 1 << 20)));
     this.len = 0;
-    return out;
+    return written;
   }
 }
 
-/** Escape one value as the dump writer would; mainly for tests and messages. */
+/** Write lowercase hex of `src` at out[at..] and return the new end. */
+export function putHex(out: Buffer, at: number, src: Uint8Array): number {
+  for (let i = 0; i < src.length; i++) {
+    out[at++] = HEX[src[i] >> 4];
+    out[at++] = HEX[src[i] & 15];
+  }
+  return at;
+}
+
+/** One value escaped as the dump writer would (`flags`: ESCAPE_*), as a string: for messages, listings and tests. */
 export function escapeField(value: Uint8Array, flags = 0): string {
   const sink = new ByteSink(value.length * 4 + 8);
   sink.escaped(value, flags);

@@ -46,7 +46,7 @@
  * inline content, every error) goes to the general parseLine(), which
  * follows the reference step by step; xattrs go to parseXattrs() after either.
  */
-import { UserError } from '../cli/errors.js';
+import { ComposefsError } from '../errors.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 import { inflate, type FlatTree } from '../tree/flat.js';
 import { HEX_DIGIT, printable, unescapeInPlace, UnescapeError } from './escape.js';
@@ -57,14 +57,13 @@ export interface ParseOptions {
 }
 
 /** A dump file the reference would refuse; the message is one line: `line N: FIELD: reason`. */
-export class DumpParseError extends UserError {
+export class DumpParseError extends ComposefsError {
   constructor(
     readonly line: number,
     readonly field: string,
     readonly reason: string,
   ) {
-    super(`line ${line}: ${field}: ${reason}`);
-    this.name = 'DumpParseError';
+    super(`line ${line}: ${field}: ${reason}`, 'dump-format');
   }
 }
 
@@ -106,7 +105,7 @@ const F_PAYLOAD = 8;
 const F_CONTENT = 9;
 const F_DIGEST = 10;
 const N_FIELDS = 11;
-/** In `nv`: the number was not read while splitting; parse the field with parseU64. */
+/** In `fieldNumber`: the number was not read while splitting; parse the field with parseU64. */
 const LATER = -2;
 
 /** The file types an image can hold, as a bit set over `(mode & S_IFMT) >> 12`. */
@@ -247,12 +246,12 @@ class FlatParser {
   readonly pool: Uint8Array;
   /** A Buffer over the same bytes, for the few Buffer-only operations. */
   readonly buf: Buffer;
-  readonly n: number;
+  readonly inputLength: number;
   readonly strict: boolean;
-  /** latin1 text of `pool[tb .. te)` (textLen long), for native searches. */
+  /** latin1 text of `pool[textBase .. textEnd)` (textLen long), for native searches. */
   text = '';
-  tb = 0;
-  te = 0;
+  textBase = 0;
+  textEnd = 0;
   textLen = 0;
   /** Offset of the first NUL byte in the input (n if none). */
   firstNul: number;
@@ -265,21 +264,21 @@ class FlatParser {
    */
   nextSpace = -1;
   nextBackslash = -1;
-  /** The current line's 11 fields: [fs, fe) each. */
-  readonly fs = new Int32Array(N_FIELDS);
-  readonly fe = new Int32Array(N_FIELDS);
+  /** The current line's 11 fields: [fieldStart, fieldEnd) each. */
+  readonly fieldStart = new Int32Array(N_FIELDS);
+  readonly fieldEnd = new Int32Array(N_FIELDS);
   /** Numbers read while splitting (LATER if not). For MTIME, the seconds; `nsec` holds the rest. */
-  readonly nv = new Int32Array(N_FIELDS);
+  readonly fieldNumber = new Int32Array(N_FIELDS);
   nsec = 0;
   /** fastLine()'s numbers: SIZE MODE NLINK UID GID RDEV SEC NSEC. */
-  readonly nums = new Float64Array(8);
+  readonly fastNumbers = new Float64Array(8);
   /** End of the field `optional()` returned. */
-  re = 0;
+  optionalEnd = 0;
   /** After fastLine(): where the line's xattrs start, and where it ends. */
   rest = 0;
   lineEnd = 0;
 
-  cap: number;
+  capacity: number;
   count = 0;
   nameStart: Int32Array;
   nameEnd: Int32Array;
@@ -304,12 +303,12 @@ class FlatParser {
   /** Per directory: its last entry so far (0 = none yet; the root is nobody's child). */
   lastChild: Int32Array;
   /** Per directory: how many entries it has. */
-  kids: Int32Array;
+  childCount: Int32Array;
   /** Per directory: 1 once its names came out of order (it is sorted at the end). */
   unsortedFlag: Uint8Array;
 
-  xcap = 64;
-  xcount = 0;
+  xattrCapacity = 64;
+  xattrCount = 0;
   xattrKeyStart = new Int32Array(64);
   xattrKeyEnd = new Int32Array(64);
   xattrValueStart = new Int32Array(64);
@@ -346,14 +345,14 @@ class FlatParser {
   constructor(input: Uint8Array, strict: boolean) {
     this.pool = input;
     this.buf = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.length);
-    this.n = input.length;
+    this.inputLength = input.length;
     this.strict = strict;
     this.setWindow(0);
-    const nul = this.textLen === this.n ? this.text.indexOf('\0') : this.buf.indexOf(0);
-    this.firstNul = nul < 0 ? this.n : nul;
+    const nul = this.textLen === this.inputLength ? this.text.indexOf('\0') : this.buf.indexOf(0);
+    this.firstNul = nul < 0 ? this.inputLength : nul;
     // Lines are rarely shorter than 64 bytes; the columns grow if they are.
-    const cap = Math.max(64, Math.min(this.n >>> 6, 1 << 20));
-    this.cap = cap;
+    const cap = Math.max(64, Math.min(this.inputLength >>> 6, 1 << 20));
+    this.capacity = cap;
     this.nameStart = new Int32Array(cap);
     this.nameEnd = new Int32Array(cap);
     this.parent = new Int32Array(cap);
@@ -373,13 +372,13 @@ class FlatParser {
     this.digest = new Int32Array(cap);
     this.xattrStart = new Int32Array(cap + 1);
     this.lastChild = new Int32Array(cap);
-    this.kids = new Int32Array(cap);
+    this.childCount = new Int32Array(cap);
     this.unsortedFlag = new Uint8Array(cap);
   }
 
   grow(): void {
-    const cap = this.cap * 2;
-    this.cap = cap;
+    const cap = this.capacity * 2;
+    this.capacity = cap;
     this.nameStart = grownInt32(this.nameStart, cap);
     this.nameEnd = grownInt32(this.nameEnd, cap);
     this.parent = grownInt32(this.parent, cap);
@@ -399,15 +398,15 @@ class FlatParser {
     this.digest = grownInt32(this.digest, cap);
     this.xattrStart = grownInt32(this.xattrStart, cap + 1);
     this.lastChild = grownInt32(this.lastChild, cap);
-    this.kids = grownInt32(this.kids, cap);
+    this.childCount = grownInt32(this.childCount, cap);
     const flags = new Uint8Array(cap);
     flags.set(this.unsortedFlag);
     this.unsortedFlag = flags;
   }
 
   growXattrs(): void {
-    const cap = this.xcap * 2;
-    this.xcap = cap;
+    const cap = this.xattrCapacity * 2;
+    this.xattrCapacity = cap;
     this.xattrKeyStart = grownInt32(this.xattrKeyStart, cap);
     this.xattrKeyEnd = grownInt32(this.xattrKeyEnd, cap);
     this.xattrValueStart = grownInt32(this.xattrValueStart, cap);
@@ -415,9 +414,9 @@ class FlatParser {
   }
 
   setWindow(at: number): void {
-    const te = Math.min(this.n, at + TEXT_WINDOW);
-    this.tb = at;
-    this.te = te;
+    const te = Math.min(this.inputLength, at + TEXT_WINDOW);
+    this.textBase = at;
+    this.textEnd = te;
     this.textLen = te - at;
     this.text = this.buf.toString('latin1', at, te);
     this.nextSpace = this.nextBackslash = -1;
@@ -425,27 +424,27 @@ class FlatParser {
 
   /** First `byte` at or after `pos`, or -1; `ch` is the same byte as a string. */
   find(ch: string, byte: number, pos: number): number {
-    const r = this.text.indexOf(ch, pos - this.tb);
-    return r >= 0 ? r + this.tb : this.findSlow(byte, pos);
+    const r = this.text.indexOf(ch, pos - this.textBase);
+    return r >= 0 ? r + this.textBase : this.findSlow(byte, pos);
   }
 
   /** find() when the text window has no match: past the window, or nowhere. */
   findSlow(byte: number, pos: number): number {
-    const tb = this.tb;
-    const te = tb + this.text.length;
-    if (te === this.n && pos >= tb) return -1;
+    const textBase = this.textBase;
+    const te = textBase + this.text.length;
+    if (te === this.inputLength && pos >= textBase) return -1;
     // Move the window up to the current line once that is past its middle;
     // later searches never look before the line's start.
-    if (this.lineStart >= tb + (this.text.length >>> 1) && te < this.n) this.setWindow(this.lineStart);
+    if (this.lineStart >= textBase + (this.text.length >>> 1) && te < this.inputLength) this.setWindow(this.lineStart);
     return this.buf.indexOf(byte, pos);
   }
 
   /** End of the field starting at `pos`: the next space, or the line's `end`. */
-  fieldEnd(pos: number, end: number): number {
+  endOfField(pos: number, end: number): number {
     let sp = this.nextSpace;
-    if (sp < pos || (sp === this.te && sp < this.n)) {
+    if (sp < pos || (sp === this.textEnd && sp < this.inputLength)) {
       sp = this.find(' ', 0x20, pos);
-      if (sp < 0) sp = this.n;
+      if (sp < 0) sp = this.inputLength;
       this.nextSpace = sp;
     }
     return sp < end ? sp : end;
@@ -456,7 +455,7 @@ class FlatParser {
     let bs = this.nextBackslash;
     if (bs < start) {
       bs = this.find('\\', 0x5c, start);
-      if (bs < 0) bs = this.n;
+      if (bs < 0) bs = this.inputLength;
       this.nextBackslash = bs;
     }
     return bs < end;
@@ -467,7 +466,7 @@ class FlatParser {
   }
 
   fieldText(field: number): string {
-    return printable(this.pool.subarray(this.fs[field], this.fe[field]));
+    return printable(this.pool.subarray(this.fieldStart[field], this.fieldEnd[field]));
   }
 
   /** Decode `pool[start..end)` in place; returns the decoded end. */
@@ -485,18 +484,18 @@ class FlatParser {
    * decoded bytes in `re`. C-string fields end at a decoded NUL.
    */
   optional(field: number, cstring: boolean): number {
-    const s = this.fs[field];
-    let e = this.fe[field];
+    const s = this.fieldStart[field];
+    let e = this.fieldEnd[field];
     if (e - s === 1 && this.pool[s] === 0x2d) return -1;
     if (this.hasEscape(s, e)) e = this.decode(field, s, e, cstring);
-    this.re = e;
+    this.optionalEnd = e;
     return s;
   }
 
   run(): void {
-    const n = this.n;
+    const inputLength = this.inputLength;
     let pos = 0;
-    while (pos < n) {
+    while (pos < inputLength) {
       this.line++;
       let next = this.fastLine(pos);
       if (next < 0) next = this.parseLine(pos);
@@ -519,24 +518,24 @@ class FlatParser {
    * an operation first met later, by optimised code, throws that code away.
    */
   fastLine(start: number): number {
-    const d = this.pool;
+    const bytes = this.pool;
     const text = this.text;
-    const tb = this.tb;
+    const textBase = this.textBase;
     const textLen = this.textLen;
-    let end = text.indexOf('\n', start - tb);
-    if (end < 0 || this.index !== null || this.count === this.cap || this.count === 0) return -1;
-    end += tb;
+    let end = text.indexOf('\n', start - textBase);
+    if (end < 0 || this.index !== null || this.count === this.capacity || this.count === 0) return -1;
+    end += textBase;
 
     // PATH: up to the first space; no backslash, no NUL.
-    let pe = this.nextSpace;
-    pe = text.indexOf(' ', (pe < start ? start : pe) - tb);
-    pe = (pe < 0 ? textLen : pe) + tb;
-    let bs = this.nextBackslash;
-    bs = text.indexOf('\\', (bs < start ? start : bs) - tb);
-    bs = (bs < 0 ? textLen : bs) + tb;
-    this.nextSpace = pe;
-    this.nextBackslash = bs;
-    if (pe >= end || bs < pe || this.firstNul < end || d[start] !== 0x2f) return -1;
+    let pathEnd = this.nextSpace;
+    pathEnd = text.indexOf(' ', (pathEnd < start ? start : pathEnd) - textBase);
+    pathEnd = (pathEnd < 0 ? textLen : pathEnd) + textBase;
+    let backslash = this.nextBackslash;
+    backslash = text.indexOf('\\', (backslash < start ? start : backslash) - textBase);
+    backslash = (backslash < 0 ? textLen : backslash) + textBase;
+    this.nextSpace = pathEnd;
+    this.nextBackslash = backslash;
+    if (pathEnd >= end || backslash < pathEnd || this.firstNul < end || bytes[start] !== 0x2f) return -1;
 
     // The parent: the deepest directory on the chain whose path, and a '/',
     // start the line; the rest is the name, which has no further '/'.
@@ -544,141 +543,141 @@ class FlatParser {
     const chainPath = this.chainPath;
     let depth = this.chainDepth - 1;
     let nameStart = start + chainLen[depth] + 1;
-    while (depth > 0 && !(nameStart <= pe && d[nameStart - 1] === 0x2f && text.startsWith(chainPath[depth], start - tb))) {
+    while (depth > 0 && !(nameStart <= pathEnd && bytes[nameStart - 1] === 0x2f && text.startsWith(chainPath[depth], start - textBase))) {
       depth--;
       nameStart = start + chainLen[depth] + 1;
     }
     const parent = this.chainEntry[depth];
-    let slash = text.indexOf('/', nameStart - tb);
-    slash = (slash < 0 ? textLen : slash) + tb;
+    let slash = text.indexOf('/', nameStart - textBase);
+    slash = (slash < 0 ? textLen : slash) + textBase;
 
     // '.', '..', empty or too long names go to parseLine() too.
-    const nameLen = pe - nameStart;
+    const nameLen = pathEnd - nameStart;
     const empty = nameLen <= 0;
     const long = nameLen > K.NAME_MAX;
-    const dot0 = d[nameStart] === 0x2e;
-    const dot1 = d[nameStart + 1] === 0x2e;
+    const dot0 = bytes[nameStart] === 0x2e;
+    const dot1 = bytes[nameStart + 1] === 0x2e;
     const len1 = nameLen === 1;
     const len2 = nameLen === 2;
-    if (slash < pe || empty || long || (dot0 && (len1 || (len2 && dot1)))) return -1;
+    if (slash < pathEnd || empty || long || (dot0 && (len1 || (len2 && dot1)))) return -1;
 
     // The name must sort after the directory's last one.
     const last = this.lastChild[parent];
     const unsorted = this.unsortedFlag[parent] !== 0;
     let after = true;
     if (last !== 0) {
-      const ls = this.nameStart[last];
-      const ll = this.nameEnd[last] - ls;
-      const m = nameLen < ll ? nameLen : ll;
+      const lastStart = this.nameStart[last];
+      const lastLength = this.nameEnd[last] - lastStart;
+      const common = nameLen < lastLength ? nameLen : lastLength;
       let i = 0;
-      while (i < m && d[nameStart + i] === d[ls + i]) i++;
-      const byByte = d[nameStart + i] - d[ls + i];
-      const byLength = nameLen - ll;
-      after = (i < m ? byByte : byLength) > 0;
+      while (i < common && bytes[nameStart + i] === bytes[lastStart + i]) i++;
+      const byByte = bytes[nameStart + i] - bytes[lastStart + i];
+      const byLength = nameLen - lastLength;
+      after = (i < common ? byByte : byLength) > 0;
     }
     if (!after || unsorted) return -1;
 
     // SIZE MODE NLINK UID GID RDEV SEC.NSEC: digits and a space (a dot after
     // SEC) each, at most 9 digits (10 for SEC: it stays below 2^31 until 2038).
-    const nums = this.nums;
-    let p = pe + 1;
-    for (let f = 0; f < 8; f++) {
-      const base = f === 1 ? 8 : 10;
+    const fastNumbers = this.fastNumbers;
+    let pos = pathEnd + 1;
+    for (let field = 0; field < 8; field++) {
+      const base = field === 1 ? 8 : 10;
       const top = 0x30 + base;
-      let q = p;
-      let c = d[q];
-      let v = 0;
-      while (c >= 0x30 && c < top) {
-        v = v * base + (c - 0x30);
-        c = d[++q];
+      let digitEnd = pos;
+      let byte = bytes[digitEnd];
+      let value = 0;
+      while (byte >= 0x30 && byte < top) {
+        value = value * base + (byte - 0x30);
+        byte = bytes[++digitEnd];
       }
-      if (q === p || q - p > (f === 6 ? 10 : 9) || c !== (f === 6 ? 0x2e : 0x20)) return -1;
-      nums[f] = v;
-      p = q + 1;
+      if (digitEnd === pos || digitEnd - pos > (field === 6 ? 10 : 9) || byte !== (field === 6 ? 0x2e : 0x20)) return -1;
+      fastNumbers[field] = value;
+      pos = digitEnd + 1;
     }
-    const size = nums[0];
-    const mode = nums[1];
+    const size = fastNumbers[0];
+    const mode = fastNumbers[1];
     const type = mode & K.S_IFMT;
-    const rdev = nums[5];
+    const rdev = fastNumbers[5];
     if (((K.VALID_TYPES >>> (type >>> 12)) & 1) === 0) return -1;
 
     // PAYLOAD: `-` or a field without backslashes; CONTENT: `-`.
-    let payS = -1;
-    let payE = -1;
-    const noPayload = d[p] === 0x2d && d[p + 1] === 0x20;
+    let payloadStart = -1;
+    let payloadEnd = -1;
+    const noPayload = bytes[pos] === 0x2d && bytes[pos + 1] === 0x20;
     if (noPayload) {
-      p += 2;
+      pos += 2;
     } else {
-      let sp = text.indexOf(' ', p - tb);
-      sp = (sp < 0 ? textLen : sp) + tb;
-      if (sp >= end || bs < sp) return -1;
-      payS = p;
-      payE = sp;
-      p = sp + 1;
+      let space = text.indexOf(' ', pos - textBase);
+      space = (space < 0 ? textLen : space) + textBase;
+      if (space >= end || backslash < space) return -1;
+      payloadStart = pos;
+      payloadEnd = space;
+      pos = space + 1;
     }
-    if (d[p] !== 0x2d || d[p + 1] !== 0x20) return -1;
-    p += 2;
+    if (bytes[pos] !== 0x2d || bytes[pos + 1] !== 0x20) return -1;
+    pos += 2;
 
     // DIGEST: `-` or 64 hex digits, decoded into `digestBytes` for now.
-    let digS = -1;
-    let fieldEnd = p + 1;
-    const dash = d[p] === 0x2d;
+    let digestStart = -1;
+    let fieldEnd = pos + 1;
+    const dash = bytes[pos] === 0x2d;
     const lastField = fieldEnd === end;
-    const spaceAfter = d[fieldEnd] === 0x20;
+    const spaceAfter = bytes[fieldEnd] === 0x20;
     if (!dash || !(lastField || spaceAfter)) {
-      fieldEnd = p + 64;
-      if (fieldEnd > end || (fieldEnd !== end && d[fieldEnd] !== 0x20)) return -1;
+      fieldEnd = pos + 64;
+      if (fieldEnd > end || (fieldEnd !== end && bytes[fieldEnd] !== 0x20)) return -1;
       const out = this.digestBytes;
       for (let i = 0; i < 32; i++) {
-        const hi = HEX_DIGIT[d[p + 2 * i]];
-        const lo = HEX_DIGIT[d[p + 2 * i + 1]];
+        const hi = HEX_DIGIT[bytes[pos + 2 * i]];
+        const lo = HEX_DIGIT[bytes[pos + 2 * i + 1]];
         if ((hi | lo) < 0) return -1;
         out[i] = (hi << 4) | lo;
       }
-      digS = p;
+      digestStart = pos;
     }
     const rest = fieldEnd < end ? fieldEnd + 1 : end;
 
     // What parseLine() would refuse (or, for symlinks, size differently).
-    const payLen = payE - payS;
+    const payloadLength = payloadEnd - payloadStart;
     const link = type === K.S_IFLNK;
     const device = type === K.S_IFCHR || type === K.S_IFBLK;
-    const longPayload = payLen >= K.PATH_MAX;
-    const badLink = link && (payS < 0 || payLen === 0 || (this.strict && size !== payLen));
+    const longPayload = payloadLength >= K.PATH_MAX;
+    const badLink = link && (payloadStart < 0 || payloadLength === 0 || (this.strict && size !== payloadLength));
     const badRdev = !device && rdev !== 0 && this.strict;
     if (longPayload || badLink || badRdev || end - rest > K.XATTR_TEXT_MAX) return -1;
 
     // The line is good: add the entry.
-    const e = this.count++;
-    this.nameStart[e] = nameStart;
-    this.nameEnd[e] = pe;
-    this.parent[e] = parent;
-    this.mode[e] = mode;
-    this.nlink[e] = nums[2];
-    this.uid[e] = nums[3];
-    this.gid[e] = nums[4];
-    this.rdev[e] = device ? rdev : 0;
-    this.size[e] = link ? payLen : size;
-    this.mtimeSec[e] = nums[6];
-    this.mtimeNsec[e] = nums[7];
-    this.payloadStart[e] = payS;
-    this.payloadEnd[e] = payE;
-    this.digest[e] = digS;
-    this.xattrStart[e] = this.xcount;
-    this.lastChild[parent] = e;
-    this.kids[parent]++;
-    if (digS >= 0) {
+    const entry = this.count++;
+    this.nameStart[entry] = nameStart;
+    this.nameEnd[entry] = pathEnd;
+    this.parent[entry] = parent;
+    this.mode[entry] = mode;
+    this.nlink[entry] = fastNumbers[2];
+    this.uid[entry] = fastNumbers[3];
+    this.gid[entry] = fastNumbers[4];
+    this.rdev[entry] = device ? rdev : 0;
+    this.size[entry] = link ? payloadLength : size;
+    this.mtimeSec[entry] = fastNumbers[6];
+    this.mtimeNsec[entry] = fastNumbers[7];
+    this.payloadStart[entry] = payloadStart;
+    this.payloadEnd[entry] = payloadEnd;
+    this.digest[entry] = digestStart;
+    this.xattrStart[entry] = this.xattrCount;
+    this.lastChild[parent] = entry;
+    this.childCount[parent]++;
+    if (digestStart >= 0) {
       const out = this.digestBytes;
-      for (let i = 0; i < 32; i++) d[digS + i] = out[i];
+      for (let i = 0; i < 32; i++) bytes[digestStart + i] = out[i];
     }
     if (type === K.S_IFDIR) {
-      this.chainEntry[depth + 1] = e;
-      this.chainLen[depth + 1] = pe - start;
-      this.chainPath[depth + 1] = text.substring(start - tb, pe - tb);
+      this.chainEntry[depth + 1] = entry;
+      this.chainLen[depth + 1] = pathEnd - start;
+      this.chainPath[depth + 1] = text.substring(start - textBase, pathEnd - textBase);
       this.chainDepth = depth + 2;
     }
     // (Only now: the cache must stay right for parseLine() from `start`.)
-    this.nextSpace = payS < 0 ? pe : payE;
+    this.nextSpace = payloadStart < 0 ? pathEnd : payloadEnd;
     this.rest = rest;
     this.lineEnd = end;
     return end + 1;
@@ -690,27 +689,27 @@ class FlatParser {
    */
   parseLine(start: number): number {
     const d = this.pool;
-    const fs = this.fs;
-    const fe = this.fe;
-    const nv = this.nv;
+    const fieldStart = this.fieldStart;
+    const fieldEnd = this.fieldEnd;
+    const fieldNumber = this.fieldNumber;
     this.lineStart = start;
     let end = this.find('\n', 0x0a, start);
     let next = end + 1;
     if (end < 0) {
       if (this.strict) this.fail('line', 'missing newline at the end of the file');
-      end = next = this.n;
+      end = next = this.inputLength;
     }
     if (this.firstNul < end) this.fail('line', `NUL byte at column ${this.firstNul - start + 1}`);
 
     // Split the 11 fixed fields (missing ones are empty), reading the numbers
     // on the way when they are plain digits followed by a space.
     let pos = start;
-    fs[F_PATH] = pos;
-    let e = this.fieldEnd(pos, end);
-    fe[F_PATH] = e;
+    fieldStart[F_PATH] = pos;
+    let e = this.endOfField(pos, end);
+    fieldEnd[F_PATH] = e;
     pos = e < end ? e + 1 : end;
     for (let f = F_SIZE; f <= F_MTIME; f++) {
-      fs[f] = pos;
+      fieldStart[f] = pos;
       let q = pos;
       let base = 10;
       if (f === F_MODE) {
@@ -740,24 +739,24 @@ class FlatParser {
         this.nsec = w;
       }
       if (ok && c === 0x20) {
-        nv[f] = v;
-        fe[f] = q;
+        fieldNumber[f] = v;
+        fieldEnd[f] = q;
         pos = q + 1;
       } else {
-        nv[f] = LATER;
-        e = this.fieldEnd(pos, end);
-        fe[f] = e;
+        fieldNumber[f] = LATER;
+        e = this.endOfField(pos, end);
+        fieldEnd[f] = e;
         pos = e < end ? e + 1 : end;
       }
     }
     for (let f = F_PAYLOAD; f <= F_DIGEST; f++) {
-      fs[f] = pos;
+      fieldStart[f] = pos;
       if (d[pos] === 0x2d && (d[pos + 1] === 0x20 || pos + 1 === end)) {
-        fe[f] = pos + 1;
+        fieldEnd[f] = pos + 1;
         pos = pos + 1 < end ? pos + 2 : end;
       } else {
-        e = this.fieldEnd(pos, end);
-        fe[f] = e;
+        e = this.endOfField(pos, end);
+        fieldEnd[f] = e;
         pos = e < end ? e + 1 : end;
       }
     }
@@ -765,17 +764,17 @@ class FlatParser {
 
     // Then the fields in the reference's order, which decides which error
     // a bad line gets.
-    const ps = fs[F_PATH];
-    let pe = fe[F_PATH];
+    const ps = fieldStart[F_PATH];
+    let pe = fieldEnd[F_PATH];
     if (this.hasEscape(ps, pe)) pe = this.decode(F_PATH, ps, pe, true);
     if (pe === ps) this.fail(F_PATH, 'empty path');
 
     let hardlink = false;
-    if (fe[F_MODE] > fs[F_MODE] && d[fs[F_MODE]] === 0x40) {
+    if (fieldEnd[F_MODE] > fieldStart[F_MODE] && d[fieldStart[F_MODE]] === 0x40) {
       hardlink = true;
-      fs[F_MODE]++;
+      fieldStart[F_MODE]++;
     }
-    const modeValue = nv[F_MODE] !== LATER ? nv[F_MODE] : parseU64(d, fs[F_MODE], fe[F_MODE], 8);
+    const modeValue = fieldNumber[F_MODE] !== LATER ? fieldNumber[F_MODE] : parseU64(d, fieldStart[F_MODE], fieldEnd[F_MODE], 8);
     if (modeValue === -1) this.fail(F_MODE, `invalid number '${this.fieldText(F_MODE)}'`);
     const mode = low32(modeValue);
     const type = mode & S_IFMT;
@@ -788,27 +787,27 @@ class FlatParser {
       const ts = this.optional(F_PAYLOAD, true);
       this.linkTo[entry] = -2;
       this.payloadStart[entry] = ts;
-      this.payloadEnd[entry] = ts < 0 ? -1 : this.re;
+      this.payloadEnd[entry] = ts < 0 ? -1 : this.optionalEnd;
       this.contentStart[entry] = this.contentEnd[entry] = this.digest[entry] = -1;
       this.links.push(entry);
       this.linkLines.push(this.line);
       return next;
     }
 
-    const size = nv[F_SIZE] !== LATER ? nv[F_SIZE] : parseU64(d, fs[F_SIZE], fe[F_SIZE], 10);
+    const size = fieldNumber[F_SIZE] !== LATER ? fieldNumber[F_SIZE] : parseU64(d, fieldStart[F_SIZE], fieldEnd[F_SIZE], 10);
     if (size === -1) this.fail(F_SIZE, `invalid number '${this.fieldText(F_SIZE)}'`);
-    const nlink = nv[F_NLINK] !== LATER ? nv[F_NLINK] : parseU64(d, fs[F_NLINK], fe[F_NLINK], 10);
+    const nlink = fieldNumber[F_NLINK] !== LATER ? fieldNumber[F_NLINK] : parseU64(d, fieldStart[F_NLINK], fieldEnd[F_NLINK], 10);
     if (nlink === -1) this.fail(F_NLINK, `invalid number '${this.fieldText(F_NLINK)}'`);
-    const uid = nv[F_UID] !== LATER ? nv[F_UID] : parseU64(d, fs[F_UID], fe[F_UID], 10);
+    const uid = fieldNumber[F_UID] !== LATER ? fieldNumber[F_UID] : parseU64(d, fieldStart[F_UID], fieldEnd[F_UID], 10);
     if (uid === -1) this.fail(F_UID, `invalid number '${this.fieldText(F_UID)}'`);
     // The reference tests the wrong variable after reading GID and RDEV: an
     // invalid GID or RDEV is an error only when UID is 0; otherwise it reads as 0.
-    let gid = nv[F_GID] !== LATER ? nv[F_GID] : parseU64(d, fs[F_GID], fe[F_GID], 10);
+    let gid = fieldNumber[F_GID] !== LATER ? fieldNumber[F_GID] : parseU64(d, fieldStart[F_GID], fieldEnd[F_GID], 10);
     if (gid === -1) {
       if (uid === 0) this.fail(F_GID, `invalid number '${this.fieldText(F_GID)}'`);
       gid = 0;
     }
-    let rdev = nv[F_RDEV] !== LATER ? nv[F_RDEV] : parseU64(d, fs[F_RDEV], fe[F_RDEV], 10);
+    let rdev = fieldNumber[F_RDEV] !== LATER ? fieldNumber[F_RDEV] : parseU64(d, fieldStart[F_RDEV], fieldEnd[F_RDEV], 10);
     if (rdev === -1) {
       if (uid === 0) this.fail(F_RDEV, `invalid number '${this.fieldText(F_RDEV)}'`);
       rdev = 0;
@@ -816,13 +815,13 @@ class FlatParser {
 
     let sec: U64;
     let nsec: U64;
-    if (nv[F_MTIME] !== LATER) {
-      sec = nv[F_MTIME];
+    if (fieldNumber[F_MTIME] !== LATER) {
+      sec = fieldNumber[F_MTIME];
       nsec = this.nsec;
     } else {
       // MTIME is SEC.NSEC, split at the first dot.
-      const ms = fs[F_MTIME];
-      const me = fe[F_MTIME];
+      const ms = fieldStart[F_MTIME];
+      const me = fieldEnd[F_MTIME];
       let dot = ms;
       while (dot < me && d[dot] !== 0x2e) dot++;
       sec = parseU64(d, ms, dot, 10);
@@ -832,14 +831,14 @@ class FlatParser {
     }
 
     const payS = this.optional(F_PAYLOAD, true);
-    const payE = payS < 0 ? -1 : this.re;
+    const payE = payS < 0 ? -1 : this.optionalEnd;
     const conS = this.optional(F_CONTENT, false);
-    const conE = conS < 0 ? -1 : this.re;
+    const conE = conS < 0 ? -1 : this.optionalEnd;
     if (conS >= 0 && conE - conS !== size) {
       this.fail(F_CONTENT, `content is ${conE - conS} bytes but size is ${u64Text(size)}`);
     }
     const digS = this.optional(F_DIGEST, true);
-    const digE = digS < 0 ? -1 : this.re;
+    const digE = digS < 0 ? -1 : this.optionalEnd;
 
     let fileSize = type !== S_IFLNK ? approx(size) : 0;
     let devNumber = 0;
@@ -925,7 +924,7 @@ class FlatParser {
 
   parseXattrs(start: number, end: number): void {
     const d = this.pool;
-    const first = this.xcount;
+    const first = this.xattrCount;
     let space = 0;
     let index: Map<string, number> | null = null;
     let pos = start;
@@ -961,16 +960,16 @@ class FlatParser {
       const keyEnd = this.xattrKeyEnd;
       const valueStart = this.xattrValueStart;
       const valueEnd = this.xattrValueEnd;
-      if (index === null && this.xcount - first >= 16) {
+      if (index === null && this.xattrCount - first >= 16) {
         index = new Map();
-        for (let k = first; k < this.xcount; k++) index.set(this.buf.toString('latin1', keyStart[k], keyEnd[k]), k);
+        for (let k = first; k < this.xattrCount; k++) index.set(this.buf.toString('latin1', keyStart[k], keyEnd[k]), k);
       }
       let old = -1;
       const keyText = index !== null ? this.buf.toString('latin1', ks, ke) : '';
       if (index !== null) {
         old = index.get(keyText) ?? -1;
       } else {
-        for (let k = first; k < this.xcount; k++) {
+        for (let k = first; k < this.xattrCount; k++) {
           if (compareBytes(d, keyStart[k], keyEnd[k], d, ks, ke) === 0) {
             old = k;
             break;
@@ -979,7 +978,7 @@ class FlatParser {
       }
       if (old >= 0) {
         const removed = XATTR_ENTRY_OVERHEAD + keyEnd[old] - keyStart[old] + valueEnd[old] - valueStart[old];
-        const last = this.xcount - 1;
+        const last = this.xattrCount - 1;
         if (old !== last) {
           keyStart[old] = keyStart[last];
           keyEnd[old] = keyEnd[last];
@@ -987,16 +986,16 @@ class FlatParser {
           valueEnd[old] = valueEnd[last];
           if (index !== null) index.set(this.buf.toString('latin1', keyStart[old], keyEnd[old]), old);
         }
-        this.xcount = last;
+        this.xattrCount = last;
         if (index !== null) index.delete(keyText);
-        space = this.xcount > first ? space - removed : 0;
+        space = this.xattrCount > first ? space - removed : 0;
       }
-      const need = XATTR_ENTRY_OVERHEAD + (ke - ks) + (ve - vs) + (this.xcount === first ? XATTR_HEADER : 0);
+      const need = XATTR_ENTRY_OVERHEAD + (ke - ks) + (ve - vs) + (this.xattrCount === first ? XATTR_HEADER : 0);
       if (space + need > XATTR_SPACE_MAX) {
         this.fail('xattr', `xattrs of this file exceed ${XATTR_SPACE_MAX} bytes (at '${printable(d.subarray(ks, ke))}')`);
       }
-      if (this.xcount === this.xcap) this.growXattrs();
-      const x = this.xcount++;
+      if (this.xattrCount === this.xattrCapacity) this.growXattrs();
+      const x = this.xattrCount++;
       this.xattrKeyStart[x] = ks;
       this.xattrKeyEnd[x] = ke;
       this.xattrValueStart[x] = vs;
@@ -1105,15 +1104,15 @@ class FlatParser {
   }
 
   newEntry(nameStart: number, nameEnd: number, parent: number, mode: number): number {
-    if (this.count === this.cap) this.grow();
+    if (this.count === this.capacity) this.grow();
     const e = this.count++;
-    if (parent >= 0) this.kids[parent]++;
+    if (parent >= 0) this.childCount[parent]++;
     this.nameStart[e] = nameStart;
     this.nameEnd[e] = nameEnd;
     this.parent[e] = parent;
     this.mode[e] = mode;
     this.linkTo[e] = -1;
-    this.xattrStart[e] = this.xcount;
+    this.xattrStart[e] = this.xattrCount;
     return e;
   }
 
@@ -1177,7 +1176,7 @@ class FlatParser {
     // `kids` turns from counts into the next free slot of each directory.
     const childStart = new Int32Array(count + 1);
     const children = new Int32Array(Math.max(count - 1, 1));
-    const kids = this.kids;
+    const kids = this.childCount;
     let next = kids[0];
     kids[0] = 0;
     for (let e = 1; e < count; e++) {
@@ -1203,7 +1202,7 @@ class FlatParser {
     if (this.links.length > 0) this.followLinks();
 
     if (this.xattrStart.length < count + 1) this.grow();
-    this.xattrStart[count] = this.xcount;
+    this.xattrStart[count] = this.xattrCount;
     return {
       count,
       pool: d,

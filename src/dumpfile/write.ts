@@ -21,7 +21,7 @@
  * sizes, or drop fields the image could not hold.
  */
 import type { Dirent, Inode } from '../tree/model.js';
-import { ByteSink, ESCAPE_EQUAL, ESCAPE_LONE_DASH } from './escape.js';
+import { ByteSink, ESCAPE_EQUAL, ESCAPE_LONE_DASH, putHex } from './escape.js';
 
 const FLUSH_AT = 1 << 20;
 
@@ -143,43 +143,87 @@ function forEachEntry(root: Inode, path: ByteSink | null, visit: (d: Dirent) => 
 function printEntry(out: ByteSink, path: ByteSink, inode: Inode, hardlink: boolean, targets: Map<Inode, Buffer>): void {
   if (path.len === 0) out.byte(0x2f);
   else out.bytes(path.buf, 0, path.len);
-  out.byte(0x20);
-  out.int(inode.size);
-  out.byte(0x20);
-  if (hardlink) out.byte(0x40);
-  out.int(inode.mode, 8);
-  out.byte(0x20);
-  out.int(inode.nlink);
-  out.byte(0x20);
-  out.int(inode.uid);
-  out.byte(0x20);
-  out.int(inode.gid);
-  out.byte(0x20);
-  out.int(inode.rdev);
-  out.byte(0x20);
-  out.int(inode.mtimeSec);
-  out.byte(0x2e);
-  out.int(inode.mtimeNsec);
-  out.byte(0x20);
+  // The root's path is empty here, as in the reference.
+  printFields(out, inode, hardlink ? (into) => into.bytes(targets.get(inode) ?? EMPTY) : null);
+}
 
-  if (hardlink) {
-    // The target's path, already escaped (a path is never a lone '-'); the
-    // root's path is empty here, as in the reference.
-    const target = targets.get(inode);
-    if (target !== undefined) out.bytes(target);
-  } else if (inode.payload === null) {
-    out.byte(0x2d);
-  } else {
-    out.escaped(inode.payload, ESCAPE_LONE_DASH);
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Write `value` in `radix` at out[at..] (room for 24 bytes is the caller's
+ * job) and return the new end. Safe integers are written digit by digit,
+ * anything past 2^53 as JS formats it, in decimal.
+ */
+function putInt(out: Buffer, at: number, value: number, radix = 10): number {
+  if (value >= 0 && value < radix) {
+    out[at] = 0x30 + value;
+    return at + 1;
   }
-  out.byte(0x20);
+  // Past 2^31 (rare: sizes, times), make sure the digit loop below is exact.
+  if ((value > 0x7fffffff || value < -0x7fffffff) && !Number.isSafeInteger(value)) {
+    return at + out.write(Number.isFinite(value) ? BigInt(Math.trunc(value)).toString() : '0', at, 'latin1');
+  }
+  if (value < 0) {
+    out[at++] = 0x2d;
+    value = -value;
+  }
+  let digits = 0;
+  for (let rest = value; rest >= 1; rest = Math.floor(rest / radix)) digits++;
+  const end = at + digits;
+  let pos = end;
+  for (let rest = value; rest >= 1; rest = Math.floor(rest / radix)) out[--pos] = 0x30 + (rest % radix);
+  return end;
+}
 
+
+/** Prints a hard link's PAYLOAD: its target's path, already escaped (a path is never a lone `-`). */
+export type LinkTargetPrinter = (out: ByteSink) => void;
+
+/**
+ * The one dump-line printer, shared by writeDump and the printers that walk
+ * an image (src/dumpfile/from-image.ts): everything of a line after its PATH,
+ * through the newline. `linkTarget` is given for a hard link. The fixed
+ * part is written in place with one bounds check (it is most of the line).
+ */
+export function printFields(out: ByteSink, inode: Inode, linkTarget: LinkTargetPrinter | null): void {
+  out.ensure(8 * 24 + 16);
+  let buf = out.buf;
+  let at = out.len;
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.size);
+  buf[at++] = 0x20;
+  if (linkTarget !== null) buf[at++] = 0x40;
+  at = putInt(buf, at, inode.mode, 8);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.nlink);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.uid);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.gid);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.rdev);
+  buf[at++] = 0x20;
+  at = putInt(buf, at, inode.mtimeSec);
+  buf[at++] = 0x2e;
+  at = putInt(buf, at, inode.mtimeNsec);
+  buf[at++] = 0x20;
+  out.len = at;
+
+  if (linkTarget !== null) linkTarget(out);
+  else if (inode.payload === null) out.byte(0x2d);
+  else out.escaped(inode.payload, ESCAPE_LONE_DASH);
+  out.byte(0x20);
   if (inode.content === null) out.byte(0x2d);
   else out.escaped(inode.content, ESCAPE_LONE_DASH);
-  out.byte(0x20);
 
-  if (inode.digest === null) out.byte(0x2d);
-  else out.hex(inode.digest);
+  const digest = inode.digest;
+  out.ensure(2 + (digest === null ? 1 : 2 * digest.length));
+  buf = out.buf;
+  at = out.len;
+  buf[at++] = 0x20;
+  if (digest === null) buf[at++] = 0x2d;
+  else at = putHex(buf, at, digest);
+  out.len = at;
 
   const xattrs = inode.xattrs;
   for (let i = 0; i < xattrs.length; i++) {

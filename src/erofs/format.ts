@@ -4,15 +4,52 @@
  * precedes the superblock. Everything is little-endian.
  */
 
-export const BLOCK_BITS = 12;
-export const BLOCK_SIZE = 1 << BLOCK_BITS;
+/**
+ * The numbers hot loops use, defined here once as a const enum so that tsc
+ * writes them as literals: code V8 has not optimised (most of a build or a
+ * dump) reads an imported or module-level constant with a lookup and a hole
+ * check every time. The plain constants below are the same values by name.
+ */
+export const enum Erofs {
+  /** composefs images always use 4 KiB blocks (see checkImageHeader in src/erofs/header.ts). */
+  BLOCK_BITS = 12,
+  BLOCK_SIZE = 4096,
+  SLOT_BITS = 5,
+  SLOT_SIZE = 32,
+  SUPER_OFFSET = 1024,
+  SUPER_SIZE = 128,
+  /** The first byte after the superblock: where inodes may start. */
+  META_START = 1024 + 128,
+  COMPACT_SIZE = 32,
+  EXTENDED_SIZE = 64,
+  XATTR_HEADER_SIZE = 12,
+  XATTR_ENTRY_SIZE = 4,
+  /** Shared xattr ids an inode may have (the name index's long-prefix bit). */
+  MAX_SHARED = 0x80,
+  DIRENT_SIZE = 12,
+  LAYOUT_FLAT_PLAIN = 0,
+  LAYOUT_COMPRESSED_FULL = 1,
+  LAYOUT_FLAT_INLINE = 2,
+  LAYOUT_COMPRESSED_COMPACT = 3,
+  LAYOUT_CHUNK_BASED = 4,
+  DATALAYOUT_BIT = 1,
+  DATALAYOUT_MASK = 0x7,
+  /** Chunk size bits above the block size, at most (the chunk format's block-bits mask). */
+  CHUNK_BITS_MAX = 0x1f,
+  CHUNK_FORMAT_INDEXES = 0x20,
+  /** The hash algorithm number in a metacopy xattr: SHA-256. */
+  FS_VERITY_SHA256 = 1,
+}
+
+export const BLOCK_BITS = Erofs.BLOCK_BITS;
+export const BLOCK_SIZE = Erofs.BLOCK_SIZE;
 /** Inodes are addressed in 32-byte slots: nid = offset / 32 from the metadata start. */
-export const SLOT_BITS = 5;
-export const SLOT_SIZE = 1 << SLOT_BITS;
+export const SLOT_BITS = Erofs.SLOT_BITS;
+export const SLOT_SIZE = Erofs.SLOT_SIZE;
 
 /** The superblock starts 1024 bytes into the image; composefs puts its header before it. */
-export const SUPER_OFFSET = 1024;
-export const SUPER_SIZE = 128;
+export const SUPER_OFFSET = Erofs.SUPER_OFFSET;
+export const SUPER_SIZE = Erofs.SUPER_SIZE;
 export const SUPER_MAGIC_V1 = 0xe0f5e1e2;
 
 export const FEATURE_COMPAT_SB_CHKSUM = 0x1;
@@ -53,22 +90,22 @@ export const DEFAULT_MAX_VERSION = 1;
 
 /** i_format: bit 0 = extended inode, bits 1..3 = data layout. */
 export const I_VERSION_BIT = 0;
-export const I_DATALAYOUT_BIT = 1;
-export const I_DATALAYOUT_MASK = 0x7;
+export const I_DATALAYOUT_BIT = Erofs.DATALAYOUT_BIT;
+export const I_DATALAYOUT_MASK = Erofs.DATALAYOUT_MASK;
 
-export const LAYOUT_FLAT_PLAIN = 0;
-export const LAYOUT_COMPRESSED_FULL = 1;
-export const LAYOUT_FLAT_INLINE = 2;
-export const LAYOUT_COMPRESSED_COMPACT = 3;
-export const LAYOUT_CHUNK_BASED = 4;
+export const LAYOUT_FLAT_PLAIN = Erofs.LAYOUT_FLAT_PLAIN;
+export const LAYOUT_COMPRESSED_FULL = Erofs.LAYOUT_COMPRESSED_FULL;
+export const LAYOUT_FLAT_INLINE = Erofs.LAYOUT_FLAT_INLINE;
+export const LAYOUT_COMPRESSED_COMPACT = Erofs.LAYOUT_COMPRESSED_COMPACT;
+export const LAYOUT_CHUNK_BASED = Erofs.LAYOUT_CHUNK_BASED;
 
-export const CHUNK_FORMAT_BLKBITS_MASK = 0x1f;
-export const CHUNK_FORMAT_INDEXES = 0x20;
+export const CHUNK_FORMAT_BLKBITS_MASK = Erofs.CHUNK_BITS_MAX;
+export const CHUNK_FORMAT_INDEXES = Erofs.CHUNK_FORMAT_INDEXES;
 /** A chunk index entry that points nowhere: composefs files hold no data blocks. */
 export const NULL_CHUNK = 0xffffffff;
 
-export const INODE_COMPACT_SIZE = 32;
-export const INODE_EXTENDED_SIZE = 64;
+export const INODE_COMPACT_SIZE = Erofs.COMPACT_SIZE;
+export const INODE_EXTENDED_SIZE = Erofs.EXTENDED_SIZE;
 
 /** Compact inode (32 bytes) field offsets. */
 export const IC = {
@@ -103,10 +140,10 @@ export const IE = {
 } as const;
 
 /** Inline xattr area header (12 bytes), then shared ids (u32 each), then entries. */
-export const XATTR_IBODY_HEADER_SIZE = 12;
+export const XATTR_IBODY_HEADER_SIZE = Erofs.XATTR_HEADER_SIZE;
 export const XH = { nameFilter: 0, sharedCount: 4 } as const;
 /** Xattr entry header: name_len u8, name_index u8, value_size u16; then name, value, pad to 4. */
-export const XATTR_ENTRY_SIZE = 4;
+export const XATTR_ENTRY_SIZE = Erofs.XATTR_ENTRY_SIZE;
 
 export const XATTR_INDEX_USER = 1;
 export const XATTR_INDEX_POSIX_ACL_ACCESS = 2;
@@ -115,7 +152,7 @@ export const XATTR_INDEX_TRUSTED = 4;
 export const XATTR_INDEX_LUSTRE = 5;
 export const XATTR_INDEX_SECURITY = 6;
 /** Name indexes with this bit refer to long prefixes, which composefs never writes. */
-export const XATTR_LONG_PREFIX = 0x80;
+export const XATTR_LONG_PREFIX = Erofs.MAX_SHARED;
 
 /** Prefix table used when writing, in the reference's matching order. */
 export const XATTR_PREFIXES: ReadonlyArray<readonly [string, number]> = [
@@ -142,7 +179,7 @@ export const XATTR_FILTER_DEFAULT = 0xffffffff;
 export const XATTR_FILTER_SEED = 0x25bbe08f;
 
 /** Directory entry (12 bytes): nid u64, nameoff u16, file_type u8, reserved u8. */
-export const DIRENT_SIZE = 12;
+export const DIRENT_SIZE = Erofs.DIRENT_SIZE;
 export const DE = { nid: 0, nameoff: 8, fileType: 10 } as const;
 
 export const FT_UNKNOWN = 0;
@@ -190,4 +227,4 @@ export const OVERLAY_XATTR_USERXATTR_WHITEOUTS = 'user.overlay.whiteouts';
 export const OVERLAY_XATTR_USERXATTR_OPAQUE = 'user.overlay.opaque';
 
 /** fs-verity hash algorithm number for SHA-256 (in the metacopy xattr). */
-export const FS_VERITY_HASH_ALG_SHA256 = 1;
+export const FS_VERITY_HASH_ALG_SHA256 = Erofs.FS_VERITY_SHA256;

@@ -5,14 +5,12 @@
  * reference's `lcfs_load_node_from_image` does, so that the tree prints as the
  * reference's `composefs-info dump` and writes back into the identical image:
  *
- *  - the overlayfs xattrs composefs adds are taken apart again: the payload
- *    comes from `trusted.overlay.redirect` (without its leading `/`), the
- *    fs-verity digest from a 36-byte `trusted.overlay.metacopy`; the escaped
- *    `trusted.overlay.overlay.*` names are un-escaped; every other
- *    `trusted.overlay.*` name and the whiteout markers are dropped;
- *  - a regular file marked `trusted.overlay.overlay.whiteout` becomes the
- *    character device 0:0 it stood for, and a real 0:0 character device (the
- *    `00`..`ff` whiteouts in the root) is left out;
+ *  - this file decodes the structure (header, inodes, data, directory
+ *    entries, xattr entries); what the overlayfs xattrs composefs adds mean
+ *    (payload, digest, escaped names, whiteouts) is src/erofs/overlay.ts,
+ *    and the header check is src/erofs/header.ts;
+ *  - a real 0:0 character device (the `00`..`ff` whiteouts in the root) is
+ *    left out;
  *  - entries are visited depth first in name order; the first name that
  *    reaches an inode is its primary one, later names are hard links to the
  *    same `Inode` object;
@@ -35,18 +33,12 @@ import {
   BLOCK_SIZE,
   CHUNK_FORMAT_BLKBITS_MASK,
   CHUNK_FORMAT_INDEXES,
-  COMPOSEFS_FLAG_HAS_ACL,
-  COMPOSEFS_HEADER_VERSION,
-  COMPOSEFS_MAGIC,
   DE,
   DIRENT_SIZE,
   FEATURE_COMPAT_XATTR_FILTER,
-  FORMAT_VERSION_MAX,
-  FS_VERITY_HASH_ALG_SHA256,
   FT_REG_FILE,
   FT_UNKNOWN,
   direntFileType,
-  HDR,
   I_DATALAYOUT_BIT,
   I_DATALAYOUT_MASK,
   IC,
@@ -56,19 +48,21 @@ import {
   LAYOUT_CHUNK_BASED,
   LAYOUT_FLAT_INLINE,
   LAYOUT_FLAT_PLAIN,
-  SB,
   SLOT_SIZE,
-  SUPER_MAGIC_V1,
-  SUPER_OFFSET,
-  SUPER_SIZE,
   XATTR_ENTRY_SIZE,
   XATTR_FILTER_BITS,
   XATTR_FILTER_SEED,
   XATTR_IBODY_HEADER_SIZE,
-  XATTR_INDEX_PREFIX,
   XH,
 } from './format.js';
 import { xxh32 } from './xxhash.js';
+import { headerProblems, totalsProblems, type ImageProblem } from './image-checks.js';
+
+export type { ImageProblem } from './image-checks.js';
+import { HAS_METACOPY, HAS_REDIRECT, XATTR_NAME_PREFIXES, XattrMeaning, applyXattr, isAclXattr, treeXattrName, xattrMeaning } from './overlay.js';
+import { ImageFormatError, printablePath, readImageHeader, type ImageHeader } from './header.js';
+
+export { ImageFormatError, printablePath, readImageHeader, imageVersion, checkImageHeader, type ImageHeader } from './header.js';
 import {
   S_IFBLK,
   S_IFCHR,
@@ -77,29 +71,7 @@ import {
   S_IFMT,
   S_IFREG,
   type Inode,
-  type Xattr,
 } from '../tree/model.js';
-
-/** An image that cannot be read: one line, with the path in the image where known. */
-export class ImageFormatError extends Error {
-  constructor(
-    readonly reason: string,
-    readonly path: Buffer | null = null,
-    readonly code = 'format',
-  ) {
-    super(path ? `${printablePath(path)}: ${reason}` : reason);
-    this.name = 'ImageFormatError';
-  }
-}
-
-/** Something wrong found while checking (see `ReadImageOptions.onProblem`). */
-export interface ImageProblem {
-  /** Path in the image (bytes, starting with `/`), or null for the image as a whole. */
-  path: Buffer | null;
-  /** Short machine-readable kind, e.g. `dirent-type`, `loop`, `bounds`. */
-  code: string;
-  message: string;
-}
 
 export interface ReadImageOptions {
   /**
@@ -128,25 +100,6 @@ export interface ReadTrace {
   dirent?(dirNid: number, offset: number, nameOffset: number, nid: number, name: Buffer): void;
 }
 
-export interface ImageHeader {
-  /** The composefs format version in the header (what the writer must be asked for to write it again). */
-  version: number;
-  headerVersion: number;
-  flags: number;
-  featureCompat: number;
-  featureIncompat: number;
-  blkszbits: number;
-  rootNid: number;
-  /** Inode count in the superblock (includes the root's `00`..`ff` whiteouts). */
-  inodes: number;
-  buildTime: number;
-  buildTimeNsec: number;
-  /** Block count in the superblock. */
-  blocks: number;
-  metaBlkaddr: number;
-  xattrBlkaddr: number;
-}
-
 export interface ReadImageResult {
   root: Inode;
   header: ImageHeader;
@@ -159,101 +112,9 @@ export interface ReadImageResult {
 const MAX_SAFE_HI = 0x1fffff; // high 32 bits of a u64 that still fits a double exactly
 const NAME_MAX = 255;
 const PATH_MAX = 4096;
-const latin1 = (s: string) => Buffer.from(s, 'latin1');
-
-const PREFIX_BUFS = XATTR_INDEX_PREFIX.map((p) => (p === null ? null : latin1(p)));
-const TRUSTED = latin1('trusted.');
-const USER = latin1('user.');
-/** Names (after `trusted.`, or after `user.` for the two user ones) that mean something to composefs. */
-const N = {
-  overlay: latin1('overlay.'),
-  escape: latin1('overlay.overlay.'),
-  redirect: latin1('overlay.redirect'),
-  metacopy: latin1('overlay.metacopy'),
-  escWhiteout: latin1('overlay.overlay.whiteout'),
-  escWhiteouts: latin1('overlay.overlay.whiteouts'),
-  userWhiteout: latin1('overlay.whiteout'),
-  userWhiteouts: latin1('overlay.whiteouts'),
-  aclAccess: latin1('system.posix_acl_access'),
-  aclDefault: latin1('system.posix_acl_default'),
-};
 
 const DOT = 0x2e;
 const SLASH = 0x2f;
-
-
-/** A path as one printable line: the dump format's escapes for anything that is not graphic ASCII. */
-export function printablePath(path: Buffer): string {
-  let out = '';
-  for (const c of path) {
-    if (c === 0x5c) out += '\\\\';
-    else if (c === 0x0a) out += '\\n';
-    else if (c === 0x0d) out += '\\r';
-    else if (c === 0x09) out += '\\t';
-    else if (c <= 0x20 || c >= 0x7f) out += `\\x${c.toString(16).padStart(2, '0')}`;
-    else out += String.fromCharCode(c);
-  }
-  return out;
-}
-
-/** Parse and check the composefs header and the EROFS superblock. */
-export function readImageHeader(buf: Buffer): ImageHeader {
-  if (buf.length < SUPER_OFFSET + SUPER_SIZE) {
-    throw new ImageFormatError(`image too small (${buf.length} bytes): not a composefs image`, null, 'header');
-  }
-  const magic = buf.readUInt32LE(HDR.magic);
-  if (magic !== COMPOSEFS_MAGIC) {
-    throw new ImageFormatError(`not a composefs image (bad magic 0x${magic.toString(16).padStart(8, '0')})`, null, 'header');
-  }
-  const headerVersion = buf.readUInt32LE(HDR.version);
-  if (headerVersion !== COMPOSEFS_HEADER_VERSION) {
-    throw new ImageFormatError(`unsupported composefs header version ${headerVersion}`, null, 'header');
-  }
-  const sb = SUPER_OFFSET;
-  const sbMagic = buf.readUInt32LE(sb + SB.magic);
-  if (sbMagic !== SUPER_MAGIC_V1) {
-    throw new ImageFormatError(`bad EROFS superblock magic 0x${sbMagic.toString(16).padStart(8, '0')}`, null, 'superblock');
-  }
-  const blkszbits = buf[sb + SB.blkszbits];
-  if (blkszbits !== BLOCK_BITS) {
-    throw new ImageFormatError(`unsupported block size 2^${blkszbits} (composefs uses ${BLOCK_SIZE})`, null, 'superblock');
-  }
-  const metaBlkaddr = buf.readUInt32LE(sb + SB.metaBlkaddr);
-  const xattrBlkaddr = buf.readUInt32LE(sb + SB.xattrBlkaddr);
-  if (metaBlkaddr * BLOCK_SIZE >= buf.length) {
-    throw new ImageFormatError(`metadata block address ${metaBlkaddr} lies outside the image (${buf.length} bytes)`, null, 'superblock');
-  }
-  if (xattrBlkaddr * BLOCK_SIZE > buf.length) {
-    throw new ImageFormatError(`shared xattr block address ${xattrBlkaddr} lies outside the image (${buf.length} bytes)`, null, 'superblock');
-  }
-  const inosLo = buf.readUInt32LE(sb + SB.inos);
-  const inosHi = buf.readUInt32LE(sb + SB.inos + 4);
-  const btLo = buf.readUInt32LE(sb + SB.buildTime);
-  const btHi = buf.readInt32LE(sb + SB.buildTime + 4);
-  if (btHi > MAX_SAFE_HI || btHi < -MAX_SAFE_HI - 1) {
-    throw new ImageFormatError('superblock build time is out of range', null, 'superblock');
-  }
-  return {
-    version: buf.readUInt32LE(HDR.composefsVersion),
-    headerVersion,
-    flags: buf.readUInt32LE(HDR.flags),
-    featureCompat: buf.readUInt32LE(sb + SB.featureCompat),
-    featureIncompat: buf.readUInt32LE(sb + SB.featureIncompat),
-    blkszbits,
-    rootNid: buf.readUInt16LE(sb + SB.rootNid),
-    inodes: inosHi > MAX_SAFE_HI ? Number.MAX_SAFE_INTEGER : inosHi * 0x100000000 + inosLo,
-    buildTime: btHi * 0x100000000 + btLo,
-    buildTimeNsec: buf.readUInt32LE(sb + SB.buildTimeNsec),
-    blocks: buf.readUInt32LE(sb + SB.blocks),
-    metaBlkaddr,
-    xattrBlkaddr,
-  };
-}
-
-/** The composefs format version of an image (checks header and superblock). */
-export function imageVersion(buf: Buffer): number {
-  return readImageHeader(buf).version;
-}
 
 
 /** One inode as stored, after bounds checks. */
@@ -276,26 +137,12 @@ interface RawInode {
   xattrSize: number;
 }
 
-/** What the reference reader does with an xattr (lcfs_build_node_erofs_xattr). */
-const enum XKind {
-  /** Kept under its own name. */
-  Keep,
-  /** `trusted.overlay.overlay.X`: kept as `trusted.overlay.X`. */
-  KeepEscaped,
-  /** composefs's own overlayfs xattrs and whiteout markers: not part of the tree. */
-  Drop,
-  Redirect,
-  Metacopy,
-  /** `trusted.overlay.overlay.whiteout`: makes a regular file a whiteout; elsewhere kept un-escaped. */
-  EscWhiteout,
-}
-
 /** A shared xattr, parsed once however many inodes refer to it. */
 interface SharedXattr {
   index: number;
   nameStart: number;
   nameLen: number;
-  kind: XKind;
+  meaning: XattrMeaning;
   acl: boolean;
   key: Buffer | null;
   /** The value is image[valueStart..valueEnd). */
@@ -399,22 +246,7 @@ function i32(b: Uint8Array, o: number): number {
   return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24);
 }
 
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  const n = a.length;
-  if (n !== b.length) return false;
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
 
-function setXattr(list: Xattr[], key: Buffer, value: Buffer): void {
-  for (let i = 0; i < list.length; i++) {
-    if (bytesEqual(list[i].key, key)) {
-      list[i].value = value;
-      return;
-    }
-  }
-  list.push({ key, value });
-}
 
 const NONE = 0;
 const WHITEOUT = -1;
@@ -473,23 +305,19 @@ class NidTable {
 export interface Visitor {
   /**
    * Whether entry() is done with a non-directory's node when it returns, so
-   * the walk may refill one node for all of them (a printer), except those
-   * keep() asks for.
+   * the walk may refill one node for all of them (a printer). A transient
+   * visitor gets a hard link's node decoded again from its nid; otherwise
+   * every node is kept and a hard link gets the very node of its first name.
    */
   transient?: boolean;
-  /** Whether the walk must keep this node to hand it out again for a later hard link. */
-  keep(node: Inode): boolean;
   root(node: Inode): void;
-  /** An entry of `parent` (its name at image[start..end)), depth first in name order; a directory's entries follow until leave(). */
-  entry(parent: Inode, start: number, end: number, node: Inode, hardlink: boolean): void;
+  /**
+   * An entry of `parent` (its name at image[nameStart..nameEnd), its inode
+   * `nid`), depth first in name order; a directory's entries follow until leave().
+   */
+  entry(parent: Inode, nameStart: number, nameEnd: number, node: Inode, hardlink: boolean, nid: number): void;
   leave(dir: Inode): void;
 }
-
-/** A hard link to an inode the dump did not keep (its link count said it had one name): the dump starts over from a tree. */
-export class NeedTree extends Error {}
-
-/** Stands for a hard link's target when the walk did not keep it (listings print the name alone). */
-const EMPTY_NODE: Inode = { mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, size: 0, mtimeSec: 0, mtimeNsec: 0, payload: null, content: null, digest: null, xattrs: [], children: null };
 
 class Reader {
   readonly b: Buffer;
@@ -711,77 +539,6 @@ class Reader {
     }
   }
 
-  private eqAt(pos: number, n: number, s: Buffer): boolean {
-    if (n !== s.length) return false;
-    const b = this.b;
-    for (let i = 0; i < n; i++) if (b[pos + i] !== s[i]) return false;
-    return true;
-  }
-
-  private startsAt(pos: number, n: number, s: Buffer): boolean {
-    if (n < s.length) return false;
-    const b = this.b;
-    for (let i = 0; i < s.length; i++) if (b[pos + i] !== s[i]) return false;
-    return true;
-  }
-
-  /** Classify the stored name (index, bytes at s..s+n) as lcfs_build_node_erofs_xattr treats it. */
-  private classify(index: number, s: number, n: number): XKind {
-    let rs = -1;
-    let rn = 0;
-    let user = false;
-    if (index === 4) {
-      rs = s;
-      rn = n;
-    } else if (index === 1) {
-      rs = s;
-      rn = n;
-      user = true;
-    } else if (index === 0) {
-      if (this.startsAt(s, n, TRUSTED)) {
-        rs = s + TRUSTED.length;
-        rn = n - TRUSTED.length;
-      } else if (this.startsAt(s, n, USER)) {
-        rs = s + USER.length;
-        rn = n - USER.length;
-        user = true;
-      }
-    }
-    if (rs < 0) return XKind.Keep;
-    if (user) return this.eqAt(rs, rn, N.userWhiteout) || this.eqAt(rs, rn, N.userWhiteouts) ? XKind.Drop : XKind.Keep;
-    if (!this.startsAt(rs, rn, N.overlay)) return XKind.Keep;
-    if (this.eqAt(rs, rn, N.redirect)) return XKind.Redirect;
-    if (this.eqAt(rs, rn, N.metacopy)) return XKind.Metacopy;
-    if (!this.startsAt(rs, rn, N.escape)) return XKind.Drop;
-    if (this.eqAt(rs, rn, N.escWhiteouts)) return XKind.Drop;
-    if (this.eqAt(rs, rn, N.escWhiteout)) return XKind.EscWhiteout;
-    return XKind.KeepEscaped;
-  }
-
-  /** The name an xattr gets in the tree. */
-  private keyOf(index: number, s: number, n: number, escaped: boolean): Buffer {
-    const b = this.b;
-    if (escaped) {
-      // trusted.overlay.overlay.X -> trusted.overlay.X: drop one "overlay.".
-      const rs = index === 0 ? s + TRUSTED.length : s;
-      const from = rs + N.overlay.length;
-      const end = s + n;
-      const key = Buffer.allocUnsafe(TRUSTED.length + end - from);
-      TRUSTED.copy(key, 0);
-      b.copy(key, TRUSTED.length, from, end);
-      return key;
-    }
-    const prefix = PREFIX_BUFS[index]!;
-    const key = Buffer.allocUnsafe(prefix.length + n);
-    prefix.copy(key, 0);
-    b.copy(key, prefix.length, s, s + n);
-    return key;
-  }
-
-  private isAcl(index: number, s: number, n: number): boolean {
-    return index === 2 || index === 3 || (index === 0 && (this.eqAt(s, n, N.aclAccess) || this.eqAt(s, n, N.aclDefault)));
-  }
-
   /** Checks on one xattr entry header; returns the entry's total (unpadded) size. */
   private entryAt(pos: number, end: number, nid: number): number {
     const b = this.b;
@@ -790,7 +547,7 @@ class Reader {
     const index = b[pos + 1];
     const total = XATTR_ENTRY_SIZE + nameLen + (b[pos + 2] | (b[pos + 3] << 8));
     if (pos + total > end) throw new EntryError('xattr', `inode ${nid}: xattr entry of ${total} bytes runs past its area`);
-    if (index >= PREFIX_BUFS.length || PREFIX_BUFS[index] === null) throw new EntryError('xattr', `inode ${nid}: unsupported xattr name index ${index}`);
+    if (index >= XATTR_NAME_PREFIXES.length || XATTR_NAME_PREFIXES[index] === null) throw new EntryError('xattr', `inode ${nid}: unsupported xattr name index ${index}`);
     const s = pos + XATTR_ENTRY_SIZE;
     for (let i = 0; i < nameLen; i++) if (b[s + i] === 0) throw new EntryError('xattr', `inode ${nid}: xattr name contains NUL`);
     if (nameLen === 0 && index === 0) throw new EntryError('xattr', `inode ${nid}: empty xattr name`);
@@ -807,62 +564,17 @@ class Reader {
     const index = b[pos + 1];
     const nameStart = pos + XATTR_ENTRY_SIZE;
     const nameLen = b[pos];
-    const kind = this.classify(index, nameStart, nameLen);
-    const key = kind === XKind.Keep || kind === XKind.KeepEscaped || kind === XKind.EscWhiteout ? this.keyOf(index, nameStart, nameLen, kind !== XKind.Keep) : null;
-    x = { index, nameStart, nameLen, kind, acl: this.isAcl(index, nameStart, nameLen), key, valueStart: nameStart + nameLen, valueEnd: pos + total };
+    const meaning = xattrMeaning(b, index, nameStart, nameLen);
+    const key = treeXattrName(b, meaning, index, nameStart, nameLen);
+    x = { index, nameStart, nameLen, meaning, acl: isAclXattr(b, index, nameStart, nameLen), key, valueStart: nameStart + nameLen, valueEnd: pos + total };
     this.shared.set(id, x);
     return x;
-  }
-
-  /**
-   * Apply one xattr, its value at image[vs..ve), to the node; returns flags
-   * for the checks (1 redirect, 2 metacopy). Views of the image are made only
-   * for what the node keeps.
-   */
-  private apply(node: Inode, kind: XKind, key: Buffer | null, vs: number, ve: number, check: ((code: string, msg: string) => void) | null): number {
-    const isReg = (node.mode & S_IFMT) === S_IFREG;
-    const b = this.b;
-    const length = ve - vs;
-    switch (kind) {
-      case XKind.Drop:
-        return 0;
-      case XKind.Redirect:
-        if (!isReg) return 0;
-        {
-          // The reference stores "/" + payload; a NUL ends it as in C.
-          const start = length > 1 && b[vs] === SLASH ? vs + 1 : vs;
-          let end = start;
-          while (end < ve && b[end] !== 0) end++;
-          node.payload = b.subarray(start, end);
-        }
-        return 1;
-      case XKind.Metacopy:
-        if (!isReg) return 0;
-        if (length === 4 + 32) node.digest = b.subarray(vs + 4, vs + 36);
-        if (check) {
-          if (length !== 0 && length !== 36) check('metacopy', `trusted.overlay.metacopy of ${length} bytes (expected 0 or 36)`);
-          else if (length === 36 && (b[vs] !== 0 || b[vs + 1] !== 36 || b[vs + 2] !== 0 || b[vs + 3] !== FS_VERITY_HASH_ALG_SHA256)) {
-            check('metacopy', 'trusted.overlay.metacopy has a bad header (version, length, flags or hash algorithm)');
-          }
-        }
-        return 2;
-      case XKind.EscWhiteout:
-        if (isReg) {
-          node.mode = (node.mode & ~S_IFMT) | S_IFCHR;
-          node.rdev = 0;
-          node.size = 0;
-          return 0;
-        }
-        break;
-    }
-    setXattr(node.xattrs, key!, b.subarray(vs, ve));
-    return 0;
   }
 
   private filterCheck(filter: number, index: number, s: number, n: number, nid: number): void {
     const bit = xxh32(this.b, (XATTR_FILTER_SEED + index) >>> 0, s, s + n) & (XATTR_FILTER_BITS - 1);
     if ((filter >>> bit) & 1) {
-      const full = Buffer.concat([PREFIX_BUFS[index]!, this.b.subarray(s, s + n)]);
+      const full = Buffer.concat([XATTR_NAME_PREFIXES[index]!, this.b.subarray(s, s + n)]);
       this.onProblem!({ path: null, code: 'xattr-filter', message: `inode ${nid}: the xattr name filter hides '${printablePath(full)}' (the kernel would not find it)` });
     }
   }
@@ -884,18 +596,17 @@ class Reader {
       const nameLen = b[pos];
       const index = b[pos + 1];
       const s = pos + XATTR_ENTRY_SIZE;
-      if (!this.hasAcl && this.isAcl(index, s, nameLen)) this.hasAcl = true;
+      if (!this.hasAcl && isAclXattr(b, index, s, nameLen)) this.hasAcl = true;
       if (filter !== 0) this.filterCheck(filter, index, s, nameLen, nid);
-      const kind = this.classify(index, s, nameLen);
-      const key = kind === XKind.Keep || kind === XKind.KeepEscaped || kind === XKind.EscWhiteout ? this.keyOf(index, s, nameLen, kind !== XKind.Keep) : null;
-      flags |= this.apply(node, kind, key, s + nameLen, pos + total, check);
+      const meaning = xattrMeaning(b, index, s, nameLen);
+      flags |= applyXattr(node, meaning, treeXattrName(b, meaning, index, s, nameLen), b, s + nameLen, pos + total, check);
       pos += (total + 3) & ~3;
     }
     for (let i = 0; i < sharedCount; i++) {
       const x = this.sharedXattr(u32(b, h + XATTR_IBODY_HEADER_SIZE + i * 4), nid);
       if (x.acl) this.hasAcl = true;
       if (filter !== 0) this.filterCheck(filter, x.index, x.nameStart, x.nameLen, nid);
-      flags |= this.apply(node, x.kind, x.key, x.valueStart, x.valueEnd, check);
+      flags |= applyXattr(node, x.meaning, x.key, b, x.valueStart, x.valueEnd, check);
     }
     return flags;
   }
@@ -965,8 +676,8 @@ class Reader {
       node.digest = null;
     }
     if (check && (node.mode & S_IFMT) === S_IFREG) {
-      if (flags & 1 && !(flags & 2)) check('metacopy', 'trusted.overlay.redirect without trusted.overlay.metacopy');
-      if (raw.layout === LAYOUT_CHUNK_BASED && raw.size > 0 && !(flags & 2)) {
+      if (flags & HAS_REDIRECT && !(flags & HAS_METACOPY)) check('metacopy', 'trusted.overlay.redirect without trusted.overlay.metacopy');
+      if (raw.layout === LAYOUT_CHUNK_BASED && raw.size > 0 && !(flags & HAS_METACOPY)) {
         check('metacopy', 'file data is not in the image and there is no trusted.overlay.metacopy');
       }
     }
@@ -1005,7 +716,6 @@ function framePath(frame: Frame | null, name: Buffer | null = null): Buffer {
  */
 export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageResult {
   const visitor: Visitor = {
-    keep: () => true,
     root: () => {},
     entry: (parent, start, end, node, hardlink) => {
       parent.children!.push({ name: buf.subarray(start, end), inode: node, hardlink });
@@ -1015,24 +725,14 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
   return walkImage(buf, opts, visitor);
 }
 
-/** @internal The walk behind readImage and dumpImage (src/erofs/read-dump.ts). */
-export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor, hardlinksByName = false): ReadImageResult {
+/** @internal The walk behind readImage and the printers of src/dumpfile/from-image.ts. */
+export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor): ReadImageResult {
   const header = readImageHeader(buf);
   const r = new Reader(buf, header, opts.onProblem, opts.trace);
   const checking = r.checking;
   const problem = (path: Buffer | null, code: string, message: string) => opts.onProblem?.({ path, code, message });
 
-  if (checking) {
-    if (header.version > FORMAT_VERSION_MAX) problem(null, 'version', `unknown composefs format version ${header.version}`);
-    if (header.flags & ~COMPOSEFS_FLAG_HAS_ACL) problem(null, 'header', `unknown composefs header flags 0x${header.flags.toString(16)}`);
-    if (header.featureIncompat !== 0) {
-      problem(null, 'superblock', `incompatible EROFS features 0x${header.featureIncompat.toString(16)} (the kernel may refuse to mount)`);
-    }
-    if (buf.length % BLOCK_SIZE !== 0) problem(null, 'size', `image size ${buf.length} is not a multiple of the block size ${BLOCK_SIZE}`);
-    if (header.blocks * BLOCK_SIZE !== buf.length) {
-      problem(null, 'size', `superblock says ${header.blocks} blocks (${header.blocks * BLOCK_SIZE} bytes) but the image has ${buf.length} bytes`);
-    }
-  }
+  if (checking) for (const p of headerProblems(header, buf.length)) opts.onProblem!(p);
 
   const table = new NidTable(Math.floor((buf.length - r.metaStart) / SLOT_SIZE));
   const stack: Frame[] = [];
@@ -1074,7 +774,9 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
   };
 
   const rootPath = Buffer.from('/');
-  const scratch: Inode | null = visitor.transient ? { ...EMPTY_NODE, xattrs: [] } : null;
+  const scratch: Inode | null = visitor.transient
+    ? { mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, size: 0, mtimeSec: 0, mtimeNsec: 0, payload: null, content: null, digest: null, xattrs: [], children: null }
+    : null;
   let rootNode: Inode | null = null;
   try {
     const rootRaw = r.inode(header.rootNid);
@@ -1126,9 +828,8 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
         throw new EntryError('loop', `entry refers to directory inode ${nid}, which is already in the tree (a directory loop or a hard-linked directory)`);
       }
       if (seen === SEEN_FILE) {
-        // A hard link to a node not kept: fine for a listing (only the name is printed), not for a dump.
-        if (!hardlinksByName) throw new NeedTree();
-        visitor.entry(frame.inode, start, end, EMPTY_NODE, true);
+        // A hard link for a transient visitor: its node was not kept, decode it again.
+        visitor.entry(frame.inode, start, end, r.build(r.inode(nid), null, scratch), true, nid);
         continue;
       }
       if (seen > 0) {
@@ -1136,7 +837,7 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
         if (checking && entries.ftypes[k] !== ftypeOf(node.mode) && !((node.mode & S_IFMT) === S_IFCHR && node.rdev === 0 && entries.ftypes[k] === FT_REG_FILE)) {
           problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${entries.ftypes[k]} does not match the inode's file type`);
         }
-        visitor.entry(frame.inode, start, end, node, true);
+        visitor.entry(frame.inode, start, end, node, true, nid);
         continue;
       }
       if (seen === WHITEOUT) continue;
@@ -1162,14 +863,12 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
         const base = entries.top;
         r.dirents(raw, entries);
         table.add(nid, node, false);
-        visitor.entry(frame.inode, start, end, node, false);
+        visitor.entry(frame.inode, start, end, node, false, nid);
         frame.subdirs++;
         enter(node, nid, frame, buf.subarray(start, end), base, frame.nid);
       } else {
-        const keep = visitor.keep(node);
-        const kept = keep && node === scratch ? { ...node, xattrs: node.xattrs.slice() } : node;
-        table.add(nid, kept, keep);
-        visitor.entry(frame.inode, start, end, kept, false);
+        table.add(nid, node, scratch === null);
+        visitor.entry(frame.inode, start, end, node, false, nid);
       }
     } catch (e) {
       if (!(e instanceof EntryError)) throw e;
@@ -1182,12 +881,6 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor,
   }
 
   const inodeCount = table.count + table.whiteouts;
-  if (checking) {
-    if (header.inodes !== inodeCount) problem(null, 'inodes', `superblock counts ${header.inodes} inodes, the tree reaches ${inodeCount}`);
-    const flagAcl = (header.flags & COMPOSEFS_FLAG_HAS_ACL) !== 0;
-    if (flagAcl !== r.hasAcl) {
-      problem(null, 'header', flagAcl ? 'header flags the image as having ACLs but no inode has one' : 'inodes have ACLs but the header does not flag them');
-    }
-  }
+  if (checking) for (const p of totalsProblems(header, inodeCount, r.hasAcl)) opts.onProblem!(p);
   return { root, header, version: header.version, inodeCount };
 }

@@ -5,16 +5,8 @@
  * check the file size: a truncated image mounts and fails on read).
  */
 import { closeSync, fstatSync, openSync, readSync, constants as fsc } from 'node:fs';
-import {
-  COMPOSEFS_FLAG_HAS_ACL,
-  COMPOSEFS_HEADER_VERSION,
-  COMPOSEFS_MAGIC,
-  HDR,
-  SB,
-  SUPER_MAGIC_V1,
-  SUPER_OFFSET,
-  SUPER_SIZE,
-} from '../erofs/format.js';
+import { COMPOSEFS_FLAG_HAS_ACL, SUPER_OFFSET, SUPER_SIZE } from '../erofs/format.js';
+import { ImageFormatError, checkImageHeader, type ImageHeader } from '../erofs/header.js';
 import { ioError } from '../errors.js';
 import { MountError } from './errors.js';
 import { seekableSize } from '../sys/extents.js';
@@ -58,40 +50,24 @@ export function checkImage(fd: number, name: string): ImageInfo {
   if (!st.isFile() && !st.isBlockDevice()) throw new MountError(`${name}: not a regular file or block device`);
   const size = st.isFile() ? st.size : seekableSize(fd);
   const need = SUPER_OFFSET + SUPER_SIZE;
-  if (size < need) {
-    throw new MountError(
-      size === 0 ? `${name}: empty file, not a composefs image` : `${name}: not a composefs image (${size} bytes, too small)`,
-    );
+  const buf = Buffer.alloc(Math.min(need, size));
+  const n = readSync(fd, buf, 0, buf.length, 0);
+  if (n < buf.length) throw new MountError(`${name}: short read of the image header`);
+  let header: ImageHeader;
+  try {
+    // The reader's header check, plus the block count against the file size (EROFS does not check it).
+    header = checkImageHeader(buf, size, { wholeImage: true });
+  } catch (err) {
+    if (err instanceof ImageFormatError) throw new MountError(`${name}: ${err.message}`, { cause: err });
+    throw err;
   }
-  const buf = Buffer.alloc(need);
-  const n = readSync(fd, buf, 0, need, 0);
-  if (n < need) throw new MountError(`${name}: short read of the image header`);
-  const magic = buf.readUInt32LE(HDR.magic);
-  const sbMagic = buf.readUInt32LE(SUPER_OFFSET + SB.magic);
-  if (magic !== COMPOSEFS_MAGIC) {
-    if (sbMagic === SUPER_MAGIC_V1) throw new MountError(`${name}: an EROFS image without a composefs header, not a composefs image`);
-    throw new MountError(`${name}: not a composefs image (no composefs header)`);
-  }
-  const version = buf.readUInt32LE(HDR.version);
-  if (version !== COMPOSEFS_HEADER_VERSION) throw new MountError(`${name}: unsupported composefs header version ${version}`);
-  if (sbMagic !== SUPER_MAGIC_V1) throw new MountError(`${name}: corrupt composefs image (no EROFS superblock)`);
-  const blkszbits = buf.readUInt8(SUPER_OFFSET + SB.blkszbits);
-  if (blkszbits < 9 || blkszbits > 16) throw new MountError(`${name}: corrupt composefs image (block size 2^${blkszbits})`);
-  const blockSize = 1 << blkszbits;
-  const blocks = buf.readUInt32LE(SUPER_OFFSET + SB.blocks);
-  const spanBytes = blocks * blockSize;
-  if (spanBytes > size) {
-    throw new MountError(`${name}: truncated composefs image (${size} bytes, the superblock says ${spanBytes})`);
-  }
-  const metaBlk = buf.readUInt32LE(SUPER_OFFSET + SB.metaBlkaddr);
-  if (metaBlk * blockSize >= size) throw new MountError(`${name}: corrupt composefs image (metadata beyond the end of the file)`);
-  const flags = buf.readUInt32LE(HDR.flags);
+  const blockSize = 1 << header.blkszbits;
   return {
-    flags,
-    hasAcl: (flags & COMPOSEFS_FLAG_HAS_ACL) !== 0,
-    formatVersion: buf.readUInt32LE(HDR.composefsVersion),
+    flags: header.flags,
+    hasAcl: (header.flags & COMPOSEFS_FLAG_HAS_ACL) !== 0,
+    formatVersion: header.version,
     blockSize,
-    spanBytes,
+    spanBytes: header.blocks * blockSize,
     fileSize: size,
   };
 }

@@ -9,14 +9,29 @@
  * sits in the image's breadth-first inode order.
  */
 
-export const S_IFMT = 0o170000;
-export const S_IFSOCK = 0o140000;
-export const S_IFLNK = 0o120000;
-export const S_IFREG = 0o100000;
-export const S_IFBLK = 0o060000;
-export const S_IFDIR = 0o040000;
-export const S_IFCHR = 0o020000;
-export const S_IFIFO = 0o010000;
+/**
+ * st_mode file types, defined once; a const enum so that hot loops get
+ * literals (see Erofs in src/erofs/format.ts), the S_IF* names for everyone else.
+ */
+export const enum Mode {
+  TYPE = 0o170000,
+  SOCK = 0o140000,
+  LNK = 0o120000,
+  REG = 0o100000,
+  BLK = 0o060000,
+  DIR = 0o040000,
+  CHR = 0o020000,
+  FIFO = 0o010000,
+}
+
+export const S_IFMT = Mode.TYPE;
+export const S_IFSOCK = Mode.SOCK;
+export const S_IFLNK = Mode.LNK;
+export const S_IFREG = Mode.REG;
+export const S_IFBLK = Mode.BLK;
+export const S_IFDIR = Mode.DIR;
+export const S_IFCHR = Mode.CHR;
+export const S_IFIFO = Mode.FIFO;
 
 export interface Xattr {
   /** Full name, e.g. `user.foo`, as bytes (no NUL). */

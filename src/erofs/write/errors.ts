@@ -1,7 +1,8 @@
+import { ComposefsError } from '../../errors.js';
+
 /** A tree no composefs image can hold, or a writer invariant broken. */
-export class ImageWriteError extends Error {
+export class ImageWriteError extends ComposefsError {
   constructor(message: string) {
-    super(message);
-    this.name = 'ImageWriteError';
+    super(message, 'image-write');
   }
 }
