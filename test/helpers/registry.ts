@@ -217,3 +217,76 @@ export function storedBlob(registry: Registry, digest: string): string {
   const hex = digest.slice('sha256:'.length);
   return join(registry.storage, 'docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
 }
+
+export type ProxyAction =
+  | { kind: 'forward' }
+  | { kind: 'status'; status: number; headers?: Record<string, string> }
+  | { kind: 'drop' }
+  | { kind: 'drop-midway' }
+  | { kind: 'redirect'; location: string };
+
+export interface Proxy {
+  host: string;
+  /** Every request seen: method, path, Range and Authorization headers. */
+  seen: { path: string; range?: string; authorization?: string }[];
+  close(): Promise<void>;
+}
+
+/**
+ * A small HTTPS server on 127.0.0.1 (the test certificate) in front of the
+ * registry: `decide` says for each request whether to forward it, answer
+ * with a status, drop the connection before answering, drop it halfway
+ * through the body, or redirect. `extraHeaders` are added to forwarded requests.
+ */
+export async function startProxy(registry: Registry, decide: (path: string, index: number) => ProxyAction, extraHeaders: Record<string, string> = {}, bindHost = '127.0.0.1'): Promise<Proxy> {
+  const ca = readFileSync(registry.certs.caCert, 'utf8');
+  const seen: Proxy['seen'] = [];
+  const server = https.createServer({ cert: readFileSync(registry.certs.serverCert), key: readFileSync(registry.certs.serverKey) }, (req, res) => {
+    const path = req.url ?? '/';
+    seen.push({ path, range: req.headers.range, authorization: req.headers.authorization });
+    const action = decide(path, seen.length - 1);
+    if (action.kind === 'drop') {
+      req.socket.destroy();
+      return;
+    }
+    if (action.kind === 'status') {
+      res.writeHead(action.status, action.headers ?? {});
+      res.end();
+      return;
+    }
+    if (action.kind === 'redirect') {
+      res.writeHead(307, { location: action.location });
+      res.end();
+      return;
+    }
+    const headers: Record<string, string | string[] | undefined> = { ...req.headers, ...extraHeaders, host: registry.host };
+    const upstream = https.request(`https://${registry.host}${path}`, { method: req.method, headers, ca }, (up) => {
+      if (action.kind === 'drop-midway') {
+        const chunks: Buffer[] = [];
+        up.on('data', (c: Buffer) => chunks.push(c));
+        up.on('end', () => {
+          const body = Buffer.concat(chunks);
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          res.write(body.subarray(0, body.length >> 1));
+          setTimeout(() => req.socket.destroy(), 30);
+        });
+        return;
+      }
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      up.pipe(res);
+    });
+    upstream.on('error', () => req.socket.destroy());
+    req.pipe(upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, bindHost, resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    host: `${bindHost === '127.0.0.1' ? '127.0.0.1' : bindHost}:${port}`,
+    seen,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}

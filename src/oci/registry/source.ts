@@ -11,7 +11,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { BlobOptions, Descriptor, ImageSource, ResolvedImage, SourceOptions } from '../source.js';
 import type { SourceReference } from '../reference.js';
-import { acceptedManifestTypes, maxDocumentSize, resolveImage, type PlatformChoice } from '../manifest.js';
+import { acceptedManifestTypes, maxDocumentSize, parseDocument, resolveImage, type PlatformChoice } from '../manifest.js';
 import { SourceError } from '../source-errors.js';
 import { blobLabel, checkBytes, checkDigestSyntax, checkedStream, sha256Of } from '../verify.js';
 import { RegistryClient, isRetryableError, sleep } from './client.js';
@@ -45,6 +45,8 @@ export class RegistrySource implements ImageSource {
     const what = this.ref.text;
     const name = this.ref.name;
     const top = await this.fetchManifest(name.digest ?? name.tag!, what);
+    // Parsed first: schema 1 is refused as such, not as a digest mismatch (its digest covers the unsigned payload only).
+    parseDocument(top.bytes, top.mediaType, what);
     const digest = sha256Of(top.bytes);
     if (name.digest !== undefined && digest !== name.digest) {
       throw new SourceError(`${what}: manifest digest mismatch (got ${digest})`, 'digest-mismatch');
