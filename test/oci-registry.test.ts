@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { openSource } from '../src/oci/transports.js';
 import { SourceError } from '../src/oci/source-errors.js';
@@ -73,7 +75,7 @@ test.after(() => {
 
 test('registry with htpasswd basic auth: creds, auth files, TLS, 404, tampered blob, index, redirect, retries', { skip: !haveRegistry && NO_REGISTRY }, async (t) => {
   fixtures();
-  const registry = await startRegistry({ auth: { htpasswd: { alice: 'secret' } } });
+  const registry = await startRegistry({ auth: { htpasswd: { alice: 'secret' } }, allowUrls: ['^https://127\\.0\\.0\\.1:'] });
   const proxies: { close(): Promise<void> }[] = [];
   try {
     await push(registry, `oci:${layout}:v1`, 'test/app:v1', 'alice:secret');
@@ -172,6 +174,31 @@ test('registry with htpasswd basic auth: creds, auth files, TLS, 404, tampered b
       proxies.push(dead);
       await fails(pull(`docker://${dead.host}/test/app:v1`, { ...ok, retries: 2, retryDelayMs: 5 }), 'registry', new RegExp(`blob ${layer.digest} of docker://.*: HTTP 502`));
       assert.equal(always, 3, 'one try and two retries');
+    });
+
+    await t.test('a non-distributable layer is fetched from its urls, or refused naming it', async () => {
+      const base = want.layers[0];
+      const bytes = readFileSync(join(layout, 'blobs/sha256', base.digest.slice(7)));
+      let hits = 0;
+      let serving = true;
+      const server = https.createServer({ cert: readFileSync(registry.certs.serverCert), key: readFileSync(registry.certs.serverKey) }, (req, res) => {
+        hits++;
+        if (serving && req.url === `/layers/${base.digest.slice(7)}`) res.end(bytes);
+        else res.writeHead(404).end();
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      proxies.push({ close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }) });
+      const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/layers/${base.digest.slice(7)}`;
+      const manifest = JSON.parse(readFileSync(join(layout, 'blobs/sha256', indexEntry(layout, 'v1').digest.slice(7)), 'utf8'));
+      manifest.layers[0] = { ...manifest.layers[0], mediaType: 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip', urls: [url] };
+      addIndexEntry(layout, addBlob(layout, Buffer.from(JSON.stringify(manifest)), 'application/vnd.oci.image.manifest.v1+json'), 'foreign');
+      await push(registry, `oci:${layout}:foreign`, 'test/foreign:v1', 'alice:secret');
+      const foreign = `docker://${registry.host}/test/foreign:v1`;
+      const got = await pull(foreign, ok);
+      assert.deepEqual(got.layers, wantLayers);
+      assert.ok(hits >= 1, 'the layer came from its url');
+      serving = false;
+      await fails(pull(foreign, ok), 'not-found', new RegExp(`blob ${base.digest} of ${foreign}: non-distributable layer not available from its urls nor from the registry`));
     });
 
     await t.test('a tampered blob in the registry storage fails, naming the blob', async () => {

@@ -155,6 +155,8 @@ export interface RegistryOptions {
   auth: { htpasswd: Record<string, string> } | { token: TokenPolicy };
   /** Accept schema 1 manifests (for the test that they are refused). */
   schema1?: boolean;
+  /** Accept manifests whose layers have `urls` matching these patterns (non-distributable layers). */
+  allowUrls?: string[];
 }
 
 export async function startRegistry(options: RegistryOptions, certs?: Certificates): Promise<Registry> {
@@ -186,6 +188,7 @@ export async function startRegistry(options: RegistryOptions, certs?: Certificat
       `http:\n  addr: ${host}\n  secret: cfs-test-secret\n  tls:\n    certificate: ${certificates.serverCert}\n    key: ${certificates.serverKey}`,
       auth.trimEnd(),
       ...(options.schema1 ? ['compatibility:\n  schema1:\n    enabled: true'] : []),
+      ...(options.allowUrls ? [`validation:\n  manifests:\n    urls:\n      allow:\n${options.allowUrls.map((u) => `        - '${u}'`).join('\n')}`] : []),
     ].join('\n');
     writeFileSync(join(dir, 'config.yml'), config + '\n');
     const child = spawn('docker-registry', ['serve', join(dir, 'config.yml')], { stdio: ['ignore', 'ignore', 'pipe'] });

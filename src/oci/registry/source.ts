@@ -94,7 +94,11 @@ export class RegistrySource implements ImageSource {
         lastError = err;
       }
     }
-    if (!first) throw lastError;
+    if (!first) {
+      if (sources.length === 1) throw lastError;
+      // A non-distributable layer: neither its urls nor the registry had it.
+      throw new SourceError(`${what}: non-distributable layer not available from its urls nor from the registry (${(lastError as Error).message.replace(`${what}: `, '')})`, (lastError as SourceError).code ?? 'not-found', { cause: lastError });
+    }
     return checkedStream(this.resumingChunks(first.res, first.source.external, descriptor, what, options.signal), descriptor, what, options.onBytes);
   }
 
