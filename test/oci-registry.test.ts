@@ -269,3 +269,17 @@ test('schema 1 manifests are refused with a clear message', { skip: !haveRegistr
   }
 });
 
+
+test('--tls-verify=false falls back to plain HTTP; with verification a plain HTTP registry is a clear TLS error', { skip: !haveRegistry && NO_REGISTRY }, async () => {
+  fixtures();
+  const registry = await startRegistry({ auth: { htpasswd: { alice: 'secret' } }, plainHttp: true });
+  try {
+    await push(registry, `oci:${layout}:v1`, 'test/app:v1', 'alice:secret', '--dest-tls-verify=false');
+    const ref = `docker://${registry.host}/test/app:v1`;
+    const got = await pull(ref, { creds: 'alice:secret', tlsVerify: false });
+    assert.deepEqual(got.layers.map(sha256), skopeoManifest(`oci:${layout}:v1`).layers.map((l) => l.digest));
+    await fails(pull(ref, { creds: 'alice:secret', certDir: registry.certs.certDir }), 'tls', new RegExp(`TLS handshake with ${registry.host} failed .*use --tls-verify=false`));
+  } finally {
+    await registry.stop();
+  }
+});

@@ -10,6 +10,7 @@
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createPrivateKey, randomBytes, sign } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -135,11 +136,11 @@ async function startIssuer(certs: Certificates, policy: TokenPolicy, service: st
   };
 }
 
-async function waitForRegistry(host: string, ca: string, child: ChildProcess, stderr: () => string): Promise<void> {
+async function waitForRegistry(host: string, ca: string, child: ChildProcess, stderr: () => string, scheme: 'http' | 'https'): Promise<void> {
   for (let i = 0; i < 200; i++) {
     if (child.exitCode !== null) throw new Error(`docker-registry exited: ${stderr()}`);
     const up = await new Promise<boolean>((resolve) => {
-      const req = https.get(`https://${host}/v2/`, { ca }, (res) => {
+      const req = (scheme === 'https' ? https : http).get(`${scheme}://${host}/v2/`, { ca }, (res) => {
         res.resume();
         resolve(true);
       });
@@ -157,6 +158,8 @@ export interface RegistryOptions {
   schema1?: boolean;
   /** Accept manifests whose layers have `urls` matching these patterns (non-distributable layers). */
   allowUrls?: string[];
+  /** Serve plain HTTP (no TLS section), for --tls-verify=false's fallback. */
+  plainHttp?: boolean;
 }
 
 export async function startRegistry(options: RegistryOptions, certs?: Certificates): Promise<Registry> {
@@ -185,7 +188,7 @@ export async function startRegistry(options: RegistryOptions, certs?: Certificat
       'version: 0.1',
       'log:\n  level: error\n  accesslog:\n    disabled: true',
       `storage:\n  filesystem:\n    rootdirectory: ${storage}\n  delete:\n    enabled: true`,
-      `http:\n  addr: ${host}\n  secret: cfs-test-secret\n  tls:\n    certificate: ${certificates.serverCert}\n    key: ${certificates.serverKey}`,
+      `http:\n  addr: ${host}\n  secret: cfs-test-secret` + (options.plainHttp ? '' : `\n  tls:\n    certificate: ${certificates.serverCert}\n    key: ${certificates.serverKey}`),
       auth.trimEnd(),
       ...(options.schema1 ? ['compatibility:\n  schema1:\n    enabled: true'] : []),
       ...(options.allowUrls ? [`validation:\n  manifests:\n    urls:\n      allow:\n${options.allowUrls.map((u) => `        - '${u}'`).join('\n')}`] : []),
@@ -202,7 +205,7 @@ export async function startRegistry(options: RegistryOptions, certs?: Certificat
           child.kill('SIGTERM');
         }),
     );
-    await waitForRegistry(host, readFileSync(certificates.caCert, 'utf8'), child, () => stderr);
+    await waitForRegistry(host, readFileSync(certificates.caCert, 'utf8'), child, () => stderr, options.plainHttp ? 'http' : 'https');
     return { host, storage, certs: certificates, tokenRequests, stop };
   } catch (err) {
     await stop();

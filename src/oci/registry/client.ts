@@ -157,6 +157,9 @@ export class RegistryClient {
         { cause: err },
       );
     }
+    if (code === 'EPROTO' || code.startsWith('ERR_SSL_')) {
+      return new SourceError(`${this.label}: TLS handshake with ${url.host} failed (${(err as Error).message.split('\n')[0].trim()}); if it serves plain HTTP, use --tls-verify=false`, 'tls', { cause: err });
+    }
     if (code === 'ECONNREFUSED') return new SourceError(`${this.label}: cannot connect to ${url.host}: connection refused`, 'network', { cause: err });
     if (code === 'ENOTFOUND') return new SourceError(`${this.label}: cannot resolve ${url.hostname}`, 'network', { cause: err });
     return new SourceError(`${this.label}: ${url.host}: ${(err as Error).message}${code && !(err as Error).message.includes(code) ? ` (${code})` : ''}`, 'network', { cause: err });
@@ -176,7 +179,7 @@ export class RegistryClient {
     try {
       res = await this.withRetries(() => this.exchange(this.url('/v2/'), {}, signal), this.url('/v2/'), signal);
     } catch (err) {
-      if (this.options.tlsVerify === false && this.scheme === 'https' && err instanceof SourceError && err.code === 'network') {
+      if (this.options.tlsVerify === false && this.scheme === 'https' && err instanceof SourceError && (err.code === 'network' || err.code === 'tls')) {
         this.scheme = 'http';
         res = await this.withRetries(() => this.exchange(this.url('/v2/'), {}, signal), this.url('/v2/'), signal);
       } else throw err;
