@@ -1,9 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { openSource } from '../src/oci/transports.js';
 import { parseReference, formatDockerName, parseDockerName } from '../src/oci/reference.js';
 import { SourceError } from '../src/oci/source-errors.js';
@@ -122,6 +124,32 @@ test('oci:, oci-archive: and docker-archive: resolve the image skopeo sees and s
         await source.close();
       }
     }
+    // Docker 25+ `docker save`: an OCI layout with manifest.json naming blobs/sha256/HEX (layers kept compressed here).
+    const config = JSON.parse(readFileSync(blobFile(layout, want.config.digest), 'utf8'));
+    writeFileSync(join(layout, 'manifest.json'), JSON.stringify([{ Config: `blobs/sha256/${want.config.digest.slice(7)}`, RepoTags: ['new/docker:v2'], Layers: want.layers.map((l) => `blobs/sha256/${l.digest.slice(7)}`) }]));
+    assert.equal(config.rootfs.diff_ids.length, 2);
+    const newDocker = join(dir, 'new-docker.tar');
+    execFileSync('tar', ['-C', layout, '-cf', newDocker, '.']);
+    {
+      const source = await openSource(`docker-archive:${newDocker}`);
+      try {
+        const image = await source.resolve();
+        assert.equal(image.defaultName, 'docker.io/new/docker:v2');
+        assert.deepEqual(image.layers.map((l) => [l.digest, l.mediaType]), want.layers.map((l) => [l.digest, 'application/vnd.docker.image.rootfs.diff.tar.gzip']));
+        for (const layer of image.layers) assert.deepEqual(await readAll(source, layer), readFileSync(blobFile(layout, layer.digest)));
+      } finally {
+        await source.close();
+      }
+    }
+    const archiveBytes = readFileSync(dockerArchive);
+    writeFileSync(join(dir, 'cut.tar'), archiveBytes.subarray(0, 1536));
+    await rejectsWith(openSource(`docker-archive:${join(dir, 'cut.tar')}`), 'invalid-manifest', /cut\.tar: not a readable tar archive \(truncated/);
+    const corrupt = Buffer.from(archiveBytes);
+    corrupt[10] ^= 0x20;
+    writeFileSync(join(dir, 'corrupt.tar'), corrupt);
+    await rejectsWith(openSource(`oci-archive:${join(dir, 'corrupt.tar')}`), 'invalid-manifest', /bad header checksum at byte 0/);
+    writeFileSync(join(dir, 'image.tar.gz'), gzipSync(readFileSync(ociArchive)));
+    await rejectsWith(openSource(`oci-archive:${join(dir, 'image.tar.gz')}`), 'unsupported', /compressed archives are not supported/);
     await rejectsWith(openSource(`docker-archive:${dockerArchive}:example/other:v1`).then((s) => s.resolve()), 'not-found', /no image tagged docker\.io\/example\/other:v1/);
     await rejectsWith(openSource(`oci:${layout}:v2`).then((s) => s.resolve()), 'not-found', /no image named 'v2'.*'v1'/);
     await rejectsWith(openSource(`oci:${join(dir, 'nothing')}`).then((s) => s.resolve()), 'not-found', /not an OCI image layout/);
