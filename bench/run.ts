@@ -32,6 +32,7 @@ async function main(): Promise<void> {
     ['./info.js', 'benchInfo', 'Reading images'],
     ['./scan.js', 'benchScan', 'Images from directory trees'],
     ['./mount.js', 'benchMount', 'Mounting'],
+    ['./registry.js', 'benchRegistry', 'Registry transfer (skopeo copy against our client)'],
   ];
   for (const [path, fn, title] of sections) {
     const bench = await optional(path, fn);
