@@ -61,3 +61,23 @@ export interface ImageSource {
   openBlob(descriptor: Descriptor, options?: BlobOptions): Promise<Readable>;
   close(): Promise<void>;
 }
+
+/** How `openSource` reaches an image; every field is optional. */
+export interface SourceOptions {
+  /** The index entry to take: `os/arch[/variant]` or a Platform (default: the running platform). */
+  platform?: string | Platform;
+  /** `USER:PASS` for the registry (skopeo's --creds); wins over auth files. */
+  creds?: string;
+  /** An auth file to read instead of the defaults (skopeo's --authfile). */
+  authFile?: string;
+  /** A directory of `*.crt` CAs (and `*.cert`/`*.key` client pairs) for the registry (skopeo's --cert-dir). */
+  certDir?: string;
+  /** false: accept any certificate, and plain HTTP when HTTPS fails (skopeo's --tls-verify=false). */
+  tlsVerify?: boolean;
+  /** How many times a failed request (429, 5xx, dropped connection) is tried again (default 5). */
+  retries?: number;
+  /** Base delay of the exponential backoff between tries, in ms (default 250). */
+  retryDelayMs?: number;
+  /** Environment to read credentials locations from (default process.env). */
+  env?: NodeJS.ProcessEnv;
+}

@@ -1,0 +1,149 @@
+/**
+ * The `docker://` transport: an image in a registry. Manifests are asked
+ * for with every media type this code reads; a tag's manifest digest is the
+ * sha256 of the bytes served (checked against Docker-Content-Digest when the
+ * registry sends one), a digest reference's bytes are checked against it.
+ * Blobs stream with their size and sha256 checked; a dropped connection
+ * resumes with `Range` from the last byte received (or skips what was
+ * already passed on, when the server ignores Range).
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Readable } from 'node:stream';
+import type { BlobOptions, Descriptor, ImageSource, ResolvedImage, SourceOptions } from '../source.js';
+import type { SourceReference } from '../reference.js';
+import { acceptedManifestTypes, maxDocumentSize, resolveImage, type PlatformChoice } from '../manifest.js';
+import { SourceError } from '../source-errors.js';
+import { blobLabel, checkBytes, checkDigestSyntax, checkedStream, sha256Of } from '../verify.js';
+import { RegistryClient, isRetryableError, sleep } from './client.js';
+
+export class RegistrySource implements ImageSource {
+  private readonly client: RegistryClient;
+  private readonly repository: string;
+
+  constructor(
+    private readonly ref: Extract<SourceReference, { transport: 'docker' }>,
+    private readonly defaultName: string,
+    private readonly choice: PlatformChoice,
+    options: SourceOptions,
+  ) {
+    this.repository = ref.name.path;
+    this.client = new RegistryClient(ref.name.domain, ref.name.path, ref.text, options);
+  }
+
+  private async fetchManifest(reference: string, what: string): Promise<{ bytes: Buffer; mediaType?: string; headerDigest?: string }> {
+    const res = await this.client.get(`/v2/${this.repository}/manifests/${reference}`, what, { accept: acceptedManifestTypes });
+    const length = Number(res.headers['content-length'] ?? NaN);
+    if (length > maxDocumentSize) {
+      res.destroy();
+      throw new SourceError(`${what}: manifest too large (${length} bytes)`, 'invalid-manifest');
+    }
+    const bytes = await this.client.readAll(res, maxDocumentSize, what);
+    return { bytes, mediaType: res.headers['content-type'], headerDigest: res.headers['docker-content-digest'] as string | undefined };
+  }
+
+  async resolve(): Promise<ResolvedImage> {
+    const what = this.ref.text;
+    const name = this.ref.name;
+    const top = await this.fetchManifest(name.digest ?? name.tag!, what);
+    const digest = sha256Of(top.bytes);
+    if (name.digest !== undefined && digest !== name.digest) {
+      throw new SourceError(`${what}: manifest digest mismatch (got ${digest})`, 'digest-mismatch');
+    }
+    if (top.headerDigest && /^sha256:/.test(top.headerDigest) && top.headerDigest !== digest) {
+      throw new SourceError(`${what}: manifest digest mismatch (the registry says ${top.headerDigest}, the bytes are ${digest})`, 'digest-mismatch');
+    }
+    return resolveImage(
+      { bytes: top.bytes, mediaType: top.mediaType, digest },
+      {
+        fetchDocument: async (d) => {
+          const m = await this.fetchManifest(d.digest, `manifest ${d.digest} of ${what}`);
+          return { bytes: m.bytes, mediaType: m.mediaType ?? d.mediaType };
+        },
+        fetchBlobBytes: async (d) => {
+          const label = `config ${d.digest} of ${what}`;
+          checkDigestSyntax(d.digest, label);
+          if (d.size > maxDocumentSize) throw new SourceError(`${label}: too large (${d.size} bytes)`, 'invalid-manifest');
+          const res = await this.client.get(`/v2/${this.repository}/blobs/${d.digest}`, label);
+          const bytes = await this.client.readAll(res, maxDocumentSize, label);
+          checkBytes(bytes, d, label);
+          return bytes;
+        },
+      },
+      this.choice,
+      { reference: what, defaultName: this.defaultName },
+    );
+  }
+
+  async openBlob(descriptor: Descriptor, options: BlobOptions = {}): Promise<Readable> {
+    const what = blobLabel(descriptor, this.ref.text);
+    checkDigestSyntax(descriptor.digest, what);
+    const sources = [
+      ...(descriptor.urls ?? []).filter((u) => /^https?:\/\//.test(u)).map((u) => ({ external: new URL(u) })),
+      { external: undefined as URL | undefined },
+    ];
+    // Open the first response here so that "not found" or "unauthorized" reject openBlob itself.
+    let first: { res: IncomingMessage; source: (typeof sources)[number] } | undefined;
+    let lastError: unknown;
+    for (const source of sources) {
+      try {
+        first = { res: await this.request(source.external, descriptor.digest, what, 0, options.signal), source };
+        break;
+      } catch (err) {
+        lastError = err;
+      }
+    }
+    if (!first) throw lastError;
+    return checkedStream(this.resumingChunks(first.res, first.source.external, descriptor, what, options.signal), descriptor, what, options.onBytes);
+  }
+
+  private request(external: URL | undefined, digest: string, what: string, from: number, signal?: AbortSignal): Promise<IncomingMessage> {
+    return external
+      ? this.client.getExternal(external, what, { from, signal })
+      : this.client.get(`/v2/${this.repository}/blobs/${digest}`, what, { from, signal });
+  }
+
+  private async *resumingChunks(firstResponse: IncomingMessage, external: URL | undefined, descriptor: Descriptor, what: string, signal?: AbortSignal): AsyncGenerator<Buffer> {
+    let received = 0;
+    let res: IncomingMessage | undefined = firstResponse;
+    for (let failures = 0; ; ) {
+      try {
+        if (!res) res = await this.request(external, descriptor.digest, what, received, signal);
+        // Bytes of this response already passed on (a server that ignored Range starts again from 0).
+        let skip = 0;
+        if (received > 0) {
+          const range = /^bytes (\d+)-/.exec(String(res.headers['content-range'] ?? ''));
+          if (res.statusCode === 206 && range) skip = received - Number(range[1]);
+          else if (res.statusCode === 200) skip = received;
+          if (skip < 0) throw new SourceError(`${what}: the server resumed at the wrong offset`, 'registry');
+        }
+        for await (const chunk of res as AsyncIterable<Buffer>) {
+          let data = chunk;
+          if (skip > 0) {
+            const drop = Math.min(skip, data.length);
+            skip -= drop;
+            data = data.subarray(drop);
+            if (data.length === 0) continue;
+          }
+          received += data.length;
+          failures = 0;
+          yield data;
+        }
+        if (!res.complete) throw Object.assign(new Error('connection closed before the end of the blob'), { code: 'ECONNRESET' });
+        return;
+      } catch (err) {
+        res?.destroy();
+        res = undefined;
+        if (signal?.aborted || !isRetryableError(err)) throw err;
+        failures++;
+        if (failures > this.client.retryLimit) {
+          throw new SourceError(`${what}: connection lost after ${received} of ${descriptor.size} bytes (${failures} tries)`, 'network', { cause: err });
+        }
+        await sleep(this.client.backoff(failures), signal);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.close();
+  }
+}

@@ -1,0 +1,39 @@
+/**
+ * One entry point from a reference string to an ImageSource. Each transport
+ * is loaded only when used, so reading a local layout never loads the
+ * registry client.
+ */
+import { resolve } from 'node:path';
+import type { ImageSource, Platform, SourceOptions } from './source.js';
+import { defaultNameOf, parseReference } from './reference.js';
+import { parsePlatform } from './manifest.js';
+
+function platformOf(options: SourceOptions): Platform | undefined {
+  if (options.platform === undefined) return undefined;
+  return typeof options.platform === 'string' ? parsePlatform(options.platform) : options.platform;
+}
+
+export async function openSource(reference: string, options: SourceOptions = {}): Promise<ImageSource> {
+  const ref = parseReference(reference);
+  const choice = { platform: platformOf(options) };
+  const defaultName = defaultNameOf(ref);
+  switch (ref.transport) {
+    case 'oci': {
+      const [{ OciLayoutSource }, { DirectoryFiles }] = await Promise.all([import('./layout.js'), import('./files.js')]);
+      return new OciLayoutSource(new DirectoryFiles(resolve(ref.path)), reference, ref.ref, defaultName, choice);
+    }
+    case 'oci-archive': {
+      const [{ OciLayoutSource }, { TarFiles }] = await Promise.all([import('./layout.js'), import('./files.js')]);
+      const files = await TarFiles.open(resolve(ref.path), reference);
+      return new OciLayoutSource(files, reference, ref.ref, defaultName, choice);
+    }
+    case 'docker-archive': {
+      const { DockerArchiveSource } = await import('./docker-archive.js');
+      return DockerArchiveSource.open(ref, defaultName);
+    }
+    case 'docker': {
+      const { RegistrySource } = await import('./registry/source.js');
+      return new RegistrySource(ref, defaultName, choice, options);
+    }
+  }
+}
