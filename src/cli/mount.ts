@@ -4,6 +4,7 @@
  * writer, no digest code unless `digest=` is given.
  */
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { existsSync } from 'node:fs';
 import { UserError } from './errors.js';
 
 const specs: OptionSpec[] = [
@@ -19,6 +20,7 @@ const specs: OptionSpec[] = [
   { name: 'no-mtab', short: 'n', help: 'accepted for mount(8); there is no mtab to write' },
   { name: 'verbose', short: 'v', help: 'same as --explain' },
   { name: 'namespace', short: 'N', value: true, arg: 'NS', help: 'mount(8) helper protocol; not supported' },
+  { name: 'repo', value: true, arg: 'DIR', help: 'IMAGE is a name in this repository (without it, a name in the default repository when IMAGE is no file): its recorded image, objects and digest= are used' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
@@ -52,7 +54,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (p.positional.length < 1) throw new UserError(`no image given (usage: ${usage})`, 2);
   if (p.positional.length < 2) throw new UserError(`no mount point given (usage: ${usage})`, 2);
   if (p.positional.length > 2) throw new UserError(`too many arguments: '${p.positional[2]}' (usage: ${usage})`, 2);
-  const [image, mountpoint] = p.positional;
+  let [image, mountpoint] = p.positional;
 
   const { parseOptionString } = await import('../mount/options.js');
   const raw = (p.options.get('options') as string[] | undefined) ?? [];
@@ -64,6 +66,15 @@ export async function run(args: string[], prog: string): Promise<number> {
     const allowed = key === 'backing' ? ['auto', 'fd', 'file', 'loop'] : key === 'layers' ? ['auto', 'fd', 'path'] : ['auto', 'new', 'legacy'];
     if (!allowed.includes(String(v))) throw new UserError(`invalid value for --${key}: '${String(v)}' (expected ${allowed.join(', ')})`, 2);
     (o as Record<string, unknown>)[key] = v;
+  }
+  if (p.options.has('repo') || (!o.basedir && !existsSync(image))) {
+    // A name in a repository: its image, its object store, and digest= pinned to the recorded digest.
+    const { Repository } = await import('../repo/repository.js');
+    const repoDir = p.options.get('repo');
+    const target = Repository.open(repoDir === undefined ? undefined : String(repoDir), { create: false }).resolveMount(image);
+    image = target.image;
+    o.basedir = o.basedir ?? [target.basedir];
+    o.digest = target.digest;
   }
   if (!o.basedir) throw new UserError('no basedir= given: composefs needs the object store directory (-o basedir=PATH)', 2);
 

@@ -7,6 +7,7 @@
  * replayed into one tree (merge.ts), written as a composefs image, and the
  * name is written last. Nothing is unpacked on disk.
  */
+import { ComposefsError } from '../errors.js';
 import { writeImageWithInfo } from '../erofs/writer.js';
 import { fsverityDigest } from '../fsverity/index.js';
 import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
@@ -155,7 +156,7 @@ async function fetchLayer(
     syncStore(repo.objects);
     repo.writeLayer(layer.diffId, layer.entries);
   } catch (err) {
-    if (err instanceof LayerError || err instanceof RepoError) throw err;
+    if (err instanceof ComposefsError) throw err;
     const msg = (err as Error)?.message ?? String(err);
     throw new LayerError(msg.includes(desc.digest) ? msg : `layer ${desc.digest}: ${msg}`, { cause: err });
   } finally {

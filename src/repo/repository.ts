@@ -275,6 +275,16 @@ export class Repository {
     return rec;
   }
 
+  /** Remove what no name reaches (see gc.ts). */
+  async gc(opts: { dryRun?: boolean; onWait?: () => void } = {}): Promise<import('./gc.js').GcResult> {
+    return (await import('./gc.js')).gcRepository(this, opts);
+  }
+
+  /** Check every object, image, layer record and name (see gc.ts). */
+  async fsck(): Promise<import('./gc.js').RepoFsckResult> {
+    return (await import('./gc.js')).fsckRepository(this);
+  }
+
   /** The image file, digest and object store of a name: what a mount needs. */
   resolveMount(name: string): { image: string; digest: string; basedir: string } {
     const rec = this.getName(name);
