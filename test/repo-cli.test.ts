@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -227,5 +227,58 @@ test('pull from a real registry (HTTPS, basic auth): same image as from the layo
     assert.ok(!existsSync(join(repo, 'names', 'x')));
   } finally {
     await registry.stop();
+  }
+}));
+
+function cfsAsync(...args: string[]): { child: ChildProcess; done: Promise<{ status: number | null; stderr: string; stdout: string }> } {
+  const child = spawn(cliPath('cfs'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  let stdout = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  child.stdout!.on('data', (d) => (stdout += d));
+  const done = new Promise<{ status: number | null; stderr: string; stdout: string }>((resolve) => child.on('close', (status) => resolve({ status, stderr, stdout })));
+  return { child, done };
+}
+
+test('two pulls and a gc at once: both names, nothing of theirs collected, a clean repository', withTemp(async (tmp) => {
+  const layout = join(tmp, 'layout');
+  const repo = join(tmp, 'repo');
+  const many = (seed: number): TarEntry[] => Array.from({ length: 200 }, (_, i) => ({ path: `f${seed}-${i}`, data: big(5000 + i, seed + i), mtime: T }));
+  writeLayout(layout, 'a', layers(base, many(1), many(2)));
+  writeLayout(layout, 'b', layers(base, many(1), many(3)));
+  for (let round = 0; round < 3; round++) {
+    rmSync(repo, { recursive: true, force: true });
+    ok(cfs('images', '--repo', repo)); // creates it
+    const runs = [cfsAsync('pull', '--repo', repo, `oci:${layout}:a`, 'a'), cfsAsync('pull', '--repo', repo, `oci:${layout}:b`, 'b'), cfsAsync('gc', '--repo', repo)];
+    const results = await Promise.all(runs.map((r) => r.done));
+    for (const r of results) assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(ok(cfs('images', '--repo', repo, '--json'))).map((i: { name: string }) => i.name), ['a', 'b']);
+    assert.match(ok(cfs('fsck', '--repo', repo)), /clean/);
+    assert.match(ok(cfs('gc', '--repo', repo, '--dry-run')), /would remove 0 images, 0 layers, 0 blobs, 0 objects, 0 temporary/);
+  }
+}));
+
+test('a pull killed at any moment leaves no name, and gc removes its leftovers', withTemp(async (tmp) => {
+  const layout = join(tmp, 'layout');
+  const repo = join(tmp, 'repo');
+  const many: TarEntry[] = Array.from({ length: 300 }, (_, i) => ({ path: `f${i}`, data: big(20_000 + i, i), mtime: T }));
+  writeLayout(layout, 'img', layers(base, many, third));
+  for (const delay of [30, 80, 150, 250, 400, 600]) {
+    const run = cfsAsync('pull', '--repo', repo, `oci:${layout}:img`, 'img');
+    await new Promise((r) => setTimeout(r, delay));
+    run.child.kill('SIGKILL');
+    const r = await run.done;
+    const named = existsSync(join(repo, 'names', 'img'));
+    if (r.status === 0) assert.ok(named);
+    else {
+      assert.ok(!named, `killed after ${delay} ms: no name`);
+      if (existsSync(join(repo, 'names'))) assert.match(ok(cfs('fsck', '--repo', repo)), /clean/);
+    }
+    if (existsSync(join(repo, 'names'))) {
+      if (named) ok(cfs('rm', '--repo', repo, 'img'));
+      ok(cfs('gc', '--repo', repo));
+      assert.deepEqual(readdirSync(join(repo, 'tmp')), [], 'tmp/ emptied by gc');
+      assert.equal(objectCount(repo), 0, 'objects no name reaches are collected');
+    }
   }
 }));

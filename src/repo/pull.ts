@@ -93,7 +93,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
       while (queue.length > 0 && failed === null) {
         const [diffId, index] = queue.shift()!;
         try {
-          await fetchLayer(repo, source, img.layers[index], diffId, index, objects, emit, opts.signal);
+          await fetchLayer(repo, source, img.reference, img.layers[index], diffId, index, objects, emit, opts.signal);
         } catch (err) {
           failed ??= err;
         }
@@ -104,7 +104,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
 
     emit({ type: 'building' });
     const builder = new TreeBuilder();
-    for (let i = 0; i < diffIds.length; i++) builder.applyLayer(`layer ${img.layers[i].digest}`, repo.readLayer(diffIds[i]));
+    for (let i = 0; i < diffIds.length; i++) builder.applyLayer(`${img.reference}: layer ${img.layers[i].digest}`, repo.readLayer(diffIds[i]));
     const tree = builder.toInode();
     let size = 0;
     const seen = new Set<object>();
@@ -143,6 +143,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
 async function fetchLayer(
   repo: Repository,
   source: ImageSource,
+  reference: string,
   desc: Descriptor,
   diffId: string,
   index: number,
@@ -156,9 +157,10 @@ async function fetchLayer(
     syncStore(repo.objects);
     repo.writeLayer(layer.diffId, layer.entries);
   } catch (err) {
+    if (err instanceof LayerError) throw new LayerError(`${reference}: ${err.message}`, { cause: err });
     if (err instanceof ComposefsError) throw err;
     const msg = (err as Error)?.message ?? String(err);
-    throw new LayerError(msg.includes(desc.digest) ? msg : `layer ${desc.digest}: ${msg}`, { cause: err });
+    throw new LayerError(`${reference}: ${msg.includes(desc.digest) ? msg : `layer ${desc.digest}: ${msg}`}`, { cause: err });
   } finally {
     blob.destroy();
   }
