@@ -272,10 +272,13 @@ export async function importLayer(blob: AsyncIterable<Buffer>, opts: ImportLayer
       tarBytes += chunk.length;
       opts.onTarBytes?.(chunk.length);
       parser.push(chunk);
+      if (opts.objects.busy) await opts.objects.drain();
     }
     parser.end();
+    await opts.objects.flush();
   } catch (err) {
     (current as FileSink | null)?.abort();
+    await opts.objects.flush().catch(() => {}); // no write left running behind the failure
     if (err instanceof TarError) throw new LayerError(`${what}: ${err.message}`, { cause: err });
     throw err;
   }
