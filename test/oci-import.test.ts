@@ -204,3 +204,47 @@ test('zstd layers give the same image as gzip ones', { skip: hasZstd() ? false :
   assert.equal(a.result.record.image, b.result.record.image);
   assert.ok(existsSync(join(tmp, 'repo2', 'names', 'edge')));
 }));
+
+test('forms umoci cannot unpack: GNU and PAX 0.1 sparse files, LIBARCHIVE xattrs, base-256 ids, implied parents', withTemp(async (tmp) => {
+  const expand = (size: number, segs: { offset: number; data: Buffer }[]) => {
+    const b = Buffer.alloc(size);
+    for (const s of segs) s.data.copy(b, s.offset);
+    return b;
+  };
+  const gnuSegs = [{ offset: 0, data: bytes(512, 8) }, { offset: 90_000, data: bytes(700, 9) }];
+  const pax01Segs = [{ offset: 10_000, data: bytes(3000, 10) }];
+  const layers: TarEntry[][] = [
+    [
+      dir('./'),
+      file('sparse-gnu', '', { sparse: { form: 'gnu', size: 100_000, segments: gnuSegs } }),
+      file('sparse-pax01', Buffer.concat(pax01Segs.map((s) => s.data)), { paxRecords: { 'GNU.sparse.size': '20000', 'GNU.sparse.map': '10000,3000' } }),
+      file('la-xattr', 'x', { libarchiveXattrs: { 'user.from libarchive': Buffer.from([1, 2, 3]) }, xattrs: { 'user.both': 'schily' } }),
+      file('implied/parent/child', 'c\n'),
+      file('big-ids', 'ids\n', { uid: 3_000_000, gid: 4_000_000_000 }),
+    ],
+  ];
+  // The LIBARCHIVE record for a name SCHILY also gives loses to it.
+  layers[0][3].libarchiveXattrs!['user.both'] = 'libarchive';
+  const layout = join(tmp, 'layout');
+  layoutOf(layout, 'forms', layers);
+  const { image, repo } = await pull(join(tmp, 'repo'), layout, 'forms');
+  const r = records(image);
+  const gnu = JSON.parse(r.get('/sparse-gnu')!);
+  assert.equal(gnu.payload, objectPathOf(expand(100_000, gnuSegs)));
+  assert.ok(readFileSync(join(repo.objects, gnu.payload)).equals(expand(100_000, gnuSegs)));
+  assert.equal(JSON.parse(r.get('/sparse-pax01')!).payload, objectPathOf(expand(20_000, pax01Segs)));
+  const la = JSON.parse(r.get('/la-xattr')!);
+  assert.deepEqual(la.xattrs, [`user.both=${Buffer.from('schily').toString('hex')}`, 'user.from libarchive=010203']);
+  const implied = JSON.parse(r.get('/implied')!);
+  assert.equal(implied.mode, '40755');
+  assert.equal(implied.mtime, '0.0');
+  assert.ok(r.has('/implied/parent/child'));
+  const ids = JSON.parse(r.get('/big-ids')!);
+  assert.equal(ids.uid, 3_000_000);
+  assert.equal(ids.gid, 4_000_000_000);
+}));
+
+function objectPathOf(data: Buffer): string {
+  const hex = fsverityDigest(data).toString('hex');
+  return `${hex.slice(0, 2)}/${hex.slice(2)}`;
+}

@@ -42,12 +42,27 @@ function octal(n: number, width: number): string {
   return n.toString(8).padStart(width - 1, '0') + '\0';
 }
 
+/** Octal when it fits, else GNU base-256 (first byte 0x80, big-endian). */
+function numeric(b: Buffer, off: number, width: number, n: number): void {
+  if (n < 8 ** (width - 1)) {
+    b.write(octal(n, width), off, 'latin1');
+    return;
+  }
+  b.fill(0, off, off + width);
+  b[off] = 0x80;
+  let v = BigInt(n);
+  for (let i = width - 1; i > 0; i--) {
+    b[off + i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
+}
+
 function header(name: Buffer, opts: { type: string; mode: number; uid: number; gid: number; size: number; mtime: number; linkname?: Buffer; devmajor?: number; devminor?: number; extra?: (b: Buffer) => void }): Buffer {
   const b = Buffer.alloc(BLOCK);
   name.copy(b, 0, 0, Math.min(100, name.length));
   b.write(octal(opts.mode, 8), 100, 'latin1');
-  b.write(octal(opts.uid, 8), 108, 'latin1');
-  b.write(octal(opts.gid, 8), 116, 'latin1');
+  numeric(b, 108, 8, opts.uid);
+  numeric(b, 116, 8, opts.gid);
   b.write(octal(opts.size, 12), 124, 'latin1');
   b.write(octal(opts.mtime, 12), 136, 'latin1');
   b.write('        ', 148, 'latin1');
