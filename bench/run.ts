@@ -33,6 +33,7 @@ async function main(): Promise<void> {
     ['./scan.js', 'benchScan', 'Images from directory trees'],
     ['./mount.js', 'benchMount', 'Mounting'],
     ['./registry.js', 'benchRegistry', 'Registry transfer (skopeo copy against our client)'],
+    ['./pull.js', 'benchPull', 'Pulling container images'],
   ];
   for (const [path, fn, title] of sections) {
     const bench = await optional(path, fn);

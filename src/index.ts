@@ -57,3 +57,42 @@ export async function writeOutputFile(...args: Parameters<typeof import('./outpu
 }
 
 export type { OutputFileOptions, OutputFileWrite, OutputFileError } from './output/file.js';
+
+/** Open (by default create) a composefs repository: images, names, layers, objects. See src/repo/. */
+export async function openRepository(...args: Parameters<typeof import('./repo/repository.js').Repository.open>) {
+  return (await import('./repo/repository.js')).Repository.open(...args);
+}
+
+/** Import one image from an ImageSource into a repository and name it. */
+export async function importImage(...args: Parameters<typeof import('./repo/pull.js').pullImage>) {
+  return (await import('./repo/pull.js')).pullImage(...args);
+}
+
+/** Pull `reference` (docker://…, oci:…, oci-archive:…, docker-archive:…) into `repo`. */
+export async function pull(
+  repo: import('./repo/repository.js').Repository,
+  reference: string,
+  options: import('./repo/pull.js').PullOptions & { source?: import('./oci/source.js').SourceOptions } = {},
+) {
+  const { openSource } = await import('./oci/transports.js');
+  const source = await openSource(reference, options.source);
+  try {
+    return await (await import('./repo/pull.js')).pullImage(repo, source, options);
+  } finally {
+    await source.close();
+  }
+}
+
+/** Remove what no name reaches (the repository lock held exclusively). */
+export async function gcRepository(...args: Parameters<typeof import('./repo/gc.js').gcRepository>) {
+  return (await import('./repo/gc.js')).gcRepository(...args);
+}
+
+/** Check every object, image, layer record and name of a repository. */
+export async function fsckRepository(...args: Parameters<typeof import('./repo/gc.js').fsckRepository>) {
+  return (await import('./repo/gc.js')).fsckRepository(...args);
+}
+
+export type { Repository, NameRecord } from './repo/repository.js';
+export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';
+export type { GcResult, RepoFsckResult } from './repo/gc.js';

@@ -19,6 +19,7 @@ import { fsckImage } from '../check/fsck.js';
 const specs: OptionSpec[] = [
   { name: 'basedir', value: true, repeat: true, arg: 'DIR', help: 'object store to check objects against (repeatable; searched in order)' },
   { name: 'json', help: 'print one JSON object instead of text' },
+  { name: 'repo', help: 'check a repository instead (the one given, else the default): every object, image, layer record and name' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
@@ -27,12 +28,13 @@ export const EXIT_PROBLEMS = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_CANNOT_CHECK = 3;
 
-export function run(args: string[], prog: string): number {
+export async function run(args: string[], prog: string): Promise<number> {
   const parsed = parseArgs(args, specs);
+  if (parsed.options.has('repo') && !parsed.options.has('help')) return fsckRepo(parsed.positional, parsed.options.has('json'));
   if (parsed.options.has('help')) {
     process.stdout.write(
       formatHelp(
-        `${prog} [--basedir=DIR]... [--json] IMAGE`,
+        `${prog} [--basedir=DIR]... [--json] IMAGE\n       ${prog} --repo [--json] [REPOSITORY]`,
         'Check a composefs image: its structure and, with --basedir, that every backing object\nexists with the size and fs-verity digest the image records.\n\nExit status: 0 all is well, 1 problems found, 2 usage error, 3 could not check.',
         specs,
       ),
@@ -75,4 +77,18 @@ export function run(args: string[], prog: string): number {
   }
   out.flush();
   return report.ok ? EXIT_OK : EXIT_PROBLEMS;
+}
+
+async function fsckRepo(positional: string[], json: boolean): Promise<number> {
+  if (positional.length > 1) throw new UserError(`unexpected argument '${positional[1]}' (one repository at a time)`, EXIT_USAGE);
+  const [{ Repository }, { fsckRepository }] = await Promise.all([import('../repo/repository.js'), import('../repo/gc.js')]);
+  const repo = Repository.open(positional[0], { create: false });
+  const r = await fsckRepository(repo);
+  if (json) process.stdout.write(`${JSON.stringify({ repository: repo.root, ...r })}\n`);
+  else {
+    for (const p of r.problems) process.stdout.write(`${p.what}: ${p.message}\n`);
+    const c = r.checked;
+    process.stdout.write(`${repo.root}: ${r.ok ? 'clean' : `${r.problems.length} problem${r.problems.length === 1 ? '' : 's'} found`}, ${c.objects} objects, ${c.images} images, ${c.layers} layers, ${c.names} names checked\n`);
+  }
+  return r.ok ? EXIT_OK : EXIT_PROBLEMS;
 }

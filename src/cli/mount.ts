@@ -4,6 +4,7 @@
  * writer, no digest code unless `digest=` is given.
  */
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { existsSync } from 'node:fs';
 import { UserError } from './errors.js';
 
 const specs: OptionSpec[] = [
@@ -19,6 +20,7 @@ const specs: OptionSpec[] = [
   { name: 'no-mtab', short: 'n', help: 'accepted for mount(8); there is no mtab to write' },
   { name: 'verbose', short: 'v', help: 'same as --explain' },
   { name: 'namespace', short: 'N', value: true, arg: 'NS', help: 'mount(8) helper protocol; not supported' },
+  { name: 'repo', value: true, arg: 'DIR', help: 'IMAGE is a name in this repository (without it, a name in the default repository when IMAGE is no file): its recorded image, objects and digest= are used' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
@@ -71,14 +73,29 @@ export async function run(args: string[], prog: string): Promise<number> {
     if (!allowed.includes(String(v))) throw new UserError(`invalid value for --${key}: '${String(v)}' (expected ${allowed.join(', ')})`, 2);
     (o as Record<string, unknown>)[key] = v;
   }
-  if (!o.basedir) throw new UserError('no basedir= given: composefs needs the object store directory (-o basedir=PATH)', 2);
+  // Each IMAGE is a file or, with --repo (or when no such file exists and no basedir= is given), a name in
+  // a repository: its recorded image, its object store, and digest= pinned to the recorded digest.
+  const pairs: Array<{ image: string; mountpoint: string; basedir: string[]; digest: string | undefined }> = [];
+  for (let i = 0; i < p.positional.length; i += 2) {
+    const pair: { image: string; mountpoint: string; basedir: string[] | undefined; digest: string | undefined } = { image: p.positional[i], mountpoint: p.positional[i + 1], basedir: o.basedir, digest: o.digest };
+    if (p.options.has('repo') || (!o.basedir && !existsSync(pair.image))) {
+      const { Repository } = await import('../repo/repository.js');
+      const repoDir = p.options.get('repo');
+      const target = Repository.open(repoDir === undefined ? undefined : String(repoDir), { create: false }).resolveMount(pair.image);
+      pair.image = target.image;
+      pair.basedir = o.basedir ?? [target.basedir];
+      pair.digest = target.digest;
+    }
+    if (!pair.basedir) throw new UserError('no basedir= given: composefs needs the object store directory (-o basedir=PATH)', 2);
+    pairs.push({ ...pair, basedir: pair.basedir });
+  }
 
   const { mountComposefs } = await import('../mount/mount.js');
   const { unmountComposefs } = await import('../mount/umount.js');
   const results: Array<Awaited<ReturnType<typeof mountComposefs>>> = [];
   try {
-    for (let i = 0; i < p.positional.length; i += 2) {
-      results.push(await mountComposefs(p.positional[i], p.positional[i + 1], { ...o, basedir: o.basedir, dryRun: p.options.has('fake') }));
+    for (const pair of pairs) {
+      results.push(await mountComposefs(pair.image, pair.mountpoint, { ...o, basedir: pair.basedir, digest: pair.digest, dryRun: p.options.has('fake') }));
     }
   } catch (err) {
     // All or nothing: undo this call's mounts, newest first (a later pair may sit inside an earlier one).
@@ -96,7 +113,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   else if (p.options.has('explain') || p.options.has('verbose')) {
     const lines: string[] = [];
     for (const [i, result] of results.entries()) {
-      const image = p.positional[2 * i];
+      const image = pairs[i].image;
       const head = result.dryRun ? `would mount ${image} on ${result.mountpoint}` : `mounted ${image} on ${result.mountpoint} (${result.readonly ? 'ro' : 'rw'}) in ${result.ms.toFixed(1)} ms`;
       lines.push(head, ...result.explain.map((l) => `  ${l}`));
       if (!result.dryRun) lines.push(`  footprint: ${footprint(result)}`);

@@ -1,0 +1,125 @@
+/**
+ * `cfs pull` against what users run today, side by side: an image of about
+ * 1 GB in three gzip layers made from this machine's /usr, served over HTTPS
+ * by a local docker-registry (the test fixture's), pulled
+ *  - by `cfs pull docker://…` into an empty repository;
+ *  - by `skopeo copy docker://… oci:DIR` alone (transfer and checks);
+ *  - by skopeo copy + `umoci raw unpack` + `mkcomposefs --digest-store`;
+ * then a second image sharing the first two layers, pulled into the same
+ * repository; and the decompressors' throughput on one layer.
+ * Needs root, docker-registry, skopeo, umoci (npm run bench installs them).
+ * The layers are built once and kept in $CFS_BENCH_PULL_DIR (default
+ * /var/tmp/cfs-bench-pull).
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { runOnce, type Row } from './measure.js';
+import { writeLayout, type LayerSpec } from '../test/helpers/oci-layout.js';
+import { makeCertificates, push, startRegistry, haveRegistry } from '../test/helpers/registry.js';
+import { decompress } from '../src/oci/layer.js';
+
+const LAYERS: [string, string[]][] = [
+  ['share', ['usr/share']],
+  ['bin', ['usr/bin', 'usr/sbin', 'usr/libexec']],
+  ['include', ['usr/include']],
+];
+const OTHER: [string, string[]] = ['perl', ['usr/lib/x86_64-linux-gnu/perl-base', 'usr/lib/x86_64-linux-gnu/gconv']];
+
+function sh(cmd: string): void {
+  const r = spawnSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
+}
+
+function layer(dir: string, name: string, paths: string[], compress: 'gz' | 'zst' = 'gz'): LayerSpec {
+  const tar = join(dir, `${name}.tar`);
+  const blob = `${tar}.${compress}`;
+  const have = paths.filter((p) => existsSync(`/${p}`));
+  if (!existsSync(blob)) {
+    sh(`tar --sort=name --xattrs -C / -cf ${tar} ${have.join(' ')} 2>/dev/null || true`);
+    sh(compress === 'gz' ? `gzip -6 -c ${tar} > ${blob}.tmp && mv ${blob}.tmp ${blob}` : `zstd -q -3 -c ${tar} > ${blob}.tmp && mv ${blob}.tmp ${blob}`);
+  }
+  const data = readFileSync(blob);
+  const t = existsSync(tar) ? readFileSync(tar) : gunzipSync(data);
+  return { tar: t, blob: data, mediaType: compress === 'gz' ? 'application/vnd.oci.image.layer.v1.tar+gzip' : 'application/vnd.oci.image.layer.v1.tar+zstd' };
+}
+
+async function throughput(blob: Buffer): Promise<number> {
+  const start = process.hrtime.bigint();
+  let n = 0;
+  async function* one() {
+    for (let i = 0; i < blob.length; i += 1 << 20) yield blob.subarray(i, i + (1 << 20));
+  }
+  for await (const c of decompress(one(), 'bench')) n += c.length;
+  return n / (Number(process.hrtime.bigint() - start) / 1e9) / 1e6;
+}
+
+export async function benchPull(ctx: { repoRoot: string }): Promise<Row[]> {
+  if (process.getuid?.() !== 0 || !haveRegistry) return [{ task: 'skipped: needs root, docker-registry, skopeo and umoci', wall: '-' }];
+  const cache = process.env.CFS_BENCH_PULL_DIR ?? '/var/tmp/cfs-bench-pull';
+  mkdirSync(cache, { recursive: true });
+  const specs = LAYERS.map(([name, paths]) => layer(cache, name, paths));
+  const other = layer(cache, OTHER[0], OTHER[1]);
+  const layout = join(cache, 'layout');
+  rmSync(layout, { recursive: true, force: true });
+  writeLayout(layout, 'usr', specs);
+  writeLayout(layout, 'usr2', [specs[0], specs[1], other]);
+  const compressed = specs.reduce((a, l) => a + l.blob.length, 0);
+  const uncompressed = specs.reduce((a, l) => a + l.tar.length, 0);
+
+  const work = mkdtempSync(join(tmpdir(), 'cfs-bench-pull-'));
+  const certs = await makeCertificates(join(work, 'certs'));
+  const registry = await startRegistry({ auth: { htpasswd: { bench: 'bench' } } }, certs);
+  const rows: Row[] = [];
+  try {
+    await push(registry, `oci:${layout}:usr`, 'bench/usr:1', 'bench:bench');
+    await push(registry, `oci:${layout}:usr2`, 'bench/usr:2', 'bench:bench');
+    const ref = `docker://${registry.host}/bench/usr:1`;
+    const cfs = join(ctx.repoRoot, 'bin', 'cfs.js');
+    const auth = ['--creds', 'bench:bench', '--cert-dir', certs.certDir];
+    const skopeoAuth = ['--src-creds', 'bench:bench', '--src-cert-dir', certs.certDir];
+    const fresh = (name: string) => {
+      const d = join(work, name);
+      rmSync(d, { recursive: true, force: true });
+      return d;
+    };
+    const mib = (k: number | null) => (k === null ? '-' : `${Math.round(k / 1024)} MiB`);
+
+    sh('sync');
+    const cold = runOnce(cfs, ['pull', '--quiet', '--repo', fresh('repo'), ...auth, ref]);
+    const second = runOnce(cfs, ['pull', '--quiet', '--repo', join(work, 'repo'), ...auth, `docker://${registry.host}/bench/usr:2`]);
+    const skopeoOnly = runOnce('skopeo', ['copy', '--quiet', ...skopeoAuth, ref, `oci:${fresh('skopeo')}:usr`]);
+    const pipeStart = process.hrtime.bigint();
+    const s1 = runOnce('skopeo', ['copy', '--quiet', ...skopeoAuth, ref, `oci:${fresh('pipe-layout')}:usr`]);
+    const u = runOnce('umoci', ['raw', 'unpack', '--image', `${join(work, 'pipe-layout')}:usr`, fresh('rootfs')]);
+    const m = runOnce(join(ctx.repoRoot, 'bin', 'mkcomposefs.js'), ['--digest-store', fresh('store'), join(work, 'rootfs'), join(work, 'rootfs.cfs')]);
+    const pipeline = Number(process.hrtime.bigint() - pipeStart) / 1e6;
+    const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+    rows.push({ task: `cfs pull, empty repository (${(compressed / 1e9).toFixed(2)} GB gzip, ${(uncompressed / 1e9).toFixed(2)} GB tar, 3 layers)`, wall: s(cold.wallMs), 'peak memory': mib(cold.peakKiB), ratio: '1' });
+    rows.push({ task: 'skopeo copy + umoci raw unpack + mkcomposefs --digest-store', wall: s(pipeline), 'peak memory': mib(Math.max(s1.peakKiB ?? 0, u.peakKiB ?? 0, m.peakKiB ?? 0)), ratio: `cfs ${(cold.wallMs / pipeline).toFixed(2)}x (goal ≤ 0.3x)` });
+    rows.push({ task: '  of which skopeo copy / umoci unpack / mkcomposefs', wall: `${s(s1.wallMs)} / ${s(u.wallMs)} / ${s(m.wallMs)}`, 'peak memory': '', ratio: '' });
+    rows.push({ task: 'skopeo copy alone (transfer + checks)', wall: s(skopeoOnly.wallMs), 'peak memory': mib(skopeoOnly.peakKiB), ratio: `cfs ${(cold.wallMs / skopeoOnly.wallMs).toFixed(2)}x` });
+    rows.push({ task: 'cfs pull of a second image sharing two layers', wall: s(second.wallMs), 'peak memory': mib(second.peakKiB), ratio: `${(second.wallMs / cold.wallMs).toFixed(2)}x a cold pull (goal ≤ 0.2x)` });
+    const gz = await throughput(specs[0].blob);
+    rows.push({ task: `gzip decompression (node:zlib), ${LAYERS[0][0]} layer`, wall: `${gz.toFixed(0)} MB/s`, 'peak memory': '', ratio: '' });
+    if (spawnSync('zstd', ['--version']).status === 0) {
+      const z = layer(cache, LAYERS[0][0], LAYERS[0][1], 'zst');
+      const zt = await throughput(z.blob);
+      rows.push({ task: `zstd decompression (fzstd), ${LAYERS[0][0]} layer`, wall: `${zt.toFixed(0)} MB/s`, 'peak memory': '', ratio: '' });
+    }
+  } finally {
+    await registry.stop();
+    rmSync(work, { recursive: true, force: true });
+  }
+  writeFileSync(join(cache, 'last.json'), JSON.stringify(rows, null, 2));
+  return rows;
+}
+
+if (process.argv[1]?.endsWith('/bench/pull.js')) {
+  const { printTable } = await import('./measure.js');
+  const { dirname, resolve } = await import('node:path');
+  const { fileURLToPath } = await import('node:url');
+  printTable('Pulling container images', await benchPull({ repoRoot: resolve(dirname(fileURLToPath(import.meta.url)), '..', '..') }));
+}

@@ -1,0 +1,138 @@
+/**
+ * `cfs pull SOURCE [NAME]`: a container image (registry, OCI layout or
+ * archive) into the repository as one composefs image under a name. Prints
+ * the image's fs-verity digest (`--json`: a record). On a terminal, unless
+ * `--quiet`, one progress line on stderr: layers done, bytes fetched of the
+ * total and the rate, then the build.
+ */
+import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { UsageError } from '../errors.js';
+import type { PullEvent } from '../repo/pull.js';
+
+const specs: OptionSpec[] = [
+  { name: 'repo', value: true, arg: 'DIR', help: 'the repository (default $CFS_REPO, /var/lib/composefs as root, else $XDG_DATA_HOME/composefs)' },
+  { name: 'platform', value: true, arg: 'OS/ARCH[/VARIANT]', help: 'the image to take from an index (default: this machine)' },
+  { name: 'creds', value: true, arg: 'USER:PASS', help: 'registry credentials' },
+  { name: 'authfile', value: true, arg: 'FILE', help: 'registry auth file (default: $REGISTRY_AUTH_FILE, containers auth.json, ~/.docker/config.json)' },
+  { name: 'cert-dir', value: true, arg: 'DIR', help: 'CA certificates (ca.crt) for the registry, as containers certs.d' },
+  { name: 'tls-verify', value: true, arg: 'BOOL', help: 'check the registry certificate (default true)' },
+  { name: 'quiet', short: 'q', help: 'no progress' },
+  { name: 'json', help: 'print a JSON record instead of the digest' },
+  { name: 'help', short: 'h', help: 'show this help' },
+];
+
+function human(bytes: number): string {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let v = bytes;
+  let u = 0;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return `${v.toFixed(v >= 100 || u === 0 ? 0 : 1)} ${units[u]}`;
+}
+
+/** The progress line of a pull, drawn ten times a second on a terminal. */
+class PullProgress {
+  private layers: { size: number; done: boolean; cached: boolean; bytes: number }[] = [];
+  private phase = 'resolving';
+  private readonly start = Date.now();
+  private timer: NodeJS.Timeout | null = null;
+  private shown = false;
+
+  constructor(private readonly out: NodeJS.WriteStream) {
+    this.timer = setInterval(() => this.draw(), 100);
+    this.timer.unref();
+  }
+
+  on(e: PullEvent): void {
+    switch (e.type) {
+      case 'resolved':
+        this.layers = e.layers.map((l) => ({ size: l.size, done: l.cached, cached: l.cached, bytes: 0 }));
+        this.phase = 'fetching';
+        break;
+      case 'waiting-for-lock':
+        this.phase = 'waiting for the repository lock (a gc is running)';
+        break;
+      case 'layer-bytes':
+        this.layers[e.index].bytes += e.bytes;
+        break;
+      case 'layer-done':
+        this.layers[e.index].done = true;
+        break;
+      case 'building':
+        this.phase = 'building the image';
+        break;
+      case 'done':
+        break;
+    }
+  }
+
+  private draw(): void {
+    let text = this.phase;
+    if (this.phase === 'fetching') {
+      const todo = this.layers.filter((l) => !l.cached);
+      const total = todo.reduce((a, l) => a + l.size, 0);
+      const got = todo.reduce((a, l) => a + l.bytes, 0);
+      const secs = (Date.now() - this.start) / 1000;
+      const done = this.layers.filter((l) => l.done).length;
+      text = `layers ${done}/${this.layers.length}, ${human(got)}/${human(total)}, ${human(secs > 0 ? got / secs : 0)}/s`;
+    }
+    const cols = this.out.columns || 80;
+    this.out.write(`\r\x1b[K${text.slice(0, cols - 1)}`);
+    this.shown = true;
+  }
+
+  end(): void {
+    if (this.timer) clearInterval(this.timer);
+    if (this.shown) this.out.write('\r\x1b[K');
+  }
+}
+
+export async function run(args: string[], prog: string): Promise<number> {
+  const p = parseArgs(args, specs);
+  const usage = `${prog} [OPTIONS] SOURCE [NAME]`;
+  if (p.options.has('help')) {
+    process.stdout.write(
+      formatHelp(
+        usage,
+        'Pull a container image into the repository as a composefs image, and name it.\nSOURCE: docker://HOST[:PORT]/REPO[:TAG|@sha256:…], oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF].\nNAME defaults to the source\'s repository and tag.',
+        specs,
+      ),
+    );
+    return 0;
+  }
+  if (p.positional.length < 1) throw new UsageError(`no source given (usage: ${usage})`);
+  if (p.positional.length > 2) throw new UsageError(`too many arguments: '${p.positional[2]}' (usage: ${usage})`);
+  const [reference, name] = p.positional;
+  const tls = p.options.get('tls-verify');
+  if (tls !== undefined && tls !== 'true' && tls !== 'false') throw new UsageError(`invalid value for --tls-verify: '${String(tls)}' (true or false)`);
+  const str = (k: string) => (p.options.get(k) === undefined ? undefined : String(p.options.get(k)));
+
+  const [{ openSource }, { Repository }, { pullImage }] = await Promise.all([import('../oci/transports.js'), import('../repo/repository.js'), import('../repo/pull.js')]);
+  const repo = Repository.open(str('repo'));
+  const source = await openSource(reference, {
+    platform: str('platform'),
+    creds: str('creds'),
+    authFile: str('authfile'),
+    certDir: str('cert-dir'),
+    tlsVerify: tls === undefined ? undefined : tls === 'true',
+  });
+  const json = p.options.has('json');
+  const progress = !p.options.has('quiet') && !json && process.stderr.isTTY ? new PullProgress(process.stderr) : null;
+  const abort = new AbortController();
+  const onSignal = () => abort.abort();
+  process.once('SIGINT', onSignal);
+  try {
+    const result = await pullImage(repo, source, { name, onEvent: (e) => progress?.on(e), signal: abort.signal });
+    progress?.end();
+    if (json) {
+      process.stdout.write(`${JSON.stringify({ ...result.record, layersImported: result.layersImported, objectsWritten: result.objectsWritten, bytesWritten: result.bytesWritten, repository: repo.root })}\n`);
+    } else process.stdout.write(`${result.record.image}\n`);
+    return 0;
+  } finally {
+    progress?.end();
+    process.removeListener('SIGINT', onSignal);
+    await source.close();
+  }
+}

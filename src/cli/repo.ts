@@ -1,0 +1,154 @@
+/**
+ * The repository commands: `cfs images`, `cfs inspect NAME`, `cfs tag NAME
+ * NEWNAME`, `cfs rm NAME...`, `cfs gc [--dry-run]`. Each takes `--repo DIR`
+ * (default $CFS_REPO, /var/lib/composefs as root, else
+ * $XDG_DATA_HOME/composefs) and `--json`.
+ */
+import { formatHelp, parseArgs, type OptionSpec, type Parsed } from './args.js';
+import { UsageError } from '../errors.js';
+import type { Repository } from '../repo/repository.js';
+
+const common: OptionSpec[] = [
+  { name: 'repo', value: true, arg: 'DIR', help: 'the repository' },
+  { name: 'json', help: 'print JSON' },
+  { name: 'help', short: 'h', help: 'show this help' },
+];
+
+async function open(p: Parsed, create = false): Promise<Repository> {
+  const { Repository } = await import('../repo/repository.js');
+  const dir = p.options.get('repo');
+  return Repository.open(dir === undefined ? undefined : String(dir), { create });
+}
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+}
+
+function human(bytes: number): string {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let v = bytes;
+  let u = 0;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return `${v.toFixed(v >= 100 || u === 0 ? 0 : 1)} ${units[u]}`;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n');
+}
+
+function helpOr(p: Parsed, usage: string, what: string, specs: OptionSpec[]): boolean {
+  if (!p.options.has('help')) return false;
+  process.stdout.write(formatHelp(usage, what, specs));
+  return true;
+}
+
+export const images = {
+  async run(args: string[], prog: string): Promise<number> {
+    const p = parseArgs(args, common);
+    if (helpOr(p, `${prog} [--repo DIR] [--json]`, 'List the named images: name, image digest, size, created, source.', common)) return 0;
+    if (p.positional.length > 0) throw new UsageError(`unexpected argument '${p.positional[0]}'`);
+    const repo = await open(p, true);
+    const list = repo.images();
+    if (p.options.has('json')) out(JSON.stringify(list));
+    else {
+      const rows = [['NAME', 'IMAGE', 'SIZE', 'CREATED', 'SOURCE']];
+      for (const r of list) rows.push([r.name, r.image.slice(0, 16), human(r.size), r.created ?? '-', r.source]);
+      out(table(rows));
+    }
+    return 0;
+  },
+};
+
+export const inspect = {
+  async run(args: string[], prog: string): Promise<number> {
+    const p = parseArgs(args, common);
+    if (helpOr(p, `${prog} [--repo DIR] [--json] NAME`, 'Show a named image: its digest and the OCI config (env, entrypoint, cmd, labels, layers).', common)) return 0;
+    if (p.positional.length !== 1) throw new UsageError(`one name expected (usage: ${prog} NAME)`);
+    const repo = await open(p);
+    const rec = repo.getName(p.positional[0]);
+    const config = JSON.parse(repo.readBlob(rec.config).toString('utf8')) as { config?: Record<string, unknown>; architecture?: string; os?: string };
+    const manifest = JSON.parse(repo.readBlob(rec.manifest).toString('utf8')) as { layers?: { digest: string; size: number; mediaType: string }[] };
+    const c = config.config ?? {};
+    const info = {
+      ...rec,
+      imagePath: repo.imagePath(rec.image),
+      architecture: config.architecture,
+      os: config.os,
+      env: c.Env ?? [],
+      entrypoint: c.Entrypoint ?? null,
+      cmd: c.Cmd ?? null,
+      workingDir: c.WorkingDir ?? null,
+      user: c.User ?? null,
+      labels: c.Labels ?? {},
+      layerBlobs: manifest.layers ?? [],
+      config,
+    };
+    if (p.options.has('json')) out(JSON.stringify(info, null, 2));
+    else {
+      const lines = [
+        `name:        ${rec.name}`,
+        `image:       ${rec.image}`,
+        `source:      ${rec.source}`,
+        `manifest:    ${rec.manifest}`,
+        `created:     ${rec.created ?? '-'}`,
+        `platform:    ${rec.platform ?? '-'}`,
+        `size:        ${human(rec.size)}`,
+        `entrypoint:  ${JSON.stringify(info.entrypoint)}`,
+        `cmd:         ${JSON.stringify(info.cmd)}`,
+        `env:         ${(info.env as string[]).join(' ')}`,
+        `labels:      ${JSON.stringify(info.labels)}`,
+        'layers:',
+        ...(manifest.layers ?? []).map((l, i) => `  ${l.digest}  ${human(l.size)}  ${l.mediaType}  (diff_id ${rec.layers[i]})`),
+      ];
+      out(lines.join('\n'));
+    }
+    return 0;
+  },
+};
+
+export const tag = {
+  async run(args: string[], prog: string): Promise<number> {
+    const p = parseArgs(args, common);
+    if (helpOr(p, `${prog} [--repo DIR] NAME NEWNAME`, 'Give a named image another name.', common)) return 0;
+    if (p.positional.length !== 2) throw new UsageError(`two names expected (usage: ${prog} NAME NEWNAME)`);
+    const repo = await open(p);
+    const rec = repo.tag(p.positional[0], p.positional[1]);
+    if (p.options.has('json')) out(JSON.stringify(rec));
+    return 0;
+  },
+};
+
+export const rm = {
+  async run(args: string[], prog: string): Promise<number> {
+    const p = parseArgs(args, common);
+    if (helpOr(p, `${prog} [--repo DIR] NAME...`, 'Remove names; what no name reaches any more goes at the next gc.', common)) return 0;
+    if (p.positional.length === 0) throw new UsageError(`no name given (usage: ${prog} NAME...)`);
+    const repo = await open(p);
+    for (const n of p.positional) repo.getName(n); // all exist, or nothing is removed
+    for (const n of p.positional) repo.remove(n);
+    return 0;
+  },
+};
+
+const gcSpecs: OptionSpec[] = [{ name: 'dry-run', short: 'n', help: 'count what would go, remove nothing' }, ...common];
+
+export const gc = {
+  async run(args: string[], prog: string): Promise<number> {
+    const p = parseArgs(args, gcSpecs);
+    if (helpOr(p, `${prog} [--repo DIR] [--dry-run] [--json]`, 'Remove images, layers, blobs and objects that no name reaches, and leftovers of killed pulls.', gcSpecs)) return 0;
+    if (p.positional.length > 0) throw new UsageError(`unexpected argument '${p.positional[0]}'`);
+    const repo = await open(p);
+    const { gcRepository } = await import('../repo/gc.js');
+    const r = await gcRepository(repo, { dryRun: p.options.has('dry-run'), onWait: () => process.stderr.isTTY && process.stderr.write('waiting for pulls in progress...\n') });
+    if (p.options.has('json')) out(JSON.stringify(r));
+    else {
+      const x = r.removed;
+      out(`${r.dryRun ? 'would remove' : 'removed'} ${x.images} images, ${x.layers} layers, ${x.blobs} blobs, ${x.objects} objects, ${x.temporary} temporary files: ${human(r.bytesFreed)} ${r.dryRun ? 'to free' : 'freed'}`);
+    }
+    return 0;
+  },
+};

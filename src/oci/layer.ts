@@ -1,0 +1,290 @@
+/**
+ * One container layer in: a blob (tar, tar+gzip or tar+zstd) streamed
+ * through its decompressor and the tar reader; every regular file's contents
+ * go straight into the object store, and what remains is the layer's list of
+ * entries in archive order (paths normalized, whiteouts recognised, file
+ * contents replaced by their fs-verity digest or, up to 64 bytes, inlined).
+ * The list is what the repository keeps so that the layer is never
+ * downloaded or decompressed again; src/repo/merge.ts replays the lists of
+ * an image's layers into one tree.
+ *
+ * Decompression: gzip through node:zlib (its work runs on libuv's thread
+ * pool, off the main thread); zstd through fzstd, pure JavaScript with a
+ * streaming interface and no dependencies (Node 20 has no zstd). The format
+ * is taken from the blob's first bytes, the media type only has to be a
+ * known layer type (Docker's "tar.gzip" layers are sometimes plain tars).
+ *
+ * Paths: `./` and `/` prefixes and `.` components dropped, `a/../b`
+ * resolved; a path whose `..` would climb above the root is refused (umoci
+ * clamps it to the root instead: we would rather say the layer is hostile).
+ * Hard link targets are normalized the same way.
+ */
+import { createHash } from 'node:crypto';
+import { createGunzip } from 'node:zlib';
+import { Readable } from 'node:stream';
+import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
+import { TarError, TarParser, show, type TarHeader, type TarSink } from './tar.js';
+import type { FileSink, ObjectWriter, StoredFile } from '../repo/object-writer.js';
+import type { Descriptor } from './source.js';
+
+export type Compression = 'none' | 'gzip' | 'zstd';
+
+/** Layer media types we accept (OCI and Docker names, distributable or not). */
+export const LAYER_MEDIA_TYPES: ReadonlySet<string> = new Set([
+  'application/vnd.oci.image.layer.v1.tar',
+  'application/vnd.oci.image.layer.v1.tar+gzip',
+  'application/vnd.oci.image.layer.v1.tar+zstd',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar+zstd',
+  'application/vnd.docker.image.rootfs.diff.tar',
+  'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  'application/vnd.docker.image.rootfs.diff.tar.zstd',
+  'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+]);
+
+export class LayerError extends ComposefsError {
+  constructor(message: string, options?: ComposefsErrorOptions) {
+    super(message, 'layer', options);
+  }
+}
+
+export type LayerEntryType = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo' | 'whiteout' | 'opaque';
+
+/**
+ * One entry of a layer, as kept in the repository. Byte strings that may not
+ * be UTF-8 (paths, link targets, xattr names) are latin1 strings: one char
+ * per byte, lossless through JSON.
+ */
+export interface LayerEntry {
+  /** Normalized path without leading slash; '' is the root. For whiteouts: the path whited out (for opaque: the directory). */
+  p: string;
+  t: LayerEntryType;
+  /** Permission bits (07777). */
+  m?: number;
+  u?: number;
+  g?: number;
+  /** mtime seconds and nanoseconds. */
+  s?: number;
+  n?: number;
+  /** Regular file: size, fs-verity digest (hex) when not empty, inline contents (base64) when 1..64 bytes. */
+  z?: number;
+  d?: string;
+  c?: string;
+  /** Symlink target (raw) or hard link target (normalized path). */
+  l?: string;
+  /** Device major and minor. */
+  ma?: number;
+  mi?: number;
+  /** xattrs: [name (latin1), value (base64)]. */
+  x?: [string, string][];
+}
+
+export interface ImportedLayer {
+  /** sha256 of the uncompressed tar (`sha256:…`): the layer's diff_id. */
+  diffId: string;
+  entries: LayerEntry[];
+  /** Uncompressed bytes. */
+  tarBytes: number;
+}
+
+export interface ImportLayerOptions {
+  /** For messages: "layer sha256:…" names it. */
+  descriptor: Descriptor;
+  objects: ObjectWriter;
+  /** The diff_id the image config promises; a mismatch fails the layer. */
+  expectedDiffId?: string;
+  /** Called with uncompressed bytes as they are read. */
+  onTarBytes?: (n: number) => void;
+}
+
+const WH_PREFIX = '.wh.';
+const WH_OPAQUE = '.wh..wh..opq';
+
+/** "a/./b//../c" → "a/c"; null when `..` climbs above the root. */
+export function normalizePath(raw: string): string | null {
+  const out: string[] = [];
+  for (const part of raw.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') {
+      if (out.length === 0) return null;
+      out.pop();
+    } else out.push(part);
+  }
+  return out.join('/');
+}
+
+function layerName(d: Descriptor): string {
+  return `layer ${d.digest}`;
+}
+
+/** Sniff the compression from the first bytes. */
+export function sniffCompression(head: Buffer): Compression {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+  return 'none';
+}
+
+/** The blob's bytes decompressed, chunk by chunk. Errors name the layer and the format. */
+export async function* decompress(blob: AsyncIterable<Buffer>, what: string): AsyncGenerator<Buffer> {
+  const it = blob[Symbol.asyncIterator]();
+  let first = await it.next();
+  while (!first.done && first.value.length < 4) {
+    const more = await it.next();
+    if (more.done) break;
+    first = { done: false, value: Buffer.concat([first.value, more.value]) };
+  }
+  if (first.done) return;
+  const head = first.value;
+  const rest: AsyncIterable<Buffer> = {
+    [Symbol.asyncIterator]: () => {
+      let sentHead = false;
+      return {
+        next: async () => {
+          if (!sentHead) {
+            sentHead = true;
+            return { done: false, value: head };
+          }
+          return it.next();
+        },
+        return: async () => {
+          await it.return?.();
+          return { done: true, value: undefined };
+        },
+      };
+    },
+  };
+  const kind = sniffCompression(head);
+  if (kind === 'none') {
+    yield* rest;
+    return;
+  }
+  if (kind === 'gzip') {
+    // 256 KiB output chunks: fewer hand-offs from the thread pool than the default 16 KiB.
+    const gunzip = createGunzip({ chunkSize: 256 * 1024 });
+    const input = Readable.from(rest);
+    input.on('error', (err) => gunzip.destroy(err));
+    input.pipe(gunzip);
+    try {
+      for await (const chunk of gunzip) yield chunk as Buffer;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code?.startsWith('Z_')) throw new LayerError(`${what}: corrupt gzip data: ${(err as Error).message}`, { cause: err });
+      throw err;
+    } finally {
+      input.destroy();
+      gunzip.destroy();
+    }
+    return;
+  }
+  const { Decompress } = await import('fzstd');
+  const out: Buffer[] = [];
+  const d = new Decompress((data: Uint8Array) => {
+    out.push(Buffer.from(data.buffer, data.byteOffset, data.length));
+  });
+  const fail = (err: unknown) => new LayerError(`${what}: corrupt zstd data: ${(err as Error).message}`, { cause: err });
+  for await (const chunk of rest) {
+    try {
+      d.push(chunk);
+    } catch (err) {
+      throw fail(err);
+    }
+    while (out.length > 0) yield out.shift()!;
+  }
+  try {
+    d.push(new Uint8Array(0), true); // throws on a truncated frame
+  } catch (err) {
+    throw fail(err);
+  }
+  while (out.length > 0) yield out.shift()!;
+}
+
+/**
+ * Read one layer blob into the object store and return its entries. The
+ * blob stream must already be checked against its descriptor (ImageSource
+ * does that); here the uncompressed bytes are checked against the diff_id.
+ */
+export async function importLayer(blob: AsyncIterable<Buffer>, opts: ImportLayerOptions): Promise<ImportedLayer> {
+  const what = layerName(opts.descriptor);
+  if (!LAYER_MEDIA_TYPES.has(opts.descriptor.mediaType)) {
+    throw new LayerError(`${what}: unsupported media type ${opts.descriptor.mediaType}`);
+  }
+  const entries: LayerEntry[] = [];
+  const diff = createHash('sha256');
+  let tarBytes = 0;
+  let current: FileSink | null = null;
+
+  const onEntry = (h: TarHeader): TarSink | null => {
+    const raw = h.path.toString('latin1');
+    const path = normalizePath(raw);
+    if (path === null) throw new LayerError(`${what}: entry ${show(h.path)}: path escapes the image root`);
+    const slash = path.lastIndexOf('/');
+    const base = path.slice(slash + 1);
+    const dir = slash < 0 ? '' : path.slice(0, slash);
+    if (base.startsWith(WH_PREFIX)) {
+      if (base === WH_OPAQUE) entries.push({ p: dir, t: 'opaque' });
+      else {
+        const target = base.slice(WH_PREFIX.length);
+        if (target === '' || target === '.' || target === '..') throw new LayerError(`${what}: entry ${show(h.path)}: invalid whiteout`);
+        entries.push({ p: dir === '' ? target : `${dir}/${target}`, t: 'whiteout' });
+      }
+      return null;
+    }
+    if (path === '' && h.type !== 'dir') throw new LayerError(`${what}: entry ${show(h.path)}: refusing to change the type of the root directory`);
+    const e: LayerEntry = { p: path, t: h.type };
+    if (h.type === 'hardlink') {
+      const target = normalizePath(h.linkname.toString('latin1'));
+      if (target === null) throw new LayerError(`${what}: entry ${show(h.path)}: hard link target ${show(h.linkname)} escapes the image root`);
+      if (target === '') throw new LayerError(`${what}: entry ${show(h.path)}: hard link to the root directory`);
+      e.l = target;
+      entries.push(e);
+      return null;
+    }
+    e.m = h.mode;
+    e.u = h.uid;
+    e.g = h.gid;
+    e.s = h.mtimeSec;
+    if (h.mtimeNsec) e.n = h.mtimeNsec;
+    if (h.xattrs.length > 0) e.x = h.xattrs.map((x) => [x.key.toString('latin1'), x.value.toString('base64')]);
+    if (h.type === 'symlink') {
+      if (h.linkname.length === 0) throw new LayerError(`${what}: entry ${show(h.path)}: symlink with an empty target`);
+      e.l = h.linkname.toString('latin1');
+    } else if (h.type === 'char' || h.type === 'block') {
+      e.ma = h.devmajor;
+      e.mi = h.devminor;
+    }
+    entries.push(e);
+    if (h.type !== 'file') return null;
+    e.z = h.size;
+    const sink = opts.objects.file(h.size, (stored: StoredFile) => {
+      current = null;
+      if (stored.size !== h.size) throw new LayerError(`${what}: entry ${show(h.path)}: ${stored.size} bytes read, ${h.size} expected`);
+      if (stored.digest) e.d = stored.digest.toString('hex');
+      if (stored.content) e.c = stored.content.toString('base64');
+    });
+    current = sink;
+    return sink;
+  };
+
+  const parser = new TarParser(onEntry);
+  try {
+    for await (const chunk of decompress(blob, what)) {
+      diff.update(chunk);
+      tarBytes += chunk.length;
+      opts.onTarBytes?.(chunk.length);
+      parser.push(chunk);
+      if (opts.objects.busy) await opts.objects.drain();
+    }
+    parser.end();
+    await opts.objects.flush();
+  } catch (err) {
+    (current as FileSink | null)?.abort();
+    await opts.objects.flush().catch(() => {}); // no write left running behind the failure
+    if (err instanceof TarError) throw new LayerError(`${what}: ${err.message}`, { cause: err });
+    throw err;
+  }
+  const diffId = `sha256:${diff.digest('hex')}`;
+  if (opts.expectedDiffId !== undefined && opts.expectedDiffId !== diffId) {
+    throw new LayerError(`${what}: uncompressed contents have digest ${diffId}, the image config says ${opts.expectedDiffId}`);
+  }
+  return { diffId, entries, tarBytes };
+}

@@ -1,0 +1,319 @@
+/**
+ * An image's layers, replayed into one tree: each layer's entries applied in
+ * archive order, base layer first, with the semantics `umoci raw unpack`
+ * gives them on disk, so that the composefs image equals the rootfs umoci
+ * would write:
+ *
+ * - an entry replaces whatever is at its path, except a directory entry
+ *   over a directory, which keeps the children and takes the new metadata
+ *   (mode, owner, xattrs, mtime);
+ * - `.wh.NAME` removes NAME and `.wh..wh..opq` the contents of its
+ *   directory, as found in the lower layers: what the same layer has put
+ *   there (before or after the whiteout) stays, as the OCI image spec says;
+ * - parent directories only implied get mode 0755, owner 0:0 and mtime 0
+ *   (umoci makes them with the time of the unpack; we keep images
+ *   reproducible), and a parent that exists but is not a directory fails the
+ *   entry (as umoci 0.4 does);
+ * - parent paths resolve symlinks inside the image root, never outside it
+ *   (absolute targets start at the image root, `..` stops there), as
+ *   umoci's securejoin does; so `lib/x` under a symlink `lib -> usr/lib`
+ *   lands in `usr/lib/x`;
+ * - a hard link names the same inode as its target (which must exist, in
+ *   this layer or a lower one, and not be a directory); replacing either
+ *   name later gives that name a new inode, as unlinking and creating does;
+ * - symlinks have mode 0777; `security.selinux` and `system.nfs4_acl` xattrs
+ *   are dropped (umoci refuses to set them: they are host-specific).
+ */
+import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, type Dirent, type Inode, type Xattr } from '../tree/model.js';
+import { makedev } from '../sys/fs.js';
+import { objectRelPath } from '../store/objects.js';
+import type { LayerEntry } from '../oci/layer.js';
+
+export class MergeError extends ComposefsError {
+  constructor(message: string, options?: ComposefsErrorOptions) {
+    super(message, 'layer', options);
+  }
+}
+
+/** A node of the tree being built; hard links are one node under several names. */
+interface Node {
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  rdev: number;
+  size: number;
+  digest: Buffer | null;
+  content: Buffer | null;
+  target: Buffer | null;
+  xattrs: Xattr[];
+  /** Directory entries by name (latin1: one char per byte). */
+  children: Map<string, Node> | null;
+}
+
+const IGNORED_XATTRS = new Set(['security.selinux', 'system.nfs4_acl']);
+const MAX_SYMLINKS = 255;
+
+function newDir(mode = 0o755): Node {
+  return { mode: S_IFDIR | mode, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, rdev: 0, size: 0, digest: null, content: null, target: null, xattrs: [], children: new Map() };
+}
+
+function isDirNode(n: Node): boolean {
+  return (n.mode & S_IFMT) === S_IFDIR;
+}
+
+export class TreeBuilder {
+  readonly root: Node = newDir();
+  private upper = new Set<string>();
+  private layer = '';
+
+  /** Apply one layer's entries; `name` labels errors ("layer sha256:…"). */
+  applyLayer(name: string, entries: Iterable<LayerEntry>): void {
+    this.layer = name;
+    this.upper = new Set();
+    for (const e of entries) this.apply(e);
+  }
+
+  private fail(e: LayerEntry, reason: string): MergeError {
+    return new MergeError(`${this.layer}: entry ${showPath(e.p)}: ${reason}`);
+  }
+
+  /**
+   * Resolve a directory path inside the root, following symlinks (securejoin):
+   * the canonical components. Components past a missing one are taken as they are.
+   */
+  private resolve(parts: string[], e: LayerEntry): string[] {
+    const out: string[] = [];
+    const stack: Node[] = [this.root];
+    const todo = parts.slice().reverse();
+    let links = 0;
+    let missing = false;
+    while (todo.length > 0) {
+      const part = todo.pop()!;
+      if (part === '' || part === '.') continue;
+      if (part === '..') {
+        if (out.length > 0) {
+          out.pop();
+          stack.pop();
+        }
+        missing = false;
+        continue;
+      }
+      const cur = stack[stack.length - 1];
+      const child = missing || !cur.children ? undefined : cur.children.get(part);
+      if (child === undefined || (child.mode & S_IFMT) !== S_IFLNK) {
+        out.push(part);
+        if (child === undefined) missing = true;
+        stack.push(child ?? newDir());
+        continue;
+      }
+      if (++links > MAX_SYMLINKS) throw this.fail(e, 'too many levels of symbolic links in its path');
+      const target = child.target!.toString('latin1');
+      const tparts = target.split('/');
+      for (let i = tparts.length - 1; i >= 0; i--) todo.push(tparts[i]);
+      if (target.startsWith('/')) {
+        out.length = 0;
+        stack.length = 1;
+        missing = false;
+      }
+    }
+    return out;
+  }
+
+  /** The directory at canonical `parts`, made (0755, 0:0, mtime 0) where missing. */
+  private mkdirAll(parts: string[], e: LayerEntry): Node {
+    let cur = this.root;
+    for (const part of parts) {
+      let child = cur.children!.get(part);
+      if (child === undefined) {
+        child = newDir();
+        cur.children!.set(part, child);
+      } else if (!isDirNode(child)) throw this.fail(e, `its parent ${showPath(part)} is not a directory`);
+      cur = child;
+    }
+    return cur;
+  }
+
+  /** The node at canonical `parts`, or undefined. */
+  private lookup(parts: string[]): Node | undefined {
+    let cur: Node | undefined = this.root;
+    for (const part of parts) {
+      if (!cur || !cur.children) return undefined;
+      cur = cur.children.get(part);
+    }
+    return cur;
+  }
+
+  private markUpper(parts: string[]): void {
+    for (let i = parts.length; i > 0; i--) {
+      const p = parts.slice(0, i).join('/');
+      if (this.upper.has(p)) break;
+      this.upper.add(p);
+    }
+  }
+
+  /** Remove `name` from `dir` (path `prefix`) unless this layer put it there; recurse into what this layer touched. */
+  private whiteout(dir: Node, name: string, path: string): void {
+    const node = dir.children!.get(name);
+    if (node === undefined) return;
+    if (!this.upper.has(path)) {
+      dir.children!.delete(name);
+      return;
+    }
+    if (node.children) for (const child of [...node.children.keys()]) this.whiteout(node, child, `${path}/${child}`);
+  }
+
+  private apply(e: LayerEntry): void {
+    const parts = e.p === '' ? [] : e.p.split('/');
+    if (e.t === 'opaque') {
+      const dirParts = this.resolve(parts, e);
+      const dir = this.lookup(dirParts);
+      if (dir && dir.children) {
+        const prefix = dirParts.join('/');
+        for (const child of [...dir.children.keys()]) this.whiteout(dir, child, prefix === '' ? child : `${prefix}/${child}`);
+      }
+      return;
+    }
+    const name = parts.pop();
+    const parentParts = this.resolve(parts, e);
+    if (e.t === 'whiteout') {
+      const dir = this.lookup(parentParts);
+      if (dir && dir.children) this.whiteout(dir, name!, [...parentParts, name!].join('/'));
+      return;
+    }
+    if (name === undefined) {
+      // The root itself: only a directory entry reaches here (src/oci/layer.ts refuses the rest).
+      this.setMetadata(this.root, e);
+      return;
+    }
+    const parent = this.mkdirAll(parentParts, e);
+    const existing = parent.children!.get(name);
+    if (existing !== undefined && !(isDirNode(existing) && e.t === 'dir')) parent.children!.delete(name);
+    let node: Node;
+    switch (e.t) {
+      case 'hardlink': {
+        const lparts = e.l!.split('/');
+        const lname = lparts.pop()!;
+        const ldir = this.lookup(this.resolve(lparts, e));
+        const target = ldir?.children?.get(lname);
+        if (target === undefined) throw this.fail(e, `hard link to ${showPath(e.l!)}, which does not exist`);
+        if (isDirNode(target)) throw this.fail(e, `hard link to ${showPath(e.l!)}, which is a directory`);
+        parent.children!.set(name, target);
+        this.markUpper([...parentParts, name]);
+        return;
+      }
+      case 'dir':
+        node = existing !== undefined && isDirNode(existing) ? existing : newDir();
+        break;
+      case 'file':
+        node = leaf(S_IFREG);
+        node.size = e.z ?? 0;
+        node.digest = e.d ? Buffer.from(e.d, 'hex') : null;
+        node.content = e.c ? Buffer.from(e.c, 'base64') : null;
+        break;
+      case 'symlink':
+        node = leaf(S_IFLNK);
+        node.target = Buffer.from(e.l!, 'latin1');
+        node.size = node.target.length;
+        break;
+      case 'char':
+      case 'block':
+        node = leaf(e.t === 'char' ? S_IFCHR : S_IFBLK);
+        node.rdev = makedev(e.ma ?? 0, e.mi ?? 0);
+        break;
+      case 'fifo':
+        node = leaf(S_IFIFO);
+        break;
+      default:
+        throw this.fail(e, `unknown entry type ${String(e.t)}`);
+    }
+    this.setMetadata(node, e);
+    parent.children!.set(name, node);
+    this.markUpper([...parentParts, name]);
+  }
+
+  private setMetadata(node: Node, e: LayerEntry): void {
+    const type = node.mode & S_IFMT;
+    node.mode = type | (type === S_IFLNK ? 0o777 : (e.m ?? 0) & 0o7777);
+    node.uid = e.u ?? 0;
+    node.gid = e.g ?? 0;
+    node.mtimeSec = e.s ?? 0;
+    node.mtimeNsec = e.n ?? 0;
+    const xattrs: Xattr[] = [];
+    for (const [k, v] of e.x ?? []) {
+      if (IGNORED_XATTRS.has(k)) continue;
+      const key = Buffer.from(k, 'latin1');
+      const i = xattrs.findIndex((x) => x.key.equals(key));
+      const value = Buffer.from(v, 'base64');
+      if (i >= 0) xattrs[i] = { key, value };
+      else xattrs.push({ key, value });
+    }
+    xattrs.sort((a, b) => Buffer.compare(a.key, b.key));
+    node.xattrs = xattrs;
+  }
+
+  /**
+   * The tree in the project's model: children sorted by name bytes; a hard
+   * link's primary name is its first in depth-first name order (the order a
+   * dump lists them), its link count the number of its names.
+   */
+  toInode(): Inode {
+    const counts = new Map<Node, number>();
+    const count = (n: Node) => {
+      for (const c of n.children!.values()) {
+        if (c.children) count(c);
+        else counts.set(c, (counts.get(c) ?? 0) + 1);
+      }
+    };
+    count(this.root);
+    const made = new Map<Node, Inode>();
+    const convert = (n: Node): Inode => {
+      const inode: Inode = {
+        mode: n.mode,
+        nlink: n.children ? 1 : counts.get(n) ?? 1,
+        uid: n.uid,
+        gid: n.gid,
+        rdev: n.rdev,
+        size: n.size,
+        mtimeSec: n.mtimeSec,
+        mtimeNsec: n.mtimeNsec,
+        payload: n.target,
+        content: n.content,
+        digest: n.digest,
+        xattrs: n.xattrs,
+        children: null,
+      };
+      if ((n.mode & S_IFMT) === S_IFREG && n.digest && n.size > 0) inode.payload = Buffer.from(objectRelPath(n.digest));
+      if (n.children) {
+        const names = [...n.children.keys()].map((k) => Buffer.from(k, 'latin1')).sort(Buffer.compare);
+        const children: Dirent[] = [];
+        for (const name of names) {
+          const c = n.children.get(name.toString('latin1'))!;
+          const seen = made.get(c);
+          if (seen) {
+            children.push({ name, inode: seen, hardlink: true });
+            continue;
+          }
+          const ci = convert(c);
+          if (!c.children && (counts.get(c) ?? 1) > 1) made.set(c, ci);
+          children.push({ name, inode: ci, hardlink: false });
+        }
+        inode.children = children;
+      }
+      return inode;
+    };
+    return convert(this.root);
+  }
+}
+
+function leaf(type: number): Node {
+  return { mode: type, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, rdev: 0, size: 0, digest: null, content: null, target: null, xattrs: [], children: null };
+}
+
+function showPath(p: string): string {
+  const s = Buffer.from(p, 'latin1').toString('utf8');
+  // eslint-disable-next-line no-control-regex
+  return p === '' ? '/' : /[\u0000-\u001f\u007f\ufffd]/.test(s) ? JSON.stringify(p) : s;
+}

@@ -1,0 +1,168 @@
+/**
+ * Pull: an image from an ImageSource into a repository, under a name.
+ *
+ * The layers not yet in the repository are fetched a few at a time; each
+ * streams blob → decompressor → tar reader → object store, its entries
+ * recorded once its objects are durable. Then the layers' entries are
+ * replayed into one tree (merge.ts), written as a composefs image, and the
+ * name is written last. Nothing is unpacked on disk.
+ */
+import { ComposefsError } from '../errors.js';
+import { writeImageWithInfo } from '../erofs/writer.js';
+import { fsverityDigest } from '../fsverity/index.js';
+import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
+import { syncStore } from '../store/objects.js';
+import { importLayer, LayerError } from '../oci/layer.js';
+import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
+import { ObjectWriter } from './object-writer.js';
+import { TreeBuilder } from './merge.js';
+import { RepoError, checkName, type NameRecord, type Repository } from './repository.js';
+
+export type PullEvent =
+  | { type: 'resolved'; reference: string; layers: { digest: string; size: number; cached: boolean }[] }
+  | { type: 'waiting-for-lock' }
+  | { type: 'layer-bytes'; index: number; bytes: number }
+  | { type: 'layer-done'; index: number; cached: boolean }
+  | { type: 'building' }
+  | { type: 'done'; record: NameRecord };
+
+export interface PullOptions {
+  /** The name to give (default: the source's default name). */
+  name?: string;
+  /** Layers fetched at once (default 3). */
+  parallel?: number;
+  onEvent?: (e: PullEvent) => void;
+  signal?: AbortSignal;
+}
+
+export interface PullResult {
+  record: NameRecord;
+  /** Layers fetched and imported now (the rest were in the repository). */
+  layersImported: number;
+  objectsWritten: number;
+  bytesWritten: number;
+}
+
+interface ImageConfig {
+  created?: string;
+  architecture?: string;
+  os?: string;
+  variant?: string;
+  rootfs?: { type?: string; diff_ids?: string[] };
+}
+
+function parseConfig(img: ResolvedImage): ImageConfig {
+  let config: ImageConfig;
+  try {
+    config = JSON.parse(img.config.toString('utf8')) as ImageConfig;
+  } catch {
+    throw new RepoError(`${img.reference}: image config ${img.configDescriptor.digest} is not valid JSON`);
+  }
+  const ids = config.rootfs?.diff_ids;
+  if (!Array.isArray(ids) || ids.length !== img.layers.length || ids.some((d) => typeof d !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(d))) {
+    throw new RepoError(`${img.reference}: image config lists ${Array.isArray(ids) ? ids.length : 'no'} diff_ids for ${img.layers.length} layers`);
+  }
+  return config;
+}
+
+/** Import one image from `source` into `repo` and name it. */
+export async function pullImage(repo: Repository, source: ImageSource, opts: PullOptions = {}): Promise<PullResult> {
+  const emit = opts.onEvent ?? (() => {});
+  if (opts.name !== undefined) checkName(opts.name);
+  const lock = await repo.lock(false, () => emit({ type: 'waiting-for-lock' }));
+  try {
+    const img = await source.resolve();
+    const name = opts.name ?? img.defaultName;
+    checkName(name);
+    const config = parseConfig(img);
+    const diffIds = config.rootfs!.diff_ids!;
+    const cached = diffIds.map((d) => repo.hasLayer(d));
+    emit({ type: 'resolved', reference: img.reference, layers: img.layers.map((l, i) => ({ digest: l.digest, size: l.size, cached: cached[i] })) });
+
+    const objects = new ObjectWriter(repo.objects);
+    // One import per distinct diff_id, however often the image lists it.
+    const todo = new Map<string, number>();
+    diffIds.forEach((d, i) => {
+      if (!cached[i] && !todo.has(d)) todo.set(d, i);
+    });
+    for (let i = 0; i < diffIds.length; i++) if (cached[i]) emit({ type: 'layer-done', index: i, cached: true });
+    const queue = [...todo.entries()];
+    const parallel = Math.max(1, opts.parallel ?? 3);
+    let failed: unknown = null;
+    const worker = async () => {
+      while (queue.length > 0 && failed === null) {
+        const [diffId, index] = queue.shift()!;
+        try {
+          await fetchLayer(repo, source, img.reference, img.layers[index], diffId, index, objects, emit, opts.signal);
+        } catch (err) {
+          failed ??= err;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
+    if (failed !== null) throw failed;
+
+    emit({ type: 'building' });
+    const builder = new TreeBuilder();
+    for (let i = 0; i < diffIds.length; i++) builder.applyLayer(`${img.reference}: layer ${img.layers[i].digest}`, repo.readLayer(diffIds[i]));
+    const tree = builder.toInode();
+    let size = 0;
+    const seen = new Set<object>();
+    walk(tree, (_p, inode) => {
+      if ((inode.mode & S_IFMT) === S_IFREG && !seen.has(inode)) {
+        seen.add(inode);
+        size += inode.size;
+      }
+    });
+    const { image } = writeImageWithInfo(tree);
+    const hex = fsverityDigest(image).toString('hex');
+    repo.writeBlob(img.manifestDigest, img.manifest);
+    repo.writeBlob(img.configDescriptor.digest, img.config);
+    repo.storeImage(hex, image);
+    const platform = config.os ? `${config.os}/${config.architecture ?? ''}${config.variant ? `/${config.variant}` : ''}` : undefined;
+    const record: NameRecord = {
+      name,
+      image: hex,
+      manifest: img.manifestDigest,
+      config: img.configDescriptor.digest,
+      layers: diffIds,
+      source: img.reference,
+      created: typeof config.created === 'string' ? config.created : null,
+      pulled: new Date().toISOString(),
+      size,
+      ...(platform ? { platform } : {}),
+    };
+    repo.writeName(record);
+    emit({ type: 'done', record });
+    return { record, layersImported: todo.size, objectsWritten: objects.stats.objectsWritten, bytesWritten: objects.stats.bytesWritten };
+  } finally {
+    lock.release();
+  }
+}
+
+async function fetchLayer(
+  repo: Repository,
+  source: ImageSource,
+  reference: string,
+  desc: Descriptor,
+  diffId: string,
+  index: number,
+  objects: ObjectWriter,
+  emit: (e: PullEvent) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  const blob = await source.openBlob(desc, { signal, onBytes: (bytes) => emit({ type: 'layer-bytes', index, bytes }) });
+  try {
+    const layer = await importLayer(blob as AsyncIterable<Buffer>, { descriptor: desc, objects, expectedDiffId: diffId });
+    syncStore(repo.objects);
+    repo.writeLayer(layer.diffId, layer.entries);
+  } catch (err) {
+    if (err instanceof LayerError) throw new LayerError(`${reference}: ${err.message}`, { cause: err });
+    if (err instanceof ComposefsError) throw err;
+    const msg = (err as Error)?.message ?? String(err);
+    throw new LayerError(`${reference}: ${msg.includes(desc.digest) ? msg : `layer ${desc.digest}: ${msg}`}`, { cause: err });
+  } finally {
+    blob.destroy();
+  }
+  emit({ type: 'layer-done', index, cached: false });
+}
