@@ -212,3 +212,34 @@ test('conformance: composefs-info dump of each vector image is the vector (cs9 i
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('missing-objects never looks outside the store: a path through .. is missing even when the file it names exists', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cfs-info-'));
+  try {
+    const store = join(dir, 'store');
+    mkdirSync(join(store, 'sub'), { recursive: true });
+    writeFileSync(join(dir, 'secret.txt'), 'outside the store');
+    writeFileSync(join(store, 'inside'), 'a file in the store');
+    const root = newInode(S_IFDIR | 0o755);
+    for (const [name, payload] of [
+      ['escape', '../secret.txt'],
+      ['deep', 'sub/../../secret.txt'],
+      ['inside', 'inside'],
+    ]) {
+      root.children!.push({ name: B(name), inode: newInode(S_IFREG | 0o644, { size: 100, payload: B(payload) }), hardlink: false });
+    }
+    normalizeTree(root);
+    const image = join(dir, 'img');
+    writeFileSync(image, writeImage(root));
+    for (const tool of ['cfs', 'composefs-info']) {
+      const pre = tool === 'cfs' ? ['info'] : [];
+      const r = run(tool, [...pre, `--basedir=${store}`, 'missing-objects', image]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stdout.toString(), '../secret.txt\nsub/../../secret.txt\n');
+      // objects only prints what the image holds; it opens nothing.
+      assert.equal(run(tool, [...pre, 'objects', image]).stdout.toString(), '../secret.txt\ninside\nsub/../../secret.txt\n');
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

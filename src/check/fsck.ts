@@ -10,7 +10,8 @@
  * objects named `ab/cdef...`). Each object is hashed once however many paths
  * refer to it; each problem is reported at every path it affects.
  */
-import { closeSync, fstatSync, openSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, unlinkSync } from 'node:fs';
+import { reasonOf } from '../errors.js';
 import { ImageFormatError, printablePath, readImage, type ImageProblem } from '../erofs/reader.js';
 import { digestToHex, fsverityDigestOfFileSync, objectPathToDigest } from '../fsverity/index.js';
 import { S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
@@ -26,23 +27,52 @@ export interface FsckReport {
   ok: boolean;
   /** The composefs format version, when the header could be read. */
   version: number | null;
-  /** Inodes the walk reached (whiteouts included). */
+  /**
+   * Inodes of the tree a mount shows: the root and every entry, hard links
+   * once. The 256 whiteouts a version-1 image hides in its root (the
+   * superblock counts them) are not counted.
+   */
   inodes: number;
   objects: { referenced: number; checked: number; missing: number; bad: number };
   problems: FsckProblem[];
+  /** With `repair`: the objects removed, as paths (base directory and object name). */
+  removed?: string[];
 }
 
 export interface FsckOptions {
   /** Object stores, searched in order. Empty: no object checks. */
   basedirs?: string[];
+  /**
+   * Remove from its base directory every object the image refers to whose
+   * content does not match its name (another fs-verity digest, unreadable,
+   * not a regular file), so that the next build into that store writes it
+   * again. Needs `basedirs`.
+   */
+  repair?: boolean;
 }
 
 interface ObjectResult {
   problems: Array<{ code: string; message: string }>;
   missing: boolean;
+  /** The object's file, when it is there but its content is not what its name spells: what repair removes. */
+  corrupt: Buffer | null;
 }
 
 const toProblem = (p: ImageProblem): FsckProblem => ({ path: p.path ? printablePath(p.path) : null, code: p.code, message: p.message });
+
+/**
+ * Where a payload that is not an object name would lead: out of the store
+ * (an absolute path, `..`), or to some other file in it. The reference
+ * writes `XX/YYYY…` (the redirect `/XX/YYYY…`) and nothing else; the kernel
+ * resolves a redirect beneath the data layer, so neither kind ever reaches a
+ * verified object.
+ */
+function notAnObject(payload: Buffer): string {
+  const text = payload.toString('latin1');
+  const parts = text.split('/');
+  if (text.startsWith('/') || parts.includes('..')) return `backing object path '${printablePath(payload)}' leads out of the object store`;
+  return `backing object path '${printablePath(payload)}' is not an object name (2 hex digits, '/', 62 hex digits: an fs-verity digest)`;
+}
 
 export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
   const problems: FsckProblem[] = [];
@@ -52,7 +82,6 @@ export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
     const res = readImage(image, { onProblem: (p) => problems.push(toProblem(p)) });
     root = res.root;
     report.version = res.version;
-    report.inodes = res.inodeCount;
   } catch (err) {
     if (!(err instanceof ImageFormatError)) throw err;
     problems.push({ path: err.path ? printablePath(err.path) : null, code: err.code, message: err.reason });
@@ -60,22 +89,33 @@ export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
     return report;
   }
   const basedirs = opts.basedirs ?? [];
+  const repair = opts.repair === true && basedirs.length > 0;
+  if (repair) report.removed = [];
   const results = new Map<string, ObjectResult>();
-  walkFiles(root, (pathOf, inode) => {
-    if (inode.payload === null) return;
-    const named = objectPathToDigest(inode.payload.toString('latin1').replace(/^\/+/, ''));
+  report.inodes = walkTree(root, (pathOf, inode) => {
+    if ((inode.mode & S_IFMT) !== S_IFREG || inode.payload === null) return;
+    const named = objectPathToDigest(inode.payload.toString('latin1'));
     if (named && inode.digest && !named.equals(inode.digest)) {
       problems.push({ path: printablePath(pathOf()), code: 'digest-name', message: `backing object '${printablePath(inode.payload)}' is named after digest ${digestToHex(named)} but the image records ${digestToHex(inode.digest)}` });
     }
     const key = inode.payload.toString('latin1') + '\0' + String(inode.size) + '\0' + (inode.digest ? digestToHex(inode.digest) : '');
     let res = results.get(key);
     if (!res) {
-      res = basedirs.length > 0 ? checkObject(basedirs, inode) : { problems: [], missing: false };
+      if (!named) res = { problems: [{ code: 'object-path', message: notAnObject(inode.payload) }], missing: false, corrupt: null };
+      else res = basedirs.length > 0 ? checkObject(basedirs, inode, named, repair) : { problems: [], missing: false, corrupt: null };
       results.set(key, res);
       if (basedirs.length > 0) {
         report.objects.checked++;
         if (res.missing) report.objects.missing++;
         else if (res.problems.length > 0) report.objects.bad++;
+      }
+      if (repair && res.corrupt) {
+        try {
+          unlinkSync(res.corrupt);
+          report.removed!.push(printablePath(res.corrupt));
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') res.problems.push({ code: 'repair', message: `cannot remove '${printablePath(res.corrupt)}': ${reasonOf(err)}` });
+        }
       }
     }
     if (res.problems.length > 0) {
@@ -89,14 +129,16 @@ export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
 }
 
 /**
- * Every regular file (primary names only), depth first in name order. Its path
- * is built only when asked for (a problem to report): building every path
- * would cost depth x entries on a deep tree.
+ * Every inode of the tree once (primary names only), depth first in name
+ * order; returns how many there are, the root included. A path is built only
+ * when asked for (a problem to report): building every path would cost
+ * depth x entries on a deep tree.
  */
-function walkFiles(root: Inode, visit: (pathOf: () => Buffer, inode: Inode) => void): void {
+function walkTree(root: Inode, visit: (pathOf: () => Buffer, inode: Inode) => void): number {
   const names: Buffer[] = [];
   const stack: Array<{ dir: Inode; i: number }> = [{ dir: root, i: 0 }];
   const slash = Buffer.from('/');
+  let count = 1;
   while (stack.length > 0) {
     const top = stack[stack.length - 1];
     const children = top.dir.children ?? [];
@@ -107,68 +149,69 @@ function walkFiles(root: Inode, visit: (pathOf: () => Buffer, inode: Inode) => v
     }
     const d = children[top.i++];
     if (d.hardlink) continue;
-    if ((d.inode.mode & S_IFMT) === S_IFREG) {
-      visit(() => Buffer.concat([...names.flatMap((n) => [slash, n]), slash, d.name]), d.inode);
-    }
+    count++;
+    visit(() => Buffer.concat([...names.flatMap((n) => [slash, n]), slash, d.name]), d.inode);
     if (d.inode.children) {
       stack.push({ dir: d.inode, i: 0 });
       names.push(d.name);
     }
   }
+  return count;
 }
 
-function checkObject(basedirs: string[], inode: Inode): ObjectResult {
+/** No symbolic link is followed (nor does the kernel follow one in a data layer), and a FIFO cannot block the open. */
+const OPEN_OBJECT = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
+/** The object `XX/YYYY…` (`named` its digest) in the first base directory that has it, checked against the image and its name. */
+function checkObject(basedirs: string[], inode: Inode, named: Buffer, repair: boolean): ObjectResult {
   const payload = inode.payload!;
-  const name = payload.toString('latin1');
   const shown = printablePath(payload);
-  let start = 0;
-  while (start < payload.length && payload[start] === 0x2f) start++;
-  const rel = payload.subarray(start);
-  const parts = rel.toString('latin1').split('/');
-  if (rel.length === 0 || parts.includes('..')) {
-    return { missing: false, problems: [{ code: 'object-path', message: `backing object path '${shown}' does not name a file inside the object store` }] };
-  }
   let fd = -1;
   let where = '';
+  let file = Buffer.alloc(0);
   for (const dir of basedirs) {
+    file = Buffer.concat([Buffer.from(dir), Buffer.from('/'), payload]);
     try {
-      fd = openSync(Buffer.concat([Buffer.from(dir), Buffer.from('/'), rel]), 'r');
+      fd = openSync(file, OPEN_OBJECT);
       where = dir;
       break;
-    } catch {
-      /* try the next store */
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') continue; // try the next store
+      where = dir;
+      if (code === 'ELOOP') return { missing: false, corrupt: file, problems: [{ code: 'object-type', message: `backing object '${shown}' in '${dir}' is a symbolic link, not a regular file` }] };
+      return { missing: false, corrupt: null, problems: [{ code: 'object-read', message: `backing object '${shown}' in '${dir}' cannot be opened: ${reasonOf(err)}` }] };
     }
   }
   if (fd < 0) {
-    return { missing: true, problems: [{ code: 'object-missing', message: `backing object '${shown}' is missing from ${basedirs.length === 1 ? `'${basedirs[0]}'` : 'every base directory'}` }] };
+    return { missing: true, corrupt: null, problems: [{ code: 'object-missing', message: `backing object '${shown}' is missing from ${basedirs.length === 1 ? `'${basedirs[0]}'` : 'every base directory'}` }] };
   }
   const problems: ObjectResult['problems'] = [];
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) {
       problems.push({ code: 'object-type', message: `backing object '${shown}' in '${where}' is not a regular file` });
-      return { missing: false, problems };
+      return { missing: false, corrupt: st.isDirectory() ? null : file, problems };
     }
-    if (st.size !== inode.size) {
-      problems.push({ code: 'object-size', message: `backing object '${shown}' has ${st.size} bytes, the image says ${inode.size}` });
-      return { missing: false, problems };
-    }
-    const named = objectPathToDigest(name.replace(/^\/+/, ''));
-    if (!inode.digest && !named) return { missing: false, problems };
+    const sizeWrong = st.size !== inode.size;
+    if (sizeWrong) problems.push({ code: 'object-size', message: `backing object '${shown}' has ${st.size} bytes, the image says ${inode.size}` });
+    // A wrong size says enough unless a repair must know whether the content matches the name.
+    if (sizeWrong && !repair) return { missing: false, corrupt: null, problems };
     let digest: Buffer;
     try {
       digest = fsverityDigestOfFileSync(fd).digest;
     } catch (err) {
-      problems.push({ code: 'object-read', message: `backing object '${shown}' cannot be read: ${(err as Error).message}` });
-      return { missing: false, problems };
+      problems.push({ code: 'object-read', message: `backing object '${shown}' cannot be read: ${reasonOf(err)}` });
+      return { missing: false, corrupt: file, problems };
     }
-    if (inode.digest && !digest.equals(inode.digest)) {
+    if (!sizeWrong && inode.digest && !digest.equals(inode.digest)) {
       problems.push({ code: 'object-digest', message: `backing object '${shown}' has fs-verity digest ${digestToHex(digest)}, the image expects ${digestToHex(inode.digest)}` });
     }
-    if (named && !digest.equals(named) && !(inode.digest && named.equals(inode.digest) && !digest.equals(inode.digest))) {
+    const misnamed = !digest.equals(named);
+    if (!sizeWrong && misnamed && !(inode.digest && named.equals(inode.digest) && !digest.equals(inode.digest))) {
       problems.push({ code: 'object-name', message: `backing object '${shown}' is named after digest ${digestToHex(named)} but its content has digest ${digestToHex(digest)}` });
     }
-    return { missing: false, problems };
+    return { missing: false, corrupt: misnamed ? file : null, problems };
   } finally {
     closeSync(fd);
   }

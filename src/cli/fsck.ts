@@ -1,10 +1,11 @@
 /**
- * `cfs fsck [--basedir=DIR]... [--json] IMAGE`: check an image's structure
- * and, with base directories, the objects it refers to.
+ * `cfs fsck [--basedir=DIR]... [--repair] [--json] IMAGE`: check an image's
+ * structure and, with base directories, the objects it refers to.
  *
  * Each problem is printed on its own line as `PATH: message` (or
- * `IMAGE: message` for the image as a whole), then a summary line. With
- * `--json`, one JSON object instead (see FsckReport).
+ * `IMAGE: message` for the image as a whole), then, with `--repair`, one
+ * line per object removed, then a summary line. With `--json`, one JSON
+ * object instead (see FsckReport).
  *
  * Exit status: 0 all is well, 1 problems were found, 2 usage error, 3 the
  * check could not run (image or base directory unreadable).
@@ -18,6 +19,7 @@ import { fsckImage } from '../check/fsck.js';
 
 const specs: OptionSpec[] = [
   { name: 'basedir', value: true, repeat: true, arg: 'DIR', help: 'object store to check objects against (repeatable; searched in order)' },
+  { name: 'repair', help: 'remove from the base directory each object whose content does not match its name, so the next build writes it again' },
   { name: 'json', help: 'print one JSON object instead of text' },
   { name: 'repo', help: 'check a repository instead (the one given, else the default): every object, image, layer record and name' },
   { name: 'help', short: 'h', help: 'show this help' },
@@ -34,8 +36,8 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (parsed.options.has('help')) {
     process.stdout.write(
       formatHelp(
-        `${prog} [--basedir=DIR]... [--json] IMAGE\n       ${prog} --repo [--json] [REPOSITORY]`,
-        'Check a composefs image: its structure and, with --basedir, that every backing object\nexists with the size and fs-verity digest the image records.\n\nExit status: 0 all is well, 1 problems found, 2 usage error, 3 could not check.',
+        `${prog} [--basedir=DIR]... [--repair] [--json] IMAGE\n       ${prog} --repo [--json] [REPOSITORY]`,
+        'Check a composefs image: its structure, that every file refers to an object name, and,\nwith --basedir, that every backing object exists with the size and fs-verity digest the\nimage records and that its name spells. With --repair, objects whose content does not\nmatch their name are removed (a later build into the store writes them again).\nWith --repo, check a repository: every object, image, layer record and name.\n\nExit status: 0 all is well, 1 problems found (repaired or not), 2 usage error, 3 could not check.',
         specs,
       ),
     );
@@ -46,6 +48,8 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (extra.length > 0) throw new UserError(`unexpected argument '${extra[0]}' (one image at a time)`, EXIT_USAGE);
   const basedirOpt = parsed.options.get('basedir');
   const basedirs = Array.isArray(basedirOpt) ? basedirOpt : [];
+  const repair = parsed.options.has('repair');
+  if (repair && basedirs.length === 0) throw new UserError('--repair needs --basedir (the object store to repair)', EXIT_USAGE);
   for (const dir of basedirs) {
     let isDir = false;
     try {
@@ -62,14 +66,16 @@ export async function run(args: string[], prog: string): Promise<number> {
     if (err instanceof IoError) throw new UserError(err.message, EXIT_CANNOT_CHECK);
     throw err;
   }
-  const report = fsckImage(image, { basedirs });
+  const report = fsckImage(image, { basedirs, repair });
   const out = new Output();
   if (parsed.options.has('json')) {
     out.bytes(Buffer.from(`${JSON.stringify({ image: imagePath, ...report })}\n`, 'utf8'));
   } else {
     const shownImage = JSON.stringify(imagePath).slice(1, -1);
     for (const p of report.problems) out.bytes(Buffer.from(`${p.path ?? shownImage}: ${p.message}\n`, 'utf8'));
-    const objects = basedirs.length > 0 ? `, ${report.objects.checked} objects checked (${report.objects.missing} missing, ${report.objects.bad} bad)` : '';
+    for (const file of report.removed ?? []) out.bytes(Buffer.from(`${file}: removed (its content does not match its name)\n`, 'utf8'));
+    const removed = report.removed ? `, ${report.removed.length} removed` : '';
+    const objects = basedirs.length > 0 ? `, ${report.objects.checked} objects checked (${report.objects.missing} missing, ${report.objects.bad} bad${removed})` : '';
     const summary = report.ok
       ? `${shownImage}: clean, ${report.inodes} inodes${objects}\n`
       : `${shownImage}: ${report.problems.length} problem${report.problems.length === 1 ? '' : 's'} found${report.version !== null ? `, ${report.inodes} inodes` : ''}${objects}\n`;

@@ -140,12 +140,18 @@ export function collectObjects(root: Inode, into: Map<string, Buffer>): void {
   }
 }
 
-/** As the reference: stat BASEDIR/OBJECT (leading slashes dropped); without a basedir nothing exists. */
+/**
+ * As the reference: stat BASEDIR/OBJECT (leading slashes dropped); without a
+ * basedir nothing exists. Unlike the reference, a path with a `..` component
+ * is never looked up: it would name a file outside the store (the kernel
+ * never resolves a redirect out of the data layer), so it is missing.
+ */
 function objectExists(basedir: string | null, object: Buffer): boolean {
   if (basedir === null) return false;
   let start = 0;
   while (start < object.length && object[start] === 0x2f) start++;
   const rel = object.subarray(start);
+  if (rel.toString('latin1').split('/').includes('..')) return false;
   const path = rel.length === 0 ? Buffer.from(basedir) : Buffer.concat([Buffer.from(basedir), Buffer.from('/'), rel]);
   try {
     statSync(path);

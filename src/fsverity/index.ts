@@ -197,11 +197,13 @@ export interface FileDigestOptions {
    * (with fstat) afterwards.
    */
   knownSize?: number;
+  /** Read from this offset (pread) instead of the fd's current position. */
+  position?: number;
 }
 
 /**
  * fs-verity digest of a file (path or open fd), streamed through one reused
- * 1 MiB buffer; reads from the fd's current position to end of file.
+ * 1 MiB buffer; reads from the fd's current position (or `position`) to end of file.
  * Synchronous and not re-entrant: meant for worker threads and tools.
  */
 export function fsverityDigestOfFileSync(file: string | Buffer | number, options: FileDigestOptions = {}): { digest: Buffer; size: number } {
@@ -209,11 +211,11 @@ export function fsverityDigestOfFileSync(file: string | Buffer | number, options
   try {
     const buf = (sharedReadBuf ??= Buffer.allocUnsafeSlow(READ_CHUNK));
     const h = (sharedHasher ??= new FsVerityHasher()).reset();
-    const { onChunk, knownSize } = options;
+    const { onChunk, knownSize, position } = options;
     for (;;) {
       const want = knownSize === undefined ? buf.length : Math.min(buf.length, knownSize - h.length);
       if (want === 0) break;
-      const n = readSync(fd, buf, 0, want, null);
+      const n = readSync(fd, buf, 0, want, position === undefined ? null : position + h.length);
       if (n === 0) break;
       const chunk = n === buf.length ? buf : buf.subarray(0, n);
       h.update(chunk);

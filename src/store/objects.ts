@@ -13,11 +13,23 @@
  *
  * Data moves by reflink (FICLONE) when the file systems allow, else
  * copy_file_range, else read/write.
+ *
+ * What a store trusts: an object that exists under a name is taken to hold
+ * the content that name spells (as the reference and git do); it is never
+ * re-read. So nothing is given a name here before its own bytes have been
+ * hashed: the copy is hashed after it is written, while it is still an
+ * unnamed file only this process holds, and linked only if that digest is
+ * the one it is to be named after. A source rewritten while it was copied
+ * thus never leaves an object whose content is not its name, whichever way
+ * the data moved (a reflink or copy_file_range copies whatever the source
+ * holds at that moment, not what was hashed). `cfs fsck --basedir --repair`
+ * finds and removes objects that got wrong some other way.
  */
-import { closeSync, constants, fchmodSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
-import { copyFileRange, enableVerity, ficlone, linkFd, openTmpfile, syncfs, SysError } from '../sys/fs.js';
-import { digestToHex } from '../fsverity/index.js';
+import { closeSync, constants, fchmodSync, linkSync, lstatSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { ComposefsError, reasonOf, type ComposefsErrorOptions } from '../errors.js';
+import { copyFileRange, enableVerity, ficlone, linkFd, openTmpfile, syncfs } from '../sys/fs.js';
+import { digestToHex, fsverityDigestOfFileSync } from '../fsverity/index.js';
 
 const ENOENT = 'ENOENT';
 
@@ -25,29 +37,27 @@ const ENOENT = 'ENOENT';
 const support = { reflink: true, copyRange: true, tmpfile: true, verity: true };
 
 let copyBuf: Buffer | null = null;
+
+/** An object being written: unnamed (O_TMPFILE) or, where unsupported, under a dot name (`path`). */
+interface TempFile {
+  fd: number;
+  path: string | null;
+}
 let tmpCounter = 0;
 
-export class StoreError extends Error {
-  constructor(message: string, readonly code?: string) {
-    super(message);
-    this.name = 'StoreError';
+/** The store itself failed (cannot create, write, sync): `errno` the symbolic code when a system call failed. */
+export class StoreError extends ComposefsError {
+  readonly errno: string | undefined;
+  constructor(message: string, errno?: string, options?: ComposefsErrorOptions) {
+    super(message, 'store', options);
+    this.errno = errno;
   }
 }
 
-function reason(err: unknown): string {
-  const e = err as NodeJS.ErrnoException;
-  if (e instanceof SysError) return e.message.replace(/^[^:]*: /, '');
-  const map: Record<string, string> = {
-    ENOSPC: 'No space left on device',
-    EROFS: 'Read-only file system',
-    EACCES: 'Permission denied',
-    EPERM: 'Operation not permitted',
-    EDQUOT: 'Disk quota exceeded',
-    EIO: 'Input/output error',
-    ENOENT: 'No such file or directory',
-    ENOTDIR: 'Not a directory',
-  };
-  return (e?.code && map[e.code]) || e?.message || String(err);
+/** "what: reason" as a StoreError, the system error kept as the cause. */
+function storeError(err: unknown, what: string): StoreError {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return new StoreError(`${what}: ${reasonOf(err)}`, typeof code === 'string' ? code : undefined, { cause: err });
 }
 
 /** Object path relative to the store: `ab/cdef…`. */
@@ -69,86 +79,141 @@ export class ObjectStore {
     try {
       mkdirSync(this.root, { recursive: true, mode: 0o755 });
     } catch (err) {
-      throw new StoreError(`cannot create object store ${this.root}: ${reason(err)}`, (err as NodeJS.ErrnoException).code);
+      throw storeError(err, `cannot create object store ${this.root}`);
     }
     try {
       const fd = this.openTemp(this.root);
       closeSync(fd.fd);
       if (fd.path) unlinkSync(fd.path);
     } catch (err) {
-      throw new StoreError(`cannot write to object store ${this.root}: ${reason(err)}`, (err as NodeJS.ErrnoException).code);
+      throw storeError(err, `cannot write to object store ${this.root}`);
     }
   }
 
   /**
    * Make sure the object for `digest` exists, copying it from `srcFd`
    * (`size` bytes) if not. Returns the bytes written (0 when the object was
-   * already there, or another writer linked it first).
+   * already there, or another writer linked it first), or null when the
+   * copy's own digest is not `digest`: the source changed since it was
+   * hashed, and nothing was linked.
    */
-  ensure(digest: Uint8Array, srcFd: number, size: number): number {
+  ensure(digest: Uint8Array, srcFd: number, size: number): number | null {
     const rel = objectRelPath(digest);
-    const dir = join(this.root, rel.slice(0, 2));
     const dest = join(this.root, rel);
-    let replace = false;
+    const replace = this.needs(dest, size);
+    if (replace === null) return 0;
+    this.ensureDir(join(this.root, rel.slice(0, 2)));
+    const tmp = this.tempFor(dest);
+    try {
+      copyData(srcFd, tmp.fd, size);
+      // The bytes about to be named, hashed from the copy itself.
+      const copied = fsverityDigestOfFileSync(tmp.fd, { position: 0 });
+      if (copied.size !== size || !copied.digest.equals(digest)) return null;
+      return this.install(tmp, dest, replace) ? size : 0;
+    } catch (err) {
+      throw storeError(err, `cannot write object ${dest}`);
+    } finally {
+      this.discard(tmp);
+    }
+  }
+
+  /**
+   * Copy `srcFd` (`size` bytes) into the store first and name the copy after
+   * its own digest: one digest, of the copy, instead of one of the source and
+   * one of the copy. Wasted work when the object was there already (the copy
+   * is dropped), so the worker takes this path only while objects keep
+   * turning out new. Returns the digest and the bytes written (0 when the
+   * object was there), or null when the copy is not `size` bytes (the source
+   * changed). `source` names the file in messages; `onChunk` sees the bytes
+   * hashed.
+   */
+  addCopy(srcFd: number, size: number, source: string, onChunk?: (chunk: Buffer) => void): { digest: Buffer; written: number } | null {
+    const tmp = this.tempFor(null, source);
+    let dest: string | null = null;
+    try {
+      copyData(srcFd, tmp.fd, size);
+      const copied = fsverityDigestOfFileSync(tmp.fd, { position: 0, onChunk });
+      if (copied.size !== size) return null;
+      const rel = objectRelPath(copied.digest);
+      dest = join(this.root, rel);
+      const replace = this.needs(dest, size);
+      if (replace === null) return { digest: copied.digest, written: 0 };
+      this.ensureDir(join(this.root, rel.slice(0, 2)));
+      return { digest: copied.digest, written: this.install(tmp, dest, replace) ? size : 0 };
+    } catch (err) {
+      if (err instanceof StoreError) throw err;
+      throw storeError(err, dest ? `cannot write object ${dest}` : `cannot copy ${source} into object store ${this.root}`);
+    } finally {
+      this.discard(tmp);
+    }
+  }
+
+  /** Null when `dest` holds an object of `size` bytes already, else whether one is there to replace. */
+  private needs(dest: string, size: number): boolean | null {
     try {
       const st = lstatSync(dest);
-      if (st.isFile() && st.size === size) return 0;
+      if (st.isFile() && st.size === size) return null;
       // Wrong size: the debris of a crash before the store was synced. Replace it.
-      replace = true;
+      return true;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== ENOENT) throw new StoreError(`cannot access object ${dest}: ${reason(err)}`, (err as NodeJS.ErrnoException).code);
+      if ((err as NodeJS.ErrnoException).code !== ENOENT) throw storeError(err, `cannot access object ${dest}`);
+      return false;
     }
-    this.ensureDir(dir);
-    let tmp: { fd: number; path: string | null };
+  }
+
+  /** A temporary file for `dest` (in its directory), or, before the name is known, in the store's root. */
+  private tempFor(dest: string | null, source?: string): TempFile {
     try {
-      tmp = this.openTemp(dir);
+      return this.openTemp(dest ? dirname(dest) : this.root);
     } catch (err) {
-      throw new StoreError(`cannot write object ${dest}: ${reason(err)}`, (err as NodeJS.ErrnoException).code);
+      throw storeError(err, dest ? `cannot write object ${dest}` : `cannot copy ${source} into object store ${this.root}`);
     }
-    let fd = tmp.fd;
-    let linked = false;
+  }
+
+  /**
+   * Give the full, checked temporary file its name `dest`: readable by all,
+   * fs-verity enabled where the file system can, then linked (never
+   * replacing: false if another builder linked the same object first) or,
+   * over crash debris, renamed.
+   */
+  private install(tmp: TempFile, dest: string, replace: boolean): boolean {
+    fchmodSync(tmp.fd, 0o644);
+    if (support.verity) {
+      // fs-verity needs the file closed for writing: reopen read-only, then enable.
+      const ro = openSync(tmp.path ?? `/proc/self/fd/${tmp.fd}`, constants.O_RDONLY);
+      closeSync(tmp.fd);
+      tmp.fd = ro;
+      const e = enableVerity(tmp.fd);
+      if (e === 95 /* EOPNOTSUPP */ || e === 25 /* ENOTTY */ || e === 22 /* EINVAL */ || e === 1 /* EPERM */) support.verity = false;
+    }
     try {
-      copyData(srcFd, fd, size, dest);
-      fchmodSync(fd, 0o644);
-      if (support.verity) {
-        // fs-verity needs the file closed for writing: reopen read-only, then enable.
-        const ro = openSync(tmp.path ?? `/proc/self/fd/${fd}`, constants.O_RDONLY);
-        closeSync(fd);
-        fd = ro;
-        const e = enableVerity(fd);
-        if (e === 95 /* EOPNOTSUPP */ || e === 25 /* ENOTTY */ || e === 22 /* EINVAL */ || e === 1 /* EPERM */) support.verity = false;
-      }
       if (tmp.path) {
-        if (replace) renameSync(tmp.path, dest);
-        else {
-          try {
-            linkSync(tmp.path, dest); // never replaces: EEXIST if another builder won
-          } finally {
-            unlinkSync(tmp.path);
-          }
-        }
+        if (replace) {
+          renameSync(tmp.path, dest);
+          tmp.path = null;
+        } else linkSync(tmp.path, dest);
       } else if (replace) {
         const side = `${dest}.tmp.${process.pid}.${tmpCounter++}`;
-        linkFd(fd, side);
+        linkFd(tmp.fd, side);
         renameSync(side, dest);
       } else {
-        linkFd(fd, dest);
+        linkFd(tmp.fd, dest);
       }
-      linked = true;
-      return size;
+      return true;
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EEXIST') return 0; // another builder linked the same object first
-      if (err instanceof StoreError) throw err;
-      throw new StoreError(`cannot write object ${dest}: ${reason(err)}`, code);
-    } finally {
-      closeSync(fd);
-      if (!linked && tmp.path) {
-        try {
-          unlinkSync(tmp.path);
-        } catch {
-          /* already gone */
-        }
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw err;
+    }
+  }
+
+  /** Close the temporary file and remove its name, if it has one: what was linked lives on under its object name. */
+  private discard(tmp: TempFile): void {
+    closeSync(tmp.fd);
+    if (tmp.path) {
+      try {
+        unlinkSync(tmp.path);
+      } catch {
+        /* already gone */
       }
     }
   }
@@ -158,13 +223,13 @@ export class ObjectStore {
     try {
       mkdirSync(dir, { mode: 0o755 });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new StoreError(`cannot create ${dir}: ${reason(err)}`, (err as NodeJS.ErrnoException).code);
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw storeError(err, `cannot create ${dir}`);
     }
     this.dirs.add(dir);
   }
 
   /** An unnamed file in `dir`, or a dot-named one when O_TMPFILE is unsupported. */
-  private openTemp(dir: string): { fd: number; path: string | null } {
+  private openTemp(dir: string): TempFile {
     if (support.tmpfile) {
       try {
         return { fd: openTmpfile(dir, 0o644), path: null };
@@ -179,17 +244,19 @@ export class ObjectStore {
   }
 }
 
-/** Copy `size` bytes of `src` into the empty file `dst`: reflink, copy_file_range, or read/write. */
-function copyData(src: number, dst: number, size: number, dest: string): void {
+/**
+ * Copy `size` bytes of `src` into the empty file `dst`: reflink, copy_file_range,
+ * or read/write. A source that changed size meanwhile gives a copy of
+ * another size, which the caller's digest of the copy catches.
+ */
+function copyData(src: number, dst: number, size: number): void {
   if (size === 0) return;
   if (support.reflink) {
     try {
       ficlone(dst, src);
-      checkCopied(dst, size, dest);
       return;
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (err instanceof StoreError) throw err;
       if (code === 'EOPNOTSUPP' || code === 'EXDEV' || code === 'EINVAL' || code === 'ENOTTY' || code === 'ENOSYS') support.reflink = false;
       else if (code !== 'EPERM' && code !== 'ETXTBSY') throw err;
     }
@@ -218,12 +285,6 @@ function copyData(src: number, dst: number, size: number, dest: string): void {
       off += n;
     }
   }
-  if (off !== size) throw new StoreError(`cannot write object ${dest}: source is ${off} bytes, expected ${size} (file changed during the build)`);
-}
-
-function checkCopied(dst: number, size: number, dest: string): void {
-  const got = fstatSync(dst).size;
-  if (got !== size) throw new StoreError(`cannot write object ${dest}: source is ${got} bytes, expected ${size} (file changed during the build)`);
 }
 
 /** Make every object written so far durable: one syncfs on the store's file system. */
@@ -233,7 +294,7 @@ export function syncStore(root: string): void {
     fd = openSync(root, constants.O_RDONLY | constants.O_DIRECTORY);
     syncfs(fd, root);
   } catch (err) {
-    throw new StoreError(`cannot sync object store ${root}: ${reason(err)}`, (err as NodeJS.ErrnoException).code);
+    throw storeError(err, `cannot sync object store ${root}`);
   } finally {
     if (fd >= 0) closeSync(fd);
   }

@@ -7,25 +7,35 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { closeSync, constants, openSync } from 'node:fs';
 import { fsverityDigestOfFileSync } from '../fsverity/index.js';
 import { fstatx } from '../sys/fs.js';
+import { errnoText, reasonOf } from '../errors.js';
 import { ObjectStore, StoreError } from './objects.js';
 import type { BatchRequest, BatchResult, JobResult } from './pool.js';
 
 const storeRoot = (workerData as { store: string | null }).store;
 const store = storeRoot ? new ObjectStore(storeRoot) : null;
 
-const reasons: Record<string, string> = {
-  ENOENT: 'No such file or directory (it vanished during the scan)',
-  EACCES: 'Permission denied',
-  EPERM: 'Operation not permitted',
-  ELOOP: 'not a regular file any more (replaced during the scan)',
-  EISDIR: 'not a regular file any more (replaced during the scan)',
-  ENXIO: 'not a regular file any more (replaced during the scan)',
-  EIO: 'Input/output error',
-};
+/**
+ * Whether to copy a file into the store before hashing it (hashing the copy
+ * only) rather than hash the source, look the object up and, when it is new,
+ * copy and hash the copy again. Nothing is named before its own bytes are
+ * hashed either way (see ObjectStore); the guess only saves work: copy first
+ * while the objects met are new (a first build), hash first while they are
+ * there already (a rebuild), judged by the last object stored.
+ * /usr (5.3 GB) into an empty store, interleaved runs on a busy 2-core
+ * machine: before this check 14.3-15.9 s; hashing the source and then the
+ * copy 20.0 s (+30 %); copy first, as here, 16.7 s against 16.7 s for the
+ * old code in the same minute. (A ctime check of the source before linking
+ * cost nothing measurable but cannot see a write through a mapping or within
+ * one timestamp tick, so it only decides whether the build fails.)
+ */
+let copyFirst = true;
 
+/** The reason a source file could not be read, saying when it is the scan's race with a changing tree. */
 function describe(err: unknown): string {
-  const e = err as NodeJS.ErrnoException;
-  return (e?.code && reasons[e.code]) || e?.message || String(err);
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (code === 'ELOOP' || code === 'EISDIR' || code === 'ENXIO') return 'not a regular file any more (replaced during the scan)';
+  if (code === 'ENOENT') return `${errnoText(code)} (it vanished during the scan)`;
+  return reasonOf(err);
 }
 
 // O_NONBLOCK: should the file have become a fifo since it was listed, open must not hang.
@@ -62,22 +72,41 @@ function processJob(msg: BatchRequest, i: number, digests: Buffer): JobResult {
   try {
     content = null;
     let r: { digest: Buffer; size: number };
-    try {
-      r = fsverityDigestOfFileSync(fd, { knownSize: size, onChunk: inline ? keepContent : size >= PROGRESS_STEP ? countBytes : undefined });
-    } catch (err) {
-      return { error: `cannot read ${path.toString()}: ${describe(err)}` };
-    }
-    if (r.size !== size) return { error: `${path.toString()}: file changed during the scan (${size} bytes when listed, ${r.size} when read)` };
-    r.digest.copy(digests, i * 32);
     let written = 0;
-    if (store && !inline) {
+    if (store && !inline && copyFirst) {
+      let added: { digest: Buffer; written: number } | null;
       try {
-        written = store.ensure(r.digest, fd, size);
+        added = store.addCopy(fd, size, path.toString(), size >= PROGRESS_STEP ? countBytes : undefined);
       } catch (err) {
         if (err instanceof StoreError) return { error: err.message, fatal: true };
         return { error: `cannot copy ${path.toString()}: ${describe(err)}` };
       }
+      if (added === null) return { error: `${path.toString()}: file changed during the scan` };
+      r = { digest: added.digest, size };
+      written = added.written;
+      copyFirst = written > 0;
+    } else {
+      try {
+        r = fsverityDigestOfFileSync(fd, { knownSize: size, onChunk: inline ? keepContent : size >= PROGRESS_STEP ? countBytes : undefined });
+      } catch (err) {
+        return { error: `cannot read ${path.toString()}: ${describe(err)}` };
+      }
+      if (r.size !== size) return { error: `${path.toString()}: file changed during the scan (${size} bytes when listed, ${r.size} when read)` };
+      if (store && !inline) {
+        let ensured: number | null;
+        try {
+          ensured = store.ensure(r.digest, fd, size);
+        } catch (err) {
+          if (err instanceof StoreError) return { error: err.message, fatal: true };
+          return { error: `cannot copy ${path.toString()}: ${describe(err)}` };
+        }
+        // The copy is not what was hashed: the source changed in between, and nothing was linked.
+        if (ensured === null) return { error: `${path.toString()}: file changed during the scan` };
+        written = ensured;
+        copyFirst = written > 0;
+      }
     }
+    r.digest.copy(digests, i * 32);
     // Any write since the scan's lstat moved ctime (or the size): what we read may be torn.
     const st = fstatx(fd);
     if ((st.mode & S_IFMT) !== S_IFREG) return { error: `cannot read ${path.toString()}: not a regular file any more (replaced during the scan)` };
