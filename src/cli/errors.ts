@@ -1,8 +1,9 @@
-import { ComposefsError, UsageError } from '../errors.js';
+import { ComposefsError, UsageError, reasonOf } from '../errors.js';
 
 /**
- * A failure the user caused or can fix: printed as one line, never with a stack.
- * `exitCode` follows the reference tools (1 for most errors, 2 for usage).
+ * The commands' own failure with a chosen exit code (fsck's 3, say): printed
+ * as one line, never with a stack. The library throws ComposefsError instead
+ * (src/errors.ts); both end in reportError below.
  */
 export class UserError extends Error {
   constructor(message: string, readonly exitCode = 1) {
@@ -13,25 +14,7 @@ export class UserError extends Error {
 
 /** Describe a Node.js system error without its stack: "open /x: No such file or directory". */
 export function describeSystemError(err: unknown, what: string): string {
-  const e = err as NodeJS.ErrnoException;
-  const reasons: Record<string, string> = {
-    ENOENT: 'No such file or directory',
-    EACCES: 'Permission denied',
-    EPERM: 'Operation not permitted',
-    EISDIR: 'Is a directory',
-    ENOTDIR: 'Not a directory',
-    EEXIST: 'File exists',
-    ENOSPC: 'No space left on device',
-    EROFS: 'Read-only file system',
-    EXDEV: 'Invalid cross-device link',
-    EINVAL: 'Invalid argument',
-    EBUSY: 'Device or resource busy',
-    ENOTEMPTY: 'Directory not empty',
-    ENAMETOOLONG: 'File name too long',
-    EMFILE: 'Too many open files',
-  };
-  const reason = (e && e.code && reasons[e.code]) || (e && e.message) || String(err);
-  return `${what}: ${reason}`;
+  return `${what}: ${reasonOf(err)}`;
 }
 
 /**

@@ -4,8 +4,8 @@
  * carrying errno, so callers can report "what: reason" like Node's own errors.
  */
 import type { LibraryHandle } from 'koffi';
-import { constants } from 'node:os';
 import { getKoffi } from './koffi.js';
+import { errnoName, errnoText } from '../errors.js';
 
 const koffi = getKoffi();
 
@@ -18,22 +18,19 @@ export function libc(): LibraryHandle {
 
 export { koffi };
 
-const errnoNames = new Map<number, string>(Object.entries(constants.errno).map(([k, v]) => [v as number, k]));
-
 export class SysError extends Error {
   readonly code: string;
   constructor(readonly syscall: string, readonly errno: number, readonly path?: string) {
-    const code = errnoNames.get(errno) ?? `E${errno}`;
+    const code = errnoName(errno);
     super(`${syscall}${path ? ` ${path}` : ''}: ${strerror(errno)}`);
     this.code = code;
     this.name = 'SysError';
   }
 }
 
-let strerrorFn: ((n: number) => string) | null = null;
+/** The text of an errno number: the project's one errno-to-text function (src/errors.ts). */
 export function strerror(errno: number): string {
-  if (!strerrorFn) strerrorFn = libc().func('const char *strerror(int errnum)') as (n: number) => string;
-  return strerrorFn(errno);
+  return errnoText(errno);
 }
 
 export function lastErrno(): number {
