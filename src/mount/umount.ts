@@ -5,6 +5,7 @@ import { UserError, describeSystemError } from '../cli/errors.js';
 import { SysError } from '../sys/libc.js';
 import * as sys from '../sys/mount.js';
 import { mountAt, readMountinfo, type MountInfo } from './mountinfo.js';
+import { FUSE_FSTYPE, unmountFuse } from '../fuse/unmount.js';
 
 export interface UnmountOptions {
   /** MNT_DETACH: detach now, finish when the last user lets go. */
@@ -27,6 +28,7 @@ export function unmountComposefs(mountpoint: string, opts: UnmountOptions = {}):
   }
   const m = mountAt(path);
   if (!m) throw new UserError(`${mountpoint}: not a mount point`);
+  if (m.fstype === FUSE_FSTYPE) return unmountFuse(path, opts.lazy);
   if (!opts.any && !isComposefsMount(m)) {
     throw new UserError(`${mountpoint}: not a composefs mount (${m.fstype} from ${m.source}); --any unmounts it anyway`);
   }
