@@ -128,6 +128,14 @@ function prepare(image: string, mountpoint: string, o: FuseMountOptions): { imag
   return { image: imagePath, mountpoint: mp, view, explain };
 }
 
+function inUserNamespace(): boolean {
+  try {
+    return readFileSync('/proc/self/uid_map', 'utf8').trim().split(/\s+/).join(' ') !== '0 0 4294967295';
+  } catch {
+    return false;
+  }
+}
+
 /** Open /dev/fuse and mount it, directly or through fusermount3. */
 function mountDevice(mountpoint: string, o: FuseMountOptions, explain: string[]): { fd: number; via: FuseVia } {
   const via = o.via ?? 'auto';
@@ -141,7 +149,7 @@ function mountDevice(mountpoint: string, o: FuseMountOptions, explain: string[])
       fd = openSync('/dev/fuse', 'r+');
       const data = `fd=${fd},rootmode=40000,user_id=${uid},group_id=${gid},default_permissions${allowOther ? ',allow_other' : ''}`;
       sys.mount('composefs', mountpoint, FUSE_FSTYPE, sys.MS_RDONLY | sys.MS_NOSUID | sys.MS_NODEV, data);
-      explain.push(`mounted with mount(2) on an open /dev/fuse (fd=${fd})${uid === 0 ? '' : ' in a user namespace that owns this mount namespace'}`);
+      explain.push(`mounted with mount(2) on an open /dev/fuse (fd=${fd})${inUserNamespace() ? ', in a user namespace that owns this mount namespace' : ''}`);
       return { fd, via: 'direct' };
     } catch (err) {
       sys.closeQuiet(fd);
@@ -154,7 +162,8 @@ function mountDevice(mountpoint: string, o: FuseMountOptions, explain: string[])
   }
   const helper = fusermountPath();
   if (!helper) throw new FuseMountError(`mounting on ${mountpoint}: ${directWhy ? `${directWhy}, and ` : ''}fusermount3 is not installed (Debian: fuse3)`);
-  const [ours, theirs] = socketPair(true);
+  const [ours, helperEnd] = socketPair(true);
+  let theirs = helperEnd;
   try {
     const opts = ['ro', 'nosuid', 'nodev', 'default_permissions', 'fsname=composefs', 'subtype=composefs'];
     if (allowOther) opts.push('allow_other');
@@ -164,6 +173,7 @@ function mountDevice(mountpoint: string, o: FuseMountOptions, explain: string[])
       encoding: 'utf8',
     });
     sys.closeQuiet(theirs);
+    theirs = -1;
     if (r.status !== 0) {
       const msg = (r.stderr || '').trim().split('\n').pop()?.replace(/^fusermount3: /, '') || `exit ${r.status ?? r.signal}`;
       throw new FuseMountError(`mounting on ${mountpoint} with fusermount3: ${msg}`);

@@ -255,7 +255,7 @@ export class FuseServer {
         case P.Op.GETXATTR:
           return this.getxattr(unique, nodeid, buf.readUInt32LE(body), cString(buf, body + 8, end));
         case P.Op.LISTXATTR:
-          return this.listxattr(unique, nodeid, buf.readUInt32LE(body));
+          return this.listxattr(unique, nodeid, buf.readUInt32LE(body), buf.readUInt32LE(P.IH.uid));
         case P.Op.STATFS:
           return this.statfs(unique);
         case P.Op.ACCESS:
@@ -390,10 +390,19 @@ export class FuseServer {
     return this.sized(unique, size, x.value);
   }
 
-  private listxattr(unique: number, nodeid: number, size: number): void {
+  /**
+   * The kernel mount lists trusted.* names only to callers with
+   * CAP_SYS_ADMIN. A request carries the caller's uid, not its capabilities:
+   * uid 0 stands for privilege here (the kernel still refuses reading a
+   * trusted.* value to a caller without it).
+   */
+  private listxattr(unique: number, nodeid: number, size: number, uid: number): void {
     const ino = this.image.inode(this.nidOf(nodeid));
     const parts: Buffer[] = [];
-    for (const x of this.image.xattrs(ino)) parts.push(x.name, Buffer.from([0]));
+    for (const x of this.image.xattrs(ino)) {
+      if (uid !== 0 && x.name.length >= 8 && x.name.toString('latin1', 0, 8) === 'trusted.') continue;
+      parts.push(x.name, Buffer.from([0]));
+    }
     return this.sized(unique, size, Buffer.concat(parts));
   }
 

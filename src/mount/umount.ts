@@ -24,7 +24,9 @@ export function unmountComposefs(mountpoint: string, opts: UnmountOptions = {}):
   try {
     path = realpathSync(resolve(mountpoint));
   } catch (err) {
-    throw new UserError(describeSystemError(err, mountpoint));
+    // A FUSE mount whose server died cannot be resolved (ENOTCONN), but can be unmounted by its path.
+    if ((err as NodeJS.ErrnoException).code !== 'ENOTCONN') throw new UserError(describeSystemError(err, mountpoint));
+    path = resolve(mountpoint);
   }
   const m = mountAt(path);
   if (!m) throw new UserError(`${mountpoint}: not a mount point`);
