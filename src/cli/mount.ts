@@ -21,6 +21,8 @@ const specs: OptionSpec[] = [
   { name: 'verbose', short: 'v', help: 'same as --explain' },
   { name: 'namespace', short: 'N', value: true, arg: 'NS', help: 'mount(8) helper protocol; not supported' },
   { name: 'repo', value: true, arg: 'DIR', help: 'IMAGE is a name in this repository (without it, a name in the default repository when IMAGE is no file): its recorded image, objects and digest= are used' },
+  { name: 'fuse', help: 'serve the image with the FUSE server (no root needed); --fuse=auto (the default) only when the kernel path lacks privilege, --fuse=no never' },
+  { name: 'foreground', help: 'with FUSE: keep the server in this process until unmounted (default: it detaches)' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
@@ -38,11 +40,34 @@ const optionHelp = `Mount options (-o), as the reference mount.composefs:
   idmap=PATH              idmap the image with this user namespace (/proc/PID/ns/user)
   private                 copy the image into an anonymous O_TMPFILE file, verify
                           digest= on the copy and mount that: nobody can change it
+  fuse                    the same as --fuse; fuse=auto|no as --fuse=auto|no
+  passthrough=auto|off    FUSE: object reads straight from the kernel when it grants it
+  allow_other             FUSE: let other users in (the default as root)
+  fuse_readers=N          FUSE: outstanding reads of /dev/fuse (default 2)
+  log=PATH                FUSE: where the server reports verity failures and missing objects
+  foreground              the same as --foreground
+  With FUSE, verity checks every object's digest in the server and every block read.
   nosuid, nodev, noexec, noatime, relatime, strictatime, nodiratime
   backing=, layers=, api= the same as the long options`;
 
-export async function run(args: string[], prog: string): Promise<number> {
+export async function run(argv: string[], prog: string): Promise<number> {
+  // `--fuse=MODE` besides the bare flag (the shared parser has no optional values).
+  let fuseMode: 'yes' | 'auto' | 'no' = 'auto';
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') {
+      args.push(...argv.slice(i));
+      break;
+    }
+    if (a.startsWith('--fuse=')) {
+      const v = a.slice('--fuse='.length);
+      if (v !== 'yes' && v !== 'auto' && v !== 'no') throw new UserError(`invalid value for --fuse: '${v}' (expected yes, auto, no)`, 2);
+      fuseMode = v;
+    } else args.push(a);
+  }
   const p = parseArgs(args, specs);
+  if (p.options.has('fuse')) fuseMode = 'yes';
   // mount(8) hands its helper exactly one pair; `cfs mount` takes several, to pay Node's start-up once.
   const several = prog !== 'mount.composefs';
   const usage = `${prog} [-o OPTIONS] [--explain] IMAGE MOUNTPOINT${several ? ' [IMAGE MOUNTPOINT]...' : ''}`;
@@ -62,9 +87,31 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (p.positional.length > 2 && !several) throw new UserError(`too many arguments: '${p.positional[2]}' (usage: ${usage})`, 2);
   if (p.positional.length % 2 === 1) throw new UserError(`no mount point given${p.positional.length > 1 ? ` for ${p.positional.at(-1)}` : ''} (usage: ${usage})`, 2);
 
-  const { parseOptionString } = await import('../mount/options.js');
+  const { parseOptionString, splitOptions, unescape } = await import('../mount/options.js');
   const raw = (p.options.get('options') as string[] | undefined) ?? [];
-  const parsed = parseOptionString(raw.join(','), p.options.has('sloppy'));
+  // The FUSE server's own options are taken out before the kernel path's parser sees them.
+  const fuseOpts: { passthrough?: 'auto' | 'off'; allowOther?: boolean; readers?: number; log?: string; foreground?: boolean } = {};
+  const kept: string[] = [];
+  for (const { key, rawValue } of splitOptions(raw.join(','))) {
+    const v = rawValue === null ? null : unescape(rawValue);
+    if (key === 'fuse') {
+      if (v !== null && v !== 'yes' && v !== 'auto' && v !== 'no') throw new UserError(`invalid value for option fuse: '${v}' (expected yes, auto, no)`, 2);
+      fuseMode = (v ?? 'yes') as typeof fuseMode;
+    } else if (key === 'passthrough') {
+      if (v !== 'auto' && v !== 'off') throw new UserError(`invalid value for option passthrough: '${v ?? ''}' (expected auto, off)`, 2);
+      fuseOpts.passthrough = v;
+    } else if (key === 'allow_other') fuseOpts.allowOther = true;
+    else if (key === 'fuse_readers') {
+      if (!v || !/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > 64) throw new UserError(`invalid value for option fuse_readers: '${v ?? ''}' (expected 1..64)`, 2);
+      fuseOpts.readers = Number(v);
+    } else if (key === 'log') {
+      if (!v) throw new UserError('no value given for option log', 2);
+      fuseOpts.log = v;
+    } else if (key === 'foreground') fuseOpts.foreground = true;
+    else kept.push(rawValue === null ? key : `${key}=${rawValue}`);
+  }
+  if (p.options.has('foreground')) fuseOpts.foreground = true;
+  const parsed = parseOptionString(kept.join(','), p.options.has('sloppy'));
   const o = parsed.options;
   for (const key of ['backing', 'layers', 'api'] as const) {
     const v = p.options.get(key);
@@ -90,37 +137,72 @@ export async function run(args: string[], prog: string): Promise<number> {
     pairs.push({ ...pair, basedir: pair.basedir });
   }
 
-  const { mountComposefs } = await import('../mount/mount.js');
-  const { unmountComposefs } = await import('../mount/umount.js');
-  const results: Array<Awaited<ReturnType<typeof mountComposefs>>> = [];
-  try {
-    for (const pair of pairs) {
-      results.push(await mountComposefs(pair.image, pair.mountpoint, { ...o, basedir: pair.basedir, digest: pair.digest, dryRun: p.options.has('fake') }));
-    }
-  } catch (err) {
-    // All or nothing: undo this call's mounts, newest first (a later pair may sit inside an earlier one).
-    for (const r of results.reverse()) {
-      if (r.dryRun) continue;
-      try {
-        unmountComposefs(r.mountpoint, { lazy: true });
-      } catch {
-        /* already gone */
+  const explainFlag = p.options.has('explain') || p.options.has('verbose');
+  let fallbackWhy: string | null = null;
+  if (fuseMode !== 'yes') {
+    const { mountComposefs } = await import('../mount/mount.js');
+    const { unmountComposefs } = await import('../mount/umount.js');
+    const results: Array<Awaited<ReturnType<typeof mountComposefs>>> = [];
+    try {
+      for (const pair of pairs) {
+        results.push(await mountComposefs(pair.image, pair.mountpoint, { ...o, basedir: pair.basedir, digest: pair.digest, dryRun: p.options.has('fake') }));
       }
+    } catch (err) {
+      // All or nothing: undo this call's mounts, newest first (a later pair may sit inside an earlier one).
+      for (const r of results.reverse()) {
+        if (r.dryRun) continue;
+        try {
+          unmountComposefs(r.mountpoint, { lazy: true });
+        } catch {
+          /* already gone */
+        }
+      }
+      // Lack of privilege (no CAP_SYS_ADMIN, or a user namespace EROFS refuses): FUSE needs none.
+      const msg = err instanceof Error ? err.message : String(err);
+      const privilege = (err as { privilege?: boolean }).privilege === true || /Operation not permitted|needs root/.test(msg);
+      if (fuseMode === 'no' || !privilege || pairs.length > 1) throw err;
+      fallbackWhy = msg;
     }
-    throw err;
+    if (fallbackWhy === null) {
+      if (p.options.has('json')) process.stdout.write(`${JSON.stringify(several && results.length > 1 ? results : results[0], null, 2)}\n`);
+      else if (explainFlag) {
+        const lines: string[] = [];
+        for (const [i, result] of results.entries()) {
+          const image = pairs[i].image;
+          const head = result.dryRun ? `would mount ${image} on ${result.mountpoint}` : `mounted ${image} on ${result.mountpoint} (${result.readonly ? 'ro' : 'rw'}) in ${result.ms.toFixed(1)} ms`;
+          lines.push(head, ...result.explain.map((l) => `  ${l}`));
+          if (!result.dryRun) lines.push(`  footprint: ${footprint(result)}`);
+        }
+        if (parsed.ignored.length) lines.push(`  ignored options: ${parsed.ignored.join(', ')}`);
+        process.stdout.write(`${lines.join('\n')}\n`);
+      }
+      return 0;
+    }
   }
-  if (p.options.has('json')) process.stdout.write(`${JSON.stringify(several && results.length > 1 ? results : results[0], null, 2)}\n`);
-  else if (p.options.has('explain') || p.options.has('verbose')) {
-    const lines: string[] = [];
-    for (const [i, result] of results.entries()) {
-      const image = pairs[i].image;
-      const head = result.dryRun ? `would mount ${image} on ${result.mountpoint}` : `mounted ${image} on ${result.mountpoint} (${result.readonly ? 'ro' : 'rw'}) in ${result.ms.toFixed(1)} ms`;
-      lines.push(head, ...result.explain.map((l) => `  ${l}`));
-      if (!result.dryRun) lines.push(`  footprint: ${footprint(result)}`);
-    }
+  if (pairs.length > 1) throw new UserError('the FUSE mount takes one IMAGE MOUNTPOINT pair at a time', 2);
+  const { image, mountpoint, basedir, digest } = pairs[0];
+  if (o.upperdir || o.workdir) throw new UserError('upperdir=/workdir= are not supported with FUSE (the FUSE mount is read-only)', 2);
+  if (o.idmap !== undefined) throw new UserError('idmap= is not supported with FUSE', 2);
+  const { mountFuse, serveFuse } = await import('../fuse/mount.js');
+  const fuseOptions = { basedir, digest, verity: o.verity === 'require', ...fuseOpts, dryRun: p.options.has('fake') };
+  let closed: Promise<void> | null = null;
+  let fuseResult;
+  if (fuseOpts.foreground) {
+    const served = await serveFuse(image, mountpoint, fuseOptions, (line) => process.stderr.write(`${prog}: ${line}\n`));
+    fuseResult = served.result;
+    closed = served.closed;
+  } else fuseResult = await mountFuse(image, mountpoint, fuseOptions);
+  if (p.options.has('json')) process.stdout.write(`${JSON.stringify(fuseResult, null, 2)}\n`);
+  else if (explainFlag) {
+    const head = fuseResult.dryRun ? `would mount ${image} on ${fuseResult.mountpoint} through FUSE` : `mounted ${image} on ${fuseResult.mountpoint} (ro) through FUSE in ${fuseResult.ms.toFixed(1)} ms`;
+    const lines = [head];
+    if (fallbackWhy) lines.push(`  fuse: the kernel path lacks privilege (${fallbackWhy}); FUSE needs none`);
+    else lines.push('  fuse: asked for (--fuse)');
+    lines.push(...fuseResult.explain.map((l) => `  ${l}`));
     if (parsed.ignored.length) lines.push(`  ignored options: ${parsed.ignored.join(', ')}`);
     process.stdout.write(`${lines.join('\n')}\n`);
   }
+  if (closed) await closed;
   return 0;
 }
 

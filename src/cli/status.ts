@@ -15,7 +15,8 @@ export async function run(args: string[], prog: string): Promise<number> {
   }
   const { systemStatus, cleanLeftovers } = await import('../mount/status.js');
   const { probeKernel } = await import('../mount/kernel.js');
-  const cleaned = p.options.has('clean') ? cleanLeftovers() : [];
+  const { cleanDisconnectedFuseMounts } = await import('../fuse/status.js');
+  const cleaned = p.options.has('clean') ? [...cleanLeftovers(), ...cleanDisconnectedFuseMounts()] : [];
   const s = systemStatus();
   const kernel = probeKernel();
   if (p.options.has('json')) {
@@ -49,6 +50,8 @@ export async function run(args: string[], prog: string): Promise<number> {
   const left = s.leftovers;
   out.push(`temporary directories: ${left.length === 0 ? 'none' : ''}`);
   for (const l of left) out.push(`  ${l.path} (pid ${l.pid} ${l.alive ? 'running: mount in progress' : 'gone: leftover, `cfs status --clean` removes it'}${l.mounted ? ', mounted' : ''})`);
+  out.push(`FUSE mounts: ${s.fuse.length === 0 ? 'none' : ''}`);
+  for (const f of s.fuse) out.push(`  ${f.mountpoint} (${f.state}: ${f.why})`);
   for (const c of cleaned) out.push(`cleaned: ${c}`);
   process.stdout.write(`${out.join('\n')}\n`);
   return 0;

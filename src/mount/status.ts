@@ -12,6 +12,7 @@ import * as sys from '../sys/mount.js';
 import { readMountinfo, splitSuperOptions, type MountInfo } from './mountinfo.js';
 import { TEMP_PREFIX, temporaryBase } from './temp.js';
 import { isComposefsMount } from './umount.js';
+import { fuseMounts, type FuseMountStatus } from '../fuse/status.js';
 
 export interface ComposefsMountStatus {
   mountpoint: string;
@@ -47,6 +48,8 @@ export interface SystemStatus {
   /** EROFS mounts attached on one of our temporary directories. */
   temporaryMounts: Array<{ mountpoint: string; source: string }>;
   leftovers: LeftoverDir[];
+  /** Mounts served by our FUSE server (fuse.composefs), and whether the server still answers. */
+  fuse: FuseMountStatus[];
 }
 
 function parseLowerdir(v: string): { lower: string[]; data: string[] } {
@@ -166,7 +169,7 @@ export function systemStatus(): SystemStatus {
   const temporaryMounts = all
     .filter((m) => m.fstype === 'erofs' && m.mountPoint.split('/').pop()!.startsWith(TEMP_PREFIX))
     .map((m) => ({ mountpoint: m.mountPoint, source: m.source }));
-  return { mounts, erofs, loops, temporaryMounts, leftovers: findLeftovers(all) };
+  return { mounts, erofs, loops, temporaryMounts, leftovers: findLeftovers(all), fuse: fuseMounts(all) };
 }
 
 /** Remove what dead processes left: detach their temporary mounts and remove the directories (only those of `pids`, if given). */

@@ -1,0 +1,300 @@
+/**
+ * Mounting a composefs image through the FUSE server: no EROFS, no
+ * overlayfs, no root.
+ *
+ * How /dev/fuse gets mounted, in order (`via: 'auto'`):
+ *  - directly: open /dev/fuse and mount(2) "fuse.composefs" with `fd=N`:
+ *    root, or a user namespace that owns its mount namespace (`unshare -Urm`);
+ *  - fusermount3 (setuid root, Debian's fuse3): it opens /dev/fuse, mounts,
+ *    and passes the descriptor back over a unix socket (SCM_RIGHTS, the
+ *    `_FUSE_COMMFD` protocol libfuse uses).
+ *
+ * The server detaches by default: a child process (daemon.ts, in its own
+ * session, cwd /) does the mounting and serving and reports back over a pipe
+ * once the kernel's INIT is answered; the caller returns then. With
+ * `foreground` this process serves until the mount goes away.
+ */
+import { appendFileSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { ComposefsError, ioError, reasonOf, UsageError } from '../errors.js';
+import * as sys from '../sys/mount.js';
+import { receiveFd, socketPair } from '../sys/socket.js';
+import { fsverityDigest } from '../fsverity/index.js';
+import { ImageView } from './image.js';
+import { FuseServer, type ServerState } from './server.js';
+import { FUSE_FSTYPE, fusermountPath, unmountFuse } from './unmount.js';
+
+export { FUSE_FSTYPE, unmountFuse };
+
+
+export class FuseMountError extends ComposefsError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, 'fuse-mount', options);
+  }
+}
+
+export type FuseVia = 'direct' | 'fusermount';
+
+export interface FuseMountOptions {
+  /** Object store directories, searched in order. */
+  basedir: string[];
+  /** Expected fs-verity digest of the image (64 hex digits), checked on the bytes the server serves from. */
+  digest?: string;
+  /** Check every object's digest before serving it and every block read against its Merkle tree. */
+  verity?: boolean;
+  /** FUSE passthrough for object data when the kernel grants it ('auto', default) or never. */
+  passthrough?: 'auto' | 'off';
+  /** Serve in this process until unmounted (default: a detached server process). */
+  foreground?: boolean;
+  /** How to mount /dev/fuse (default 'auto': directly when allowed, else fusermount3). */
+  via?: FuseVia | 'auto';
+  /** Let other users see the files (default: when root; fusermount3 allows it to others only with user_allow_other in /etc/fuse.conf). */
+  allowOther?: boolean;
+  /** Outstanding reads of /dev/fuse (default 2). */
+  readers?: number;
+  /** Where the server writes what it has to say (verity failures, missing objects); default a file under $XDG_RUNTIME_DIR or the temp dir. */
+  log?: string;
+  /** Check everything, mount nothing. */
+  dryRun?: boolean;
+}
+
+export interface FuseMountResult {
+  image: string;
+  mountpoint: string;
+  via: FuseVia;
+  /** The serving process. */
+  pid: number;
+  passthrough: boolean | null;
+  verity: boolean;
+  log: string;
+  explain: string[];
+  ms: number;
+  dryRun: boolean;
+}
+
+/** What daemon.ts is given (JSON on its command line). */
+export interface DaemonConfig {
+  image: string;
+  mountpoint: string;
+  options: FuseMountOptions;
+}
+
+function defaultLog(mountpoint: string): string {
+  const dir = process.env.XDG_RUNTIME_DIR && existsSync(process.env.XDG_RUNTIME_DIR) ? join(process.env.XDG_RUNTIME_DIR, 'composefs') : join(tmpdir(), `composefs-${process.getuid?.() ?? 0}`);
+  return join(dir, `fuse${mountpoint.replace(/[^A-Za-z0-9._-]/g, '_')}.log`);
+}
+
+/** Everything checked before any mount: paths, the image, its digest. */
+function prepare(image: string, mountpoint: string, o: FuseMountOptions): { image: string; mountpoint: string; view: ImageView; explain: string[] } {
+  if (!o.basedir || o.basedir.length === 0) throw new UsageError('no basedir= given: composefs needs the object store directory (-o basedir=PATH)');
+  const explain: string[] = [];
+  let mp: string;
+  try {
+    mp = realpathSync(resolve(mountpoint));
+    if (!statSync(mp).isDirectory()) throw new FuseMountError(`${mountpoint}: not a directory`);
+  } catch (err) {
+    if (err instanceof ComposefsError) throw err;
+    throw ioError(err, mountpoint);
+  }
+  const imagePath = resolve(image);
+  let buf: Buffer;
+  try {
+    buf = readFileSync(imagePath);
+  } catch (err) {
+    throw ioError(err, image);
+  }
+  for (const dir of o.basedir) {
+    try {
+      if (!statSync(dir).isDirectory()) throw new FuseMountError(`basedir ${dir}: not a directory`);
+    } catch (err) {
+      if (err instanceof ComposefsError) throw err;
+      throw ioError(err, `basedir ${dir}`);
+    }
+  }
+  let view: ImageView;
+  try {
+    view = new ImageView(buf);
+  } catch (err) {
+    throw new FuseMountError(`${image}: ${reasonOf(err)}`, { cause: err });
+  }
+  if (o.digest !== undefined) {
+    if (!/^[0-9a-fA-F]{64}$/.test(o.digest)) throw new UsageError(`invalid digest '${o.digest}': expected 64 hex digits`);
+    const got = fsverityDigest(buf).toString('hex');
+    if (got !== o.digest.toLowerCase()) throw new FuseMountError(`${image}: fs-verity digest ${got} is not the expected ${o.digest.toLowerCase()}`);
+    explain.push('digest: the image was read into memory and its fs-verity digest checked there: the server serves exactly those bytes');
+  }
+  return { image: imagePath, mountpoint: mp, view, explain };
+}
+
+function inUserNamespace(): boolean {
+  try {
+    return readFileSync('/proc/self/uid_map', 'utf8').trim().split(/\s+/).join(' ') !== '0 0 4294967295';
+  } catch {
+    return false;
+  }
+}
+
+/** Open /dev/fuse and mount it, directly or through fusermount3. */
+function mountDevice(mountpoint: string, o: FuseMountOptions, explain: string[]): { fd: number; via: FuseVia } {
+  const via = o.via ?? 'auto';
+  const uid = process.getuid?.() ?? 0;
+  const gid = process.getgid?.() ?? 0;
+  const allowOther = o.allowOther ?? uid === 0;
+  let directWhy = '';
+  if (via !== 'fusermount') {
+    let fd = -1;
+    try {
+      fd = openSync('/dev/fuse', 'r+');
+      const data = `fd=${fd},rootmode=40000,user_id=${uid},group_id=${gid},default_permissions${allowOther ? ',allow_other' : ''}`;
+      sys.mount('composefs', mountpoint, FUSE_FSTYPE, sys.MS_RDONLY | sys.MS_NOSUID | sys.MS_NODEV, data);
+      explain.push(`mounted with mount(2) on an open /dev/fuse (fd=${fd})${inUserNamespace() ? ', in a user namespace that owns this mount namespace' : ''}`);
+      return { fd, via: 'direct' };
+    } catch (err) {
+      sys.closeQuiet(fd);
+      const code = (err as NodeJS.ErrnoException).code;
+      directWhy = `mount(2) of /dev/fuse: ${reasonOf(err)}`;
+      if (via === 'direct' || !(code === 'EPERM' || code === 'EACCES' || code === 'ENOENT' || code === 'ENODEV')) {
+        throw new FuseMountError(`mounting on ${mountpoint}: ${directWhy}`, { cause: err });
+      }
+    }
+  }
+  const helper = fusermountPath();
+  if (!helper) throw new FuseMountError(`mounting on ${mountpoint}: ${directWhy ? `${directWhy}, and ` : ''}fusermount3 is not installed (Debian: fuse3)`);
+  const [ours, helperEnd] = socketPair(true);
+  let theirs = helperEnd;
+  try {
+    const opts = ['ro', 'nosuid', 'nodev', 'default_permissions', 'fsname=composefs', 'subtype=composefs'];
+    if (allowOther) opts.push('allow_other');
+    const r = spawnSync(helper, ['-o', opts.join(','), '--', mountpoint], {
+      stdio: ['ignore', 'ignore', 'pipe', theirs],
+      env: { ...process.env, _FUSE_COMMFD: '3' },
+      encoding: 'utf8',
+    });
+    sys.closeQuiet(theirs);
+    theirs = -1;
+    if (r.status !== 0) {
+      const msg = (r.stderr || '').trim().split('\n').pop()?.replace(/^fusermount3: /, '') || `exit ${r.status ?? r.signal}`;
+      throw new FuseMountError(`mounting on ${mountpoint} with fusermount3: ${msg}`);
+    }
+    const fd = receiveFd(ours);
+    if (fd === null) throw new FuseMountError(`mounting on ${mountpoint}: fusermount3 passed back no /dev/fuse descriptor`);
+    explain.push(`mounted by fusermount3 (setuid helper), which passed /dev/fuse back over a unix socket${directWhy ? ` (${directWhy})` : ''}`);
+    return { fd, via: 'fusermount' };
+  } finally {
+    sys.closeQuiet(ours);
+    sys.closeQuiet(theirs);
+  }
+}
+
+function passthroughLine(s: ServerState): string {
+  return `passthrough: ${s.passthroughWhy}`;
+}
+
+/**
+ * Mount and serve in this process. Resolves with the result once the kernel
+ * is served (INIT answered); `closed` resolves when the mount is gone.
+ */
+export async function serveFuse(
+  image: string,
+  mountpoint: string,
+  o: FuseMountOptions,
+  onLog?: (line: string) => void,
+): Promise<{ result: FuseMountResult; closed: Promise<void>; server: FuseServer | null }> {
+  const t0 = performance.now();
+  const p = prepare(image, mountpoint, o);
+  const logPath = o.log ?? defaultLog(p.mountpoint);
+  const explain = [...p.explain];
+  explain.push(o.verity ? 'verity: every object is checked against the digest the image records before it is served, and every block read against its Merkle tree' : 'verity: off');
+  if (o.dryRun) {
+    return {
+      result: { image: p.image, mountpoint: p.mountpoint, via: o.via === 'fusermount' ? 'fusermount' : 'direct', pid: process.pid, passthrough: null, verity: !!o.verity, log: logPath, explain, ms: performance.now() - t0, dryRun: true },
+      closed: Promise.resolve(),
+      server: null,
+    };
+  }
+  const log = (line: string) => {
+    onLog?.(line);
+    try {
+      mkdirSync(join(logPath, '..'), { recursive: true });
+      appendFileSync(logPath, `${new Date().toISOString()} ${p.mountpoint}: ${line}\n`);
+    } catch {
+      /* nowhere to log */
+    }
+  };
+  const { fd, via } = mountDevice(p.mountpoint, o, explain);
+  const server = new FuseServer(fd, p.view, { basedirs: o.basedir.map((d) => resolve(d)), verity: o.verity, passthrough: o.passthrough, readers: o.readers, log });
+  const unmount = () => {
+    try {
+      unmountFuse(p.mountpoint, true);
+    } catch {
+      /* gone already */
+    }
+  };
+  const onSignal = () => unmount();
+  for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, onSignal);
+  const closed = server.serve().finally(() => {
+    for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.off(s, onSignal);
+    sys.closeQuiet(fd);
+  });
+  closed.catch(() => {});
+  // The kernel sends INIT as soon as the mount exists; the first access waits for our answer.
+  await Promise.race([server.initialised(), closed]);
+  explain.push(`server: process ${process.pid}, ${o.readers ?? 2} outstanding reads of /dev/fuse, kernel protocol 7.${server.state.kernelMinor}`);
+  explain.push(passthroughLine(server.state));
+  explain.push(`log: ${logPath} (written only when there is something to report)`);
+  return {
+    result: { image: p.image, mountpoint: p.mountpoint, via, pid: process.pid, passthrough: server.state.passthrough, verity: !!o.verity, log: logPath, explain, ms: performance.now() - t0, dryRun: false },
+    closed,
+    server,
+  };
+}
+
+/**
+ * Mount an image through FUSE. By default the server runs detached and this
+ * returns once it serves; with `foreground` it serves here (the promise
+ * resolves once serving; await `closed` of serveFuse for the end).
+ */
+export async function mountFuse(image: string, mountpoint: string, o: FuseMountOptions): Promise<FuseMountResult> {
+  if (o.foreground || o.dryRun) return (await serveFuse(image, mountpoint, o)).result;
+  const t0 = performance.now();
+  const config: DaemonConfig = {
+    image: resolve(image),
+    mountpoint: resolve(mountpoint),
+    options: { ...o, basedir: o.basedir.map((d) => resolve(d)), log: o.log ? resolve(o.log) : undefined, foreground: true },
+  };
+  const entry = new URL('../fuse/daemon.js', import.meta.url);
+  const readers = o.readers ?? 2;
+  const child = spawn(process.execPath, [entry.pathname, JSON.stringify(config)], {
+    detached: true,
+    cwd: '/',
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(readers + 6) },
+  });
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  const message = await new Promise<string>((resolveMsg) => {
+    let text = '';
+    pipe.setEncoding('utf8');
+    pipe.on('data', (d: string) => {
+      text += d;
+      if (text.includes('\n')) resolveMsg(text.slice(0, text.indexOf('\n')));
+    });
+    pipe.on('end', () => resolveMsg(text));
+    child.on('exit', () => resolveMsg(text));
+  });
+  (pipe as unknown as { destroy(): void }).destroy();
+  child.unref();
+  let parsed: { ok: boolean; result?: FuseMountResult; error?: { message: string; code: string } };
+  try {
+    parsed = JSON.parse(message);
+  } catch {
+    throw new FuseMountError(`mounting ${image} on ${mountpoint}: the FUSE server exited before serving`);
+  }
+  if (!parsed.ok) {
+    const e = parsed.error!;
+    if (e.code === 'usage') throw new UsageError(e.message);
+    throw new FuseMountError(e.message);
+  }
+  return { ...parsed.result!, ms: performance.now() - t0 };
+}
