@@ -8,6 +8,7 @@
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UsageError } from '../errors.js';
 import type { PullEvent } from '../repo/pull.js';
+import { humanBytes } from '../units.js';
 
 const specs: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository (default $CFS_REPO, /var/lib/composefs as root, else $XDG_DATA_HOME/composefs)' },
@@ -21,16 +22,6 @@ const specs: OptionSpec[] = [
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
-function human(bytes: number): string {
-  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
-  let v = bytes;
-  let u = 0;
-  while (v >= 1000 && u < units.length - 1) {
-    v /= 1000;
-    u++;
-  }
-  return `${v.toFixed(v >= 100 || u === 0 ? 0 : 1)} ${units[u]}`;
-}
 
 /** The progress line of a pull, drawn ten times a second on a terminal. */
 class PullProgress {
@@ -76,7 +67,7 @@ class PullProgress {
       const got = todo.reduce((a, l) => a + l.bytes, 0);
       const secs = (Date.now() - this.start) / 1000;
       const done = this.layers.filter((l) => l.done).length;
-      text = `layers ${done}/${this.layers.length}, ${human(got)}/${human(total)}, ${human(secs > 0 ? got / secs : 0)}/s`;
+      text = `layers ${done}/${this.layers.length}, ${humanBytes(got)}/${humanBytes(total)}, ${humanBytes(secs > 0 ? got / secs : 0)}/s`;
     }
     const cols = this.out.columns || 80;
     this.out.write(`\r\x1b[K${text.slice(0, cols - 1)}`);

@@ -7,6 +7,7 @@
 import { formatHelp, parseArgs, type OptionSpec, type Parsed } from './args.js';
 import { UsageError } from '../errors.js';
 import type { Repository } from '../repo/repository.js';
+import { humanBytes } from '../units.js';
 
 const common: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository' },
@@ -24,16 +25,6 @@ function out(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
 }
 
-function human(bytes: number): string {
-  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
-  let v = bytes;
-  let u = 0;
-  while (v >= 1000 && u < units.length - 1) {
-    v /= 1000;
-    u++;
-  }
-  return `${v.toFixed(v >= 100 || u === 0 ? 0 : 1)} ${units[u]}`;
-}
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
@@ -56,7 +47,7 @@ export const images = {
     if (p.options.has('json')) out(JSON.stringify(list));
     else {
       const rows = [['NAME', 'IMAGE', 'SIZE', 'CREATED', 'SOURCE']];
-      for (const r of list) rows.push([r.name, r.image.slice(0, 16), human(r.size), r.created ?? '-', r.source]);
+      for (const r of list) rows.push([r.name, r.image.slice(0, 16), humanBytes(r.size), r.created ?? '-', r.source]);
       out(table(rows));
     }
     return 0;
@@ -96,13 +87,13 @@ export const inspect = {
         `manifest:    ${rec.manifest}`,
         `created:     ${rec.created ?? '-'}`,
         `platform:    ${rec.platform ?? '-'}`,
-        `size:        ${human(rec.size)}`,
+        `size:        ${humanBytes(rec.size)}`,
         `entrypoint:  ${JSON.stringify(info.entrypoint)}`,
         `cmd:         ${JSON.stringify(info.cmd)}`,
         `env:         ${(info.env as string[]).join(' ')}`,
         `labels:      ${JSON.stringify(info.labels)}`,
         'layers:',
-        ...(manifest.layers ?? []).map((l, i) => `  ${l.digest}  ${human(l.size)}  ${l.mediaType}  (diff_id ${rec.layers[i]})`),
+        ...(manifest.layers ?? []).map((l, i) => `  ${l.digest}  ${humanBytes(l.size)}  ${l.mediaType}  (diff_id ${rec.layers[i]})`),
       ];
       out(lines.join('\n'));
     }
@@ -147,7 +138,7 @@ export const gc = {
     if (p.options.has('json')) out(JSON.stringify(r));
     else {
       const x = r.removed;
-      out(`${r.dryRun ? 'would remove' : 'removed'} ${x.images} images, ${x.layers} layers, ${x.blobs} blobs, ${x.objects} objects, ${x.temporary} temporary files: ${human(r.bytesFreed)} ${r.dryRun ? 'to free' : 'freed'}`);
+      out(`${r.dryRun ? 'would remove' : 'removed'} ${x.images} images, ${x.layers} layers, ${x.blobs} blobs, ${x.objects} objects, ${x.temporary} temporary files: ${humanBytes(r.bytesFreed)} ${r.dryRun ? 'to free' : 'freed'}`);
     }
     return 0;
   },

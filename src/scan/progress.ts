@@ -3,6 +3,8 @@
  * bytes digested, rate, and time left once the scan knows the totals.
  * Redrawn at most ten times a second; erased when done.
  */
+import { humanBytes } from '../units.js';
+
 export interface ProgressState {
   entries: number;
   scanDone: boolean;
@@ -12,16 +14,6 @@ export interface ProgressState {
   bytesDone: number;
 }
 
-function human(bytes: number): string {
-  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
-  let v = bytes;
-  let u = 0;
-  while (v >= 1000 && u < units.length - 1) {
-    v /= 1000;
-    u++;
-  }
-  return `${v.toFixed(v >= 100 || u === 0 ? 0 : 1)} ${units[u]}`;
-}
 
 function clock(seconds: number): string {
   const s = Math.max(0, Math.round(seconds));
@@ -50,10 +42,10 @@ export class Progress {
     const secs = (Date.now() - this.start) / 1000;
     const rate = secs > 0 ? s.bytesDone / secs : 0;
     const files = s.scanDone ? `${s.filesDone}/${s.filesTotal} files` : `${s.filesDone} files (scanning: ${s.entries} entries)`;
-    const bytes = s.scanDone ? `${human(s.bytesDone)}/${human(s.bytesTotal)}` : human(s.bytesDone);
+    const bytes = s.scanDone ? `${humanBytes(s.bytesDone)}/${humanBytes(s.bytesTotal)}` : humanBytes(s.bytesDone);
     let eta = '';
     if (s.scanDone && rate > 0 && s.bytesTotal > s.bytesDone) eta = `, ${clock((s.bytesTotal - s.bytesDone) / rate)} left`;
-    return `${files}, ${bytes}, ${human(rate)}/s${eta}`;
+    return `${files}, ${bytes}, ${humanBytes(rate)}/s${eta}`;
   }
 
   private draw(): void {
