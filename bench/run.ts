@@ -32,6 +32,7 @@ async function main(): Promise<void> {
     ['./info.js', 'benchInfo', 'Reading images'],
     ['./scan.js', 'benchScan', 'Images from directory trees'],
     ['./mount.js', 'benchMount', 'Mounting'],
+    ['./fuse.js', 'benchFuse', 'FUSE server (cold caches)'],
   ];
   for (const [path, fn, title] of sections) {
     const bench = await optional(path, fn);
