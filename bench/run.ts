@@ -34,6 +34,7 @@ async function main(): Promise<void> {
     ['./mount.js', 'benchMount', 'Mounting'],
     ['./registry.js', 'benchRegistry', 'Registry transfer (skopeo copy against our client)'],
     ['./pull.js', 'benchPull', 'Pulling container images'],
+    ['./fuse.js', 'benchFuse', 'FUSE server (cold caches)'],
   ];
   for (const [path, fn, title] of sections) {
     const bench = await optional(path, fn);

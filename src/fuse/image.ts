@@ -234,9 +234,10 @@ export class ImageView {
   data(ino: Ino): Data {
     let metacopy: Buffer | null = null;
     let redirect: Buffer | null = null;
-    this.eachXattr(ino, (name, vs, ve) => {
-      if (name.equals(METACOPY)) metacopy = this.buf.subarray(vs, ve);
-      else if (name.equals(REDIRECT)) redirect = this.buf.subarray(vs, ve);
+    // Compared in place (prefix index + stored suffix): READ asks this for every request.
+    this.eachXattr(ino, (index, ns, nl, vs, ve) => {
+      if (this.isTrusted(index, ns, nl, METACOPY)) metacopy = this.buf.subarray(vs, ve);
+      else if (this.isTrusted(index, ns, nl, REDIRECT)) redirect = this.buf.subarray(vs, ve);
     });
     if (metacopy !== null) {
       const m = metacopy as Buffer;
@@ -247,12 +248,20 @@ export class ImageView {
     return { kind: 'image', bytes: this.inlineData(ino) };
   }
 
+  /** Whether the stored name (prefix index, suffix at ns..ns+nl) is the full name `full`. */
+  private isTrusted(index: number, ns: number, nl: number, full: Buffer): boolean {
+    const prefix = index < PREFIXES.length ? PREFIXES[index] : null;
+    if (prefix === null || prefix.length + nl !== full.length) return false;
+    if (full.compare(prefix, 0, prefix.length, 0, prefix.length) !== 0) return false;
+    return this.buf.compare(full, prefix.length, full.length, ns, ns + nl) === 0;
+  }
+
   /**
    * Every stored xattr of the inode, inline ones then shared ones, with its
    * full name and where its value is; names whose prefix index is unknown are
    * left out.
    */
-  private eachXattr(ino: Ino, fn: (name: Buffer, valueStart: number, valueEnd: number) => void): void {
+  private eachXattr(ino: Ino, fn: (index: number, nameStart: number, nameLen: number, valueStart: number, valueEnd: number) => void): void {
     if (ino.xattrSize === 0) return;
     const b = this.buf;
     const h = ino.xattrOff;
@@ -271,7 +280,7 @@ export class ImageView {
     }
   }
 
-  private entry(pos: number, end: number, nid: number, fn: (name: Buffer, vs: number, ve: number) => void): number {
+  private entry(pos: number, end: number, nid: number, fn: (index: number, ns: number, nl: number, vs: number, ve: number) => void): number {
     const b = this.buf;
     if (pos + XATTR_ENTRY_SIZE > end) throw new BadImageError(`inode ${nid}: truncated xattr entry`);
     const nameLen = b[pos];
@@ -279,10 +288,11 @@ export class ImageView {
     const total = XATTR_ENTRY_SIZE + nameLen + u16(b, pos + 2);
     if (pos + total > end) throw new BadImageError(`inode ${nid}: xattr entry runs past its area`);
     const prefix = index < PREFIXES.length ? PREFIXES[index] : null;
-    if (prefix !== null) {
+    if (prefix !== null && prefix.length + nameLen > 0) {
       const s = pos + XATTR_ENTRY_SIZE;
-      const name = Buffer.concat([prefix, b.subarray(s, s + nameLen)]);
-      if (name.length > 0 && !name.includes(0)) fn(name, s + nameLen, pos + total);
+      let nul = false;
+      for (let i = s; i < s + nameLen; i++) if (b[i] === 0) nul = true;
+      if (!nul) fn(index, s, nameLen, s + nameLen, pos + total);
     }
     return total;
   }
@@ -290,7 +300,8 @@ export class ImageView {
   /** The xattrs as the overlay shows them: its own hidden, escaped ones unescaped. */
   xattrs(ino: Ino): Array<{ name: Buffer; value: Buffer }> {
     const out: Array<{ name: Buffer; value: Buffer }> = [];
-    this.eachXattr(ino, (name, vs, ve) => {
+    this.eachXattr(ino, (index, ns, nl, vs, ve) => {
+      const name = Buffer.concat([PREFIXES[index]!, this.buf.subarray(ns, ns + nl)]);
       let shown = name;
       if (startsWith(name, OVERLAY)) {
         if (!startsWith(name, ESCAPED)) return;
