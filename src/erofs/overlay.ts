@@ -13,7 +13,7 @@
  *  - a regular file marked `trusted.overlay.overlay.whiteout` is the
  *    character device 0:0 it stood for.
  */
-import { FS_VERITY_HASH_ALG_SHA256, XATTR_INDEX_PREFIX, XATTR_INDEX_TRUSTED, XATTR_INDEX_USER } from './format.js';
+import { XATTR_INDEX_PREFIX, XATTR_INDEX_TRUSTED, XATTR_INDEX_USER } from './format.js';
 import { S_IFCHR, S_IFMT, S_IFREG, type Inode, type Xattr } from '../tree/model.js';
 
 const latin1 = (text: string) => Buffer.from(text, 'latin1');
@@ -148,9 +148,9 @@ function setXattr(list: Xattr[], key: Buffer, value: Buffer): void {
 
 /**
  * Apply one xattr, its value at image[valueStart..valueEnd), to the node;
- * returns HAS_REDIRECT / HAS_METACOPY for the checks. Views of the image are
- * made only for what the node keeps. `check` (fsck) hears of malformed
- * metacopy values.
+ * returns HAS_REDIRECT / HAS_METACOPY for the checks (src/erofs/image-checks.ts
+ * also looks at the metacopy value's form). Views of the image are made only
+ * for what the node keeps.
  */
 export function applyXattr(
   node: Inode,
@@ -159,7 +159,6 @@ export function applyXattr(
   image: Buffer,
   valueStart: number,
   valueEnd: number,
-  check: ((code: string, message: string) => void) | null,
 ): number {
   const regular = (node.mode & S_IFMT) === S_IFREG;
   const length = valueEnd - valueStart;
@@ -178,12 +177,6 @@ export function applyXattr(
     case XattrMeaning.Metacopy:
       if (!regular) return 0;
       if (length === 4 + 32) node.digest = image.subarray(valueStart + 4, valueStart + 36);
-      if (check) {
-        if (length !== 0 && length !== 36) check('metacopy', `trusted.overlay.metacopy of ${length} bytes (expected 0 or 36)`);
-        else if (length === 36 && (image[valueStart] !== 0 || image[valueStart + 1] !== 36 || image[valueStart + 2] !== 0 || image[valueStart + 3] !== FS_VERITY_HASH_ALG_SHA256)) {
-          check('metacopy', 'trusted.overlay.metacopy has a bad header (version, length, flags or hash algorithm)');
-        }
-      }
       return HAS_METACOPY;
     case XattrMeaning.EscapedWhiteout:
       if (regular) {

@@ -8,7 +8,9 @@
  *  - this file decodes the structure (header, inodes, data, directory
  *    entries, xattr entries); what the overlayfs xattrs composefs adds mean
  *    (payload, digest, escaped names, whiteouts) is src/erofs/overlay.ts,
- *    and the header check is src/erofs/header.ts;
+ *    the header check is src/erofs/header.ts, and fsck's checks are a pass
+ *    over the layout facts a checking walk hands over (src/erofs/decoded.ts,
+ *    src/erofs/image-checks.ts);
  *  - a real 0:0 character device (the `00`..`ff` whiteouts in the root) is
  *    left out;
  *  - entries are visited depth first in name order; the first name that
@@ -29,14 +31,10 @@
  * tree is in use.
  */
 import {
-  BLOCK_BITS,
   BLOCK_SIZE,
-  CHUNK_FORMAT_BLKBITS_MASK,
-  CHUNK_FORMAT_INDEXES,
   DE,
   DIRENT_SIZE,
   FEATURE_COMPAT_XATTR_FILTER,
-  FT_REG_FILE,
   FT_UNKNOWN,
   direntFileType,
   I_DATALAYOUT_BIT,
@@ -50,16 +48,14 @@ import {
   LAYOUT_FLAT_PLAIN,
   SLOT_SIZE,
   XATTR_ENTRY_SIZE,
-  XATTR_FILTER_BITS,
-  XATTR_FILTER_SEED,
   XATTR_IBODY_HEADER_SIZE,
   XH,
 } from './format.js';
-import { xxh32 } from './xxhash.js';
-import { headerProblems, totalsProblems, type ImageProblem } from './image-checks.js';
+import { ImageChecker, type ImageProblem } from './image-checks.js';
+import { placePath, type DecodeListener, type DirectoryPlace, type EntryPlace } from './decoded.js';
 
 export type { ImageProblem } from './image-checks.js';
-import { HAS_METACOPY, HAS_REDIRECT, XATTR_NAME_PREFIXES, XattrMeaning, applyXattr, isAclXattr, treeXattrName, xattrMeaning } from './overlay.js';
+import { XATTR_NAME_PREFIXES, XattrMeaning, applyXattr, treeXattrName, xattrMeaning } from './overlay.js';
 import { ImageFormatError, printablePath, readImageHeader, type ImageHeader } from './header.js';
 
 export { ImageFormatError, printablePath, readImageHeader, imageVersion, checkImageHeader, type ImageHeader } from './header.js';
@@ -77,11 +73,13 @@ export interface ReadImageOptions {
   /**
    * Check mode (what fsck uses). Every problem is reported here instead of
    * ending the read where the damage can be contained: a broken entry is
-   * reported and left out, and the walk goes on. Checks that cost time and
-   * do not stop the reference from reading an image (sort order, link counts,
-   * `.`/`..`, dirent types, xattr filters, tails crossing blocks, counts in
-   * the superblock...) only run in this mode. Image-wide damage (header,
-   * superblock, root) still throws.
+   * reported and left out, and the walk goes on. The walk hands the layout
+   * it decoded to the checks that do not stop the reference from reading an
+   * image (sort order, link counts, `.`/`..`, dirent types, xattr filters,
+   * tails crossing blocks, counts in the superblock...: a pass of their own,
+   * src/erofs/image-checks.ts), in the order it met what they look at.
+   * Image-wide damage (header, superblock, root) still throws, after the
+   * problems found before it are reported.
    */
   onProblem?: (problem: ImageProblem) => void;
   /** Called for each inode parsed and each directory entry read (for tests and tools that need the layout). */
@@ -111,7 +109,6 @@ export interface ReadImageResult {
 
 const MAX_SAFE_HI = 0x1fffff; // high 32 bits of a u64 that still fits a double exactly
 const NAME_MAX = 255;
-const PATH_MAX = 4096;
 
 const DOT = 0x2e;
 const SLASH = 0x2f;
@@ -143,7 +140,6 @@ interface SharedXattr {
   nameStart: number;
   nameLen: number;
   meaning: XattrMeaning;
-  acl: boolean;
   key: Buffer | null;
   /** The value is image[valueStart..valueEnd). */
   valueStart: number;
@@ -151,11 +147,11 @@ interface SharedXattr {
 }
 
 /** A directory being walked: its entries are `entries[base, end)`; paths are built only for messages. */
-interface Frame {
-  inode: Inode;
+interface Frame extends DirectoryPlace {
+  readonly inode: Inode;
   nid: number;
-  parent: Frame | null;
-  name: Buffer | null;
+  readonly parent: Frame | null;
+  readonly name: Buffer | null;
   base: number;
   end: number;
   /** Visiting order (absolute indices) when the stored entries were not sorted (else null: stored order). */
@@ -324,12 +320,10 @@ class Reader {
   readonly len: number;
   readonly metaStart: number;
   readonly xattrStart: number;
-  readonly checking: boolean;
   /** Bytes of directory data, xattr areas and contents still allowed to be examined. */
   private budget: number;
   private readonly shared = new Map<number, SharedXattr>();
   private readonly filterOn: boolean;
-  hasAcl = false;
   private readonly raw: RawInode = {
     nid: 0, off: 0, compact: true, format: 0, layout: 0, mode: 0, nlink: 0, size: 0, u: 0,
     uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, isize: 0, xattrIcount: 0, xattrSize: 0,
@@ -343,14 +337,14 @@ class Reader {
   constructor(
     buf: Buffer,
     readonly header: ImageHeader,
-    readonly onProblem: ((p: ImageProblem) => void) | undefined,
+    /** Who hears the layout a checking walk decoded (null: a plain read). */
+    readonly listener: DecodeListener | null,
     readonly trace: ReadTrace | undefined,
   ) {
     this.b = buf;
     this.len = buf.length;
     this.metaStart = header.metaBlkaddr * BLOCK_SIZE;
     this.xattrStart = header.xattrBlkaddr * BLOCK_SIZE;
-    this.checking = onProblem !== undefined;
     // A well-formed image stores every directory, xattr area and content once,
     // so their sizes add up to less than the image. Allow generous slack.
     this.budget = 4 * buf.length + (1 << 20);
@@ -457,9 +451,7 @@ class Reader {
     const tailOff = this.tailOffset(raw);
     if (tail > 0) {
       this.need(tailOff, tail, raw.nid, 'inline data');
-      if (this.checking && Math.floor(tailOff / BLOCK_SIZE) !== Math.floor((tailOff + tail - 1) / BLOCK_SIZE)) {
-        this.onProblem!({ path: null, code: 'tail-crosses-block', message: `inode ${raw.nid}: inline data crosses a block boundary (the kernel refuses to read it)` });
-      }
+      if (this.listener !== null) this.listener.fact({ kind: 'inline-tail', nid: raw.nid, offset: tailOff, length: tail });
     }
     this.extBlocks = blocks;
     this.extBlockBytes = blockBytes;
@@ -566,21 +558,17 @@ class Reader {
     const nameLen = b[pos];
     const meaning = xattrMeaning(b, index, nameStart, nameLen);
     const key = treeXattrName(b, meaning, index, nameStart, nameLen);
-    x = { index, nameStart, nameLen, meaning, acl: isAclXattr(b, index, nameStart, nameLen), key, valueStart: nameStart + nameLen, valueEnd: pos + total };
+    x = { index, nameStart, nameLen, meaning, key, valueStart: nameStart + nameLen, valueEnd: pos + total };
     this.shared.set(id, x);
     return x;
   }
 
-  private filterCheck(filter: number, index: number, s: number, n: number, nid: number): void {
-    const bit = xxh32(this.b, (XATTR_FILTER_SEED + index) >>> 0, s, s + n) & (XATTR_FILTER_BITS - 1);
-    if ((filter >>> bit) & 1) {
-      const full = Buffer.concat([XATTR_NAME_PREFIXES[index]!, this.b.subarray(s, s + n)]);
-      this.onProblem!({ path: null, code: 'xattr-filter', message: `inode ${nid}: the xattr name filter hides '${printablePath(full)}' (the kernel would not find it)` });
-    }
-  }
-
-  /** Inline xattrs first, then shared ones, applied in the reference's order. Returns check flags. */
-  private xattrs(raw: RawInode, node: Inode, check: ((code: string, msg: string) => void) | null): number {
+  /**
+   * Inline xattrs first, then shared ones, applied in the reference's order.
+   * Returns the overlay flags (HAS_REDIRECT, HAS_METACOPY); with `at`, each
+   * xattr is passed to the listener where it lies.
+   */
+  private xattrs(raw: RawInode, node: Inode, at: EntryPlace | null): number {
     const b = this.b;
     const nid = raw.nid;
     const h = raw.off + raw.isize;
@@ -589,33 +577,39 @@ class Reader {
     const sharedCount = b[h + XH.sharedCount];
     let pos = h + XATTR_IBODY_HEADER_SIZE + sharedCount * 4;
     if (pos > end) throw new EntryError('xattr', `inode ${nid}: ${sharedCount} shared xattrs do not fit an xattr area of ${raw.xattrSize} bytes`);
-    const filter = this.checking && this.filterOn ? u32(b, h + XH.nameFilter) : 0;
+    const listener = at === null ? null : this.listener;
+    const filter = listener !== null && this.filterOn ? u32(b, h + XH.nameFilter) : 0;
     let flags = 0;
     while (pos < end) {
       const total = this.entryAt(pos, end, nid);
       const nameLen = b[pos];
       const index = b[pos + 1];
       const s = pos + XATTR_ENTRY_SIZE;
-      if (!this.hasAcl && isAclXattr(b, index, s, nameLen)) this.hasAcl = true;
-      if (filter !== 0) this.filterCheck(filter, index, s, nameLen, nid);
       const meaning = xattrMeaning(b, index, s, nameLen);
-      flags |= applyXattr(node, meaning, treeXattrName(b, meaning, index, s, nameLen), b, s + nameLen, pos + total, check);
+      const overlayFlags = applyXattr(node, meaning, treeXattrName(b, meaning, index, s, nameLen), b, s + nameLen, pos + total);
+      if (listener !== null) {
+        listener.fact({ kind: 'xattr', at: at!, nid, filter, nameIndex: index, nameStart: s, nameLength: nameLen, valueStart: s + nameLen, valueEnd: pos + total, overlayFlags });
+      }
+      flags |= overlayFlags;
       pos += (total + 3) & ~3;
     }
     for (let i = 0; i < sharedCount; i++) {
       const x = this.sharedXattr(u32(b, h + XATTR_IBODY_HEADER_SIZE + i * 4), nid);
-      if (x.acl) this.hasAcl = true;
-      if (filter !== 0) this.filterCheck(filter, x.index, x.nameStart, x.nameLen, nid);
-      flags |= applyXattr(node, x.meaning, x.key, b, x.valueStart, x.valueEnd, check);
+      const overlayFlags = applyXattr(node, x.meaning, x.key, b, x.valueStart, x.valueEnd);
+      if (listener !== null) {
+        listener.fact({ kind: 'xattr', at: at!, nid, filter, nameIndex: x.index, nameStart: x.nameStart, nameLength: x.nameLen, valueStart: x.valueStart, valueEnd: x.valueEnd, overlayFlags });
+      }
+      flags |= overlayFlags;
     }
     return flags;
   }
 
   /**
    * Build the tree node of an inode (its xattrs taken apart as the reference
-   * does), into `into` when given (a node of a non-directory to refill).
+   * does), into `into` when given (a node of a non-directory to refill). With
+   * `at` (where the entry is) a checking walk passes the inode's layout on.
    */
-  build(raw: RawInode, check: ((code: string, msg: string) => void) | null, into: Inode | null = null): Inode {
+  build(raw: RawInode, into: Inode | null, at: EntryPlace | null): Inode {
     const type = raw.mode & S_IFMT;
     let node: Inode;
     if (into !== null && type !== S_IFDIR) {
@@ -651,63 +645,32 @@ class Reader {
       };
     }
     const nid = raw.nid;
+    let symlinkLength = -1;
     if (type === S_IFLNK) {
       const target = this.data(raw);
       for (let i = 0; i < target.length; i++) if (target[i] === 0) throw new EntryError('symlink', `inode ${nid}: symlink target contains NUL`);
-      if (check) {
-        if (target.length === 0) check('symlink', 'empty symlink target');
-        else if (target.length >= PATH_MAX) check('symlink', `symlink target of ${target.length} bytes (at most ${PATH_MAX - 1})`);
-      }
       node.payload = target;
+      symlinkLength = target.length;
     } else if (type === S_IFREG && raw.size > 0 && raw.layout !== LAYOUT_CHUNK_BASED) {
       node.content = this.data(raw);
-    } else if (check && type === S_IFREG && raw.layout === LAYOUT_CHUNK_BASED) {
-      this.checkChunks(raw, check);
-    } else if (check && type !== S_IFDIR && type !== S_IFREG && raw.size !== 0) {
-      check('size', `special file with size ${raw.size}`);
     }
-    if (check && !raw.compact && raw.mtimeNsec >= 1e9) check('mtime', `mtime nanoseconds ${raw.mtimeNsec} out of range`);
-    if (check && (raw.format & ~0xf) !== 0) check('format', `unknown inode format bits 0x${raw.format.toString(16)}`);
-    const flags = raw.xattrIcount === 0 ? 0 : this.xattrs(raw, node, check);
+    const listener = at === null ? null : this.listener;
+    if (listener !== null) {
+      listener.fact({
+        kind: 'inode', at: at!, nid, compact: raw.compact, format: raw.format, layout: raw.layout, mode: raw.mode,
+        size: raw.size, union: raw.u, mtimeNsec: raw.mtimeNsec, tailOffset: this.tailOffset(raw), symlinkLength,
+      });
+    }
+    const flags = raw.xattrIcount === 0 ? 0 : this.xattrs(raw, node, at);
     if ((node.mode & S_IFMT) === S_IFCHR && type === S_IFREG) {
       // An escaped whiteout: a device node has no data of its own.
       node.payload = null;
       node.content = null;
       node.digest = null;
     }
-    if (check && (node.mode & S_IFMT) === S_IFREG) {
-      if (flags & HAS_REDIRECT && !(flags & HAS_METACOPY)) check('metacopy', 'trusted.overlay.redirect without trusted.overlay.metacopy');
-      if (raw.layout === LAYOUT_CHUNK_BASED && raw.size > 0 && !(flags & HAS_METACOPY)) {
-        check('metacopy', 'file data is not in the image and there is no trusted.overlay.metacopy');
-      }
-    }
+    if (listener !== null) listener.fact({ kind: 'overlay', at: at!, mode: node.mode, layout: raw.layout, size: raw.size, flags });
     return node;
   }
-
-  /** Chunk-based files: the format bits, and the chunk index (which the kernel reads right after the xattrs) in bounds. */
-  checkChunks(raw: RawInode, check: (code: string, msg: string) => void): void {
-    const fmt = raw.u & 0xffff;
-    if (fmt & ~(CHUNK_FORMAT_BLKBITS_MASK | CHUNK_FORMAT_INDEXES)) {
-      check('chunks', `unknown chunk format bits 0x${fmt.toString(16)}`);
-      return;
-    }
-    if (raw.size === 0) return;
-    const bits = BLOCK_BITS + (fmt & CHUNK_FORMAT_BLKBITS_MASK);
-    const count = Math.ceil(raw.size / 2 ** bits);
-    const unit = fmt & CHUNK_FORMAT_INDEXES ? 8 : 4;
-    const off = Math.ceil(this.tailOffset(raw) / unit) * unit;
-    if (off + count * unit > this.len) check('chunks', `chunk index of ${count} entries lies outside the image`);
-  }
-}
-
-function framePath(frame: Frame | null, name: Buffer | null = null): Buffer {
-  const parts: Buffer[] = [];
-  if (name) parts.push(name);
-  for (let f = frame; f && f.name; f = f.parent) parts.push(f.name);
-  if (parts.length === 0) return Buffer.from('/');
-  const pieces: Buffer[] = [];
-  for (let i = parts.length - 1; i >= 0; i--) pieces.push(Buffer.from('/'), parts[i]);
-  return Buffer.concat(pieces);
 }
 
 /**
@@ -722,17 +685,20 @@ export function readImage(buf: Buffer, opts: ReadImageOptions = {}): ReadImageRe
     },
     leave: () => {},
   };
-  return walkImage(buf, opts, visitor);
+  return walkImage(buf, opts, visitor, opts.onProblem === undefined ? null : new ImageChecker(buf, opts.onProblem));
 }
 
-/** @internal The walk behind readImage and the printers of src/dumpfile/from-image.ts. */
-export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor): ReadImageResult {
+/**
+ * @internal The walk behind readImage and the printers of
+ * src/dumpfile/from-image.ts. With a `listener`, damage confined to one entry
+ * is passed on and the entry left out instead of ending the walk, and the
+ * listener hears the layout decoded, in decoding order.
+ */
+export function walkImage(buf: Buffer, opts: Pick<ReadImageOptions, 'trace' | 'topLevel'>, visitor: Visitor, listener: DecodeListener | null = null): ReadImageResult {
   const header = readImageHeader(buf);
-  const r = new Reader(buf, header, opts.onProblem, opts.trace);
-  const checking = r.checking;
-  const problem = (path: Buffer | null, code: string, message: string) => opts.onProblem?.({ path, code, message });
-
-  if (checking) for (const p of headerProblems(header, buf.length)) opts.onProblem!(p);
+  if (listener !== null) listener.header(header);
+  const r = new Reader(buf, header, listener, opts.trace);
+  const damage = (path: Buffer, code: string, message: string) => listener!.fact({ kind: 'damage', path, code, message });
 
   const table = new NidTable(Math.floor((buf.length - r.metaStart) / SLOT_SIZE));
   const stack: Frame[] = [];
@@ -754,22 +720,16 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
   const enter = (inode: Inode, nid: number, parent: Frame | null, name: Buffer | null, base: number, parentNid: number) => {
     const end = entries.top;
     const frame: Frame = { inode, nid, parent, name, base, end, order: null, next: base, subdirs: 0 };
-    if (checking) {
-      // Paths are built only for a message: building one per directory would cost depth x directories.
-      const { dot, dotdot } = entries;
-      if (dot !== nid) problem(framePath(frame), 'dot', dot < 0 ? "missing '.' entry" : `'.' points at inode ${dot}, not at the directory itself`);
-      if (dotdot !== parentNid) problem(framePath(frame), 'dotdot', dotdot < 0 ? "missing '..' entry" : `'..' points at inode ${dotdot}, not at the parent`);
-    }
-    // Name order is what the tree model (and the writer) need; report when the image differs.
+    // Name order is what the tree model (and the writer) need; the checks hear when the image differs.
     for (let i = base + 1; i < end; i++) {
       if (cmpAt(i - 1, i) >= 0) {
-        if (checking) problem(framePath(frame), 'order', 'directory entries are not sorted by name (the kernel lookup relies on it)');
         const order: number[] = [];
         for (let k = base; k < end; k++) order.push(k);
         frame.order = order.sort((a, b) => cmpAt(a, b) || a - b);
         break;
       }
     }
+    if (listener !== null) listener.fact({ kind: 'directory', at: frame, nid, parentNid, dot: entries.dot, dotdot: entries.dotdot, sorted: frame.order === null });
     stack.push(frame);
   };
 
@@ -781,7 +741,7 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
   try {
     const rootRaw = r.inode(header.rootNid);
     if ((rootRaw.mode & S_IFMT) !== S_IFDIR) throw new EntryError('root', `root inode ${header.rootNid} is not a directory`);
-    const root = r.build(rootRaw, checking ? (code, msg) => problem(rootPath, code, msg) : null);
+    const root = r.build(rootRaw, null, listener !== null ? { directory: null, nameStart: -1, nameEnd: -1 } : null);
     r.dirents(rootRaw, entries);
     table.add(header.rootNid, root, false);
     rootNode = root;
@@ -800,12 +760,7 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
       stack.pop();
       entries.top = frame.base;
       if (frame.parent !== null) visitor.leave(frame.inode);
-      if (checking) {
-        const want = 2 + frame.subdirs;
-        if (frame.inode.nlink !== want) {
-          problem(framePath(frame), 'nlink', `directory link count ${frame.inode.nlink}, expected ${want} (2 + ${frame.subdirs} subdirectories)`);
-        }
-      }
+      if (listener !== null) listener.fact({ kind: 'directory-done', at: frame, subdirectories: frame.subdirs });
       continue;
     }
     const pos = frame.next++;
@@ -816,11 +771,11 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
     if (topLevel !== null && frame.parent === null && !topLevel.has(buf.toString('latin1', start, end))) continue;
     if (frame.order !== null && pos > frame.base && cmpAt(frame.order[pos - frame.base - 1], k) === 0) {
       const msg = 'duplicate directory entry';
-      if (checking) {
-        problem(framePath(frame, buf.subarray(start, end)), 'duplicate', msg);
+      if (listener !== null) {
+        damage(placePath(frame, buf.subarray(start, end)), 'duplicate', msg);
         continue;
       }
-      throw new ImageFormatError(msg, framePath(frame, buf.subarray(start, end)), 'duplicate');
+      throw new ImageFormatError(msg, placePath(frame, buf.subarray(start, end)), 'duplicate');
     }
     try {
       const seen = table.get(nid);
@@ -829,13 +784,14 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
       }
       if (seen === SEEN_FILE) {
         // A hard link for a transient visitor: its node was not kept, decode it again.
-        visitor.entry(frame.inode, start, end, r.build(r.inode(nid), null, scratch), true, nid);
+        visitor.entry(frame.inode, start, end, r.build(r.inode(nid), scratch, null), true, nid);
         continue;
       }
       if (seen > 0) {
         const node = table.node(seen);
-        if (checking && entries.ftypes[k] !== ftypeOf(node.mode) && !((node.mode & S_IFMT) === S_IFCHR && node.rdev === 0 && entries.ftypes[k] === FT_REG_FILE)) {
-          problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${entries.ftypes[k]} does not match the inode's file type`);
+        if (listener !== null) {
+          const at = { directory: frame, nameStart: start, nameEnd: end };
+          listener.fact({ kind: 'entry-type', at, direntType: entries.ftypes[k], mode: node.mode, rdev: node.rdev, linked: true });
         }
         visitor.entry(frame.inode, start, end, node, true, nid);
         continue;
@@ -850,15 +806,12 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
         table.whiteout(nid);
         continue;
       }
-      let check: ((code: string, msg: string) => void) | null = null;
-      if (checking) {
-        if (entries.ftypes[k] !== ftypeOf(raw.mode)) {
-          problem(framePath(frame, buf.subarray(start, end)), 'dirent-type', `directory entry type ${entries.ftypes[k]} does not match the inode's file type ${ftypeOf(raw.mode)}`);
-        }
-        let checkPath: Buffer | null = null;
-        check = (code: string, msg: string) => problem((checkPath ??= framePath(frame, buf.subarray(start, end))), code, msg);
+      let at: EntryPlace | null = null;
+      if (listener !== null) {
+        at = { directory: frame, nameStart: start, nameEnd: end };
+        listener.fact({ kind: 'entry-type', at, direntType: entries.ftypes[k], mode: raw.mode, rdev: raw.u, linked: false });
       }
-      const node = r.build(raw, check, scratch);
+      const node = r.build(raw, scratch, at);
       if (type === S_IFDIR) {
         const base = entries.top;
         r.dirents(raw, entries);
@@ -874,13 +827,13 @@ export function walkImage(buf: Buffer, opts: ReadImageOptions, visitor: Visitor)
       if (!(e instanceof EntryError)) throw e;
       // Entries of a directory that failed half-way through being read.
       entries.top = frame.end;
-      const path = framePath(frame, buf.subarray(start, end));
-      if (checking) problem(path, e.code, e.message);
+      const path = placePath(frame, buf.subarray(start, end));
+      if (listener !== null) damage(path, e.code, e.message);
       else throw new ImageFormatError(e.message, path, e.code);
     }
   }
 
   const inodeCount = table.count + table.whiteouts;
-  if (checking) for (const p of totalsProblems(header, inodeCount, r.hasAcl)) opts.onProblem!(p);
+  if (listener !== null) listener.completed(inodeCount);
   return { root, header, version: header.version, inodeCount };
 }
