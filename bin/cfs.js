@@ -1,3 +1,3 @@
 #!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node
-// CommonJS (see bin/package.json): the bundle of the CLI loads without the ES module loader.
+// CommonJS (see bin/package.json); why this shebang and this loader: bin/load.js.
 require('./load.js')('cfs');

@@ -1,10 +1,9 @@
 #!/usr/bin/env node
 // Bundles the CLI into one CommonJS file, dist/src/cli/bundle.cjs, which the
-// executables in bin/ load. Resolving, reading and linking some twenty ES
-// modules costs about 10 ms on every command, a large share of a 50 ms
-// `cfs info --help`; one CommonJS file skips the ES module loader altogether.
-// Code is still only run when a command needs it: each command module stays
-// behind a lazy initialiser, and V8 compiles function bodies on first call.
+// executables in bin/ load: one CommonJS file skips the ES module loader
+// (what that saves, measured: bin/load.js). Code is still only run when a
+// command needs it: each command module stays behind a lazy initialiser, and
+// V8 compiles function bodies on first call.
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
@@ -31,7 +30,7 @@ await build({
   logLevel: 'warning',
 });
 
-// V8's code cache for the bundle (bin/load.js). Without it the CLI still
-// works, only 10-15 ms slower per command.
+// V8's code cache for the bundle (bin/load.js, with what it saves). Without it
+// the CLI still works, only slower to start.
 const train = spawnSync(process.execPath, [join(root, 'scripts', 'train-code-cache.cjs')], { stdio: ['ignore', 'ignore', 'inherit'] });
 if (train.status !== 0) process.stderr.write('bundle: no code cache made; the CLI compiles from source\n');

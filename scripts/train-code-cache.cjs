@@ -1,8 +1,8 @@
 // Writes dist/src/cli/bundle.cache, V8's code cache for the CLI bundle (see
 // bin/load.js): compiles the bundle, runs what users run most (an image build
 // from the sample dump, then a dump of that image) so the functions they use
-// are compiled too, and saves the result. Run by scripts/bundle.mjs with its
-// standard output discarded.
+// are compiled too, and saves the result (what it saves, measured:
+// bin/load.js). Run by scripts/bundle.mjs with its standard output discarded.
 'use strict';
 const fs = require('node:fs');
 const os = require('node:os');

@@ -6,8 +6,10 @@
  * which at one hash per 4 KiB block is a quarter of the time spent. The
  * `node` binary exports OpenSSL's SHA-256 functions, so when koffi can resolve it in
  * the running process we call it directly with raw addresses (no Buffer
- * views, no allocation per block): about 25% faster than `crypto.hash`.
- * Otherwise we fall back to Node's crypto.
+ * views, no allocation per block). Measured: the fs-verity digest of a
+ * 256 MiB file in the page cache takes 165 ms this way against 201 ms with
+ * Node's crypto (`CFS_NO_NATIVE_SHA256=1`), medians of 5 in each of three
+ * processes, 18 % less. Otherwise we fall back to Node's crypto.
  */
 import crypto from 'node:crypto';
 import { getKoffi } from '../sys/koffi.js';
