@@ -9,18 +9,12 @@
 import http, { type IncomingMessage, type IncomingHttpHeaders } from 'node:http';
 import https from 'node:https';
 import { SourceError } from '../source-errors.js';
+import type { SourceOptions } from '../source.js';
 import { findCredentials, parseChallenges, type Credentials } from './auth.js';
 import { tlsSettings } from './tls.js';
 
-export interface ClientOptions {
-  creds?: string;
-  authFile?: string;
-  certDir?: string;
-  tlsVerify?: boolean;
-  retries?: number;
-  retryDelayMs?: number;
-  env?: NodeJS.ProcessEnv;
-}
+/** What the client takes of a source's options: all but the platform choice, which is the transport's. */
+export type ClientOptions = Omit<SourceOptions, 'platform'>;
 
 export interface RequestOptions {
   accept?: string[];
