@@ -39,7 +39,16 @@ export async function scanDirectory(...args: Parameters<typeof import('./scan/in
   return (await import('./scan/index.js')).scanDirectory(...args);
 }
 
-/** Mount an image hidden: see src/mount/ for the paths and their fallbacks. */
+/**
+ * Mount an image by the ladder: the kernel (EROFS + overlayfs, hidden),
+ * else FUSE when the kernel path lacks privilege or when asked (`fuse: true`).
+ * See src/mount/ladder.ts.
+ */
+export async function mountImage(...args: Parameters<typeof import('./mount/index.js').mountImage>) {
+  return (await import('./mount/index.js')).mountImage(...args);
+}
+
+/** Mount an image hidden with the kernel alone: see src/mount/ for the paths and their fallbacks. */
 export async function mountComposefs(...args: Parameters<typeof import('./mount/index.js').mountComposefs>) {
   return (await import('./mount/index.js')).mountComposefs(...args);
 }
@@ -49,7 +58,7 @@ export async function unmountComposefs(...args: Parameters<typeof import('./moun
 }
 
 export type { ScanOptions, ScanStats } from './scan/index.js';
-export type { MountOptions, MountResult } from './mount/index.js';
+export type { MountOptions, MountResult, RungResult, LadderMount } from './mount/index.js';
 
 /** Write an output file as the reference tools do (devices, FIFOs, symlinks), a regular file atomically keeping its mode and owner: see src/output/file.ts. */
 export async function writeOutputFile(...args: Parameters<typeof import('./output/file.js').writeOutputFile>) {

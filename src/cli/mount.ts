@@ -52,7 +52,7 @@ const optionHelp = `Mount options (-o), as the reference mount.composefs:
 
 export async function run(argv: string[], prog: string): Promise<number> {
   // `--fuse=MODE` besides the bare flag (the shared parser has no optional values).
-  let fuseMode: 'yes' | 'auto' | 'no' = 'auto';
+  let fuseFlag: boolean | undefined;
   const args: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -63,11 +63,11 @@ export async function run(argv: string[], prog: string): Promise<number> {
     if (a.startsWith('--fuse=')) {
       const v = a.slice('--fuse='.length);
       if (v !== 'yes' && v !== 'auto' && v !== 'no') throw new UserError(`invalid value for --fuse: '${v}' (expected yes, auto, no)`, 2);
-      fuseMode = v;
+      fuseFlag = v === 'yes' ? true : v === 'no' ? false : undefined;
     } else args.push(a);
   }
   const p = parseArgs(args, specs);
-  if (p.options.has('fuse')) fuseMode = 'yes';
+  if (p.options.has('fuse')) fuseFlag = true;
   // mount(8) hands its helper exactly one pair; `cfs mount` takes several, to pay Node's start-up once.
   const several = prog !== 'mount.composefs';
   const usage = `${prog} [-o OPTIONS] [--explain] IMAGE MOUNTPOINT${several ? ' [IMAGE MOUNTPOINT]...' : ''}`;
@@ -87,32 +87,13 @@ export async function run(argv: string[], prog: string): Promise<number> {
   if (p.positional.length > 2 && !several) throw new UserError(`too many arguments: '${p.positional[2]}' (usage: ${usage})`, 2);
   if (p.positional.length % 2 === 1) throw new UserError(`no mount point given${p.positional.length > 1 ? ` for ${p.positional.at(-1)}` : ''} (usage: ${usage})`, 2);
 
-  const { parseOptionString, splitOptions, unescape } = await import('../mount/options.js');
+  const { parseOptionString } = await import('../mount/options.js');
   const raw = (p.options.get('options') as string[] | undefined) ?? [];
-  // The FUSE server's own options are taken out before the kernel path's parser sees them.
-  const fuseOpts: { passthrough?: 'auto' | 'off'; allowOther?: boolean; readers?: number; log?: string; foreground?: boolean } = {};
-  const kept: string[] = [];
-  for (const { key, rawValue } of splitOptions(raw.join(','))) {
-    const v = rawValue === null ? null : unescape(rawValue);
-    if (key === 'fuse') {
-      if (v !== null && v !== 'yes' && v !== 'auto' && v !== 'no') throw new UserError(`invalid value for option fuse: '${v}' (expected yes, auto, no)`, 2);
-      fuseMode = (v ?? 'yes') as typeof fuseMode;
-    } else if (key === 'passthrough') {
-      if (v !== 'auto' && v !== 'off') throw new UserError(`invalid value for option passthrough: '${v ?? ''}' (expected auto, off)`, 2);
-      fuseOpts.passthrough = v;
-    } else if (key === 'allow_other') fuseOpts.allowOther = true;
-    else if (key === 'fuse_readers') {
-      if (!v || !/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > 64) throw new UserError(`invalid value for option fuse_readers: '${v ?? ''}' (expected 1..64)`, 2);
-      fuseOpts.readers = Number(v);
-    } else if (key === 'log') {
-      if (!v) throw new UserError('no value given for option log', 2);
-      fuseOpts.log = v;
-    } else if (key === 'foreground') fuseOpts.foreground = true;
-    else kept.push(rawValue === null ? key : `${key}=${rawValue}`);
-  }
-  if (p.options.has('foreground')) fuseOpts.foreground = true;
-  const parsed = parseOptionString(kept.join(','), p.options.has('sloppy'));
+  const parsed = parseOptionString(raw.join(','), p.options.has('sloppy'));
   const o = parsed.options;
+  // -o fuse=... wins over --fuse, as it did when -o was read last.
+  if (!('fuse' in o)) o.fuse = fuseFlag;
+  if (p.options.has('foreground')) o.foreground = true;
   for (const key of ['backing', 'layers', 'api'] as const) {
     const v = p.options.get(key);
     if (v === undefined) continue;
@@ -136,73 +117,51 @@ export async function run(argv: string[], prog: string): Promise<number> {
     if (!pair.basedir) throw new UserError('no basedir= given: composefs needs the object store directory (-o basedir=PATH)', 2);
     pairs.push({ ...pair, basedir: pair.basedir });
   }
-
-  const explainFlag = p.options.has('explain') || p.options.has('verbose');
-  let fallbackWhy: string | null = null;
-  if (fuseMode !== 'yes') {
-    const { mountComposefs } = await import('../mount/mount.js');
-    const { unmountComposefs } = await import('../mount/umount.js');
-    const results: Array<Awaited<ReturnType<typeof mountComposefs>>> = [];
-    try {
-      for (const pair of pairs) {
-        results.push(await mountComposefs(pair.image, pair.mountpoint, { ...o, basedir: pair.basedir, digest: pair.digest, dryRun: p.options.has('fake') }));
-      }
-    } catch (err) {
-      // All or nothing: undo this call's mounts, newest first (a later pair may sit inside an earlier one).
-      for (const r of results.reverse()) {
-        if (r.dryRun) continue;
-        try {
-          unmountComposefs(r.mountpoint, { lazy: true });
-        } catch {
-          /* already gone */
-        }
-      }
-      // Lack of privilege (no CAP_SYS_ADMIN, or a user namespace EROFS refuses): FUSE needs none.
-      const msg = err instanceof Error ? err.message : String(err);
-      const privilege = (err as { privilege?: boolean }).privilege === true || /Operation not permitted|needs root/.test(msg);
-      if (fuseMode === 'no' || !privilege || pairs.length > 1) throw err;
-      fallbackWhy = msg;
-    }
-    if (fallbackWhy === null) {
-      if (p.options.has('json')) process.stdout.write(`${JSON.stringify(several && results.length > 1 ? results : results[0], null, 2)}\n`);
-      else if (explainFlag) {
-        const lines: string[] = [];
-        for (const [i, result] of results.entries()) {
-          const image = pairs[i].image;
-          const head = result.dryRun ? `would mount ${image} on ${result.mountpoint}` : `mounted ${image} on ${result.mountpoint} (${result.readonly ? 'ro' : 'rw'}) in ${result.ms.toFixed(1)} ms`;
-          lines.push(head, ...result.explain.map((l) => `  ${l}`));
-          if (!result.dryRun) lines.push(`  footprint: ${footprint(result)}`);
-        }
-        if (parsed.ignored.length) lines.push(`  ignored options: ${parsed.ignored.join(', ')}`);
-        process.stdout.write(`${lines.join('\n')}\n`);
-      }
-      return 0;
-    }
+  // A FUSE server is one process a mount: several pairs are the kernel's alone.
+  if (pairs.length > 1) {
+    if (o.fuse === true) throw new UserError('the FUSE mount takes one IMAGE MOUNTPOINT pair at a time', 2);
+    o.fuse = false;
   }
-  if (pairs.length > 1) throw new UserError('the FUSE mount takes one IMAGE MOUNTPOINT pair at a time', 2);
-  const { image, mountpoint, basedir, digest } = pairs[0];
-  if (o.upperdir || o.workdir) throw new UserError('upperdir=/workdir= are not supported with FUSE (the FUSE mount is read-only)', 2);
-  if (o.idmap !== undefined) throw new UserError('idmap= is not supported with FUSE', 2);
-  const { mountFuse, serveFuse } = await import('../fuse/mount.js');
-  const fuseOptions = { basedir, digest, verity: o.verity === 'require', ...fuseOpts, dryRun: p.options.has('fake') };
-  let closed: Promise<void> | null = null;
-  let fuseResult;
-  if (fuseOpts.foreground) {
-    const served = await serveFuse(image, mountpoint, fuseOptions, (line) => process.stderr.write(`${prog}: ${line}\n`));
-    fuseResult = served.result;
-    closed = served.closed;
-  } else fuseResult = await mountFuse(image, mountpoint, fuseOptions);
-  if (p.options.has('json')) process.stdout.write(`${JSON.stringify(fuseResult, null, 2)}\n`);
-  else if (explainFlag) {
-    const head = fuseResult.dryRun ? `would mount ${image} on ${fuseResult.mountpoint} through FUSE` : `mounted ${image} on ${fuseResult.mountpoint} (ro) through FUSE in ${fuseResult.ms.toFixed(1)} ms`;
-    const lines = [head];
-    if (fallbackWhy) lines.push(`  fuse: the kernel path lacks privilege (${fallbackWhy}); FUSE needs none`);
-    else lines.push('  fuse: asked for (--fuse)');
-    lines.push(...fuseResult.explain.map((l) => `  ${l}`));
+  if (o.foreground) o.onServerLog = (line) => process.stderr.write(`${prog}: ${line}\n`);
+
+  await import('../fuse/rung.js');
+  const { mountImage, isKernelMount } = await import('../mount/mount.js');
+  const mounts: Array<Awaited<ReturnType<typeof mountImage>>> = [];
+  try {
+    for (const pair of pairs) {
+      mounts.push(await mountImage(pair.image, pair.mountpoint, { ...o, basedir: pair.basedir, digest: pair.digest, dryRun: p.options.has('fake') }));
+    }
+  } catch (err) {
+    // All or nothing: undo this call's mounts, newest first (a later pair may sit inside an earlier one).
+    const { unmountComposefs } = await import('../mount/umount.js');
+    for (const { result } of mounts.reverse()) {
+      if (result.dryRun) continue;
+      try {
+        unmountComposefs(result.mountpoint, { lazy: true });
+      } catch {
+        /* already gone */
+      }
+    }
+    throw err;
+  }
+  const results = mounts.map((m) => m.result);
+  if (p.options.has('json')) process.stdout.write(`${JSON.stringify(several && results.length > 1 ? results : results[0], null, 2)}\n`);
+  else if (p.options.has('explain') || p.options.has('verbose')) {
+    const lines: string[] = [];
+    for (const [i, result] of results.entries()) {
+      const image = pairs[i].image;
+      const how = result.rung === 'kernel' ? '' : result.rung === 'fuse' ? ' through FUSE' : ` through ${result.rung}`;
+      const head = result.dryRun
+        ? `would mount ${image} on ${result.mountpoint}${how}`
+        : `mounted ${image} on ${result.mountpoint} (${result.readonly ? 'ro' : 'rw'})${how} in ${result.ms.toFixed(1)} ms`;
+      lines.push(head, ...result.explain.map((l) => `  ${l}`));
+      if (!result.dryRun && isKernelMount(result)) lines.push(`  footprint: ${footprint(result)}`);
+    }
     if (parsed.ignored.length) lines.push(`  ignored options: ${parsed.ignored.join(', ')}`);
     process.stdout.write(`${lines.join('\n')}\n`);
   }
-  if (closed) await closed;
+  // --foreground: the server serves in this process until the mount goes.
+  for (const m of mounts) if (m.closed) await m.closed;
   return 0;
 }
 

@@ -25,6 +25,7 @@ import { fsverityDigest } from '../fsverity/index.js';
 import { ImageView } from './image.js';
 import { FuseServer, type ServerState } from './server.js';
 import { FUSE_FSTYPE, fusermountPath, unmountFuse } from './unmount.js';
+import type { RungResult } from '../mount/ladder.js';
 
 export { FUSE_FSTYPE, unmountFuse };
 
@@ -60,17 +61,15 @@ export interface FuseMountOptions {
   dryRun?: boolean;
 }
 
-export interface FuseMountResult {
-  image: string;
-  mountpoint: string;
+export interface FuseMountResult extends RungResult {
+  rung: 'fuse';
+  /** Always: the server serves nothing that writes. */
+  readonly: true;
   via: FuseVia;
   /** The serving process. */
   pid: number;
   passthrough: boolean | null;
-  verity: boolean;
   log: string;
-  explain: string[];
-  ms: number;
   dryRun: boolean;
 }
 
@@ -209,7 +208,7 @@ export async function serveFuse(
   explain.push(o.verity ? 'verity: every object is checked against the digest the image records before it is served, and every block read against its Merkle tree' : 'verity: off');
   if (o.dryRun) {
     return {
-      result: { image: p.image, mountpoint: p.mountpoint, via: o.via === 'fusermount' ? 'fusermount' : 'direct', pid: process.pid, passthrough: null, verity: !!o.verity, log: logPath, explain, ms: performance.now() - t0, dryRun: true },
+      result: { rung: 'fuse', readonly: true, image: p.image, mountpoint: p.mountpoint, via: o.via === 'fusermount' ? 'fusermount' : 'direct', pid: process.pid, passthrough: null, verity: !!o.verity, log: logPath, explain, ms: performance.now() - t0, dryRun: true },
       closed: Promise.resolve(),
       server: null,
     };
@@ -245,7 +244,7 @@ export async function serveFuse(
   explain.push(passthroughLine(server.state));
   explain.push(`log: ${logPath} (written only when there is something to report)`);
   return {
-    result: { image: p.image, mountpoint: p.mountpoint, via, pid: process.pid, passthrough: server.state.passthrough, verity: !!o.verity, log: logPath, explain, ms: performance.now() - t0, dryRun: false },
+    result: { rung: 'fuse', readonly: true, image: p.image, mountpoint: p.mountpoint, via, pid: process.pid, passthrough: server.state.passthrough, verity: !!o.verity, log: logPath, explain, ms: performance.now() - t0, dryRun: false },
     closed,
     server,
   };

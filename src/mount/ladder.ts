@@ -4,30 +4,32 @@
  *
  * The top of the ladder is a list of mount rungs. The kernel rung (EROFS +
  * overlayfs, src/mount/mount.ts) is always there; another way to mount (the
- * FUSE server of src/fuse/) plugs in with `registerMountRung` and needs no
- * change to anything else:
+ * FUSE server: src/fuse/rung.ts) plugs in with `registerMountRung` and needs
+ * no change to anything else:
  *
  *   registerMountRung({
  *     name: 'fuse',
- *     asked: (o) => o.fuse === true,        // -o fuse / --fuse: this rung only
- *     afterPrivilegeFailure: true,          // else tried when the kernel rung got EPERM
- *     mount: (image, mountpoint, options) => ... a MountResult, or throw a ComposefsError
+ *     asked: (o) => o.fuse === true,                    // -o fuse / --fuse: this rung only
+ *     afterPrivilegeFailure: (o) => o.fuse !== false,   // else tried when the kernel rung got EPERM
+ *     why: (reason) => ...,                             // the --explain line saying why it was tried
+ *     mount: async (image, mountpoint, options) => ({ result }), or throw a ComposefsError
  *   });
  *
- * `planRungs` (pure) orders them for a request. Inside the kernel rung, the
- * planner of src/mount/plan.ts orders the EROFS backings and overlay
- * layers; executors report each attempt into the `record`, and --explain is
- * made from that record.
+ * `planRungs` (pure) orders them for a request and `climbRungs` tries them
+ * in that order, recording each attempt (stage 'rung'). Inside the kernel
+ * rung, the planner of src/mount/plan.ts orders the EROFS backings and
+ * overlay layers the same way. --explain is made from the record.
  */
+import { MountError } from './errors.js';
 import type { MountOptions } from './options.js';
 
 /** One attempt, as it goes into the record --explain is made from. */
 export interface Attempt {
-  /** 'check' for what was verified before mounting, else the stage of the kernel rung (api, backing, layers, overlay). */
+  /** 'rung' for the ladder's own steps (kernel, fuse); 'check' for what was verified before mounting; else the stage inside the kernel rung (api, backing, layers, overlay). */
   stage: 'check' | 'api' | 'backing' | 'layers' | 'overlay' | 'rung';
-  /** The rung tried (fd, file, loop, path, …) or the check made. */
+  /** The rung tried (kernel, fuse; fd, file, loop, path, …) or the check made. */
   rung: string;
-  /** used: it worked; refused: the kernel said "not supported", the next rung is tried; note: a remark. */
+  /** used: it worked; refused: it failed in a way the next rung may not, which is tried; note: a remark. */
   outcome: 'used' | 'refused' | 'note';
   /** The --explain line (used, note) or the reason (refused). */
   text: string;
@@ -38,15 +40,44 @@ export function explainRecord(record: Attempt[]): string[] {
   return record.filter((a) => a.outcome !== 'refused').map((a) => a.text);
 }
 
+/** What every rung's result says, whichever rung mounted the image. */
+export interface RungResult {
+  /** The rung that mounted it: 'kernel', 'fuse'. */
+  rung: string;
+  image: string;
+  mountpoint: string;
+  readonly: boolean;
+  /** Whether every object read is checked against its fs-verity digest. */
+  verity: boolean;
+  /** Why each choice was made, one line each. */
+  explain: string[];
+  /** Wall time of the call in milliseconds. */
+  ms: number;
+  /** Set when nothing was mounted (`dryRun`). */
+  dryRun?: boolean;
+}
+
+/** A rung's mount: its result and, for a server kept in this process, when it ends. */
+export interface RungMount<Result extends RungResult = RungResult> {
+  result: Result;
+  /** Settles when the mount is gone (a server serving in this process: FUSE with `foreground`). */
+  closed?: Promise<void>;
+}
+
+/** Why a rung other than the kernel was tried. */
+export type RungReason = { asked: true } | { asked: false; privilegeFailure: string };
+
 /** A way to mount other than the kernel rung. */
-export interface MountRung<Result = unknown> {
+export interface MountRung<Result extends RungResult = RungResult> {
   readonly name: string;
   /** Whether this request asks for this rung by name (then it is the only rung tried). */
   asked(options: MountOptions): boolean;
-  /** Try this rung when the kernel rung failed for lack of privilege (EPERM). */
-  readonly afterPrivilegeFailure: boolean;
+  /** Try this rung when the kernel rung failed for lack of privilege (EPERM): always, never, or as the request says. */
+  readonly afterPrivilegeFailure: boolean | ((options: MountOptions) => boolean);
+  /** The --explain line saying why this rung was tried (default: "NAME: asked for" / "NAME: the kernel path lacks privilege (…)"). */
+  why?(reason: RungReason, options: MountOptions): string;
   /** Mount, or throw a one-line ComposefsError having left nothing behind. */
-  mount(image: string | number, mountpoint: string, options: MountOptions): Result | Promise<Result>;
+  mount(image: string | number, mountpoint: string, options: MountOptions): Promise<RungMount<Result>>;
 }
 
 const registered: MountRung[] = [];
@@ -65,13 +96,74 @@ export function registeredMountRungs(): readonly MountRung[] {
 /** The kernel rung's name in a plan. */
 export const KERNEL_RUNG = 'kernel';
 
+type PlannedRung = Pick<MountRung, 'name' | 'asked' | 'afterPrivilegeFailure'>;
+
+function takesOver(r: PlannedRung, options: MountOptions): boolean {
+  return typeof r.afterPrivilegeFailure === 'function' ? r.afterPrivilegeFailure(options) : r.afterPrivilegeFailure;
+}
+
 /**
  * Pure: the rungs to try, in order. A rung the request asks for by name is
  * the only one; otherwise the kernel, then every rung that takes over after
  * a privilege failure (tried only if the one before failed with EPERM).
  */
-export function planRungs(options: MountOptions, rungs: readonly Pick<MountRung, 'name' | 'asked' | 'afterPrivilegeFailure'>[]): string[] {
+export function planRungs(options: MountOptions, rungs: readonly PlannedRung[]): string[] {
   const asked = rungs.filter((r) => r.asked(options));
   if (asked.length) return asked.map((r) => r.name);
-  return [KERNEL_RUNG, ...rungs.filter((r) => r.afterPrivilegeFailure).map((r) => r.name)];
+  return [KERNEL_RUNG, ...rungs.filter((r) => takesOver(r, options)).map((r) => r.name)];
+}
+
+/** Whether a rung's failure leaves the next rung a chance: the kernel refused for lack of privilege. */
+export function lacksPrivilege(err: unknown): err is MountError {
+  return err instanceof MountError && err.privilege;
+}
+
+/** The result of climbing the ladder: the rung's result (its explain led by the ladder's lines), the record, and a foreground server's end. */
+export interface LadderMount<Result extends RungResult = RungResult> {
+  result: Result;
+  /** Every rung tried, in order. */
+  record: Attempt[];
+  /** Settles when the mount is gone, for a server serving in this process; else null. */
+  closed: Promise<void> | null;
+}
+
+/**
+ * Try the planned rungs in order: the first that mounts wins; a rung that
+ * failed for lack of privilege hands over to the next, any other failure
+ * (or the last rung's) is thrown as it is. `kernel` is the kernel rung.
+ */
+export async function climbRungs(
+  image: string | number,
+  mountpoint: string,
+  options: MountOptions,
+  rungs: readonly MountRung[],
+  kernel: (image: string | number, mountpoint: string, options: MountOptions) => Promise<RungResult>,
+): Promise<LadderMount> {
+  const names = planRungs(options, rungs);
+  const record: Attempt[] = [];
+  let privilegeFailure: string | null = null;
+  for (const [i, name] of names.entries()) {
+    const last = i === names.length - 1;
+    try {
+      let mounted: RungMount;
+      let text: string;
+      if (name === KERNEL_RUNG) {
+        mounted = { result: await kernel(image, mountpoint, options) };
+        text = 'kernel: EROFS and overlayfs, the first rung of the ladder';
+      } else {
+        const rung = rungs.find((r) => r.name === name)!;
+        const reason: RungReason = privilegeFailure === null ? { asked: true } : { asked: false, privilegeFailure };
+        text = rung.why?.(reason, options) ?? (reason.asked ? `${name}: asked for` : `${name}: the kernel path lacks privilege (${reason.privilegeFailure})`);
+        mounted = await rung.mount(image, mountpoint, options);
+      }
+      record.push({ stage: 'rung', rung: name, outcome: 'used', text });
+      const result = { ...mounted.result, explain: [...explainRecord(record), ...mounted.result.explain] };
+      return { result, record, closed: mounted.closed ?? null };
+    } catch (err) {
+      if (last || !lacksPrivilege(err)) throw err;
+      privilegeFailure = err.message;
+      record.push({ stage: 'rung', rung: name, outcome: 'refused', text: err.message });
+    }
+  }
+  throw new MountError(`mounting ${String(image)}: no mount rung to try`);
 }

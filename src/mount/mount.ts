@@ -33,14 +33,14 @@ import { Cleanup, type MountContext } from './context.js';
 import { MountError } from './errors.js';
 import { checkImage, openImageFile, type ImageInfo } from './image.js';
 import { fsTypeName, kernel, kernelHasFsverity, learn, type KernelKnowledge } from './kernel.js';
-import { explainRecord, KERNEL_RUNG, planRungs, registeredMountRungs, type Attempt } from './ladder.js';
+import { climbRungs, explainRecord, registeredMountRungs, type Attempt, type LadderMount, type RungResult } from './ladder.js';
 import type { Api, Backing, Layers, MountOptions } from './options.js';
 import { mountLayers, mountLegacy } from './overlay.js';
 import { planMount, type PlanRequest } from './plan.js';
 
-export interface MountResult {
-  image: string;
-  mountpoint: string;
+/** What the kernel rung mounted, and how. */
+export interface MountResult extends RungResult {
+  rung: 'kernel';
   backing: Backing;
   layers: Layers;
   api: Api;
@@ -55,10 +55,6 @@ export interface MountResult {
   loop: null | { device: string; directIo: boolean; created: boolean };
   /** The temporary directory the EROFS mount sat on during the call, on the path layers (detached and removed before returning). */
   temporaryMount: null | string;
-  /** Why each choice was made, one line each. */
-  explain: string[];
-  /** Wall time of the call in milliseconds. */
-  ms: number;
   /** Set when nothing was mounted (`dryRun`); the path fields are then only the defaults. */
   dryRun?: boolean;
 }
@@ -101,10 +97,30 @@ function mountAttrs(o: MountOptions, readonly: boolean): { attr: number; ms: num
 type DigestOfFd = (fd: number) => Buffer;
 
 /**
- * Mount `image` on `mountpoint`. Rejects with a one-line ComposefsError on
- * any failure, having left nothing behind. The rungs of the ladder
- * (src/mount/ladder.ts) are tried in order: the kernel, then a registered
- * rung (FUSE) when the kernel path failed for lack of privilege.
+ * Mount `image` on `mountpoint` by the ladder (src/mount/ladder.ts): the
+ * kernel rung first, then each registered rung that takes over when the
+ * kernel path lacks privilege (FUSE, once src/fuse/rung.js is loaded: the
+ * mount library's index and the package entry load it); a rung asked for by
+ * name (`fuse: true`) is the only one tried. Rejects with a one-line
+ * ComposefsError on any failure, having left nothing behind. The result's
+ * `rung` says which rung mounted it (`isKernelMount` narrows to the kernel's
+ * MountResult); its explain starts with why that rung was taken.
+ */
+export async function mountImage(image: string | number, mountpoint: string, options: MountOptions): Promise<LadderMount<MountResult | RungResult>> {
+  const rungs = registeredMountRungs();
+  if (options.fuse === true && !rungs.some((r) => r.asked(options))) throw new MountError('fuse: no FUSE mount path is available in this build');
+  return climbRungs(image, mountpoint, options, rungs, mountComposefs);
+}
+
+/** Whether a rung's result is the kernel rung's. */
+export function isKernelMount(result: RungResult): result is MountResult {
+  return result.rung === 'kernel';
+}
+
+/**
+ * The kernel rung: mount `image` on `mountpoint` with EROFS and overlayfs.
+ * Rejects with a one-line ComposefsError on any failure, having left nothing
+ * behind (a `MountError` with `privilege` when the kernel said EPERM).
  */
 export async function mountComposefs(image: string | number, mountpoint: string, options: MountOptions): Promise<MountResult> {
   let digestOf: DigestOfFd | null = null;
@@ -112,20 +128,7 @@ export async function mountComposefs(image: string | number, mountpoint: string,
     const fv = await import('../fsverity/index.js');
     digestOf = (fd) => fv.fsverityDigestOfFileSync(fd).digest;
   }
-  const rungs = registeredMountRungs();
-  if (options.fuse && !rungs.some((r) => r.asked(options))) throw new MountError('fuse: no FUSE mount path is available in this build');
-  if (rungs.length === 0) return mountComposefsSync(image, mountpoint, options, digestOf);
-  const names = planRungs(options, rungs);
-  for (const [i, name] of names.entries()) {
-    const last = i === names.length - 1;
-    try {
-      if (name === KERNEL_RUNG) return mountComposefsSync(image, mountpoint, options, digestOf);
-      return (await rungs.find((r) => r.name === name)!.mount(image, mountpoint, options)) as MountResult;
-    } catch (err) {
-      if (last || !(err instanceof MountError && err.privilege)) throw err;
-    }
-  }
-  throw new MountError(`mounting ${String(image)}: no mount rung to try`);
+  return mountComposefsSync(image, mountpoint, options, digestOf);
 }
 
 /**
@@ -245,6 +248,7 @@ export function mountComposefsSync(
     } else say('verity: off (not requested)');
 
     const result = (fields: Pick<MountResult, 'backing' | 'layers' | 'api' | 'loop' | 'temporaryMount'>): MountResult => ({
+      rung: 'kernel',
       image,
       mountpoint: mnt,
       ...fields,

@@ -48,8 +48,20 @@ export interface MountOptions {
   api?: Api | 'auto';
   /** The overlay's source field in mountinfo (default "composefs", as the reference). */
   source?: string;
-  /** Mount through the registered FUSE rung (src/mount/ladder.ts) instead of the kernel. */
+  /** The FUSE rung (src/fuse/rung.ts): true mounts through it only (`fuse`, `--fuse`); false never (`fuse=no`); unset, when the kernel path lacks privilege. */
   fuse?: boolean;
+  /** FUSE: object reads straight from the kernel when it grants passthrough ('auto', the default), or never. */
+  passthrough?: 'auto' | 'off';
+  /** FUSE: let other users in (default: when root; fusermount3 allows it to others only with user_allow_other). */
+  allowOther?: boolean;
+  /** FUSE: outstanding reads of /dev/fuse, 1..64 (default 2). */
+  fuseReaders?: number;
+  /** FUSE: where the server reports verity failures and missing objects. */
+  log?: string;
+  /** FUSE: serve in this process until unmounted, instead of a detached server. */
+  foreground?: boolean;
+  /** FUSE with `foreground`: also hand the server's messages here. */
+  onServerLog?: (line: string) => void;
   /** Check everything (options, places, image, digest, verity) but mount nothing (mount(8)'s -f). */
   dryRun?: boolean;
   /** Called before every step of the mount; tests use it to kill the process at each point. */
@@ -204,6 +216,32 @@ export function parseOptionString(s: string, sloppy = false): ParsedOptionString
         break;
       case 'source':
         o.source = unescape(need());
+        break;
+      // The FUSE rung's (src/fuse/rung.ts); the kernel rung ignores them.
+      case 'fuse': {
+        const v = rawValue === null ? 'yes' : choice(key, unescape(rawValue), ['yes', 'auto', 'no'] as const);
+        o.fuse = v === 'yes' ? true : v === 'no' ? false : undefined;
+        break;
+      }
+      case 'passthrough':
+        o.passthrough = choice(key, unescape(rawValue ?? ''), ['auto', 'off'] as const);
+        break;
+      case 'allow_other':
+        noValue();
+        o.allowOther = true;
+        break;
+      case 'fuse_readers': {
+        const v = unescape(rawValue ?? '');
+        if (!/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > 64) throw new UsageError(`invalid value for option fuse_readers: '${v}' (expected 1..64)`);
+        o.fuseReaders = Number(v);
+        break;
+      }
+      case 'log':
+        o.log = unescape(need());
+        break;
+      case 'foreground':
+        noValue();
+        o.foreground = true;
         break;
       // Options mount(8) and fstab use that mean nothing to the file system itself.
       case 'defaults':

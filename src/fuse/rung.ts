@@ -1,0 +1,48 @@
+/**
+ * FUSE as a rung of the mount ladder (src/mount/ladder.ts): taken when asked
+ * for (`fuse`, `--fuse`) or when the kernel path is refused for lack of
+ * privilege, unless `fuse=no`. Importing this registers the rung and loads
+ * nothing else: the server code is imported only when the rung mounts, so a
+ * mount on the kernel path never loads it.
+ */
+import { UsageError } from '../errors.js';
+import { registerMountRung, type MountRung, type RungMount } from '../mount/ladder.js';
+import type { MountOptions } from '../mount/options.js';
+import type { FuseMountOptions, FuseMountResult } from './mount.js';
+
+/** The FUSE server's options from the ladder's request; usage mistakes the FUSE mount cannot honour are refused here. */
+export function fuseOptionsOf(o: MountOptions): FuseMountOptions {
+  if (o.upperdir || o.workdir) throw new UsageError('upperdir=/workdir= are not supported with FUSE (the FUSE mount is read-only)');
+  if (o.idmap !== undefined) throw new UsageError('idmap= is not supported with FUSE');
+  // The server checks objects itself, so what the kernel rung can only try, FUSE always can:
+  // digest= implies verity as on the kernel path, tryverity turns it on, noverity keeps it off.
+  const verity = (o.verity ?? (o.digest !== undefined ? 'require' : 'off')) !== 'off';
+  return {
+    basedir: o.basedir,
+    digest: o.digest,
+    verity,
+    passthrough: o.passthrough,
+    allowOther: o.allowOther,
+    readers: o.fuseReaders,
+    log: o.log,
+    foreground: o.foreground,
+    dryRun: o.dryRun,
+  };
+}
+
+export const fuseRung: MountRung<FuseMountResult> = {
+  name: 'fuse',
+  asked: (o) => o.fuse === true,
+  afterPrivilegeFailure: (o) => o.fuse !== false,
+  why: (reason) => (reason.asked ? 'fuse: asked for (--fuse)' : `fuse: the kernel path lacks privilege (${reason.privilegeFailure}); FUSE needs none`),
+  async mount(image, mountpoint, options): Promise<RungMount<FuseMountResult>> {
+    if (typeof image !== 'string') throw new UsageError('the FUSE mount takes the image by path, not an open file descriptor');
+    const fuseOptions = fuseOptionsOf(options);
+    const { mountFuse, serveFuse } = await import('./mount.js');
+    if (!fuseOptions.foreground) return { result: await mountFuse(image, mountpoint, fuseOptions) };
+    const served = await serveFuse(image, mountpoint, fuseOptions, options.onServerLog);
+    return { result: served.result, closed: served.closed };
+  },
+};
+
+registerMountRung(fuseRung);
