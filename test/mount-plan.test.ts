@@ -11,8 +11,11 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { planMount, type Answer, type KernelFacts, type PlanRequest } from '../src/mount/plan.js';
-import { KERNEL_RUNG, planRungs, explainRecord } from '../src/mount/ladder.js';
-import type { MountOptions } from '../src/mount/options.js';
+import { KERNEL_RUNG, planRungs, explainRecord, climbRungs, type MountRung, type RungResult } from '../src/mount/ladder.js';
+import { MountError } from '../src/mount/errors.js';
+import { parseOptionString, type MountOptions } from '../src/mount/options.js';
+import { fuseRung, fuseOptionsOf } from '../src/fuse/rung.js';
+import { IoError, UsageError } from '../src/errors.js';
 
 const yes: Answer = { ok: true, why: 'yes' };
 const no = (why: string): Answer => ({ ok: false, why });
@@ -150,6 +153,173 @@ test('ladder: the kernel first; an added rung only when asked, or after a privil
     ]),
     ['backing: file', 'verity: off'],
   );
+});
+
+// ---- the rung runner: the real FUSE rung's decisions, rungs that mount nothing ------------
+
+const EPERM_LINE = 'mounting img on mnt: fsopen erofs: Operation not permitted (mounting needs root: CAP_SYS_ADMIN)';
+/** A ladder whose rungs note each call and then succeed or fail as told; the FUSE rung keeps its real asked/afterPrivilegeFailure/why. */
+function ladder(kernelOutcome: 'ok' | Error, others: Array<{ rung: MountRung; outcome: 'ok' | Error }>) {
+  const calls: string[] = [];
+  const result = (rung: string): RungResult => ({ rung, image: 'img', mountpoint: 'mnt', readonly: true, verity: false, explain: [`${rung}: its own line`], ms: 1 });
+  const kernel = async () => {
+    calls.push(KERNEL_RUNG);
+    if (kernelOutcome !== 'ok') throw kernelOutcome;
+    return result(KERNEL_RUNG);
+  };
+  const rungs = others.map(({ rung, outcome }): MountRung => ({
+    ...rung,
+    mount: async () => {
+      calls.push(rung.name);
+      if (outcome !== 'ok') throw outcome;
+      return { result: result(rung.name) };
+    },
+  }));
+  return { calls, climb: (o: MountOptions) => climbRungs('img', 'mnt', o, rungs, kernel) };
+}
+const base: MountOptions = { basedir: ['/objects'] };
+const eperm = () => new MountError(EPERM_LINE, { privilege: true });
+
+test('ladder: plans with the real FUSE rung (auto, asked, fuse=no) and several rungs in registration order', () => {
+  const fuse = fuseRung;
+  const always = { name: 'always', asked: () => false, afterPrivilegeFailure: true };
+  const never = { name: 'never', asked: () => false, afterPrivilegeFailure: false };
+  const named = { name: 'named', asked: (o: MountOptions) => o.source === 'named', afterPrivilegeFailure: (o: MountOptions) => o.fuse !== false };
+  const cases: Array<[string, MountOptions, Array<Pick<MountRung, 'name' | 'asked' | 'afterPrivilegeFailure'>>, string[]]> = [
+    ['auto: the kernel, then FUSE', base, [fuse], ['kernel', 'fuse']],
+    ['asked for: FUSE alone', { ...base, fuse: true }, [fuse], ['fuse']],
+    ['fuse=no: the kernel alone', { ...base, fuse: false }, [fuse], ['kernel']],
+    ['fuse=no with -o fuse options: still the kernel alone', { ...base, fuse: false, passthrough: 'off', foreground: true }, [fuse], ['kernel']],
+    ['several takers, in registration order', base, [always, fuse, never, named], ['kernel', 'always', 'fuse', 'named']],
+    ['registration order the other way', base, [named, never, fuse, always], ['kernel', 'named', 'fuse', 'always']],
+    ['fuse=no leaves the rungs that do not ask', { ...base, fuse: false }, [always, fuse, named], ['kernel', 'always']],
+    ['two asked for: both, nothing else', { ...base, fuse: true, source: 'named' }, [always, fuse, named], ['fuse', 'named']],
+    ['another asked for: FUSE not tried', { ...base, source: 'named' }, [always, fuse, named], ['named']],
+  ];
+  for (const [what, o, rungs, want] of cases) assert.deepEqual(planRungs(o, rungs), want, what);
+});
+
+test('ladder: the kernel mounts and FUSE is never tried; the record says the kernel', async () => {
+  const l = ladder('ok', [{ rung: fuseRung, outcome: 'ok' }]);
+  const m = await l.climb(base);
+  assert.deepEqual(l.calls, ['kernel']);
+  assert.equal(m.result.rung, 'kernel');
+  assert.deepEqual(m.record.map((a) => [a.stage, a.rung, a.outcome]), [['rung', 'kernel', 'used']]);
+  assert.match(m.result.explain[0], /^kernel: /);
+  assert.equal(m.result.explain[1], 'kernel: its own line');
+  assert.equal(m.closed, null);
+});
+
+test('ladder: after EPERM from the kernel, FUSE; --explain says why from the record', async () => {
+  const l = ladder(eperm(), [{ rung: fuseRung, outcome: 'ok' }]);
+  const m = await l.climb(base);
+  assert.deepEqual(l.calls, ['kernel', 'fuse']);
+  assert.equal(m.result.rung, 'fuse');
+  assert.deepEqual(m.record, [
+    { stage: 'rung', rung: 'kernel', outcome: 'refused', text: EPERM_LINE },
+    { stage: 'rung', rung: 'fuse', outcome: 'used', text: `fuse: the kernel path lacks privilege (${EPERM_LINE}); FUSE needs none` },
+  ]);
+  assert.deepEqual(m.result.explain, [`fuse: the kernel path lacks privilege (${EPERM_LINE}); FUSE needs none`, 'fuse: its own line']);
+});
+
+test('ladder: fuse asked for: the kernel is not tried', async () => {
+  const l = ladder(new Error('the kernel must not be called'), [{ rung: fuseRung, outcome: 'ok' }]);
+  const m = await l.climb({ ...base, fuse: true });
+  assert.deepEqual(l.calls, ['fuse']);
+  assert.deepEqual(m.result.explain, ['fuse: asked for (--fuse)', 'fuse: its own line']);
+});
+
+test('ladder: fuse=no: the kernel\'s privilege error is the answer, as it is', async () => {
+  const err = eperm();
+  const l = ladder(err, [{ rung: fuseRung, outcome: 'ok' }]);
+  await assert.rejects(l.climb({ ...base, fuse: false }), (e) => e === err);
+  assert.deepEqual(l.calls, ['kernel']);
+});
+
+test('ladder: a failure that is not for lack of privilege is thrown, FUSE not tried', async () => {
+  const failures: Error[] = [
+    new MountError('img: wrong fs-verity digest: expected 00, the image has 11'),
+    new MountError('mounting img on mnt: Invalid argument'),
+    new IoError('basedir /objects: Permission denied', 'EACCES'),
+    new UsageError('upperdir and workdir must be given together'),
+    // The word alone does not count: only the kernel rung's EPERM flag does.
+    new MountError('mnt: Operation not permitted'),
+  ];
+  for (const err of failures) {
+    const l = ladder(err, [{ rung: fuseRung, outcome: 'ok' }]);
+    await assert.rejects(l.climb(base), (e) => e === err, err.message);
+    assert.deepEqual(l.calls, ['kernel'], err.message);
+  }
+});
+
+test('ladder: when FUSE fails too its own error is thrown; with several takers each privilege failure hands on', async () => {
+  const fuseFails = new MountError('mounting on mnt with fusermount3: mount failed: Permission denied');
+  const l = ladder(eperm(), [{ rung: fuseRung, outcome: fuseFails }]);
+  await assert.rejects(l.climb(base), (e) => e === fuseFails);
+  assert.deepEqual(l.calls, ['kernel', 'fuse']);
+
+  const other: MountRung = { name: 'other', asked: () => false, afterPrivilegeFailure: true, mount: async () => assert.fail('replaced') };
+  const handsOn = ladder(eperm(), [
+    { rung: fuseRung, outcome: new MountError('fuse: EPERM too', { privilege: true }) },
+    { rung: other, outcome: 'ok' },
+  ]);
+  const m = await handsOn.climb(base);
+  assert.deepEqual(handsOn.calls, ['kernel', 'fuse', 'other']);
+  assert.deepEqual(m.record.map((a) => `${a.rung} ${a.outcome}`), ['kernel refused', 'fuse refused', 'other used']);
+  assert.equal(m.result.explain[0], 'other: the kernel path lacks privilege (fuse: EPERM too)');
+
+  const stops = ladder(eperm(), [
+    { rung: fuseRung, outcome: fuseFails },
+    { rung: other, outcome: 'ok' },
+  ]);
+  await assert.rejects(stops.climb(base), (e) => e === fuseFails);
+  assert.deepEqual(stops.calls, ['kernel', 'fuse']);
+});
+
+test('ladder: a server serving in this process (foreground) hands its end back', async () => {
+  let end!: () => void;
+  const closed = new Promise<void>((resolve) => (end = resolve));
+  const rung: MountRung = {
+    ...fuseRung,
+    mount: async () => ({ result: { rung: 'fuse', image: 'img', mountpoint: 'mnt', readonly: true, verity: false, explain: [], ms: 1 }, closed }),
+  };
+  const m = await climbRungs('img', 'mnt', { ...base, fuse: true, foreground: true }, [rung], async () => assert.fail('not the kernel'));
+  assert.equal(m.closed, closed);
+  assert.ok(!('closed' in m.result));
+  end();
+  await m.closed;
+});
+
+test('FUSE options: parsed with the others; the request mapped to the server; what FUSE cannot do refused', () => {
+  assert.equal(parseOptionString('fuse').options.fuse, true);
+  assert.equal(parseOptionString('fuse=yes').options.fuse, true);
+  assert.equal(parseOptionString('fuse=no').options.fuse, false);
+  const auto = parseOptionString('fuse,fuse=auto').options;
+  assert.ok('fuse' in auto && auto.fuse === undefined, 'fuse=auto: set, and neither yes nor no');
+  assert.deepEqual(parseOptionString('passthrough=off,allow_other,fuse_readers=4,log=/tmp/l\\,x,foreground').options, {
+    passthrough: 'off',
+    allowOther: true,
+    fuseReaders: 4,
+    log: '/tmp/l,x',
+    foreground: true,
+  });
+  assert.throws(() => parseOptionString('fuse=maybe'), /^UsageError: invalid value for option fuse: 'maybe' \(expected yes, auto, no\)$/);
+  assert.throws(() => parseOptionString('passthrough=on'), /invalid value for option passthrough: 'on' \(expected auto, off\)/);
+  assert.throws(() => parseOptionString('fuse_readers=0'), /invalid value for option fuse_readers: '0' \(expected 1\.\.64\)/);
+  assert.throws(() => parseOptionString('fuse_readers=65'), /expected 1\.\.64/);
+  assert.throws(() => parseOptionString('log'), /no value given for option log/);
+
+  assert.equal(fuseOptionsOf(base).verity, false);
+  assert.equal(fuseOptionsOf({ ...base, verity: 'require' }).verity, true);
+  assert.equal(fuseOptionsOf({ ...base, verity: 'try' }).verity, true, 'tryverity: the server can always check');
+  assert.equal(fuseOptionsOf({ ...base, digest: 'ab'.repeat(32) }).verity, true, 'digest= implies verity, as on the kernel path');
+  assert.equal(fuseOptionsOf({ ...base, digest: 'ab'.repeat(32), verity: 'off' }).verity, false, 'noverity keeps it off');
+  assert.deepEqual(
+    fuseOptionsOf({ ...base, passthrough: 'off', allowOther: true, fuseReaders: 3, log: '/l', foreground: true, dryRun: true }),
+    { basedir: ['/objects'], digest: undefined, verity: false, passthrough: 'off', allowOther: true, readers: 3, log: '/l', foreground: true, dryRun: true },
+  );
+  assert.throws(() => fuseOptionsOf({ ...base, upperdir: '/u', workdir: '/w' }), /^UsageError: upperdir=\/workdir= are not supported with FUSE/);
+  assert.throws(() => fuseOptionsOf({ ...base, idmap: '/proc/1/ns/user' }), /^UsageError: idmap= is not supported with FUSE$/);
 });
 
 const self = fileURLToPath(import.meta.url);
