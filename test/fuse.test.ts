@@ -9,7 +9,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import {
   chmodSync, chownSync, existsSync, mkdirSync, openSync, closeSync, readFileSync, readSync, statSync, symlinkSync, writeFileSync, writeSync,
@@ -21,6 +21,7 @@ import { cleanupDir, eventually, leftovers, scratch, snapshot } from './mount-fi
 import { mountComposefs, unmountComposefs } from '../src/mount/index.js';
 import { mountFuse, serveFuse } from '../src/fuse/mount.js';
 import { unmountFuse } from '../src/fuse/unmount.js';
+import { mountAt } from '../src/mount/mountinfo.js';
 import { scanDirectory } from '../src/scan/index.js';
 import { writeImage } from '../src/erofs/writer.js';
 import { fsverityDigest, digestToObjectPath } from '../src/fsverity/index.js';
@@ -211,6 +212,114 @@ test('an unprivileged user mounts with plain `cfs mount` (FUSE through fusermoun
     spawnSync('umount', ['-l', mnt]);
     cleanupDir(dir);
   }
+});
+
+test('the mount ladder as an unprivileged user: FUSE when the kernel refuses, named in --explain; --fuse=no and several pairs keep the one-line privilege error; --foreground serves in the process', { skip: SKIP_USER }, async () => {
+  const dir = scratch('fuse-ladder');
+  const { mnt, restore } = userSetup(dir);
+  const mnt2 = join(dir, 'mnt2');
+  mkdirSync(mnt2);
+  chownSync(mnt2, 65534, 65534);
+  const mounted = () => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(` ${mnt} `) || l.includes(` ${mnt2} `));
+  const servers = () => spawnSync('pgrep', ['-u', '65534', '-f', `fuse/daemon.js.*${dir}`]).status === 0;
+  let foreground: ReturnType<typeof spawn> | null = null;
+  const before = snapshot();
+  try {
+    const { image, store } = await handmadeImage(dir);
+    spawnSync('chmod', ['-R', 'a+rX', store, image]);
+    const privilegeLine = /^cfs mount: mounting .*: fsopen erofs: Operation not permitted \(mounting needs root: CAP_SYS_ADMIN\)$/;
+
+    // The ladder: the kernel refuses (EPERM), FUSE takes over; the first line under the head says so.
+    const j = cfs(['mount', '--json', '-o', `basedir=${store}`, image, mnt], { asNobody: true });
+    assert.equal(j.status, 0, j.stderr);
+    const r = JSON.parse(j.stdout) as { rung: string; readonly: boolean; via: string; pid: number; explain: string[] };
+    assert.equal(r.rung, 'fuse');
+    assert.equal(r.readonly, true);
+    assert.equal(r.via, 'fusermount');
+    assert.match(r.explain[0], /^fuse: the kernel path lacks privilege \(mounting .*fsopen erofs: Operation not permitted \(mounting needs root: CAP_SYS_ADMIN\)\); FUSE needs none$/);
+    assert.ok(r.explain.some((l) => /^passthrough: off: the server lacks CAP_SYS_ADMIN/.test(l)), r.explain.join('\n'));
+    const read = () => spawnSync(NOBODY[0], [...NOBODY.slice(1), 'cat', join(mnt, 'small')], { encoding: 'utf8' });
+    assert.equal(read().stdout, 'inline content\n', read().stderr);
+    assert.equal(cfs(['umount', mnt], { asNobody: true }).status, 0);
+    assert.ok(await eventually(() => !alive(r.pid), 5000), 'the server exits once unmounted');
+
+    // --fuse=no, and -o fuse=no through the drop-in: the kernel's one line, nothing mounted, no server.
+    for (const [args, prog] of [
+      [['mount', '--fuse=no', '--explain', '-o', `basedir=${store}`, image, mnt], 'cfs'],
+      [[image, mnt, '-v', '-o', `fuse=no,basedir=${store}`], 'mount.composefs'],
+    ] as const) {
+      const cmd = [...NOBODY, process.execPath, cliPath(prog), ...args];
+      const no = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 60_000 });
+      assert.equal(no.status, 1, no.stderr);
+      assert.equal(no.stdout, '');
+      const lines = no.stderr.trim().split('\n');
+      assert.equal(lines.length, 1, no.stderr);
+      assert.match(lines[0].replace(/^mount\.composefs: /, 'cfs mount: '), privilegeLine);
+      assert.deepEqual(mounted(), []);
+      assert.ok(!servers(), 'no server started');
+    }
+
+    // Several pairs are the kernel's alone: the same one line, and nothing of either pair mounted.
+    const two = cfs(['mount', '-o', `basedir=${store}`, image, mnt, image, mnt2], { asNobody: true });
+    assert.equal(two.status, 1);
+    assert.equal(two.stderr.trim().split('\n').length, 1, two.stderr);
+    assert.match(two.stderr.trim(), privilegeLine);
+    assert.deepEqual(mounted(), []);
+    assert.ok(!servers());
+
+    // --foreground through the ladder: this process serves until the mount goes, then exits 0.
+    foreground = spawn(NOBODY[0], [...NOBODY.slice(1), process.execPath, cliPath('cfs'), 'mount', '--foreground', '--explain', '-o', `basedir=${store}`, image, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    foreground.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    foreground.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => foreground!.on('exit', (code) => resolve(code)));
+    assert.ok(await eventually(() => /passthrough: off/.test(out), 20_000), out);
+    const lines = out.split('\n');
+    assert.match(lines[0], /^mounted .* on .* \(ro\) through FUSE in /);
+    assert.match(lines[1], /^ {2}fuse: the kernel path lacks privilege \(.*Operation not permitted.*\); FUSE needs none$/);
+    assert.equal(mounted().length, 1);
+    const ps = spawnSync('pgrep', ['-u', '65534', '-f', 'fuse/daemon.js']);
+    assert.equal(ps.status, 1, 'no detached server: the mounting process serves');
+    assert.equal(read().stdout, 'inline content\n', read().stderr);
+    assert.equal(cfs(['umount', mnt], { asNobody: true }).status, 0);
+    assert.equal(await exited, 0, out);
+    foreground = null;
+    assert.deepEqual(mounted(), []);
+  } finally {
+    restore();
+    if (foreground?.pid && alive(foreground.pid)) foreground.kill('SIGKILL');
+    spawnSync('umount', ['-l', mnt]);
+    spawnSync('umount', ['-l', mnt2]);
+    cleanupDir(dir);
+  }
+  assert.deepEqual(leftovers(before), []);
+});
+
+test('the mount ladder as root: the kernel rung mounts and says so; --fuse asks for FUSE by name', { skip: SKIP }, async () => {
+  const dir = scratch('fuse-ladder-root');
+  const mnt = join(dir, 'mnt');
+  mkdirSync(mnt);
+  const before = snapshot();
+  try {
+    const { image, store } = await handmadeImage(dir);
+    const k = cfs(['mount', '--json', '-o', `basedir=${store}`, image, mnt]);
+    assert.equal(k.status, 0, k.stderr);
+    const kr = JSON.parse(k.stdout) as { rung: string; backing: string; explain: string[] };
+    assert.equal(kr.rung, 'kernel');
+    assert.match(kr.explain[0], /^kernel: /);
+    assert.ok(kr.explain.some((l) => l.startsWith('backing: ')));
+    assert.equal(mountAt(mnt)?.fstype, 'overlay');
+    assert.equal(cfs(['umount', mnt]).status, 0);
+    const f = cfs(['mount', '--fuse', '--explain', '-o', `basedir=${store}`, image, mnt]);
+    assert.equal(f.status, 0, f.stderr);
+    assert.match(f.stdout, /^mounted .* \(ro\) through FUSE in .*\n {2}fuse: asked for \(--fuse\)\n/);
+    assert.equal(mountAt(mnt)?.fstype, 'fuse.composefs');
+    assert.equal(cfs(['umount', mnt]).status, 0);
+  } finally {
+    spawnSync('umount', ['-l', mnt]);
+    cleanupDir(dir);
+  }
+  assert.deepEqual(leftovers(before), []);
 });
 
 test('inside a user namespace the server mounts /dev/fuse itself with mount(2)', { skip: SKIP_USER || (spawnSync('unshare', ['--version']).status !== 0 ? 'no unshare' : false) }, async () => {
