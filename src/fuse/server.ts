@@ -253,7 +253,14 @@ export class FuseServer {
         case P.Op.RELEASE:
           return this.release(unique, P.getU64(buf, body + P.ReleaseIn.fh));
         case P.Op.OPENDIR:
-          // The kernel offers zero-message opendir: ENOSYS says we need none.
+          // The kernel offers zero-message opendir: ENOSYS says we need none, and the kernel
+          // then caches directory contents as if we had answered FOPEN_CACHE_DIR|FOPEN_KEEP_CACHE
+          // (fuse_do_open's default for no-open, fs/fuse/file.c; measured). Answering OPENDIR with those
+          // flags costs an OPENDIR and a RELEASEDIR per directory opened, for the same cache.
+          // Measured, `find MNT -printf '%s %m %u\n'` over /usr/share (53,629 entries, 3,240
+          // directories), 3 runs each on a loaded 2-core VM: a second (warm) walk sends 1 request
+          // with ENOSYS against 6,535 with the reply, 370-720 ms against 505-1,124 ms; a cold
+          // walk 6,654 requests against 13,187, 925-1,414 ms against 1,070-1,350 ms.
           return this.error(unique, E.ENOSYS);
         case P.Op.RELEASEDIR:
           return this.ok(unique, 0);
