@@ -6,8 +6,10 @@
  * `basedir=PATH[:PATH...]`, `digest=DIGEST`, `verity`, `tryverity`, `ro`,
  * `rw`, `upperdir=`, `workdir=`, `idmap=`. We add `private` (mount a private,
  * verified copy of the image), the generic VFS flags mount(8) may hand a
- * helper (nosuid, nodev, noexec, noatime, ...), and `backing=`, `layers=`,
- * `api=` to force a mount path. A backslash escapes the next character, so
+ * helper (nosuid, nodev, noexec, noatime, ...), `backing=`, `layers=`,
+ * `api=` to force a mount path, and the FUSE rung's own (`fuse[=yes|auto|no]`,
+ * `passthrough=`, `allow_other`, `fuse_readers=`, `log=`, `foreground`),
+ * which the kernel rung ignores. A backslash escapes the next character, so
  * `\,` puts a comma and `\:` a colon inside a value.
  */
 import { UsageError } from '../errors.js';
