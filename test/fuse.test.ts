@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { cliPath, conformanceDir, isRoot, repoRoot } from './helpers/paths.js';
 import { manifest } from './helpers/manifest.js';
 import { cleanupDir, eventually, leftovers, scratch, snapshot } from './mount-fixtures.js';
-import { mountComposefs, unmountComposefs } from '../src/mount/index.js';
+import { isKernelMount, mountComposefs, mountImage, unmountComposefs } from '../src/mount/index.js';
 import { mountFuse, serveFuse } from '../src/fuse/mount.js';
 import { unmountFuse } from '../src/fuse/unmount.js';
 import { mountAt } from '../src/mount/mountinfo.js';
@@ -315,6 +315,25 @@ test('the mount ladder as root: the kernel rung mounts and says so; --fuse asks 
     assert.match(f.stdout, /^mounted .* \(ro\) through FUSE in .*\n {2}fuse: asked for \(--fuse\)\n/);
     assert.equal(mountAt(mnt)?.fstype, 'fuse.composefs');
     assert.equal(cfs(['umount', mnt]).status, 0);
+    // The library entry, with the image as an open descriptor: each rung gets it.
+    const fd = openSync(image, 'r');
+    try {
+      for (const fuse of [false, true]) {
+        const m = await mountImage(fd, mnt, { basedir: [store], fuse });
+        try {
+          assert.equal(m.result.rung, fuse ? 'fuse' : 'kernel');
+          assert.equal(isKernelMount(m.result), !fuse);
+          assert.equal(m.record.length, 1);
+          assert.equal(m.closed, null);
+          assert.equal(mountAt(mnt)?.fstype, fuse ? 'fuse.composefs' : 'overlay');
+          assert.equal((await execFileAsync('cat', [join(mnt, 'small')])).stdout, 'inline content\n');
+        } finally {
+          unmountComposefs(mnt);
+        }
+      }
+    } finally {
+      closeSync(fd);
+    }
   } finally {
     spawnSync('umount', ['-l', mnt]);
     cleanupDir(dir);

@@ -36,11 +36,12 @@ export const fuseRung: MountRung<FuseMountResult> = {
   afterPrivilegeFailure: (o) => o.fuse !== false,
   why: (reason) => (reason.asked ? 'fuse: asked for (--fuse)' : `fuse: the kernel path lacks privilege (${reason.privilegeFailure}); FUSE needs none`),
   async mount(image, mountpoint, options): Promise<RungMount<FuseMountResult>> {
-    if (typeof image !== 'string') throw new UsageError('the FUSE mount takes the image by path, not an open file descriptor');
+    // An open image (the caller's descriptor) by a path this process and a detached server can both open.
+    const path = typeof image === 'number' ? `/proc/${process.pid}/fd/${image}` : image;
     const fuseOptions = fuseOptionsOf(options);
     const { mountFuse, serveFuse } = await import('./mount.js');
-    if (!fuseOptions.foreground) return { result: await mountFuse(image, mountpoint, fuseOptions) };
-    const served = await serveFuse(image, mountpoint, fuseOptions, options.onServerLog);
+    if (!fuseOptions.foreground) return { result: await mountFuse(path, mountpoint, fuseOptions) };
+    const served = await serveFuse(path, mountpoint, fuseOptions, options.onServerLog);
     return { result: served.result, closed: served.closed };
   },
 };
