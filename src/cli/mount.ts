@@ -1,7 +1,9 @@
 /**
  * `cfs mount` and the drop-in `mount.composefs` (also what mount(8) runs for
- * `mount -t composefs IMAGE DIR -o ...`). Loads only the mount code: no image
- * writer, no digest code unless `digest=` is given.
+ * `mount -t composefs IMAGE DIR -o ...`): parse, call the mount ladder
+ * (`mountImage`: the kernel, else FUSE), print. Loads only the mount code: no
+ * image writer, no digest code unless `digest=` is given, no FUSE server
+ * unless the FUSE rung mounts.
  */
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { existsSync } from 'node:fs';
