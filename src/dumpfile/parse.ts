@@ -255,14 +255,12 @@ const NOT_PLAIN = -2;
 
 /** One line cut into fields by {@link LineScanner.scan}; reused for every line. */
 class ScannedLine {
-  /** Where the line starts, where it ends (its newline, or the end of the input), and where the next one starts. */
+  /**
+   * Where the line starts and where it ends: at its newline, or at the end
+   * of the input for a last line without one.
+   */
   start = 0;
   end = 0;
-  next = 0;
-  /** The last line of the input, without a newline. */
-  unterminated = false;
-  /** Where the first NUL byte in the line is, or -1. */
-  nulAt = -1;
   /**
    * Field `f` is `[fieldStart[f], fieldEnd[f])`; a missing field is empty.
    * PAYLOAD, CONTENT and DIGEST are ABSENT for `-`. Not kept for a plain
@@ -282,9 +280,9 @@ class ScannedLine {
    */
   holdsEscapes = false;
   /**
-   * The first field whose escapes are invalid (then it and the fields after
-   * it are not decoded), or -1; and what is wrong. The rules report it when
-   * they come to that field, as the reference does.
+   * The first field whose escapes decodeEscapes() found invalid (then it and
+   * the fields after it are not decoded), or -1; and what is wrong. The
+   * rules report it when they come to that field, as the reference does.
    */
   badEscapeField = -1;
   badEscapeReason = '';
@@ -361,11 +359,8 @@ class LineScanner {
     line.start = lineStart;
     let lineEnd = text.indexOf('\n', lineStart - textStart);
     lineEnd = lineEnd >= 0 ? lineEnd + textStart : this.findPastWindow(Char.NEWLINE, lineStart);
-    line.unterminated = lineEnd < 0;
     if (lineEnd < 0) lineEnd = this.inputLength;
     line.end = lineEnd;
-    line.next = lineEnd < this.inputLength ? lineEnd + 1 : lineEnd;
-    line.nulAt = this.firstNul < lineEnd ? this.firstNul : -1;
 
     // Each field ends at the next space; a missing one is empty, at the line's end.
     let end = text.indexOf(' ', lineStart - textStart) + textStart;
@@ -707,7 +702,7 @@ class FlatParser {
       scanner.scan(lineStart, line);
       if (line.holdsEscapes) scanner.decodeEscapes(line);
       this.storeLine();
-      lineStart = line.next;
+      lineStart = line.end + 1;
     }
   }
 
@@ -736,8 +731,10 @@ class FlatParser {
    */
   storeLine(): void {
     const line = this.line;
-    if (line.unterminated && this.strict) this.fail('line', 'missing newline at the end of the file');
-    if (line.nulAt >= 0) this.fail('line', `NUL byte at column ${line.nulAt - line.start + 1}`);
+    const lineEnd = line.end;
+    if (lineEnd === this.pool.length && this.strict) this.fail('line', 'missing newline at the end of the file');
+    const firstNul = this.scanner.firstNul;
+    if (firstNul < lineEnd) this.fail('line', `NUL byte at column ${firstNul - line.start + 1}`);
 
     const pathStart = line.fieldStart[Field.PATH];
     const pathEnd = line.fieldEnd[Field.PATH];
@@ -847,9 +844,25 @@ class FlatParser {
       this.tooBigSize = u64Text(size);
     }
 
+    // DIGEST: its first 64 characters as hex, as the reference reads it,
+    // decoded to 32 bytes where they stand (left as they were otherwise).
     let digest = -1;
     if (digestStart !== ABSENT) {
-      digest = this.decodeDigest(digestStart, digestEnd);
+      const bytes = this.pool;
+      const digestBytes = this.digestBytes;
+      let hexDigits = 0;
+      if (digestEnd - digestStart >= 64) {
+        for (; hexDigits < 64; hexDigits += 2) {
+          const high = HEX_DIGIT[bytes[digestStart + hexDigits]];
+          const low = HEX_DIGIT[bytes[digestStart + hexDigits + 1]];
+          if ((high | low) < 0) break;
+          digestBytes[hexDigits >>> 1] = (high << 4) | low;
+        }
+      }
+      if (hexDigits === 64) {
+        bytes.set(digestBytes, digestStart);
+        digest = digestStart;
+      }
       // A digest that is not 64 hex digits leaves the reference with
       // uninitialized bytes; that only matters where the image uses it.
       if (digest < 0 && external) {
@@ -875,25 +888,6 @@ class FlatParser {
       this.fail('xattrs', `${xattrsLength} bytes of xattrs on one line exceed the maximum of ${Limit.XATTR_TEXT_MAX}`);
     }
     if (xattrsLength > 0) this.storeXattrs(line.xattrsStart, line.end);
-  }
-
-  /**
-   * The first 64 characters of `pool[start..end)` as hex, as the reference
-   * reads a digest: decoded to 32 bytes at `start` (returned), or -1 if they
-   * are not 64 hex digits (then the text is left as it was).
-   */
-  decodeDigest(start: number, end: number): number {
-    if (end - start < 64) return -1;
-    const bytes = this.pool;
-    const digest = this.digestBytes;
-    for (let i = 0; i < 32; i++) {
-      const high = HEX_DIGIT[bytes[start + 2 * i]];
-      const low = HEX_DIGIT[bytes[start + 2 * i + 1]];
-      if ((high | low) < 0) return -1;
-      digest[i] = (high << 4) | low;
-    }
-    bytes.set(digest, start);
-    return start;
   }
 
   /** The xattrs `KEY=VALUE ...` of the entry just added, from `pool[start..end)`. */
