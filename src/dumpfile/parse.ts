@@ -1032,7 +1032,8 @@ class FlatParser {
     let nameStart = pathStart + chainLength[depth < 0 ? 0 : depth] + 1;
     const slash = pathText.indexOf('/', nameStart + textOffset);
     if (slash >= 0 && slash - textOffset < pathEnd) depth = -1;
-    if (depth < 0) {
+    const canonical = depth >= 0;
+    if (!canonical) {
       nameStart = this.walkToParent(pathStart, pathEnd);
       depth = this.chainDepth - 1;
     }
@@ -1082,7 +1083,9 @@ class FlatParser {
       // The next lines are most likely this directory's entries.
       this.chainEntry[depth + 1] = entry;
       chainLength[depth + 1] = chainLength[depth] + 1 + nameLength;
-      chainPath[depth + 1] = `${chainPath[depth]}/${pathText.substring(nameStart + textOffset, pathEnd + textOffset)}`;
+      chainPath[depth + 1] = canonical
+        ? pathText.substring(pathStart + textOffset, pathEnd + textOffset)
+        : `${chainPath[depth]}/${pathText.substring(nameStart + textOffset, pathEnd + textOffset)}`;
       this.chainDepth = depth + 2;
     }
     return entry;
