@@ -938,16 +938,16 @@ class FlatParser {
       const valueEnds = this.xattrValueEnd;
       if (byName === null && this.xattrCount - first >= 16) {
         byName = new Map();
-        for (let x = first; x < this.xattrCount; x++) byName.set(this.buffer.toString('latin1', keyStart[x], keyEnd[x]), x);
+        for (let xattr = first; xattr < this.xattrCount; xattr++) byName.set(this.buffer.toString('latin1', keyStart[xattr], keyEnd[xattr]), xattr);
       }
       let previous = -1;
       const nameText = byName !== null ? this.buffer.toString('latin1', nameStart, nameEnd) : '';
       if (byName !== null) {
         previous = byName.get(nameText) ?? -1;
       } else {
-        for (let x = first; x < this.xattrCount; x++) {
-          if (compareBytes(bytes, keyStart[x], keyEnd[x], bytes, nameStart, nameEnd) === 0) {
-            previous = x;
+        for (let xattr = first; xattr < this.xattrCount; xattr++) {
+          if (compareBytes(bytes, keyStart[xattr], keyEnd[xattr], bytes, nameStart, nameEnd) === 0) {
+            previous = xattr;
             break;
           }
         }
@@ -1138,11 +1138,11 @@ class FlatParser {
     if (throughNonDir) this.fail(Field.PATH, `parent of '${printable(bytes.subarray(pathStart, pathEnd))}' is not a directory`);
 
     let path = '';
-    for (let k = 0; k < names.length; k += 2) {
-      path = `${path}/${this.buffer.toString('latin1', names[k], names[k + 1])}`;
-      this.chainEntry[1 + k / 2] = walked[1 + k / 2];
-      this.chainLength[1 + k / 2] = path.length;
-      this.chainPath[1 + k / 2] = path;
+    for (let depth = 1; depth < walked.length; depth++) {
+      path = `${path}/${this.buffer.toString('latin1', names[2 * depth - 2], names[2 * depth - 1])}`;
+      this.chainEntry[depth] = walked[depth];
+      this.chainLength[depth] = path.length;
+      this.chainPath[depth] = path;
     }
     this.chainDepth = walked.length;
     return partStart;
@@ -1176,7 +1176,7 @@ class FlatParser {
     }
     childStart[count] = nextStart;
     for (const dir of this.unsorted) {
-      children.subarray(childStart[dir], childStart[dir + 1]).sort((a, b) => compareBytes(bytes, nameStart[a], nameEnd[a], bytes, nameStart[b], nameEnd[b]));
+      children.subarray(childStart[dir], childStart[dir + 1]).sort((one, other) => compareBytes(bytes, nameStart[one], nameEnd[one], bytes, nameStart[other], nameEnd[other]));
     }
 
     if (this.links.length > 0) this.resolveLinks(childStart, children);
