@@ -505,25 +505,13 @@ class LineScanner {
   }
 }
 
-/** `linkTo` of a hard-link entry until the links are resolved (-1 is "not a link"). */
-const PENDING_LINK = -2;
-
 /**
- * The rules of the format, and the tree they build. Entries are numbered in
- * the order of their lines (the root, which must come first, is 0); every
- * column is indexed by entry.
+ * The entries read so far, in the columns of a {@link FlatTree} (see there),
+ * with what the parser keeps per directory while reading; all grow together.
  */
-class FlatParser {
-  readonly pool: Uint8Array;
-  /** A Buffer over the same bytes, for the few Buffer-only operations. */
-  readonly buffer: Buffer;
-  readonly strict: boolean;
-  readonly scanner: LineScanner;
-  /** The line being read, as the scanner cut it, and its number (from 1). */
-  readonly line = new ScannedLine();
-  lineNumber = 0;
-
+class EntryColumns {
   capacity: number;
+  /** Entries so far, numbered in the order of their lines (the root is 0). */
   count = 0;
   nameStart: Int32Array;
   nameEnd: Int32Array;
@@ -559,44 +547,7 @@ class FlatParser {
   xattrValueStart = new Int32Array(64);
   xattrValueEnd = new Int32Array(64);
 
-  /**
-   * The directories from the root down to the one most recently added or
-   * used as a parent (`chainEntry[0 .. chainDepth)`), each with its
-   * canonical path (decoded, in latin1; "" for the root) in `chainPath` and
-   * that path's length in `chainLength`. Dump files list a directory's
-   * entries right after it, so a line's parent is almost always here.
-   */
-  readonly chainEntry: number[] = [0];
-  readonly chainLength: number[] = [0];
-  readonly chainPath: string[] = [''];
-  chainDepth = 0;
-
-  /** Hard-link entries and their line numbers, in file order. */
-  readonly links: number[] = [];
-  readonly linkLines: number[] = [];
-  /** Per hard link (as in `links`): the entry its target path names; set by resolveLinks(). */
-  linkTarget: Int32Array = new Int32Array(0);
-  /**
-   * `parent/name` (name in latin1) -> entry, over all entries; built the
-   * first time a name must be looked up while reading (names out of order, a
-   * parent not on the chain), then kept up to date.
-   */
-  index: Map<string, number> | null = null;
-  /** Directories whose names came out of order. */
-  readonly unsorted: number[] = [];
-  /** First regular file too big for an image (the reference refuses it when writing). */
-  tooBigLine = 0;
-  tooBigSize = '';
-  /** A digest's 32 bytes while its 64 hex digits are checked. */
-  readonly digestBytes = new Uint8Array(32);
-
-  constructor(input: Uint8Array, strict: boolean) {
-    this.pool = input;
-    this.scanner = new LineScanner(input);
-    this.buffer = this.scanner.buffer;
-    this.strict = strict;
-    // Lines are rarely shorter than 64 bytes; the columns grow if they are.
-    const capacity = Math.max(64, Math.min(input.length >>> 6, 1 << 20));
+  constructor(capacity: number) {
     this.capacity = capacity;
     this.nameStart = new Int32Array(capacity);
     this.nameEnd = new Int32Array(capacity);
@@ -657,6 +608,68 @@ class FlatParser {
     this.xattrValueStart = grownInt32(this.xattrValueStart, capacity);
     this.xattrValueEnd = grownInt32(this.xattrValueEnd, capacity);
   }
+}
+
+/** `linkTo` of a hard-link entry until the links are resolved (-1 is "not a link"). */
+const PENDING_LINK = -2;
+
+/**
+ * The rules of the format, and the tree they build. Entries are numbered in
+ * the order of their lines (the root, which must come first, is 0); every
+ * column is indexed by entry.
+ */
+class FlatParser {
+  readonly pool: Uint8Array;
+  /** A Buffer over the same bytes, for the few Buffer-only operations. */
+  readonly buffer: Buffer;
+  readonly strict: boolean;
+  readonly scanner: LineScanner;
+  /** The line being read, as the scanner cut it, and its number (from 1). */
+  readonly line = new ScannedLine();
+  lineNumber = 0;
+
+  /** The tree being built. */
+  readonly entries: EntryColumns;
+
+  /**
+   * The directories from the root down to the one most recently added or
+   * used as a parent (`chainEntry[0 .. chainDepth)`), each with its
+   * canonical path (decoded, in latin1; "" for the root) in `chainPath` and
+   * that path's length in `chainLength`. Dump files list a directory's
+   * entries right after it, so a line's parent is almost always here.
+   */
+  readonly chainEntry: number[] = [0];
+  readonly chainLength: number[] = [0];
+  readonly chainPath: string[] = [''];
+  chainDepth = 0;
+
+  /** Hard-link entries and their line numbers, in file order. */
+  readonly links: number[] = [];
+  readonly linkLines: number[] = [];
+  /** Per hard link (as in `links`): the entry its target path names; set by resolveLinks(). */
+  linkTarget: Int32Array = new Int32Array(0);
+  /**
+   * `parent/name` (name in latin1) -> entry, over all entries; built the
+   * first time a name must be looked up while reading (names out of order, a
+   * parent not on the chain), then kept up to date.
+   */
+  index: Map<string, number> | null = null;
+  /** Directories whose names came out of order. */
+  readonly unsorted: number[] = [];
+  /** First regular file too big for an image (the reference refuses it when writing). */
+  tooBigLine = 0;
+  tooBigSize = '';
+  /** A digest's 32 bytes while its 64 hex digits are checked. */
+  readonly digestBytes = new Uint8Array(32);
+
+  constructor(input: Uint8Array, strict: boolean) {
+    this.pool = input;
+    this.scanner = new LineScanner(input);
+    this.buffer = this.scanner.buffer;
+    this.strict = strict;
+    // Lines are rarely shorter than 64 bytes; the columns grow if they are.
+    this.entries = new EntryColumns(Math.max(64, Math.min(input.length >>> 6, 1 << 20)));
+  }
 
   fail(field: Field | string, reason: string): never {
     throw new DumpParseError(this.lineNumber, typeof field === 'number' ? FIELD_NAMES[field] : field, reason);
@@ -708,13 +721,14 @@ class FlatParser {
 
   /** A hard link: its target's path, resolved once the whole file is read. */
   storeHardLink(entry: number): void {
+    const entries = this.entries;
     const line = this.line;
-    if ((this.mode[entry] & Mode.TYPE_MASK) === Mode.DIR) this.fail(Field.MODE, 'directories cannot be hard-linked');
+    if ((entries.mode[entry] & Mode.TYPE_MASK) === Mode.DIR) this.fail(Field.MODE, 'directories cannot be hard-linked');
     if (line.badEscapeField === Field.PAYLOAD) this.failEscape(Field.PAYLOAD);
-    this.linkTo[entry] = PENDING_LINK;
-    this.payloadStart[entry] = line.fieldStart[Field.PAYLOAD];
-    this.payloadEnd[entry] = line.fieldEnd[Field.PAYLOAD];
-    this.contentStart[entry] = this.contentEnd[entry] = this.digest[entry] = -1;
+    entries.linkTo[entry] = PENDING_LINK;
+    entries.payloadStart[entry] = line.fieldStart[Field.PAYLOAD];
+    entries.payloadEnd[entry] = line.fieldEnd[Field.PAYLOAD];
+    entries.contentStart[entry] = entries.contentEnd[entry] = entries.digest[entry] = -1;
     this.links.push(entry);
     this.linkLines.push(this.lineNumber);
   }
@@ -730,6 +744,7 @@ class FlatParser {
    * Uint32Array columns keep the low 32 bits of a number themselves.
    */
   storeLine(): void {
+    const entries = this.entries;
     const line = this.line;
     const lineEnd = line.end;
     if (lineEnd === this.pool.length && this.strict) this.fail('line', 'missing newline at the end of the file');
@@ -870,18 +885,18 @@ class FlatParser {
       }
     }
 
-    this.size[entry] = fileSize;
-    this.nlink[entry] = typeof nlink === 'number' ? nlink : low32(nlink);
-    this.uid[entry] = typeof uid === 'number' ? uid : low32(uid);
-    this.gid[entry] = typeof gid === 'number' ? gid : low32(gid);
-    this.rdev[entry] = deviceNumber;
-    this.mtimeSec[entry] = typeof seconds === 'number' ? seconds : bigSeconds(seconds);
-    this.mtimeNsec[entry] = typeof nanoseconds === 'number' ? nanoseconds : low32(nanoseconds);
-    this.payloadStart[entry] = payloadStart;
-    this.payloadEnd[entry] = payloadEnd;
-    this.contentStart[entry] = inlineStart;
-    this.contentEnd[entry] = inlineStart < 0 ? -1 : contentEnd;
-    this.digest[entry] = digest;
+    entries.size[entry] = fileSize;
+    entries.nlink[entry] = typeof nlink === 'number' ? nlink : low32(nlink);
+    entries.uid[entry] = typeof uid === 'number' ? uid : low32(uid);
+    entries.gid[entry] = typeof gid === 'number' ? gid : low32(gid);
+    entries.rdev[entry] = deviceNumber;
+    entries.mtimeSec[entry] = typeof seconds === 'number' ? seconds : bigSeconds(seconds);
+    entries.mtimeNsec[entry] = typeof nanoseconds === 'number' ? nanoseconds : low32(nanoseconds);
+    entries.payloadStart[entry] = payloadStart;
+    entries.payloadEnd[entry] = payloadEnd;
+    entries.contentStart[entry] = inlineStart;
+    entries.contentEnd[entry] = inlineStart < 0 ? -1 : contentEnd;
+    entries.digest[entry] = digest;
 
     const xattrsLength = line.end - line.xattrsStart;
     if (xattrsLength > Limit.XATTR_TEXT_MAX) {
@@ -892,9 +907,10 @@ class FlatParser {
 
   /** The xattrs `KEY=VALUE ...` of the entry just added, from `pool[start..end)`. */
   storeXattrs(start: number, end: number): void {
+    const entries = this.entries;
     const bytes = this.pool;
     const scanner = this.scanner;
-    const first = this.xattrCount;
+    const first = entries.xattrCount;
     /** Space the entry's xattrs take, counted as the reference counts it. */
     let space = 0;
     /** Name (latin1) -> xattr, once the entry has many. */
@@ -932,20 +948,20 @@ class FlatParser {
       if (valueLength > Limit.XATTR_VALUE_MAX) this.fail('xattr', `xattr value of ${valueLength} bytes exceeds the maximum of ${Limit.XATTR_VALUE_MAX}`);
 
       // Setting a name again drops the old value, moving the last xattr into its slot.
-      const keyStart = this.xattrKeyStart;
-      const keyEnd = this.xattrKeyEnd;
-      const valueStarts = this.xattrValueStart;
-      const valueEnds = this.xattrValueEnd;
-      if (byName === null && this.xattrCount - first >= 16) {
+      const keyStart = entries.xattrKeyStart;
+      const keyEnd = entries.xattrKeyEnd;
+      const valueStarts = entries.xattrValueStart;
+      const valueEnds = entries.xattrValueEnd;
+      if (byName === null && entries.xattrCount - first >= 16) {
         byName = new Map();
-        for (let xattr = first; xattr < this.xattrCount; xattr++) byName.set(this.buffer.toString('latin1', keyStart[xattr], keyEnd[xattr]), xattr);
+        for (let xattr = first; xattr < entries.xattrCount; xattr++) byName.set(this.buffer.toString('latin1', keyStart[xattr], keyEnd[xattr]), xattr);
       }
       let previous = -1;
       const nameText = byName !== null ? this.buffer.toString('latin1', nameStart, nameEnd) : '';
       if (byName !== null) {
         previous = byName.get(nameText) ?? -1;
       } else {
-        for (let xattr = first; xattr < this.xattrCount; xattr++) {
+        for (let xattr = first; xattr < entries.xattrCount; xattr++) {
           if (compareBytes(bytes, keyStart[xattr], keyEnd[xattr], bytes, nameStart, nameEnd) === 0) {
             previous = xattr;
             break;
@@ -954,7 +970,7 @@ class FlatParser {
       }
       if (previous >= 0) {
         const removed = Limit.XATTR_ENTRY_OVERHEAD + keyEnd[previous] - keyStart[previous] + valueEnds[previous] - valueStarts[previous];
-        const last = this.xattrCount - 1;
+        const last = entries.xattrCount - 1;
         if (previous !== last) {
           keyStart[previous] = keyStart[last];
           keyEnd[previous] = keyEnd[last];
@@ -962,20 +978,20 @@ class FlatParser {
           valueEnds[previous] = valueEnds[last];
           if (byName !== null) byName.set(this.buffer.toString('latin1', keyStart[previous], keyEnd[previous]), previous);
         }
-        this.xattrCount = last;
+        entries.xattrCount = last;
         if (byName !== null) byName.delete(nameText);
-        space = this.xattrCount > first ? space - removed : 0;
+        space = entries.xattrCount > first ? space - removed : 0;
       }
-      const needed = Limit.XATTR_ENTRY_OVERHEAD + nameLength + valueLength + (this.xattrCount === first ? Limit.XATTR_HEADER : 0);
+      const needed = Limit.XATTR_ENTRY_OVERHEAD + nameLength + valueLength + (entries.xattrCount === first ? Limit.XATTR_HEADER : 0);
       if (space + needed > Limit.XATTR_SPACE_MAX) {
         this.fail('xattr', `xattrs of this file exceed ${Limit.XATTR_SPACE_MAX} bytes (at '${printable(bytes.subarray(nameStart, nameEnd))}')`);
       }
-      if (this.xattrCount === this.xattrCapacity) this.growXattrs();
-      const xattr = this.xattrCount++;
-      this.xattrKeyStart[xattr] = nameStart;
-      this.xattrKeyEnd[xattr] = nameEnd;
-      this.xattrValueStart[xattr] = valueStart;
-      this.xattrValueEnd[xattr] = valueEnd;
+      if (entries.xattrCount === entries.xattrCapacity) entries.growXattrs();
+      const xattr = entries.xattrCount++;
+      entries.xattrKeyStart[xattr] = nameStart;
+      entries.xattrKeyEnd[xattr] = nameEnd;
+      entries.xattrValueStart[xattr] = valueStart;
+      entries.xattrValueEnd[xattr] = valueEnd;
       if (byName !== null) byName.set(nameText, xattr);
       space += needed;
     }
@@ -988,17 +1004,19 @@ class FlatParser {
 
   /** The entry named `pool[start..end)` in directory `dir`, or -1 (while reading). */
   findChild(dir: number, start: number, end: number): number {
+    const entries = this.entries;
     let index = this.index;
     if (index === null) {
       index = new Map();
-      for (let entry = 1; entry < this.count; entry++) index.set(this.key(this.parent[entry], this.nameStart[entry], this.nameEnd[entry]), entry);
+      for (let entry = 1; entry < entries.count; entry++) index.set(this.key(entries.parent[entry], entries.nameStart[entry], entries.nameEnd[entry]), entry);
       this.index = index;
     }
     return index.get(this.key(dir, start, end)) ?? -1;
   }
 
   isDir(entry: number): boolean {
-    return this.linkTo[entry] === -1 && (this.mode[entry] & Mode.TYPE_MASK) === Mode.DIR;
+    const entries = this.entries;
+    return entries.linkTo[entry] === -1 && (entries.mode[entry] & Mode.TYPE_MASK) === Mode.DIR;
   }
 
   /**
@@ -1007,15 +1025,16 @@ class FlatParser {
    * name, parent, mode and xattr start set.
    */
   addToTree(pathStart: number, pathEnd: number, mode: number, hardLink: boolean): number {
+    const entries = this.entries;
     const bytes = this.pool;
     if (pathEnd - pathStart === 1 && bytes[pathStart] === Char.SLASH) {
       if ((mode & Mode.TYPE_MASK) !== Mode.DIR) this.fail(Field.PATH, 'the root must be a directory');
-      if (this.count > 0) this.fail(Field.PATH, 'a second root directory');
+      if (entries.count > 0) this.fail(Field.PATH, 'a second root directory');
       this.newEntry(0, 0, -1, mode);
       this.chainDepth = 1;
       return 0;
     }
-    if (this.count === 0) this.fail(Field.PATH, `'${printable(bytes.subarray(pathStart, pathEnd))}' comes before the root directory '/'`);
+    if (entries.count === 0) this.fail(Field.PATH, `'${printable(bytes.subarray(pathStart, pathEnd))}' comes before the root directory '/'`);
 
     // The parent: the deepest directory on the chain whose path, and a '/',
     // start this path, if the rest (the name) holds no further '/'. Any
@@ -1047,19 +1066,19 @@ class FlatParser {
     if (nameLength === 0) this.fail(Field.PATH, `empty file name in '${printable(bytes.subarray(pathStart, pathEnd))}'`);
     if (nameLength > Limit.NAME_MAX) this.fail(Field.PATH, `file name of ${nameLength} bytes exceeds the maximum of ${Limit.NAME_MAX}`);
 
-    const lastSibling = this.lastChild[parent];
+    const lastSibling = entries.lastChild[parent];
     if (lastSibling !== 0) {
-      if (this.unsortedFlag[parent] === 0) {
+      if (entries.unsortedFlag[parent] === 0) {
         // compareBytes() with the name of the last sibling, written out: it runs for nearly every line.
-        const siblingStart = this.nameStart[lastSibling];
-        const siblingLength = this.nameEnd[lastSibling] - siblingStart;
+        const siblingStart = entries.nameStart[lastSibling];
+        const siblingLength = entries.nameEnd[lastSibling] - siblingStart;
         const common = nameLength < siblingLength ? nameLength : siblingLength;
         let same = 0;
         while (same < common && bytes[nameStart + same] === bytes[siblingStart + same]) same++;
         const order = same < common ? bytes[nameStart + same] - bytes[siblingStart + same] : nameLength - siblingLength;
         if (order <= 0) {
           if (order === 0 || this.findChild(parent, nameStart, pathEnd) >= 0) this.fail(Field.PATH, `'${printable(bytes.subarray(pathStart, pathEnd))}' already exists`);
-          this.unsortedFlag[parent] = 1;
+          entries.unsortedFlag[parent] = 1;
           this.unsorted.push(parent);
         }
       } else if (this.findChild(parent, nameStart, pathEnd) >= 0) {
@@ -1067,16 +1086,16 @@ class FlatParser {
       }
     }
 
-    if (this.count === this.capacity) this.grow();
-    const entry = this.count++;
-    this.childCount[parent]++;
-    this.nameStart[entry] = nameStart;
-    this.nameEnd[entry] = pathEnd;
-    this.parent[entry] = parent;
-    this.mode[entry] = mode;
-    this.linkTo[entry] = -1;
-    this.xattrStart[entry] = this.xattrCount;
-    this.lastChild[parent] = entry;
+    if (entries.count === entries.capacity) entries.grow();
+    const entry = entries.count++;
+    entries.childCount[parent]++;
+    entries.nameStart[entry] = nameStart;
+    entries.nameEnd[entry] = pathEnd;
+    entries.parent[entry] = parent;
+    entries.mode[entry] = mode;
+    entries.linkTo[entry] = -1;
+    entries.xattrStart[entry] = entries.xattrCount;
+    entries.lastChild[parent] = entry;
     if (this.index !== null) this.index.set(this.key(parent, nameStart, pathEnd), entry);
 
     if ((mode & Mode.TYPE_MASK) === Mode.DIR && !hardLink) {
@@ -1092,15 +1111,16 @@ class FlatParser {
   }
 
   newEntry(nameStart: number, nameEnd: number, parent: number, mode: number): number {
-    if (this.count === this.capacity) this.grow();
-    const entry = this.count++;
-    if (parent >= 0) this.childCount[parent]++;
-    this.nameStart[entry] = nameStart;
-    this.nameEnd[entry] = nameEnd;
-    this.parent[entry] = parent;
-    this.mode[entry] = mode;
-    this.linkTo[entry] = -1;
-    this.xattrStart[entry] = this.xattrCount;
+    const entries = this.entries;
+    if (entries.count === entries.capacity) entries.grow();
+    const entry = entries.count++;
+    if (parent >= 0) entries.childCount[parent]++;
+    entries.nameStart[entry] = nameStart;
+    entries.nameEnd[entry] = nameEnd;
+    entries.parent[entry] = parent;
+    entries.mode[entry] = mode;
+    entries.linkTo[entry] = -1;
+    entries.xattrStart[entry] = entries.xattrCount;
     return entry;
   }
 
@@ -1149,14 +1169,15 @@ class FlatParser {
   }
 
   finish(): FlatTree {
-    const count = this.count;
+    const entries = this.entries;
+    const count = entries.count;
     if (count === 0) {
       throw new DumpParseError(Math.max(this.lineNumber, 1), 'path', "no entries: a dump file needs at least the root directory '/'");
     }
     const bytes = this.pool;
-    const parent = this.parent;
-    const nameStart = this.nameStart;
-    const nameEnd = this.nameEnd;
+    const parent = entries.parent;
+    const nameStart = entries.nameStart;
+    const nameEnd = entries.nameEnd;
 
     // Children in CSR form, placed in line order, which is name order
     // except in the directories whose names came out of order. One pass: a
@@ -1164,7 +1185,7 @@ class FlatParser {
     // `nextSlot` turns from child counts into the next free slot of each directory.
     const childStart = new Int32Array(count + 1);
     const children = new Int32Array(Math.max(count - 1, 1));
-    const nextSlot = this.childCount;
+    const nextSlot = entries.childCount;
     let nextStart = nextSlot[0];
     nextSlot[0] = 0;
     for (let entry = 1; entry < count; entry++) {
@@ -1189,8 +1210,8 @@ class FlatParser {
     }
     if (this.links.length > 0) this.followLinks();
 
-    if (this.xattrStart.length < count + 1) this.grow();
-    this.xattrStart[count] = this.xattrCount;
+    if (entries.xattrStart.length < count + 1) entries.grow();
+    entries.xattrStart[count] = entries.xattrCount;
     return {
       count,
       pool: bytes,
@@ -1198,38 +1219,39 @@ class FlatParser {
       children,
       nameStart,
       nameEnd,
-      linkTo: this.linkTo,
-      mode: this.mode,
-      nlink: this.nlink,
-      uid: this.uid,
-      gid: this.gid,
-      rdev: this.rdev,
-      size: this.size,
-      mtimeSec: this.mtimeSec,
-      mtimeNsec: this.mtimeNsec,
-      payloadStart: this.payloadStart,
-      payloadEnd: this.payloadEnd,
-      contentStart: this.contentStart,
-      contentEnd: this.contentEnd,
-      digest: this.digest,
-      xattrStart: this.xattrStart,
-      xattrKeyStart: this.xattrKeyStart,
-      xattrKeyEnd: this.xattrKeyEnd,
-      xattrValueStart: this.xattrValueStart,
-      xattrValueEnd: this.xattrValueEnd,
+      linkTo: entries.linkTo,
+      mode: entries.mode,
+      nlink: entries.nlink,
+      uid: entries.uid,
+      gid: entries.gid,
+      rdev: entries.rdev,
+      size: entries.size,
+      mtimeSec: entries.mtimeSec,
+      mtimeNsec: entries.mtimeNsec,
+      payloadStart: entries.payloadStart,
+      payloadEnd: entries.payloadEnd,
+      contentStart: entries.contentStart,
+      contentEnd: entries.contentEnd,
+      digest: entries.digest,
+      xattrStart: entries.xattrStart,
+      xattrKeyStart: entries.xattrKeyStart,
+      xattrKeyEnd: entries.xattrKeyEnd,
+      xattrValueStart: entries.xattrValueStart,
+      xattrValueEnd: entries.xattrValueEnd,
     };
   }
 
   /** Find each hard link's target by path, last line first as the reference does (into `linkTarget`). */
   resolveLinks(childStart: Int32Array, children: Int32Array): void {
+    const entries = this.entries;
     const bytes = this.pool;
     const links = this.links;
     const linkTarget = new Int32Array(links.length);
     for (let link = links.length - 1; link >= 0; link--) {
       const entry = links[link];
       this.lineNumber = this.linkLines[link];
-      const pathStart = this.payloadStart[entry];
-      const pathEnd = this.payloadEnd[entry];
+      const pathStart = entries.payloadStart[entry];
+      const pathEnd = entries.payloadEnd[entry];
       if (pathStart < 0) this.fail(Field.PAYLOAD, 'hard link without a target path');
       const target = this.lookup(childStart, children, pathStart, pathEnd);
       if (target < 0) this.fail(Field.PAYLOAD, `no target at '${printable(bytes.subarray(pathStart, pathEnd))}' for the hard link`);
@@ -1241,6 +1263,7 @@ class FlatParser {
 
   /** Point every hard link at the entry its chain of links ends at, refusing cycles. */
   followLinks(): void {
+    const entries = this.entries;
     const bytes = this.pool;
     const links = this.links;
     const linkTarget = this.linkTarget;
@@ -1268,12 +1291,12 @@ class FlatParser {
         if (state[link] === State.BEING_FOLLOWED) {
           this.lineNumber = this.linkLines[link];
           const entry = links[link];
-          this.fail(Field.PAYLOAD, `hard link cycle through '${printable(bytes.subarray(this.payloadStart[entry], this.payloadEnd[entry]))}'`);
+          this.fail(Field.PAYLOAD, `hard link cycle through '${printable(bytes.subarray(entries.payloadStart[entry], entries.payloadEnd[entry]))}'`);
         }
         state[link] = State.BEING_FOLLOWED;
         followed.push(link);
         const next = linkTarget[link];
-        if (this.linkTo[next] === -1) {
+        if (entries.linkTo[next] === -1) {
           target = next;
           break;
         }
@@ -1286,13 +1309,14 @@ class FlatParser {
     }
     for (let link = 0; link < links.length; link++) {
       const entry = links[link];
-      this.linkTo[entry] = finalTarget[link];
-      this.payloadStart[entry] = this.payloadEnd[entry] = -1;
+      entries.linkTo[entry] = finalTarget[link];
+      entries.payloadStart[entry] = entries.payloadEnd[entry] = -1;
     }
   }
 
   /** The entry at a hard link's target path (runs of '/' skipped, empty parts ignored), or -1. */
   lookup(childStart: Int32Array, children: Int32Array, start: number, end: number): number {
+    const entries = this.entries;
     const bytes = this.pool;
     let node = 0;
     let nodeIsDir = true;
@@ -1307,7 +1331,7 @@ class FlatParser {
         while (low < high) {
           const middle = (low + high) >>> 1;
           const child = children[middle];
-          const order = compareBytes(bytes, partStart, at, bytes, this.nameStart[child], this.nameEnd[child]);
+          const order = compareBytes(bytes, partStart, at, bytes, entries.nameStart[child], entries.nameEnd[child]);
           if (order === 0) {
             found = child;
             break;
