@@ -34,20 +34,30 @@
  * so no byte is copied. {@link parseDumpFlat} therefore takes the input over;
  * {@link parseDump} copies it first and returns the `Inode` tree.
  *
+ * Every line goes through two stages. {@link LineScanner} cuts it into
+ * fields: where each one lies, the value of each number written as plain
+ * digits, and, on the rare line with a backslash, the escaped fields decoded
+ * in place (an invalid escape is only recorded). {@link FlatParser} then
+ * checks the fields in the reference's order (which decides which error a
+ * bad line gets), reads the numbers that are not plain with the `strtoull`
+ * emulation, and stores the entry: every rule of the format, and every
+ * message, is written there once. xattrs are read after the other fields.
+ *
  * Why it is written the way it is: a build from a dump runs mostly before V8
  * has optimised anything (on cs9, 22,010 lines, optimised code for the line
- * parser arrives only after several thousand lines), so the parser allocates
- * no object per line, leaves the scanning for spaces, newlines, slashes and
- * backslashes to the engine's native string search over one latin1 copy of
- * the input, and reads numbers while splitting the line. The common line is
- * taken by fastLine(), which is kept lean and never meets, once optimised, an
- * operation it has not seen before (that would throw the optimised code
- * away). Anything else (escapes, hard links, out-of-order names, odd numbers,
- * inline content, every error) goes to the general parseLine(), which
- * follows the reference step by step; xattrs go to parseXattrs() after either.
+ * parser arrives only after several thousand lines), so per line the parser
+ * allocates nothing (the scanner fills one reused {@link ScannedLine}), makes
+ * few calls (run, scan, storeLine, addToTree), leaves the searching for
+ * newlines, spaces, slashes and backslashes to the engine's native string
+ * search over one latin1 copy of the input, compares a path with the paths
+ * of the directories above it by the same means, and reads plain numbers
+ * while cutting the line. What only some lines need (escapes, numbers that
+ * are not plain, hard links, errors) is called out of the common path, so
+ * optimised code rarely meets an operation it has not seen before (which
+ * would throw it away).
  */
 import { ComposefsError } from '../errors.js';
-import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
+import type { Inode } from '../tree/model.js';
 import { inflate, type FlatTree } from '../tree/flat.js';
 import { HEX_DIGIT, printable, unescapeInPlace, UnescapeError } from './escape.js';
 
@@ -67,22 +77,82 @@ export class DumpParseError extends ComposefsError {
   }
 }
 
-/** Payloads and symlink targets must be shorter than PATH_MAX. */
-const PATH_MAX = 4096;
-const NAME_MAX = 255;
-const XATTR_NAME_MAX = 255;
-const XATTR_VALUE_MAX = 0xffff;
-/** The xattr part of a line may be at most this long. */
-const XATTR_TEXT_MAX = 0xffff;
 /**
- * Space the xattrs of one inode may take, counted as the reference counts it
- * for dump input: 12 bytes of header once, then per xattr 7 bytes plus the
- * name and value lengths.
+ * The numbers of the format and of the parser. A `const enum`, so tsc writes
+ * them in as literals: V8 checks a module constant on every use until the
+ * code is optimised, and most of a build runs before that.
  */
-const XATTR_SPACE_MAX = 0x7fff;
-const XATTR_ENTRY_OVERHEAD = 7;
-const XATTR_HEADER = 12;
-const INLINE_CONTENT_MAX = 5000;
+const enum Limit {
+  /** Payloads and symlink targets must be shorter than PATH_MAX. */
+  PATH_MAX = 4096,
+  NAME_MAX = 255,
+  XATTR_NAME_MAX = 255,
+  XATTR_VALUE_MAX = 0xffff,
+  /** The xattr part of a line may be at most this long. */
+  XATTR_TEXT_MAX = 0xffff,
+  /**
+   * Space the xattrs of one inode may take, counted as the reference counts
+   * it for dump input: 12 bytes of header once, then per xattr 7 bytes plus
+   * the name and value lengths.
+   */
+  XATTR_SPACE_MAX = 0x7fff,
+  XATTR_ENTRY_OVERHEAD = 7,
+  XATTR_HEADER = 12,
+  INLINE_CONTENT_MAX = 5000,
+  /** More digits than this are read by parseU64() (they may not fit a double exactly). */
+  PLAIN_DIGITS_MAX = 15,
+  /**
+   * The input is searched as a latin1 string, at most this many bytes of it
+   * at a time (V8 strings are limited to about 2^29 characters).
+   */
+  TEXT_WINDOW = 1 << 28,
+}
+
+const enum Mode {
+  TYPE_MASK = 0o170000,
+  DIR = 0o040000,
+  REG = 0o100000,
+  LNK = 0o120000,
+  CHR = 0o020000,
+  BLK = 0o060000,
+  /** The file types an image can hold, as a bit set over `(mode & TYPE_MASK) >> 12`. */
+  VALID_TYPES = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 12),
+}
+
+const enum Char {
+  NUL = 0x00,
+  NEWLINE = 0x0a,
+  SPACE = 0x20,
+  DASH = 0x2d,
+  DOT = 0x2e,
+  SLASH = 0x2f,
+  ZERO = 0x30,
+  NINE = 0x39,
+  EQUALS = 0x3d,
+  AT = 0x40,
+  BACKSLASH = 0x5c,
+  X = 0x78,
+}
+
+/** The fields of a line, in order; the index into a {@link ScannedLine}'s arrays. */
+const enum Field {
+  PATH,
+  SIZE,
+  MODE,
+  NLINK,
+  UID,
+  GID,
+  RDEV,
+  MTIME,
+  PAYLOAD,
+  CONTENT,
+  DIGEST,
+  COUNT,
+}
+
+/** How messages name the fields, by {@link Field}. */
+const FIELD_NAMES = ['path', 'size', 'mode', 'nlink', 'uid', 'gid', 'rdev', 'mtime', 'payload', 'content', 'digest'];
+
 /**
  * A regular file without inline content is stored as at most 1024 chunks of
  * at most 2^43 bytes, so it can be at most 2^53 bytes long.
@@ -92,198 +162,361 @@ const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 const TWO64 = 1n << 64n;
 const U64_MAX = TWO64 - 1n;
 
-const FIELD_NAMES = ['path', 'size', 'mode', 'nlink', 'uid', 'gid', 'rdev', 'mtime', 'payload', 'content', 'digest'];
-const F_PATH = 0;
-const F_SIZE = 1;
-const F_MODE = 2;
-const F_NLINK = 3;
-const F_UID = 4;
-const F_GID = 5;
-const F_RDEV = 6;
-const F_MTIME = 7;
-const F_PAYLOAD = 8;
-const F_CONTENT = 9;
-const F_DIGEST = 10;
-const N_FIELDS = 11;
-/** In `fieldNumber`: the number was not read while splitting; parse the field with parseU64. */
-const LATER = -2;
-
-/** The file types an image can hold, as a bit set over `(mode & S_IFMT) >> 12`. */
-const VALID_TYPES = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 12);
-
-/**
- * The same numbers for fastLine(), where tsc writes them in as literals
- * (V8 checks a module constant on every use until the code is optimised).
- */
-const enum K {
-  S_IFMT = 0o170000,
-  S_IFDIR = 0o040000,
-  S_IFLNK = 0o120000,
-  S_IFCHR = 0o020000,
-  S_IFBLK = 0o060000,
-  VALID_TYPES = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 12),
-  NAME_MAX = 255,
-  PATH_MAX = 4096,
-  XATTR_TEXT_MAX = 0xffff,
-}
-
-
-/**
- * The input is searched as a latin1 string, at most this many bytes of it
- * at a time (V8 strings are limited to about 2^29 characters).
- */
-const TEXT_WINDOW = 1 << 28;
-
-/** A parsed number: exact `number` below 2^53, else `bigint` (both modulo 2^64); -1 when invalid. */
+/** A parsed number: exact `number` below 2^53, else `bigint` (both modulo 2^64); INVALID when invalid. */
 type U64 = number | bigint;
+const INVALID = -1;
 
 /**
- * `strtoull(text, &end, base)` over `d[start..end)`, accepted only when the
- * text is non-empty and fully consumed, as the reference requires.
+ * `strtoull(text, &end, base)` over `bytes[start..end)`, accepted only when
+ * the text is non-empty and fully consumed, as the reference requires;
+ * INVALID otherwise.
  */
-function parseU64(d: Uint8Array, start: number, end: number, base: number): U64 {
-  if (end - start > 0 && end - start <= 15) {
-    const top = 0x30 + base;
-    let v = 0;
-    let i = start;
-    for (; i < end; i++) {
-      const c = d[i];
-      if (c < 0x30 || c >= top) break;
-      v = v * base + (c - 0x30);
-    }
-    if (i === end) return v;
-  }
-  return parseU64Slow(d, start, end, base);
-}
-
-function parseU64Slow(d: Uint8Array, start: number, end: number, base: number): U64 {
-  if (start >= end) return -1;
-  let i = start;
-  while (i < end && (d[i] === 0x20 || (d[i] >= 0x09 && d[i] <= 0x0d))) i++;
+function parseU64(bytes: Uint8Array, start: number, end: number, base: number): U64 {
+  if (start >= end) return INVALID;
+  let at = start;
+  while (at < end && (bytes[at] === 0x20 || (bytes[at] >= 0x09 && bytes[at] <= 0x0d))) at++;
   let negative = false;
-  if (i < end && (d[i] === 0x2b || d[i] === 0x2d)) {
-    negative = d[i] === 0x2d;
-    i++;
+  if (at < end && (bytes[at] === 0x2b || bytes[at] === 0x2d)) {
+    negative = bytes[at] === 0x2d;
+    at++;
   }
-  const digits = i;
-  const b = BigInt(base);
-  let v = 0n;
+  const digitsStart = at;
+  const bigBase = BigInt(base);
+  let value = 0n;
   let overflow = false;
-  for (; i < end; i++) {
-    const digit = d[i] - 0x30;
+  for (; at < end; at++) {
+    const digit = bytes[at] - Char.ZERO;
     if (digit < 0 || digit >= base) break;
     if (!overflow) {
-      v = v * b + BigInt(digit);
-      if (v > U64_MAX) overflow = true;
+      value = value * bigBase + BigInt(digit);
+      if (value > U64_MAX) overflow = true;
     }
   }
-  if (i === digits || i !== end) return -1;
-  const r = overflow ? U64_MAX : negative ? (TWO64 - v) % TWO64 : v;
-  return r <= MAX_SAFE ? Number(r) : r;
+  if (at === digitsStart || at !== end) return INVALID;
+  const result = overflow ? U64_MAX : negative ? (TWO64 - value) % TWO64 : value;
+  return result <= MAX_SAFE ? Number(result) : result;
 }
 
-function low32(v: U64): number {
-  return typeof v === 'number' ? v >>> 0 : Number(BigInt.asUintN(32, v));
-}
-
-/** A 64-bit value as a JS number (values past 2^53 are rounded). */
-function approx(v: U64): number {
-  return typeof v === 'number' ? v : Number(v);
+function low32(value: bigint): number {
+  return Number(BigInt.asUintN(32, value));
 }
 
 /**
- * rdev as a number. Past 2^53 it cannot be exact; the image keeps only the
+ * rdev past 2^53 as a number. It cannot be exact; the image keeps only the
  * low 32 bits (and whether it is zero), so keep those: low 32 bits + 2^52.
  */
-function rdevNumber(v: U64): number {
-  return typeof v === 'number' ? v : Number(v % 0x100000000n) + 2 ** 52;
+function bigDeviceNumber(value: bigint): number {
+  return Number(value % 0x100000000n) + 2 ** 52;
 }
 
-/** mtime seconds (int64) as a number: rounded past 2^53, kept inside the int64 range. */
-function secondsNumber(v: bigint): number {
-  const n = Number(BigInt.asIntN(64, v));
-  return n >= 2 ** 63 ? 2 ** 63 - 1024 : n;
+/** mtime seconds (int64) past 2^53 as a number: rounded, kept inside the int64 range. */
+function bigSeconds(value: bigint): number {
+  const seconds = Number(BigInt.asIntN(64, value));
+  return seconds >= 2 ** 63 ? 2 ** 63 - 1024 : seconds;
 }
 
-function u64Text(v: U64): string {
-  return typeof v === 'number' ? String(v) : v.toString();
+function u64Text(value: U64): string {
+  return typeof value === 'number' ? String(value) : value.toString();
 }
 
-/** Bytewise comparison of `a[as..ae)` and `b[bs..be)`: <0, 0, >0. */
-function compareBytes(a: Uint8Array, as: number, ae: number, b: Uint8Array, bs: number, be: number): number {
-  const n = Math.min(ae - as, be - bs);
-  for (let i = 0; i < n; i++) {
-    const d = a[as + i] - b[bs + i];
-    if (d !== 0) return d;
+/** Bytewise comparison of `a[aStart..aEnd)` and `b[bStart..bEnd)`: <0, 0, >0. */
+function compareBytes(a: Uint8Array, aStart: number, aEnd: number, b: Uint8Array, bStart: number, bEnd: number): number {
+  const common = Math.min(aEnd - aStart, bEnd - bStart);
+  for (let i = 0; i < common; i++) {
+    const difference = a[aStart + i] - b[bStart + i];
+    if (difference !== 0) return difference;
   }
-  return ae - as - (be - bs);
+  return aEnd - aStart - (bEnd - bStart);
 }
 
-function grownInt32(a: Int32Array, size: number, fill = 0): Int32Array {
-  const b = new Int32Array(size);
-  b.set(a);
-  if (fill !== 0) b.fill(fill, a.length);
-  return b;
+function grownInt32(array: Int32Array, size: number, fill = 0): Int32Array {
+  const grown = new Int32Array(size);
+  grown.set(array);
+  if (fill !== 0) grown.fill(fill, array.length);
+  return grown;
 }
 
-function grownUint32(a: Uint32Array, size: number): Uint32Array {
-  const b = new Uint32Array(size);
-  b.set(a);
-  return b;
+function grownUint32(array: Uint32Array, size: number): Uint32Array {
+  const grown = new Uint32Array(size);
+  grown.set(array);
+  return grown;
 }
 
-function grownFloat64(a: Float64Array, size: number): Float64Array {
-  const b = new Float64Array(size);
-  b.set(a);
-  return b;
+function grownFloat64(array: Float64Array, size: number): Float64Array {
+  const grown = new Float64Array(size);
+  grown.set(array);
+  return grown;
+}
+
+/** A field's start and end in a {@link ScannedLine} when the field is a lone `-` (none). */
+const ABSENT = -1;
+/** A number's value in a {@link ScannedLine} when it is not plain digits: read it with parseU64(). */
+const NOT_PLAIN = -2;
+
+/** One line cut into fields by {@link LineScanner.scan}; reused for every line. */
+class ScannedLine {
+  /**
+   * Where the line starts and where it ends: at its newline, or at the end
+   * of the input for a last line without one.
+   */
+  start = 0;
+  end = 0;
+  /**
+   * Field `f` is `[fieldStart[f], fieldEnd[f])`; a missing field is empty.
+   * PAYLOAD, CONTENT and DIGEST are ABSENT for `-`. Not kept for a plain
+   * number: only its value is ever needed.
+   */
+  readonly fieldStart = new Int32Array(Field.COUNT);
+  readonly fieldEnd = new Int32Array(Field.COUNT);
+  /** MODE starts with `@` (then the field starts after it): a hard link. */
+  hardLink = false;
+  /** The value of each numeric field written as plain digits, else NOT_PLAIN. For MTIME: the seconds. */
+  readonly plainNumber = new Float64Array(Field.COUNT);
+  /** MTIME's nanoseconds when MTIME is plain `SECONDS.NANOSECONDS`. */
+  plainNanoseconds = 0;
+  /**
+   * A backslash lies in the 11 fields: decodeEscapes() must run before the
+   * fields are read (it moves the end of each field it decodes).
+   */
+  holdsEscapes = false;
+  /**
+   * The first field whose escapes decodeEscapes() found invalid (then it and
+   * the fields after it are not decoded), or -1; and what is wrong. The
+   * rules report it when they come to that field, as the reference does.
+   */
+  badEscapeField = -1;
+  badEscapeReason = '';
+  /**
+   * The decoded PATH as latin1 text: `pathText` from `pathTextStart` on
+   * (the scanner's text window itself unless the path held escapes), for
+   * native comparisons with the paths of directories.
+   */
+  pathText = '';
+  pathTextStart = 0;
+  /** Where the xattrs start (`end` if there are none). */
+  xattrsStart = 0;
 }
 
 /**
- * The parser's state. Entries are numbered in the order of their lines (the
- * root, which must come first, is 0); every column is indexed by entry.
+ * Cuts lines into fields. It searches a latin1 copy of (a window of) the
+ * input with the engine's native string search, and remembers the next
+ * backslash it found: most lines have none at all.
  */
-class FlatParser {
-  readonly pool: Uint8Array;
+class LineScanner {
+  readonly bytes: Uint8Array;
   /** A Buffer over the same bytes, for the few Buffer-only operations. */
-  readonly buf: Buffer;
+  readonly buffer: Buffer;
   readonly inputLength: number;
-  readonly strict: boolean;
-  /** latin1 text of `pool[textBase .. textEnd)` (textLen long), for native searches. */
-  text = '';
-  textBase = 0;
-  textEnd = 0;
-  textLen = 0;
-  /** Offset of the first NUL byte in the input (n if none). */
-  firstNul: number;
-  line = 0;
-  lineStart = 0;
   /**
-   * Cached position of the next space / backslash at or after the last one
-   * asked for; `te` if there is none before the end of the text window (so n
-   * if none at all; fastLine() may store a `te` short of n, which is no space).
+   * latin1 text of `bytes[textStart .. textEnd)`, for native searches; never
+   * changed by decoding. The window moves up to a line once that is past
+   * its middle, so it holds at least 2^27 bytes of every line.
    */
-  nextSpace = -1;
+  text = '';
+  textStart = 0;
+  textEnd = 0;
+  /** Offset of the first NUL byte in the input (its length if none). */
+  readonly firstNul: number;
+  /** The first backslash at or after the last position searched from, or the input's length. */
   nextBackslash = -1;
-  /** The current line's 11 fields: [fieldStart, fieldEnd) each. */
-  readonly fieldStart = new Int32Array(N_FIELDS);
-  readonly fieldEnd = new Int32Array(N_FIELDS);
-  /** Numbers read while splitting (LATER if not). For MTIME, the seconds; `nsec` holds the rest. */
-  readonly fieldNumber = new Int32Array(N_FIELDS);
-  nsec = 0;
-  /** fastLine()'s numbers: SIZE MODE NLINK UID GID RDEV SEC NSEC. */
-  readonly fastNumbers = new Float64Array(8);
-  /** End of the field `optional()` returned. */
-  optionalEnd = 0;
-  /** After fastLine(): where the line's xattrs start, and where it ends. */
-  rest = 0;
-  lineEnd = 0;
 
+  constructor(input: Uint8Array) {
+    this.bytes = input;
+    this.buffer = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.length);
+    this.inputLength = input.length;
+    this.setWindow(0);
+    const nul = this.textEnd === this.inputLength ? this.text.indexOf('\0') : this.buffer.indexOf(Char.NUL);
+    this.firstNul = nul < 0 ? this.inputLength : nul;
+  }
+
+  setWindow(at: number): void {
+    this.textStart = at;
+    this.textEnd = Math.min(this.inputLength, at + Limit.TEXT_WINDOW);
+    this.text = this.buffer.toString('latin1', at, this.textEnd);
+  }
+
+  /** The first `byte` at or after `at` that the text window does not hold, or -1 (there is none). */
+  findPastWindow(byte: number, at: number): number {
+    return this.textEnd === this.inputLength ? -1 : this.buffer.indexOf(byte, Math.max(at, this.textEnd));
+  }
+
+  /** The end of the field starting at `at`: the next space, or `lineEnd`. */
+  endOfField(at: number, lineEnd: number): number {
+    let space = this.text.indexOf(' ', at - this.textStart);
+    space = space >= 0 ? space + this.textStart : this.findPastWindow(Char.SPACE, at);
+    return space >= 0 && space < lineEnd ? space : lineEnd;
+  }
+
+  /** Cut the line starting at `lineStart` into `line`. */
+  scan(lineStart: number, line: ScannedLine): void {
+    if (lineStart - this.textStart > Limit.TEXT_WINDOW >>> 1 && this.textEnd < this.inputLength) this.setWindow(lineStart);
+    const bytes = this.bytes;
+    const text = this.text;
+    const textStart = this.textStart;
+    const fieldStart = line.fieldStart;
+    const fieldEnd = line.fieldEnd;
+    const plainNumber = line.plainNumber;
+    line.start = lineStart;
+    let lineEnd = text.indexOf('\n', lineStart - textStart);
+    lineEnd = lineEnd >= 0 ? lineEnd + textStart : this.findPastWindow(Char.NEWLINE, lineStart);
+    if (lineEnd < 0) lineEnd = this.inputLength;
+    line.end = lineEnd;
+
+    // Each field ends at the next space; a missing one is empty, at the line's end.
+    let end = text.indexOf(' ', lineStart - textStart) + textStart;
+    if (end < textStart || end > lineEnd) end = this.endOfField(lineStart, lineEnd);
+    fieldStart[Field.PATH] = lineStart;
+    fieldEnd[Field.PATH] = end;
+    let at = end < lineEnd ? end + 1 : lineEnd;
+
+    // The numbers are read on the way when they are plain digits followed by
+    // a space or the line's end; MODE may start with `@`.
+    line.hardLink = false;
+    for (let field = Field.SIZE; field <= Field.RDEV; field++) {
+      if (field === Field.MODE && bytes[at] === Char.AT && at < lineEnd) {
+        line.hardLink = true;
+        at++;
+      }
+      const base = field === Field.MODE ? 8 : 10;
+      const digitLimit = Char.ZERO + base;
+      let digitsEnd = at;
+      let value = 0;
+      let byte = bytes[at];
+      while (byte >= Char.ZERO && byte < digitLimit) {
+        value = value * base + (byte - Char.ZERO);
+        byte = bytes[++digitsEnd];
+      }
+      if (digitsEnd > at && digitsEnd - at <= Limit.PLAIN_DIGITS_MAX && (byte === Char.SPACE || digitsEnd === lineEnd)) {
+        plainNumber[field] = value;
+        end = digitsEnd;
+      } else {
+        plainNumber[field] = NOT_PLAIN;
+        end = this.endOfField(at, lineEnd);
+        fieldStart[field] = at;
+        fieldEnd[field] = end;
+      }
+      at = end < lineEnd ? end + 1 : lineEnd;
+    }
+
+    // MTIME: plain when digits, a dot and digits.
+    let seconds = 0;
+    let secondsEnd = at;
+    let byte = bytes[at];
+    while (byte >= Char.ZERO && byte <= Char.NINE) {
+      seconds = seconds * 10 + (byte - Char.ZERO);
+      byte = bytes[++secondsEnd];
+    }
+    let nanoseconds = 0;
+    let nanosecondsEnd = secondsEnd + 1;
+    byte = bytes[nanosecondsEnd];
+    while (byte >= Char.ZERO && byte <= Char.NINE) {
+      nanoseconds = nanoseconds * 10 + (byte - Char.ZERO);
+      byte = bytes[++nanosecondsEnd];
+    }
+    if (
+      secondsEnd > at &&
+      secondsEnd - at <= Limit.PLAIN_DIGITS_MAX &&
+      bytes[secondsEnd] === Char.DOT &&
+      nanosecondsEnd > secondsEnd + 1 &&
+      nanosecondsEnd - secondsEnd - 1 <= Limit.PLAIN_DIGITS_MAX &&
+      (byte === Char.SPACE || nanosecondsEnd === lineEnd)
+    ) {
+      plainNumber[Field.MTIME] = seconds;
+      line.plainNanoseconds = nanoseconds;
+      end = nanosecondsEnd;
+    } else {
+      plainNumber[Field.MTIME] = NOT_PLAIN;
+      end = this.endOfField(at, lineEnd);
+      fieldStart[Field.MTIME] = at;
+      fieldEnd[Field.MTIME] = end;
+    }
+    at = end < lineEnd ? end + 1 : lineEnd;
+
+    // PAYLOAD, CONTENT, DIGEST: ABSENT when a lone `-`.
+    for (let field = Field.PAYLOAD; field <= Field.DIGEST; field++) {
+      if (bytes[at] === Char.DASH && (bytes[at + 1] === Char.SPACE || at + 1 === lineEnd)) {
+        fieldStart[field] = fieldEnd[field] = ABSENT;
+        at = at + 1 < lineEnd ? at + 2 : lineEnd;
+      } else {
+        end = text.indexOf(' ', at - textStart) + textStart;
+        if (end < textStart || end > lineEnd) end = this.endOfField(at, lineEnd);
+        fieldStart[field] = at;
+        fieldEnd[field] = end;
+        at = end < lineEnd ? end + 1 : lineEnd;
+      }
+    }
+    line.xattrsStart = at;
+
+    line.pathText = text;
+    line.pathTextStart = lineStart - textStart;
+    if (fieldEnd[Field.PATH] > this.textEnd) {
+      line.pathText = this.buffer.toString('latin1', lineStart, fieldEnd[Field.PATH]);
+      line.pathTextStart = 0;
+    }
+    let backslash = this.nextBackslash;
+    if (backslash < lineStart) backslash = this.findBackslash(lineStart);
+    line.holdsEscapes = backslash < at;
+    line.badEscapeField = -1;
+  }
+
+  /** The first backslash at or after `at` (the input's length if none), remembered in `nextBackslash`. */
+  findBackslash(at: number): number {
+    let backslash = this.text.indexOf('\\', at - this.textStart);
+    backslash = backslash >= 0 ? backslash + this.textStart : this.findPastWindow(Char.BACKSLASH, at);
+    if (backslash < 0) backslash = this.inputLength;
+    this.nextBackslash = backslash;
+    return backslash;
+  }
+
+  /** Whether `bytes[start..end)` holds a backslash (as the input had it, before any decoding). */
+  hasEscape(start: number, end: number): boolean {
+    let backslash = this.nextBackslash;
+    if (backslash < start) backslash = this.findBackslash(start);
+    return backslash < end;
+  }
+
+  /**
+   * Decode in place the fields of a line that holds escapes: PATH,
+   * PAYLOAD and DIGEST as C strings (they end at a decoded NUL), CONTENT as
+   * bytes. Stops at the first invalid escape, which it records for the rules.
+   */
+  decodeEscapes(line: ScannedLine): void {
+    const fieldStart = line.fieldStart;
+    const fieldEnd = line.fieldEnd;
+    // A hard link's CONTENT and DIGEST are not read at all.
+    const lastField = line.hardLink ? Field.PAYLOAD : Field.DIGEST;
+    for (const field of [Field.PATH, Field.PAYLOAD, Field.CONTENT, Field.DIGEST]) {
+      if (field > lastField) break;
+      const start = fieldStart[field];
+      if (start === ABSENT || !this.hasEscape(start, fieldEnd[field])) continue;
+      try {
+        fieldEnd[field] = unescapeInPlace(this.bytes, start, fieldEnd[field], field !== Field.CONTENT);
+      } catch (e) {
+        if (!(e instanceof UnescapeError)) throw e;
+        line.badEscapeField = field;
+        line.badEscapeReason = e.message;
+        return;
+      }
+      if (field === Field.PATH) {
+        line.pathText = this.buffer.toString('latin1', start, fieldEnd[field]);
+        line.pathTextStart = 0;
+      }
+    }
+  }
+}
+
+/**
+ * The entries read so far, in the columns of a {@link FlatTree} (see there),
+ * with what the parser keeps per directory while reading; all grow together.
+ */
+class EntryColumns {
   capacity: number;
+  /** Entries so far, numbered in the order of their lines (the root is 0). */
   count = 0;
   nameStart: Int32Array;
   nameEnd: Int32Array;
   parent: Int32Array;
-  /** -1 (the default of this column and of contentStart/End); -2 for a hard-link line until the links are resolved. */
+  /** -1 (the default of this column and of contentStart/End); PENDING_LINK for a hard-link line until the links are resolved. */
   linkTo: Int32Array;
   mode: Uint32Array;
   nlink: Uint32Array;
@@ -298,7 +531,7 @@ class FlatParser {
   contentStart: Int32Array;
   contentEnd: Int32Array;
   digest: Int32Array;
-  /** (cap + 1) */
+  /** (capacity + 1) */
   xattrStart: Int32Array;
   /** Per directory: its last entry so far (0 = none yet; the root is nobody's child). */
   lastChild: Int32Array;
@@ -314,21 +547,107 @@ class FlatParser {
   xattrValueStart = new Int32Array(64);
   xattrValueEnd = new Int32Array(64);
 
+  constructor(capacity: number) {
+    this.capacity = capacity;
+    this.nameStart = new Int32Array(capacity);
+    this.nameEnd = new Int32Array(capacity);
+    this.parent = new Int32Array(capacity);
+    this.linkTo = new Int32Array(capacity).fill(-1);
+    this.mode = new Uint32Array(capacity);
+    this.nlink = new Uint32Array(capacity);
+    this.uid = new Uint32Array(capacity);
+    this.gid = new Uint32Array(capacity);
+    this.rdev = new Float64Array(capacity);
+    this.size = new Float64Array(capacity);
+    this.mtimeSec = new Float64Array(capacity);
+    this.mtimeNsec = new Uint32Array(capacity);
+    this.payloadStart = new Int32Array(capacity);
+    this.payloadEnd = new Int32Array(capacity);
+    this.contentStart = new Int32Array(capacity).fill(-1);
+    this.contentEnd = new Int32Array(capacity).fill(-1);
+    this.digest = new Int32Array(capacity);
+    this.xattrStart = new Int32Array(capacity + 1);
+    this.lastChild = new Int32Array(capacity);
+    this.childCount = new Int32Array(capacity);
+    this.unsortedFlag = new Uint8Array(capacity);
+  }
+
+  grow(): void {
+    const capacity = this.capacity * 2;
+    this.capacity = capacity;
+    this.nameStart = grownInt32(this.nameStart, capacity);
+    this.nameEnd = grownInt32(this.nameEnd, capacity);
+    this.parent = grownInt32(this.parent, capacity);
+    this.linkTo = grownInt32(this.linkTo, capacity, -1);
+    this.mode = grownUint32(this.mode, capacity);
+    this.nlink = grownUint32(this.nlink, capacity);
+    this.uid = grownUint32(this.uid, capacity);
+    this.gid = grownUint32(this.gid, capacity);
+    this.rdev = grownFloat64(this.rdev, capacity);
+    this.size = grownFloat64(this.size, capacity);
+    this.mtimeSec = grownFloat64(this.mtimeSec, capacity);
+    this.mtimeNsec = grownUint32(this.mtimeNsec, capacity);
+    this.payloadStart = grownInt32(this.payloadStart, capacity);
+    this.payloadEnd = grownInt32(this.payloadEnd, capacity);
+    this.contentStart = grownInt32(this.contentStart, capacity, -1);
+    this.contentEnd = grownInt32(this.contentEnd, capacity, -1);
+    this.digest = grownInt32(this.digest, capacity);
+    this.xattrStart = grownInt32(this.xattrStart, capacity + 1);
+    this.lastChild = grownInt32(this.lastChild, capacity);
+    this.childCount = grownInt32(this.childCount, capacity);
+    const flags = new Uint8Array(capacity);
+    flags.set(this.unsortedFlag);
+    this.unsortedFlag = flags;
+  }
+
+  growXattrs(): void {
+    const capacity = this.xattrCapacity * 2;
+    this.xattrCapacity = capacity;
+    this.xattrKeyStart = grownInt32(this.xattrKeyStart, capacity);
+    this.xattrKeyEnd = grownInt32(this.xattrKeyEnd, capacity);
+    this.xattrValueStart = grownInt32(this.xattrValueStart, capacity);
+    this.xattrValueEnd = grownInt32(this.xattrValueEnd, capacity);
+  }
+}
+
+/** `linkTo` of a hard-link entry until the links are resolved (-1 is "not a link"). */
+const PENDING_LINK = -2;
+
+/**
+ * The rules of the format, and the tree they build. Entries are numbered in
+ * the order of their lines (the root, which must come first, is 0); every
+ * column is indexed by entry.
+ */
+class FlatParser {
+  readonly pool: Uint8Array;
+  /** A Buffer over the same bytes, for the few Buffer-only operations. */
+  readonly buffer: Buffer;
+  readonly strict: boolean;
+  readonly scanner: LineScanner;
+  /** The line being read, as the scanner cut it, and its number (from 1). */
+  readonly line = new ScannedLine();
+  lineNumber = 0;
+
+  /** The tree being built. */
+  readonly entries: EntryColumns;
+
   /**
    * The directories from the root down to the one most recently added or
    * used as a parent (`chainEntry[0 .. chainDepth)`), each with its
    * canonical path (decoded, in latin1; "" for the root) in `chainPath` and
-   * that path's length in `chainLen`. Dump files list a directory's entries
-   * right after it, so a line's parent is almost always here.
+   * that path's length in `chainLength`. Dump files list a directory's
+   * entries right after it, so a line's parent is almost always here.
    */
   readonly chainEntry: number[] = [0];
-  readonly chainLen: number[] = [0];
+  readonly chainLength: number[] = [0];
   readonly chainPath: string[] = [''];
   chainDepth = 0;
 
   /** Hard-link entries and their line numbers, in file order. */
   readonly links: number[] = [];
   readonly linkLines: number[] = [];
+  /** Per hard link (as in `links`): the entry its target path names; set by resolveLinks(). */
+  linkTarget: Int32Array = new Int32Array(0);
   /**
    * `parent/name` (name in latin1) -> entry, over all entries; built the
    * first time a name must be looked up while reading (names out of order, a
@@ -340,855 +659,545 @@ class FlatParser {
   /** First regular file too big for an image (the reference refuses it when writing). */
   tooBigLine = 0;
   tooBigSize = '';
+  /** A digest's 32 bytes while its 64 hex digits are checked. */
   readonly digestBytes = new Uint8Array(32);
 
   constructor(input: Uint8Array, strict: boolean) {
     this.pool = input;
-    this.buf = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.length);
-    this.inputLength = input.length;
+    this.scanner = new LineScanner(input);
+    this.buffer = this.scanner.buffer;
     this.strict = strict;
-    this.setWindow(0);
-    const nul = this.textLen === this.inputLength ? this.text.indexOf('\0') : this.buf.indexOf(0);
-    this.firstNul = nul < 0 ? this.inputLength : nul;
     // Lines are rarely shorter than 64 bytes; the columns grow if they are.
-    const cap = Math.max(64, Math.min(this.inputLength >>> 6, 1 << 20));
-    this.capacity = cap;
-    this.nameStart = new Int32Array(cap);
-    this.nameEnd = new Int32Array(cap);
-    this.parent = new Int32Array(cap);
-    this.linkTo = new Int32Array(cap).fill(-1);
-    this.mode = new Uint32Array(cap);
-    this.nlink = new Uint32Array(cap);
-    this.uid = new Uint32Array(cap);
-    this.gid = new Uint32Array(cap);
-    this.rdev = new Float64Array(cap);
-    this.size = new Float64Array(cap);
-    this.mtimeSec = new Float64Array(cap);
-    this.mtimeNsec = new Uint32Array(cap);
-    this.payloadStart = new Int32Array(cap);
-    this.payloadEnd = new Int32Array(cap);
-    this.contentStart = new Int32Array(cap).fill(-1);
-    this.contentEnd = new Int32Array(cap).fill(-1);
-    this.digest = new Int32Array(cap);
-    this.xattrStart = new Int32Array(cap + 1);
-    this.lastChild = new Int32Array(cap);
-    this.childCount = new Int32Array(cap);
-    this.unsortedFlag = new Uint8Array(cap);
+    this.entries = new EntryColumns(Math.max(64, Math.min(input.length >>> 6, 1 << 20)));
   }
 
-  grow(): void {
-    const cap = this.capacity * 2;
-    this.capacity = cap;
-    this.nameStart = grownInt32(this.nameStart, cap);
-    this.nameEnd = grownInt32(this.nameEnd, cap);
-    this.parent = grownInt32(this.parent, cap);
-    this.linkTo = grownInt32(this.linkTo, cap, -1);
-    this.mode = grownUint32(this.mode, cap);
-    this.nlink = grownUint32(this.nlink, cap);
-    this.uid = grownUint32(this.uid, cap);
-    this.gid = grownUint32(this.gid, cap);
-    this.rdev = grownFloat64(this.rdev, cap);
-    this.size = grownFloat64(this.size, cap);
-    this.mtimeSec = grownFloat64(this.mtimeSec, cap);
-    this.mtimeNsec = grownUint32(this.mtimeNsec, cap);
-    this.payloadStart = grownInt32(this.payloadStart, cap);
-    this.payloadEnd = grownInt32(this.payloadEnd, cap);
-    this.contentStart = grownInt32(this.contentStart, cap, -1);
-    this.contentEnd = grownInt32(this.contentEnd, cap, -1);
-    this.digest = grownInt32(this.digest, cap);
-    this.xattrStart = grownInt32(this.xattrStart, cap + 1);
-    this.lastChild = grownInt32(this.lastChild, cap);
-    this.childCount = grownInt32(this.childCount, cap);
-    const flags = new Uint8Array(cap);
-    flags.set(this.unsortedFlag);
-    this.unsortedFlag = flags;
+  fail(field: Field | string, reason: string): never {
+    throw new DumpParseError(this.lineNumber, typeof field === 'number' ? FIELD_NAMES[field] : field, reason);
   }
 
-  growXattrs(): void {
-    const cap = this.xattrCapacity * 2;
-    this.xattrCapacity = cap;
-    this.xattrKeyStart = grownInt32(this.xattrKeyStart, cap);
-    this.xattrKeyEnd = grownInt32(this.xattrKeyEnd, cap);
-    this.xattrValueStart = grownInt32(this.xattrValueStart, cap);
-    this.xattrValueEnd = grownInt32(this.xattrValueEnd, cap);
+  /** The field as written (for messages). */
+  fieldText(field: Field): string {
+    return printable(this.pool.subarray(this.line.fieldStart[field], this.line.fieldEnd[field]));
   }
 
-  setWindow(at: number): void {
-    const te = Math.min(this.inputLength, at + TEXT_WINDOW);
-    this.textBase = at;
-    this.textEnd = te;
-    this.textLen = te - at;
-    this.text = this.buf.toString('latin1', at, te);
-    this.nextSpace = this.nextBackslash = -1;
+  failNumber(field: Field): never {
+    this.fail(field, `invalid number '${this.fieldText(field)}'`);
   }
 
-  /** First `byte` at or after `pos`, or -1; `ch` is the same byte as a string. */
-  find(ch: string, byte: number, pos: number): number {
-    const r = this.text.indexOf(ch, pos - this.textBase);
-    return r >= 0 ? r + this.textBase : this.findSlow(byte, pos);
+  /** The invalid escape the scanner found in `field`. */
+  failEscape(field: Field): never {
+    this.fail(field, this.line.badEscapeReason);
   }
 
-  /** find() when the text window has no match: past the window, or nowhere. */
-  findSlow(byte: number, pos: number): number {
-    const textBase = this.textBase;
-    const te = textBase + this.text.length;
-    if (te === this.inputLength && pos >= textBase) return -1;
-    // Move the window up to the current line once that is past its middle;
-    // later searches never look before the line's start.
-    if (this.lineStart >= textBase + (this.text.length >>> 1) && te < this.inputLength) this.setWindow(this.lineStart);
-    return this.buf.indexOf(byte, pos);
-  }
-
-  /** End of the field starting at `pos`: the next space, or the line's `end`. */
-  endOfField(pos: number, end: number): number {
-    let sp = this.nextSpace;
-    if (sp < pos || (sp === this.textEnd && sp < this.inputLength)) {
-      sp = this.find(' ', 0x20, pos);
-      if (sp < 0) sp = this.inputLength;
-      this.nextSpace = sp;
-    }
-    return sp < end ? sp : end;
-  }
-
-  /** Whether `pool[start..end)` holds a backslash. */
-  hasEscape(start: number, end: number): boolean {
-    let bs = this.nextBackslash;
-    if (bs < start) {
-      bs = this.find('\\', 0x5c, start);
-      if (bs < 0) bs = this.inputLength;
-      this.nextBackslash = bs;
-    }
-    return bs < end;
-  }
-
-  fail(field: number | string, reason: string): never {
-    throw new DumpParseError(this.line, typeof field === 'number' ? FIELD_NAMES[field] : field, reason);
-  }
-
-  fieldText(field: number): string {
-    return printable(this.pool.subarray(this.fieldStart[field], this.fieldEnd[field]));
-  }
-
-  /** Decode `pool[start..end)` in place; returns the decoded end. */
-  decode(field: number | string, start: number, end: number, cstring: boolean): number {
+  /** Decode `pool[start..end)` (an xattr's name or value) in place; returns the decoded end. */
+  decodeXattr(start: number, end: number, cstring: boolean): number {
     try {
       return unescapeInPlace(this.pool, start, end, cstring);
     } catch (e) {
-      if (e instanceof UnescapeError) this.fail(field, e.message);
+      if (e instanceof UnescapeError) this.fail('xattr', e.message);
       throw e;
     }
   }
 
-  /**
-   * An optional field: -1 for a lone `-`, else its start, with the end of its
-   * decoded bytes in `re`. C-string fields end at a decoded NUL.
-   */
-  optional(field: number, cstring: boolean): number {
-    const s = this.fieldStart[field];
-    let e = this.fieldEnd[field];
-    if (e - s === 1 && this.pool[s] === 0x2d) return -1;
-    if (this.hasEscape(s, e)) e = this.decode(field, s, e, cstring);
-    this.optionalEnd = e;
-    return s;
+  /** A numeric field that is not plain digits, read by the `strtoull` emulation: INVALID if it is no number. */
+  readNumber(field: Field, base: number): U64 {
+    return parseU64(this.pool, this.line.fieldStart[field], this.line.fieldEnd[field], base);
   }
 
+  /** Read the input line by line: the scanner cuts each line into fields (and decodes escapes), storeLine() checks and stores them. */
   run(): void {
-    const inputLength = this.inputLength;
-    let pos = 0;
-    while (pos < inputLength) {
-      this.line++;
-      let next = this.fastLine(pos);
-      if (next < 0) next = this.parseLine(pos);
-      else if (this.rest < this.lineEnd) this.parseXattrs(this.rest, this.lineEnd);
-      pos = next;
+    const scanner = this.scanner;
+    const line = this.line;
+    const inputLength = this.pool.length;
+    let lineStart = 0;
+    while (lineStart < inputLength) {
+      this.lineNumber++;
+      scanner.scan(lineStart, line);
+      if (line.holdsEscapes) scanner.decodeEscapes(line);
+      this.storeLine();
+      lineStart = line.end + 1;
     }
   }
 
+  /** A hard link: its target's path, resolved once the whole file is read. */
+  storeHardLink(entry: number): void {
+    const entries = this.entries;
+    const line = this.line;
+    if ((entries.mode[entry] & Mode.TYPE_MASK) === Mode.DIR) this.fail(Field.MODE, 'directories cannot be hard-linked');
+    if (line.badEscapeField === Field.PAYLOAD) this.failEscape(Field.PAYLOAD);
+    entries.linkTo[entry] = PENDING_LINK;
+    entries.payloadStart[entry] = line.fieldStart[Field.PAYLOAD];
+    entries.payloadEnd[entry] = line.fieldEnd[Field.PAYLOAD];
+    entries.contentStart[entry] = entries.contentEnd[entry] = entries.digest[entry] = -1;
+    this.links.push(entry);
+    this.linkLines.push(this.lineNumber);
+  }
+
   /**
-   * The common line, the cheap way: a path without escapes whose parent is
-   * on the chain and whose name sorts after its last sibling, plain numbers,
-   * no CONTENT, DIGEST `-` or 64 hex digits. Returns -1, having changed
-   * nothing but the search caches, for any other line (parseLine() takes it
-   * then, errors included); else adds the entry and returns where the next
-   * line starts, leaving the xattrs (`rest .. lineEnd`) to the caller.
+   * Check the scanned line in the reference's order (which decides which
+   * error a bad line gets) and store it: first what every line has (its
+   * path, its mode, its place in the tree), then either a hard link's
+   * target or an inode's fields and xattrs.
    *
-   * It runs unoptimised for the first few thousand lines, so it is kept
-   * small. And it computes every comparison it needs on every line, even
-   * where `&&` would skip some: V8 optimises code for what it has seen, and
-   * an operation first met later, by optimised code, throws that code away.
+   * Numbers are `number` below 2^53 (all plain ones) and `bigint` above, so
+   * each use asks `typeof` first and leaves the rest to a helper. The
+   * Uint32Array columns keep the low 32 bits of a number themselves.
    */
-  fastLine(start: number): number {
-    const bytes = this.pool;
-    const text = this.text;
-    const textBase = this.textBase;
-    const textLen = this.textLen;
-    let end = text.indexOf('\n', start - textBase);
-    if (end < 0 || this.index !== null || this.count === this.capacity || this.count === 0) return -1;
-    end += textBase;
+  storeLine(): void {
+    const entries = this.entries;
+    const line = this.line;
+    const lineEnd = line.end;
+    if (lineEnd === this.pool.length && this.strict) this.fail('line', 'missing newline at the end of the file');
+    const firstNul = this.scanner.firstNul;
+    if (firstNul < lineEnd) this.fail('line', `NUL byte at column ${firstNul - line.start + 1}`);
 
-    // PATH: up to the first space; no backslash, no NUL.
-    let pathEnd = this.nextSpace;
-    pathEnd = text.indexOf(' ', (pathEnd < start ? start : pathEnd) - textBase);
-    pathEnd = (pathEnd < 0 ? textLen : pathEnd) + textBase;
-    let backslash = this.nextBackslash;
-    backslash = text.indexOf('\\', (backslash < start ? start : backslash) - textBase);
-    backslash = (backslash < 0 ? textLen : backslash) + textBase;
-    this.nextSpace = pathEnd;
-    this.nextBackslash = backslash;
-    if (pathEnd >= end || backslash < pathEnd || this.firstNul < end || bytes[start] !== 0x2f) return -1;
+    const pathStart = line.fieldStart[Field.PATH];
+    const pathEnd = line.fieldEnd[Field.PATH];
+    if (line.badEscapeField === Field.PATH) this.failEscape(Field.PATH);
+    if (pathEnd === pathStart) this.fail(Field.PATH, 'empty path');
 
-    // The parent: the deepest directory on the chain whose path, and a '/',
-    // start the line; the rest is the name, which has no further '/'.
-    const chainLen = this.chainLen;
-    const chainPath = this.chainPath;
-    let depth = this.chainDepth - 1;
-    let nameStart = start + chainLen[depth] + 1;
-    while (depth > 0 && !(nameStart <= pathEnd && bytes[nameStart - 1] === 0x2f && text.startsWith(chainPath[depth], start - textBase))) {
-      depth--;
-      nameStart = start + chainLen[depth] + 1;
-    }
-    const parent = this.chainEntry[depth];
-    let slash = text.indexOf('/', nameStart - textBase);
-    slash = (slash < 0 ? textLen : slash) + textBase;
+    let modeNumber: U64 = line.plainNumber[Field.MODE];
+    if (modeNumber === NOT_PLAIN) modeNumber = this.readNumber(Field.MODE, 8);
+    if (modeNumber === INVALID) this.failNumber(Field.MODE);
+    const mode = typeof modeNumber === 'number' ? modeNumber >>> 0 : low32(modeNumber);
+    const type = mode & Mode.TYPE_MASK;
+    if (((Mode.VALID_TYPES >>> (type >>> 12)) & 1) === 0) this.fail(Field.MODE, `invalid mode ${mode.toString(8)}: no valid file type`);
+    const entry = this.addToTree(pathStart, pathEnd, mode, line.hardLink);
+    if (line.hardLink) return this.storeHardLink(entry);
 
-    // '.', '..', empty or too long names go to parseLine() too.
-    const nameLen = pathEnd - nameStart;
-    const empty = nameLen <= 0;
-    const long = nameLen > K.NAME_MAX;
-    const dot0 = bytes[nameStart] === 0x2e;
-    const dot1 = bytes[nameStart + 1] === 0x2e;
-    const len1 = nameLen === 1;
-    const len2 = nameLen === 2;
-    if (slash < pathEnd || empty || long || (dot0 && (len1 || (len2 && dot1)))) return -1;
-
-    // The name must sort after the directory's last one.
-    const last = this.lastChild[parent];
-    const unsorted = this.unsortedFlag[parent] !== 0;
-    let after = true;
-    if (last !== 0) {
-      const lastStart = this.nameStart[last];
-      const lastLength = this.nameEnd[last] - lastStart;
-      const common = nameLen < lastLength ? nameLen : lastLength;
-      let i = 0;
-      while (i < common && bytes[nameStart + i] === bytes[lastStart + i]) i++;
-      const byByte = bytes[nameStart + i] - bytes[lastStart + i];
-      const byLength = nameLen - lastLength;
-      after = (i < common ? byByte : byLength) > 0;
-    }
-    if (!after || unsorted) return -1;
-
-    // SIZE MODE NLINK UID GID RDEV SEC.NSEC: digits and a space (a dot after
-    // SEC) each, at most 9 digits (10 for SEC: it stays below 2^31 until 2038).
-    const fastNumbers = this.fastNumbers;
-    let pos = pathEnd + 1;
-    for (let field = 0; field < 8; field++) {
-      const base = field === 1 ? 8 : 10;
-      const top = 0x30 + base;
-      let digitEnd = pos;
-      let byte = bytes[digitEnd];
-      let value = 0;
-      while (byte >= 0x30 && byte < top) {
-        value = value * base + (byte - 0x30);
-        byte = bytes[++digitEnd];
-      }
-      if (digitEnd === pos || digitEnd - pos > (field === 6 ? 10 : 9) || byte !== (field === 6 ? 0x2e : 0x20)) return -1;
-      fastNumbers[field] = value;
-      pos = digitEnd + 1;
-    }
-    const size = fastNumbers[0];
-    const mode = fastNumbers[1];
-    const type = mode & K.S_IFMT;
-    const rdev = fastNumbers[5];
-    if (((K.VALID_TYPES >>> (type >>> 12)) & 1) === 0) return -1;
-
-    // PAYLOAD: `-` or a field without backslashes; CONTENT: `-`.
-    let payloadStart = -1;
-    let payloadEnd = -1;
-    const noPayload = bytes[pos] === 0x2d && bytes[pos + 1] === 0x20;
-    if (noPayload) {
-      pos += 2;
-    } else {
-      let space = text.indexOf(' ', pos - textBase);
-      space = (space < 0 ? textLen : space) + textBase;
-      if (space >= end || backslash < space) return -1;
-      payloadStart = pos;
-      payloadEnd = space;
-      pos = space + 1;
-    }
-    if (bytes[pos] !== 0x2d || bytes[pos + 1] !== 0x20) return -1;
-    pos += 2;
-
-    // DIGEST: `-` or 64 hex digits, decoded into `digestBytes` for now.
-    let digestStart = -1;
-    let fieldEnd = pos + 1;
-    const dash = bytes[pos] === 0x2d;
-    const lastField = fieldEnd === end;
-    const spaceAfter = bytes[fieldEnd] === 0x20;
-    if (!dash || !(lastField || spaceAfter)) {
-      fieldEnd = pos + 64;
-      if (fieldEnd > end || (fieldEnd !== end && bytes[fieldEnd] !== 0x20)) return -1;
-      const out = this.digestBytes;
-      for (let i = 0; i < 32; i++) {
-        const hi = HEX_DIGIT[bytes[pos + 2 * i]];
-        const lo = HEX_DIGIT[bytes[pos + 2 * i + 1]];
-        if ((hi | lo) < 0) return -1;
-        out[i] = (hi << 4) | lo;
-      }
-      digestStart = pos;
-    }
-    const rest = fieldEnd < end ? fieldEnd + 1 : end;
-
-    // What parseLine() would refuse (or, for symlinks, size differently).
-    const payloadLength = payloadEnd - payloadStart;
-    const link = type === K.S_IFLNK;
-    const device = type === K.S_IFCHR || type === K.S_IFBLK;
-    const longPayload = payloadLength >= K.PATH_MAX;
-    const badLink = link && (payloadStart < 0 || payloadLength === 0 || (this.strict && size !== payloadLength));
-    const badRdev = !device && rdev !== 0 && this.strict;
-    if (longPayload || badLink || badRdev || end - rest > K.XATTR_TEXT_MAX) return -1;
-
-    // The line is good: add the entry.
-    const entry = this.count++;
-    this.nameStart[entry] = nameStart;
-    this.nameEnd[entry] = pathEnd;
-    this.parent[entry] = parent;
-    this.mode[entry] = mode;
-    this.nlink[entry] = fastNumbers[2];
-    this.uid[entry] = fastNumbers[3];
-    this.gid[entry] = fastNumbers[4];
-    this.rdev[entry] = device ? rdev : 0;
-    this.size[entry] = link ? payloadLength : size;
-    this.mtimeSec[entry] = fastNumbers[6];
-    this.mtimeNsec[entry] = fastNumbers[7];
-    this.payloadStart[entry] = payloadStart;
-    this.payloadEnd[entry] = payloadEnd;
-    this.digest[entry] = digestStart;
-    this.xattrStart[entry] = this.xattrCount;
-    this.lastChild[parent] = entry;
-    this.childCount[parent]++;
-    if (digestStart >= 0) {
-      const out = this.digestBytes;
-      for (let i = 0; i < 32; i++) bytes[digestStart + i] = out[i];
-    }
-    if (type === K.S_IFDIR) {
-      this.chainEntry[depth + 1] = entry;
-      this.chainLen[depth + 1] = pathEnd - start;
-      this.chainPath[depth + 1] = text.substring(start - textBase, pathEnd - textBase);
-      this.chainDepth = depth + 2;
-    }
-    // (Only now: the cache must stay right for parseLine() from `start`.)
-    this.nextSpace = payloadStart < 0 ? pathEnd : payloadEnd;
-    this.rest = rest;
-    this.lineEnd = end;
-    return end + 1;
-  }
-
-  /**
-   * Parse the line starting at `start`, whatever it holds; returns where the
-   * next one starts.
-   */
-  parseLine(start: number): number {
-    const d = this.pool;
-    const fieldStart = this.fieldStart;
-    const fieldEnd = this.fieldEnd;
-    const fieldNumber = this.fieldNumber;
-    this.lineStart = start;
-    let end = this.find('\n', 0x0a, start);
-    let next = end + 1;
-    if (end < 0) {
-      if (this.strict) this.fail('line', 'missing newline at the end of the file');
-      end = next = this.inputLength;
-    }
-    if (this.firstNul < end) this.fail('line', `NUL byte at column ${this.firstNul - start + 1}`);
-
-    // Split the 11 fixed fields (missing ones are empty), reading the numbers
-    // on the way when they are plain digits followed by a space.
-    let pos = start;
-    fieldStart[F_PATH] = pos;
-    let e = this.endOfField(pos, end);
-    fieldEnd[F_PATH] = e;
-    pos = e < end ? e + 1 : end;
-    for (let f = F_SIZE; f <= F_MTIME; f++) {
-      fieldStart[f] = pos;
-      let q = pos;
-      let base = 10;
-      if (f === F_MODE) {
-        base = 8;
-        if (d[q] === 0x40) q++;
-      }
-      const top = 0x30 + base;
-      const digits = q;
-      let v = 0;
-      let c = d[q];
-      while (c >= 0x30 && c < top) {
-        v = v * base + (c - 0x30);
-        c = d[++q];
-      }
-      let ok = q > digits && q - digits <= 9;
-      if (f === F_MTIME) {
-        // SEC.NSEC
-        ok = ok && c === 0x2e;
-        const ns = ++q;
-        let w = 0;
-        c = d[q];
-        while (c >= 0x30 && c <= 0x39) {
-          w = w * 10 + (c - 0x30);
-          c = d[++q];
-        }
-        ok = ok && q > ns && q - ns <= 9;
-        this.nsec = w;
-      }
-      if (ok && c === 0x20) {
-        fieldNumber[f] = v;
-        fieldEnd[f] = q;
-        pos = q + 1;
-      } else {
-        fieldNumber[f] = LATER;
-        e = this.endOfField(pos, end);
-        fieldEnd[f] = e;
-        pos = e < end ? e + 1 : end;
-      }
-    }
-    for (let f = F_PAYLOAD; f <= F_DIGEST; f++) {
-      fieldStart[f] = pos;
-      if (d[pos] === 0x2d && (d[pos + 1] === 0x20 || pos + 1 === end)) {
-        fieldEnd[f] = pos + 1;
-        pos = pos + 1 < end ? pos + 2 : end;
-      } else {
-        e = this.endOfField(pos, end);
-        fieldEnd[f] = e;
-        pos = e < end ? e + 1 : end;
-      }
-    }
-    const rest = pos;
-
-    // Then the fields in the reference's order, which decides which error
-    // a bad line gets.
-    const ps = fieldStart[F_PATH];
-    let pe = fieldEnd[F_PATH];
-    if (this.hasEscape(ps, pe)) pe = this.decode(F_PATH, ps, pe, true);
-    if (pe === ps) this.fail(F_PATH, 'empty path');
-
-    let hardlink = false;
-    if (fieldEnd[F_MODE] > fieldStart[F_MODE] && d[fieldStart[F_MODE]] === 0x40) {
-      hardlink = true;
-      fieldStart[F_MODE]++;
-    }
-    const modeValue = fieldNumber[F_MODE] !== LATER ? fieldNumber[F_MODE] : parseU64(d, fieldStart[F_MODE], fieldEnd[F_MODE], 8);
-    if (modeValue === -1) this.fail(F_MODE, `invalid number '${this.fieldText(F_MODE)}'`);
-    const mode = low32(modeValue);
-    const type = mode & S_IFMT;
-    if (((VALID_TYPES >>> (type >>> 12)) & 1) === 0) this.fail(F_MODE, `invalid mode ${mode.toString(8)}: no valid file type`);
-
-    const entry = this.addToTree(ps, pe, mode, hardlink);
-
-    if (hardlink) {
-      if (type === S_IFDIR) this.fail(F_MODE, 'directories cannot be hard-linked');
-      const ts = this.optional(F_PAYLOAD, true);
-      this.linkTo[entry] = -2;
-      this.payloadStart[entry] = ts;
-      this.payloadEnd[entry] = ts < 0 ? -1 : this.optionalEnd;
-      this.contentStart[entry] = this.contentEnd[entry] = this.digest[entry] = -1;
-      this.links.push(entry);
-      this.linkLines.push(this.line);
-      return next;
-    }
-
-    const size = fieldNumber[F_SIZE] !== LATER ? fieldNumber[F_SIZE] : parseU64(d, fieldStart[F_SIZE], fieldEnd[F_SIZE], 10);
-    if (size === -1) this.fail(F_SIZE, `invalid number '${this.fieldText(F_SIZE)}'`);
-    const nlink = fieldNumber[F_NLINK] !== LATER ? fieldNumber[F_NLINK] : parseU64(d, fieldStart[F_NLINK], fieldEnd[F_NLINK], 10);
-    if (nlink === -1) this.fail(F_NLINK, `invalid number '${this.fieldText(F_NLINK)}'`);
-    const uid = fieldNumber[F_UID] !== LATER ? fieldNumber[F_UID] : parseU64(d, fieldStart[F_UID], fieldEnd[F_UID], 10);
-    if (uid === -1) this.fail(F_UID, `invalid number '${this.fieldText(F_UID)}'`);
+    const fieldStart = line.fieldStart;
+    const fieldEnd = line.fieldEnd;
+    const plainNumber = line.plainNumber;
+    let size: U64 = plainNumber[Field.SIZE];
+    if (size === NOT_PLAIN) size = this.readNumber(Field.SIZE, 10);
+    if (size === INVALID) this.failNumber(Field.SIZE);
+    let nlink: U64 = plainNumber[Field.NLINK];
+    if (nlink === NOT_PLAIN) nlink = this.readNumber(Field.NLINK, 10);
+    if (nlink === INVALID) this.failNumber(Field.NLINK);
+    let uid: U64 = plainNumber[Field.UID];
+    if (uid === NOT_PLAIN) uid = this.readNumber(Field.UID, 10);
+    if (uid === INVALID) this.failNumber(Field.UID);
     // The reference tests the wrong variable after reading GID and RDEV: an
     // invalid GID or RDEV is an error only when UID is 0; otherwise it reads as 0.
-    let gid = fieldNumber[F_GID] !== LATER ? fieldNumber[F_GID] : parseU64(d, fieldStart[F_GID], fieldEnd[F_GID], 10);
-    if (gid === -1) {
-      if (uid === 0) this.fail(F_GID, `invalid number '${this.fieldText(F_GID)}'`);
+    let gid: U64 = plainNumber[Field.GID];
+    if (gid === NOT_PLAIN) gid = this.readNumber(Field.GID, 10);
+    if (gid === INVALID) {
+      if (uid === 0) this.failNumber(Field.GID);
       gid = 0;
     }
-    let rdev = fieldNumber[F_RDEV] !== LATER ? fieldNumber[F_RDEV] : parseU64(d, fieldStart[F_RDEV], fieldEnd[F_RDEV], 10);
-    if (rdev === -1) {
-      if (uid === 0) this.fail(F_RDEV, `invalid number '${this.fieldText(F_RDEV)}'`);
+    let rdev: U64 = plainNumber[Field.RDEV];
+    if (rdev === NOT_PLAIN) rdev = this.readNumber(Field.RDEV, 10);
+    if (rdev === INVALID) {
+      if (uid === 0) this.failNumber(Field.RDEV);
       rdev = 0;
     }
-
-    let sec: U64;
-    let nsec: U64;
-    if (fieldNumber[F_MTIME] !== LATER) {
-      sec = fieldNumber[F_MTIME];
-      nsec = this.nsec;
-    } else {
-      // MTIME is SEC.NSEC, split at the first dot.
-      const ms = fieldStart[F_MTIME];
-      const me = fieldEnd[F_MTIME];
-      let dot = ms;
-      while (dot < me && d[dot] !== 0x2e) dot++;
-      sec = parseU64(d, ms, dot, 10);
-      if (sec === -1) this.fail(F_MTIME, `invalid seconds in '${this.fieldText(F_MTIME)}'`);
-      nsec = parseU64(d, dot < me ? dot + 1 : dot, me, 10);
-      if (nsec === -1) this.fail(F_MTIME, `invalid nanoseconds in '${this.fieldText(F_MTIME)}'`);
+    let seconds: U64 = plainNumber[Field.MTIME];
+    let nanoseconds: U64 = line.plainNanoseconds;
+    if (seconds === NOT_PLAIN) {
+      // SECONDS.NANOSECONDS, split at the first dot.
+      const mtimeStart = fieldStart[Field.MTIME];
+      const mtimeEnd = fieldEnd[Field.MTIME];
+      let dot = mtimeStart;
+      while (dot < mtimeEnd && this.pool[dot] !== Char.DOT) dot++;
+      seconds = parseU64(this.pool, mtimeStart, dot, 10);
+      if (seconds === INVALID) this.fail(Field.MTIME, `invalid seconds in '${this.fieldText(Field.MTIME)}'`);
+      nanoseconds = parseU64(this.pool, dot < mtimeEnd ? dot + 1 : dot, mtimeEnd, 10);
+      if (nanoseconds === INVALID) this.fail(Field.MTIME, `invalid nanoseconds in '${this.fieldText(Field.MTIME)}'`);
     }
 
-    const payS = this.optional(F_PAYLOAD, true);
-    const payE = payS < 0 ? -1 : this.optionalEnd;
-    const conS = this.optional(F_CONTENT, false);
-    const conE = conS < 0 ? -1 : this.optionalEnd;
-    if (conS >= 0 && conE - conS !== size) {
-      this.fail(F_CONTENT, `content is ${conE - conS} bytes but size is ${u64Text(size)}`);
+    // PAYLOAD, CONTENT and DIGEST, decoded by the scanner: start and end ABSENT for `-`.
+    const payloadStart = fieldStart[Field.PAYLOAD];
+    const payloadEnd = fieldEnd[Field.PAYLOAD];
+    if (line.badEscapeField === Field.PAYLOAD) this.failEscape(Field.PAYLOAD);
+    const contentStart = fieldStart[Field.CONTENT];
+    const contentEnd = fieldEnd[Field.CONTENT];
+    if (line.badEscapeField === Field.CONTENT) this.failEscape(Field.CONTENT);
+    if (contentStart !== ABSENT && contentEnd - contentStart !== size) {
+      this.fail(Field.CONTENT, `content is ${contentEnd - contentStart} bytes but size is ${u64Text(size)}`);
     }
-    const digS = this.optional(F_DIGEST, true);
-    const digE = digS < 0 ? -1 : this.optionalEnd;
+    const digestStart = fieldStart[Field.DIGEST];
+    const digestEnd = fieldEnd[Field.DIGEST];
+    if (line.badEscapeField === Field.DIGEST) this.failEscape(Field.DIGEST);
 
-    let fileSize = type !== S_IFLNK ? approx(size) : 0;
-    let devNumber = 0;
-    if (type === S_IFCHR || type === S_IFBLK) {
-      devNumber = rdevNumber(rdev);
+    let fileSize = type === Mode.LNK ? 0 : typeof size === 'number' ? size : Number(size);
+    let deviceNumber = 0;
+    if (type === Mode.CHR || type === Mode.BLK) {
+      deviceNumber = typeof rdev === 'number' ? rdev : bigDeviceNumber(rdev);
     } else if (this.strict && rdev !== 0) {
-      this.fail(F_RDEV, `device number ${u64Text(rdev)} on a file that is not a device`);
+      this.fail(Field.RDEV, `device number ${u64Text(rdev)} on a file that is not a device`);
     }
 
     let inlineStart = -1;
-    if (type === S_IFLNK) {
-      const len = payE - payS;
-      if (payS < 0 || len === 0) this.fail(F_PAYLOAD, 'symlink without a target');
-      if (len >= PATH_MAX) this.fail(F_PAYLOAD, `symlink target of ${len} bytes is too long (the limit is ${PATH_MAX - 1})`);
-      fileSize = len;
+    if (type === Mode.LNK) {
+      const targetLength = payloadEnd - payloadStart;
+      if (payloadStart === ABSENT || targetLength === 0) this.fail(Field.PAYLOAD, 'symlink without a target');
+      if (targetLength >= Limit.PATH_MAX) {
+        this.fail(Field.PAYLOAD, `symlink target of ${targetLength} bytes is too long (the limit is ${Limit.PATH_MAX - 1})`);
+      }
+      fileSize = targetLength;
       if (this.strict) {
-        if (size !== len) this.fail(F_SIZE, `symlink size ${u64Text(size)} differs from its target's length ${len}`);
-        if (conS >= 0 && conE > conS) this.fail(F_CONTENT, 'a symlink cannot have content');
+        if (size !== targetLength) this.fail(Field.SIZE, `symlink size ${u64Text(size)} differs from its target's length ${targetLength}`);
+        if (contentStart !== ABSENT && contentEnd > contentStart) this.fail(Field.CONTENT, 'a symlink cannot have content');
       }
     } else {
-      if (payS >= 0 && payE - payS >= PATH_MAX) {
-        this.fail(F_PAYLOAD, `payload of ${payE - payS} bytes is too long (the limit is ${PATH_MAX - 1})`);
+      if (payloadStart !== ABSENT && payloadEnd - payloadStart >= Limit.PATH_MAX) {
+        this.fail(Field.PAYLOAD, `payload of ${payloadEnd - payloadStart} bytes is too long (the limit is ${Limit.PATH_MAX - 1})`);
       }
-      if (conS >= 0) {
-        const len = conE - conS;
-        if (len > INLINE_CONTENT_MAX) this.fail(F_CONTENT, `inline content of ${len} bytes exceeds the maximum of ${INLINE_CONTENT_MAX}`);
-        if (len > 0) inlineStart = conS;
-        fileSize = len;
+      if (contentStart !== ABSENT) {
+        const contentLength = contentEnd - contentStart;
+        if (contentLength > Limit.INLINE_CONTENT_MAX) {
+          this.fail(Field.CONTENT, `inline content of ${contentLength} bytes exceeds the maximum of ${Limit.INLINE_CONTENT_MAX}`);
+        }
+        if (contentLength > 0) inlineStart = contentStart;
+        fileSize = contentLength;
       }
     }
-    const stub = type === S_IFREG && inlineStart < 0 && size !== 0;
-    if (stub && typeof size === 'bigint' && size > BigInt(MAX_FILE_SIZE) && this.tooBigLine === 0) {
-      this.tooBigLine = this.line;
+    // A regular file whose data lies in the object store.
+    const external = type === Mode.REG && inlineStart < 0 && size !== 0;
+    if (external && typeof size === 'bigint' && size > BigInt(MAX_FILE_SIZE) && this.tooBigLine === 0) {
+      this.tooBigLine = this.lineNumber;
       this.tooBigSize = u64Text(size);
     }
 
+    // DIGEST: its first 64 characters as hex, as the reference reads it,
+    // decoded to 32 bytes where they stand (left as they were otherwise).
     let digest = -1;
-    if (digS >= 0) {
-      digest = this.decodeDigest(digS, digE);
+    if (digestStart !== ABSENT) {
+      const bytes = this.pool;
+      const digestBytes = this.digestBytes;
+      let hexDigits = 0;
+      if (digestEnd - digestStart >= 64) {
+        for (; hexDigits < 64; hexDigits += 2) {
+          const high = HEX_DIGIT[bytes[digestStart + hexDigits]];
+          const low = HEX_DIGIT[bytes[digestStart + hexDigits + 1]];
+          if ((high | low) < 0) break;
+          digestBytes[hexDigits >>> 1] = (high << 4) | low;
+        }
+      }
+      if (hexDigits === 64) {
+        bytes.set(digestBytes, digestStart);
+        digest = digestStart;
+      }
       // A digest that is not 64 hex digits leaves the reference with
       // uninitialized bytes; that only matters where the image uses it.
-      if (digest < 0 && stub) {
-        this.fail(F_DIGEST, `invalid fs-verity digest '${printable(d.subarray(digS, digE))}': expected 64 hex digits`);
+      if (digest < 0 && external) {
+        this.fail(Field.DIGEST, `invalid fs-verity digest '${printable(this.pool.subarray(digestStart, digestEnd))}': expected 64 hex digits`);
       }
     }
 
-    this.size[entry] = fileSize;
-    this.nlink[entry] = low32(nlink);
-    this.uid[entry] = low32(uid);
-    this.gid[entry] = low32(gid);
-    this.rdev[entry] = devNumber;
-    this.mtimeSec[entry] = typeof sec === 'number' ? sec : secondsNumber(sec);
-    this.mtimeNsec[entry] = low32(nsec);
-    this.payloadStart[entry] = payS;
-    this.payloadEnd[entry] = payE;
-    this.contentStart[entry] = inlineStart;
-    this.contentEnd[entry] = inlineStart < 0 ? -1 : conE;
-    this.digest[entry] = digest;
+    entries.size[entry] = fileSize;
+    entries.nlink[entry] = typeof nlink === 'number' ? nlink : low32(nlink);
+    entries.uid[entry] = typeof uid === 'number' ? uid : low32(uid);
+    entries.gid[entry] = typeof gid === 'number' ? gid : low32(gid);
+    entries.rdev[entry] = deviceNumber;
+    entries.mtimeSec[entry] = typeof seconds === 'number' ? seconds : bigSeconds(seconds);
+    entries.mtimeNsec[entry] = typeof nanoseconds === 'number' ? nanoseconds : low32(nanoseconds);
+    entries.payloadStart[entry] = payloadStart;
+    entries.payloadEnd[entry] = payloadEnd;
+    entries.contentStart[entry] = inlineStart;
+    entries.contentEnd[entry] = inlineStart < 0 ? -1 : contentEnd;
+    entries.digest[entry] = digest;
 
-    if (end - rest > XATTR_TEXT_MAX) this.fail('xattrs', `${end - rest} bytes of xattrs on one line exceed the maximum of ${XATTR_TEXT_MAX}`);
-    if (rest < end) this.parseXattrs(rest, end);
-    return next;
-  }
-
-  /**
-   * The first 64 characters of `pool[start..end)` as hex, as the reference
-   * reads a digest: decoded to 32 bytes at `start` (returned), or -1 if they
-   * are not 64 hex digits (then the text is left as it was).
-   */
-  decodeDigest(start: number, end: number): number {
-    if (end - start < 64) return -1;
-    const d = this.pool;
-    const out = this.digestBytes;
-    for (let i = 0; i < 32; i++) {
-      const hi = HEX_DIGIT[d[start + 2 * i]];
-      const lo = HEX_DIGIT[d[start + 2 * i + 1]];
-      if ((hi | lo) < 0) return -1;
-      out[i] = (hi << 4) | lo;
+    const xattrsLength = line.end - line.xattrsStart;
+    if (xattrsLength > Limit.XATTR_TEXT_MAX) {
+      this.fail('xattrs', `${xattrsLength} bytes of xattrs on one line exceed the maximum of ${Limit.XATTR_TEXT_MAX}`);
     }
-    d.set(out, start);
-    return start;
+    if (xattrsLength > 0) this.storeXattrs(line.xattrsStart, line.end);
   }
 
-  parseXattrs(start: number, end: number): void {
-    const d = this.pool;
-    const first = this.xattrCount;
+  /** The xattrs `KEY=VALUE ...` of the entry just added, from `pool[start..end)`. */
+  storeXattrs(start: number, end: number): void {
+    const entries = this.entries;
+    const bytes = this.pool;
+    const scanner = this.scanner;
+    const first = entries.xattrCount;
+    /** Space the entry's xattrs take, counted as the reference counts it. */
     let space = 0;
-    let index: Map<string, number> | null = null;
-    let pos = start;
-    while (pos < end) {
-      const tokenStart = pos;
-      let eq = -1;
-      let i = pos;
-      for (; i < end; i++) {
-        const c = d[i];
-        if (c === 0x20) break;
-        if (c === 0x3d && eq < 0) eq = i;
+    /** Name (latin1) -> xattr, once the entry has many. */
+    let byName: Map<string, number> | null = null;
+    let at = start;
+    while (at < end) {
+      const tokenStart = at;
+      let equals = -1;
+      let tokenEnd = at;
+      for (; tokenEnd < end; tokenEnd++) {
+        const byte = bytes[tokenEnd];
+        if (byte === Char.SPACE) break;
+        if (byte === Char.EQUALS && equals < 0) equals = tokenEnd;
       }
-      const tokenEnd = i;
-      pos = i < end ? i + 1 : end;
-      if (eq < 0) this.fail('xattr', `missing '=' in '${printable(d.subarray(tokenStart, tokenEnd))}'`);
+      at = tokenEnd < end ? tokenEnd + 1 : end;
+      if (equals < 0) this.fail('xattr', `missing '=' in '${printable(bytes.subarray(tokenStart, tokenEnd))}'`);
 
       // The name is a C string, so it is empty when it starts with an escaped
       // NUL; the message shows the token as written, so keep that first.
-      let emptyName = '';
-      if (eq === tokenStart || (eq - tokenStart >= 4 && d[tokenStart] === 0x5c && d[tokenStart + 1] === 0x78 && d[tokenStart + 2] === 0x30 && d[tokenStart + 3] === 0x30)) {
-        emptyName = printable(d.subarray(tokenStart, tokenEnd));
+      let emptyNameToken = '';
+      if (
+        equals === tokenStart ||
+        (equals - tokenStart >= 4 && bytes[tokenStart] === Char.BACKSLASH && bytes[tokenStart + 1] === Char.X && bytes[tokenStart + 2] === Char.ZERO && bytes[tokenStart + 3] === Char.ZERO)
+      ) {
+        emptyNameToken = printable(bytes.subarray(tokenStart, tokenEnd));
       }
-      const ks = tokenStart;
-      const ke = this.hasEscape(ks, eq) ? this.decode('xattr', ks, eq, true) : eq;
-      const vs = eq + 1;
-      const ve = this.hasEscape(vs, tokenEnd) ? this.decode('xattr', vs, tokenEnd, false) : tokenEnd;
-      if (ke === ks) this.fail('xattr', `empty xattr name in '${emptyName}'`);
-      if (ke - ks > XATTR_NAME_MAX) this.fail('xattr', `xattr name of ${ke - ks} bytes exceeds the maximum of ${XATTR_NAME_MAX}`);
-      if (ve - vs > XATTR_VALUE_MAX) this.fail('xattr', `xattr value of ${ve - vs} bytes exceeds the maximum of ${XATTR_VALUE_MAX}`);
+      const nameStart = tokenStart;
+      const nameEnd = scanner.hasEscape(nameStart, equals) ? this.decodeXattr(nameStart, equals, true) : equals;
+      const valueStart = equals + 1;
+      const valueEnd = scanner.hasEscape(valueStart, tokenEnd) ? this.decodeXattr(valueStart, tokenEnd, false) : tokenEnd;
+      const nameLength = nameEnd - nameStart;
+      const valueLength = valueEnd - valueStart;
+      if (nameLength === 0) this.fail('xattr', `empty xattr name in '${emptyNameToken}'`);
+      if (nameLength > Limit.XATTR_NAME_MAX) this.fail('xattr', `xattr name of ${nameLength} bytes exceeds the maximum of ${Limit.XATTR_NAME_MAX}`);
+      if (valueLength > Limit.XATTR_VALUE_MAX) this.fail('xattr', `xattr value of ${valueLength} bytes exceeds the maximum of ${Limit.XATTR_VALUE_MAX}`);
 
       // Setting a name again drops the old value, moving the last xattr into its slot.
-      const keyStart = this.xattrKeyStart;
-      const keyEnd = this.xattrKeyEnd;
-      const valueStart = this.xattrValueStart;
-      const valueEnd = this.xattrValueEnd;
-      if (index === null && this.xattrCount - first >= 16) {
-        index = new Map();
-        for (let k = first; k < this.xattrCount; k++) index.set(this.buf.toString('latin1', keyStart[k], keyEnd[k]), k);
+      const keyStart = entries.xattrKeyStart;
+      const keyEnd = entries.xattrKeyEnd;
+      const valueStarts = entries.xattrValueStart;
+      const valueEnds = entries.xattrValueEnd;
+      if (byName === null && entries.xattrCount - first >= 16) {
+        byName = new Map();
+        for (let xattr = first; xattr < entries.xattrCount; xattr++) byName.set(this.buffer.toString('latin1', keyStart[xattr], keyEnd[xattr]), xattr);
       }
-      let old = -1;
-      const keyText = index !== null ? this.buf.toString('latin1', ks, ke) : '';
-      if (index !== null) {
-        old = index.get(keyText) ?? -1;
+      let previous = -1;
+      const nameText = byName !== null ? this.buffer.toString('latin1', nameStart, nameEnd) : '';
+      if (byName !== null) {
+        previous = byName.get(nameText) ?? -1;
       } else {
-        for (let k = first; k < this.xattrCount; k++) {
-          if (compareBytes(d, keyStart[k], keyEnd[k], d, ks, ke) === 0) {
-            old = k;
+        for (let xattr = first; xattr < entries.xattrCount; xattr++) {
+          if (compareBytes(bytes, keyStart[xattr], keyEnd[xattr], bytes, nameStart, nameEnd) === 0) {
+            previous = xattr;
             break;
           }
         }
       }
-      if (old >= 0) {
-        const removed = XATTR_ENTRY_OVERHEAD + keyEnd[old] - keyStart[old] + valueEnd[old] - valueStart[old];
-        const last = this.xattrCount - 1;
-        if (old !== last) {
-          keyStart[old] = keyStart[last];
-          keyEnd[old] = keyEnd[last];
-          valueStart[old] = valueStart[last];
-          valueEnd[old] = valueEnd[last];
-          if (index !== null) index.set(this.buf.toString('latin1', keyStart[old], keyEnd[old]), old);
+      if (previous >= 0) {
+        const removed = Limit.XATTR_ENTRY_OVERHEAD + keyEnd[previous] - keyStart[previous] + valueEnds[previous] - valueStarts[previous];
+        const last = entries.xattrCount - 1;
+        if (previous !== last) {
+          keyStart[previous] = keyStart[last];
+          keyEnd[previous] = keyEnd[last];
+          valueStarts[previous] = valueStarts[last];
+          valueEnds[previous] = valueEnds[last];
+          if (byName !== null) byName.set(this.buffer.toString('latin1', keyStart[previous], keyEnd[previous]), previous);
         }
-        this.xattrCount = last;
-        if (index !== null) index.delete(keyText);
-        space = this.xattrCount > first ? space - removed : 0;
+        entries.xattrCount = last;
+        if (byName !== null) byName.delete(nameText);
+        space = entries.xattrCount > first ? space - removed : 0;
       }
-      const need = XATTR_ENTRY_OVERHEAD + (ke - ks) + (ve - vs) + (this.xattrCount === first ? XATTR_HEADER : 0);
-      if (space + need > XATTR_SPACE_MAX) {
-        this.fail('xattr', `xattrs of this file exceed ${XATTR_SPACE_MAX} bytes (at '${printable(d.subarray(ks, ke))}')`);
+      const needed = Limit.XATTR_ENTRY_OVERHEAD + nameLength + valueLength + (entries.xattrCount === first ? Limit.XATTR_HEADER : 0);
+      if (space + needed > Limit.XATTR_SPACE_MAX) {
+        this.fail('xattr', `xattrs of this file exceed ${Limit.XATTR_SPACE_MAX} bytes (at '${printable(bytes.subarray(nameStart, nameEnd))}')`);
       }
-      if (this.xattrCount === this.xattrCapacity) this.growXattrs();
-      const x = this.xattrCount++;
-      this.xattrKeyStart[x] = ks;
-      this.xattrKeyEnd[x] = ke;
-      this.xattrValueStart[x] = vs;
-      this.xattrValueEnd[x] = ve;
-      if (index !== null) index.set(keyText, x);
-      space += need;
+      if (entries.xattrCount === entries.xattrCapacity) entries.growXattrs();
+      const xattr = entries.xattrCount++;
+      entries.xattrKeyStart[xattr] = nameStart;
+      entries.xattrKeyEnd[xattr] = nameEnd;
+      entries.xattrValueStart[xattr] = valueStart;
+      entries.xattrValueEnd[xattr] = valueEnd;
+      if (byName !== null) byName.set(nameText, xattr);
+      space += needed;
     }
   }
 
   /** The `index` key of name `pool[start..end)` in directory `dir`. */
   key(dir: number, start: number, end: number): string {
-    return `${dir}/${this.buf.toString('latin1', start, end)}`;
+    return `${dir}/${this.buffer.toString('latin1', start, end)}`;
   }
 
   /** The entry named `pool[start..end)` in directory `dir`, or -1 (while reading). */
   findChild(dir: number, start: number, end: number): number {
+    const entries = this.entries;
     let index = this.index;
     if (index === null) {
       index = new Map();
-      for (let e = 1; e < this.count; e++) index.set(this.key(this.parent[e], this.nameStart[e], this.nameEnd[e]), e);
+      for (let entry = 1; entry < entries.count; entry++) index.set(this.key(entries.parent[entry], entries.nameStart[entry], entries.nameEnd[entry]), entry);
       this.index = index;
     }
     return index.get(this.key(dir, start, end)) ?? -1;
   }
 
   isDir(entry: number): boolean {
-    return this.linkTo[entry] === -1 && (this.mode[entry] & S_IFMT) === S_IFDIR;
+    const entries = this.entries;
+    return entries.linkTo[entry] === -1 && (entries.mode[entry] & Mode.TYPE_MASK) === Mode.DIR;
   }
 
   /**
-   * Put the entry of path `pool[ps..pe)` into the tree as the reference does,
-   * or fail as it would. Returns the new entry, with its name, parent, mode
-   * and xattr start set.
+   * Put the entry of path `pool[pathStart..pathEnd)` into the tree as the
+   * reference does, or fail as it would. Returns the new entry, with its
+   * name, parent, mode and xattr start set.
    */
-  addToTree(ps: number, pe: number, mode: number, hardlink: boolean): number {
-    const d = this.pool;
-    const dir = (mode & S_IFMT) === S_IFDIR && !hardlink;
-    if (pe - ps === 1 && d[ps] === 0x2f) {
-      if ((mode & S_IFMT) !== S_IFDIR) this.fail(F_PATH, 'the root must be a directory');
-      if (this.count > 0) this.fail(F_PATH, 'a second root directory');
+  addToTree(pathStart: number, pathEnd: number, mode: number, hardLink: boolean): number {
+    const entries = this.entries;
+    const bytes = this.pool;
+    if (pathEnd - pathStart === 1 && bytes[pathStart] === Char.SLASH) {
+      if ((mode & Mode.TYPE_MASK) !== Mode.DIR) this.fail(Field.PATH, 'the root must be a directory');
+      if (entries.count > 0) this.fail(Field.PATH, 'a second root directory');
       this.newEntry(0, 0, -1, mode);
       this.chainDepth = 1;
       return 0;
     }
-    if (this.count === 0) this.fail(F_PATH, `'${printable(d.subarray(ps, pe))}' comes before the root directory '/'`);
+    if (entries.count === 0) this.fail(Field.PATH, `'${printable(bytes.subarray(pathStart, pathEnd))}' comes before the root directory '/'`);
 
-    // Fast path: the parent is on the chain (which holds canonical paths only).
-    let slash = pe - 1;
-    while (slash >= ps && d[slash] !== 0x2f) slash--;
-    const rel = slash - ps;
-    let parent = -1;
-    let depth = -1;
-    if (rel >= 0 && slash < pe - 1 && d[ps] === 0x2f) {
-      const chainLen = this.chainLen;
-      let k = this.chainDepth - 1;
-      while (k >= 0 && chainLen[k] > rel) k--;
-      if (k >= 0 && chainLen[k] === rel) {
-        const chainPath = this.chainPath[k];
-        let i = 0;
-        while (i < rel && chainPath.charCodeAt(i) === d[ps + i]) i++;
-        if (i === rel) {
-          parent = this.chainEntry[k];
-          depth = k;
-        }
-      }
+    // The parent: the deepest directory on the chain whose path, and a '/',
+    // start this path, if the rest (the name) holds no further '/'. Any
+    // other path is walked as the reference walks it.
+    const chainLength = this.chainLength;
+    const chainPath = this.chainPath;
+    const pathText = this.line.pathText;
+    const textOffset = this.line.pathTextStart - pathStart;
+    let depth = this.chainDepth - 1;
+    for (; depth >= 0; depth--) {
+      const dirEnd = pathStart + chainLength[depth];
+      if (dirEnd < pathEnd && bytes[dirEnd] === Char.SLASH && pathText.startsWith(chainPath[depth], pathStart + textOffset)) break;
     }
-    let nameStart = slash + 1;
-    if (parent < 0) {
-      nameStart = this.walkToParent(ps, pe);
+    let nameStart = pathStart + chainLength[depth < 0 ? 0 : depth] + 1;
+    const slash = pathText.indexOf('/', nameStart + textOffset);
+    if (slash >= 0 && slash - textOffset < pathEnd) depth = -1;
+    const canonical = depth >= 0;
+    if (!canonical) {
+      nameStart = this.walkToParent(pathStart, pathEnd);
       depth = this.chainDepth - 1;
-      parent = this.chainEntry[depth];
     }
+    const parent = this.chainEntry[depth];
 
-    const nameLen = pe - nameStart;
-    if (nameLen === 1 && d[nameStart] === 0x2e) this.fail(F_PATH, `invalid name '.' in '${printable(d.subarray(ps, pe))}'`);
-    if (nameLen === 2 && d[nameStart] === 0x2e && d[nameStart + 1] === 0x2e) this.fail(F_PATH, `invalid name '..' in '${printable(d.subarray(ps, pe))}'`);
-    if (nameLen === 0) this.fail(F_PATH, `empty file name in '${printable(d.subarray(ps, pe))}'`);
-    if (nameLen > NAME_MAX) this.fail(F_PATH, `file name of ${nameLen} bytes exceeds the maximum of ${NAME_MAX}`);
+    const nameLength = pathEnd - nameStart;
+    if (nameLength === 1 && bytes[nameStart] === Char.DOT) this.fail(Field.PATH, `invalid name '.' in '${printable(bytes.subarray(pathStart, pathEnd))}'`);
+    if (nameLength === 2 && bytes[nameStart] === Char.DOT && bytes[nameStart + 1] === Char.DOT) {
+      this.fail(Field.PATH, `invalid name '..' in '${printable(bytes.subarray(pathStart, pathEnd))}'`);
+    }
+    if (nameLength === 0) this.fail(Field.PATH, `empty file name in '${printable(bytes.subarray(pathStart, pathEnd))}'`);
+    if (nameLength > Limit.NAME_MAX) this.fail(Field.PATH, `file name of ${nameLength} bytes exceeds the maximum of ${Limit.NAME_MAX}`);
 
-    const last = this.lastChild[parent];
-    if (last !== 0) {
-      if (this.unsortedFlag[parent] === 0) {
-        const c = compareBytes(d, nameStart, pe, d, this.nameStart[last], this.nameEnd[last]);
-        if (c <= 0) {
-          if (c === 0 || this.findChild(parent, nameStart, pe) >= 0) this.fail(F_PATH, `'${printable(d.subarray(ps, pe))}' already exists`);
-          this.unsortedFlag[parent] = 1;
+    const lastSibling = entries.lastChild[parent];
+    if (lastSibling !== 0) {
+      if (entries.unsortedFlag[parent] === 0) {
+        // compareBytes() with the name of the last sibling, written out: it runs for nearly every line.
+        const siblingStart = entries.nameStart[lastSibling];
+        const siblingLength = entries.nameEnd[lastSibling] - siblingStart;
+        const common = nameLength < siblingLength ? nameLength : siblingLength;
+        let same = 0;
+        while (same < common && bytes[nameStart + same] === bytes[siblingStart + same]) same++;
+        const order = same < common ? bytes[nameStart + same] - bytes[siblingStart + same] : nameLength - siblingLength;
+        if (order <= 0) {
+          if (order === 0 || this.findChild(parent, nameStart, pathEnd) >= 0) this.fail(Field.PATH, `'${printable(bytes.subarray(pathStart, pathEnd))}' already exists`);
+          entries.unsortedFlag[parent] = 1;
           this.unsorted.push(parent);
         }
-      } else if (this.findChild(parent, nameStart, pe) >= 0) {
-        this.fail(F_PATH, `'${printable(d.subarray(ps, pe))}' already exists`);
+      } else if (this.findChild(parent, nameStart, pathEnd) >= 0) {
+        this.fail(Field.PATH, `'${printable(bytes.subarray(pathStart, pathEnd))}' already exists`);
       }
     }
 
-    const entry = this.newEntry(nameStart, pe, parent, mode);
-    this.lastChild[parent] = entry;
-    if (this.index !== null) this.index.set(this.key(parent, nameStart, pe), entry);
+    if (entries.count === entries.capacity) entries.grow();
+    const entry = entries.count++;
+    entries.childCount[parent]++;
+    entries.nameStart[entry] = nameStart;
+    entries.nameEnd[entry] = pathEnd;
+    entries.parent[entry] = parent;
+    entries.mode[entry] = mode;
+    entries.linkTo[entry] = -1;
+    entries.xattrStart[entry] = entries.xattrCount;
+    entries.lastChild[parent] = entry;
+    if (this.index !== null) this.index.set(this.key(parent, nameStart, pathEnd), entry);
 
-    if (dir) {
+    if ((mode & Mode.TYPE_MASK) === Mode.DIR && !hardLink) {
       // The next lines are most likely this directory's entries.
       this.chainEntry[depth + 1] = entry;
-      this.chainLen[depth + 1] = this.chainLen[depth] + 1 + nameLen;
-      this.chainPath[depth + 1] = `${this.chainPath[depth]}/${this.buf.toString('latin1', nameStart, pe)}`;
+      chainLength[depth + 1] = chainLength[depth] + 1 + nameLength;
+      chainPath[depth + 1] = canonical
+        ? pathText.substring(pathStart + textOffset, pathEnd + textOffset)
+        : `${chainPath[depth]}/${pathText.substring(nameStart + textOffset, pathEnd + textOffset)}`;
       this.chainDepth = depth + 2;
     }
     return entry;
   }
 
   newEntry(nameStart: number, nameEnd: number, parent: number, mode: number): number {
-    if (this.count === this.capacity) this.grow();
-    const e = this.count++;
-    if (parent >= 0) this.childCount[parent]++;
-    this.nameStart[e] = nameStart;
-    this.nameEnd[e] = nameEnd;
-    this.parent[e] = parent;
-    this.mode[e] = mode;
-    this.linkTo[e] = -1;
-    this.xattrStart[e] = this.xattrCount;
-    return e;
+    const entries = this.entries;
+    if (entries.count === entries.capacity) entries.grow();
+    const entry = entries.count++;
+    if (parent >= 0) entries.childCount[parent]++;
+    entries.nameStart[entry] = nameStart;
+    entries.nameEnd[entry] = nameEnd;
+    entries.parent[entry] = parent;
+    entries.mode[entry] = mode;
+    entries.linkTo[entry] = -1;
+    entries.xattrStart[entry] = entries.xattrCount;
+    return entry;
   }
 
   /**
-   * The parent of `pool[ps..pe)` found the way the reference finds it: runs
-   * of '/' skipped, every directory on the way must exist. The directories
-   * walked become the chain; returns where the name starts (after the last
-   * '/', so empty after a trailing one).
+   * The parent of `pool[pathStart..pathEnd)` found the way the reference
+   * finds it: runs of '/' skipped, every directory on the way must exist.
+   * The directories walked become the chain; returns where the name starts
+   * (after the last '/', so empty after a trailing one).
    */
-  walkToParent(ps: number, pe: number): number {
-    const d = this.pool;
+  walkToParent(pathStart: number, pathEnd: number): number {
+    const bytes = this.pool;
     const walked: number[] = [0];
-    const parts: number[] = [];
-    let node = 0;
-    let nonDir = false;
-    let s = ps;
-    while (s < pe && d[s] === 0x2f) s++;
-    let partStart = s;
-    for (let i = s; i < pe; i++) {
-      if (d[i] !== 0x2f) continue;
-      if (i > partStart) {
-        const found = nonDir ? -1 : this.findChild(node, partStart, i);
-        if (found < 0) this.fail(F_PATH, `parent directory missing for '${printable(d.subarray(ps, pe))}'`);
+    /** Start and end of each name walked through. */
+    const names: number[] = [];
+    let dir = 0;
+    let throughNonDir = false;
+    let at = pathStart;
+    while (at < pathEnd && bytes[at] === Char.SLASH) at++;
+    let partStart = at;
+    for (; at < pathEnd; at++) {
+      if (bytes[at] !== Char.SLASH) continue;
+      if (at > partStart) {
+        const found = throughNonDir ? -1 : this.findChild(dir, partStart, at);
+        if (found < 0) this.fail(Field.PATH, `parent directory missing for '${printable(bytes.subarray(pathStart, pathEnd))}'`);
         if (!this.isDir(found)) {
-          nonDir = true;
+          throughNonDir = true;
         } else {
-          node = found;
+          dir = found;
           walked.push(found);
-          parts.push(partStart, i);
+          names.push(partStart, at);
         }
       }
-      partStart = i + 1;
+      partStart = at + 1;
     }
-    if (nonDir) this.fail(F_PATH, `parent of '${printable(d.subarray(ps, pe))}' is not a directory`);
+    if (throughNonDir) this.fail(Field.PATH, `parent of '${printable(bytes.subarray(pathStart, pathEnd))}' is not a directory`);
 
-    // The walked directories become the chain.
     let path = '';
-    for (let k = 0; k < parts.length; k += 2) {
-      path = `${path}/${this.buf.toString('latin1', parts[k], parts[k + 1])}`;
-      this.chainEntry[1 + k / 2] = walked[1 + k / 2];
-      this.chainLen[1 + k / 2] = path.length;
-      this.chainPath[1 + k / 2] = path;
+    for (let depth = 1; depth < walked.length; depth++) {
+      path = `${path}/${this.buffer.toString('latin1', names[2 * depth - 2], names[2 * depth - 1])}`;
+      this.chainEntry[depth] = walked[depth];
+      this.chainLength[depth] = path.length;
+      this.chainPath[depth] = path;
     }
     this.chainDepth = walked.length;
     return partStart;
   }
 
   finish(): FlatTree {
-    const count = this.count;
+    const entries = this.entries;
+    const count = entries.count;
     if (count === 0) {
-      throw new DumpParseError(Math.max(this.line, 1), 'path', "no entries: a dump file needs at least the root directory '/'");
+      throw new DumpParseError(Math.max(this.lineNumber, 1), 'path', "no entries: a dump file needs at least the root directory '/'");
     }
-    const d = this.pool;
-    const parent = this.parent;
-    const nameStart = this.nameStart;
-    const nameEnd = this.nameEnd;
+    const bytes = this.pool;
+    const parent = entries.parent;
+    const nameStart = entries.nameStart;
+    const nameEnd = entries.nameEnd;
 
     // Children in CSR form, placed in line order, which is name order
     // except in the directories whose names came out of order. One pass: a
     // parent comes before its entries, so its start is known when they come;
-    // `kids` turns from counts into the next free slot of each directory.
+    // `nextSlot` turns from child counts into the next free slot of each directory.
     const childStart = new Int32Array(count + 1);
     const children = new Int32Array(Math.max(count - 1, 1));
-    const kids = this.childCount;
-    let next = kids[0];
-    kids[0] = 0;
-    for (let e = 1; e < count; e++) {
-      children[kids[parent[e]]++] = e;
-      childStart[e] = next;
-      const k = kids[e];
-      kids[e] = next;
-      next += k;
+    const nextSlot = entries.childCount;
+    let nextStart = nextSlot[0];
+    nextSlot[0] = 0;
+    for (let entry = 1; entry < count; entry++) {
+      children[nextSlot[parent[entry]]++] = entry;
+      childStart[entry] = nextStart;
+      const childCount = nextSlot[entry];
+      nextSlot[entry] = nextStart;
+      nextStart += childCount;
     }
-    childStart[count] = next;
+    childStart[count] = nextStart;
     for (const dir of this.unsorted) {
-      children.subarray(childStart[dir], childStart[dir + 1]).sort((a, b) => compareBytes(d, nameStart[a], nameEnd[a], d, nameStart[b], nameEnd[b]));
+      children.subarray(childStart[dir], childStart[dir + 1]).sort((one, other) => compareBytes(bytes, nameStart[one], nameEnd[one], bytes, nameStart[other], nameEnd[other]));
     }
 
     if (this.links.length > 0) this.resolveLinks(childStart, children);
@@ -1196,138 +1205,145 @@ class FlatParser {
     // What the reference refuses only when writing the image, after the
     // hard links are found (a cycle among them is found later still).
     if (this.tooBigLine !== 0) {
-      this.line = this.tooBigLine;
-      this.fail(F_SIZE, `file of ${this.tooBigSize} bytes is too big for an image (the limit is ${MAX_FILE_SIZE})`);
+      this.lineNumber = this.tooBigLine;
+      this.fail(Field.SIZE, `file of ${this.tooBigSize} bytes is too big for an image (the limit is ${MAX_FILE_SIZE})`);
     }
     if (this.links.length > 0) this.followLinks();
 
-    if (this.xattrStart.length < count + 1) this.grow();
-    this.xattrStart[count] = this.xattrCount;
+    if (entries.xattrStart.length < count + 1) entries.grow();
+    entries.xattrStart[count] = entries.xattrCount;
     return {
       count,
-      pool: d,
+      pool: bytes,
       childStart,
       children,
       nameStart,
       nameEnd,
-      linkTo: this.linkTo,
-      mode: this.mode,
-      nlink: this.nlink,
-      uid: this.uid,
-      gid: this.gid,
-      rdev: this.rdev,
-      size: this.size,
-      mtimeSec: this.mtimeSec,
-      mtimeNsec: this.mtimeNsec,
-      payloadStart: this.payloadStart,
-      payloadEnd: this.payloadEnd,
-      contentStart: this.contentStart,
-      contentEnd: this.contentEnd,
-      digest: this.digest,
-      xattrStart: this.xattrStart,
-      xattrKeyStart: this.xattrKeyStart,
-      xattrKeyEnd: this.xattrKeyEnd,
-      xattrValueStart: this.xattrValueStart,
-      xattrValueEnd: this.xattrValueEnd,
+      linkTo: entries.linkTo,
+      mode: entries.mode,
+      nlink: entries.nlink,
+      uid: entries.uid,
+      gid: entries.gid,
+      rdev: entries.rdev,
+      size: entries.size,
+      mtimeSec: entries.mtimeSec,
+      mtimeNsec: entries.mtimeNsec,
+      payloadStart: entries.payloadStart,
+      payloadEnd: entries.payloadEnd,
+      contentStart: entries.contentStart,
+      contentEnd: entries.contentEnd,
+      digest: entries.digest,
+      xattrStart: entries.xattrStart,
+      xattrKeyStart: entries.xattrKeyStart,
+      xattrKeyEnd: entries.xattrKeyEnd,
+      xattrValueStart: entries.xattrValueStart,
+      xattrValueEnd: entries.xattrValueEnd,
     };
   }
 
-  /** Hard-link targets found by path, last line first as the reference does; kept in `linkTarget`. */
-  linkTarget: Int32Array = new Int32Array(0);
-
+  /** Find each hard link's target by path, last line first as the reference does (into `linkTarget`). */
   resolveLinks(childStart: Int32Array, children: Int32Array): void {
-    const d = this.pool;
+    const entries = this.entries;
+    const bytes = this.pool;
     const links = this.links;
-    const target = new Int32Array(links.length);
-    for (let k = links.length - 1; k >= 0; k--) {
-      const e = links[k];
-      this.line = this.linkLines[k];
-      const ts = this.payloadStart[e];
-      const te = this.payloadEnd[e];
-      if (ts < 0) this.fail(F_PAYLOAD, 'hard link without a target path');
-      const to = this.lookup(childStart, children, ts, te);
-      if (to < 0) this.fail(F_PAYLOAD, `no target at '${printable(d.subarray(ts, te))}' for the hard link`);
-      if (to === e) this.fail(F_PAYLOAD, `hard link to itself ('${printable(d.subarray(ts, te))}')`);
-      target[k] = to;
+    const linkTarget = new Int32Array(links.length);
+    for (let link = links.length - 1; link >= 0; link--) {
+      const entry = links[link];
+      this.lineNumber = this.linkLines[link];
+      const pathStart = entries.payloadStart[entry];
+      const pathEnd = entries.payloadEnd[entry];
+      if (pathStart < 0) this.fail(Field.PAYLOAD, 'hard link without a target path');
+      const target = this.lookup(childStart, children, pathStart, pathEnd);
+      if (target < 0) this.fail(Field.PAYLOAD, `no target at '${printable(bytes.subarray(pathStart, pathEnd))}' for the hard link`);
+      if (target === entry) this.fail(Field.PAYLOAD, `hard link to itself ('${printable(bytes.subarray(pathStart, pathEnd))}')`);
+      linkTarget[link] = target;
     }
-    this.linkTarget = target;
+    this.linkTarget = linkTarget;
   }
 
   /** Point every hard link at the entry its chain of links ends at, refusing cycles. */
   followLinks(): void {
-    const d = this.pool;
+    const entries = this.entries;
+    const bytes = this.pool;
     const links = this.links;
-    const target = this.linkTarget;
+    const linkTarget = this.linkTarget;
+    /** Entry -> its index in `links`. */
     const linkOf = new Map<number, number>();
-    for (let k = 0; k < links.length; k++) linkOf.set(links[k], k);
-    // 0 = not yet, 1 = being followed, 2 = done (final in `result`).
+    for (let link = 0; link < links.length; link++) linkOf.set(links[link], link);
+    const enum State {
+      NOT_YET,
+      BEING_FOLLOWED,
+      DONE,
+    }
     const state = new Uint8Array(links.length);
-    const result = new Int32Array(links.length);
-    const path: number[] = [];
-    for (let start = 0; start < links.length; start++) {
-      path.length = 0;
-      let k = start;
-      let final: number;
+    /** Per link, once DONE: the entry that is no link where its chain ends. */
+    const finalTarget = new Int32Array(links.length);
+    const followed: number[] = [];
+    for (let first = 0; first < links.length; first++) {
+      followed.length = 0;
+      let link = first;
+      let target: number;
       for (;;) {
-        if (state[k] === 2) {
-          final = result[k];
+        if (state[link] === State.DONE) {
+          target = finalTarget[link];
           break;
         }
-        if (state[k] === 1) {
-          this.line = this.linkLines[k];
-          const e = links[k];
-          this.fail(F_PAYLOAD, `hard link cycle through '${printable(d.subarray(this.payloadStart[e], this.payloadEnd[e]))}'`);
+        if (state[link] === State.BEING_FOLLOWED) {
+          this.lineNumber = this.linkLines[link];
+          const entry = links[link];
+          this.fail(Field.PAYLOAD, `hard link cycle through '${printable(bytes.subarray(entries.payloadStart[entry], entries.payloadEnd[entry]))}'`);
         }
-        state[k] = 1;
-        path.push(k);
-        const to = target[k];
-        if (this.linkTo[to] === -1) {
-          final = to;
+        state[link] = State.BEING_FOLLOWED;
+        followed.push(link);
+        const next = linkTarget[link];
+        if (entries.linkTo[next] === -1) {
+          target = next;
           break;
         }
-        k = linkOf.get(to)!;
+        link = linkOf.get(next)!;
       }
-      for (const p of path) {
-        state[p] = 2;
-        result[p] = final;
+      for (const done of followed) {
+        state[done] = State.DONE;
+        finalTarget[done] = target;
       }
     }
-    for (let k = 0; k < links.length; k++) {
-      const e = links[k];
-      this.linkTo[e] = result[k];
-      this.payloadStart[e] = this.payloadEnd[e] = -1;
+    for (let link = 0; link < links.length; link++) {
+      const entry = links[link];
+      entries.linkTo[entry] = finalTarget[link];
+      entries.payloadStart[entry] = entries.payloadEnd[entry] = -1;
     }
   }
 
   /** The entry at a hard link's target path (runs of '/' skipped, empty parts ignored), or -1. */
   lookup(childStart: Int32Array, children: Int32Array, start: number, end: number): number {
-    const d = this.pool;
+    const entries = this.entries;
+    const bytes = this.pool;
     let node = 0;
     let nodeIsDir = true;
-    let s = start;
-    for (let i = start; i <= end; i++) {
-      if (i < end && d[i] !== 0x2f) continue;
-      if (i > s) {
+    let partStart = start;
+    for (let at = start; at <= end; at++) {
+      if (at < end && bytes[at] !== Char.SLASH) continue;
+      if (at > partStart) {
         if (!nodeIsDir) return -1;
-        let lo = childStart[node];
-        let hi = childStart[node + 1];
+        let low = childStart[node];
+        let high = childStart[node + 1];
         let found = -1;
-        while (lo < hi) {
-          const mid = (lo + hi) >>> 1;
-          const c = children[mid];
-          const cmp = compareBytes(d, s, i, d, this.nameStart[c], this.nameEnd[c]);
-          if (cmp === 0) {
-            found = c;
+        while (low < high) {
+          const middle = (low + high) >>> 1;
+          const child = children[middle];
+          const order = compareBytes(bytes, partStart, at, bytes, entries.nameStart[child], entries.nameEnd[child]);
+          if (order === 0) {
+            found = child;
             break;
           }
-          if (cmp < 0) hi = mid;
-          else lo = mid + 1;
+          if (order < 0) high = middle;
+          else low = middle + 1;
         }
         if (found < 0) return -1;
         node = found;
         nodeIsDir = this.isDir(found);
       }
-      s = i + 1;
+      partStart = at + 1;
     }
     return node;
   }
