@@ -274,10 +274,10 @@ test('a pull killed at any moment leaves no name, and gc removes its leftovers',
     const r = await run.done;
     const named = existsSync(join(repo, 'names', 'img'));
     if (r.status === 0) assert.ok(named);
-    else {
-      assert.ok(!named, `killed after ${delay} ms: no name`);
-      if (existsSync(join(repo, 'names'))) assert.match(ok(cfs('fsck', '--repo', repo)), /clean/);
-    }
+    // A kill that lands after the name was written (the pull was only exiting) leaves the name: what
+    // must hold is that a name only ever reaches a complete image, which fsck --repo checks (every
+    // object's digest, the image's, and that each name's image and objects are there).
+    if (existsSync(join(repo, 'names'))) assert.match(ok(cfs('fsck', '--repo', repo)), /clean/, `killed after ${delay} ms: the repository is consistent`);
     if (existsSync(join(repo, 'names'))) {
       if (named) ok(cfs('rm', '--repo', repo, 'img'));
       ok(cfs('gc', '--repo', repo));
