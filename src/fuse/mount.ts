@@ -272,6 +272,7 @@ export async function mountFuse(image: string, mountpoint: string, o: FuseMountO
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
     env: { ...process.env, UV_THREADPOOL_SIZE: String(readers + 6) },
   });
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
   const message = await new Promise<string>((resolveMsg) => {
     let text = '';
@@ -292,6 +293,10 @@ export async function mountFuse(image: string, mountpoint: string, o: FuseMountO
     throw new FuseMountError(`mounting ${image} on ${mountpoint}: the FUSE server exited before serving`);
   }
   if (!parsed.ok) {
+    // A server that failed is gone before we say so (it exits right after its report).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 2000)))]);
+    clearTimeout(timer);
     const e = parsed.error!;
     if (e.code === 'usage') throw new UsageError(e.message);
     throw new FuseMountError(e.message);
