@@ -10,8 +10,9 @@
  * taken right after the walk. Needs root (drop_caches, kernel mounts).
  *
  * The machine is shared and noisy, so every target runs once per round, the
- * rounds one after another (CFS_BENCH_FUSE_ROUNDS, default 3), and the
- * medians are reported: each target sees the same minutes of noise.
+ * rounds one after another (CFS_BENCH_FUSE_ROUNDS, default 3), and medians
+ * are reported; the ratios are the medians of each round's ratio (a target
+ * against the anchor measured minutes before it), which noise moves less.
  * CFS_BENCH_FUSE_ONLY=a,b keeps the targets whose names contain a or b;
  * CFS_BENCH_FUSE_FIXTURE=DIR keeps the image, objects and squashfs in DIR
  * and reuses them on the next run (otherwise a temporary directory).
@@ -146,21 +147,24 @@ export async function benchFuse(): Promise<Row[]> {
     });
     const sq = results.find((r) => r.name.startsWith('squashfuse')) ?? results[0];
     const kernel = results.find((r) => r.name.startsWith('kernel')) ?? results[0];
+    /** Median over rounds of a[i] / b[i]. */
+    const ratio = (a: number[], b: number[]) => `${median(a.map((x, i) => x / b[i])).toFixed(2)}x`;
     for (const r of results) {
       rows.push({
         what: r.name,
         'walk s': r.walk.toFixed(2),
-        'walk vs squashfuse': `${(r.walk / sq.walk).toFixed(2)}x`,
+        'walk vs squashfuse': ratio(r.walks, sq.walks),
         'read s': r.read.toFixed(2),
         'read MB/s': (bytes / 1e6 / r.read).toFixed(0),
-        'vs squashfuse': `${(sq.read / r.read).toFixed(2)}x`,
-        'vs kernel': `${(kernel.read / r.read).toFixed(2)}x`,
+        'vs squashfuse': ratio(sq.reads, r.reads),
+        'vs kernel': ratio(kernel.reads, r.reads),
         'server RSS after walk': r.rss === null ? '' : `${r.rss.toFixed(0)} MiB`,
         'walks s': r.walks.map((x) => x.toFixed(2)).join(' '),
         'reads s': r.reads.map((x) => x.toFixed(2)).join(' '),
       });
     }
-    rows.push({ what: `tree: ${tree}, ${entries} entries, ${(bytes / 1e6).toFixed(0)} MB in regular files; medians of ${rounds} rounds; cold caches before each walk and read` });
+    const note = `tree: ${tree}, ${entries} entries, ${(bytes / 1e6).toFixed(0)} MB in regular files; medians of ${rounds} rounds; cold caches before each walk and read`;
+    rows.push(Object.fromEntries(Object.keys(rows[0]).map((k) => [k, k === 'what' ? note : ''])));
   } finally {
     spawnSync('umount', ['-l', mnt]);
     if (!keep) rmSync(dir, { recursive: true, force: true });

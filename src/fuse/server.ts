@@ -27,7 +27,7 @@
 import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { constants as osConstants } from 'node:os';
-import { BadImageError, ImageView, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Ino } from './image.js';
+import { BadImageError, ImageView, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Data, type Ino } from './image.js';
 import * as P from './protocol.js';
 import { checkBlocks, measureSync, BLOCK } from './verity.js';
 import { backingClose, backingOpen } from '../sys/fuse.js';
@@ -71,7 +71,6 @@ interface ObjectFile {
   size: number;
   /** Verity: the object's Merkle leaves once measured and matching, or the errno every READ of it gets. */
   verified: Buffer | number | null;
-  lastUse: number;
 }
 
 /**
@@ -167,7 +166,6 @@ export class FuseServer {
   private readonly backing: Int32Array;
   /** In a serving thread: where its messages go. On the main thread: null. */
   private readonly post: ((m: WorkerMessage) => void) | null;
-  private useClock = 0;
   private stopped = false;
   private stopError: Error | undefined;
   private initWaiters: Array<() => void> = [];
@@ -602,7 +600,7 @@ export class FuseServer {
     this.lock();
     let id: number;
     try {
-      id = this.backingId(ino);
+      id = this.backingId(ino, data);
     } finally {
       this.unlock();
     }
@@ -615,7 +613,7 @@ export class FuseServer {
    * The backing id the OPEN of `ino` answers with (one per inode while it is
    * open, shared by the threads), 0 for no passthrough, or -errno. Under the lock.
    */
-  private backingId(ino: Ino): number {
+  private backingId(ino: Ino, data: Data): number {
     const slot = this.backingSlot(ino.nid);
     const b = this.backing;
     if (slot >= 0 && b[slot * 3] === ino.nid + 1) {
@@ -626,7 +624,7 @@ export class FuseServer {
     if (this.state.passthrough === false) return 0;
     let obj: ObjectFile;
     try {
-      obj = this.objectFile(ino);
+      obj = this.objectFile(ino, data);
     } catch (e) {
       return -(e instanceof ReplyError ? e.errno : E.EIO);
     }
@@ -732,7 +730,7 @@ export class FuseServer {
       return this.ok(unique, n);
     }
     try {
-      this.readObject(unique, ino, this.objectFile(ino), offset, want);
+      this.readObject(unique, ino, this.objectFile(ino, data), offset, want);
     } catch (e) {
       if (e instanceof ReplyError) throw e;
       this.log(`object: ${this.objectName(ino)} (inode ${ino.nid}): ${e instanceof Error ? e.message : String(e)}; EIO`);
@@ -742,7 +740,6 @@ export class FuseServer {
 
   private readObject(unique: number, ino: Ino, obj: ObjectFile, offset: number, want: number): void {
     const out = this.data;
-    obj.lastUse = ++this.useClock;
     const leaves = obj.verified;
     if (typeof leaves === 'number') throw new ReplyError(leaves);
     if (leaves === null) {
@@ -778,14 +775,17 @@ export class FuseServer {
     return d.kind === 'object' && d.redirect ? d.redirect.toString().replace(/^\//, '') : `inode ${ino.nid}`;
   }
 
-  /** The object behind a regular file, opened (and with verity measured) once and kept by this thread. */
-  private objectFile(ino: Ino): ObjectFile {
+  /**
+   * The object behind a regular file, opened (and with verity measured) once
+   * and kept by this thread; the map's order is the order of last use.
+   */
+  private objectFile(ino: Ino, data: Data): ObjectFile {
     const have = this.objects.get(ino.nid);
     if (have) {
-      have.lastUse = ++this.useClock;
+      this.objects.delete(ino.nid);
+      this.objects.set(ino.nid, have);
       return have;
     }
-    const data = this.image.data(ino);
     if (data.kind !== 'object') throw new ReplyError(E.EIO);
     if (!data.redirect || data.redirect.length === 0) {
       this.log(`object: inode ${ino.nid} has trusted.overlay.metacopy but no redirect; EIO`);
@@ -805,7 +805,7 @@ export class FuseServer {
       this.log(`object: ${rel} (inode ${ino.nid}) is in none of the object stores; EIO`);
       throw new ReplyError(E.EIO);
     }
-    const obj: ObjectFile = { fd, size: ino.size, verified: null, lastUse: ++this.useClock };
+    const obj: ObjectFile = { fd, size: ino.size, verified: null };
     if (this.verity) obj.verified = this.measureObject(ino, obj, rel, data.digest);
     this.evict();
     this.objects.set(ino.nid, obj);
@@ -839,8 +839,9 @@ export class FuseServer {
   /** Close the least recently used objects beyond the limit. */
   private evict(): void {
     if (this.objects.size < OPEN_OBJECTS) return;
-    const old = [...this.objects.entries()].sort((a, b) => a[1].lastUse - b[1].lastUse);
-    for (const [nid, o] of old.slice(0, Math.max(1, this.objects.size - OPEN_OBJECTS / 2))) {
+    let drop = this.objects.size - OPEN_OBJECTS / 2;
+    for (const [nid, o] of this.objects) {
+      if (drop-- <= 0) break;
       this.objects.delete(nid);
       closeQuiet(o.fd);
     }
