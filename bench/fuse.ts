@@ -4,7 +4,8 @@
  * run (`echo 3 > /proc/sys/vm/drop_caches`):
  *  - squashfuse (C over libfuse) serving `mksquashfs -noI -noD -noF -noX` of the tree;
  *  - the kernel composefs mount (EROFS + overlayfs) of our image;
- *  - our FUSE server without passthrough, with passthrough, and with -o verity.
+ *  - our FUSE server without passthrough, with passthrough (each also without
+ *    its read-ahead in image order, CFS_FUSE_PREFETCH=0), and with -o verity.
  * Metadata walk: `find MNT -printf '%s %m %u\n'`; content: every regular
  * file read once (`find -type f -print0 | xargs -0 cat`). Server RSS is
  * taken right after the walk. Needs root (drop_caches, kernel mounts).
@@ -90,11 +91,21 @@ export async function benchFuse(): Promise<Row[]> {
   const mnt = join(dir, 'mnt');
   try {
     const { image, store, sqfs, entries, bytes } = await fixture(tree, dir);
-    const fuse = (name: string, opts: { passthrough?: 'auto' | 'off'; verity?: boolean }): Target => ({
+    const fuse = (name: string, opts: { passthrough?: 'auto' | 'off'; verity?: boolean }, env: Record<string, string> = {}): Target => ({
       name,
       async mount(m) {
-        const r = await mountFuse(image, m, { basedir: [store], via: 'direct', ...opts });
-        return { pid: r.pid, unmount: () => unmountFuse(m) };
+        // The server is a child process: what it reads from its environment is set for its start only.
+        const saved = Object.keys(env).map((k) => [k, process.env[k]] as const);
+        Object.assign(process.env, env);
+        try {
+          const r = await mountFuse(image, m, { basedir: [store], via: 'direct', ...opts });
+          return { pid: r.pid, unmount: () => unmountFuse(m) };
+        } finally {
+          for (const [k, v] of saved) {
+            if (v === undefined) delete process.env[k];
+            else process.env[k] = v;
+          }
+        }
       },
     });
     const targets: Target[] = [
@@ -114,7 +125,9 @@ export async function benchFuse(): Promise<Row[]> {
         },
       },
       fuse('cfs FUSE, no passthrough', { passthrough: 'off' }),
+      fuse('cfs FUSE, no passthrough, no read-ahead in image order', { passthrough: 'off' }, { CFS_FUSE_PREFETCH: '0' }),
       fuse('cfs FUSE, passthrough', { passthrough: 'auto' }),
+      fuse('cfs FUSE, passthrough, no read-ahead in image order', { passthrough: 'auto' }, { CFS_FUSE_PREFETCH: '0' }),
       fuse('cfs FUSE, -o verity', { verity: true }),
     ];
     const only = process.env.CFS_BENCH_FUSE_ONLY?.split(',').filter(Boolean);

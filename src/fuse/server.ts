@@ -31,6 +31,7 @@ import { BadImageError, ImageView, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Data,
 import * as P from './protocol.js';
 import { checkBlocks, measureSync, BLOCK } from './verity.js';
 import { backingClose, backingOpen } from '../sys/fuse.js';
+import { readAhead } from '../sys/readahead.js';
 
 const E = osConstants.errno;
 /** Names and attributes never change: the kernel may cache them for a year. */
@@ -42,6 +43,21 @@ const MAX_READ = MAX_PAGES * 4096;
 const REQUEST_BUFFER = 16 * 1024;
 /** Object files kept open for READs (they are opened on first READ when OPEN is skipped). */
 const OPEN_OBJECTS = 512;
+/**
+ * Reading ahead in image order: when the objects are opened in the order the
+ * image stores their inodes (a directory's files one after another, as a
+ * walk that reads every file goes), the objects of the next PREFETCH files
+ * are opened and their first PREFETCH_BYTES asked for with readahead(2), so
+ * their disk reads overlap instead of queueing behind one another. Objects
+ * opened in any other order start nothing. Reading every file of /usr/share
+ * once, cold caches, the two alternated: 9.7-9.8 s -> 8.6-8.7 s without
+ * passthrough, 9.7-11.1 s -> 6.2-7.9 s with it (README: Performance).
+ * CFS_FUSE_PREFETCH=0 turns it off (for measuring).
+ */
+const PREFETCH = Number(process.env.CFS_FUSE_PREFETCH ?? 8) || 0;
+const PREFETCH_BYTES = 128 * 1024;
+/** Inodes looked at, at most, to find the next object file (directories, symlinks and inline files between). */
+const PREFETCH_SCAN = 16;
 
 export interface ServerOptions {
   /** Object store directories, searched in order (the basedir= list). */
@@ -77,7 +93,7 @@ interface ObjectFile {
  * What the serving threads share (Int32Array over a SharedArrayBuffer): a
  * lock, what INIT settled, and the table of passthrough backing ids.
  */
-const C = { lock: 0, initialised: 1, kernelMinor: 2, noOpen: 3, passthrough: 4, requests: 5, logAck: 8 } as const;
+const C = { lock: 0, initialised: 1, kernelMinor: 2, noOpen: 3, passthrough: 4, requests: 5, nextObject: 6, prefetchedTo: 7, logAck: 8 } as const;
 /** Threads at most (fuse_readers=N allows 64): each has a word at logAck + its index. */
 const MAX_THREADS = 64;
 const CONTROL_WORDS = C.logAck + MAX_THREADS;
@@ -290,6 +306,8 @@ export class FuseServer {
       if (n === 0) break;
       try {
         this.dispatch(buf, n);
+        // After the answer: the kernel's next request meanwhile goes to another thread.
+        if (this.prefetchAfter !== null) this.prefetch();
       } catch (e) {
         this.log(`internal error: ${e instanceof Error ? e.message : String(e)}`);
       }
@@ -604,6 +622,7 @@ export class FuseServer {
     } finally {
       this.unlock();
     }
+    if (PREFETCH > 0 && !this.verity) this.prefetchAfter = ino;
     if (id > 0) return answer(P.FOPEN_PASSTHROUGH, id);
     if (id < 0) return this.error(unique, -id);
     answer(P.FOPEN_KEEP_CACHE, 0);
@@ -731,6 +750,7 @@ export class FuseServer {
     }
     try {
       this.readObject(unique, ino, this.objectFile(ino, data), offset, want);
+      if (offset === 0 && !this.verity && PREFETCH > 0) this.prefetchAfter = ino;
     } catch (e) {
       if (e instanceof ReplyError) throw e;
       this.log(`object: ${this.objectName(ino)} (inode ${ino.nid}): ${e instanceof Error ? e.message : String(e)}; EIO`);
@@ -779,7 +799,7 @@ export class FuseServer {
    * The object behind a regular file, opened (and with verity measured) once
    * and kept by this thread; the map's order is the order of last use.
    */
-  private objectFile(ino: Ino, data: Data): ObjectFile {
+  private objectFile(ino: Ino, data: Data, quiet = false): ObjectFile {
     const have = this.objects.get(ino.nid);
     if (have) {
       this.objects.delete(ino.nid);
@@ -788,7 +808,7 @@ export class FuseServer {
     }
     if (data.kind !== 'object') throw new ReplyError(E.EIO);
     if (!data.redirect || data.redirect.length === 0) {
-      this.log(`object: inode ${ino.nid} has trusted.overlay.metacopy but no redirect; EIO`);
+      if (!quiet) this.log(`object: inode ${ino.nid} has trusted.overlay.metacopy but no redirect; EIO`);
       throw new ReplyError(E.EIO);
     }
     const rel = data.redirect.toString('utf8').replace(/^\/+/, '');
@@ -802,7 +822,7 @@ export class FuseServer {
       }
     }
     if (fd < 0) {
-      this.log(`object: ${rel} (inode ${ino.nid}) is in none of the object stores; EIO`);
+      if (!quiet) this.log(`object: ${rel} (inode ${ino.nid}) is in none of the object stores; EIO`);
       throw new ReplyError(E.EIO);
     }
     const obj: ObjectFile = { fd, size: ino.size, verified: null };
@@ -810,6 +830,56 @@ export class FuseServer {
     this.evict();
     this.objects.set(ino.nid, obj);
     return obj;
+  }
+
+  /** The object a request just began to read (OPEN, or a READ at offset 0): what to read ahead from once it is answered. */
+  private prefetchAfter: Ino | null = null;
+
+  /** The next object file after `ino` in image order, or null. */
+  private nextObject(ino: Ino): Ino | null {
+    let at = ino;
+    for (let i = 0; i < PREFETCH_SCAN; i++) {
+      const nid = this.image.nextNid(at);
+      if (nid < 0) return null;
+      try {
+        at = this.image.inode(nid);
+        if ((at.mode & S_IFMT) === S_IFREG && this.image.data(at).kind === 'object') return at;
+      } catch {
+        return null; // damage: nothing to read ahead
+      }
+    }
+    return null;
+  }
+
+  /**
+   * If the object just opened is the one after the previous (shared by the
+   * threads), open the next PREFETCH objects not yet read ahead and start
+   * reading them.
+   */
+  private prefetch(): void {
+    const from = this.prefetchAfter!;
+    this.prefetchAfter = null;
+    const c = this.control;
+    const expected = Atomics.exchange(c, C.nextObject, 0) - 1;
+    let next = this.nextObject(from);
+    Atomics.store(c, C.nextObject, next ? next.nid + 1 : 0);
+    if (from.nid !== expected) return;
+    // The window slides: what lies up to the last object read ahead was asked for before.
+    const before = Atomics.load(c, C.prefetchedTo) - 1;
+    const window: Ino[] = [];
+    for (let i = 0; i < PREFETCH && next; i++, next = this.nextObject(next)) {
+      window.push(next);
+      if (next.nid === before) window.length = 0;
+    }
+    for (const ino of window) {
+      try {
+        const obj = this.objectFile(ino, this.image.data(ino), true);
+        readAhead(obj.fd, 0, Math.min(obj.size, PREFETCH_BYTES));
+      } catch {
+        /* only a hint: the request for it will say what is wrong */
+      }
+    }
+    if (window.length > 0) Atomics.store(c, C.prefetchedTo, window[window.length - 1].nid + 1);
   }
 
   /** The object's leaves when its digest is the one recorded, else the errno its READs get (logged once). */
