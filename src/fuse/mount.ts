@@ -241,7 +241,7 @@ export async function serveFuse(
   closed.catch(() => {});
   // The kernel sends INIT as soon as the mount exists; the first access waits for our answer.
   await Promise.race([server.initialised(), closed]);
-  explain.push(`server: process ${process.pid}, ${o.readers ?? 2} outstanding reads of /dev/fuse, kernel protocol 7.${server.state.kernelMinor}`);
+  explain.push(`server: process ${process.pid}, ${o.verity ? 1 : o.readers ?? 2} serving thread(s) with one outstanding read of /dev/fuse each, kernel protocol 7.${server.state.kernelMinor}`);
   explain.push(passthroughLine(server.state));
   explain.push(`log: ${logPath} (written only when there is something to report)`);
   return {
