@@ -189,6 +189,18 @@ export class ImageView {
     return ino;
   }
 
+  /**
+   * The nid of the inode stored right after `ino` (the writer stores the
+   * inodes of a directory's entries one after another), or -1 when what
+   * follows is not where an inode can start (inline data padded to a block).
+   */
+  nextNid(ino: Ino): number {
+    const inlineTail = ino.layout === LAYOUT_FLAT_INLINE ? ino.size % BLOCK_SIZE : 0;
+    const end = ino.tailOff + inlineTail;
+    const nid = Math.ceil((end - this.metaStart) / SLOT_SIZE);
+    return this.metaStart + nid * SLOT_SIZE + INODE_COMPACT_SIZE <= this.buf.length ? nid : -1;
+  }
+
   /** A whiteout the overlay hides (a character device 0:0). */
   isWhiteout(ino: Ino): boolean {
     return (ino.mode & S_IFMT) === S_IFCHR && ino.u === 0;

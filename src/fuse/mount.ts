@@ -240,7 +240,7 @@ export async function serveFuse(
   closed.catch(() => {});
   // The kernel sends INIT as soon as the mount exists; the first access waits for our answer.
   await Promise.race([server.initialised(), closed]);
-  explain.push(`server: process ${process.pid}, ${o.readers ?? 2} outstanding reads of /dev/fuse, kernel protocol 7.${server.state.kernelMinor}`);
+  explain.push(`server: process ${process.pid}, ${o.verity ? 1 : o.readers ?? 2} serving thread(s) with one outstanding read of /dev/fuse each, kernel protocol 7.${server.state.kernelMinor}`);
   explain.push(passthroughLine(server.state));
   explain.push(`log: ${logPath} (written only when there is something to report)`);
   return {
@@ -271,6 +271,7 @@ export async function mountFuse(image: string, mountpoint: string, o: FuseMountO
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
     env: { ...process.env, UV_THREADPOOL_SIZE: String(readers + 6) },
   });
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
   const message = await new Promise<string>((resolveMsg) => {
     let text = '';
@@ -291,6 +292,10 @@ export async function mountFuse(image: string, mountpoint: string, o: FuseMountO
     throw new FuseMountError(`mounting ${image} on ${mountpoint}: the FUSE server exited before serving`);
   }
   if (!parsed.ok) {
+    // A server that failed is gone before we say so (it exits right after its report).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 2000)))]);
+    clearTimeout(timer);
     const e = parsed.error!;
     if (e.code === 'usage') throw new UsageError(e.message);
     throw new FuseMountError(e.message);

@@ -10,7 +10,7 @@
  * read for the kernel is hashed again and compared with its leaf, so a
  * change to the object after the check gives EIO, never other bytes.
  */
-import { read } from 'node:fs';
+import { readSync } from 'node:fs';
 import crypto from 'node:crypto';
 import { addressOf, rawSha256, type RawSha256 } from '../fsverity/sha256.js';
 
@@ -68,19 +68,16 @@ export function digestFromLeaves(leaves: Buffer, size: number): Buffer {
   return sha256(desc);
 }
 
-function readAt(fd: number, buf: Buffer, len: number, pos: number): Promise<number> {
-  return new Promise((resolve, reject) => read(fd, buf, 0, len, pos, (err, n) => (err ? reject(err) : resolve(n))));
-}
+const chunk = Buffer.allocUnsafeSlow(1 << 20);
 
 /** Hash a whole open file: its leaves and digest. Reads `size` bytes (a shorter file is an error for the caller to report). */
-export async function measure(fd: number, size: number): Promise<{ leaves: Buffer; digest: Buffer; read: number }> {
+export function measureSync(fd: number, size: number): { leaves: Buffer; digest: Buffer; read: number } {
   const blocks = Math.ceil(size / BLOCK);
   const leaves = Buffer.allocUnsafeSlow(blocks * HASH);
-  const chunk = Buffer.allocUnsafeSlow(1 << 20);
   let pos = 0;
   while (pos < size) {
     const want = Math.min(chunk.length, size - pos);
-    const n = await readAt(fd, chunk, want, pos);
+    const n = readSync(fd, chunk, 0, want, pos);
     if (n <= 0) break;
     for (let o = 0; o < n; o += BLOCK) hashBlock(chunk, o, Math.min(BLOCK, n - o), leaves, ((pos + o) / BLOCK) * HASH);
     pos += n;
