@@ -134,7 +134,16 @@ export class ObjectWriter {
       const fh = await openAsync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
       try {
         const { bytesWritten } = await fh.writev(chunks);
-        if (bytesWritten !== size) throw new Error(`short write (${bytesWritten} of ${size} bytes)`);
+        if (bytesWritten < size) {
+          // A short write is how a full disk first shows (the rest of the
+          // page fitted): writing the rest gets the reason, ENOSPC or EDQUOT.
+          const rest = Buffer.concat(chunks).subarray(bytesWritten);
+          for (let off = 0; off < rest.length; ) {
+            const n = (await fh.write(rest, off, rest.length - off)).bytesWritten;
+            if (n === 0) throw new Error(`short write (${bytesWritten + off} of ${size} bytes)`);
+            off += n;
+          }
+        }
       } finally {
         await fh.close();
       }
@@ -232,7 +241,7 @@ export class FileSink implements TarSink {
     private readonly done: (stored: StoredFile) => void,
   ) {
     this.hasher = size > BUFFER_LIMIT ? new FsVerityHasher() : null;
-    if (this.hasher) this.tmp = w.openTemp(`of ${size} bytes`);
+    if (this.hasher) this.tmp = w.openTemp(`of ${size} bytes into ${w.root}`);
   }
 
   write(chunk: Buffer): void {
@@ -240,7 +249,7 @@ export class FileSink implements TarSink {
     if (this.tmp) {
       this.hasher!.update(chunk);
       try {
-        writeAll(this.tmp.fd, chunk, `of ${this.size} bytes`);
+        writeAll(this.tmp.fd, chunk, `of ${this.size} bytes into ${this.w.root}`);
       } catch (err) {
         this.abort();
         throw err;
