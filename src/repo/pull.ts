@@ -21,6 +21,7 @@ import { RepoError, checkName, type NameRecord, type Repository } from './reposi
 export type PullEvent =
   | { type: 'resolved'; reference: string; layers: { digest: string; size: number; cached: boolean }[] }
   | { type: 'waiting-for-lock' }
+  | { type: 'layer-start'; index: number }
   | { type: 'layer-bytes'; index: number; bytes: number }
   | { type: 'layer-done'; index: number; cached: boolean }
   | { type: 'building' }
@@ -151,6 +152,7 @@ async function fetchLayer(
   emit: (e: PullEvent) => void,
   signal?: AbortSignal,
 ): Promise<void> {
+  emit({ type: 'layer-start', index });
   const blob = await source.openBlob(desc, { signal, onBytes: (bytes) => emit({ type: 'layer-bytes', index, bytes }) });
   try {
     const layer = await importLayer(blob as AsyncIterable<Buffer>, { descriptor: desc, objects, expectedDiffId: diffId });
