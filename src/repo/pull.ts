@@ -100,7 +100,11 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
+    try {
+      await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
+    } finally {
+      await objects.close();
+    }
     if (failed !== null) throw failed;
 
     emit({ type: 'building' });
