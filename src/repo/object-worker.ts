@@ -6,13 +6,15 @@
  * Each object: already there → nothing; else a dot-named temporary file of
  * ours, written whole, closed, and renamed into place with RENAME_NOREPLACE
  * (never replacing what another writer named first). Nothing is fsync'ed
- * here: the pull runs one syncfs before naming anything.
+ * per object: the pull asks for one syncfs (here, so that the main thread
+ * goes on with other layers meanwhile) before naming anything.
  */
 import { parentPort, threadId, workerData } from 'node:worker_threads';
 import { closeSync, constants, lstatSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { renameNoReplace } from '../sys/fs.js';
 import { reasonOf } from '../errors.js';
+import { syncStore } from '../store/objects.js';
 
 export interface ObjectBatch {
   id: number;
@@ -21,6 +23,12 @@ export interface ObjectBatch {
   offsets: number[];
   sizes: number[];
   data: ArrayBuffer;
+}
+
+/** Make every object written so far (by any thread) durable: one syncfs. */
+export interface SyncRequest {
+  id: number;
+  sync: true;
 }
 
 export interface ObjectBatchResult {
@@ -90,5 +98,15 @@ function writeBatch(b: ObjectBatch): ObjectBatchResult {
   return { id: b.id, objectsWritten, bytesWritten };
 }
 
-parentPort!.on('message', (b: ObjectBatch) => parentPort!.postMessage(writeBatch(b)));
+function sync(r: SyncRequest): ObjectBatchResult {
+  try {
+    syncStore(root);
+    return { id: r.id, objectsWritten: 0, bytesWritten: 0 };
+  } catch (err) {
+    const code = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+    return { id: r.id, objectsWritten: 0, bytesWritten: 0, error: (err as Error).message, errno: typeof code === 'string' ? code : undefined };
+  }
+}
+
+parentPort!.on('message', (m: ObjectBatch | SyncRequest) => parentPort!.postMessage('sync' in m ? sync(m) : writeBatch(m)));
 parentPort!.postMessage({ ready: true });

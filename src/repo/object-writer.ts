@@ -32,7 +32,7 @@ import { FsVerityHasher, digestToHex } from '../fsverity/index.js';
 import { renameNoReplace } from '../sys/fs.js';
 import { Worker } from 'node:worker_threads';
 import { IoError, ioError } from '../errors.js';
-import type { ObjectBatch, ObjectBatchResult } from './object-worker.js';
+import type { ObjectBatch, ObjectBatchResult, SyncRequest } from './object-worker.js';
 import type { TarSink } from '../oci/tar.js';
 
 /** The reference inlines regular files of at most this many bytes (LCFS_BUILD_INLINE_FILE_SIZE_LIMIT). */
@@ -90,6 +90,8 @@ interface Batch {
   sizes: number[];
   done: Promise<void>;
   finish: () => void;
+  /** Not objects: a syncfs of the store. */
+  sync?: true;
 }
 
 /** A place in a batch for one file's bytes. */
@@ -164,7 +166,7 @@ export class ObjectWriter {
   }
 
   private send(b: Batch): void {
-    if (b.names.length === 0 || this.failure !== null || this.closed) {
+    if ((b.names.length === 0 && !b.sync) || this.failure !== null || this.closed) {
       this.finished(b);
       return;
     }
@@ -183,8 +185,13 @@ export class ObjectWriter {
       if (best < 0) return;
       const b = this.queue.shift()!;
       this.workers[best].outstanding++;
-      const msg: ObjectBatch = { id: b.id, names: b.names, offsets: b.offsets, sizes: b.sizes, data: b.data.buffer as ArrayBuffer };
-      this.workers[best].w.postMessage(msg, [msg.data]);
+      if (b.sync) {
+        const msg: SyncRequest = { id: b.id, sync: true };
+        this.workers[best].w.postMessage(msg);
+      } else {
+        const msg: ObjectBatch = { id: b.id, names: b.names, offsets: b.offsets, sizes: b.sizes, data: b.data.buffer as ArrayBuffer };
+        this.workers[best].w.postMessage(msg, [msg.data]);
+      }
     }
   }
 
@@ -262,6 +269,23 @@ export class ObjectWriter {
     if (this.current !== null) this.seal(this.current);
     const waiting = [...this.unfinished.values()].map((b) => b.done);
     await Promise.all(waiting);
+    if (this.failure !== null) throw this.failure;
+  }
+
+  /**
+   * Make every object written so far durable (one syncfs), on a writer
+   * thread: a layer's syncfs waited for the writeback of all three layers'
+   * objects so far with the main thread blocked (1.0-1.5 s of a /usr pull),
+   * the other layers stalled behind it.
+   */
+  async sync(): Promise<void> {
+    await this.flush();
+    let finish!: () => void;
+    const done = new Promise<void>((res) => (finish = res));
+    const b: Batch = { id: this.nextId++, data: Buffer.alloc(0), capacity: 0, used: 0, open: 0, sealed: true, names: [], offsets: [], sizes: [], done, finish, sync: true };
+    this.unfinished.set(b.id, b);
+    this.send(b);
+    await done;
     if (this.failure !== null) throw this.failure;
   }
 

@@ -11,7 +11,6 @@ import { ComposefsError } from '../errors.js';
 import { writeImageWithInfo } from '../erofs/writer.js';
 import { fsverityDigest } from '../fsverity/index.js';
 import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
-import { syncStore } from '../store/objects.js';
 import { importLayer, LayerError } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
 import { ObjectWriter } from './object-writer.js';
@@ -160,7 +159,7 @@ async function fetchLayer(
   const blob = await source.openBlob(desc, { signal, onBytes: (bytes) => emit({ type: 'layer-bytes', index, bytes }) });
   try {
     const layer = await importLayer(blob as AsyncIterable<Buffer>, { descriptor: desc, objects, expectedDiffId: diffId });
-    syncStore(repo.objects);
+    await objects.sync();
     repo.writeLayer(layer.diffId, layer.entries);
   } catch (err) {
     if (err instanceof LayerError) throw new LayerError(`${reference}: ${err.message}`, { cause: err });
