@@ -41,6 +41,9 @@ export const INLINE_LIMIT = 64;
  * Files up to this size are buffered and hashed before anything is written.
  * Measured on a /usr layer (most files are small): ~15% fewer system calls
  * than streaming every file, and no write at all for content already stored.
+ * 16 MiB (so that the /usr image's 470 MB in files over 1 MiB are written by
+ * the writer threads too) measured no better: median 13.8 s against 11.2 s,
+ * 5 interleaved rounds of a noisy machine.
  */
 const BUFFER_LIMIT = 1 << 20;
 
