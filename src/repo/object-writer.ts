@@ -187,7 +187,7 @@ export class ObjectWriter {
       }
       if (best < 0) return;
       const b = this.queue.shift()!;
-      this.workers[best].outstanding++;
+      if (this.workers[best].outstanding++ === 0) this.workers[best].w.ref();
       if (b.sync) {
         const msg: SyncRequest = { id: b.id, sync: true };
         this.workers[best].w.postMessage(msg);
@@ -211,7 +211,8 @@ export class ObjectWriter {
         setReady();
         return;
       }
-      this.workers[index].outstanding--;
+      // An idle thread does not keep the process alive (should a caller never close()).
+      if (--this.workers[index].outstanding === 0) w.unref();
       this.stats.objectsWritten += m.objectsWritten;
       this.stats.bytesWritten += m.bytesWritten;
       if (m.error !== undefined) this.fail(new IoError(m.error, m.errno));
