@@ -42,6 +42,15 @@ export interface ObjectBatchResult {
 
 const root = (workerData as { root: string }).root;
 let counter = 0;
+/**
+ * Whether to look for an object before writing it: only while the objects
+ * met were there already. In an empty repository the lookups only cost
+ * (RENAME_NOREPLACE refuses to replace anyway; an object found there then
+ * costs one write for nothing). Measured on the /usr image into an empty
+ * repository, 5 interleaved rounds: median 11.0 -> 10.5 s, system CPU
+ * 7.9 -> 6.9 s (a small gain, near this shared machine's noise).
+ */
+let look = true;
 
 function exists(path: string): boolean {
   try {
@@ -65,7 +74,7 @@ function writeBatch(b: ObjectBatch): ObjectBatchResult {
     let created = false;
     let named = false;
     try {
-      if (exists(dest)) continue;
+      if (look && exists(dest)) continue;
       const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
       created = true;
       try {
@@ -77,10 +86,12 @@ function writeBatch(b: ObjectBatch): ObjectBatchResult {
       try {
         renameNoReplace(tmp, dest);
         named = true;
+        look = false;
         objectsWritten++;
         bytesWritten += b.sizes[i];
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        look = true;
       }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
