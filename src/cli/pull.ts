@@ -23,11 +23,17 @@ const specs: OptionSpec[] = [
 ];
 
 
-/** The progress line of a pull, drawn ten times a second on a terminal. */
+/**
+ * The progress line of a pull on a terminal: layers done, bytes fetched of
+ * the total and the rate, then each layer in flight with its bytes of its
+ * size; then the build. Redrawn ten times a second and at once on every
+ * change of state (a layer started or done, the build begun), so that even a
+ * pull shorter than a tick shows each stage.
+ */
 class PullProgress {
-  private layers: { size: number; done: boolean; cached: boolean; bytes: number }[] = [];
-  private phase = 'resolving';
-  private readonly start = Date.now();
+  private layers: { size: number; bytes: number; state: 'queued' | 'fetching' | 'done' | 'cached' }[] = [];
+  private phase: 'resolving' | 'waiting' | 'fetching' | 'building' = 'resolving';
+  private fetchStart = Date.now();
   private timer: NodeJS.Timeout | null = null;
   private shown = false;
 
@@ -39,44 +45,64 @@ class PullProgress {
   on(e: PullEvent): void {
     switch (e.type) {
       case 'resolved':
-        this.layers = e.layers.map((l) => ({ size: l.size, done: l.cached, cached: l.cached, bytes: 0 }));
+        this.layers = e.layers.map((l) => ({ size: l.size, bytes: 0, state: l.cached ? 'cached' : 'queued' }));
         this.phase = 'fetching';
+        this.fetchStart = Date.now();
         break;
       case 'waiting-for-lock':
-        this.phase = 'waiting for the repository lock (a gc is running)';
+        this.phase = 'waiting';
+        break;
+      case 'layer-start':
+        this.layers[e.index].state = 'fetching';
         break;
       case 'layer-bytes':
         this.layers[e.index].bytes += e.bytes;
-        break;
+        return; // drawn at the next tick
       case 'layer-done':
-        this.layers[e.index].done = true;
+        if (!e.cached) this.layers[e.index].state = 'done';
         break;
       case 'building':
-        this.phase = 'building the image';
+        this.phase = 'building';
         break;
       case 'done':
-        break;
+        return;
+    }
+    this.draw();
+  }
+
+  /** The line as it stands. */
+  private text(): string {
+    switch (this.phase) {
+      case 'resolving':
+        return 'resolving the image';
+      case 'waiting':
+        return 'waiting for the repository lock (a gc is running)';
+      case 'building':
+        return `building the image from ${this.layers.length} layer${this.layers.length === 1 ? '' : 's'}`;
+      case 'fetching': {
+        const todo = this.layers.filter((l) => l.state !== 'cached');
+        const total = todo.reduce((a, l) => a + l.size, 0);
+        const got = todo.reduce((a, l) => a + l.bytes, 0);
+        const secs = (Date.now() - this.fetchStart) / 1000;
+        const done = this.layers.filter((l) => l.state === 'done' || l.state === 'cached').length;
+        const head = `layers ${done}/${this.layers.length}, ${humanBytes(got)}/${humanBytes(total)}, ${humanBytes(secs > 0 ? got / secs : 0)}/s`;
+        const flight = this.layers.flatMap((l, i) => (l.state === 'fetching' ? [`#${i + 1} ${humanBytes(l.bytes)}/${humanBytes(l.size)}`] : []));
+        return flight.length > 0 ? `${head} · ${flight.join(', ')}` : head;
+      }
     }
   }
 
   private draw(): void {
-    let text = this.phase;
-    if (this.phase === 'fetching') {
-      const todo = this.layers.filter((l) => !l.cached);
-      const total = todo.reduce((a, l) => a + l.size, 0);
-      const got = todo.reduce((a, l) => a + l.bytes, 0);
-      const secs = (Date.now() - this.start) / 1000;
-      const done = this.layers.filter((l) => l.done).length;
-      text = `layers ${done}/${this.layers.length}, ${humanBytes(got)}/${humanBytes(total)}, ${humanBytes(secs > 0 ? got / secs : 0)}/s`;
-    }
     const cols = this.out.columns || 80;
-    this.out.write(`\r\x1b[K${text.slice(0, cols - 1)}`);
+    this.out.write(`\r\x1b[K${this.text().slice(0, cols - 1)}`);
     this.shown = true;
   }
 
   end(): void {
     if (this.timer) clearInterval(this.timer);
+    this.timer = null;
     if (this.shown) this.out.write('\r\x1b[K');
+    this.shown = false;
   }
 }
 

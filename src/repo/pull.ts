@@ -11,7 +11,6 @@ import { ComposefsError } from '../errors.js';
 import { writeImageWithInfo } from '../erofs/writer.js';
 import { fsverityDigest } from '../fsverity/index.js';
 import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
-import { syncStore } from '../store/objects.js';
 import { importLayer, LayerError } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
 import { ObjectWriter } from './object-writer.js';
@@ -21,6 +20,7 @@ import { RepoError, checkName, type NameRecord, type Repository } from './reposi
 export type PullEvent =
   | { type: 'resolved'; reference: string; layers: { digest: string; size: number; cached: boolean }[] }
   | { type: 'waiting-for-lock' }
+  | { type: 'layer-start'; index: number }
   | { type: 'layer-bytes'; index: number; bytes: number }
   | { type: 'layer-done'; index: number; cached: boolean }
   | { type: 'building' }
@@ -99,7 +99,11 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
+    try {
+      await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
+    } finally {
+      await objects.close();
+    }
     if (failed !== null) throw failed;
 
     emit({ type: 'building' });
@@ -151,10 +155,11 @@ async function fetchLayer(
   emit: (e: PullEvent) => void,
   signal?: AbortSignal,
 ): Promise<void> {
+  emit({ type: 'layer-start', index });
   const blob = await source.openBlob(desc, { signal, onBytes: (bytes) => emit({ type: 'layer-bytes', index, bytes }) });
   try {
     const layer = await importLayer(blob as AsyncIterable<Buffer>, { descriptor: desc, objects, expectedDiffId: diffId });
-    syncStore(repo.objects);
+    await objects.sync();
     repo.writeLayer(layer.diffId, layer.entries);
   } catch (err) {
     if (err instanceof LayerError) throw new LayerError(`${reference}: ${err.message}`, { cause: err });
