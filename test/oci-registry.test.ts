@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { openSource } from '../src/oci/transports.js';
 import { SourceError } from '../src/oci/source-errors.js';
 import type { ImageSource, SourceOptions } from '../src/oci/source.js';
-import { addBlob, addIndexEntry, indexEntry, makeUmociImage, skopeoManifest } from './helpers/oci-images.js';
+import { addBlob, addIndexEntry, addPlatformIndex, indexEntry, makeUmociImage, skopeoManifest } from './helpers/oci-images.js';
 import { NO_REGISTRY, haveRegistry, push, startProxy, startRegistry, storedBlob } from './helpers/registry.js';
 
 async function readAll(source: ImageSource, descriptor: Parameters<ImageSource['openBlob']>[0]): Promise<Buffer> {
@@ -56,17 +56,10 @@ function fixtures(): void {
   makeUmociImage(layout, 'v1');
   makeUmociImage(layout, 'amd', { architecture: 'amd64' });
   makeUmociImage(layout, 'arm', { architecture: 'arm64' });
-  const amd = indexEntry(layout, 'amd');
-  const arm = indexEntry(layout, 'arm');
-  const index = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.index.v1+json',
-    manifests: [
-      { ...amd, annotations: undefined, platform: { os: 'linux', architecture: 'amd64' } },
-      { ...arm, annotations: undefined, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
-    ],
-  }));
-  addIndexEntry(layout, addBlob(layout, index, 'application/vnd.oci.image.index.v1+json'), 'multi');
+  addPlatformIndex(layout, 'multi', [
+    { tag: 'amd', platform: { os: 'linux', architecture: 'amd64' } },
+    { tag: 'arm', platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+  ]);
 }
 
 test.after(() => {

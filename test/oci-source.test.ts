@@ -11,7 +11,7 @@ import { parseReference, formatDockerName, parseDockerName } from '../src/oci/re
 import { SourceError } from '../src/oci/source-errors.js';
 import type { ImageSource } from '../src/oci/source.js';
 import {
-  addBlob, addIndexEntry, blobFile, haveSkopeo, haveUmoci, indexEntry, makeUmociImage, skopeo, skopeoManifest,
+  addBlob, addIndexEntry, addPlatformIndex, blobFile, haveSkopeo, haveUmoci, indexEntry, makeUmociImage, skopeo, skopeoManifest,
 } from './helpers/oci-images.js';
 
 const NO_TOOLS = 'umoci or skopeo missing (npm test installs them as root on Debian): OCI transport tests skipped';
@@ -192,15 +192,10 @@ test('an index picks the running platform, or --platform; schema 1 is refused', 
     makeUmociImage(layout, 'arm', { architecture: 'arm64' });
     const amd = indexEntry(layout, 'amd');
     const arm = indexEntry(layout, 'arm');
-    const index = Buffer.from(JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.index.v1+json',
-      manifests: [
-        { mediaType: amd.mediaType, digest: amd.digest, size: amd.size, platform: { os: 'linux', architecture: 'amd64' } },
-        { mediaType: arm.mediaType, digest: arm.digest, size: arm.size, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
-      ],
-    }));
-    addIndexEntry(layout, addBlob(layout, index, 'application/vnd.oci.image.index.v1+json'), 'multi');
+    addPlatformIndex(layout, 'multi', [
+      { tag: 'amd', platform: { os: 'linux', architecture: 'amd64' } },
+      { tag: 'arm', platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+    ]);
     const resolveWith = async (platform?: string) => {
       const source = await openSource(`oci:${layout}:multi`, platform ? { platform } : {});
       try {

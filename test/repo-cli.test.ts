@@ -13,18 +13,11 @@ import { join } from 'node:path';
 import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout, type LayerSpec } from './helpers/oci-layout.js';
 import { cliPath, isRoot } from './helpers/paths.js';
+import { cfs, ok } from './helpers/cli.js';
 import { haveRegistry, makeCertificates, NO_REGISTRY, push, startRegistry } from './helpers/registry.js';
 
 const T = 1700000000;
 
-function cfs(...args: string[]) {
-  return spawnSync(cliPath('cfs'), args, { encoding: 'utf8' });
-}
-
-function ok(r: ReturnType<typeof cfs>): string {
-  assert.equal(r.status, 0, `exit status; stderr: ${r.stderr}`);
-  return r.stdout;
-}
 
 function oneLineError(r: ReturnType<typeof cfs>, pattern: RegExp): void {
   assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout}`);

@@ -17,18 +17,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout } from './helpers/oci-layout.js';
-import { cliPath, isRoot } from './helpers/paths.js';
+import { isRoot } from './helpers/paths.js';
+import { cfs, ok } from './helpers/cli.js';
 
 const T = 1700000000;
 
-function cfs(...args: string[]) {
-  return spawnSync(cliPath('cfs'), args, { encoding: 'utf8' });
-}
-
-function ok(r: ReturnType<typeof cfs>): string {
-  assert.equal(r.status, 0, `exit status; stderr: ${r.stderr}`);
-  return r.stdout;
-}
 
 /** Bytes that do not compress and do not repeat (every file its own object). */
 function noise(n: number, seed: string): Buffer {

@@ -69,6 +69,16 @@ export function addIndexEntry(layout: string, descriptor: object, ref: string): 
   writeFileSync(join(layout, 'index.json'), JSON.stringify(index));
 }
 
+/** Name `ref` an image index over manifests already tagged in the layout, each with its platform (a multi-arch image). */
+export function addPlatformIndex(layout: string, ref: string, entries: Array<{ tag: string; platform: { os: string; architecture: string; variant?: string } }>): void {
+  const manifests = entries.map(({ tag, platform }) => {
+    const { mediaType, digest, size } = indexEntry(layout, tag);
+    return { mediaType, digest, size, platform };
+  });
+  const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests }));
+  addIndexEntry(layout, addBlob(layout, index, 'application/vnd.oci.image.index.v1+json'), ref);
+}
+
 export function indexEntry(layout: string, ref: string): { mediaType: string; digest: string; size: number } {
   const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8'));
   const found = index.manifests.find((m: { annotations?: Record<string, string> }) => m.annotations?.['org.opencontainers.image.ref.name'] === ref);
