@@ -4,7 +4,8 @@
  * by a local docker-registry (the test fixture's), pulled
  *  - by `cfs pull docker://…` into an empty repository;
  *  - by `skopeo copy docker://… oci:DIR` alone (transfer and checks);
- *  - by skopeo copy + `umoci raw unpack` + `mkcomposefs --digest-store`;
+ *  - by skopeo copy + `umoci raw unpack` + `mkcomposefs --digest-store` (the
+ *    reference C mkcomposefs when built, see referenceMkcomposefs; ours beside it);
  * then a second image sharing the first two layers, pulled into the same
  * repository; and the decompressors' throughput on one layer.
  * Needs root, docker-registry, skopeo, umoci (npm run bench installs them).
@@ -28,6 +29,17 @@ const LAYERS: [string, string[]][] = [
   ['include', ['usr/include']],
 ];
 const OTHER: [string, string[]] = ['perl', ['usr/lib/x86_64-linux-gnu/perl-base', 'usr/lib/x86_64-linux-gnu/gconv']];
+
+/**
+ * The reference C mkcomposefs (composefs/composefs), which is what a user
+ * runs today (Debian bookworm has no package of it): $CFS_REFERENCE_MKCOMPOSEFS,
+ * or the one bench/build-reference.sh built into the cache folder; null if neither.
+ */
+function referenceMkcomposefs(cache: string): string | null {
+  const candidates = [process.env.CFS_REFERENCE_MKCOMPOSEFS, join(cache, 'composefs-ref', 'build', 'tools', 'mkcomposefs')];
+  for (const c of candidates) if (c && existsSync(c)) return c;
+  return null;
+}
 
 function sh(cmd: string): void {
   const r = spawnSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
@@ -81,42 +93,58 @@ export async function benchPull(ctx: { repoRoot: string }): Promise<Row[]> {
     const cfs = join(ctx.repoRoot, 'bin', 'cfs.js');
     const auth = ['--creds', 'bench:bench', '--cert-dir', certs.certDir];
     const skopeoAuth = ['--src-creds', 'bench:bench', '--src-cert-dir', certs.certDir];
-    const fresh = (name: string) => {
-      const d = join(work, name);
-      rmSync(d, { recursive: true, force: true });
-      return d;
-    };
     const mib = (k: number | null) => (k === null ? '-' : `${Math.round(k / 1024)} MiB`);
+    const reference = referenceMkcomposefs(cache);
+    const ours = join(ctx.repoRoot, 'bin', 'mkcomposefs.js');
 
-    // Side by side, several rounds (the machine is shared and noisy): medians.
+    // Side by side, several rounds (the machine is shared and noisy): medians. Nothing written is
+    // removed before the last round ends: ext4 skips inodes freed in the last 30 s when it allocates
+    // new ones (recently_deleted()), which made whatever ran right after a removal of 55,000 files
+    // up to 3x slower (umoci's unpack took 10 s in one round and 30-40 s in the next). Before each
+    // timed task: sync and cold caches, so every task starts from the same state.
+    const settle = () => sh('sync; echo 3 > /proc/sys/vm/drop_caches');
     const rounds = Math.max(1, Number(process.env.CFS_BENCH_PULL_ROUNDS ?? 3));
-    const runs: { cold: Sample; second: Sample; skopeoOnly: Sample; s1: Sample; u: Sample; m: Sample; pipeline: number }[] = [];
+    const runs: { cold: Sample; second: Sample; skopeoOnly: Sample; s1: Sample; u: Sample; m: Sample; mOurs: Sample }[] = [];
     for (let round = 0; round < rounds; round++) {
-      const repo = fresh('repo');
-      sh('sync');
+      const dir = join(work, `round-${round}`);
+      mkdirSync(dir);
+      const repo = join(dir, 'repo');
+      settle();
       const cold = runOnce(cfs, ['pull', '--quiet', '--repo', repo, ...auth, ref]);
+      settle();
       const second = runOnce(cfs, ['pull', '--quiet', '--repo', repo, ...auth, `docker://${registry.host}/bench/usr:2`]);
-      fresh('repo');
-      const skopeoOnly = runOnce('skopeo', ['copy', '--quiet', ...skopeoAuth, ref, `oci:${fresh('skopeo')}:usr`]);
-      fresh('skopeo');
+      settle();
+      const skopeoOnly = runOnce('skopeo', ['copy', '--quiet', ...skopeoAuth, ref, `oci:${join(dir, 'skopeo')}:usr`]);
+      settle();
+      const s1 = runOnce('skopeo', ['copy', '--quiet', ...skopeoAuth, ref, `oci:${join(dir, 'pipe-layout')}:usr`]);
+      // The pipeline's steps run back to back, as a user's script runs them.
+      const u = runOnce('umoci', ['raw', 'unpack', '--image', `${join(dir, 'pipe-layout')}:usr`, join(dir, 'rootfs')]);
+      const m = runOnce(reference ?? ours, ['--digest-store', join(dir, 'store'), join(dir, 'rootfs'), join(dir, 'rootfs.cfs')]);
+      // Ours over the same rootfs, still in the page cache as it was for the reference (only synced).
       sh('sync');
-      const pipeStart = process.hrtime.bigint();
-      const s1 = runOnce('skopeo', ['copy', '--quiet', ...skopeoAuth, ref, `oci:${fresh('pipe-layout')}:usr`]);
-      const u = runOnce('umoci', ['raw', 'unpack', '--image', `${join(work, 'pipe-layout')}:usr`, fresh('rootfs')]);
-      const m = runOnce(join(ctx.repoRoot, 'bin', 'mkcomposefs.js'), ['--digest-store', fresh('store'), join(work, 'rootfs'), join(work, 'rootfs.cfs')]);
-      const pipeline = Number(process.hrtime.bigint() - pipeStart) / 1e6;
-      for (const d of ['pipe-layout', 'rootfs', 'store']) fresh(d);
-      runs.push({ cold, second, skopeoOnly, s1, u, m, pipeline });
+      const mOurs = reference ? runOnce(ours, ['--digest-store', join(dir, 'store-ours'), join(dir, 'rootfs'), join(dir, 'rootfs-ours.cfs')]) : m;
+      runs.push({ cold, second, skopeoOnly, s1, u, m, mOurs });
     }
-    const med = (f: (r: (typeof runs)[number]) => number) => median(runs.map(f));
-    const peak = (f: (r: (typeof runs)[number]) => number | null) => Math.max(...runs.map((r) => f(r) ?? 0)) || null;
+    type Run = (typeof runs)[number];
+    const med = (f: (r: Run) => number) => median(runs.map(f));
+    const peak = (f: (r: Run) => number | null) => Math.max(...runs.map((r) => f(r) ?? 0)) || null;
     const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+    const each = (f: (r: Run) => number) => runs.map((r) => (f(r) / 1000).toFixed(1)).join(', ');
+    const pipelineOf = (r: Run) => r.s1.wallMs + r.u.wallMs + r.m.wallMs;
+    const pipelineOursOf = (r: Run) => r.s1.wallMs + r.u.wallMs + r.mOurs.wallMs;
+    const ratioRow = (of: (r: Run) => number, goal: string) => {
+      const ratios = runs.map((r) => r.cold.wallMs / of(r)).sort((x, y) => x - y);
+      const best = Math.min(...runs.map(of));
+      return `cfs ${median(ratios).toFixed(2)}x (per round ${ratios.map((x) => x.toFixed(2)).join(', ')}; against its fastest round ${(med((r) => r.cold.wallMs) / best).toFixed(2)}x${goal})`;
+    };
     const cold = med((r) => r.cold.wallMs);
-    const pipeline = med((r) => r.pipeline);
-    const ratios = runs.map((r) => r.cold.wallMs / r.pipeline).sort((a, b) => a - b);
-    rows.push({ task: `cfs pull, empty repository (${(compressed / 1e9).toFixed(2)} GB gzip, ${(uncompressed / 1e9).toFixed(2)} GB tar, 3 layers; median of ${rounds})`, wall: `${s(cold)} (${runs.map((r) => (r.cold.wallMs / 1000).toFixed(1)).join(', ')})`, 'peak memory': mib(peak((r) => r.cold.peakKiB)), ratio: '1' });
-    rows.push({ task: 'skopeo copy + umoci raw unpack + mkcomposefs --digest-store', wall: `${s(pipeline)} (${runs.map((r) => (r.pipeline / 1000).toFixed(1)).join(', ')})`, 'peak memory': mib(peak((r) => Math.max(r.s1.peakKiB ?? 0, r.u.peakKiB ?? 0, r.m.peakKiB ?? 0))), ratio: `cfs ${(cold / pipeline).toFixed(2)}x (per round ${ratios[0].toFixed(2)}-${ratios[ratios.length - 1].toFixed(2)}x; goal ≤ 0.3x)` });
+    const which = reference ? `the reference C mkcomposefs (${reference})` : 'our mkcomposefs (no reference C mkcomposefs: see bench/build-reference.sh)';
+    rows.push({ task: `cfs pull, empty repository (${(compressed / 1e9).toFixed(2)} GB gzip, ${(uncompressed / 1e9).toFixed(2)} GB tar, 3 layers; median of ${rounds})`, wall: `${s(cold)} (${each((r) => r.cold.wallMs)})`, 'peak memory': mib(peak((r) => r.cold.peakKiB)), ratio: '1' });
+    rows.push({ task: `skopeo copy + umoci raw unpack + mkcomposefs --digest-store, with ${which}`, wall: `${s(med(pipelineOf))} (${each(pipelineOf)})`, 'peak memory': mib(peak((r) => Math.max(r.s1.peakKiB ?? 0, r.u.peakKiB ?? 0, r.m.peakKiB ?? 0))), ratio: ratioRow(pipelineOf, '; goal ≤ 0.3x') });
     rows.push({ task: '  of which skopeo copy / umoci unpack / mkcomposefs', wall: `${s(med((r) => r.s1.wallMs))} / ${s(med((r) => r.u.wallMs))} / ${s(med((r) => r.m.wallMs))}`, 'peak memory': '', ratio: '' });
+    if (reference) {
+      rows.push({ task: '  the same pipeline with our mkcomposefs', wall: `${s(med(pipelineOursOf))} (${each(pipelineOursOf)}; mkcomposefs ${s(med((r) => r.mOurs.wallMs))})`, 'peak memory': mib(peak((r) => r.mOurs.peakKiB)), ratio: ratioRow(pipelineOursOf, '') });
+    }
     const skopeoOnly = med((r) => r.skopeoOnly.wallMs);
     rows.push({ task: 'skopeo copy alone (transfer + checks)', wall: s(skopeoOnly), 'peak memory': mib(peak((r) => r.skopeoOnly.peakKiB)), ratio: `cfs ${(cold / skopeoOnly).toFixed(2)}x` });
     const second = med((r) => r.second.wallMs);
