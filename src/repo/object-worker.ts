@@ -1,25 +1,30 @@
 /**
- * Worker thread of the ObjectWriter: writes batches of objects into the
- * store with plain synchronous system calls. A batch is one buffer (handed
- * over, not copied) holding the contents of many files, each with the
- * object name its digest gives; the main thread hashed exactly these bytes.
- * Each object: already there → nothing; else a dot-named temporary file of
- * ours, written whole, closed, and renamed into place with RENAME_NOREPLACE
- * (never replacing what another writer named first). Nothing is fsync'ed
- * per object: the pull asks for one syncfs (here, so that the main thread
- * goes on with other layers meanwhile) before naming anything.
+ * Worker thread of the ObjectWriter: hashes and writes batches of objects
+ * into the store with plain synchronous system calls. A batch is one buffer
+ * (handed over, not copied) holding the contents of many files. For each
+ * file this thread computes the fs-verity digest of exactly the bytes it
+ * then writes, so an object's name always matches its content. Each object:
+ * already there → nothing; else a dot-named temporary file of ours, written
+ * whole, closed, and renamed into place with RENAME_NOREPLACE (never
+ * replacing what another writer named first). Nothing is fsync'ed per
+ * object: the pull asks for one syncfs (here, so that the main thread goes
+ * on with other layers meanwhile) before naming anything. The digests and
+ * the buffer go back to the main thread (the buffer to be filled again).
+ * Hashing here rather than on the main thread: the same wall time on the
+ * /usr image (medians 6.82 and 6.81 s, 5 interleaved rounds), 0.7 s less CPU
+ * on the main thread, and the digest is taken from the very buffer written.
  */
 import { parentPort, threadId, workerData } from 'node:worker_threads';
-import { closeSync, constants, lstatSync, openSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, lstatSync, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { renameNoReplace } from '../sys/fs.js';
 import { reasonOf } from '../errors.js';
 import { syncStore } from '../store/objects.js';
+import { DIGEST_SIZE, FsVerityHasher, digestToHex } from '../fsverity/index.js';
 
 export interface ObjectBatch {
   id: number;
-  /** Object names (hex digests), and where each one's bytes are in `data`. */
-  names: string[];
+  /** Where each file's bytes are in `data`. */
   offsets: number[];
   sizes: number[];
   data: ArrayBuffer;
@@ -35,12 +40,19 @@ export interface ObjectBatchResult {
   id: number;
   objectsWritten: number;
   bytesWritten: number;
+  /** The fs-verity digest of each file of the batch, 32 bytes each, in order (absent on error). */
+  digests?: ArrayBuffer;
+  /** The batch's buffer, handed back to be reused. */
+  data?: ArrayBuffer;
   /** "cannot write object PATH: reason" */
   error?: string;
   errno?: string;
 }
 
 const root = (workerData as { root: string }).root;
+const hasher = new FsVerityHasher();
+/** Object directories (XX/) known to exist. */
+const made = new Set<string>();
 let counter = 0;
 /**
  * Whether to look for an object before writing it: only while the objects
@@ -62,24 +74,39 @@ function exists(path: string): boolean {
   }
 }
 
-function writeBatch(b: ObjectBatch): ObjectBatchResult {
+function makeDir(dir: string): void {
+  if (made.has(dir)) return;
+  try {
+    mkdirSync(dir, { mode: 0o755 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  made.add(dir);
+}
+
+function writeBatch(b: ObjectBatch): { result: ObjectBatchResult; transfer: ArrayBuffer[] } {
   const data = new Uint8Array(b.data);
+  const digests = new Uint8Array(b.offsets.length * DIGEST_SIZE);
   let objectsWritten = 0;
   let bytesWritten = 0;
-  for (let i = 0; i < b.names.length; i++) {
-    const hex = b.names[i];
+  for (let i = 0; i < b.offsets.length; i++) {
+    const content = data.subarray(b.offsets[i], b.offsets[i] + b.sizes[i]);
+    const digest = hasher.reset().update(content).digest();
+    digests.set(digest, i * DIGEST_SIZE);
+    const hex = digestToHex(digest);
     const dir = join(root, hex.slice(0, 2));
     const dest = join(dir, hex.slice(2));
     const tmp = join(dir, `.tmp.${process.pid}.${threadId}.${counter++}`);
     let created = false;
     let named = false;
     try {
+      makeDir(dir);
       if (look && exists(dest)) continue;
       const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
       created = true;
       try {
         // A short write is how a full disk first shows: writing on gets the reason.
-        for (let off = b.offsets[i], end = off + b.sizes[i]; off < end; ) off += writeSync(fd, data, off, end - off);
+        for (let off = 0; off < content.length; ) off += writeSync(fd, content, off, content.length - off);
       } finally {
         closeSync(fd);
       }
@@ -88,14 +115,15 @@ function writeBatch(b: ObjectBatch): ObjectBatchResult {
         named = true;
         look = false;
         objectsWritten++;
-        bytesWritten += b.sizes[i];
+        bytesWritten += content.length;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         look = true;
       }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      return { id: b.id, objectsWritten, bytesWritten, error: `cannot write object ${dest}: ${reasonOf(err)}`, errno: typeof code === 'string' ? code : undefined };
+      const result = { id: b.id, objectsWritten, bytesWritten, error: `cannot write object ${dest}: ${reasonOf(err)}`, errno: typeof code === 'string' ? code : undefined };
+      return { result, transfer: [] };
     } finally {
       if (created && !named) {
         try {
@@ -106,7 +134,7 @@ function writeBatch(b: ObjectBatch): ObjectBatchResult {
       }
     }
   }
-  return { id: b.id, objectsWritten, bytesWritten };
+  return { result: { id: b.id, objectsWritten, bytesWritten, digests: digests.buffer, data: b.data }, transfer: [digests.buffer, b.data] };
 }
 
 function sync(r: SyncRequest): ObjectBatchResult {
@@ -119,5 +147,12 @@ function sync(r: SyncRequest): ObjectBatchResult {
   }
 }
 
-parentPort!.on('message', (m: ObjectBatch | SyncRequest) => parentPort!.postMessage('sync' in m ? sync(m) : writeBatch(m)));
+parentPort!.on('message', (m: ObjectBatch | SyncRequest) => {
+  if ('sync' in m) {
+    parentPort!.postMessage(sync(m));
+    return;
+  }
+  const { result, transfer } = writeBatch(m);
+  parentPort!.postMessage(result, transfer);
+});
 parentPort!.postMessage({ ready: true });
