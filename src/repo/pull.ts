@@ -10,8 +10,8 @@
 import { ComposefsError } from '../errors.js';
 import { writeImageWithInfo } from '../erofs/writer.js';
 import { fsverityDigest } from '../fsverity/index.js';
-import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
-import { importLayer, LayerError } from '../oci/layer.js';
+import { S_IFMT, S_IFREG, walk, type Inode } from '../tree/model.js';
+import { importLayer, LayerError, type LayerEntry } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
 import { ObjectWriter } from './object-writer.js';
 import { TreeBuilder } from './merge.js';
@@ -22,6 +22,7 @@ export type PullEvent =
   | { type: 'waiting-for-lock' }
   | { type: 'layer-start'; index: number }
   | { type: 'layer-bytes'; index: number; bytes: number }
+  /** The layer is read and its objects written (they are made durable, and the layer recorded, before anything is named). */
   | { type: 'layer-done'; index: number; cached: boolean }
   | { type: 'building' }
   | { type: 'done'; record: NameRecord };
@@ -89,27 +90,48 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     const queue = [...todo.entries()];
     const parallel = Math.max(1, opts.parallel ?? 3);
     let failed: unknown = null;
+    /** The entries of the layers imported now, kept for the build rather than read back. */
+    const imported = new Map<string, LayerEntry[]>();
+    /** Per imported layer: its objects made durable, then its record written. */
+    const recorded: Promise<void>[] = [];
     const worker = async () => {
       while (queue.length > 0 && failed === null) {
         const [diffId, index] = queue.shift()!;
         try {
-          await fetchLayer(repo, source, img.reference, img.layers[index], diffId, index, objects, emit, opts.signal);
+          const entries = await fetchLayer(source, img.reference, img.layers[index], diffId, index, objects, emit, opts.signal);
+          imported.set(diffId, entries);
+          emit({ type: 'layer-done', index, cached: false });
+          const record = recordLayer(repo, diffId, entries, objects);
+          record.catch((err: unknown) => {
+            failed ??= err;
+          });
+          recorded.push(record);
         } catch (err) {
           failed ??= err;
         }
       }
     };
+    let tree: Inode;
+    let image: Buffer;
+    let hex: string;
     try {
       await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
+      if (failed !== null) throw failed;
+      // The image is built and hashed while the last layers' syncfs run on a
+      // writer thread (0.3-0.4 s each on the /usr image); only naming waits for them.
+      emit({ type: 'building' });
+      const builder = new TreeBuilder();
+      for (let i = 0; i < diffIds.length; i++) builder.applyLayer(`${img.reference}: layer ${img.layers[i].digest}`, imported.get(diffIds[i]) ?? repo.readLayer(diffIds[i]));
+      tree = builder.toInode();
+      image = writeImageWithInfo(tree).image;
+      hex = fsverityDigest(image).toString('hex');
+      await Promise.all(recorded);
     } finally {
+      await Promise.allSettled(recorded);
       await objects.close();
     }
     if (failed !== null) throw failed;
 
-    emit({ type: 'building' });
-    const builder = new TreeBuilder();
-    for (let i = 0; i < diffIds.length; i++) builder.applyLayer(`${img.reference}: layer ${img.layers[i].digest}`, repo.readLayer(diffIds[i]));
-    const tree = builder.toInode();
     let size = 0;
     const seen = new Set<object>();
     walk(tree, (_p, inode) => {
@@ -118,8 +140,6 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
         size += inode.size;
       }
     });
-    const { image } = writeImageWithInfo(tree);
-    const hex = fsverityDigest(image).toString('hex');
     repo.writeBlob(img.manifestDigest, img.manifest);
     repo.writeBlob(img.configDescriptor.digest, img.config);
     repo.storeImage(hex, image);
@@ -144,8 +164,13 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
   }
 }
 
+/** Make the layer's objects durable (one syncfs), then record its entries: never a record before its objects. */
+async function recordLayer(repo: Repository, diffId: string, entries: LayerEntry[], objects: ObjectWriter): Promise<void> {
+  await objects.sync();
+  repo.writeLayer(diffId, entries);
+}
+
 async function fetchLayer(
-  repo: Repository,
   source: ImageSource,
   reference: string,
   desc: Descriptor,
@@ -154,13 +179,12 @@ async function fetchLayer(
   objects: ObjectWriter,
   emit: (e: PullEvent) => void,
   signal?: AbortSignal,
-): Promise<void> {
+): Promise<LayerEntry[]> {
   emit({ type: 'layer-start', index });
   const blob = await source.openBlob(desc, { signal, onBytes: (bytes) => emit({ type: 'layer-bytes', index, bytes }) });
   try {
     const layer = await importLayer(blob as AsyncIterable<Buffer>, { descriptor: desc, objects, expectedDiffId: diffId });
-    await objects.sync();
-    repo.writeLayer(layer.diffId, layer.entries);
+    return layer.entries;
   } catch (err) {
     if (err instanceof LayerError) throw new LayerError(`${reference}: ${err.message}`, { cause: err });
     if (err instanceof ComposefsError) throw err;
@@ -169,5 +193,4 @@ async function fetchLayer(
   } finally {
     blob.destroy();
   }
-  emit({ type: 'layer-done', index, cached: false });
 }
