@@ -8,9 +8,10 @@
  * downloaded or decompressed again; src/repo/merge.ts replays the lists of
  * an image's layers into one tree.
  *
- * Decompression: gzip through node:zlib (its work runs on libuv's thread
- * pool, off the main thread); zstd through fzstd, pure JavaScript with a
- * streaming interface and no dependencies (Node 20 has no zstd). The format
+ * Decompression: gzip through node:zlib, zstd through fzstd (pure
+ * JavaScript with a streaming interface and no dependencies; Node 20 has no
+ * zstd), both on a worker thread of their own (inflate.ts) that also takes
+ * the diff_id. The format
  * is taken from the blob's first bytes, the media type only has to be a
  * known layer type (Docker's "tar.gzip" layers are sometimes plain tars).
  *
@@ -19,13 +20,13 @@
  * clamps it to the root instead: we would rather say the layer is hostile).
  * Hard link targets are normalized the same way.
  */
-import { createHash } from 'node:crypto';
 import { createGunzip } from 'node:zlib';
 import { Readable } from 'node:stream';
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { TarError, TarParser, show, type TarHeader, type TarSink } from './tar.js';
 import type { FileSink, ObjectWriter, StoredFile } from '../repo/object-writer.js';
 import type { Descriptor } from './source.js';
+import { inflateInWorker } from './inflate.js';
 
 export type Compression = 'none' | 'gzip' | 'zstd';
 
@@ -209,8 +210,6 @@ export async function importLayer(blob: AsyncIterable<Buffer>, opts: ImportLayer
     throw new LayerError(`${what}: unsupported media type ${opts.descriptor.mediaType}`);
   }
   const entries: LayerEntry[] = [];
-  const diff = createHash('sha256');
-  let tarBytes = 0;
   let current: FileSink | null = null;
 
   const onEntry = (h: TarHeader): TarSink | null => {
@@ -266,10 +265,11 @@ export async function importLayer(blob: AsyncIterable<Buffer>, opts: ImportLayer
   };
 
   const parser = new TarParser(onEntry);
+  const inflated = inflateInWorker(blob, what);
   try {
-    for await (const chunk of decompress(blob, what)) {
-      diff.update(chunk);
-      tarBytes += chunk.length;
+    // Each chunk is a shared slot, reused once the next is asked for: the
+    // parser and the sinks copy or write what they keep before returning.
+    for await (const chunk of inflated.chunks) {
       opts.onTarBytes?.(chunk.length);
       parser.push(chunk);
       if (opts.objects.busy) await opts.objects.drain();
@@ -282,7 +282,7 @@ export async function importLayer(blob: AsyncIterable<Buffer>, opts: ImportLayer
     if (err instanceof TarError) throw new LayerError(`${what}: ${err.message}`, { cause: err });
     throw err;
   }
-  const diffId = `sha256:${diff.digest('hex')}`;
+  const { diffId, tarBytes } = inflated.result();
   if (opts.expectedDiffId !== undefined && opts.expectedDiffId !== diffId) {
     throw new LayerError(`${what}: uncompressed contents have digest ${diffId}, the image config says ${opts.expectedDiffId}`);
   }
