@@ -92,7 +92,10 @@ async function* chunksOf(blob: AsyncIterable<Buffer>, what: string, onResult: (r
       inFlight += message.length;
       gathered = [];
       gatheredBytes = 0;
-      send(message);
+      // A buffer of its own is handed over (moved, not copied); a view into a larger one is copied.
+      const own = message.byteOffset === 0 && message.byteLength === message.buffer.byteLength && !(message.buffer instanceof SharedArrayBuffer);
+      if (own) worker.postMessage(message, [message.buffer as ArrayBuffer]);
+      else send(message);
     };
     for await (const chunk of blob) {
       if (stopFeeding) return;
