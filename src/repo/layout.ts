@@ -19,7 +19,13 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ioError } from '../errors.js';
 
-export const SUBDIRS = ['objects', 'images', 'layers', 'blobs/sha256', 'names', 'tmp'] as const;
+/**
+ * Created in this order, `names` last: its presence (with `objects`) is what
+ * marks a repository, so a command killed while creating one never leaves
+ * something taken for a repository with a folder missing (a test once killed
+ * a pull between `names` and `tmp`). The next command that creates completes it.
+ */
+export const SUBDIRS = ['objects', 'images', 'layers', 'blobs/sha256', 'tmp', 'names'] as const;
 
 /** The default repository: $CFS_REPO, else /var/lib/composefs as root, else $XDG_DATA_HOME/composefs. */
 export function defaultRepoPath(): string {
