@@ -13,11 +13,12 @@
  * naming anything that refers to the objects. A crash can leave dot-named
  * temporary files in the store; gc removes them.
  *
- * Why not an O_TMPFILE linked into place, as src/store/objects.ts does: on
- * this project's machine (ext4, Linux 6.18) O_TMPFILE + linkat through
- * /proc/self/fd took 300 µs a file against 47 µs for create + write +
- * renameat2 (20,000 files of 3 KB): a /usr layer of 60k files spent 5 s
- * of a 14 s pull in it.
+ * Why not an O_TMPFILE linked into place, as src/store/objects.ts does: a
+ * first measurement here (ext4, Linux 6.18, through libuv's pool) gave 300 µs
+ * a file against 47 µs for create + write + renameat2; measured again with
+ * synchronous calls (30,000 files of 12 KB, twice each) the two cost the same
+ * (38-40 µs against 32-42 µs), as does creating the final name directly: the
+ * file's creation is the cost, not the way it is named.
  *
  * Files of up to 64 bytes are not stored: their contents go inline into the
  * image, as `mkcomposefs` does. Files up to BUFFER_LIMIT are copied out of
