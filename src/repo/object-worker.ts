@@ -15,11 +15,11 @@
  * on the main thread, and the digest is taken from the very buffer written.
  */
 import { parentPort, threadId, workerData } from 'node:worker_threads';
-import { closeSync, constants, lstatSync, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { renameNoReplace } from '../sys/fs.js';
 import { reasonOf } from '../errors.js';
-import { syncStore } from '../store/objects.js';
+import { objectExists, syncStore } from '../store/objects.js';
 import { DIGEST_SIZE, FsVerityHasher, digestToHex } from '../fsverity/index.js';
 
 export interface ObjectBatch {
@@ -64,16 +64,6 @@ let counter = 0;
  */
 let look = true;
 
-function exists(path: string): boolean {
-  try {
-    lstatSync(path);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
-  }
-}
-
 function makeDir(dir: string): void {
   if (made.has(dir)) return;
   try {
@@ -101,7 +91,7 @@ function writeBatch(b: ObjectBatch): { result: ObjectBatchResult; transfer: Arra
     let named = false;
     try {
       makeDir(dir);
-      if (look && exists(dest)) continue;
+      if (look && objectExists(dest)) continue;
       const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
       created = true;
       try {

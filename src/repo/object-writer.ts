@@ -28,13 +28,13 @@
  * digests and the buffer back; larger files stream straight into their
  * temporary file on the main thread.
  */
-import { closeSync, constants, lstatSync, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { FsVerityHasher, digestToHex } from '../fsverity/index.js';
+import { DIGEST_SIZE, FsVerityHasher, digestToHex } from '../fsverity/index.js';
 import { renameNoReplace } from '../sys/fs.js';
+import { objectExists } from '../store/objects.js';
 import { Worker } from 'node:worker_threads';
 import { IoError, ioError } from '../errors.js';
-import { DIGEST_SIZE } from '../fsverity/index.js';
 import type { ObjectBatch, ObjectBatchResult, SyncRequest } from './object-worker.js';
 import type { TarSink } from '../oci/tar.js';
 
@@ -355,6 +355,7 @@ export class ObjectWriter {
   /** @internal Give the (closed) temporary file the name `dest`, never replacing: false when another writer named it first. */
   name(tmp: string, dest: string): boolean {
     try {
+      if (objectExists(dest)) return false;
       renameNoReplace(tmp, dest);
       return true;
     } catch (err) {
@@ -374,16 +375,6 @@ export class ObjectWriter {
         /* already gone */
       }
     }
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    lstatSync(path);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw ioError(err, `cannot access object ${path}`);
   }
 }
 
@@ -465,7 +456,7 @@ export class FileSink implements TarSink {
       closeSync(tmp.fd);
       tmp.fd = -1;
       const dest = this.w.destOf(digest);
-      if (!exists(dest)) named = this.w.name(tmp.path, dest);
+      named = this.w.name(tmp.path, dest);
     } finally {
       this.w.discard(tmp, named);
     }

@@ -66,6 +66,17 @@ export function objectRelPath(digest: Uint8Array): string {
   return `${hex.slice(0, 2)}/${hex.slice(2)}`;
 }
 
+/** Whether something is at `path` (not following a symlink); other errors than ENOENT are thrown as they are. */
+export function objectExists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
 export class ObjectStore {
   private readonly dirs = new Set<string>();
 
