@@ -26,7 +26,7 @@ export interface InflateWorkerData {
 }
 
 export type InflateIn = Uint8Array | null | { free: number };
-export type InflateOut = { consumed: number } | { slot: number; length: number } | { done: true; diffId: string; tarBytes: number } | { error: string; corrupt: boolean };
+export type InflateOut = { consumed: number } | { slot: number; length: number } | { done: true; diffId: string; tarBytes: number } | { error: string };
 
 const { ring, slots, slotSize, what } = workerData as InflateWorkerData;
 const ringBytes = new Uint8Array(ring);
@@ -78,5 +78,5 @@ async function run(): Promise<void> {
 
 run().catch((err: unknown) => {
   const message = err instanceof Error ? err.message : String(err);
-  parentPort!.postMessage({ error: message, corrupt: (err as { code?: string }).code === 'layer' } satisfies InflateOut);
+  parentPort!.postMessage({ error: message } satisfies InflateOut);
 });

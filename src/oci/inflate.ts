@@ -30,21 +30,26 @@ export interface Inflated {
    */
   chunks: AsyncGenerator<Buffer>;
   /** Once `chunks` has ended: the sha256 (`sha256:…`) and the size of the uncompressed bytes. */
-  result(): { diffId: string; tarBytes: number };
+  result(): InflateResult;
+}
+
+interface InflateResult {
+  diffId: string;
+  tarBytes: number;
 }
 
 export function inflateInWorker(blob: AsyncIterable<Buffer>, what: string): Inflated {
-  let result: { diffId: string; tarBytes: number } | null = null;
+  const ended: { result: InflateResult | null } = { result: null };
   return {
-    chunks: chunksOf(blob, what, (r) => (result = r)),
+    chunks: chunksOf(blob, what, ended),
     result: () => {
-      if (result === null) throw new Error('inflateInWorker: result() before the end of the chunks');
-      return result;
+      if (ended.result === null) throw new Error('inflateInWorker: result() before the end of the chunks');
+      return ended.result;
     },
   };
 }
 
-async function* chunksOf(blob: AsyncIterable<Buffer>, what: string, onResult: (r: { diffId: string; tarBytes: number }) => void): AsyncGenerator<Buffer> {
+async function* chunksOf(blob: AsyncIterable<Buffer>, what: string, ended: { result: InflateResult | null }): AsyncGenerator<Buffer> {
   const ring = new SharedArrayBuffer(INFLATE_SLOTS * SLOT_SIZE);
   const data: InflateWorkerData = { ring, slots: INFLATE_SLOTS, slotSize: SLOT_SIZE, what };
   // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
@@ -52,7 +57,6 @@ async function* chunksOf(blob: AsyncIterable<Buffer>, what: string, onResult: (r
   const send = (m: InflateIn) => worker.postMessage(m);
 
   const out: InflateOut[] = [];
-  let result: { diffId: string; tarBytes: number } | null = null;
   let failure: unknown = null;
   let wake: (() => void) | null = null;
   const signal = () => {
@@ -76,7 +80,7 @@ async function* chunksOf(blob: AsyncIterable<Buffer>, what: string, onResult: (r
     signal();
   });
   worker.on('exit', (code) => {
-    if (result === null) failure ??= new LayerError(`${what}: the decompression thread exited with code ${code}`);
+    if (ended.result === null) failure ??= new LayerError(`${what}: the decompression thread exited with code ${code}`);
     signal();
   });
 
@@ -122,8 +126,7 @@ async function* chunksOf(blob: AsyncIterable<Buffer>, what: string, onResult: (r
       const m = out.shift()!;
       if ('error' in m) throw new LayerError(m.error);
       if ('done' in m) {
-        result = { diffId: m.diffId, tarBytes: m.tarBytes };
-        onResult(result);
+        ended.result = { diffId: m.diffId, tarBytes: m.tarBytes };
         return;
       }
       if ('slot' in m) {

@@ -125,8 +125,8 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
       tree = builder.toInode();
       image = writeImageWithInfo(tree).image;
       hex = fsverityDigest(image).toString('hex');
-      await Promise.all(recorded);
     } finally {
+      // Every layer durable and recorded before anything is named (a failure lands in `failed`).
       await Promise.allSettled(recorded);
       await objects.close();
     }
