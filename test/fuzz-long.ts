@@ -25,7 +25,7 @@ import { ImageFormatError, readImage, type ReadImageResult } from '../src/erofs/
 import { dumpImage, listImage } from '../src/dumpfile/from-image.js';
 import { ImageWriteError, writeImage, writeImageWithInfo } from '../src/erofs/writer.js';
 import { fsckImage } from '../src/check/fsck.js';
-import { Output } from '../src/check/io.js';
+import { Output } from '../src/cli/image-io.js';
 import { collectObjects, listTree } from '../src/cli/info.js';
 import {
   S_IFBLK,

@@ -14,7 +14,7 @@
  */
 import { UserError } from './errors.js';
 import { formatHelp, parseArgs, parseArgsExit1, type OptionSpec } from './args.js';
-import { loadImage, loadImageDump, writeStdout } from '../check/io.js';
+import { loadImage, loadImageDump, writeStdout } from './image-io.js';
 import { ImageWriteError, writeImage } from '../erofs/writer.js';
 import type { Inode } from '../tree/model.js';
 

@@ -14,7 +14,7 @@ import { statSync } from 'node:fs';
 import { UserError, describeSystemError } from './errors.js';
 import { IoError } from '../errors.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
-import { Output, readFileOrFail } from '../check/io.js';
+import { Output, readFileOrFail } from './image-io.js';
 import { fsckImage } from '../check/fsck.js';
 
 const specs: OptionSpec[] = [

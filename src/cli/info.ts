@@ -16,7 +16,7 @@
 import { closeSync, openSync, statSync } from 'node:fs';
 import { UserError, describeSystemError } from './errors.js';
 import { formatHelp, parseArgs, parseArgsExit1, type OptionSpec } from './args.js';
-import { Output, escapeBytes, loadImage, loadImageDump } from '../check/io.js';
+import { Output, escapeBytes, loadImage, loadImageDump } from './image-io.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 
 const specs: OptionSpec[] = [

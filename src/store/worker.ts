@@ -7,6 +7,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { closeSync, constants, openSync } from 'node:fs';
 import { fsverityDigestOfFileSync } from '../fsverity/index.js';
 import { fstatx } from '../sys/fs.js';
+import { S_IFMT, S_IFREG } from '../tree/model.js';
 import { errnoText, reasonOf } from '../errors.js';
 import { ObjectStore, StoreError } from './objects.js';
 import type { BatchRequest, BatchResult, JobResult } from './pool.js';
@@ -40,8 +41,6 @@ function describe(err: unknown): string {
 
 // O_NONBLOCK: should the file have become a fifo since it was listed, open must not hang.
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
-const S_IFMT = 0o170000;
-const S_IFREG = 0o100000;
 
 let content: Buffer | null = null;
 const keepContent = (chunk: Buffer): void => {
