@@ -9,6 +9,7 @@ import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UsageError } from '../errors.js';
 import type { PullEvent } from '../repo/pull.js';
 import { humanBytes } from '../units.js';
+import { StatusLine } from '../output/status-line.js';
 
 const specs: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository (default $CFS_REPO, /var/lib/composefs as root, else $XDG_DATA_HOME/composefs)' },
@@ -34,12 +35,11 @@ class PullProgress {
   private layers: { size: number; bytes: number; state: 'queued' | 'fetching' | 'done' | 'cached' }[] = [];
   private phase: 'resolving' | 'waiting' | 'fetching' | 'building' = 'resolving';
   private fetchStart = Date.now();
-  private timer: NodeJS.Timeout | null = null;
-  private shown = false;
+  private readonly status: StatusLine;
 
-  constructor(private readonly out: NodeJS.WriteStream) {
-    this.timer = setInterval(() => this.draw(), 100);
-    this.timer.unref();
+  constructor(out: NodeJS.WriteStream) {
+    this.status = new StatusLine(() => this.text(), out);
+    this.status.begin();
   }
 
   on(e: PullEvent): void {
@@ -67,7 +67,7 @@ class PullProgress {
       case 'done':
         return;
     }
-    this.draw();
+    this.status.draw();
   }
 
   /** The line as it stands. */
@@ -92,17 +92,8 @@ class PullProgress {
     }
   }
 
-  private draw(): void {
-    const cols = this.out.columns || 80;
-    this.out.write(`\r\x1b[K${this.text().slice(0, cols - 1)}`);
-    this.shown = true;
-  }
-
   end(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    if (this.shown) this.out.write('\r\x1b[K');
-    this.shown = false;
+    this.status.end();
   }
 }
 

@@ -4,6 +4,7 @@
  * Redrawn at most ten times a second; erased when done.
  */
 import { humanBytes } from '../units.js';
+import { StatusLine } from '../output/status-line.js';
 
 export interface ProgressState {
   entries: number;
@@ -22,18 +23,18 @@ function clock(seconds: number): string {
 }
 
 export class Progress {
-  private timer: NodeJS.Timeout | null = null;
   private readonly start = Date.now();
-  private shown = false;
+  private readonly status: StatusLine;
 
   constructor(
     private readonly state: () => ProgressState,
-    private readonly out: NodeJS.WriteStream = process.stderr,
-  ) {}
+    out: NodeJS.WriteStream = process.stderr,
+  ) {
+    this.status = new StatusLine(() => this.line(), out);
+  }
 
   begin(): void {
-    this.timer = setInterval(() => this.draw(), 100);
-    this.timer.unref();
+    this.status.begin();
   }
 
   /** The line as it would be drawn now (exported for tests). */
@@ -48,18 +49,7 @@ export class Progress {
     return `${files}, ${bytes}, ${humanBytes(rate)}/s${eta}`;
   }
 
-  private draw(): void {
-    const cols = this.out.columns || 80;
-    let text = this.line();
-    if (text.length > cols - 1) text = text.slice(0, cols - 1);
-    this.out.write(`\r\x1b[K${text}`);
-    this.shown = true;
-  }
-
   end(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    if (this.shown) this.out.write('\r\x1b[K');
-    this.shown = false;
+    this.status.end();
   }
 }
