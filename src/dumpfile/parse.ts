@@ -57,7 +57,7 @@
  * would throw it away).
  */
 import { ComposefsError } from '../errors.js';
-import type { Inode } from '../tree/model.js';
+import { Mode, type Inode } from '../tree/model.js';
 import { inflate, type FlatTree } from '../tree/flat.js';
 import { HEX_DIGIT, printable, unescapeInPlace, UnescapeError } from './escape.js';
 
@@ -108,15 +108,9 @@ const enum Limit {
   TEXT_WINDOW = 1 << 28,
 }
 
-const enum Mode {
-  TYPE_MASK = 0o170000,
-  DIR = 0o040000,
-  REG = 0o100000,
-  LNK = 0o120000,
-  CHR = 0o020000,
-  BLK = 0o060000,
-  /** The file types an image can hold, as a bit set over `(mode & TYPE_MASK) >> 12`. */
-  VALID_TYPES = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 12),
+const enum FileTypes {
+  /** The file types an image can hold, as a bit set over `(mode & Mode.TYPE) >> 12`. */
+  VALID = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 12),
 }
 
 const enum Char {
@@ -505,34 +499,25 @@ class LineScanner {
   }
 }
 
+/** The columns of a {@link FlatTree} the parser fills as it reads (declared there, assigned in the constructor). */
+type FlatColumns = Pick<
+  FlatTree,
+  | 'nameStart' | 'nameEnd' | 'linkTo' | 'mode' | 'nlink' | 'uid' | 'gid' | 'rdev' | 'size' | 'mtimeSec' | 'mtimeNsec'
+  | 'payloadStart' | 'payloadEnd' | 'contentStart' | 'contentEnd' | 'digest' | 'xattrStart'
+>;
+interface EntryColumns extends FlatColumns {}
+
 /**
- * The entries read so far, in the columns of a {@link FlatTree} (see there),
- * with what the parser keeps per directory while reading; all grow together.
+ * The entries read so far, in the columns of a {@link FlatTree} (see there;
+ * linkTo may also hold PENDING_LINK for a hard-link line until the links are
+ * resolved, and xattrStart has capacity + 1 slots), with what the parser
+ * keeps per directory while reading; all grow together.
  */
 class EntryColumns {
   capacity: number;
   /** Entries so far, numbered in the order of their lines (the root is 0). */
   count = 0;
-  nameStart: Int32Array;
-  nameEnd: Int32Array;
   parent: Int32Array;
-  /** -1 (the default of this column and of contentStart/End); PENDING_LINK for a hard-link line until the links are resolved. */
-  linkTo: Int32Array;
-  mode: Uint32Array;
-  nlink: Uint32Array;
-  uid: Uint32Array;
-  gid: Uint32Array;
-  rdev: Float64Array;
-  size: Float64Array;
-  mtimeSec: Float64Array;
-  mtimeNsec: Uint32Array;
-  payloadStart: Int32Array;
-  payloadEnd: Int32Array;
-  contentStart: Int32Array;
-  contentEnd: Int32Array;
-  digest: Int32Array;
-  /** (capacity + 1) */
-  xattrStart: Int32Array;
   /** Per directory: its last entry so far (0 = none yet; the root is nobody's child). */
   lastChild: Int32Array;
   /** Per directory: how many entries it has. */
@@ -723,7 +708,7 @@ class FlatParser {
   storeHardLink(entry: number): void {
     const entries = this.entries;
     const line = this.line;
-    if ((entries.mode[entry] & Mode.TYPE_MASK) === Mode.DIR) this.fail(Field.MODE, 'directories cannot be hard-linked');
+    if ((entries.mode[entry] & Mode.TYPE) === Mode.DIR) this.fail(Field.MODE, 'directories cannot be hard-linked');
     if (line.badEscapeField === Field.PAYLOAD) this.failEscape(Field.PAYLOAD);
     entries.linkTo[entry] = PENDING_LINK;
     entries.payloadStart[entry] = line.fieldStart[Field.PAYLOAD];
@@ -760,8 +745,8 @@ class FlatParser {
     if (modeNumber === NOT_PLAIN) modeNumber = this.readNumber(Field.MODE, 8);
     if (modeNumber === INVALID) this.failNumber(Field.MODE);
     const mode = typeof modeNumber === 'number' ? modeNumber >>> 0 : low32(modeNumber);
-    const type = mode & Mode.TYPE_MASK;
-    if (((Mode.VALID_TYPES >>> (type >>> 12)) & 1) === 0) this.fail(Field.MODE, `invalid mode ${mode.toString(8)}: no valid file type`);
+    const type = mode & Mode.TYPE;
+    if (((FileTypes.VALID >>> (type >>> 12)) & 1) === 0) this.fail(Field.MODE, `invalid mode ${mode.toString(8)}: no valid file type`);
     const entry = this.addToTree(pathStart, pathEnd, mode, line.hardLink);
     if (line.hardLink) return this.storeHardLink(entry);
 
@@ -1016,7 +1001,7 @@ class FlatParser {
 
   isDir(entry: number): boolean {
     const entries = this.entries;
-    return entries.linkTo[entry] === -1 && (entries.mode[entry] & Mode.TYPE_MASK) === Mode.DIR;
+    return entries.linkTo[entry] === -1 && (entries.mode[entry] & Mode.TYPE) === Mode.DIR;
   }
 
   /**
@@ -1028,7 +1013,7 @@ class FlatParser {
     const entries = this.entries;
     const bytes = this.pool;
     if (pathEnd - pathStart === 1 && bytes[pathStart] === Char.SLASH) {
-      if ((mode & Mode.TYPE_MASK) !== Mode.DIR) this.fail(Field.PATH, 'the root must be a directory');
+      if ((mode & Mode.TYPE) !== Mode.DIR) this.fail(Field.PATH, 'the root must be a directory');
       if (entries.count > 0) this.fail(Field.PATH, 'a second root directory');
       this.newEntry(0, 0, -1, mode);
       this.chainDepth = 1;
@@ -1098,7 +1083,7 @@ class FlatParser {
     entries.lastChild[parent] = entry;
     if (this.index !== null) this.index.set(this.key(parent, nameStart, pathEnd), entry);
 
-    if ((mode & Mode.TYPE_MASK) === Mode.DIR && !hardLink) {
+    if ((mode & Mode.TYPE) === Mode.DIR && !hardLink) {
       // The next lines are most likely this directory's entries.
       this.chainEntry[depth + 1] = entry;
       chainLength[depth + 1] = chainLength[depth] + 1 + nameLength;

@@ -249,24 +249,13 @@ function rootEntries(flat: FlatTree): Int32Array {
   return out;
 }
 
-/** The breadth-first walk's state, and its result. */
-interface Order {
-  flat: FlatTree;
-  count: number;
-  entry: Int32Array;
-  kind: Uint8Array;
-  mode: Uint32Array;
-  dirNlink: Int32Array;
+/** The breadth-first walk's state, and its result: the plan's inodes and entries so far. */
+interface Order extends Pick<Plan, 'flat' | 'count' | 'entry' | 'kind' | 'mode' | 'dirNlink' | 'direntStart' | 'direntEnd' | 'direntName' | 'direntLength' | 'direntTarget'> {
   parent: Int32Array;
   whiteoutParent: Uint8Array;
   /** 1 + the inode number of each entry that is a primary name (hard links: 1 once named), else 0. */
   inodeOf: Int32Array;
   direntCount: number;
-  direntStart: Int32Array;
-  direntEnd: Int32Array;
-  direntName: Int32Array;
-  direntLength: Uint8Array;
-  direntTarget: Int32Array;
   links: number;
   hasWhiteout: boolean;
   /** Directory inodes in inode order, the walk's queue. */
