@@ -99,7 +99,8 @@ type DigestOfFd = (fd: number) => Buffer;
 /**
  * Mount `image` on `mountpoint` by the ladder (src/mount/ladder.ts): the
  * kernel rung first, then each registered rung that takes over when the
- * kernel path lacks privilege (FUSE, once src/fuse/rung.js is loaded: the
+ * kernel path lacks privilege or cannot check objects the request requires
+ * checked (FUSE, once src/fuse/rung.js is loaded: the
  * mount library's index and the package entry load it); a rung asked for by
  * name (`fuse: true`) is the only one tried. Rejects with a one-line
  * ComposefsError on any failure, having left nothing behind. The result's
