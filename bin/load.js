@@ -30,9 +30,13 @@ const path = require('node:path');
 const bundlePath = path.join(__dirname, '..', 'dist', 'src', 'cli', 'bundle.cjs');
 const cachePath = path.join(__dirname, '..', 'dist', 'src', 'cli', 'bundle.cache');
 
-/** Identifies the bundle a cache was made for: V8 itself checks little more than the source's length. */
-function bundleKey(st) {
-  return `${st.size}:${st.mtimeMs}\n`;
+/**
+ * Identifies the bundle a cache was made for (V8 itself checks little more
+ * than the source's length): its first line, which scripts/bundle.mjs makes
+ * from a digest of the rest, so it survives npm pack and install.
+ */
+function bundleKey(source) {
+  return source.slice(0, source.indexOf('\n') + 1);
 }
 
 /** The bundle's exports, and the compiled script (for writing a cache). */
@@ -40,7 +44,7 @@ function loadBundle() {
   const vm = require('node:vm');
   const { createRequire, wrap } = require('node:module');
   const source = fs.readFileSync(bundlePath, 'utf8');
-  const key = Buffer.from(bundleKey(fs.statSync(bundlePath)));
+  const key = Buffer.from(bundleKey(source));
   let cachedData;
   try {
     const c = fs.readFileSync(cachePath);

@@ -41,7 +41,8 @@ export async function scanDirectory(...args: Parameters<typeof import('./scan/in
 
 /**
  * Mount an image by the ladder: the kernel (EROFS + overlayfs, hidden),
- * else FUSE when the kernel path lacks privilege or when asked (`fuse: true`).
+ * else FUSE when the kernel path lacks privilege, when the kernel cannot check
+ * objects the request requires checked (no fs-verity), or when asked (`fuse: true`).
  * See src/mount/ladder.ts.
  */
 export async function mountImage(...args: Parameters<typeof import('./mount/index.js').mountImage>) {

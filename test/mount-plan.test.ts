@@ -222,6 +222,65 @@ test('ladder: after EPERM from the kernel, FUSE; --explain says why from the rec
   assert.deepEqual(m.result.explain, [`fuse: the kernel path lacks privilege (${EPERM_LINE}); FUSE needs none`, 'fuse: its own line']);
 });
 
+const UNVERIFIABLE = 'digest= requires verified objects and the kernel cannot check them: this kernel lacks fs-verity (built without CONFIG_FS_VERITY)';
+const unverifiable = () =>
+  new MountError('digest=: the kernel cannot verify the objects, this kernel lacks fs-verity; the FUSE server verifies them itself (--fuse), or add tryverity to mount them unchecked', {
+    unverifiable: UNVERIFIABLE,
+  });
+
+test('ladder: the kernel cannot verify objects the request requires verified: FUSE (with verity), and --explain says why', async () => {
+  const l = ladder(unverifiable(), [{ rung: fuseRung, outcome: 'ok' }]);
+  const o = { ...base, digest: 'ab'.repeat(32) };
+  const m = await l.climb(o);
+  assert.deepEqual(l.calls, ['kernel', 'fuse']);
+  assert.equal(m.result.rung, 'fuse');
+  assert.deepEqual(m.result.explain, [
+    `fuse: ${UNVERIFIABLE}; the FUSE server checks every object against its digest and every block it reads (verity)`,
+    'fuse: its own line',
+  ]);
+  assert.equal(fuseOptionsOf(o).verity, true, 'the server the ladder takes checks every object');
+  assert.equal(fuseOptionsOf({ ...base, verity: 'require' }).verity, true);
+});
+
+test('ladder: a verity failure is the answer with fuse=no, and where FUSE cannot serve the request (upperdir, idmap)', async () => {
+  for (const o of [
+    { ...base, fuse: false },
+    { ...base, upperdir: '/u', workdir: '/w' },
+    { ...base, idmap: '/proc/1/ns/user' },
+  ] as MountOptions[]) {
+    const err = unverifiable();
+    const l = ladder(err, [{ rung: fuseRung, outcome: 'ok' }]);
+    await assert.rejects(l.climb(o), (e) => e === err, JSON.stringify(o));
+    assert.deepEqual(l.calls, ['kernel'], JSON.stringify(o));
+  }
+  assert.match(unverifiable().message, /--fuse/, 'the error that remains names the way to a verified mount');
+});
+
+test('ladder: a verity failure passes by the rungs that take over only after a privilege failure', async () => {
+  const privilegeOnly: MountRung = { name: 'privilege-only', asked: () => false, afterPrivilegeFailure: true, mount: async () => assert.fail('replaced') };
+  const verityOnly: MountRung = { name: 'verity-only', asked: () => false, afterPrivilegeFailure: false, afterVerityFailure: true, mount: async () => assert.fail('replaced') };
+  assert.deepEqual(planRungs(base, [privilegeOnly, verityOnly]), ['kernel', 'privilege-only', 'verity-only']);
+  const l = ladder(unverifiable(), [
+    { rung: privilegeOnly, outcome: 'ok' },
+    { rung: verityOnly, outcome: 'ok' },
+  ]);
+  const m = await l.climb(base);
+  assert.deepEqual(l.calls, ['kernel', 'verity-only']);
+  assert.equal(m.result.explain[0], `verity-only: ${UNVERIFIABLE}`);
+  // And the other way: EPERM passes by the rung that takes over only from a verity failure.
+  const p = ladder(eperm(), [
+    { rung: verityOnly, outcome: 'ok' },
+    { rung: privilegeOnly, outcome: 'ok' },
+  ]);
+  await p.climb(base);
+  assert.deepEqual(p.calls, ['kernel', 'privilege-only']);
+  // No rung takes a verity failure over: the kernel's error is thrown as it is.
+  const err = unverifiable();
+  const alone = ladder(err, [{ rung: privilegeOnly, outcome: 'ok' }]);
+  await assert.rejects(alone.climb(base), (e) => e === err);
+  assert.deepEqual(alone.calls, ['kernel']);
+});
+
 test('ladder: fuse asked for: the kernel is not tried', async () => {
   const l = ladder(new Error('the kernel must not be called'), [{ rung: fuseRung, outcome: 'ok' }]);
   const m = await l.climb({ ...base, fuse: true });

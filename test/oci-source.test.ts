@@ -5,6 +5,8 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { gzipSync } from 'node:zlib';
 import { openSource } from '../src/oci/transports.js';
 import { parseReference, formatDockerName, parseDockerName } from '../src/oci/reference.js';
@@ -20,6 +22,22 @@ async function readAll(source: ImageSource, descriptor: Parameters<ImageSource['
   const chunks: Buffer[] = [];
   for await (const chunk of await source.openBlob(descriptor)) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
+}
+
+/** Warnings about descriptors a FileHandle closed when collected: a source some test did not close (the last test forces a collection). */
+const collectedHandles: string[] = [];
+process.on('warning', (w) => {
+  if (/on garbage collection/.test(w.message)) collectedHandles.push(w.message);
+});
+
+/** Open `reference` and resolve it, closing the source whatever happens (an archive source holds its file open). */
+async function resolveOnce(reference: string, options?: Parameters<typeof openSource>[1]): Promise<unknown> {
+  const source = await openSource(reference, options);
+  try {
+    return await source.resolve();
+  } finally {
+    await source.close();
+  }
 }
 
 async function rejectsWith(promise: Promise<unknown>, code: string, pattern: RegExp): Promise<void> {
@@ -150,9 +168,9 @@ test('oci:, oci-archive: and docker-archive: resolve the image skopeo sees and s
     await rejectsWith(openSource(`oci-archive:${join(dir, 'corrupt.tar')}`), 'invalid-manifest', /bad header checksum at byte 0/);
     writeFileSync(join(dir, 'image.tar.gz'), gzipSync(readFileSync(ociArchive)));
     await rejectsWith(openSource(`oci-archive:${join(dir, 'image.tar.gz')}`), 'unsupported', /compressed archives are not supported/);
-    await rejectsWith(openSource(`docker-archive:${dockerArchive}:example/other:v1`).then((s) => s.resolve()), 'not-found', /no image tagged docker\.io\/example\/other:v1/);
-    await rejectsWith(openSource(`oci:${layout}:v2`).then((s) => s.resolve()), 'not-found', /no image named 'v2'.*'v1'/);
-    await rejectsWith(openSource(`oci:${join(dir, 'nothing')}`).then((s) => s.resolve()), 'not-found', /not an OCI image layout/);
+    await rejectsWith(resolveOnce(`docker-archive:${dockerArchive}:example/other:v1`), 'not-found', /no image tagged docker\.io\/example\/other:v1/);
+    await rejectsWith(resolveOnce(`oci:${layout}:v2`), 'not-found', /no image named 'v2'.*'v1'/);
+    await rejectsWith(resolveOnce(`oci:${join(dir, 'nothing')}`), 'not-found', /not an OCI image layout/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -218,9 +236,19 @@ test('an index picks the running platform, or --platform; schema 1 is refused', 
 
     const schema1 = Buffer.from(JSON.stringify({ schemaVersion: 1, name: 'x', tag: 'y', architecture: 'amd64', fsLayers: [], history: [] }));
     addIndexEntry(layout, addBlob(layout, schema1, 'application/vnd.docker.distribution.manifest.v1+prettyjws'), 'old');
-    await rejectsWith(openSource(`oci:${layout}:old`).then((s) => s.resolve()), 'unsupported', /schema 1 manifests are not supported/);
-    await rejectsWith(openSource(`oci:${layout}`).then((s) => s.resolve()), 'invalid-reference', /holds 4 images; name one/);
+    await rejectsWith(resolveOnce(`oci:${layout}:old`), 'unsupported', /schema 1 manifests are not supported/);
+    await rejectsWith(resolveOnce(`oci:${layout}`), 'invalid-reference', /holds 4 images; name one/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('every source these tests opened was closed: no descriptor is left for the garbage collector to close', async () => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  assert.deepEqual(collectedHandles, []);
 });

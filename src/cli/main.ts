@@ -8,7 +8,7 @@ type CommandModule = { run(args: string[], prog: string): Promise<number | void>
 
 const commands: Record<string, { summary: string; load: () => Promise<CommandModule> }> = {
   mkcomposefs: { summary: 'build a composefs image from a directory or a dump file', load: () => import('./mkcomposefs.js') },
-  mount: { summary: 'mount a composefs image (hidden: no loop device, no temporary mount)', load: () => import('./mount.js') },
+  mount: { summary: 'mount a composefs image, or a repository\'s named image (hidden: no loop device, no temporary mount)', load: () => import('./mount.js') },
   umount: { summary: 'unmount a composefs mount', load: () => import('./umount.js') },
   status: { summary: 'list composefs mounts and what each exposes', load: () => import('./status.js') },
   info: { summary: 'inspect an image: ls, objects, missing-objects, dump, measure-file', load: () => import('./info.js') },

@@ -22,21 +22,26 @@ const specs: OptionSpec[] = [
   { name: 'no-mtab', short: 'n', help: 'accepted for mount(8); there is no mtab to write' },
   { name: 'verbose', short: 'v', help: 'same as --explain' },
   { name: 'namespace', short: 'N', value: true, arg: 'NS', help: 'mount(8) helper protocol; not supported' },
-  { name: 'repo', value: true, arg: 'DIR', help: 'IMAGE is a name in this repository (without it, a name in the default repository when IMAGE is no file): its recorded image, objects and digest= are used' },
-  { name: 'fuse', help: 'serve the image with the FUSE server (no root needed); --fuse=auto (the default) only when the kernel path lacks privilege, --fuse=no never' },
+  { name: 'repo', value: true, arg: 'DIR', help: 'mount NAMEs of this repository (without it, a NAME is looked up in the default repository when no file of that name exists)' },
+  { name: 'fuse', help: 'serve the image with the FUSE server (no root needed); --fuse=auto (the default) only when the kernel path lacks privilege or cannot check objects that must be checked (no fs-verity), --fuse=no never' },
   { name: 'foreground', help: 'with FUSE: keep the server in this process until unmounted (default: it detaches)' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
 const optionHelp = `Mount options (-o), as the reference mount.composefs:
-  basedir=PATH[:PATH...]  object store directories (required); \\: escapes a colon
+  basedir=PATH[:PATH...]  object store directories (required with IMAGE; a NAME brings
+                          its repository's); \\: escapes a colon
   digest=DIGEST           the image's expected fs-verity digest, checked before mounting
                           (measured by the kernel; when it cannot, computed here on a
                           private copy, which is what gets mounted); implies verity
-  verity                  require overlay fs-verity checks of every object; fails if
-                          the kernel or the basedir's file system lacks fs-verity
-  tryverity               the same when available, else mount without (with digest=:
-                          accept objects nothing can check)
+  verity                  every object checked against its digest: overlay verity where
+                          the kernel and the basedir's file system have fs-verity, else
+                          the FUSE server, which checks every object and every block
+                          itself (where FUSE cannot be used: fuse=no, upperdir=,
+                          idmap=, several pairs, the mount fails naming --fuse)
+  tryverity               kernel: overlay verity when available, else the objects are
+                          mounted unchecked (the explicit choice, also with digest=);
+                          FUSE: the server checks every object, as with verity
   ro, rw                  read-only or read-write; without upperdir always read-only
   upperdir=DIR,workdir=DIR  a writable overlay upper layer
   idmap=PATH              idmap the image with this user namespace (/proc/PID/ns/user)
@@ -72,14 +77,20 @@ export async function run(argv: string[], prog: string): Promise<number> {
   if (p.options.has('fuse')) fuseFlag = true;
   // mount(8) hands its helper exactly one pair; `cfs mount` takes several, to pay Node's start-up once.
   const several = prog !== 'mount.composefs';
-  const usage = `${prog} [-o OPTIONS] [--explain] IMAGE MOUNTPOINT${several ? ' [IMAGE MOUNTPOINT]...' : ''}`;
+  const more = (what: string) => (several ? ` [${what} MOUNTPOINT]...` : '');
+  const usage = `${prog} [-o OPTIONS] [--explain] IMAGE|NAME MOUNTPOINT${more('IMAGE|NAME')}`;
   if (p.options.has('help')) {
+    const forms = `${prog} [-o OPTIONS] [--explain] IMAGE MOUNTPOINT${more('IMAGE')}\n   or: ${prog} [--repo DIR] [-o OPTIONS] [--explain] NAME MOUNTPOINT${more('NAME')}`;
+    const what =
+      'Mount a composefs image: EROFS for the metadata, overlayfs over the object store, the most hidden way this kernel allows.\n\n' +
+      'IMAGE is an image file; -o basedir= names its object store. NAME is an image in a repository (cfs pull): its\n' +
+      'recorded image, with the repository\'s objects as the basedir and digest= pinned to the recorded digest, so every\n' +
+      'object is checked. A NAME is looked up in --repo DIR, or in the default repository when no file of that name\n' +
+      'exists and no basedir= is given.';
     const pairs = several
-      ? '\nSeveral IMAGE MOUNTPOINT pairs are mounted in order with the same options, all or nothing: when one fails, those this call mounted are unmounted again and the error names the failing image.\n'
+      ? '\nSeveral pairs are mounted in order with the same options, all or nothing: when one fails, those this call mounted are unmounted again and the error names the failing image.\n'
       : '';
-    process.stdout.write(
-      `${formatHelp(usage, 'Mount a composefs image: EROFS for the metadata, overlayfs over the object store, the most hidden way this kernel allows.', specs)}${pairs}\n${optionHelp}\n`,
-    );
+    process.stdout.write(`${formatHelp(forms, what, specs)}${pairs}\n${optionHelp}\n`);
     return 0;
   }
   const type = p.options.get('types');

@@ -1,12 +1,14 @@
 /**
  * FUSE as a rung of the mount ladder (src/mount/ladder.ts): taken when asked
- * for (`fuse`, `--fuse`) or when the kernel path is refused for lack of
- * privilege, unless `fuse=no`. Importing this registers the rung and loads
+ * for (`fuse`, `--fuse`), when the kernel path is refused for lack of
+ * privilege, or when the kernel cannot check objects the request requires
+ * checked (the server checks every object and every block itself), unless
+ * `fuse=no`. Importing this registers the rung and loads
  * nothing else: the server code is imported only when the rung mounts, so a
  * mount on the kernel path never loads it.
  */
 import { UsageError } from '../errors.js';
-import { registerMountRung, type MountRung, type RungMount } from '../mount/ladder.js';
+import { registerMountRung, type MountRung, type RungMount, type RungReason } from '../mount/ladder.js';
 import type { MountOptions } from '../mount/options.js';
 import type { FuseMountOptions, FuseMountResult } from './mount.js';
 
@@ -30,11 +32,23 @@ export function fuseOptionsOf(o: MountOptions): FuseMountOptions {
   };
 }
 
+/** What only the kernel rung can do: a request asking for it keeps the kernel's own error rather than FUSE's refusal. */
+function kernelOnly(o: MountOptions): boolean {
+  return !!(o.upperdir || o.workdir || o.idmap !== undefined);
+}
+
+function why(reason: RungReason): string {
+  if (reason.asked) return 'fuse: asked for (--fuse)';
+  if (reason.handover === 'privilege') return `fuse: the kernel path lacks privilege (${reason.failure}); FUSE needs none`;
+  return `fuse: ${reason.failure}; the FUSE server checks every object against its digest and every block it reads (verity)`;
+}
+
 export const fuseRung: MountRung<FuseMountResult> = {
   name: 'fuse',
   asked: (o) => o.fuse === true,
   afterPrivilegeFailure: (o) => o.fuse !== false,
-  why: (reason) => (reason.asked ? 'fuse: asked for (--fuse)' : `fuse: the kernel path lacks privilege (${reason.privilegeFailure}); FUSE needs none`),
+  afterVerityFailure: (o) => o.fuse !== false && !kernelOnly(o),
+  why,
   async mount(image, mountpoint, options): Promise<RungMount<FuseMountResult>> {
     // An open image (the caller's descriptor) by a path this process and a detached server can both open.
     const path = typeof image === 'number' ? `/proc/${process.pid}/fd/${image}` : image;

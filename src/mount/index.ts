@@ -26,6 +26,7 @@ export {
   planRungs,
   climbRungs,
   lacksPrivilege,
+  handoverOf,
   explainRecord,
   KERNEL_RUNG,
   type MountRung,
@@ -35,5 +36,5 @@ export {
   type LadderMount,
   type Attempt,
 } from './ladder.js';
-export { MountError } from './errors.js';
+export { MountError, type Handover, type MountErrorOptions } from './errors.js';
 export { markSystem, footprintSince, describeFootprint, type Footprint, type SystemMarks } from './footprint.js';

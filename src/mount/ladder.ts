@@ -11,16 +11,23 @@
  *     name: 'fuse',
  *     asked: (o) => o.fuse === true,                    // -o fuse / --fuse: this rung only
  *     afterPrivilegeFailure: (o) => o.fuse !== false,   // else tried when the kernel rung got EPERM
+ *     afterVerityFailure: (o) => o.fuse !== false,      // or when it cannot check objects the request requires checked
  *     why: (reason) => ...,                             // the --explain line saying why it was tried
  *     mount: async (image, mountpoint, options) => ({ result }), or throw a ComposefsError
  *   });
+ *
+ * A verified mount is the default wherever it can be had: when the kernel
+ * cannot check the objects (no fs-verity, the case on most file systems) and
+ * the request requires them checked (`digest=`, a mount by name, `verity`),
+ * the kernel rung hands over to a rung that checks them itself instead of
+ * failing; only `tryverity` asks for the unchecked kernel mount.
  *
  * `planRungs` (pure) orders them for a request and `climbRungs` tries them
  * in that order, recording each attempt (stage 'rung'). Inside the kernel
  * rung, the planner of src/mount/plan.ts orders the EROFS backings and
  * overlay layers the same way. --explain is made from the record.
  */
-import { MountError } from './errors.js';
+import { MountError, type Handover } from './errors.js';
 import type { MountOptions } from './options.js';
 
 /** One attempt, as it goes into the record --explain is made from. */
@@ -64,8 +71,8 @@ export interface RungMount<Result extends RungResult = RungResult> {
   closed?: Promise<void>;
 }
 
-/** Why a rung other than the kernel was tried. */
-export type RungReason = { asked: true } | { asked: false; privilegeFailure: string };
+/** Why a rung other than the kernel was tried: asked for by name, or the rung before failed in a way it may not (`failure`: that failure's --explain words: the EPERM message, or what requires verified objects and why the kernel cannot check them). */
+export type RungReason = { asked: true } | { asked: false; handover: Handover; failure: string };
 
 /** A way to mount other than the kernel rung. */
 export interface MountRung<Result extends RungResult = RungResult> {
@@ -74,7 +81,13 @@ export interface MountRung<Result extends RungResult = RungResult> {
   asked(options: MountOptions): boolean;
   /** Try this rung when the kernel rung failed for lack of privilege (EPERM): always, never, or as the request says. */
   readonly afterPrivilegeFailure: boolean | ((options: MountOptions) => boolean);
-  /** The --explain line saying why this rung was tried (default: "NAME: asked for" / "NAME: the kernel path lacks privilege (…)"). */
+  /**
+   * Try this rung when the kernel rung cannot check the objects the request
+   * requires checked (no fs-verity): only a rung that checks every object
+   * itself may say yes. Default never.
+   */
+  readonly afterVerityFailure?: boolean | ((options: MountOptions) => boolean);
+  /** The --explain line saying why this rung was tried (default: "NAME: asked for" / "NAME: the kernel path lacks privilege (…)" / "NAME: digest= requires verified objects and the kernel cannot check them: …"). */
   why?(reason: RungReason, options: MountOptions): string;
   /** Mount, or throw a one-line ComposefsError having left nothing behind. */
   mount(image: string | number, mountpoint: string, options: MountOptions): Promise<RungMount<Result>>;
@@ -96,26 +109,39 @@ export function registeredMountRungs(): readonly MountRung[] {
 /** The kernel rung's name in a plan. */
 export const KERNEL_RUNG = 'kernel';
 
-type PlannedRung = Pick<MountRung, 'name' | 'asked' | 'afterPrivilegeFailure'>;
+type PlannedRung = Pick<MountRung, 'name' | 'asked' | 'afterPrivilegeFailure' | 'afterVerityFailure'>;
 
-function takesOver(r: PlannedRung, options: MountOptions): boolean {
-  return typeof r.afterPrivilegeFailure === 'function' ? r.afterPrivilegeFailure(options) : r.afterPrivilegeFailure;
+/** Whether a rung takes over after a failure of this kind. */
+function takesOver(r: PlannedRung, handover: Handover, options: MountOptions): boolean {
+  const rule = handover === 'privilege' ? r.afterPrivilegeFailure : (r.afterVerityFailure ?? false);
+  return typeof rule === 'function' ? rule(options) : rule;
 }
 
 /**
  * Pure: the rungs to try, in order. A rung the request asks for by name is
  * the only one; otherwise the kernel, then every rung that takes over after
- * a privilege failure (tried only if the one before failed with EPERM).
+ * a privilege or verity failure (each tried only if the rung before failed
+ * in a way it takes over from).
  */
 export function planRungs(options: MountOptions, rungs: readonly PlannedRung[]): string[] {
   const asked = rungs.filter((r) => r.asked(options));
   if (asked.length) return asked.map((r) => r.name);
-  return [KERNEL_RUNG, ...rungs.filter((r) => takesOver(r, options)).map((r) => r.name)];
+  return [KERNEL_RUNG, ...rungs.filter((r) => takesOver(r, 'privilege', options) || takesOver(r, 'verity', options)).map((r) => r.name)];
 }
 
 /** Whether a rung's failure leaves the next rung a chance: the kernel refused for lack of privilege. */
 export function lacksPrivilege(err: unknown): err is MountError {
   return err instanceof MountError && err.privilege;
+}
+
+/** How a rung's failure may hand over to a later rung, or null when it ends the mount. */
+export function handoverOf(err: unknown): Handover | null {
+  return err instanceof MountError ? err.handover : null;
+}
+
+function defaultWhy(name: string, reason: RungReason): string {
+  if (reason.asked) return `${name}: asked for`;
+  return reason.handover === 'privilege' ? `${name}: the kernel path lacks privilege (${reason.failure})` : `${name}: ${reason.failure}`;
 }
 
 /** The result of climbing the ladder: the rung's result (its explain led by the ladder's lines), the record, and a foreground server's end. */
@@ -129,8 +155,10 @@ export interface LadderMount<Result extends RungResult = RungResult> {
 
 /**
  * Try the planned rungs in order: the first that mounts wins; a rung that
- * failed for lack of privilege hands over to the next, any other failure
- * (or the last rung's) is thrown as it is. `kernel` is the kernel rung.
+ * failed for lack of privilege, or could not verify the objects, hands over
+ * to the next rung that takes over from that kind of failure (the rungs in
+ * between are passed by); any other failure, or one no later rung takes
+ * over from, is thrown as it is. `kernel` is the kernel rung.
  */
 export async function climbRungs(
   image: string | number,
@@ -140,10 +168,13 @@ export async function climbRungs(
   kernel: (image: string | number, mountpoint: string, options: MountOptions) => Promise<RungResult>,
 ): Promise<LadderMount> {
   const names = planRungs(options, rungs);
+  const rungOf = (name: string) => rungs.find((r) => r.name === name)!;
+  // A rung asked for by name is tried whatever failed before it; another only after a failure it takes over from.
+  const eligible = (name: string, handover: Handover) => rungOf(name).asked(options) || takesOver(rungOf(name), handover, options);
   const record: Attempt[] = [];
-  let privilegeFailure: string | null = null;
+  let reason: RungReason = { asked: true };
   for (const [i, name] of names.entries()) {
-    const last = i === names.length - 1;
+    if (!reason.asked && !eligible(name, reason.handover)) continue;
     try {
       let mounted: RungMount;
       let text: string;
@@ -151,18 +182,18 @@ export async function climbRungs(
         mounted = { result: await kernel(image, mountpoint, options) };
         text = 'kernel: EROFS and overlayfs, the first rung of the ladder';
       } else {
-        const rung = rungs.find((r) => r.name === name)!;
-        const reason: RungReason = privilegeFailure === null ? { asked: true } : { asked: false, privilegeFailure };
-        text = rung.why?.(reason, options) ?? (reason.asked ? `${name}: asked for` : `${name}: the kernel path lacks privilege (${reason.privilegeFailure})`);
+        const rung = rungOf(name);
+        text = rung.why?.(reason, options) ?? defaultWhy(name, reason);
         mounted = await rung.mount(image, mountpoint, options);
       }
       record.push({ stage: 'rung', rung: name, outcome: 'used', text });
       const result = { ...mounted.result, explain: [...explainRecord(record), ...mounted.result.explain] };
       return { result, record, closed: mounted.closed ?? null };
     } catch (err) {
-      if (last || !lacksPrivilege(err)) throw err;
-      privilegeFailure = err.message;
-      record.push({ stage: 'rung', rung: name, outcome: 'refused', text: err.message });
+      const handover = handoverOf(err);
+      if (handover === null || !names.slice(i + 1).some((n) => eligible(n, handover))) throw err;
+      reason = { asked: false, handover, failure: (err as MountError).handoverReason };
+      record.push({ stage: 'rung', rung: name, outcome: 'refused', text: (err as Error).message });
     }
   }
   throw new MountError(`mounting ${String(image)}: no mount rung to try`);

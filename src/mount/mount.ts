@@ -99,7 +99,8 @@ type DigestOfFd = (fd: number) => Buffer;
 /**
  * Mount `image` on `mountpoint` by the ladder (src/mount/ladder.ts): the
  * kernel rung first, then each registered rung that takes over when the
- * kernel path lacks privilege (FUSE, once src/fuse/rung.js is loaded: the
+ * kernel path lacks privilege or cannot check objects the request requires
+ * checked (FUSE, once src/fuse/rung.js is loaded: the
  * mount library's index and the package entry load it); a rung asked for by
  * name (`fuse: true`) is the only one tried. Rejects with a one-line
  * ComposefsError on any failure, having left nothing behind. The result's
@@ -120,7 +121,9 @@ export function isKernelMount(result: RungResult): result is MountResult {
 /**
  * The kernel rung: mount `image` on `mountpoint` with EROFS and overlayfs.
  * Rejects with a one-line ComposefsError on any failure, having left nothing
- * behind (a `MountError` with `privilege` when the kernel said EPERM).
+ * behind (a `MountError` with `privilege` when the kernel said EPERM, with
+ * `unverifiable` when the request requires checked objects and the kernel
+ * or a basedir lacks fs-verity: the ladder then takes the FUSE server).
  */
 export async function mountComposefs(image: string | number, mountpoint: string, options: MountOptions): Promise<MountResult> {
   let digestOf: DigestOfFd | null = null;
@@ -236,12 +239,14 @@ export function mountComposefsSync(
       if (v.ok) {
         verity = true;
         say(`verity: overlay verity=require (${v.why})`);
-      } else if (verityMode === 'require' && o.verity === undefined) {
-        throw new MountError(
-          `digest=: the objects cannot be verified, ${v.why}; add tryverity to mount with unchecked objects, or use a kernel and basedir with fs-verity`,
-        );
       } else if (verityMode === 'require') {
-        throw new MountError(`verity: ${v.why}; overlay verity cannot be enforced (use tryverity to mount without it)`);
+        // Not the end of the mount: the ladder hands this over to a rung that checks the objects
+        // itself (the FUSE server), unless the request rules that out (fuse=no, or the kernel rung alone).
+        const asked = o.verity === undefined ? 'digest=' : 'verity';
+        throw new MountError(
+          `${asked}: the kernel cannot verify the objects, ${v.why}; the FUSE server verifies them itself (--fuse), or add tryverity to mount them unchecked`,
+          { unverifiable: `${asked} requires verified objects and the kernel cannot check them: ${v.why}` },
+        );
       } else {
         say(`verity: off, ${v.why} (${o.verity === 'try' ? 'tryverity' : 'noverity'}: going on without)`);
       }

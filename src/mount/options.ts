@@ -50,7 +50,7 @@ export interface MountOptions {
   api?: Api | 'auto';
   /** The overlay's source field in mountinfo (default "composefs", as the reference). */
   source?: string;
-  /** The FUSE rung (src/fuse/rung.ts): true mounts through it only (`fuse`, `--fuse`); false never (`fuse=no`); unset, when the kernel path lacks privilege. */
+  /** The FUSE rung (src/fuse/rung.ts): true mounts through it only (`fuse`, `--fuse`); false never (`fuse=no`); unset, when the kernel path lacks privilege or cannot check objects that must be checked. */
   fuse?: boolean;
   /** FUSE: object reads straight from the kernel when it grants passthrough ('auto', the default), or never. */
   passthrough?: 'auto' | 'off';
