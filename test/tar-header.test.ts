@@ -86,8 +86,8 @@ function parseAll(archive: Buffer, chunk = 4096): { header: TarHeader; data: Buf
 }
 
 /** Run a Python script with tarfile imported; what it writes to stdout. */
-function python(script: string): Buffer {
-  return execFileSync('python3', ['-c', `import sys, tarfile, io\n${script}`], { maxBuffer: 64 << 20 });
+function python(script: string, input?: Buffer): Buffer {
+  return execFileSync('python3', ['-c', `import sys, tarfile, io\n${script}`], { maxBuffer: 64 << 20, input });
 }
 
 /** Set the checksum field of a header block to `sum` (octal, as tar writes it). */
@@ -317,8 +317,8 @@ for (const [label, args] of [
     let map: TarSparseSegment[];
     if (sparse.form === 'pax-1.0') {
       const mapped = decodePaxSparseMap(archive.toString('latin1', w.dataOffset, w.dataOffset + stored), () => 'walk');
-      assert.ok(mapped);
-      map = mapped;
+      assert.ok('segments' in mapped);
+      map = mapped.segments;
     } else map = sparse.segments;
     assert.equal(sparse.form, label.startsWith('old GNU') ? 'gnu' : label === 'PAX 1.0' ? 'pax-1.0' : 'pax-map');
     assert.deepEqual(map.filter((s) => s.length > 0), chunks);
@@ -330,6 +330,35 @@ for (const [label, args] of [
     assert.ok(parsed.data.equals(readFileSync(path)), 'contents with the holes filled');
   });
 }
+
+test('sparse maps are bounded: GNU extension blocks by the record limit, a PAX 1.0 map in linear time', { timeout: 60_000 }, () => {
+  sparseFile();
+  // 30 segments: the header's 4, then two extension blocks (1024 bytes).
+  const gnu = execFileSync('tar', ['--sparse', '--format=gnu', '-C', join(tmp, 'sparse-src'), '-cf', '-', 'sparse']);
+  const read = (maxRecord: number) => {
+    const parser = new TarParser(() => null, { maxRecord });
+    parser.push(gnu);
+    parser.end();
+  };
+  read(1024);
+  assert.throws(() => read(512), (err: unknown) => err instanceof TarError && err.message === 'entry sparse: GNU sparse map exceeds the limit of 512 bytes');
+
+  // A PAX 1.0 map that announces more pairs than the entry holds, just under the 1 MiB limit:
+  // refused as truncated once its data runs out, after reading it once, not once a block.
+  const map = Buffer.concat([Buffer.from('9999999\n'), Buffer.alloc(1040000, '0\n')]);
+  const archive = python(`
+data = sys.stdin.buffer.read()
+out = io.BytesIO()
+with tarfile.open(fileobj=out, mode='w', format=tarfile.PAX_FORMAT) as t:
+    ti = tarfile.TarInfo('s'); ti.size = len(data)
+    ti.pax_headers = {'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.realsize': '10'}
+    t.addfile(ti, io.BytesIO(data))
+sys.stdout.buffer.write(out.getvalue())`, map);
+  const start = process.hrtime.bigint();
+  assert.throws(() => parseAll(archive, 1 << 20), (err: unknown) => err instanceof TarError && err.message === 'entry s: truncated sparse map');
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  assert.ok(ms < 2000, `${ms.toFixed(0)} ms for a 1 MiB sparse map`);
+});
 
 test('bad checksums are refused; the signed sum of old tars is accepted', () => {
   const archive = execFileSync('tar', ['--format=ustar', '-C', gnuTarSources(), '-cf', '-', 'file']);
@@ -449,6 +478,8 @@ test('LIBARCHIVE.xattr names are percent-decoded byte by byte', () => {
   // libarchive writes each byte of a name outside [A-Za-z0-9._-] as %XX; a '%' without two hex digits stands for itself.
   const archive = paxArchive({ 'LIBARCHIVE.xattr.user.%C3%A9t%C3%A9': Buffer.from('one').toString('base64'), 'LIBARCHIVE.xattr.user.100%zz': Buffer.from('two').toString('base64') });
   const [w] = walk(archive);
+  const [parsed] = parseAll(archive);
+  assert.deepEqual(parsed.header.xattrs, w.entry.header.xattrs);
   const xattrs = w.entry.header.xattrs.map((x) => [x.key.toString('latin1'), x.value.toString()]);
   assert.deepEqual(xattrs, [
     [Buffer.from('user.été', 'utf8').toString('latin1'), 'one'],

@@ -388,17 +388,17 @@ function zipSparse(offsets: number[], sizes: number[], where: () => string): Tar
 
 /**
  * PAX sparse 1.0: the map at the start of the data, decimal numbers one a
- * line (count, then offset and length pairs). Null while `text` does not
- * yet hold the whole map (the caller reads another block).
+ * line (count, then offset and length pairs). While `text` does not yet hold
+ * the whole map: how many complete lines it needs (the caller reads more).
  */
-export function decodePaxSparseMap(text: string, where: () => string): TarSparseSegment[] | null {
+export function decodePaxSparseMap(text: string, where: () => string): { segments: TarSparseSegment[] } | { lines: number } {
   const lines = text.split('\n');
   lines.pop(); // the incomplete tail (or padding)
-  if (lines.length === 0) return null;
+  if (lines.length === 0) return { lines: 1 };
   const bad = () => new TarError(`entry ${where()}: malformed sparse map`);
   const count = safeDecimal(lines[0]);
   if (count === null) throw bad();
-  if (lines.length < 1 + 2 * count) return null;
+  if (lines.length < 1 + 2 * count) return { lines: 1 + 2 * count };
   const segments: TarSparseSegment[] = [];
   for (let k = 0; k < count; k++) {
     const offset = safeDecimal(lines[1 + 2 * k]);
@@ -406,7 +406,7 @@ export function decodePaxSparseMap(text: string, where: () => string): TarSparse
     if (offset === null || length === null) throw bad();
     segments.push({ offset, length });
   }
-  return segments;
+  return { segments };
 }
 
 /** Digits only, and a safe integer; else null. */

@@ -87,7 +87,7 @@ export class TarParser {
   /** Entries seen, for messages about entries without a usable name. */
   private entries = 0;
   /** Stored-data size and map so far of a GNU 'S' entry, whose extension blocks come first. */
-  private gnuSparse: { stored: number; segments: Segment[] } | null = null;
+  private gnuSparse: { stored: number; segments: Segment[]; blocks: number } | null = null;
 
   constructor(
     private readonly onEntry: (header: TarHeader) => TarSink | null,
@@ -207,7 +207,7 @@ export class TarParser {
     if (sparse.realSize > this.maxFileSize) throw new TarError(`entry ${show(header.path)}: absurd sparse size ${sparse.realSize} (limit ${this.maxFileSize})`);
     switch (sparse.form) {
       case 'gnu':
-        this.gnuSparse = { stored, segments: sparse.segments };
+        this.gnuSparse = { stored, segments: sparse.segments, blocks: 0 };
         if (sparse.extended) {
           this.recordKind = 'gnusparse';
           this.startRecord(BLOCK);
@@ -220,6 +220,8 @@ export class TarParser {
         this.record = Buffer.alloc(BLOCK);
         this.recordFill = 0;
         this.sparseText = [];
+        this.sparseLines = 0;
+        this.sparseLinesNeeded = 1;
         this.sink = null;
         this.state = State.SparseMap;
         return;
@@ -229,7 +231,10 @@ export class TarParser {
     }
   }
 
+  /** PAX 1.0: the map's blocks so far, their complete lines, and how many lines the map needs (known once its count is). */
   private sparseText: Buffer[] = [];
+  private sparseLines = 0;
+  private sparseLinesNeeded = 1;
 
   private beginData(stored: number, segments: Segment[] | null): void {
     const header = this.header!;
@@ -319,6 +324,7 @@ export class TarParser {
       return;
     }
     const g = this.gnuSparse!;
+    if (++g.blocks * BLOCK > this.maxRecord) throw new TarError(`entry ${show(this.header!.path)}: GNU sparse map exceeds the limit of ${this.maxRecord} bytes`);
     if (readGnuSparseExtension(rec, g.segments, () => show(this.header!.path))) {
       this.startRecord(BLOCK);
       return;
@@ -332,14 +338,22 @@ export class TarParser {
     const header = this.header!;
     this.remaining -= BLOCK;
     if (this.remaining < 0) throw new TarError(`entry ${show(header.path)}: truncated sparse map`);
-    this.sparseText.push(this.record!);
+    const block = this.record!;
+    this.sparseText.push(block);
     if (this.sparseText.length * BLOCK > this.maxRecord) throw new TarError(`entry ${show(header.path)}: sparse map exceeds the limit of ${this.maxRecord} bytes`);
-    const segments = decodePaxSparseMap(Buffer.concat(this.sparseText).toString('latin1'), () => show(header.path));
-    if (!segments) {
+    for (let i = block.indexOf(0x0a); i >= 0; i = block.indexOf(0x0a, i + 1)) this.sparseLines++;
+    // Decoded only when it can be whole: once for its count, once for the map, whatever its length.
+    let decoded = this.sparseLines >= this.sparseLinesNeeded ? decodePaxSparseMap(Buffer.concat(this.sparseText).toString('latin1'), () => show(header.path)) : null;
+    if (decoded && 'lines' in decoded) {
+      this.sparseLinesNeeded = decoded.lines;
+      decoded = null;
+    }
+    if (!decoded) {
       this.record = Buffer.alloc(BLOCK);
       this.recordFill = 0;
       return;
     }
+    const { segments } = decoded;
     this.record = null;
     this.sparseText = [];
     const padding = this.padding;
