@@ -9,7 +9,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -287,13 +287,12 @@ function sparseFile(): { path: string; chunks: TarSparseSegment[] } {
     mkdirSync(join(tmp, 'sparse-src'));
     writeFileSync(path, '');
     truncateSync(path, SPARSE_SIZE);
-    const fd = execFileSync('python3', ['-c', `
-import os
-fd = os.open(${JSON.stringify(path)}, os.O_WRONLY)
-for k in range(${SPARSE_CHUNKS}):
-    os.pwrite(fd, bytes([0x41 + k % 26]) * 4096, k * 65536)
-os.close(fd)`]);
-    void fd;
+    const fd = openSync(path, 'r+');
+    try {
+      for (const [k, c] of chunks.entries()) writeSync(fd, Buffer.alloc(c.length, 0x41 + (k % 26)), 0, c.length, c.offset);
+    } finally {
+      closeSync(fd);
+    }
   }
   return { path, chunks };
 }
