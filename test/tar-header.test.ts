@@ -9,11 +9,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  BLOCK, TarError, USTAR, STAR, applyRecord, checksumOk, decodeHeader, decodePaxSparseMap, isZeroBlock, noExtensions, readGnuSparseExtension,
+  BLOCK, TarError, USTAR, STAR, applyRecord, checksumOk, decodeHeader, decodePaxSparseMap, isZeroBlock, noExtensions, parseNumeric, readGnuSparseExtension,
   type DecodedEntry, type TarSparseSegment,
 } from '../src/oci/tar-header.js';
 import { TarParser, type TarHeader } from '../src/oci/tar.js';
@@ -115,7 +115,7 @@ const LONG = `${LONG_DIR}/long-file-name`;
 
 function gnuTarSources(): string {
   const src = join(tmp, 'src');
-  if (lstatSafe(src)) return src;
+  if (existsSync(src)) return src;
   mkdirSync(join(src, LONG_DIR), { recursive: true });
   writeFileSync(join(src, 'file'), Buffer.alloc(1000, 'x'));
   chmodSync(join(src, 'file'), 0o4751);
@@ -129,14 +129,6 @@ function gnuTarSources(): string {
   return src;
 }
 
-function lstatSafe(p: string): boolean {
-  try {
-    lstatSync(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 for (const format of ['v7', 'oldgnu', 'gnu', 'ustar', 'pax'] as const) {
   test(`GNU tar --format=${format}: names, types, modes, ids, times, sizes and link targets`, () => {
@@ -283,7 +275,7 @@ function sparseFile(): { path: string; chunks: TarSparseSegment[] } {
   const path = join(tmp, 'sparse-src', 'sparse');
   const chunks: TarSparseSegment[] = [];
   for (let k = 0; k < SPARSE_CHUNKS; k++) chunks.push({ offset: k * 65536, length: 4096 });
-  if (!lstatSafe(path)) {
+  if (!existsSync(path)) {
     mkdirSync(join(tmp, 'sparse-src'));
     writeFileSync(path, '');
     truncateSync(path, SPARSE_SIZE);
@@ -357,6 +349,27 @@ sys.stdout.buffer.write(out.getvalue())`, map);
   assert.throws(() => parseAll(archive, 1 << 20), (err: unknown) => err instanceof TarError && err.message === 'entry s: truncated sparse map');
   const ms = Number(process.hrtime.bigint() - start) / 1e6;
   assert.ok(ms < 2000, `${ms.toFixed(0)} ms for a 1 MiB sparse map`);
+});
+
+test('numeric fields: octal padded with spaces or NULs, base-256 with its sign, refused when malformed or past 2^53-1', () => {
+  const field = (bytes: number[] | string) => (typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : Buffer.from(bytes));
+  const n = (bytes: number[] | string, signed = false) => parseNumeric(field(bytes), 0, field(bytes).length, signed);
+  assert.equal(n('0000644\0'), 0o644);
+  assert.equal(n('   644 \0'), 0o644);
+  assert.equal(n('644\0\0\0\0\0'), 0o644);
+  assert.equal(n('\0\0\0\0\0\0\0\0'), 0, 'an empty field');
+  assert.equal(n('        '), 0, 'all spaces');
+  assert.equal(n('77777777777\0'), 8 ** 11 - 1);
+  assert.equal(n('0000648\0'), null, 'an 8 is no octal digit');
+  assert.equal(n('64 4\0\0\0\0'), null, 'digits after the padding');
+  assert.equal(n('+644\0\0\0\0'), null);
+  // base-256: 0x80 then big-endian; 0xff... is -1 (two's complement).
+  assert.equal(n([0x80, 0, 0, 0, 0, 0, 0, 2, 0x40, 0, 0, 0]), 9 * 2 ** 30);
+  assert.equal(n([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], true), -1);
+  assert.equal(n([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), null, 'negative where only sizes and ids go');
+  assert.equal(n([0x80, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Number.MAX_SAFE_INTEGER);
+  assert.equal(n([0x80, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0]), null, '2^53');
+  assert.equal(n([0xff, 0xff, 0xff, 0xff, 0xff, 0xe0, 0, 0, 0, 0, 0, 0], true), null, '-2^53');
 });
 
 test('bad checksums are refused; the signed sum of old tars is accepted', () => {
