@@ -165,7 +165,7 @@ test('oci:, oci-archive: and docker-archive: resolve the image skopeo sees and s
     const corrupt = Buffer.from(archiveBytes);
     corrupt[10] ^= 0x20;
     writeFileSync(join(dir, 'corrupt.tar'), corrupt);
-    await rejectsWith(openSource(`oci-archive:${join(dir, 'corrupt.tar')}`), 'invalid-manifest', /bad header checksum at byte 0/);
+    await rejectsWith(openSource(`oci-archive:${join(dir, 'corrupt.tar')}`), 'invalid-manifest', /: bad tar header checksum at byte 0\)$/);
     writeFileSync(join(dir, 'image.tar.gz'), gzipSync(readFileSync(ociArchive)));
     await rejectsWith(openSource(`oci-archive:${join(dir, 'image.tar.gz')}`), 'unsupported', /compressed archives are not supported/);
     await rejectsWith(resolveOnce(`docker-archive:${dockerArchive}:example/other:v1`), 'not-found', /no image tagged docker\.io\/example\/other:v1/);

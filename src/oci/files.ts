@@ -8,6 +8,7 @@ import { open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ioError } from '../errors.js';
 import { SourceError } from './source-errors.js';
+import { BLOCK, TarError, applyRecord, decodeHeader, entryLabel, isZeroBlock, noExtensions, readGnuSparseExtension, show } from './tar-header.js';
 
 export interface FileSet {
   /** Size of a member, or undefined when there is none. */
@@ -63,24 +64,8 @@ interface Member {
   size: number;
 }
 
-const block = 512;
-
-function field(header: Buffer, start: number, length: number): string {
-  const slice = header.subarray(start, start + length);
-  const nul = slice.indexOf(0);
-  return slice.subarray(0, nul < 0 ? length : nul).toString('utf8');
-}
-
-function numeric(header: Buffer, start: number, length: number): number {
-  if (header[start] & 0x80) {
-    // GNU base-256: big-endian, top bit set.
-    let value = header[start] & 0x7f;
-    for (let i = start + 1; i < start + length; i++) value = value * 256 + header[i];
-    return value;
-  }
-  const text = field(header, start, length).trim();
-  return text === '' ? 0 : parseInt(text, 8);
-}
+/** Largest PAX or GNU long-name record read (as the layer reader's default). */
+const MAX_RECORD = 1 << 20;
 
 function normalizeMember(name: string): string {
   return name.replace(/^(?:\.?\/)+/, '').replace(/\/+$/, '');
@@ -113,77 +98,70 @@ export class TarFiles implements FileSet {
   private static async index(handle: FileHandle, file: string, what: string): Promise<Map<string, Member>> {
     const members = new Map<string, Member>();
     const total = (await handle.stat()).size;
-    const header = Buffer.alloc(block);
+    const header = Buffer.alloc(BLOCK);
     let offset = 0;
-    let longName: string | undefined;
-    let paxPath: string | undefined;
-    let paxSize: number | undefined;
-    let longLink: string | undefined;
-    let paxLink: string | undefined;
+    let ext = noExtensions();
+    let ordinal = 0;
     const links = new Map<string, string>();
-    const malformed = (reason: string) => new SourceError(`${what}: not a readable tar archive (${reason})`, 'invalid-manifest');
+    const malformed = (reason: string, cause?: unknown) => new SourceError(`${what}: not a readable tar archive (${reason})`, 'invalid-manifest', cause === undefined ? undefined : { cause });
     const readAt = async (buf: Buffer, at: number) => {
       const { bytesRead } = await handle.read(buf, 0, buf.length, at);
       return bytesRead;
     };
+    const readBlock = async (at: number) => {
+      if ((await readAt(header, at)) < BLOCK) throw malformed(at === 0 ? 'empty file' : `truncated at byte ${at}`);
+    };
     if (total >= 2 && (await readAt(header.subarray(0, 2), 0)) === 2 && header[0] === 0x1f && header[1] === 0x8b) {
       throw new SourceError(`${what}: compressed archives are not supported (decompress ${file} first)`, 'unsupported');
     }
-    for (;;) {
-      if ((await readAt(header, offset)) < block) throw malformed(offset === 0 ? 'empty file' : `truncated at byte ${offset}`);
-      if (header.every((b) => b === 0)) break;
-      let sum = 0;
-      for (let i = 0; i < block; i++) sum += i >= 148 && i < 156 ? 32 : header[i];
-      if (numeric(header, 148, 8) !== sum) throw malformed(`bad header checksum at byte ${offset}`);
-      const type = String.fromCharCode(header[156] || 0x30);
-      let size = numeric(header, 124, 12);
-      const dataOffset = offset + block;
-      if (type === 'L' || type === 'K' || type === 'x') {
-        if (size > 1 << 20) throw malformed(`oversized ${type === 'L' ? 'long name' : 'PAX'} record at byte ${offset}`);
-        const data = Buffer.alloc(size);
-        if ((await readAt(data, dataOffset)) < size) throw malformed(`truncated at byte ${dataOffset}`);
-        if (type === 'L') longName = data.toString('utf8').replace(/\0+$/, '');
-        else if (type === 'K') longLink = data.toString('utf8').replace(/\0+$/, '');
-        else {
-          let at = 0;
-          while (at < data.length) {
-            const space = data.indexOf(0x20, at);
-            const length = space < 0 ? NaN : parseInt(data.subarray(at, space).toString('ascii'), 10);
-            if (!(length > 0) || at + length > data.length) throw malformed(`bad PAX record at byte ${dataOffset + at}`);
-            const record = data.subarray(space + 1, at + length - 1).toString('utf8');
-            const eq = record.indexOf('=');
-            const key = record.slice(0, eq);
-            const value = record.slice(eq + 1);
-            if (key === 'path') paxPath = value;
-            else if (key === 'size') paxSize = Number(value);
-            else if (key === 'linkpath') paxLink = value;
-            at += length;
+    try {
+      for (;;) {
+        await readBlock(offset);
+        if (isZeroBlock(header)) break;
+        const decoded = decodeHeader(header, ext, ordinal + 1);
+        let dataOffset = offset + BLOCK;
+        let size: number;
+        if (decoded.kind === 'record') {
+          size = decoded.size;
+          if (size > MAX_RECORD) throw malformed(`oversized ${decoded.record === 'longname' || decoded.record === 'longlink' ? 'long name' : 'PAX'} record at byte ${offset}`);
+          const data = Buffer.alloc(size);
+          if ((await readAt(data, dataOffset)) < size) throw malformed(`truncated at byte ${dataOffset}`);
+          applyRecord(decoded.record, data, ext, entryLabel(ext, ordinal + 1));
+        } else if (decoded.kind === 'skip') {
+          size = decoded.size;
+        } else {
+          ordinal++;
+          ext = noExtensions();
+          const h = decoded.header;
+          size = h.type === 'file' ? decoded.stored : 0;
+          if (decoded.sparse?.form === 'gnu' && decoded.sparse.extended) {
+            // The map's extension blocks come before the data; only their count matters here.
+            do {
+              await readBlock(dataOffset);
+              dataOffset += BLOCK;
+            } while (readGnuSparseExtension(header, [], () => show(h.path)));
+          }
+          const name = normalizeMember(h.path.toString('utf8'));
+          // A sparse member's stored bytes are not its contents: not offered.
+          if (h.type === 'file' && !decoded.sparse) members.set(name, { offset: dataOffset, size });
+          else if (h.type === 'hardlink' || h.type === 'symlink') {
+            // skopeo's docker-archive writes HEX/layer.tar as a symlink to HEX.tar: followed (inside the archive only).
+            const target = h.linkname.toString('utf8');
+            const parts = h.type === 'hardlink' ? [] : name.split('/').slice(0, -1);
+            for (const part of target.split('/')) {
+              if (part === '..') parts.pop();
+              else if (part !== '.' && part !== '') parts.push(part);
+            }
+            links.set(name, h.type === 'hardlink' ? normalizeMember(target) : parts.join('/'));
           }
         }
-      } else {
-        if (paxSize !== undefined) size = paxSize;
-        const magic = header.subarray(257, 263).toString('latin1');
-        const prefix = magic.startsWith('ustar') && magic !== 'ustar ' ? field(header, 345, 155) : '';
-        const name = paxPath ?? longName ?? (prefix ? `${prefix}/${field(header, 0, 100)}` : field(header, 0, 100));
-        if (type === '0' || type === '7') members.set(normalizeMember(name), { offset: dataOffset, size });
-        else if (type === '1' || type === '2') {
-          // skopeo's docker-archive writes HEX/layer.tar as a symlink to HEX.tar: followed (inside the archive only).
-          const target = paxLink ?? longLink ?? field(header, 157, 100);
-          const base = normalizeMember(name).split('/').slice(0, -1);
-          const parts = type === '1' ? [] : base;
-          for (const part of target.split('/')) {
-            if (part === '..') parts.pop();
-            else if (part !== '.' && part !== '') parts.push(part);
-          }
-          links.set(normalizeMember(name), type === '1' ? normalizeMember(target) : parts.join('/'));
-        }
-        longName = paxPath = paxSize = longLink = paxLink = undefined;
+        offset = dataOffset + Math.ceil(size / BLOCK) * BLOCK;
+        if (offset > total) throw malformed(`truncated: an entry ends past the end of the file`);
       }
-      if (type === 'g') paxPath = paxSize = undefined;
-      offset = dataOffset + Math.ceil(size / block) * block;
-      if (offset > total) throw malformed(`truncated: an entry ends past the end of the file`);
+    } catch (err) {
+      if (err instanceof TarError) throw malformed(`${err.message} at byte ${offset}`, err);
+      throw err;
     }
-    void file;
     for (const [name, target] of links) {
       let resolved = target;
       for (let hops = 0; hops < 8 && !members.has(resolved) && links.has(resolved); hops++) resolved = links.get(resolved)!;
