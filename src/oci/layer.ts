@@ -10,8 +10,9 @@
  *
  * Decompression: gzip through node:zlib, zstd through fzstd (pure
  * JavaScript with a streaming interface and no dependencies; Node 20 has no
- * zstd), both on a worker thread of their own (inflate.ts) that also takes
- * the diff_id. The format
+ * zstd), fed block by block so that a bomb's output stays bounded
+ * (zstd-frames.ts), both on a worker thread of their own (inflate.ts) that
+ * also takes the diff_id. The format
  * is taken from the blob's first bytes, the media type only has to be a
  * known layer type (Docker's "tar.gzip" layers are sometimes plain tars).
  *
@@ -99,6 +100,9 @@ export interface ImportLayerOptions {
   onTarBytes?: (n: number) => void;
 }
 
+/** Blocks (each at most 128 KiB out) the zstd decoder completes per push: at most 1 MiB held. */
+const ZSTD_BLOCKS_PER_PUSH = 8;
+
 const WH_PREFIX = '.wh.';
 const WH_OPAQUE = '.wh..wh..opq';
 
@@ -177,21 +181,34 @@ export async function* decompress(blob: AsyncIterable<Buffer>, what: string): As
     }
     return;
   }
-  const { Decompress } = await import('fzstd');
+  // Bounded output: the input goes to the decoder in pieces completing at
+  // most a few blocks each (zstd-frames.ts), and each piece's blocks are
+  // handed on before the next is pushed.
+  const [{ Decompress }, { ZstdBlockWalker, ZstdFormatError }] = await Promise.all([import('fzstd'), import('./zstd-frames.js')]);
   const out: Buffer[] = [];
   const d = new Decompress((data: Uint8Array) => {
     out.push(Buffer.from(data.buffer, data.byteOffset, data.length));
   });
-  const fail = (err: unknown) => new LayerError(`${what}: corrupt zstd data: ${(err as Error).message}`, { cause: err });
+  const walker = new ZstdBlockWalker();
+  const fail = (err: unknown) => new LayerError(`${what}: ${err instanceof ZstdFormatError ? 'refused' : 'corrupt'} zstd data: ${(err as Error).message}`, { cause: err });
   for await (const chunk of rest) {
+    let pieces: Uint8Array[];
     try {
-      d.push(chunk);
+      pieces = walker.split(chunk, ZSTD_BLOCKS_PER_PUSH);
     } catch (err) {
       throw fail(err);
     }
-    while (out.length > 0) yield out.shift()!;
+    for (const piece of pieces) {
+      try {
+        d.push(piece);
+      } catch (err) {
+        throw fail(err);
+      }
+      while (out.length > 0) yield out.shift()!;
+    }
   }
   try {
+    walker.end();
     d.push(new Uint8Array(0), true); // throws on a truncated frame
   } catch (err) {
     throw fail(err);
