@@ -10,12 +10,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { hasZstd, makeTar } from './helpers/tar-writer.js';
-import { writeLayout } from './helpers/oci-layout.js';
+import { gzip, hasZstd, makeTar, type TarEntry } from './helpers/tar-writer.js';
+import { gzLayer, writeLayout } from './helpers/oci-layout.js';
 import { cliPath } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
 
@@ -108,5 +108,52 @@ test(
     oneLineError(r, /: layer sha256:[0-9a-f]{64}: refused zstd data: frame needs a window of 1879048192 bytes, more than 134217728$/);
     const peakKiB = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
     assert.ok(peakKiB <= 512 * 1024, `peak RSS ${Math.round(peakKiB / 1024)} MiB`);
+  }),
+);
+
+function gzipLayout(layout: string, ref: string, ...layers: TarEntry[][]): void {
+  writeLayout(
+    layout,
+    ref,
+    layers.map((entries) => {
+      const tar = makeTar(entries);
+      return gzLayer(tar, gzip(tar));
+    }),
+  );
+}
+
+test(
+  'a path 10,000 directories deep, a name of 256 bytes, or a path that symlinks make longer than PATH_MAX are refused with one line naming the layer',
+  withTemp((tmp) => {
+    const layout = join(tmp, 'layout');
+    const repo = join(tmp, 'repo');
+    const pull = (ref: string) => cfs('pull', '--repo', repo, `oci:${layout}:${ref}`, ref);
+
+    const deep = `${Array(10_000).fill('d').join('/')}/f`;
+    gzipLayout(layout, 'deep', [{ path: deep, data: 'x', mtime: T }]);
+    oneLineError(pull('deep'), /: layer sha256:[0-9a-f]{64}: entry d\/d\/d[d/]*… \(20001 bytes\): a path of 20001 bytes, longer than 4095$/);
+
+    const longName = `dir/${'n'.repeat(256)}`;
+    gzipLayout(layout, 'long', [{ path: longName, data: 'x', mtime: T }]);
+    oneLineError(pull('long'), /: layer sha256:[0-9a-f]{64}: entry dir\/n+… \(260 bytes\): a name of 256 bytes, longer than 255$/);
+    gzipLayout(layout, 'long-link', [{ path: 'f', data: 'x', mtime: T }, { path: 'l', type: 'hardlink', linkname: longName }]);
+    oneLineError(pull('long-link'), /: layer sha256:[0-9a-f]{64}: entry l: hard link target dir\/n+… \(260 bytes\): a name of 256 bytes, longer than 255$/);
+
+    // 2000 directories (3999 bytes), a symlink to them, and 100 more components beneath the symlink: 4199 bytes once resolved.
+    const chain = Array(2000).fill('x').join('/');
+    const beneath = `l/${Array(100).fill('y').join('/')}`;
+    gzipLayout(layout, 'through-link', [{ path: `${chain}/`, type: 'dir', mtime: T }, { path: 'l', type: 'symlink', linkname: chain, mtime: T }], [{ path: beneath, data: 'x', mtime: T }]);
+    oneLineError(pull('through-link'), /: layer sha256:[0-9a-f]{64}: entry l\/y\/y[y/]*: its path through symbolic links is 4199 bytes long, longer than 4095$/);
+
+    for (const ref of ['deep', 'long', 'long-link', 'through-link']) assert.ok(!existsSync(join(repo, 'names', ref)), `no name ${ref}`);
+
+    // At the limit: 2047 directories and a file, 4095 bytes; the image is built and lists the file.
+    const atLimit = `${Array(2047).fill('e').join('/')}/f`;
+    assert.equal(atLimit.length, 4095);
+    gzipLayout(layout, 'at-limit', [{ path: atLimit, data: 'at the limit\n', mtime: T }]);
+    ok(pull('at-limit'));
+    const image = JSON.parse(ok(cfs('inspect', '--repo', repo, '--json', 'at-limit'))).imagePath as string;
+    const dump = ok(spawnSync(cliPath('cfs'), ['dump', image], { encoding: 'utf8', maxBuffer: 64 << 20 }));
+    assert.ok(dump.includes(`/${atLimit} 13 `), 'the file is in the image');
   }),
 );
