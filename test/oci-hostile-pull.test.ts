@@ -157,3 +157,54 @@ test(
     assert.ok(dump.includes(`/${atLimit} 13 `), 'the file is in the image');
   }),
 );
+
+/** Raw control characters (C0 but newline, DEL, C1) and bidirectional overrides: none may reach a terminal. */
+// eslint-disable-next-line no-control-regex
+const RAW_CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/;
+
+test(
+  'strings of an image (config created, architecture, variant, Env, labels, an oci: path, media types) reach the terminal escaped',
+  withTemp((tmp) => {
+    const layout = join(tmp, 'lay\x1b[31mout');
+    const repo = join(tmp, 'repo');
+    const tar = makeTar([{ path: 'f', data: 'x', mtime: T }]);
+    const hostile = {
+      created: '2024-01-02T03:04:05Z\x1b[31mred\x1b[0m',
+      architecture: 'amd64\x1b]0;title\x07',
+      variant: 'v\u009b2J',
+      config: { Env: ['PATH=/bin\x1b[2J', 'X=\x7f'], Cmd: ['/bin/sh\u009b1m'], Labels: { 'l\x1b[1m': 'v\u202eevil', bell: '\x07' } },
+    };
+    writeLayout(layout, 'esc', [gzLayer(tar, gzip(tar))], hostile);
+    const pulled = ok(cfs('pull', '--json', '--repo', repo, `oci:${layout}:esc`, 'esc'));
+    assert.doesNotMatch(pulled, RAW_CONTROL, pulled);
+    assert.equal((JSON.parse(pulled) as { created: string }).created, hostile.created);
+
+    const images = ok(cfs('images', '--repo', repo));
+    assert.doesNotMatch(images, RAW_CONTROL, images);
+    assert.match(images, /2024-01-02T03:04:05Z\\x1b\[31mred\\x1b\[0m/, 'created, escaped');
+    assert.match(images, /lay\\x1bm?\[31mout/, 'the oci: path, escaped');
+
+    const inspect = ok(cfs('inspect', '--repo', repo, 'esc'));
+    assert.doesNotMatch(inspect, RAW_CONTROL, inspect);
+    assert.match(inspect, /amd64\\x1b\]0;title\\x07/, 'architecture, escaped');
+    assert.match(inspect, /\\x9b2J/, 'variant, escaped');
+    assert.match(inspect, /PATH=\/bin\\x1b\[2J X=\\x7f/, 'Env, escaped');
+
+    // JSON output: the same values, with nothing raw in the text.
+    for (const args of [['images', '--json'], ['inspect', '--json', 'esc']]) {
+      const text = ok(cfs(...args, '--repo', repo));
+      assert.doesNotMatch(text, RAW_CONTROL, text);
+    }
+    const info = JSON.parse(ok(cfs('inspect', '--json', '--repo', repo, 'esc'))) as { created: string; env: string[]; labels: Record<string, string> };
+    assert.equal(info.created, hostile.created);
+    assert.deepEqual(info.env, hostile.config.Env);
+    assert.deepEqual(info.labels, hostile.config.Labels);
+
+    // An error line quoting the image: a layer whose media type holds escapes.
+    const other = makeTar([{ path: 'g', data: 'y', mtime: T }]);
+    writeLayout(layout, 'bad', [{ ...gzLayer(other, gzip(other)), mediaType: 'application/x\x1b[31m\u009b' }]);
+    const r = cfs('pull', '--repo', repo, `oci:${layout}:bad`, 'bad');
+    const line = oneLineError(r, /unsupported media type application\/x\\x1b\[31m\\x9b/);
+    assert.doesNotMatch(r.stderr, RAW_CONTROL, line);
+  }),
+);

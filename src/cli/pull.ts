@@ -9,6 +9,7 @@ import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UsageError } from '../errors.js';
 import type { PullEvent } from '../repo/pull.js';
 import { humanBytes } from '../units.js';
+import { printableJson } from '../printable.js';
 
 const specs: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository (default $CFS_REPO, /var/lib/composefs as root, else $XDG_DATA_HOME/composefs)' },
@@ -144,7 +145,7 @@ export async function run(args: string[], prog: string): Promise<number> {
     const result = await pullImage(repo, source, { name, onEvent: (e) => progress?.on(e), signal: abort.signal });
     progress?.end();
     if (json) {
-      process.stdout.write(`${JSON.stringify({ ...result.record, layersImported: result.layersImported, objectsWritten: result.objectsWritten, bytesWritten: result.bytesWritten, repository: repo.root })}\n`);
+      process.stdout.write(`${printableJson({ ...result.record, layersImported: result.layersImported, objectsWritten: result.objectsWritten, bytesWritten: result.bytesWritten, repository: repo.root })}\n`);
     } else process.stdout.write(`${result.record.image}\n`);
     return 0;
   } finally {
