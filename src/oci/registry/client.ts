@@ -2,8 +2,10 @@
  * A registry client for pulling, following the OCI distribution spec, on
  * `node:https` (see the README for why not fetch/undici): a keep-alive agent
  * per registry carrying its CAs, anonymous or basic access, bearer tokens
- * from the `WWW-Authenticate` challenge, redirects followed (Authorization
- * dropped when the host changes), bounded retries with exponential backoff
+ * from the `WWW-Authenticate` challenge (credentials sent to a token realm
+ * over TLS only, unless the realm is on the host --tls-verify=false called
+ * insecure), redirects followed (Authorization dropped when the host
+ * changes), bounded retries with exponential backoff
  * on 429, 5xx and dropped connections.
  */
 import http, { type IncomingMessage, type IncomingHttpHeaders } from 'node:http';
@@ -226,6 +228,11 @@ export class RegistryClient {
     throw new SourceError(`${this.label}: unauthorized: ${this.host} asks for an unsupported authentication (${challenges.map((c) => c.scheme).join(', ') || 'no challenge'})`, 'unauthorized');
   }
 
+  /** With --tls-verify=false, the registry's own host name (any port) may be spoken to in plain HTTP, credentials included. */
+  private insecureHost(url: URL): boolean {
+    return this.options.tlsVerify === false && url.hostname === new URL(`https://${this.host}`).hostname;
+  }
+
   private async fetchToken(params: Record<string, string>, signal?: AbortSignal): Promise<string> {
     if (!params.realm) throw new SourceError(`${this.label}: unauthorized: bearer challenge without a realm`, 'unauthorized');
     let realm: URL;
@@ -233,6 +240,16 @@ export class RegistryClient {
       realm = new URL(params.realm);
     } catch {
       throw new SourceError(`${this.label}: unauthorized: malformed token realm '${params.realm}'`, 'unauthorized');
+    }
+    if (realm.protocol !== 'https:' && realm.protocol !== 'http:') throw new SourceError(`${this.label}: unauthorized: token realm '${params.realm}' is not an http(s) URL`, 'unauthorized');
+    // The password goes over TLS only: a registry (or whoever answers for
+    // it) naming a plain-HTTP realm would have it in clear text. The one
+    // exception is the host the user called insecure (--tls-verify=false).
+    if (this.credentials && realm.protocol === 'http:' && !this.insecureHost(realm)) {
+      throw new SourceError(
+        `${this.label}: refusing to send the credentials from ${this.credentials.origin} to the token service ${realm.host} over plain HTTP (the realm ${this.host} names must be https)`,
+        'unauthorized',
+      );
     }
     if (params.service) realm.searchParams.set('service', params.service);
     realm.searchParams.set('scope', this.scope());
