@@ -9,14 +9,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-// TEMP import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-// TEMP import { gzip, makeTar } from './helpers/tar-writer.js';
+import { gzip, makeTar } from './helpers/tar-writer.js';
 import { cliPath } from './helpers/paths.js';
 import { haveTool } from './helpers/oci-images.js';
 import { makeCertificates, type Certificates } from './helpers/registry.js';
@@ -69,10 +69,10 @@ async function startRegistry(certs: Certificates, answer: (req: http.IncomingMes
 }
 
 /** `cfs ARGS` run asynchronously (the stand-ins live in this process), killed after `ms`. */
-function cfsAsync(args: string[], ms = 60_000): Promise<{ status: number | null; stdout: string; stderr: string; ms: number }> {
+function cfsAsync(args: string[], ms = 60_000, env: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; stdout: string; stderr: string; ms: number }> {
   return new Promise((resolve) => {
     const started = Date.now();
-    const child = spawn(cliPath('cfs'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cliPath('cfs'), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -149,6 +149,101 @@ test(
     } finally {
       await registry.close();
       await realm.close();
+    }
+  }),
+);
+
+/** An image of one gzip layer, as a registry serves it: manifest, config and layer by path. */
+function image(): { paths: Map<string, { type: string; body: Buffer }>; layerPath: string; layerDigest: string } {
+  const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  // Random bytes: gzip keeps them 20 KB, hours at a byte every 250 ms.
+  const tar = makeTar([{ path: 'f', data: randomBytes(20_000), mtime: 1700000000 }]);
+  const layer = gzip(tar);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [sha(tar)] } }));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha(layer), size: layer.length }],
+    }),
+  );
+  const paths = new Map([
+    ['/v2/test/app/manifests/v1', { type: 'application/vnd.oci.image.manifest.v1+json', body: manifest }],
+    [`/v2/test/app/blobs/${sha(config)}`, { type: 'application/octet-stream', body: config }],
+    [`/v2/test/app/blobs/${sha(layer)}`, { type: 'application/octet-stream', body: layer }],
+  ]);
+  return { paths, layerPath: `/v2/test/app/blobs/${sha(layer)}`, layerDigest: sha(layer) };
+}
+
+test(
+  'a blob that trickles (a byte every 250 ms) fails the pull with one line naming it once below the speed floor, and the repository is free again',
+  { skip: haveOpenssl ? false : 'no openssl', timeout: 120_000 },
+  withTemp(async (tmp, certs) => {
+    const { paths, layerPath, layerDigest } = image();
+    let trickle = true;
+    let trickleManifest = false;
+    const timers = new Set<NodeJS.Timeout>();
+    const registry = await startRegistry(certs, (req, res) => {
+      if (req.url === '/v2/') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end('{}');
+        return;
+      }
+      const found = paths.get(req.url ?? '');
+      if (!found) {
+        res.writeHead(404);
+        res.end();
+        return;
+      }
+      res.writeHead(200, { 'content-type': found.type, 'content-length': String(found.body.length) });
+      if (!(req.url === layerPath && trickle) && !(req.url?.includes('/manifests/') && trickleManifest)) {
+        res.end(found.body);
+        return;
+      }
+      res.write(found.body.subarray(0, 100));
+      let sent = 100;
+      const timer = setInterval(() => {
+        if (sent >= found.body.length || res.destroyed) {
+          clearInterval(timer);
+          return;
+        }
+        res.write(found.body.subarray(sent, ++sent));
+      }, 250);
+      timers.add(timer);
+    });
+    try {
+      const repo = join(tmp, 'repo');
+      const ref = `docker://${registry.host}/test/app:v1`;
+      // The floor from the environment (a period of 2 s to stay fast); --speed-limit and --speed-time say the same.
+      const pull = () => cfsAsync(['pull', '--repo', repo, '--cert-dir', certs.certDir, ref, 'app'], 30_000, { CFS_SPEED_LIMIT: '1024', CFS_SPEED_TIME: '2' });
+
+      const r = await pull();
+      oneLineError(r, new RegExp(`blob ${layerDigest} of docker://${registry.host}/test/app:v1: transfer slower than 1024 bytes/s for 2 s \\(1\\d\\d of \\d+ bytes received\\); giving up`));
+      assert.ok(r.ms < 20_000, `failed in ${r.ms} ms`);
+      // The pull's lock is gone with it: gc runs at once.
+      const gc = await cfsAsync(['gc', '--repo', repo], 15_000);
+      assert.equal(gc.status, 0, gc.stderr);
+
+      // The same blob at full speed passes the same floor.
+      trickle = false;
+      const fast = await pull();
+      assert.equal(fast.status, 0, fast.stderr);
+      assert.match(fast.stdout, /^[0-9a-f]{64}\n$/);
+
+      // A manifest that trickles: the same floor.
+      trickleManifest = true;
+      const manifest = await cfsAsync(['pull', '--repo', repo, '--cert-dir', certs.certDir, ref, 'again'], 30_000, { CFS_SPEED_TIME: '1' });
+      oneLineError(manifest, /test\/app:v1: transfer slower than 1024 bytes\/s for 1 s/);
+      trickleManifest = false;
+
+      // The options, over the environment.
+      trickle = true;
+      const options = await cfsAsync(['pull', '--repo', join(tmp, 'repo2'), '--cert-dir', certs.certDir, '--speed-limit', '1024', '--speed-time', '1', ref, 'other'], 30_000, { CFS_SPEED_TIME: '600' });
+      oneLineError(options, /transfer slower than 1024 bytes\/s for 1 s/);
+    } finally {
+      for (const t of timers) clearInterval(t);
+      await registry.close();
     }
   }),
 );

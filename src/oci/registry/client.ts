@@ -14,6 +14,7 @@ import { SourceError } from '../source-errors.js';
 import type { SourceOptions } from '../source.js';
 import { findCredentials, parseChallenges, type Credentials } from './auth.js';
 import { tlsSettings } from './tls.js';
+import { DEFAULT_SPEED_FLOOR, TooSlowError, withSpeedFloor, type SpeedFloor } from './speed.js';
 
 /** What the client takes of a source's options: all but the platform choice, which is the transport's. */
 export type ClientOptions = Omit<SourceOptions, 'platform'>;
@@ -64,10 +65,10 @@ export function registryHost(domain: string): string {
   return domain === 'docker.io' ? 'registry-1.docker.io' : domain;
 }
 
-async function readBody(res: IncomingMessage, max: number): Promise<Buffer> {
+async function readBody(res: IncomingMessage, max: number, floor: SpeedFloor): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of res) {
+  for await (const chunk of withSpeedFloor(res, floor)) {
     total += (chunk as Buffer).length;
     if (total > max) {
       res.destroy();
@@ -79,9 +80,9 @@ async function readBody(res: IncomingMessage, max: number): Promise<Buffer> {
 }
 
 /** The `errors[0].message` of a registry's JSON error body, if any. */
-async function registryErrorText(res: IncomingMessage): Promise<string | undefined> {
+async function registryErrorText(res: IncomingMessage, floor: SpeedFloor): Promise<string | undefined> {
   try {
-    const body = await readBody(res, 64 * 1024);
+    const body = await readBody(res, 64 * 1024, floor);
     const parsed = JSON.parse(body.toString('utf8')) as { errors?: { code?: string; message?: string }[]; details?: string };
     const first = parsed.errors?.[0];
     if (first) return [first.code, first.message].filter(Boolean).join(': ');
@@ -103,6 +104,8 @@ export class RegistryClient {
   private readonly retries: number;
   private readonly retryDelayMs: number;
   private readonly env: NodeJS.ProcessEnv;
+  /** The slowest a response body may come (see speed.ts). */
+  readonly speedFloor: SpeedFloor;
 
   constructor(
     domain: string,
@@ -116,6 +119,7 @@ export class RegistryClient {
     this.credentials = findCredentials(domain, repository, { creds: options.creds, authFile: options.authFile, env: this.env });
     this.retries = options.retries ?? 5;
     this.retryDelayMs = options.retryDelayMs ?? 250;
+    this.speedFloor = { bytesPerSecond: options.speedLimit ?? DEFAULT_SPEED_FLOOR.bytesPerSecond, seconds: options.speedTime ?? DEFAULT_SPEED_FLOOR.seconds };
   }
 
   private agentFor(hostPort: string): https.Agent {
@@ -257,7 +261,7 @@ export class RegistryClient {
     if (this.credentials) headers.authorization = `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
     const res = await this.withRetries(() => this.exchange(realm, headers, signal), realm, signal);
     if (res.statusCode === 401 || res.statusCode === 403) {
-      const detail = await registryErrorText(res);
+      const detail = await registryErrorText(res, this.speedFloor);
       const why = this.credentials ? `credentials from ${this.credentials.origin} rejected` : 'anonymous access refused';
       throw new SourceError(`${this.label}: unauthorized: the token service ${realm.host} refused ${this.scope()} (${why}${detail ? `: ${detail}` : ''})`, res.statusCode === 403 ? 'denied' : 'unauthorized');
     }
@@ -267,8 +271,9 @@ export class RegistryClient {
     }
     let body: { token?: unknown; access_token?: unknown };
     try {
-      body = JSON.parse((await readBody(res, 1 << 20)).toString('utf8'));
-    } catch {
+      body = JSON.parse((await readBody(res, 1 << 20, this.speedFloor)).toString('utf8'));
+    } catch (err) {
+      if (err instanceof TooSlowError) throw new SourceError(`${this.label}: the token service ${realm.host}: ${err.message}`, 'network', { cause: err });
       throw new SourceError(`${this.label}: the token service ${realm.host} sent no valid JSON`, 'unauthorized');
     }
     const token = typeof body.token === 'string' && body.token ? body.token : body.access_token;
@@ -314,7 +319,7 @@ export class RegistryClient {
         await this.answerChallenge(res.headers, options.signal);
         if (!hadAuthorization || this.authorization?.startsWith('Bearer ')) continue;
       }
-      const detail = await registryErrorText(res);
+      const detail = await registryErrorText(res, this.speedFloor);
       const suffix = detail ? ` (${detail})` : '';
       if (status === 401) {
         const challenge = parseChallenges(res.headers['www-authenticate']).find((c) => c.scheme === 'bearer');
@@ -352,7 +357,7 @@ export class RegistryClient {
   /** Read a response whole, at most `max` bytes. */
   async readAll(res: IncomingMessage, max: number, what: string): Promise<Buffer> {
     try {
-      return await readBody(res, max);
+      return await readBody(res, max, this.speedFloor);
     } catch (err) {
       throw new SourceError(`${what}: ${(err as Error).message}`, isRetryableError(err) ? 'network' : 'invalid-manifest', { cause: err });
     }
