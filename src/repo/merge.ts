@@ -68,13 +68,19 @@ function isDirNode(n: Node): boolean {
 
 export class TreeBuilder {
   readonly root: Node = newDir();
-  private upper = new Set<string>();
+  /**
+   * What this layer has put in place: the names it touched, by the
+   * directory node holding them. By node and name, not by path string: a
+   * path 2000 directories deep would cost each of its prefixes as a string
+   * of up to 4 KB, hashed again for every entry beneath it.
+   */
+  private upper = new Map<Node, Set<string>>();
   private layer = '';
 
   /** Apply one layer's entries; `name` labels errors ("layer sha256:…"). */
   applyLayer(name: string, entries: Iterable<LayerEntry>): void {
     this.layer = name;
-    this.upper = new Set();
+    this.upper = new Map();
     for (const e of entries) this.apply(e);
   }
 
@@ -148,30 +154,35 @@ export class TreeBuilder {
     return cur;
   }
 
+  /** Mark the names along canonical `parts` (which exist) as this layer's. */
   private markUpper(parts: string[]): void {
-    for (let i = parts.length; i > 0; i--) {
-      const p = parts.slice(0, i).join('/');
-      if (this.upper.has(p)) break;
-      this.upper.add(p);
+    let cur = this.root;
+    for (const part of parts) {
+      let names = this.upper.get(cur);
+      if (names === undefined) this.upper.set(cur, (names = new Set()));
+      names.add(part);
+      const next = cur.children?.get(part);
+      if (next === undefined) return;
+      cur = next;
     }
   }
 
   /**
-   * Remove `name` from `dir` (at `path`) unless this layer put it there; go
-   * into what this layer touched. A stack, not recursion: a layer's tree may
-   * be thousands of directories deep.
+   * Remove `name` from `dir` unless this layer put it there; go into what
+   * this layer touched. A stack, not recursion: a layer's tree may be
+   * thousands of directories deep.
    */
-  private whiteout(dir: Node, name: string, path: string): void {
-    const todo: [Node, string, string][] = [[dir, name, path]];
+  private whiteout(dir: Node, name: string): void {
+    const todo: [Node, string][] = [[dir, name]];
     while (todo.length > 0) {
-      const [parent, child, at] = todo.pop()!;
+      const [parent, child] = todo.pop()!;
       const node = parent.children!.get(child);
       if (node === undefined) continue;
-      if (!this.upper.has(at)) {
+      if (!this.upper.get(parent)?.has(child)) {
         parent.children!.delete(child);
         continue;
       }
-      if (node.children) for (const grandchild of node.children.keys()) todo.push([node, grandchild, `${at}/${grandchild}`]);
+      if (node.children) for (const grandchild of node.children.keys()) todo.push([node, grandchild]);
     }
   }
 
@@ -180,17 +191,14 @@ export class TreeBuilder {
     if (e.t === 'opaque') {
       const dirParts = this.resolve(parts, e);
       const dir = this.lookup(dirParts);
-      if (dir && dir.children) {
-        const prefix = dirParts.join('/');
-        for (const child of [...dir.children.keys()]) this.whiteout(dir, child, prefix === '' ? child : `${prefix}/${child}`);
-      }
+      if (dir && dir.children) for (const child of [...dir.children.keys()]) this.whiteout(dir, child);
       return;
     }
     const name = parts.pop();
     const parentParts = this.resolve(parts, e);
     if (e.t === 'whiteout') {
       const dir = this.lookup(parentParts);
-      if (dir && dir.children) this.whiteout(dir, name!, [...parentParts, name!].join('/'));
+      if (dir && dir.children) this.whiteout(dir, name!);
       return;
     }
     if (name === undefined) {
