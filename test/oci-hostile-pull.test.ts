@@ -14,10 +14,11 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gzip, hasZstd, makeTar, type TarEntry } from './helpers/tar-writer.js';
+import { gzip, hasZstd, makeTar, zstd, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout } from './helpers/oci-layout.js';
 import { cliPath } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
+import { decompress } from '../src/oci/layer.js';
 
 const T = 1700000000;
 const ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd';
@@ -88,6 +89,31 @@ test(
     assert.ok(peakKiB <= 512 * 1024, `peak RSS ${Math.round(peakKiB / 1024)} MiB, at most 512 MiB`);
   }),
 );
+
+test('zstd streams of several frames, skippable frames and RLE blocks decode the same whatever the chunking', { skip: hasZstd() ? false : 'no zstd tool' }, async () => {
+  const random = createHash('sha512');
+  const data = Buffer.concat(Array.from({ length: 4000 }, (_, i) => random.update(String(i)).copy().digest()));
+  const text = Buffer.from('hello zstd '.repeat(30_000));
+  // A frame made by hand: no checksum, window 1 MiB, two RLE blocks of 128 KiB (the last one marked last).
+  const rle = (byte: number, last: boolean) => {
+    const b = Buffer.alloc(4);
+    b.writeUIntLE(((last ? 1 : 0) | (1 << 1) | ((128 << 10) << 3)) >>> 0, 0, 3);
+    b[3] = byte;
+    return b;
+  };
+  const handMade = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x50]), rle(0x61, false), rle(0x62, true)]);
+  const skippable = Buffer.from([0x53, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+  const stream = Buffer.concat([zstd(data), skippable, handMade, spawnSync('zstd', ['-q', '-c', '-19', '--no-check'], { input: text }).stdout as Buffer]);
+  const expected = Buffer.concat([data, Buffer.alloc(128 << 10, 0x61), Buffer.alloc(128 << 10, 0x62), text]);
+  for (const size of [1, 7, 4096, stream.length]) {
+    async function* chunks() {
+      for (let i = 0; i < stream.length; i += size) yield stream.subarray(i, i + size);
+    }
+    const out: Buffer[] = [];
+    for await (const c of decompress(chunks(), 'test')) out.push(Buffer.from(c));
+    assert.ok(Buffer.concat(out).equals(expected), `chunks of ${size}`);
+  }
+});
 
 test(
   'a zstd frame asking for a window beyond 128 MiB is refused with one line',

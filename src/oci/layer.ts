@@ -210,7 +210,7 @@ export async function* decompress(blob: AsyncIterable<Buffer>, what: string): As
     out.push(Buffer.from(data.buffer, data.byteOffset, data.length));
   });
   const walker = new ZstdBlockWalker();
-  const fail = (err: unknown) => new LayerError(`${what}: ${err instanceof ZstdFormatError ? 'refused' : 'corrupt'} zstd data: ${(err as Error).message}`, { cause: err });
+  const fail = (err: unknown) => new LayerError(`${what}: ${err instanceof ZstdFormatError ? err.kind : 'corrupt'} zstd data: ${(err as Error).message}`, { cause: err });
   for await (const chunk of rest) {
     let pieces: Uint8Array[];
     try {

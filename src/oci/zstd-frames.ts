@@ -23,7 +23,15 @@ const ZSTD_MAGIC = 0xfd2fb528;
 const SKIPPABLE_MASK = 0xfffffff0;
 const SKIPPABLE_MAGIC = 0x184d2a50;
 
-export class ZstdFormatError extends Error {}
+/** `corrupt`: not valid zstd; `refused`: valid, but beyond what is decoded here. */
+export class ZstdFormatError extends Error {
+  constructor(
+    message: string,
+    readonly kind: 'corrupt' | 'refused' = 'corrupt',
+  ) {
+    super(message);
+  }
+}
 
 type State = 'magic' | 'descriptor' | 'frame-header' | 'block-header' | 'skippable-size';
 
@@ -144,14 +152,14 @@ export class ZstdBlockWalker {
         }
         let dictionary = 0;
         for (let i = 0; i < dictBytes; i++) dictionary += h[at++] * 2 ** (8 * i);
-        if (dictionary !== 0) throw new ZstdFormatError(`frame needs dictionary ${dictionary}`);
+        if (dictionary !== 0) throw new ZstdFormatError(`frame needs dictionary ${dictionary}`, 'refused');
         if (singleSegment) {
           const sizeBytes = fcsFlag === 0 ? 1 : 1 << fcsFlag;
           let size = 0;
           for (let i = 0; i < sizeBytes; i++) size += h[at++] * 2 ** (8 * i);
           window = fcsFlag === 1 ? size + 256 : size;
         }
-        if (window > MAX_WINDOW_BYTES) throw new ZstdFormatError(`frame needs a window of ${window} bytes, more than ${MAX_WINDOW_BYTES}`);
+        if (window > MAX_WINDOW_BYTES) throw new ZstdFormatError(`frame needs a window of ${window} bytes, more than ${MAX_WINDOW_BYTES}`, 'refused');
         this.blockMax = Math.min(window, MAX_BLOCK_BYTES);
         this.expect('block-header', 3);
         return false;
