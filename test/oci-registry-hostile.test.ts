@@ -183,11 +183,26 @@ test(
     const { paths, layerPath, layerDigest } = image();
     let trickle = true;
     let trickleManifest = false;
+    let trickleHead = false;
     const timers = new Set<NodeJS.Timeout>();
     const registry = await startRegistry(certs, (req, res) => {
       if (req.url === '/v2/') {
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end('{}');
+        return;
+      }
+      if (trickleHead && req.url?.includes('/manifests/')) {
+        // The status line and headers, a byte at a time, straight on the connection.
+        const head = Buffer.from('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-padding: ' + 'x'.repeat(1000) + '\r\n\r\n');
+        let sent = 0;
+        const timer = setInterval(() => {
+          if (sent >= head.length || res.socket === null || res.socket.destroyed) {
+            clearInterval(timer);
+            return;
+          }
+          res.socket.write(head.subarray(sent, ++sent));
+        }, 100);
+        timers.add(timer);
         return;
       }
       const found = paths.get(req.url ?? '');
@@ -236,6 +251,12 @@ test(
       const manifest = await cfsAsync(['pull', '--repo', repo, '--cert-dir', certs.certDir, ref, 'again'], 30_000, { CFS_SPEED_TIME: '1' });
       oneLineError(manifest, /test\/app:v1: transfer slower than 1024 bytes\/s for 1 s/);
       trickleManifest = false;
+
+      // A manifest whose response head trickles: no response within the period, tried again (as a timeout), then one line.
+      trickleHead = true;
+      const head = await cfsAsync(['pull', '--repo', repo, '--cert-dir', certs.certDir, ref, 'again'], 30_000, { CFS_SPEED_TIME: '1' });
+      oneLineError(head, new RegExp(`test/app:v1: ${registry.host}: no response within 1 s \\(ETIMEDOUT\\)`));
+      trickleHead = false;
 
       // The options, over the environment.
       trickle = true;

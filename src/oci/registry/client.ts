@@ -141,9 +141,20 @@ export class RegistryClient {
     return new Promise((resolve, reject) => {
       const secure = url.protocol === 'https:';
       const agent = secure ? this.agentFor(url.host) : this.httpAgent;
-      const req = (secure ? https : http).request(url, { method: 'GET', headers, agent, signal, timeout: socketTimeoutMs }, resolve);
+      // The response head within the speed floor's period: the socket's idle
+      // timeout alone lets a server trickle its headers a byte at a time for ever.
+      const { bytesPerSecond, seconds } = this.speedFloor;
+      const headTimer =
+        bytesPerSecond > 0 ? setTimeout(() => req.destroy(Object.assign(new Error(`no response within ${seconds} s`), { code: 'ETIMEDOUT' })), seconds * 1000) : undefined;
+      const req = (secure ? https : http).request(url, { method: 'GET', headers, agent, signal, timeout: socketTimeoutMs }, (res) => {
+        clearTimeout(headTimer);
+        resolve(res);
+      });
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
-      req.on('error', reject);
+      req.on('error', (err) => {
+        clearTimeout(headTimer);
+        reject(err);
+      });
       req.end();
     });
   }
