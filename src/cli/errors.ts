@@ -1,4 +1,5 @@
 import { ComposefsError, UsageError, reasonOf } from '../errors.js';
+import { printable } from '../printable.js';
 
 /**
  * The commands' own failure with a chosen exit code (fsck's 3, say): printed
@@ -24,13 +25,14 @@ export function describeSystemError(err: unknown, what: string): string {
  */
 export function reportError(progName: string, err: unknown): number {
   if (err instanceof UserError || err instanceof ComposefsError) {
-    process.stderr.write(`${progName}: ${err.message}\n`);
+    // Messages quote images, layers and registries: escaped, and one line.
+    process.stderr.write(`${progName}: ${printable(err.message)}\n`);
     if (process.env.CFS_DEBUG) process.stderr.write(`${err.stack}\n`);
     if (err instanceof UserError) return err.exitCode;
     return err instanceof UsageError ? 2 : 1;
   }
   const msg = err instanceof Error ? err.message : String(err);
-  process.stderr.write(`${progName}: internal error: ${msg}\n`);
+  process.stderr.write(`${progName}: internal error: ${printable(msg)}\n`);
   if (process.env.CFS_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
   return 1;
 }

@@ -16,6 +16,7 @@ import { IoError } from '../errors.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { Output, readFileOrFail } from './image-io.js';
 import { fsckImage } from '../check/fsck.js';
+import { printable } from '../printable.js';
 
 const specs: OptionSpec[] = [
   { name: 'basedir', value: true, repeat: true, arg: 'DIR', help: 'object store to check objects against (repeatable; searched in order)' },
@@ -92,7 +93,7 @@ async function fsckRepo(positional: string[], json: boolean): Promise<number> {
   const r = await fsckRepository(repo);
   if (json) process.stdout.write(`${JSON.stringify({ repository: repo.root, ...r })}\n`);
   else {
-    for (const p of r.problems) process.stdout.write(`${p.what}: ${p.message}\n`);
+    for (const p of r.problems) process.stdout.write(`${printable(`${p.what}: ${p.message}`)}\n`);
     const c = r.checked;
     process.stdout.write(`${repo.root}: ${r.ok ? 'clean' : `${r.problems.length} problem${r.problems.length === 1 ? '' : 's'} found`}, ${c.objects} objects, ${c.images} images, ${c.layers} layers, ${c.names} names checked\n`);
   }

@@ -8,6 +8,7 @@ import { formatHelp, parseArgs, type OptionSpec, type Parsed } from './args.js';
 import { UsageError } from '../errors.js';
 import type { Repository } from '../repo/repository.js';
 import { humanBytes } from '../units.js';
+import { printable, printableJson as json } from '../printable.js';
 
 const common: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository' },
@@ -25,6 +26,10 @@ function out(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
 }
 
+/** A human line: what images, configs and the repository hold is escaped for the terminal. */
+function show(lines: string[]): void {
+  out(lines.map(printable).join('\n'));
+}
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
@@ -44,10 +49,10 @@ export const images = {
     if (p.positional.length > 0) throw new UsageError(`unexpected argument '${p.positional[0]}'`);
     const repo = await open(p, true);
     const list = repo.images();
-    if (p.options.has('json')) out(JSON.stringify(list));
+    if (p.options.has('json')) out(json(list));
     else {
       const rows = [['NAME', 'IMAGE', 'SIZE', 'CREATED', 'SOURCE']];
-      for (const r of list) rows.push([r.name, r.image.slice(0, 16), humanBytes(r.size), r.created ?? '-', r.source]);
+      for (const r of list) rows.push([r.name, r.image.slice(0, 16), humanBytes(r.size), r.created ?? '-', r.source].map(printable));
       out(table(rows));
     }
     return 0;
@@ -78,7 +83,7 @@ export const inspect = {
       layerBlobs: manifest.layers ?? [],
       config,
     };
-    if (p.options.has('json')) out(JSON.stringify(info, null, 2));
+    if (p.options.has('json')) out(json(info, 2));
     else {
       const lines = [
         `name:        ${rec.name}`,
@@ -95,7 +100,7 @@ export const inspect = {
         'layers:',
         ...(manifest.layers ?? []).map((l, i) => `  ${l.digest}  ${humanBytes(l.size)}  ${l.mediaType}  (diff_id ${rec.layers[i]})`),
       ];
-      out(lines.join('\n'));
+      show(lines);
     }
     return 0;
   },
@@ -108,7 +113,7 @@ export const tag = {
     if (p.positional.length !== 2) throw new UsageError(`two names expected (usage: ${prog} NAME NEWNAME)`);
     const repo = await open(p);
     const rec = repo.tag(p.positional[0], p.positional[1]);
-    if (p.options.has('json')) out(JSON.stringify(rec));
+    if (p.options.has('json')) out(json(rec));
     return 0;
   },
 };
@@ -135,7 +140,7 @@ export const gc = {
     const repo = await open(p);
     const { gcRepository } = await import('../repo/gc.js');
     const r = await gcRepository(repo, { dryRun: p.options.has('dry-run'), onWait: () => process.stderr.isTTY && process.stderr.write('waiting for pulls in progress...\n') });
-    if (p.options.has('json')) out(JSON.stringify(r));
+    if (p.options.has('json')) out(json(r));
     else {
       const x = r.removed;
       out(`${r.dryRun ? 'would remove' : 'removed'} ${x.images} images, ${x.layers} layers, ${x.blobs} blobs, ${x.objects} objects, ${x.temporary} temporary files: ${humanBytes(r.bytesFreed)} ${r.dryRun ? 'to free' : 'freed'}`);

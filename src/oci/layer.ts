@@ -10,8 +10,9 @@
  *
  * Decompression: gzip through node:zlib, zstd through fzstd (pure
  * JavaScript with a streaming interface and no dependencies; Node 20 has no
- * zstd), both on a worker thread of their own (inflate.ts) that also takes
- * the diff_id. The format
+ * zstd), fed block by block so that a bomb's output stays bounded
+ * (zstd-frames.ts), both on a worker thread of their own (inflate.ts) that
+ * also takes the diff_id. The format
  * is taken from the blob's first bytes, the media type only has to be a
  * known layer type (Docker's "tar.gzip" layers are sometimes plain tars).
  *
@@ -99,6 +100,29 @@ export interface ImportLayerOptions {
   onTarBytes?: (n: number) => void;
 }
 
+/** Blocks (each at most 128 KiB out) the zstd decoder completes per push: at most 1 MiB held. */
+const ZSTD_BLOCKS_PER_PUSH = 8;
+
+/**
+ * Linux's NAME_MAX and PATH_MAX (with its NUL). A layer beyond them could be
+ * unpacked by no runtime; here it would make a tree deeper than any walk's
+ * stack. Refused, naming the layer.
+ */
+const NAME_MAX = 255;
+const PATH_MAX = 4096;
+
+/** Why a normalized path (latin1: one char per byte) is beyond the limits, or null. */
+function pathLimitFault(path: string): string | null {
+  for (const part of path.split('/')) if (part.length > NAME_MAX) return `a name of ${part.length} bytes, longer than ${NAME_MAX}`;
+  if (path.length >= PATH_MAX) return `a path of ${path.length} bytes, longer than ${PATH_MAX - 1}`;
+  return null;
+}
+
+/** show() of a path cut to its first 100 bytes when longer than 200, with its length. */
+function showLong(path: Buffer): string {
+  return path.length <= 200 ? show(path) : `${show(path.subarray(0, 100))}… (${path.length} bytes)`;
+}
+
 const WH_PREFIX = '.wh.';
 const WH_OPAQUE = '.wh..wh..opq';
 
@@ -177,21 +201,34 @@ export async function* decompress(blob: AsyncIterable<Buffer>, what: string): As
     }
     return;
   }
-  const { Decompress } = await import('fzstd');
+  // Bounded output: the input goes to the decoder in pieces completing at
+  // most a few blocks each (zstd-frames.ts), and each piece's blocks are
+  // handed on before the next is pushed.
+  const [{ Decompress }, { ZstdBlockWalker, ZstdFormatError }] = await Promise.all([import('fzstd'), import('./zstd-frames.js')]);
   const out: Buffer[] = [];
   const d = new Decompress((data: Uint8Array) => {
     out.push(Buffer.from(data.buffer, data.byteOffset, data.length));
   });
-  const fail = (err: unknown) => new LayerError(`${what}: corrupt zstd data: ${(err as Error).message}`, { cause: err });
+  const walker = new ZstdBlockWalker();
+  const fail = (err: unknown) => new LayerError(`${what}: ${err instanceof ZstdFormatError ? err.kind : 'corrupt'} zstd data: ${(err as Error).message}`, { cause: err });
   for await (const chunk of rest) {
+    let pieces: Uint8Array[];
     try {
-      d.push(chunk);
+      pieces = walker.split(chunk, ZSTD_BLOCKS_PER_PUSH);
     } catch (err) {
       throw fail(err);
     }
-    while (out.length > 0) yield out.shift()!;
+    for (const piece of pieces) {
+      try {
+        d.push(piece);
+      } catch (err) {
+        throw fail(err);
+      }
+      while (out.length > 0) yield out.shift()!;
+    }
   }
   try {
+    walker.end();
     d.push(new Uint8Array(0), true); // throws on a truncated frame
   } catch (err) {
     throw fail(err);
@@ -215,7 +252,9 @@ export async function importLayer(blob: AsyncIterable<Buffer>, opts: ImportLayer
   const onEntry = (h: TarHeader): TarSink | null => {
     const raw = h.path.toString('latin1');
     const path = normalizePath(raw);
-    if (path === null) throw new LayerError(`${what}: entry ${show(h.path)}: path escapes the image root`);
+    if (path === null) throw new LayerError(`${what}: entry ${showLong(h.path)}: path escapes the image root`);
+    const pathFault = pathLimitFault(path);
+    if (pathFault !== null) throw new LayerError(`${what}: entry ${showLong(h.path)}: ${pathFault}`);
     const slash = path.lastIndexOf('/');
     const base = path.slice(slash + 1);
     const dir = slash < 0 ? '' : path.slice(0, slash);
@@ -234,6 +273,8 @@ export async function importLayer(blob: AsyncIterable<Buffer>, opts: ImportLayer
       const target = normalizePath(h.linkname.toString('latin1'));
       if (target === null) throw new LayerError(`${what}: entry ${show(h.path)}: hard link target ${show(h.linkname)} escapes the image root`);
       if (target === '') throw new LayerError(`${what}: entry ${show(h.path)}: hard link to the root directory`);
+      const targetFault = pathLimitFault(target);
+      if (targetFault !== null) throw new LayerError(`${what}: entry ${show(h.path)}: hard link target ${showLong(h.linkname)}: ${targetFault}`);
       e.l = target;
       entries.push(e);
       return null;
@@ -246,6 +287,7 @@ export async function importLayer(blob: AsyncIterable<Buffer>, opts: ImportLayer
     if (h.xattrs.length > 0) e.x = h.xattrs.map((x) => [x.key.toString('latin1'), x.value.toString('base64')]);
     if (h.type === 'symlink') {
       if (h.linkname.length === 0) throw new LayerError(`${what}: entry ${show(h.path)}: symlink with an empty target`);
+      if (h.linkname.length >= PATH_MAX) throw new LayerError(`${what}: entry ${show(h.path)}: symlink target of ${h.linkname.length} bytes, longer than ${PATH_MAX - 1}`);
       e.l = h.linkname.toString('latin1');
     } else if (h.type === 'char' || h.type === 'block') {
       e.ma = h.devmajor;

@@ -78,6 +78,10 @@ export interface SourceOptions {
   retries?: number;
   /** Base delay of the exponential backoff between tries, in ms (default 250). */
   retryDelayMs?: number;
+  /** A registry transfer bringing fewer than this many bytes per second over `speedTime` seconds fails (default 1024; 0: no floor). */
+  speedLimit?: number;
+  /** The period of `speedLimit`, in seconds (default 30). */
+  speedTime?: number;
   /** Environment to read credentials locations from (default process.env). */
   env?: NodeJS.ProcessEnv;
 }

@@ -55,6 +55,8 @@ interface Node {
 
 const IGNORED_XATTRS = new Set(['security.selinux', 'system.nfs4_acl']);
 const MAX_SYMLINKS = 255;
+/** Linux's PATH_MAX (with its NUL): no runtime could make a longer path, so no layer gets one through a symlink either. */
+const PATH_MAX = 4096;
 
 function newDir(mode = 0o755): Node {
   return { mode: S_IFDIR | mode, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, rdev: 0, size: 0, digest: null, content: null, target: null, xattrs: [], children: new Map() };
@@ -66,13 +68,19 @@ function isDirNode(n: Node): boolean {
 
 export class TreeBuilder {
   readonly root: Node = newDir();
-  private upper = new Set<string>();
+  /**
+   * What this layer has put in place: the names it touched, by the
+   * directory node holding them. By node and name, not by path string: a
+   * path 2000 directories deep would cost each of its prefixes as a string
+   * of up to 4 KB, hashed again for every entry beneath it.
+   */
+  private upper = new Map<Node, Set<string>>();
   private layer = '';
 
   /** Apply one layer's entries; `name` labels errors ("layer sha256:…"). */
   applyLayer(name: string, entries: Iterable<LayerEntry>): void {
     this.layer = name;
-    this.upper = new Set();
+    this.upper = new Map();
     for (const e of entries) this.apply(e);
   }
 
@@ -146,23 +154,36 @@ export class TreeBuilder {
     return cur;
   }
 
+  /** Mark the names along canonical `parts` (which exist) as this layer's. */
   private markUpper(parts: string[]): void {
-    for (let i = parts.length; i > 0; i--) {
-      const p = parts.slice(0, i).join('/');
-      if (this.upper.has(p)) break;
-      this.upper.add(p);
+    let cur = this.root;
+    for (const part of parts) {
+      let names = this.upper.get(cur);
+      if (names === undefined) this.upper.set(cur, (names = new Set()));
+      names.add(part);
+      const next = cur.children?.get(part);
+      if (next === undefined) return;
+      cur = next;
     }
   }
 
-  /** Remove `name` from `dir` (path `prefix`) unless this layer put it there; recurse into what this layer touched. */
-  private whiteout(dir: Node, name: string, path: string): void {
-    const node = dir.children!.get(name);
-    if (node === undefined) return;
-    if (!this.upper.has(path)) {
-      dir.children!.delete(name);
-      return;
+  /**
+   * Remove `name` from `dir` unless this layer put it there; go into what
+   * this layer touched. A stack, not recursion: a layer's tree may be
+   * thousands of directories deep.
+   */
+  private whiteout(dir: Node, name: string): void {
+    const todo: [Node, string][] = [[dir, name]];
+    while (todo.length > 0) {
+      const [parent, child] = todo.pop()!;
+      const node = parent.children!.get(child);
+      if (node === undefined) continue;
+      if (!this.upper.get(parent)?.has(child)) {
+        parent.children!.delete(child);
+        continue;
+      }
+      if (node.children) for (const grandchild of node.children.keys()) todo.push([node, grandchild]);
     }
-    if (node.children) for (const child of [...node.children.keys()]) this.whiteout(node, child, `${path}/${child}`);
   }
 
   private apply(e: LayerEntry): void {
@@ -170,17 +191,14 @@ export class TreeBuilder {
     if (e.t === 'opaque') {
       const dirParts = this.resolve(parts, e);
       const dir = this.lookup(dirParts);
-      if (dir && dir.children) {
-        const prefix = dirParts.join('/');
-        for (const child of [...dir.children.keys()]) this.whiteout(dir, child, prefix === '' ? child : `${prefix}/${child}`);
-      }
+      if (dir && dir.children) for (const child of [...dir.children.keys()]) this.whiteout(dir, child);
       return;
     }
     const name = parts.pop();
     const parentParts = this.resolve(parts, e);
     if (e.t === 'whiteout') {
       const dir = this.lookup(parentParts);
-      if (dir && dir.children) this.whiteout(dir, name!, [...parentParts, name!].join('/'));
+      if (dir && dir.children) this.whiteout(dir, name!);
       return;
     }
     if (name === undefined) {
@@ -188,6 +206,8 @@ export class TreeBuilder {
       this.setMetadata(this.root, e);
       return;
     }
+    const canonicalBytes = parentParts.reduce((n, part) => n + part.length + 1, 0) + name.length;
+    if (canonicalBytes >= PATH_MAX) throw this.fail(e, `its path through symbolic links is ${canonicalBytes} bytes long, longer than ${PATH_MAX - 1}`);
     const parent = this.mkdirAll(parentParts, e);
     const existing = parent.children!.get(name);
     if (existing !== undefined && !(isDirNode(existing) && e.t === 'dir')) parent.children!.delete(name);
@@ -260,14 +280,15 @@ export class TreeBuilder {
    * dump lists them), its link count the number of its names.
    */
   toInode(): Inode {
+    // Walked with explicit stacks, not recursion: a layer's tree may be thousands of directories deep.
     const counts = new Map<Node, number>();
-    const count = (n: Node) => {
-      for (const c of n.children!.values()) {
-        if (c.children) count(c);
+    const dirs: Node[] = [this.root];
+    while (dirs.length > 0) {
+      for (const c of dirs.pop()!.children!.values()) {
+        if (c.children) dirs.push(c);
         else counts.set(c, (counts.get(c) ?? 0) + 1);
       }
-    };
-    count(this.root);
+    }
     const made = new Map<Node, Inode>();
     const convert = (n: Node): Inode => {
       const inode: Inode = {
@@ -283,28 +304,45 @@ export class TreeBuilder {
         content: n.content,
         digest: n.digest,
         xattrs: n.xattrs,
-        children: null,
+        children: n.children ? [] : null,
       };
       if ((n.mode & S_IFMT) === S_IFREG && n.digest && n.size > 0) inode.payload = Buffer.from(objectRelPath(n.digest));
-      if (n.children) {
-        const names = [...n.children.keys()].map((k) => Buffer.from(k, 'latin1')).sort(Buffer.compare);
-        const children: Dirent[] = [];
-        for (const name of names) {
-          const c = n.children.get(name.toString('latin1'))!;
-          const seen = made.get(c);
-          if (seen) {
-            children.push({ name, inode: seen, hardlink: true });
-            continue;
-          }
-          const ci = convert(c);
-          if (!c.children && (counts.get(c) ?? 1) > 1) made.set(c, ci);
-          children.push({ name, inode: ci, hardlink: false });
-        }
-        inode.children = children;
-      }
       return inode;
     };
-    return convert(this.root);
+    interface Frame {
+      node: Node;
+      children: Dirent[];
+      names: Buffer[];
+      next: number;
+    }
+    const open = (node: Node, inode: Inode): Frame => ({
+      node,
+      children: inode.children!,
+      names: [...node.children!.keys()].map((k) => Buffer.from(k, 'latin1')).sort(Buffer.compare),
+      next: 0,
+    });
+    const root = convert(this.root);
+    // Depth first in name order, as a dump lists the tree: a hard link's first name there is its primary one.
+    const stack: Frame[] = [open(this.root, root)];
+    while (stack.length > 0) {
+      const frame = stack[stack.length - 1];
+      if (frame.next === frame.names.length) {
+        stack.pop();
+        continue;
+      }
+      const name = frame.names[frame.next++];
+      const c = frame.node.children!.get(name.toString('latin1'))!;
+      const seen = made.get(c);
+      if (seen) {
+        frame.children.push({ name, inode: seen, hardlink: true });
+        continue;
+      }
+      const ci = convert(c);
+      if (!c.children && (counts.get(c) ?? 1) > 1) made.set(c, ci);
+      frame.children.push({ name, inode: ci, hardlink: false });
+      if (c.children) stack.push(open(c, ci));
+    }
+    return root;
   }
 }
 

@@ -19,6 +19,8 @@ export interface LayerSpec {
   /** The uncompressed tar (for the diff_id). */
   tar: Buffer;
   mediaType: string;
+  /** The diff_id, when the tar is too large to hold (then `tar` is not read). */
+  diffId?: string;
 }
 
 function writeBlob(dir: string, data: Buffer): string {
@@ -40,7 +42,7 @@ export function writeLayout(dir: string, ref: string, layers: LayerSpec[], confi
       os: 'linux',
       config: { Env: ['PATH=/usr/bin'], Cmd: ['/bin/sh'] },
       ...config,
-      rootfs: { type: 'layers', diff_ids: layers.map((l) => `sha256:${sha(l.tar)}`) },
+      rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId ?? `sha256:${sha(l.tar)}`) },
     }),
   );
   const cfgDigest = writeBlob(dir, cfg);

@@ -2,8 +2,10 @@
  * A registry client for pulling, following the OCI distribution spec, on
  * `node:https` (see the README for why not fetch/undici): a keep-alive agent
  * per registry carrying its CAs, anonymous or basic access, bearer tokens
- * from the `WWW-Authenticate` challenge, redirects followed (Authorization
- * dropped when the host changes), bounded retries with exponential backoff
+ * from the `WWW-Authenticate` challenge (credentials sent to a token realm
+ * over TLS only, unless the realm is on the host --tls-verify=false called
+ * insecure), redirects followed (Authorization dropped when the host
+ * changes), bounded retries with exponential backoff
  * on 429, 5xx and dropped connections.
  */
 import http, { type IncomingMessage, type IncomingHttpHeaders } from 'node:http';
@@ -12,6 +14,7 @@ import { SourceError } from '../source-errors.js';
 import type { SourceOptions } from '../source.js';
 import { findCredentials, parseChallenges, type Credentials } from './auth.js';
 import { tlsSettings } from './tls.js';
+import { DEFAULT_SPEED_FLOOR, TooSlowError, withSpeedFloor, type SpeedFloor } from './speed.js';
 
 /** What the client takes of a source's options: all but the platform choice, which is the transport's. */
 export type ClientOptions = Omit<SourceOptions, 'platform'>;
@@ -62,10 +65,10 @@ export function registryHost(domain: string): string {
   return domain === 'docker.io' ? 'registry-1.docker.io' : domain;
 }
 
-async function readBody(res: IncomingMessage, max: number): Promise<Buffer> {
+async function readBody(res: IncomingMessage, max: number, floor: SpeedFloor): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of res) {
+  for await (const chunk of withSpeedFloor(res, floor)) {
     total += (chunk as Buffer).length;
     if (total > max) {
       res.destroy();
@@ -77,9 +80,9 @@ async function readBody(res: IncomingMessage, max: number): Promise<Buffer> {
 }
 
 /** The `errors[0].message` of a registry's JSON error body, if any. */
-async function registryErrorText(res: IncomingMessage): Promise<string | undefined> {
+async function registryErrorText(res: IncomingMessage, floor: SpeedFloor): Promise<string | undefined> {
   try {
-    const body = await readBody(res, 64 * 1024);
+    const body = await readBody(res, 64 * 1024, floor);
     const parsed = JSON.parse(body.toString('utf8')) as { errors?: { code?: string; message?: string }[]; details?: string };
     const first = parsed.errors?.[0];
     if (first) return [first.code, first.message].filter(Boolean).join(': ');
@@ -101,6 +104,8 @@ export class RegistryClient {
   private readonly retries: number;
   private readonly retryDelayMs: number;
   private readonly env: NodeJS.ProcessEnv;
+  /** The slowest a response body may come (see speed.ts). */
+  readonly speedFloor: SpeedFloor;
 
   constructor(
     domain: string,
@@ -114,6 +119,7 @@ export class RegistryClient {
     this.credentials = findCredentials(domain, repository, { creds: options.creds, authFile: options.authFile, env: this.env });
     this.retries = options.retries ?? 5;
     this.retryDelayMs = options.retryDelayMs ?? 250;
+    this.speedFloor = { bytesPerSecond: options.speedLimit ?? DEFAULT_SPEED_FLOOR.bytesPerSecond, seconds: options.speedTime ?? DEFAULT_SPEED_FLOOR.seconds };
   }
 
   private agentFor(hostPort: string): https.Agent {
@@ -135,9 +141,20 @@ export class RegistryClient {
     return new Promise((resolve, reject) => {
       const secure = url.protocol === 'https:';
       const agent = secure ? this.agentFor(url.host) : this.httpAgent;
-      const req = (secure ? https : http).request(url, { method: 'GET', headers, agent, signal, timeout: socketTimeoutMs }, resolve);
+      // The response head within the speed floor's period: the socket's idle
+      // timeout alone lets a server trickle its headers a byte at a time for ever.
+      const { bytesPerSecond, seconds } = this.speedFloor;
+      const headTimer =
+        bytesPerSecond > 0 ? setTimeout(() => req.destroy(Object.assign(new Error(`no response within ${seconds} s`), { code: 'ETIMEDOUT' })), seconds * 1000) : undefined;
+      const req = (secure ? https : http).request(url, { method: 'GET', headers, agent, signal, timeout: socketTimeoutMs }, (res) => {
+        clearTimeout(headTimer);
+        resolve(res);
+      });
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
-      req.on('error', reject);
+      req.on('error', (err) => {
+        clearTimeout(headTimer);
+        reject(err);
+      });
       req.end();
     });
   }
@@ -226,6 +243,11 @@ export class RegistryClient {
     throw new SourceError(`${this.label}: unauthorized: ${this.host} asks for an unsupported authentication (${challenges.map((c) => c.scheme).join(', ') || 'no challenge'})`, 'unauthorized');
   }
 
+  /** With --tls-verify=false, the registry's own host name (any port) may be spoken to in plain HTTP, credentials included. */
+  private insecureHost(url: URL): boolean {
+    return this.options.tlsVerify === false && url.hostname === new URL(`https://${this.host}`).hostname;
+  }
+
   private async fetchToken(params: Record<string, string>, signal?: AbortSignal): Promise<string> {
     if (!params.realm) throw new SourceError(`${this.label}: unauthorized: bearer challenge without a realm`, 'unauthorized');
     let realm: URL;
@@ -234,13 +256,23 @@ export class RegistryClient {
     } catch {
       throw new SourceError(`${this.label}: unauthorized: malformed token realm '${params.realm}'`, 'unauthorized');
     }
+    if (realm.protocol !== 'https:' && realm.protocol !== 'http:') throw new SourceError(`${this.label}: unauthorized: token realm '${params.realm}' is not an http(s) URL`, 'unauthorized');
+    // The password goes over TLS only: a registry (or whoever answers for
+    // it) naming a plain-HTTP realm would have it in clear text. The one
+    // exception is the host the user called insecure (--tls-verify=false).
+    if (this.credentials && realm.protocol === 'http:' && !this.insecureHost(realm)) {
+      throw new SourceError(
+        `${this.label}: refusing to send the credentials from ${this.credentials.origin} to the token service ${realm.host} over plain HTTP (the realm ${this.host} names must be https)`,
+        'unauthorized',
+      );
+    }
     if (params.service) realm.searchParams.set('service', params.service);
     realm.searchParams.set('scope', this.scope());
     const headers: Record<string, string> = {};
     if (this.credentials) headers.authorization = `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
     const res = await this.withRetries(() => this.exchange(realm, headers, signal), realm, signal);
     if (res.statusCode === 401 || res.statusCode === 403) {
-      const detail = await registryErrorText(res);
+      const detail = await registryErrorText(res, this.speedFloor);
       const why = this.credentials ? `credentials from ${this.credentials.origin} rejected` : 'anonymous access refused';
       throw new SourceError(`${this.label}: unauthorized: the token service ${realm.host} refused ${this.scope()} (${why}${detail ? `: ${detail}` : ''})`, res.statusCode === 403 ? 'denied' : 'unauthorized');
     }
@@ -250,8 +282,9 @@ export class RegistryClient {
     }
     let body: { token?: unknown; access_token?: unknown };
     try {
-      body = JSON.parse((await readBody(res, 1 << 20)).toString('utf8'));
-    } catch {
+      body = JSON.parse((await readBody(res, 1 << 20, this.speedFloor)).toString('utf8'));
+    } catch (err) {
+      if (err instanceof TooSlowError) throw new SourceError(`${this.label}: the token service ${realm.host}: ${err.message}`, 'network', { cause: err });
       throw new SourceError(`${this.label}: the token service ${realm.host} sent no valid JSON`, 'unauthorized');
     }
     const token = typeof body.token === 'string' && body.token ? body.token : body.access_token;
@@ -297,7 +330,7 @@ export class RegistryClient {
         await this.answerChallenge(res.headers, options.signal);
         if (!hadAuthorization || this.authorization?.startsWith('Bearer ')) continue;
       }
-      const detail = await registryErrorText(res);
+      const detail = await registryErrorText(res, this.speedFloor);
       const suffix = detail ? ` (${detail})` : '';
       if (status === 401) {
         const challenge = parseChallenges(res.headers['www-authenticate']).find((c) => c.scheme === 'bearer');
@@ -335,7 +368,7 @@ export class RegistryClient {
   /** Read a response whole, at most `max` bytes. */
   async readAll(res: IncomingMessage, max: number, what: string): Promise<Buffer> {
     try {
-      return await readBody(res, max);
+      return await readBody(res, max, this.speedFloor);
     } catch (err) {
       throw new SourceError(`${what}: ${(err as Error).message}`, isRetryableError(err) ? 'network' : 'invalid-manifest', { cause: err });
     }

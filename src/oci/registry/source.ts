@@ -5,7 +5,8 @@
  * registry sends one), a digest reference's bytes are checked against it.
  * Blobs stream with their size and sha256 checked; a dropped connection
  * resumes with `Range` from the last byte received (or skips what was
- * already passed on, when the server ignores Range).
+ * already passed on, when the server ignores Range); a blob coming slower
+ * than the speed floor (speed.ts) fails.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
@@ -15,6 +16,7 @@ import { acceptedManifestTypes, maxDocumentSize, parseDocument, resolveImage, ty
 import { SourceError } from '../source-errors.js';
 import { blobLabel, checkBytes, checkDigestSyntax, checkedStream, sha256Of } from '../verify.js';
 import { RegistryClient, isRetryableError, sleep } from './client.js';
+import { TooSlowError, withSpeedFloor } from './speed.js';
 
 export class RegistrySource implements ImageSource {
   private readonly client: RegistryClient;
@@ -122,7 +124,7 @@ export class RegistrySource implements ImageSource {
           else if (res.statusCode === 200) skip = received;
           if (skip < 0) throw new SourceError(`${what}: the server resumed at the wrong offset`, 'registry');
         }
-        for await (const chunk of res as AsyncIterable<Buffer>) {
+        for await (const chunk of withSpeedFloor(res as AsyncIterable<Buffer>, this.client.speedFloor)) {
           let data = chunk;
           if (skip > 0) {
             const drop = Math.min(skip, data.length);
@@ -139,6 +141,11 @@ export class RegistrySource implements ImageSource {
       } catch (err) {
         res?.destroy();
         res = undefined;
+        // A trickle is not retried: the next try would trickle as long.
+        if (err instanceof TooSlowError) {
+          const { bytesPerSecond, seconds } = err.floor;
+          throw new SourceError(`${what}: transfer slower than ${bytesPerSecond} bytes/s for ${seconds} s (${received} of ${descriptor.size} bytes received); giving up (see --speed-limit and --speed-time)`, 'network', { cause: err });
+        }
         if (signal?.aborted || !isRetryableError(err)) throw err;
         failures++;
         if (failures > this.client.retryLimit) {
