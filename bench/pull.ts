@@ -69,16 +69,32 @@ async function throughput(blob: Buffer): Promise<number> {
   return n / (Number(process.hrtime.bigint() - start) / 1e9) / 1e6;
 }
 
-export async function benchPull(ctx: { repoRoot: string }): Promise<Row[]> {
-  if (process.getuid?.() !== 0 || !haveRegistry) return [{ task: 'skipped: needs root, docker-registry, skopeo and umoci', wall: '-' }];
+function benchCache(): string {
   const cache = process.env.CFS_BENCH_PULL_DIR ?? '/var/tmp/cfs-bench-pull';
   mkdirSync(cache, { recursive: true });
+  return cache;
+}
+
+/** The bench's OCI layout in `cache` (layers built once, kept): `usr` (3 layers) and `usr2` (sharing the first two). */
+function writeBenchLayout(cache: string): { layout: string; specs: LayerSpec[] } {
   const specs = LAYERS.map(([name, paths]) => layer(cache, name, paths));
   const other = layer(cache, OTHER[0], OTHER[1]);
   const layout = join(cache, 'layout');
   rmSync(layout, { recursive: true, force: true });
   writeLayout(layout, 'usr', specs);
   writeLayout(layout, 'usr2', [specs[0], specs[1], other]);
+  return { layout, specs };
+}
+
+/** The path of the bench's OCI layout, tags `usr` and `usr2` (for bench/versus.ts). */
+export function benchLayout(): string {
+  return writeBenchLayout(benchCache()).layout;
+}
+
+export async function benchPull(ctx: { repoRoot: string }): Promise<Row[]> {
+  if (process.getuid?.() !== 0 || !haveRegistry) return [{ task: 'skipped: needs root, docker-registry, skopeo and umoci', wall: '-' }];
+  const cache = benchCache();
+  const { layout, specs } = writeBenchLayout(cache);
   const compressed = specs.reduce((a, l) => a + l.blob.length, 0);
   const uncompressed = specs.reduce((a, l) => a + l.tar.length, 0);
 

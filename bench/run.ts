@@ -26,6 +26,16 @@ async function main(): Promise<void> {
   process.stdout.write(`composefs-ts benchmarks — Node ${process.version}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown CPU'})\n`);
   if (!conformance) process.stdout.write('(no ../shared/conformance: the rows that need its vectors are skipped)\n');
 
+  // `npm run bench -- --vs REV`: only this build against commit REV, side by side (bench/versus.ts).
+  const vs = process.argv.indexOf('--vs');
+  if (vs >= 0) {
+    const rev = process.argv[vs + 1];
+    if (!rev) throw new Error('--vs needs a commit (npm run bench -- --vs REV)');
+    const { benchVersus } = await import('./versus.js');
+    printTable(`This build against ${rev}, side by side (npm run bench -- --vs ${rev})`, await benchVersus({ repoRoot, conformance, rev }));
+    return;
+  }
+
   printTable('Image build (npm run bench)', benchMkcomposefs(conformance, repoRoot));
 
   const sections: Array<[string, string, string]> = [
