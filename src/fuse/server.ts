@@ -32,7 +32,7 @@ import * as P from './protocol.js';
 import { checkBlocks, measureSync, BLOCK } from './verity.js';
 import { backingClose, backingOpen } from '../sys/fuse.js';
 import { readAhead } from '../sys/readahead.js';
-import { O_PATH, openat2, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV } from '../sys/openat2.js';
+import { closeFd, O_PATH, openat2, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV } from '../sys/openat2.js';
 import { escapeField } from '../dumpfile/escape.js';
 
 const E = osConstants.errno;
@@ -355,7 +355,7 @@ export class FuseServer {
         this.log(`internal error: ${e instanceof Error ? e.message : String(e)}`);
       }
     }
-    for (const o of this.objects.values()) closeQuiet(o.fd);
+    for (const o of this.objects.values()) closeFd(o.fd);
     this.objects.clear();
     return this.stopError;
   }
@@ -922,7 +922,7 @@ export class FuseServer {
           // Verity measures an object when it is first read, not before: only its bytes are asked for.
           const fd = this.openObject(ino, data.redirect, true);
           readAhead(fd, 0, Math.min(ino.size, PREFETCH_BYTES));
-          closeQuiet(fd);
+          closeFd(fd);
         }
       } catch {
         /* only a hint: the request for it will say what is wrong */
@@ -986,7 +986,7 @@ export class FuseServer {
         /* reported below */
       }
       if (!regular) {
-        closeQuiet(fd);
+        closeFd(fd);
         return fail(`in ${this.basedirs[i]} is not a regular file`);
       }
       return fd;
@@ -1001,7 +1001,7 @@ export class FuseServer {
     for (const [nid, o] of this.objects) {
       if (drop-- <= 0) break;
       this.objects.delete(nid);
-      closeQuiet(o.fd);
+      closeFd(o.fd);
     }
   }
 }

@@ -17,6 +17,18 @@ export const RESOLVE_BENEATH = 0x08;
 /** O_PATH is not in Node's fs.constants; its value is the same on every Linux architecture but alpha/parisc/sparc. */
 export const O_PATH = 0o10000000;
 
+let closeFn: ((fd: number) => number) | null = null;
+
+/**
+ * close(2) of a descriptor openat2 returned. Not fs.closeSync: Node keeps
+ * account of the descriptors a worker thread opened through fs, and warns
+ * when a worker closes one it did not.
+ */
+export function closeFd(fd: number): void {
+  closeFn ??= libc().func('int close(int fd)') as unknown as typeof closeFn;
+  closeFn!(fd);
+}
+
 let syscall: ((nr: number, t1: string, dirfd: number, t2: string, path: Buffer, t3: string, how: Buffer, t4: string, size: number) => number) | null = null;
 
 /**
