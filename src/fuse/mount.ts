@@ -55,7 +55,11 @@ export interface FuseMountOptions {
   allowOther?: boolean;
   /** Outstanding reads of /dev/fuse (default 2). */
   readers?: number;
-  /** Where the server writes what it has to say (verity failures, missing objects); default a file under $XDG_RUNTIME_DIR or the temp dir. */
+  /**
+   * Where the server writes what it has to say (verity failures, missing objects): opened at mount,
+   * never through a symlink nor into another user's file. Default: a file under $XDG_RUNTIME_DIR/composefs,
+   * for root without one /run/composefs, else $TMPDIR/composefs-UID (see defaultLog).
+   */
   log?: string;
   /** Check everything, mount nothing. */
   dryRun?: boolean;
