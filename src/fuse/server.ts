@@ -32,7 +32,7 @@ import * as P from './protocol.js';
 import { checkBlocks, measureSync, BLOCK } from './verity.js';
 import { backingClose, backingOpen } from '../sys/fuse.js';
 import { readAhead } from '../sys/readahead.js';
-import { closeFd, O_PATH, openat2, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV } from '../sys/openat2.js';
+import { closeFd, O_PATH, openBeneath } from '../sys/openat2.js';
 import { escapeField } from '../dumpfile/escape.js';
 
 const E = osConstants.errno;
@@ -80,12 +80,6 @@ export interface ServerOptions {
   basedirFds?: number[];
 }
 
-/**
- * How an object is opened beneath its store, as overlayfs follows a redirect
- * into a data-only layer (LOOKUP_BENEATH | LOOKUP_NO_SYMLINKS | LOOKUP_NO_XDEV):
- * no `..` out, no symlink or /proc magic link on the way, no other mount.
- */
-const OBJECT_RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
 /** Non-blocking, so a FIFO or device planted in a store cannot hold a serving thread; the type is checked after. */
 const OBJECT_OPEN = fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOCTTY;
 
@@ -957,7 +951,10 @@ export class FuseServer {
 
   /**
    * The object a redirect names, opened from the first store that has it:
-   * a regular file, opened beneath the store (see OBJECT_RESOLVE). Anything
+   * a regular file, opened beneath the store as overlayfs follows a redirect
+   * into a data-only layer (no `..` out, no symlink, no other mount: see
+   * openBeneath), non-blocking (a FIFO or device in a store must not hold a
+   * serving thread) and then checked to be a regular file. Anything
    * else is EIO, logged unless `quiet`: a redirect that is not an object path,
    * one that leaves the store or meets a symlink, a FIFO or device.
    */
@@ -971,7 +968,7 @@ export class FuseServer {
     for (let i = 0; i < this.basedirFds.length; i++) {
       let fd: number;
       try {
-        fd = openat2(this.basedirFds[i], rel, OBJECT_OPEN, OBJECT_RESOLVE);
+        fd = openBeneath(this.basedirFds[i], rel, OBJECT_OPEN);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code === 'ENOENT' || code === 'ENOTDIR') continue; // not in this store: try the next
