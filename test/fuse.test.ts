@@ -511,7 +511,8 @@ test('hostile images: damaged images never crash or hang the server', { skip: SK
       writeFileSync(path, image);
       let pid = 0;
       try {
-        pid = (await mountFuse(path, mnt, { basedir: [store], via: 'direct' })).pid;
+        // Its log in this test's directory: damaged images have much to say, and it goes with them.
+        pid = (await mountFuse(path, mnt, { basedir: [store], via: 'direct', log: join(dir, 'server.log') })).pid;
       } catch (err) {
         assert.ok(err instanceof Error && err.message.length < 400 && !err.message.includes('\n'), String(err));
         refused++;

@@ -112,6 +112,8 @@ const NAME_MAX = 255;
 
 const DOT = 0x2e;
 const SLASH = 0x2f;
+/** The longest symlink target: PATH_MAX (4096) less its NUL. */
+const SYMLINK_MAX = 4095;
 
 
 /** One inode as stored, after bounds checks. */
@@ -647,6 +649,8 @@ class Reader {
     const nid = raw.nid;
     let symlinkLength = -1;
     if (type === S_IFLNK) {
+      // Below PATH_MAX, as symlink(2) makes them and the dump format takes them: a longer one the kernel cannot hand to a reader.
+      if (raw.size > SYMLINK_MAX) throw new EntryError('symlink', `inode ${nid}: symlink target of ${raw.size} bytes is too long (the limit is ${SYMLINK_MAX})`);
       const target = this.data(raw);
       for (let i = 0; i < target.length; i++) if (target[i] === 0) throw new EntryError('symlink', `inode ${nid}: symlink target contains NUL`);
       node.payload = target;

@@ -85,6 +85,40 @@ export type Data =
 
 const MAX_SAFE_HI = 0x1fffff;
 const NAME_MAX = 255;
+/**
+ * The longest symlink target: below PATH_MAX (4096 with its NUL), what
+ * symlink(2) makes and the most a FUSE READLINK answer may carry (the kernel
+ * reads it into one page and keeps a byte for the NUL, fs/fuse/dir.c).
+ */
+export const SYMLINK_MAX = 4095;
+const SLASH = 0x2f;
+const DOT = 0x2e;
+
+/**
+ * The path of the object a `trusted.overlay.redirect` names, relative to a
+ * store, or null when it names none. The kernel follows a redirect into a
+ * data-only layer only beneath the layer, without symlinks; composefs writes
+ * `/XX/<62 hex digits>`. Taken: one optional leading `/`, then names
+ * separated by single slashes, none empty, `.` or `..` (so no path can leave
+ * the store however it is resolved), no NUL, each at most NAME_MAX bytes and
+ * the whole below PATH_MAX.
+ */
+export function objectPath(redirect: Buffer): Buffer | null {
+  const rel = redirect.length > 0 && redirect[0] === SLASH ? redirect.subarray(1) : redirect;
+  if (rel.length === 0 || rel.length > SYMLINK_MAX) return null;
+  let start = 0;
+  for (let i = 0; i <= rel.length; i++) {
+    if (i < rel.length && rel[i] !== SLASH) {
+      if (rel[i] === 0) return null;
+      continue;
+    }
+    const n = i - start;
+    if (n === 0 || n > NAME_MAX) return null;
+    if (rel[start] === DOT && (n === 1 || (n === 2 && rel[start + 1] === DOT))) return null;
+    start = i + 1;
+  }
+  return rel;
+}
 const latin1 = (s: string) => Buffer.from(s, 'latin1');
 const PREFIXES = XATTR_INDEX_PREFIX.map((p) => (p === null ? null : latin1(p)));
 const OVERLAY = latin1('trusted.overlay.');
@@ -237,6 +271,7 @@ export class ImageView {
   }
 
   symlinkTarget(ino: Ino): Buffer {
+    if (ino.size > SYMLINK_MAX) throw new BadImageError(`inode ${ino.nid}: symlink target of ${ino.size} bytes (at most ${SYMLINK_MAX})`);
     const t = this.inlineData(ino);
     if (t.length === 0 || t.includes(0)) throw new BadImageError(`inode ${ino.nid}: bad symlink target`);
     return t;
@@ -270,8 +305,8 @@ export class ImageView {
 
   /**
    * Every stored xattr of the inode, inline ones then shared ones, with its
-   * full name and where its value is; names whose prefix index is unknown are
-   * left out.
+   * full name and where its value is; a name with an unknown prefix index,
+   * empty or with a NUL is damage (BadImageError).
    */
   private eachXattr(ino: Ino, fn: (index: number, nameStart: number, nameLen: number, valueStart: number, valueEnd: number) => void): void {
     if (ino.xattrSize === 0) return;
@@ -299,13 +334,13 @@ export class ImageView {
     const index = b[pos + 1];
     const total = XATTR_ENTRY_SIZE + nameLen + u16(b, pos + 2);
     if (pos + total > end) throw new BadImageError(`inode ${nid}: xattr entry runs past its area`);
+    // What the shared reader refuses (src/erofs/reader.ts) is damage here too: the inode's requests get EIO.
     const prefix = index < PREFIXES.length ? PREFIXES[index] : null;
-    if (prefix !== null && prefix.length + nameLen > 0) {
-      const s = pos + XATTR_ENTRY_SIZE;
-      let nul = false;
-      for (let i = s; i < s + nameLen; i++) if (b[i] === 0) nul = true;
-      if (!nul) fn(index, s, nameLen, s + nameLen, pos + total);
-    }
+    if (prefix === null) throw new BadImageError(`inode ${nid}: xattr with unknown name prefix index ${index}`);
+    if (prefix.length + nameLen === 0) throw new BadImageError(`inode ${nid}: empty xattr name`);
+    const s = pos + XATTR_ENTRY_SIZE;
+    for (let i = s; i < s + nameLen; i++) if (b[i] === 0) throw new BadImageError(`inode ${nid}: xattr name contains NUL`);
+    fn(index, s, nameLen, s + nameLen, pos + total);
     return total;
   }
 
@@ -419,6 +454,11 @@ export class ImageView {
       const n = this.blockCount(dir.nid, s, l);
       for (; i < n; i++) {
         const e = this.blockEntry(dir.nid, s, l, n, i);
+        // A name with '/' or NUL is damage, as for the shared reader: the listing is EIO. (A lookup
+        // never matches one: the kernel asks only for names without either.)
+        for (let q = e.nameStart; q < e.nameEnd; q++) {
+          if (this.buf[q] === SLASH || this.buf[q] === 0) throw new BadImageError(`inode ${dir.nid}: directory entry name contains '/' or NUL`);
+        }
         const next = i + 1 < n ? bi * BLOCK_SIZE + i + 1 : (bi + 1) * BLOCK_SIZE;
         if (!fn(e, next)) return;
       }

@@ -14,7 +14,7 @@
  * once the kernel's INIT is answered; the caller returns then. With
  * `foreground` this process serves until the mount goes away.
  */
-import { appendFileSync, existsSync, mkdirSync, openSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, realpathSync, statSync, writeSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -55,7 +55,11 @@ export interface FuseMountOptions {
   allowOther?: boolean;
   /** Outstanding reads of /dev/fuse (default 2). */
   readers?: number;
-  /** Where the server writes what it has to say (verity failures, missing objects); default a file under $XDG_RUNTIME_DIR or the temp dir. */
+  /**
+   * Where the server writes what it has to say (verity failures, missing objects): opened at mount,
+   * never through a symlink nor into another user's file. Default: a file under $XDG_RUNTIME_DIR/composefs,
+   * for root without one /run/composefs, else $TMPDIR/composefs-UID (see defaultLog).
+   */
   log?: string;
   /** Check everything, mount nothing. */
   dryRun?: boolean;
@@ -80,9 +84,110 @@ export interface DaemonConfig {
   options: FuseMountOptions;
 }
 
+/**
+ * Where the server's log goes when no log= is given: the user's runtime
+ * directory ($XDG_RUNTIME_DIR/composefs); without one, root's /run/composefs
+ * (no shared temp dir for root), and anyone else's $TMPDIR/composefs-UID. The directory is checked by
+ * checkLogDirectory before anything is mounted.
+ */
 function defaultLog(mountpoint: string): string {
-  const dir = process.env.XDG_RUNTIME_DIR && existsSync(process.env.XDG_RUNTIME_DIR) ? join(process.env.XDG_RUNTIME_DIR, 'composefs') : join(tmpdir(), `composefs-${process.getuid?.() ?? 0}`);
+  const uid = process.getuid?.() ?? 0;
+  const xdg = process.env.XDG_RUNTIME_DIR;
+  const dir = xdg && existsSync(xdg) ? join(xdg, 'composefs') : uid === 0 && ownedByUs('/run', uid) ? '/run/composefs' : join(tmpdir(), `composefs-${outsideUid(uid)}`);
   return join(dir, `fuse${mountpoint.replace(/[^A-Za-z0-9._-]/g, '_')}.log`);
+}
+
+/**
+ * `uid` as the parent user namespace knows it (/proc/self/uid_map): the
+ * "root" of every user's namespace is uid 0, and a temp dir named after 0
+ * would be the same name for all of them.
+ */
+function outsideUid(uid: number): number {
+  try {
+    for (const line of readFileSync('/proc/self/uid_map', 'utf8').trim().split('\n')) {
+      const [inside, outside, count] = line.trim().split(/\s+/).map(Number);
+      if (uid >= inside && uid < inside + count) return outside + (uid - inside);
+    }
+  } catch {
+    /* no /proc: the uid as seen here */
+  }
+  return uid;
+}
+
+/** Whether `path` is a directory of `uid`'s (root's /run is not, seen from a user namespace's root). */
+function ownedByUs(path: string, uid: number): boolean {
+  try {
+    const st = lstatSync(path);
+    return st.isDirectory() && st.uid === uid;
+  } catch {
+    return false;
+  }
+}
+
+const LOG_WHY_NOT = 'remove it, or name a log with -o log=PATH';
+
+/**
+ * The default log's directory: refused unless it is a directory (not a
+ * link) of this user's with no access for anyone else — in a shared temp
+ * dir anyone may have made it first, and planted links in it. Made 0700
+ * with `create` (when there is a first line to write), so a mount with
+ * nothing to say leaves nothing behind.
+ */
+function checkLogDirectory(dir: string, create: boolean): void {
+  const uid = process.getuid?.() ?? 0;
+  try {
+    if (create) mkdirSync(dir, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, `log directory ${dir}`);
+  }
+  let st;
+  try {
+    st = lstatSync(dir);
+  } catch (err) {
+    if (!create && (err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw ioError(err, `log directory ${dir}`);
+  }
+  if (!st.isDirectory()) throw new FuseMountError(`log directory ${dir}: not a directory (${st.isSymbolicLink() ? 'a symlink' : 'another kind of file'}): ${LOG_WHY_NOT}`);
+  if (st.uid !== uid) throw new FuseMountError(`log directory ${dir}: owned by uid ${st.uid}, not by uid ${uid}: ${LOG_WHY_NOT}`);
+  if ((st.mode & 0o077) !== 0) throw new FuseMountError(`log directory ${dir}: mode 0${(st.mode & 0o7777).toString(8)} lets others in (it must be 0700): ${LOG_WHY_NOT}`);
+}
+
+const LOG_FLAGS = fsc.O_WRONLY | fsc.O_APPEND | fsc.O_NOFOLLOW | fsc.O_NONBLOCK | fsc.O_NOCTTY;
+
+/**
+ * Open a log for appending: created anew (exclusively, 0600), or an
+ * existing regular file of this user's; never through a symlink, never a
+ * FIFO or device, never someone else's file.
+ */
+function openLog(path: string): number {
+  const uid = process.getuid?.() ?? 0;
+  let fd: number;
+  try {
+    fd = openSync(path, LOG_FLAGS | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, `log ${path}`);
+    try {
+      fd = openSync(path, LOG_FLAGS);
+    } catch (err2) {
+      if ((err2 as NodeJS.ErrnoException).code === 'ELOOP') throw new FuseMountError(`log ${path}: a symlink (logs are not written through links): ${LOG_WHY_NOT}`);
+      throw ioError(err2, `log ${path}`);
+    }
+  }
+  const st = fstatSync(fd);
+  if (!st.isFile() || st.uid !== uid) {
+    closeSync(fd);
+    throw new FuseMountError(`log ${path}: ${st.isFile() ? `owned by uid ${st.uid}, not by uid ${uid}` : 'not a regular file'}: ${LOG_WHY_NOT}`);
+  }
+  return fd;
+}
+
+/**
+ * A log record as one line: control characters (newlines too) escaped,
+ * whatever reached it. (The server already prints names from an image with
+ * the dump format's escapes.)
+ */
+export function logRecord(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
 /** Everything checked before any mount: paths, the image, its digest. */
@@ -213,17 +318,40 @@ export async function serveFuse(
       server: null,
     };
   }
+  // A log named with log= is opened now (refused now, in one line); the default one when there is something to say.
+  if (!o.log) checkLogDirectory(join(logPath, '..'), false);
+  let logFd = o.log ? openLog(logPath) : -1;
   const log = (line: string) => {
-    onLog?.(line);
+    const record = logRecord(`${p.mountpoint}: ${line}`);
+    onLog?.(logRecord(line));
     try {
-      mkdirSync(join(logPath, '..'), { recursive: true });
-      appendFileSync(logPath, `${new Date().toISOString()} ${p.mountpoint}: ${line}\n`);
+      if (logFd < 0) {
+        checkLogDirectory(join(logPath, '..'), true);
+        logFd = openLog(logPath);
+      }
+      writeSync(logFd, `${new Date().toISOString()} ${record}\n`);
     } catch {
       /* nowhere to log */
     }
   };
-  const { fd, via } = mountDevice(p.mountpoint, o, explain);
-  const server = new FuseServer(fd, p.view, { basedirs: o.basedir.map((d) => resolve(d)), verity: o.verity, passthrough: o.passthrough, readers: o.readers, log });
+  let fd = -1;
+  let via: FuseVia;
+  let server: FuseServer;
+  try {
+    ({ fd, via } = mountDevice(p.mountpoint, o, explain));
+    server = new FuseServer(fd, p.view, { basedirs: o.basedir.map((d) => resolve(d)), verity: o.verity, passthrough: o.passthrough, readers: o.readers, log });
+  } catch (err) {
+    if (fd >= 0) {
+      try {
+        unmountFuse(p.mountpoint, true);
+      } catch {
+        /* not mounted */
+      }
+    }
+    sys.closeQuiet(fd);
+    sys.closeQuiet(logFd);
+    throw err;
+  }
   const unmount = () => {
     try {
       unmountFuse(p.mountpoint, true);
@@ -236,6 +364,8 @@ export async function serveFuse(
   const closed = server.serve().finally(() => {
     for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.off(s, onSignal);
     sys.closeQuiet(fd);
+    sys.closeQuiet(logFd);
+    logFd = -1;
   });
   closed.catch(() => {});
   // The kernel sends INIT as soon as the mount exists; the first access waits for our answer.

@@ -24,14 +24,16 @@
  * Node ids are derived from the image (nid + 2; the root is 1), so the
  * server keeps no table of looked-up inodes and FORGET costs nothing.
  */
-import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { constants as osConstants } from 'node:os';
-import { BadImageError, ImageView, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Data, type Ino } from './image.js';
+import { BadImageError, ImageView, objectPath, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Data, type Ino } from './image.js';
 import * as P from './protocol.js';
 import { checkBlocks, measureSync, BLOCK } from './verity.js';
 import { backingClose, backingOpen } from '../sys/fuse.js';
 import { readAhead } from '../sys/readahead.js';
+import { closeFd, O_PATH, openBeneath } from '../sys/openat2.js';
+import { escapeField } from '../dumpfile/escape.js';
 
 const E = osConstants.errno;
 /** Names and attributes never change: the kernel may cache them for a year. */
@@ -71,6 +73,19 @@ export interface ServerOptions {
   readers?: number;
   /** Where messages about objects go (verity failures, missing objects). */
   log?: (line: string) => void;
+  /**
+   * The basedirs opened O_PATH (what serve() hands its threads): objects are
+   * opened beneath these for the server's life, whatever becomes of the paths.
+   */
+  basedirFds?: number[];
+}
+
+/** Non-blocking, so a FIFO or device planted in a store cannot hold a serving thread; the type is checked after. */
+const OBJECT_OPEN = fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOCTTY;
+
+/** Bytes from an image or a store as one printable word for a log line (the dump format's escapes). */
+function shown(b: Buffer): string {
+  return escapeField(b);
 }
 
 export interface ServerState {
@@ -213,6 +228,21 @@ export class FuseServer {
     this.backing = new Int32Array(this.shared.backing);
     this.state = new SharedServerState(this.control);
     if (!worker) this.state.passthrough = null;
+    this.basedirFds = opts.basedirFds ?? (worker ? [] : this.openBasedirs());
+  }
+
+  /** The stores, opened once: O_PATH directories every object is opened beneath. */
+  private readonly basedirFds: number[];
+
+  private openBasedirs(): number[] {
+    const fds: number[] = [];
+    try {
+      for (const dir of this.basedirs) fds.push(openSync(dir, O_PATH | fsc.O_DIRECTORY));
+    } catch (e) {
+      for (const fd of fds) closeQuiet(fd);
+      throw e;
+    }
+    return fds;
   }
 
   /**
@@ -224,7 +254,12 @@ export class FuseServer {
     const image = new SharedArrayBuffer(this.image.buf.length);
     Buffer.from(image).set(this.image.buf);
     const shared: SharedState = { ...this.shared, image };
-    const { log: _log, ...workerOpts } = this.opts;
+    const { log: _log, ...rest } = this.opts;
+    const workerOpts: ServerOptions = { ...rest, basedirFds: this.basedirFds };
+    const closeBasedirs = () => {
+      if (this.opts.basedirFds) return; // the caller's
+      for (const fd of this.basedirFds.splice(0)) closeQuiet(fd);
+    };
     return new Promise<void>((resolve, reject) => {
       let running = this.readers;
       let firstError: Error | undefined;
@@ -232,6 +267,7 @@ export class FuseServer {
         firstError ??= err;
         if (--running > 0) return;
         for (const w of this.initWaiters.splice(0)) w();
+        closeBasedirs();
         if (firstError) reject(firstError);
         else resolve();
       };
@@ -313,18 +349,24 @@ export class FuseServer {
         this.log(`internal error: ${e instanceof Error ? e.message : String(e)}`);
       }
     }
-    for (const o of this.objects.values()) closeQuiet(o.fd);
+    for (const o of this.objects.values()) closeFd(o.fd);
     this.objects.clear();
     return this.stopError;
   }
 
-  private send(len: number, buf: Buffer = this.reply): void {
+  /**
+   * Write one answer. Only a connection that is gone (ENODEV) stops the
+   * thread: an answer the kernel refuses (EINVAL: too long for the request)
+   * concerns that request alone, which the kernel then fails itself, and
+   * ENOENT means the request was interrupted meanwhile.
+   */
+  private send(len: number, buf: Buffer = this.reply, at = 0): void {
     try {
-      writeSync(this.fd, buf, 0, len);
+      writeSync(this.fd, buf, at, len);
     } catch (e) {
-      // ENOENT: the request was interrupted meanwhile; anything else means the connection is gone.
       const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT') this.stop(code === 'ENODEV' ? undefined : (e as Error));
+      if (code === 'ENODEV') this.stop();
+      else if (code !== 'ENOENT') this.log(`reply of ${len} bytes refused by the kernel: ${code ?? String(e)}`);
     }
   }
 
@@ -436,7 +478,9 @@ export class FuseServer {
         return this.error(unique, E.EIO);
       }
       if (e instanceof ReplyError) return this.error(unique, e.errno);
-      throw e;
+      // A defect of ours: still answered, or the caller would wait for ever.
+      this.log(`internal error: ${e instanceof Error ? e.message : String(e)}`);
+      return this.error(unique, E.EIO);
     }
   }
 
@@ -790,17 +834,12 @@ export class FuseServer {
     // The answer starts `skip` bytes into what was read: put the header right before it.
     const from = at + skip - P.OUT_HEADER_SIZE;
     P.writeOutHeader(out, from, P.OUT_HEADER_SIZE + want, 0, unique);
-    try {
-      writeSync(this.fd, out, from, P.OUT_HEADER_SIZE + want);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT') this.stop(code === 'ENODEV' ? undefined : (e as Error));
-    }
+    this.send(P.OUT_HEADER_SIZE + want, out, from);
   }
 
   private objectName(ino: Ino): string {
     const d = this.image.data(ino);
-    return d.kind === 'object' && d.redirect ? d.redirect.toString().replace(/^\//, '') : `inode ${ino.nid}`;
+    return d.kind === 'object' && d.redirect ? shown(d.redirect.subarray(d.redirect[0] === 0x2f ? 1 : 0)) : `inode ${ino.nid}`;
   }
 
   /**
@@ -819,12 +858,8 @@ export class FuseServer {
       if (!quiet) this.log(`object: inode ${ino.nid} has trusted.overlay.metacopy but no redirect; EIO`);
       throw new ReplyError(E.EIO);
     }
-    const rel = data.redirect.toString('utf8').replace(/^\/+/, '');
-    const fd = this.openObject(rel);
-    if (fd < 0) {
-      if (!quiet) this.log(`object: ${rel} (inode ${ino.nid}) is in none of the object stores; EIO`);
-      throw new ReplyError(E.EIO);
-    }
+    const fd = this.openObject(ino, data.redirect, quiet);
+    const rel = this.objectName(ino);
     const obj: ObjectFile = { fd, size: ino.size, verified: null };
     if (this.verity) obj.verified = this.measureObject(ino, obj, rel, data.digest);
     this.evict();
@@ -879,11 +914,9 @@ export class FuseServer {
           readAhead(obj.fd, 0, Math.min(obj.size, PREFETCH_BYTES));
         } else if (!this.objects.has(ino.nid) && data.kind === 'object' && data.redirect) {
           // Verity measures an object when it is first read, not before: only its bytes are asked for.
-          const fd = this.openObject(data.redirect.toString('utf8').replace(/^\/+/, ''));
-          if (fd >= 0) {
-            readAhead(fd, 0, Math.min(ino.size, PREFETCH_BYTES));
-            closeQuiet(fd);
-          }
+          const fd = this.openObject(ino, data.redirect, true);
+          readAhead(fd, 0, Math.min(ino.size, PREFETCH_BYTES));
+          closeFd(fd);
         }
       } catch {
         /* only a hint: the request for it will say what is wrong */
@@ -916,16 +949,46 @@ export class FuseServer {
     return m.leaves;
   }
 
-  /** The object file `rel` opened from the first store that has it, or -1. */
-  private openObject(rel: string): number {
-    for (const base of this.basedirs) {
+  /**
+   * The object a redirect names, opened from the first store that has it:
+   * a regular file, opened beneath the store as overlayfs follows a redirect
+   * into a data-only layer (no `..` out, no symlink, no other mount: see
+   * openBeneath), non-blocking (a FIFO or device in a store must not hold a
+   * serving thread) and then checked to be a regular file. Anything
+   * else is EIO, logged unless `quiet`: a redirect that is not an object path,
+   * one that leaves the store or meets a symlink, a FIFO or device.
+   */
+  private openObject(ino: Ino, redirect: Buffer, quiet: boolean): number {
+    const fail = (why: string): never => {
+      if (!quiet) this.log(`object: ${shown(redirect)} (inode ${ino.nid}) ${why}; EIO`);
+      throw new ReplyError(E.EIO);
+    };
+    const rel = objectPath(redirect);
+    if (rel === null) return fail('is not an object path (a relative path of plain names)');
+    for (let i = 0; i < this.basedirFds.length; i++) {
+      let fd: number;
       try {
-        return openSync(`${base}/${rel}`, 'r');
-      } catch {
-        /* not in this store: try the next */
+        fd = openBeneath(this.basedirFds[i], rel, OBJECT_OPEN);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' || code === 'ENOTDIR') continue; // not in this store: try the next
+        if (code === 'ELOOP') return fail(`meets a symlink in ${this.basedirs[i]}`);
+        if (code === 'EXDEV') return fail(`leaves ${this.basedirs[i]}`);
+        return fail(`in ${this.basedirs[i]}: ${code ?? String(e)}`);
       }
+      let regular = false;
+      try {
+        regular = fstatSync(fd).isFile();
+      } catch {
+        /* reported below */
+      }
+      if (!regular) {
+        closeFd(fd);
+        return fail(`in ${this.basedirs[i]} is not a regular file`);
+      }
+      return fd;
     }
-    return -1;
+    return fail('is in none of the object stores');
   }
 
   /** Close the least recently used objects beyond the limit. */
@@ -935,7 +998,7 @@ export class FuseServer {
     for (const [nid, o] of this.objects) {
       if (drop-- <= 0) break;
       this.objects.delete(nid);
-      closeQuiet(o.fd);
+      closeFd(o.fd);
     }
   }
 }

@@ -3,32 +3,91 @@
  * answers: a server that died leaves a mount every access to which fails
  * with ENOTCONN ("Transport endpoint is not connected") until it is
  * unmounted.
+ *
+ * The question must reach the server and must not wait on it. A stat is
+ * answered from the kernel's cache (attributes are valid for a year), so
+ * even a dead server's root stats fine; statfs is never cached. And a
+ * stopped server leaves the asker in the kernel until it is killed, so the
+ * questions are asked by a child process (all mounts at once) that is
+ * killed at a deadline: what has not answered by then is reported as not
+ * answering, never waited for.
  */
-import { statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { readMountinfo, type MountInfo } from '../mount/mountinfo.js';
 import { FUSE_FSTYPE, unmountFuse } from './unmount.js';
 
 export interface FuseMountStatus {
   mountpoint: string;
-  /** serving: the server answers; disconnected: it is gone (ENOTCONN) and the mount only waits to be removed. */
-  state: 'serving' | 'disconnected' | 'unknown';
+  /**
+   * serving: the server answered; disconnected: it is gone (ENOTCONN) and
+   * the mount only waits to be removed; unresponsive: no answer by the
+   * deadline (stopped or stuck); unknown: this user may not ask, or another error.
+   */
+  state: 'serving' | 'disconnected' | 'unresponsive' | 'unknown';
   why: string;
   options: string;
 }
 
+/** How long the servers get to answer, all together. */
+export const PROBE_DEADLINE_MS = 2000;
+
+/**
+ * statfs of each mountpoint (argv[1], JSON) on libuv's threads, one line
+ * `[index, errno code or f_bsize]` per answer as it comes. A FUSE mount
+ * the caller may not use (not allow_other) answers statfs itself with a
+ * block size of 0, without asking the server.
+ */
+const PROBE = `const fs=require('fs');const m=JSON.parse(process.argv[1]);m.forEach((p,i)=>fs.statfs(p,(e,s)=>process.stdout.write(JSON.stringify([i,e?(e.code||String(e)):s.bsize])+'\\n')));`;
+
+/** Requests the kernel holds for the connection of mount device `dev` ("major:minor"), when /sys/fs/fuse/connections tells (root, fusectl mounted). */
+function waitingRequests(dev: string): number | null {
+  const [major, minor] = dev.split(':').map(Number);
+  if (!Number.isInteger(major) || !Number.isInteger(minor)) return null;
+  try {
+    return Number(readFileSync(`/sys/fs/fuse/connections/${major * 2 ** 20 + minor}/waiting`, 'utf8').trim());
+  } catch {
+    return null;
+  }
+}
+
+function probe(mountpoints: string[]): Array<string | number | null> {
+  const answers: Array<string | number | null> = mountpoints.map(() => null);
+  if (mountpoints.length === 0) return answers;
+  const r = spawnSync(process.execPath, ['-e', PROBE, JSON.stringify(mountpoints)], {
+    cwd: '/',
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+    timeout: PROBE_DEADLINE_MS,
+    killSignal: 'SIGKILL',
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(Math.min(128, Math.max(4, mountpoints.length))) },
+  });
+  for (const line of (r.stdout ?? '').split('\n')) {
+    try {
+      const [i, v] = JSON.parse(line) as [number, string | number];
+      if (Number.isInteger(i) && i >= 0 && i < answers.length) answers[i] = v;
+    } catch {
+      /* a line cut by the deadline */
+    }
+  }
+  return answers;
+}
+
 export function fuseMounts(all: MountInfo[] = readMountinfo()): FuseMountStatus[] {
-  return all
-    .filter((m) => m.fstype === FUSE_FSTYPE)
-    .map((m) => {
-      try {
-        statSync(m.mountPoint);
-        return { mountpoint: m.mountPoint, state: 'serving' as const, why: 'the server answers', options: m.superOptions };
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'ENOTCONN') return { mountpoint: m.mountPoint, state: 'disconnected' as const, why: 'ENOTCONN: the server is gone; `cfs status --clean` unmounts it', options: m.superOptions };
-        return { mountpoint: m.mountPoint, state: 'unknown' as const, why: `stat: ${code ?? String(err)}`, options: m.superOptions };
-      }
-    });
+  const ours = all.filter((m) => m.fstype === FUSE_FSTYPE);
+  const answers = probe(ours.map((m) => m.mountPoint));
+  return ours.map((m, i): FuseMountStatus => {
+    const a = answers[i];
+    const at = { mountpoint: m.mountPoint, options: m.superOptions };
+    if (typeof a === 'number' && a > 0) return { ...at, state: 'serving', why: 'the server answers' };
+    if (a === 0) return { ...at, state: 'unknown', why: 'this user may not ask its server (the mount is not allow_other)' };
+    if (a === 'ENOTCONN') return { ...at, state: 'disconnected', why: 'ENOTCONN: the server is gone; `cfs status --clean` unmounts it' };
+    if (a === null) {
+      const waiting = waitingRequests(m.dev);
+      return { ...at, state: 'unresponsive', why: `the server did not answer within ${PROBE_DEADLINE_MS / 1000} s (stopped or stuck${waiting !== null ? `; ${waiting} request(s) waiting` : ''})` };
+    }
+    return { ...at, state: 'unknown', why: `statfs: ${a}` };
+  });
 }
 
 /** Unmount the FUSE mounts whose server is gone; returns what was done. */
