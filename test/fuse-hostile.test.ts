@@ -255,6 +255,22 @@ function damagedImage(dir: string, good: { payload: string; digest: string; cont
   return { image, linkOnly };
 }
 
+test('a FIFO named as the image is refused at once by the FUSE mount, not waited on', { skip: SKIP }, () => {
+  const { dir, store, mnt } = setup('fuse-fifo-image');
+  try {
+    const fifo = join(dir, 'image.fifo');
+    spawnSync('mkfifo', [fifo]);
+    const r = cfs(['mount', '--fuse', '-o', `basedir=${store}`, fifo, mnt], process.env, 20_000);
+    assert.equal(r.signal, null, 'the mount waited on the FIFO until killed');
+    assert.equal(r.status, 1, r.stdout);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, /image\.fifo: not a regular file or block device/);
+    assert.equal(mountAt(mnt)?.fstype, undefined);
+  } finally {
+    cleanupDir(dir);
+  }
+});
+
 test('the shared reader refuses a symlink target longer than PATH_MAX allows', { skip: SKIP }, () => {
   const { dir, good } = setup('fuse-reader');
   try {
@@ -358,6 +374,19 @@ test('the server log: never through a link or into a directory someone else made
     assert.match(lines[0], /object: \/?ab\/x\\n\*\\x20\*.*is in none of the object stores; EIO$/);
     assert.ok(!lines.some((l) => l.startsWith('*')));
     assert.equal((statSync(log).mode & 0o777).toString(8), '600');
+    await unmount(mnt, pid);
+    pid = 0;
+
+    // Our own log directory left open to others (earlier versions made it 0755): closed to 0700 and used.
+    const own = join(dir, 'own-runtime');
+    mkdirSync(join(own, 'composefs'), { recursive: true, mode: 0o755 });
+    chmodSync(join(own, 'composefs'), 0o755);
+    const mounted = mountFuse(image, mnt, `basedir=${store}`, { ...env, XDG_RUNTIME_DIR: own });
+    pid = mounted.pid;
+    assert.equal(asNobody(['cat', join(mnt, 'missing')]).status, 1);
+    assert.equal((statSync(join(own, 'composefs')).mode & 0o777).toString(8), '700');
+    assert.equal(mounted.log, join(own, 'composefs', mangled));
+    assert.match(readFileSync(mounted.log, 'utf8'), /is in none of the object stores; EIO/);
   } finally {
     await unmount(mnt, pid);
     if (defaultLog.startsWith('/run/composefs/')) {

@@ -14,7 +14,7 @@
  * once the kernel's INIT is answered; the caller returns then. With
  * `foreground` this process serves until the mount goes away.
  */
-import { closeSync, constants as fsc, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, realpathSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, fchmodSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, realpathSync, statSync, writeSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -26,6 +26,8 @@ import { ImageView } from './image.js';
 import { FuseServer, type ServerState } from './server.js';
 import { FUSE_FSTYPE, fusermountPath, unmountFuse } from './unmount.js';
 import type { RungResult } from '../mount/ladder.js';
+import { openImageFile } from '../mount/image.js';
+import { printable } from '../printable.js';
 
 export { FUSE_FSTYPE, unmountFuse };
 
@@ -149,7 +151,22 @@ function checkLogDirectory(dir: string, create: boolean): void {
   }
   if (!st.isDirectory()) throw new FuseMountError(`log directory ${dir}: not a directory (${st.isSymbolicLink() ? 'a symlink' : 'another kind of file'}): ${LOG_WHY_NOT}`);
   if (st.uid !== uid) throw new FuseMountError(`log directory ${dir}: owned by uid ${st.uid}, not by uid ${uid}: ${LOG_WHY_NOT}`);
-  if ((st.mode & 0o077) !== 0) throw new FuseMountError(`log directory ${dir}: mode 0${(st.mode & 0o7777).toString(8)} lets others in (it must be 0700): ${LOG_WHY_NOT}`);
+  if ((st.mode & 0o077) !== 0) {
+    // Ours (earlier versions made it 0755): closing it to others is safe, and the log in it is still
+    // opened without following links and refused unless it is our own regular file. Through a
+    // descriptor of the very directory checked, never by name.
+    let fd = -1;
+    try {
+      fd = openSync(dir, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+      const now = fstatSync(fd);
+      if (now.ino !== st.ino || now.dev !== st.dev) throw new Error('it changed while it was checked');
+      fchmodSync(fd, 0o700);
+    } catch (err) {
+      throw new FuseMountError(`log directory ${dir}: mode 0${(st.mode & 0o7777).toString(8)} lets others in and could not be made 0700 (${reasonOf(err)}): ${LOG_WHY_NOT}`);
+    } finally {
+      if (fd >= 0) closeSync(fd);
+    }
+  }
 }
 
 const LOG_FLAGS = fsc.O_WRONLY | fsc.O_APPEND | fsc.O_NOFOLLOW | fsc.O_NONBLOCK | fsc.O_NOCTTY;
@@ -186,9 +203,7 @@ function openLog(path: string): number {
  * whatever reached it. (The server already prints names from an image with
  * the dump format's escapes.)
  */
-export function logRecord(text: string): string {
-  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
-}
+export const logRecord = printable;
 
 /** Everything checked before any mount: paths, the image, its digest. */
 function prepare(image: string, mountpoint: string, o: FuseMountOptions): { image: string; mountpoint: string; view: ImageView; explain: string[] } {
@@ -204,10 +219,14 @@ function prepare(image: string, mountpoint: string, o: FuseMountOptions): { imag
   }
   const imagePath = resolve(image);
   let buf: Buffer;
+  // Without blocking, and only a regular file or block device: a FIFO named as the image must not hang the mount.
+  const fd = openImageFile(imagePath);
   try {
-    buf = readFileSync(imagePath);
+    buf = readFileSync(fd);
   } catch (err) {
     throw ioError(err, image);
+  } finally {
+    closeSync(fd);
   }
   for (const dir of o.basedir) {
     try {
