@@ -94,7 +94,7 @@ export function describeMount(m: MountInfo, all: MountInfo[]): ComposefsMountSta
   }
   const layers: 'fd' | 'path' = lower.length > 0 && lower[0] === '/' ? 'fd' : 'path';
   const named = [...lower.filter((p) => p !== '/'), ...data, ...(upper ? [upper] : [])];
-  const stalePaths = named.filter((p) => !existsSync(p));
+  const stalePaths = named.filter((p) => !underFuse(p, all) && !existsSync(p));
   const attachedTemporaryMounts = lower.filter((p) => p !== '/' && all.some((x) => x.mountPoint === p && x.fstype === 'erofs'));
   return {
     mountpoint: m.mountPoint,
@@ -109,6 +109,22 @@ export function describeMount(m: MountInfo, all: MountInfo[]): ComposefsMountSta
     attachedTemporaryMounts,
     options: m.superOptions,
   };
+}
+
+/**
+ * Whether `path` lies on a FUSE mount (the innermost mount whose mountpoint
+ * is a prefix of it): looking at it would wait on that mount's server, which
+ * may be stopped, and status never blocks on a mount. Such paths are not
+ * checked.
+ */
+function underFuse(path: string, all: MountInfo[]): boolean {
+  let best: MountInfo | null = null;
+  for (const m of all) {
+    const mp = m.mountPoint;
+    const within = path === mp || mp === '/' || path.startsWith(`${mp}/`);
+    if (within && (!best || mp.length >= best.mountPoint.length)) best = m;
+  }
+  return best !== null && (best.fstype === 'fuse' || best.fstype.startsWith('fuse.'));
 }
 
 function startsWithComposefsMagic(path: string): boolean {
@@ -165,7 +181,8 @@ export function systemStatus(): SystemStatus {
   }
   const loops = listLoops()
     .map((l) => ({ ...l, device: `/dev/${l.name}` }))
-    .filter((l) => startsWithComposefsMagic(l.device) || startsWithComposefsMagic(l.backingFile));
+    // A loop over a file on a FUSE mount is not read (through the device either): its server may be stopped.
+    .filter((l) => !underFuse(l.backingFile, all) && (startsWithComposefsMagic(l.backingFile) || startsWithComposefsMagic(l.device)));
   const temporaryMounts = all
     .filter((m) => m.fstype === 'erofs' && m.mountPoint.split('/').pop()!.startsWith(TEMP_PREFIX))
     .map((m) => ({ mountpoint: m.mountPoint, source: m.source }));
