@@ -411,6 +411,7 @@ test('cfs status asks the server itself: a killed one is disconnected and --clea
     (JSON.parse(r.stdout) as { fuse: Array<{ mountpoint: string; state: string; why: string }> }).fuse.filter((f) => f.mountpoint === m);
   let pid = 0;
   let stopped = 0;
+  let loop = '';
   try {
     ({ pid } = mountFuse(image, mnt, `basedir=${store},log=${log}`));
     // Its root's attributes are now in the kernel's cache, for a year.
@@ -427,7 +428,12 @@ test('cfs status asks the server itself: a killed one is disconnected and --clea
     assert.equal(mountAt(mnt)?.fstype, undefined);
 
     // A stopped server, whose root was never asked about: status answers within its deadline and --clean leaves it.
+    // A loop device over one of its files is not read either (status looks for composefs images on loop devices).
     ({ pid: stopped } = mountFuse(image, mnt2, `basedir=${store},log=${log}`));
+    const losetup = spawnSync('losetup', ['--find', '--show', '--read-only', join(mnt2, 'good')], { encoding: 'utf8', timeout: 10_000 });
+    assert.equal(losetup.status, 0, losetup.stderr);
+    loop = losetup.stdout.trim();
+    spawnSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
     process.kill(stopped, 'SIGSTOP');
     const t0 = Date.now();
     const s = cfs(['status', '--json'], process.env, 20_000);
@@ -445,6 +451,7 @@ test('cfs status asks the server itself: a killed one is disconnected and --clea
       abortConnection(mnt2);
       await unmount(mnt2, stopped);
     }
+    if (loop) spawnSync('losetup', ['-d', loop]);
     await unmount(mnt, pid);
     cleanupDir(dir);
   }
