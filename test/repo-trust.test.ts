@@ -186,7 +186,7 @@ test('a repository owned by another user, or writable by group or others, is ref
   assert.ok(existsSync(join(repo, 'names', 'one')));
   assert.match(ok(cfsEnv({}, 'images', '--repo', repo, '--shared')), /^one\s/m);
 
-  // A new repository is made 0755 whatever the umask, and accepted.
+  // A new repository made under a umask that lets the group write (002) is 0755 (mkdir's 0755 less the umask), and accepted.
   const fresh = join(tmp, 'fresh');
   const r = spawnSync('sh', ['-c', `umask 002; exec "$0" "$@"`, cliPath('cfs'), 'pull', '--repo', fresh, '--quiet', `oci:${layout}:one`, 'one'], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);

@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { ComposefsError, IoError, ioError, type ComposefsErrorOptions } from '../errors.js';
 import { tryFlock } from '../sys/flock.js';
 import { syncfs } from '../sys/fs.js';
-import { fchmod, listFd, mkdirAt, O_NONBLOCK, openAt, openDirAt, renameAt, S_IFDIR, S_IFMT, S_IFREG, statAt, statFd, typeName, unlinkAt, type AtStat } from '../sys/dirfd.js';
+import { listFd, mkdirAt, O_NONBLOCK, openAt, openDirAt, renameAt, S_IFDIR, S_IFMT, S_IFREG, statAt, statFd, typeName, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { decodeName, defaultRepoPath, encodeName, SUBDIRS, syncDirFd, tmpName, writeAllSync, writeFileAt, type Subdir } from './layout.js';
 import type { LayerEntry } from '../oci/layer.js';
 
@@ -152,14 +152,8 @@ export class Repository {
     const shared = opts.shared === true || isSharedByEnv(path);
     if (create && !existsSync(path)) {
       try {
+        // 0755 less the umask: never writable by group or others (which we would refuse).
         mkdirSync(path, { recursive: true, mode: 0o755 });
-        // Ours, so not group-writable whatever the umask (we would refuse it).
-        const fd = openSync(path, constants.O_RDONLY | constants.O_DIRECTORY);
-        try {
-          fchmod(fd, 0o755, path);
-        } finally {
-          closeSync(fd);
-        }
       } catch (err) {
         throw ioError(err, `cannot create repository ${path}`);
       }
@@ -212,14 +206,7 @@ export class Repository {
       const name = parts.pop()!;
       const parent = parts.length === 0 ? this.rootFd : this.dir(parts.join('/') as Subdir);
       try {
-        if (mkdirAt(parent, name, 0o755, join(this.root, sub))) {
-          const fd = openDirAt(parent, name, join(this.root, sub));
-          try {
-            fchmod(fd, 0o755, join(this.root, sub));
-          } finally {
-            closeSync(fd);
-          }
-        }
+        mkdirAt(parent, name, 0o755, join(this.root, sub));
       } catch (err) {
         throw ioError(err, `cannot create repository ${this.root}`);
       }

@@ -15,7 +15,6 @@ interface Calls {
   mkdirat: (dirfd: number, path: string, mode: number) => number;
   renameat2: (olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number) => number;
   statx: (dirfd: number, path: string, flags: number, mask: number, out: Buffer) => number;
-  fchmod: (fd: number, mode: number) => number;
 }
 
 let calls: Calls | null = null;
@@ -29,7 +28,6 @@ function c(): Calls {
     mkdirat: l.func('mkdirat', 'int', ['int', 'const char *', 'unsigned int']) as unknown as Calls['mkdirat'],
     renameat2: l.func('renameat2', 'int', ['int', 'const char *', 'int', 'const char *', 'unsigned int']) as unknown as Calls['renameat2'],
     statx: l.func('statx', 'int', ['int', 'const char *', 'int', 'unsigned int', 'void *']) as unknown as Calls['statx'],
-    fchmod: l.func('fchmod', 'int', ['int', 'unsigned int']) as unknown as Calls['fchmod'],
   };
   return calls;
 }
@@ -81,10 +79,6 @@ export function mkdirAt(dirfd: number, name: string, mode = 0o755, what?: string
 /** rename between two directories; with `noReplace` EEXIST rather than replacing. */
 export function renameAt(fromDir: number, from: string, toDir: number, to: string, noReplace = false, what?: string): void {
   check('rename', c().renameat2(fromDir, one(from), toDir, one(to), noReplace ? RENAME_NOREPLACE : 0), what ?? to);
-}
-
-export function fchmod(fd: number, mode: number, what?: string): void {
-  check('fchmod', c().fchmod(fd, mode), what);
 }
 
 export interface AtStat {
