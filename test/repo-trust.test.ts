@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
@@ -210,4 +210,26 @@ test('fsck --repo reports a foreign file and a FIFO where a record should be, wi
   // gc refuses what it cannot read as a name, without blocking either.
   const gc = spawnSync(cliPath('cfs'), ['gc', '--repo', repo], { encoding: 'utf8', timeout: 20_000 });
   oneLineError(gc, /names\/fifo is a FIFO, not a regular file/);
+}));
+
+test('fsck --basedir --repair never removes through a planted XX link in the store', withTemp((tmp) => {
+  const src = join(tmp, 'src');
+  const store = join(tmp, 'store');
+  mkdirSync(src);
+  writeFileSync(join(src, 'file'), big(5000, 7));
+  const image = join(tmp, 'image.cfs');
+  ok(cfsEnv({}, 'mkcomposefs', `--digest-store=${store}`, src, image));
+  const xx = readdirSync(store).find((d) => /^[0-9a-f]{2}$/.test(d))!;
+  const name = readdirSync(join(store, xx))[0];
+  // The store's XX moved away and replaced by a link to a directory holding a file of that name, not the object.
+  const outside = join(tmp, 'outside');
+  mkdirSync(outside);
+  writeFileSync(join(outside, name), 'precious, and not the object\n');
+  rmSync(join(store, xx), { recursive: true });
+  symlinkSync(outside, join(store, xx));
+  const r = cfsEnv({}, 'fsck', `--basedir=${store}`, '--repair', image);
+  assert.equal(r.status, 1, `${r.stdout}${r.stderr}`);
+  assert.ok(existsSync(join(outside, name)), 'the file outside the store is still there');
+  assert.match(r.stdout, new RegExp(`its directory '${xx}' is a symbolic link`));
+  assert.doesNotMatch(r.stdout, /removed \(/);
 }));
