@@ -233,3 +233,22 @@ test('fsck --basedir --repair never removes through a planted XX link in the sto
   assert.match(r.stdout, new RegExp(`its directory '${xx}' is a symbolic link`));
   assert.doesNotMatch(r.stdout, /removed \(/);
 }));
+
+test('mkcomposefs --digest-store never writes through a planted XX link in the store', withTemp((tmp) => {
+  const src = join(tmp, 'src');
+  const store = join(tmp, 'store');
+  const outside = join(tmp, 'outside');
+  mkdirSync(src);
+  mkdirSync(store);
+  mkdirSync(outside);
+  for (let i = 0; i < 20; i++) writeFileSync(join(src, `f${i}`), big(1000 + i, i));
+  for (const p of prefixes) symlinkSync(outside, join(store, p));
+  for (const threads of ['1', '4']) {
+    const r = spawnSync(cliPath('mkcomposefs'), [`--threads=${threads}`, `--digest-store=${store}`, src, join(tmp, 'image.cfs')], { encoding: 'utf8' });
+    assert.deepEqual(filesUnder(outside), [], 'nothing written outside the store');
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr.trim(), /^mkcomposefs: .*store\/[0-9a-f]{2}: it is a symbolic link, not a directory/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.ok(!existsSync(join(tmp, 'image.cfs')));
+  }
+}));

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { syncfs } from '../sys/fs.js';
 import { openAt, renameAt, statAt, unlinkAt } from '../sys/dirfd.js';
 import { ioError, reasonOf } from '../errors.js';
-import { objectDir, type ObjectDirs } from './object-dirs.js';
+import { objectDir, type ObjectDirs } from '../store/object-dirs.js';
 import { DIGEST_SIZE, FsVerityHasher, digestToHex } from '../fsverity/index.js';
 
 export interface ObjectBatch {

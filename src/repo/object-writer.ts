@@ -32,7 +32,7 @@ import { closeSync, constants, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { DIGEST_SIZE, FsVerityHasher, digestToHex } from '../fsverity/index.js';
 import { openAt, renameAt, statAt, unlinkAt } from '../sys/dirfd.js';
-import { closeObjectDirs, makeObjectDirs, objectDir, type ObjectDirs } from './object-dirs.js';
+import { closeObjectDirs, makeObjectDirs, objectDir, type ObjectDirs } from '../store/object-dirs.js';
 import { Worker } from 'node:worker_threads';
 import { IoError, ioError } from '../errors.js';
 import type { ObjectBatch, ObjectBatchResult, SyncRequest } from './object-worker.js';

@@ -15,6 +15,7 @@ interface Calls {
   mkdirat: (dirfd: number, path: string, mode: number) => number;
   renameat2: (olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number) => number;
   statx: (dirfd: number, path: string, flags: number, mask: number, out: Buffer) => number;
+  linkat: (olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number) => number;
 }
 
 let calls: Calls | null = null;
@@ -28,6 +29,7 @@ function c(): Calls {
     mkdirat: l.func('mkdirat', 'int', ['int', 'const char *', 'unsigned int']) as unknown as Calls['mkdirat'],
     renameat2: l.func('renameat2', 'int', ['int', 'const char *', 'int', 'const char *', 'unsigned int']) as unknown as Calls['renameat2'],
     statx: l.func('statx', 'int', ['int', 'const char *', 'int', 'unsigned int', 'void *']) as unknown as Calls['statx'],
+    linkat: l.func('linkat', 'int', ['int', 'const char *', 'int', 'const char *', 'int']) as unknown as Calls['linkat'],
   };
   return calls;
 }
@@ -37,6 +39,10 @@ export const O_DIRECTORY = constants.O_DIRECTORY;
 export const O_NONBLOCK = constants.O_NONBLOCK;
 export const O_CLOEXEC = 0o2000000;
 const AT_REMOVEDIR = 0x200;
+const AT_FDCWD = -100;
+const AT_SYMLINK_FOLLOW = 0x400;
+/** __O_TMPFILE (the generic value) | this platform's O_DIRECTORY. */
+const O_TMPFILE = 0o20000000 | O_DIRECTORY;
 const AT_SYMLINK_NOFOLLOW = 0x100;
 const AT_EMPTY_PATH = 0x1000;
 const RENAME_NOREPLACE = 1;
@@ -74,6 +80,28 @@ export function mkdirAt(dirfd: number, name: string, mode = 0o755, what?: string
   const e = lastErrno();
   if (e === 17 /* EEXIST */) return false;
   throw new SysError('mkdir', e, what ?? name);
+}
+
+/** An unnamed file (O_TMPFILE) in the directory `dirfd`; `flags` adds to O_TMPFILE (default O_RDWR). */
+export function openTmpfileAt(dirfd: number, mode = 0o644, flags: number = constants.O_RDWR, what?: string): number {
+  return check('open(O_TMPFILE)', c().openat(dirfd, '.', O_TMPFILE | flags | O_CLOEXEC, 'uint32', mode), what);
+}
+
+/** Hard link `from` (in `fromDir`, not followed) as `to` in `toDir`: EEXIST rather than replacing. */
+export function linkAt(fromDir: number, from: string, toDir: number, to: string, what?: string): void {
+  check('link', c().linkat(fromDir, one(from), toDir, one(to), 0), what ?? to);
+}
+
+/**
+ * Give the open file `fd` (an O_TMPFILE) the name `to` in `toDir`: through
+ * /proc/self/fd (no privilege needed), else AT_EMPTY_PATH. EEXIST rather than replacing.
+ */
+export function linkFdAt(fd: number, toDir: number, to: string, what?: string): void {
+  const f = c();
+  if (f.linkat(AT_FDCWD, `/proc/self/fd/${fd}`, toDir, one(to), AT_SYMLINK_FOLLOW) === 0) return;
+  const e = lastErrno();
+  if (e !== 2 /* ENOENT: no /proc */) throw new SysError('link', e, what ?? to);
+  check('link', f.linkat(fd, '', toDir, to, AT_EMPTY_PATH), what ?? to);
 }
 
 /** rename between two directories; with `noReplace` EEXIST rather than replacing. */

@@ -1,6 +1,6 @@
 /**
- * The object store's 256 `XX/` directories as fds, shared by the pull's
- * threads (an fd is the process's, whichever thread opened it): each is
+ * The object store's 256 `XX/` directories as fds, shared by the threads of a pull or a build
+ * (an fd is the process's, whichever thread opened it): each is
  * created and opened on first use, never through a link, so an `objects/XX`
  * planted as a link to elsewhere fails the pull instead of receiving its
  * objects. The table lives in a SharedArrayBuffer; a thread that loses the
@@ -41,7 +41,7 @@ export function objectDir(dirs: ObjectDirs, hex: string): number {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ELOOP' || code === 'ENOTDIR') {
       const st = statAt(dirs.root, name, path);
-      throw new IoError(`cannot write objects into ${path}: it is ${st ? typeName(st.mode) : 'gone'}, not a directory (cfs fsck --repo lists what is wrong)`, code);
+      throw new IoError(`cannot write objects into ${path}: it is ${st ? typeName(st.mode) : 'gone'}, not a directory (never followed)`, code);
     }
     throw ioError(err, `cannot create ${path}`);
   }
