@@ -186,7 +186,9 @@ export class Repository {
       if (!shared) {
         // A directory inside that others can write is as open as the repository itself.
         for (const sub of [...SUBDIRS, 'leases']) {
-          const parent = sub === 'blobs/sha256' ? repo.dirIfPresent('blobs') : rootFd;
+          // A link where blobs/ should be is for dir() to refuse, or fsck to report: not followed here.
+          const blobs = sub === 'blobs/sha256' ? statAt(rootFd, 'blobs', join(path, 'blobs')) : null;
+          const parent = sub !== 'blobs/sha256' ? rootFd : blobs && (blobs.mode & S_IFMT) === S_IFDIR ? repo.dir('blobs') : null;
           if (parent === null) continue;
           const st = statAt(parent, sub.split('/').pop()!, join(path, sub));
           if (st !== null && (st.mode & S_IFMT) === S_IFDIR) checkTrusted(path, `${sub}/`, st);
