@@ -10,7 +10,8 @@
  * objects named `ab/cdef...`). Each object is hashed once however many paths
  * refer to it; each problem is reported at every path it affects.
  */
-import { closeSync, constants, fstatSync, openSync, unlinkSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync } from 'node:fs';
+import { O_NONBLOCK, openAt, openDirAt, S_IFLNK, statAt, unlinkAt } from '../sys/dirfd.js';
 import { reasonOf } from '../errors.js';
 import { ImageFormatError, printablePath, readImage, type ImageProblem } from '../erofs/reader.js';
 import { digestToHex, fsverityDigestOfFileSync, objectPathToDigest } from '../fsverity/index.js';
@@ -55,7 +56,8 @@ interface ObjectResult {
   problems: Array<{ code: string; message: string }>;
   missing: boolean;
   /** The object's file, when it is there but its content is not what its name spells: what repair removes. */
-  corrupt: Buffer | null;
+  /** The object to remove with --repair: its path (for the report), and its name in its XX/ directory's fd. */
+  corrupt: { file: Buffer; dir: number; name: string } | null;
 }
 
 const toProblem = (p: ImageProblem): FsckProblem => ({ path: p.path ? printablePath(p.path) : null, code: p.code, message: p.message });
@@ -92,6 +94,8 @@ export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
   const repair = opts.repair === true && basedirs.length > 0;
   if (repair) report.removed = [];
   const results = new Map<string, ObjectResult>();
+  const stores = new StoreDirs();
+  try {
   report.inodes = walkTree(root, (pathOf, inode) => {
     if ((inode.mode & S_IFMT) !== S_IFREG || inode.payload === null) return;
     const named = objectPathToDigest(inode.payload.toString('latin1'));
@@ -102,7 +106,7 @@ export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
     let res = results.get(key);
     if (!res) {
       if (!named) res = { problems: [{ code: 'object-path', message: notAnObject(inode.payload) }], missing: false, corrupt: null };
-      else res = basedirs.length > 0 ? checkObject(basedirs, inode, named, repair) : { problems: [], missing: false, corrupt: null };
+      else res = basedirs.length > 0 ? checkObject(stores, basedirs, inode, named, repair) : { problems: [], missing: false, corrupt: null };
       results.set(key, res);
       if (basedirs.length > 0) {
         report.objects.checked++;
@@ -111,10 +115,10 @@ export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
       }
       if (repair && res.corrupt) {
         try {
-          unlinkSync(res.corrupt);
-          report.removed!.push(printablePath(res.corrupt));
+          unlinkAt(res.corrupt.dir, res.corrupt.name);
+          report.removed!.push(printablePath(res.corrupt.file));
         } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') res.problems.push({ code: 'repair', message: `cannot remove '${printablePath(res.corrupt)}': ${reasonOf(err)}` });
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') res.problems.push({ code: 'repair', message: `cannot remove '${printablePath(res.corrupt.file)}': ${reasonOf(err)}` });
         }
       }
     }
@@ -123,6 +127,9 @@ export function fsckImage(image: Buffer, opts: FsckOptions = {}): FsckReport {
       for (const p of res.problems) problems.push({ path, code: p.code, message: p.message });
     }
   });
+  } finally {
+    stores.close();
+  }
   report.objects.referenced = new Set([...results.keys()].map((k) => k.slice(0, k.indexOf('\0')))).size;
   report.ok = problems.length === 0;
   return report;
@@ -159,27 +166,80 @@ function walkTree(root: Inode, visit: (pathOf: () => Buffer, inode: Inode) => vo
   return count;
 }
 
-/** No symbolic link is followed (nor does the kernel follow one in a data layer), and a FIFO cannot block the open. */
-const OPEN_OBJECT = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+/**
+ * The base directories and their `XX/` directories as fds: an object is
+ * opened beneath them, and removed by --repair there, never through a link
+ * (an `XX` planted as a link to elsewhere would otherwise have --repair
+ * remove files outside the store). The base directory itself is the user's
+ * path, links and all.
+ */
+class StoreDirs {
+  private readonly bases = new Map<string, number | NodeJS.ErrnoException>();
+  private readonly subs = new Map<string, number | NodeJS.ErrnoException>();
+
+  /** The fd of `dir/xx`, or the error opening it (ENOENT, ELOOP for a link, ENOTDIR...). */
+  subdir(dir: string, xx: string): number | NodeJS.ErrnoException {
+    const key = `${dir}\0${xx}`;
+    let sub = this.subs.get(key);
+    if (sub !== undefined) return sub;
+    let base = this.bases.get(dir);
+    if (base === undefined) {
+      try {
+        base = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+      } catch (err) {
+        base = err as NodeJS.ErrnoException;
+      }
+      this.bases.set(dir, base);
+    }
+    if (typeof base !== 'number') sub = base;
+    else {
+      try {
+        sub = openDirAt(base, xx, `${dir}/${xx}`);
+      } catch (err) {
+        sub = err as NodeJS.ErrnoException;
+        // open(O_DIRECTORY | O_NOFOLLOW) of a link says ENOTDIR: tell a link from a file.
+        if (sub.code === 'ENOTDIR' && ((statAt(base, xx)?.mode ?? 0) & S_IFMT) === S_IFLNK) sub = Object.assign(new Error(`${dir}/${xx}: a symbolic link`), { code: 'ELOOP' });
+      }
+    }
+    this.subs.set(key, sub);
+    return sub;
+  }
+
+  close(): void {
+    for (const fd of [...this.subs.values(), ...this.bases.values()]) if (typeof fd === 'number') closeSync(fd);
+    this.subs.clear();
+    this.bases.clear();
+  }
+}
 
 /** The object `XX/YYYY…` (`named` its digest) in the first base directory that has it, checked against the image and its name. */
-function checkObject(basedirs: string[], inode: Inode, named: Buffer, repair: boolean): ObjectResult {
+function checkObject(stores: StoreDirs, basedirs: string[], inode: Inode, named: Buffer, repair: boolean): ObjectResult {
   const payload = inode.payload!;
   const shown = printablePath(payload);
+  const hex = digestToHex(named);
   let fd = -1;
   let where = '';
-  let file = Buffer.alloc(0);
+  let corrupt: ObjectResult['corrupt'] = null;
   for (const dir of basedirs) {
-    file = Buffer.concat([Buffer.from(dir), Buffer.from('/'), payload]);
+    const file = Buffer.concat([Buffer.from(dir), Buffer.from('/'), payload]);
+    const sub = stores.subdir(dir, hex.slice(0, 2));
+    if (typeof sub !== 'number') {
+      if (sub.code === 'ENOENT' || sub.code === 'ENOTDIR') continue; // try the next store
+      where = dir;
+      if (sub.code === 'ELOOP') return { missing: false, corrupt: null, problems: [{ code: 'object-type', message: `backing object '${shown}' in '${dir}': its directory '${hex.slice(0, 2)}' is a symbolic link (never followed)` }] };
+      return { missing: false, corrupt: null, problems: [{ code: 'object-read', message: `backing object '${shown}' in '${dir}' cannot be opened: ${reasonOf(sub)}` }] };
+    }
+    corrupt = { file, dir: sub, name: hex.slice(2) };
     try {
-      fd = openSync(file, OPEN_OBJECT);
+      // No link followed (nor does the kernel follow one in a data layer), and a FIFO cannot block the open.
+      fd = openAt(sub, hex.slice(2), constants.O_RDONLY | O_NONBLOCK, 0, file.toString());
       where = dir;
       break;
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') continue; // try the next store
       where = dir;
-      if (code === 'ELOOP') return { missing: false, corrupt: file, problems: [{ code: 'object-type', message: `backing object '${shown}' in '${dir}' is a symbolic link, not a regular file` }] };
+      if (code === 'ELOOP') return { missing: false, corrupt, problems: [{ code: 'object-type', message: `backing object '${shown}' in '${dir}' is a symbolic link, not a regular file` }] };
       return { missing: false, corrupt: null, problems: [{ code: 'object-read', message: `backing object '${shown}' in '${dir}' cannot be opened: ${reasonOf(err)}` }] };
     }
   }
@@ -191,7 +251,7 @@ function checkObject(basedirs: string[], inode: Inode, named: Buffer, repair: bo
     const st = fstatSync(fd);
     if (!st.isFile()) {
       problems.push({ code: 'object-type', message: `backing object '${shown}' in '${where}' is not a regular file` });
-      return { missing: false, corrupt: st.isDirectory() ? null : file, problems };
+      return { missing: false, corrupt: st.isDirectory() ? null : corrupt, problems };
     }
     const sizeWrong = st.size !== inode.size;
     if (sizeWrong) problems.push({ code: 'object-size', message: `backing object '${shown}' has ${st.size} bytes, the image says ${inode.size}` });
@@ -202,7 +262,7 @@ function checkObject(basedirs: string[], inode: Inode, named: Buffer, repair: bo
       digest = fsverityDigestOfFileSync(fd).digest;
     } catch (err) {
       problems.push({ code: 'object-read', message: `backing object '${shown}' cannot be read: ${reasonOf(err)}` });
-      return { missing: false, corrupt: file, problems };
+      return { missing: false, corrupt, problems };
     }
     if (!sizeWrong && inode.digest && !digest.equals(inode.digest)) {
       problems.push({ code: 'object-digest', message: `backing object '${shown}' has fs-verity digest ${digestToHex(digest)}, the image expects ${digestToHex(inode.digest)}` });
@@ -211,7 +271,7 @@ function checkObject(basedirs: string[], inode: Inode, named: Buffer, repair: bo
     if (!sizeWrong && misnamed && !(inode.digest && named.equals(inode.digest) && !digest.equals(inode.digest))) {
       problems.push({ code: 'object-name', message: `backing object '${shown}' is named after digest ${digestToHex(named)} but its content has digest ${digestToHex(digest)}` });
     }
-    return { missing: false, corrupt: misnamed ? file : null, problems };
+    return { missing: false, corrupt: misnamed ? corrupt : null, problems };
   } finally {
     closeSync(fd);
   }

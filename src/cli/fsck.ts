@@ -23,6 +23,7 @@ const specs: OptionSpec[] = [
   { name: 'repair', help: 'remove from the base directory each object whose content does not match its name, so the next build writes it again' },
   { name: 'json', help: 'print one JSON object instead of text' },
   { name: 'repo', help: 'check a repository instead (the one given, else the default): every object, image, layer record and name' },
+  { name: 'shared', help: 'with --repo: check a repository others own or may write (their files are then not reported as foreign)' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
@@ -33,7 +34,7 @@ export const EXIT_CANNOT_CHECK = 3;
 
 export async function run(args: string[], prog: string): Promise<number> {
   const parsed = parseArgs(args, specs);
-  if (parsed.options.has('repo') && !parsed.options.has('help')) return fsckRepo(parsed.positional, parsed.options.has('json'));
+  if (parsed.options.has('repo') && !parsed.options.has('help')) return fsckRepo(parsed.positional, parsed.options.has('json'), parsed.options.has('shared'));
   if (parsed.options.has('help')) {
     process.stdout.write(
       formatHelp(
@@ -86,10 +87,10 @@ export async function run(args: string[], prog: string): Promise<number> {
   return report.ok ? EXIT_OK : EXIT_PROBLEMS;
 }
 
-async function fsckRepo(positional: string[], json: boolean): Promise<number> {
+async function fsckRepo(positional: string[], json: boolean, shared: boolean): Promise<number> {
   if (positional.length > 1) throw new UserError(`unexpected argument '${positional[1]}' (one repository at a time)`, EXIT_USAGE);
   const [{ Repository }, { fsckRepository }] = await Promise.all([import('../repo/repository.js'), import('../repo/gc.js')]);
-  const repo = Repository.open(positional[0], { create: false });
+  const repo = Repository.open(positional[0], { create: false, shared });
   const r = await fsckRepository(repo);
   if (json) process.stdout.write(`${JSON.stringify({ repository: repo.root, ...r })}\n`);
   else {

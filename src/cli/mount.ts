@@ -23,6 +23,7 @@ const specs: OptionSpec[] = [
   { name: 'verbose', short: 'v', help: 'same as --explain' },
   { name: 'namespace', short: 'N', value: true, arg: 'NS', help: 'mount(8) helper protocol; not supported' },
   { name: 'repo', value: true, arg: 'DIR', help: 'mount NAMEs of this repository (without it, a NAME is looked up in the default repository when no file of that name exists)' },
+  { name: 'shared', help: 'with a name: use the repository even if others own it or may write it' },
   { name: 'fuse', help: 'serve the image with the FUSE server (no root needed); --fuse=auto (the default) only when the kernel path lacks privilege or cannot check objects that must be checked (no fs-verity), --fuse=no never' },
   { name: 'foreground', help: 'with FUSE: keep the server in this process until unmounted (default: it detaches)' },
   { name: 'help', short: 'h', help: 'show this help' },
@@ -116,35 +117,63 @@ export async function run(argv: string[], prog: string): Promise<number> {
   }
   // Each IMAGE is a file or, with --repo (or when no such file exists and no basedir= is given), a name in
   // a repository: its recorded image, its object store, and digest= pinned to the recorded digest.
-  const pairs: Array<{ image: string; mountpoint: string; basedir: string[]; digest: string | undefined }> = [];
-  for (let i = 0; i < p.positional.length; i += 2) {
-    const pair: { image: string; mountpoint: string; basedir: string[] | undefined; digest: string | undefined } = { image: p.positional[i], mountpoint: p.positional[i + 1], basedir: o.basedir, digest: o.digest };
-    if (p.options.has('repo') || (!o.basedir && !existsSync(pair.image))) {
-      const { Repository } = await import('../repo/repository.js');
-      const repoDir = p.options.get('repo');
-      const target = Repository.open(repoDir === undefined ? undefined : String(repoDir), { create: false }).resolveMount(pair.image);
-      pair.image = target.image;
-      pair.basedir = o.basedir ?? [target.basedir];
-      pair.digest = target.digest;
+  // A name is held against gc by a lease for as long as its mount exists (src/repo/leases.ts): written
+  // before mounting, recorded once mounted, removed when the mount fails.
+  type Lease = import('../repo/leases.js').Lease;
+  const pairs: Array<{ image: string; mountpoint: string; basedir: string[]; digest: string | undefined; lease: Lease | null }> = [];
+  const abandonAll = () => {
+    for (const pair of pairs) pair.lease?.abandon();
+  };
+  try {
+    for (let i = 0; i < p.positional.length; i += 2) {
+      const pair: { image: string; mountpoint: string; basedir: string[] | undefined; digest: string | undefined; lease: Lease | null } = { image: p.positional[i], mountpoint: p.positional[i + 1], basedir: o.basedir, digest: o.digest, lease: null };
+      if (p.options.has('repo') || (!o.basedir && !existsSync(pair.image))) {
+        const [{ Repository }, { holdForMount }] = await Promise.all([import('../repo/repository.js'), import('../repo/leases.js')]);
+        const repoDir = p.options.get('repo');
+        const repo = Repository.open(repoDir === undefined ? undefined : String(repoDir), { create: false, shared: p.options.has('shared') });
+        const target = await holdForMount(repo, pair.image, pair.mountpoint);
+        if (target.warning) process.stderr.write(`${prog}: warning: ${target.warning}\n`);
+        pair.image = target.image;
+        pair.basedir = o.basedir ?? [target.basedir];
+        pair.digest = target.digest;
+        pair.lease = target.lease;
+      }
+      if (!pair.basedir) throw new UserError('no basedir= given: composefs needs the object store directory (-o basedir=PATH)', 2);
+      pairs.push({ ...pair, basedir: pair.basedir });
     }
-    if (!pair.basedir) throw new UserError('no basedir= given: composefs needs the object store directory (-o basedir=PATH)', 2);
-    pairs.push({ ...pair, basedir: pair.basedir });
+  } catch (err) {
+    abandonAll();
+    throw err;
   }
   // A FUSE server is one process a mount: several pairs are the kernel's alone.
   if (pairs.length > 1) {
-    if (o.fuse === true) throw new UserError('the FUSE mount takes one IMAGE MOUNTPOINT pair at a time', 2);
+    if (o.fuse === true) {
+      abandonAll();
+      throw new UserError('the FUSE mount takes one IMAGE MOUNTPOINT pair at a time', 2);
+    }
     o.fuse = false;
   }
   if (o.foreground) o.onServerLog = (line) => process.stderr.write(`${prog}: ${line}\n`);
 
-  await import('../fuse/rung.js');
-  const { mountImage, isKernelMount } = await import('../mount/mount.js');
+  let mountImage: typeof import('../mount/mount.js').mountImage;
+  let isKernelMount: typeof import('../mount/mount.js').isKernelMount;
+  try {
+    await import('../fuse/rung.js');
+    ({ mountImage, isKernelMount } = await import('../mount/mount.js'));
+  } catch (err) {
+    abandonAll();
+    throw err;
+  }
   const mounts: Array<Awaited<ReturnType<typeof mountImage>>> = [];
   try {
     for (const pair of pairs) {
-      mounts.push(await mountImage(pair.image, pair.mountpoint, { ...o, basedir: pair.basedir, digest: pair.digest, dryRun: p.options.has('fake') }));
+      const m = await mountImage(pair.image, pair.mountpoint, { ...o, basedir: pair.basedir, digest: pair.digest, dryRun: p.options.has('fake') });
+      mounts.push(m);
+      if (m.result.dryRun) pair.lease?.abandon();
+      else pair.lease?.mounted();
     }
   } catch (err) {
+    abandonAll();
     // All or nothing: undo this call's mounts, newest first (a later pair may sit inside an earlier one).
     const { unmountComposefs } = await import('../mount/umount.js');
     for (const { result } of mounts.reverse()) {

@@ -12,6 +12,7 @@ import { printable, printableJson as json } from '../printable.js';
 
 const common: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository' },
+  { name: 'shared', help: 'use the repository even if others own it or may write it (see README: shared repositories)' },
   { name: 'json', help: 'print JSON' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
@@ -19,7 +20,7 @@ const common: OptionSpec[] = [
 async function open(p: Parsed, create = false): Promise<Repository> {
   const { Repository } = await import('../repo/repository.js');
   const dir = p.options.get('repo');
-  return Repository.open(dir === undefined ? undefined : String(dir), { create });
+  return Repository.open(dir === undefined ? undefined : String(dir), { create, shared: p.options.has('shared') });
 }
 
 function out(text: string): void {
@@ -45,14 +46,27 @@ function helpOr(p: Parsed, usage: string, what: string, specs: OptionSpec[]): bo
 export const images = {
   async run(args: string[], prog: string): Promise<number> {
     const p = parseArgs(args, common);
-    if (helpOr(p, `${prog} [--repo DIR] [--json]`, 'List the named images: name, image digest, size, created, source.', common)) return 0;
+    if (helpOr(p, `${prog} [--repo DIR] [--json]`, 'List the named images: name, image digest, size, created, source, and where it is mounted by name;\nthen the images only a mount holds (their name removed or pointed elsewhere since).', common)) return 0;
     if (p.positional.length > 0) throw new UsageError(`unexpected argument '${p.positional[0]}'`);
     const repo = await open(p, true);
     const list = repo.images();
-    if (p.options.has('json')) out(json(list));
-    else {
-      const rows = [['NAME', 'IMAGE', 'SIZE', 'CREATED', 'SOURCE']];
-      for (const r of list) rows.push([r.name, r.image.slice(0, 16), humanBytes(r.size), r.created ?? '-', r.source].map(printable));
+    const { liveLeases } = await import('../repo/leases.js');
+    // Where each image is mounted by name (a mount in progress counts).
+    const mounted = new Map<string, { name: string; mountpoint: string }[]>();
+    for (const l of liveLeases(repo)) {
+      const at = mounted.get(l.record.image) ?? [];
+      at.push({ name: l.record.name, mountpoint: l.record.mountpoint });
+      mounted.set(l.record.image, at);
+    }
+    const named = new Set(list.map((r) => r.image));
+    const held = [...mounted.entries()].filter(([image]) => !named.has(image));
+    if (p.options.has('json')) {
+      out(json([...list.map((r) => ({ ...r, mounts: (mounted.get(r.image) ?? []).map((m) => m.mountpoint) })), ...held.map(([image, at]) => ({ name: null, image, mounts: at.map((m) => m.mountpoint), mountedAs: [...new Set(at.map((m) => m.name))] }))]));
+    } else {
+      const rows = [['NAME', 'IMAGE', 'SIZE', 'CREATED', 'SOURCE', 'MOUNTED']];
+      const where = (image: string) => (mounted.get(image) ?? []).map((m) => m.mountpoint).join(',') || '-';
+      for (const r of list) rows.push([r.name, r.image.slice(0, 16), humanBytes(r.size), r.created ?? '-', r.source, where(r.image)].map(printable));
+      for (const [image, at] of held) rows.push([`(was ${[...new Set(at.map((m) => m.name))].join(', ')})`, image.slice(0, 16), '-', '-', '-', where(image)].map(printable));
       out(table(rows));
     }
     return 0;
@@ -121,7 +135,7 @@ export const tag = {
 export const rm = {
   async run(args: string[], prog: string): Promise<number> {
     const p = parseArgs(args, common);
-    if (helpOr(p, `${prog} [--repo DIR] NAME...`, 'Remove names; what no name reaches any more goes at the next gc.', common)) return 0;
+    if (helpOr(p, `${prog} [--repo DIR] NAME...`, 'Remove names; what no name reaches any more goes at the next gc (an image mounted by name stays until its mount goes).', common)) return 0;
     if (p.positional.length === 0) throw new UsageError(`no name given (usage: ${prog} NAME...)`);
     const repo = await open(p);
     for (const n of p.positional) repo.getName(n); // all exist, or nothing is removed
@@ -143,7 +157,9 @@ export const gc = {
     if (p.options.has('json')) out(json(r));
     else {
       const x = r.removed;
-      out(`${r.dryRun ? 'would remove' : 'removed'} ${x.images} images, ${x.layers} layers, ${x.blobs} blobs, ${x.objects} objects, ${x.temporary} temporary files: ${humanBytes(r.bytesFreed)} ${r.dryRun ? 'to free' : 'freed'}`);
+      const extra = [x.links ? `${x.links} symbolic links` : '', x.leases ? `${x.leases} stale leases` : ''].filter((e) => e).map((e) => `, ${e}`).join('');
+      const kept = r.kept.mounts ? ` (kept what ${r.kept.mounts} live mount${r.kept.mounts === 1 ? '' : 's'} by name use${r.kept.mounts === 1 ? 's' : ''})` : '';
+      out(`${r.dryRun ? 'would remove' : 'removed'} ${x.images} images, ${x.layers} layers, ${x.blobs} blobs, ${x.objects} objects, ${x.temporary} temporary files${extra}: ${humanBytes(r.bytesFreed)} ${r.dryRun ? 'to free' : 'freed'}${kept}`);
     }
     return 0;
   },

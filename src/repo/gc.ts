@@ -1,75 +1,143 @@
 /**
  * Garbage collection and checks of a repository.
  *
- * gc keeps what a name reaches: the name's image, its manifest and config,
- * its layers' records, and every object those layers' entries refer to
- * (an image's objects all come from its layers). Everything else goes:
- * other images, layer records, blobs, objects, and whatever a killed pull
- * left in tmp/ or as a temporary file in the store. It holds the
- * repository lock exclusively, so no pull is in flight meanwhile.
+ * gc keeps what a name or a live mount (a lease, see leases.ts) reaches: the
+ * image, its manifest and config, its layers' records, and every object
+ * those layers' entries refer to (an image's objects all come from its
+ * layers). Everything else goes: other images, layer records, blobs,
+ * objects, stale leases, and whatever a killed pull left in tmp/ or as a
+ * temporary file in the store. It holds the repository lock exclusively, so
+ * no pull is in flight meanwhile.
+ *
+ * Nothing is reached through a link: every directory is opened beneath the
+ * repository's fd without following one, and removals are unlinkat in that
+ * directory, so a link planted in a shared repository is removed itself,
+ * never what it points at. A link (or any non-directory) in place of one of
+ * the repository's own directories stops gc before it removes anything.
  *
  * fsck checks every object's fs-verity digest against its name, every image
  * (its digest, its structure, the presence and digest of its objects),
- * every layer record and every name.
+ * every layer record and every name, and reports every link, file of an
+ * unexpected type, and (unless the repository is shared) file owned by
+ * someone other than the repository's owner or root.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { closeSync, constants } from 'node:fs';
 import { join } from 'node:path';
 import { fsverityDigest, fsverityDigestOfFileSync } from '../fsverity/index.js';
 import { fsckImage } from '../check/fsck.js';
-import { decodeName } from './layout.js';
-import { hexOf, readdirSafe, removePath, sizeOf, type NameRecord, type Repository } from './repository.js';
+import { listFd, O_NONBLOCK, openAt, openDirAt, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, statAt, typeName, unlinkAt, type AtStat } from '../sys/dirfd.js';
+import { decodeName, SUBDIRS, type Subdir } from './layout.js';
+import { liveLeases } from './leases.js';
+import { hexOf, RepoError, type NameRecord, type Repository } from './repository.js';
 
 export interface GcResult {
   dryRun: boolean;
-  removed: { images: number; layers: number; blobs: number; objects: number; temporary: number };
+  removed: { images: number; layers: number; blobs: number; objects: number; temporary: number; leases: number; links: number };
   bytesFreed: number;
-  kept: { names: number; images: number; layers: number; objects: number };
+  kept: { names: number; mounts: number; images: number; layers: number; objects: number };
 }
 
-function objectNames(repo: Repository): { rel: string; path: string }[] {
-  const out: { rel: string; path: string }[] = [];
-  for (const d of readdirSafe(repo.objects)) {
-    if (!/^[0-9a-f]{2}$/.test(d)) continue;
-    for (const f of readdirSafe(join(repo.objects, d))) out.push({ rel: `${d}${f}`, path: join(repo.objects, d, f) });
+/** Deep enough for anything a pull leaves; deeper is someone else's tree, not removed. */
+const MAX_DEPTH = 16;
+
+/** Remove `name` from `dirFd`, a directory with what it holds, never following a link. */
+function removeAt(dirFd: number, name: string, path: string, depth = 0): void {
+  let fd: number;
+  try {
+    fd = openDirAt(dirFd, name, path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code !== 'ELOOP' && code !== 'ENOTDIR') throw err;
+    unlinkAt(dirFd, name, false, path);
+    return;
   }
-  return out;
+  try {
+    if (depth >= MAX_DEPTH) throw new RepoError(`${path}: more than ${MAX_DEPTH} levels deep, not removed`);
+    for (const f of listFd(fd)) removeAt(fd, f, join(path, f), depth + 1);
+  } finally {
+    closeSync(fd);
+  }
+  unlinkAt(dirFd, name, true, path);
 }
 
 export async function gcRepository(repo: Repository, opts: { dryRun?: boolean; onWait?: () => void } = {}): Promise<GcResult> {
   const dryRun = opts.dryRun === true;
   const lock = await repo.lock(true, opts.onWait);
   try {
+    // Every directory opened (a link in place of one refused) before anything is removed.
+    const dirs = {} as Record<Subdir, number>;
+    for (const sub of SUBDIRS) dirs[sub] = repo.dir(sub);
     // Every name must be readable: one that is not would leave its image unprotected.
-    const names = readdirSafe(repo.namesDir).filter((f) => !f.startsWith('.')).map((f) => repo.getName(decodeName(f)));
-    const images = new Set(names.map((n) => n.image));
-    const layers = new Set(names.flatMap((n) => n.layers.map(hexOf)));
-    const blobs = new Set(names.flatMap((n) => [hexOf(n.manifest), hexOf(n.config)]));
+    const names = repo.list('names').filter((f) => !f.startsWith('.')).map((f) => repo.getName(decodeName(f)));
+    let staleLeases = 0;
+    const leases = liveLeases(repo, { removeStale: !dryRun, onStale: () => staleLeases++ });
+    const holders: Pick<NameRecord, 'image' | 'layers' | 'manifest' | 'config'>[] = [...names, ...leases.map((l) => l.record)];
+    const images = new Set(holders.map((n) => n.image));
+    const layers = new Set(holders.flatMap((n) => n.layers.map(hexOf)));
+    const blobs = new Set(holders.flatMap((n) => [hexOf(n.manifest), hexOf(n.config)]));
     const objects = new Set<string>();
     for (const hex of layers) {
+      // A lease's layer may be gone (its record removed by hand): nothing of it to keep.
+      if (!repo.hasFile('layers', hex)) continue;
       for (const e of repo.readLayer(`sha256:${hex}`)) if (e.d && e.z !== undefined && e.z > 64) objects.add(e.d);
     }
-    const result: GcResult = { dryRun, removed: { images: 0, layers: 0, blobs: 0, objects: 0, temporary: 0 }, bytesFreed: 0, kept: { names: names.length, images: 0, layers: 0, objects: 0 } };
-    const drop = (path: string, kind: keyof GcResult['removed']) => {
-      result.bytesFreed += sizeOf(path);
-      result.removed[kind]++;
-      if (!dryRun) removePath(path);
+    const result: GcResult = {
+      dryRun,
+      removed: { images: 0, layers: 0, blobs: 0, objects: 0, temporary: 0, leases: staleLeases, links: 0 },
+      bytesFreed: 0,
+      kept: { names: names.length, mounts: leases.length, images: 0, layers: 0, objects: 0 },
     };
-    for (const f of readdirSafe(repo.imagesDir)) {
+    const drop = (dirFd: number, dirPath: string, name: string, kind: keyof GcResult['removed'], st: AtStat | null = statAt(dirFd, name, join(dirPath, name))) => {
+      if (st === null) return;
+      if ((st.mode & S_IFMT) === S_IFLNK) kind = 'links';
+      if ((st.mode & S_IFMT) === S_IFREG) result.bytesFreed += st.size;
+      result.removed[kind]++;
+      if (!dryRun) removeAt(dirFd, name, join(dirPath, name));
+    };
+    for (const f of listFd(dirs.images)) {
       if (images.has(f)) result.kept.images++;
-      else drop(join(repo.imagesDir, f), f.startsWith('.') ? 'temporary' : 'images');
+      else drop(dirs.images, repo.imagesDir, f, f.startsWith('.') ? 'temporary' : 'images');
     }
-    for (const f of readdirSafe(repo.layersDir)) {
+    for (const f of listFd(dirs.layers)) {
       if (layers.has(f)) result.kept.layers++;
-      else drop(join(repo.layersDir, f), f.startsWith('.') ? 'temporary' : 'layers');
+      else drop(dirs.layers, repo.layersDir, f, f.startsWith('.') ? 'temporary' : 'layers');
     }
-    for (const f of readdirSafe(repo.blobsDir)) if (!blobs.has(f)) drop(join(repo.blobsDir, f), f.startsWith('.') ? 'temporary' : 'blobs');
-    for (const f of readdirSafe(repo.namesDir)) if (f.startsWith('.')) drop(join(repo.namesDir, f), 'temporary');
-    for (const f of readdirSafe(repo.tmpDir)) drop(join(repo.tmpDir, f), 'temporary');
-    for (const f of readdirSafe(repo.objects)) if (f.startsWith('.tmp.')) drop(join(repo.objects, f), 'temporary');
-    for (const o of objectNames(repo)) {
-      if (objects.has(o.rel)) result.kept.objects++;
-      else drop(o.path, o.rel.length === 64 ? 'objects' : 'temporary');
+    for (const f of listFd(dirs['blobs/sha256'])) if (!blobs.has(f)) drop(dirs['blobs/sha256'], repo.blobsDir, f, f.startsWith('.') ? 'temporary' : 'blobs');
+    for (const f of listFd(dirs.names)) if (f.startsWith('.')) drop(dirs.names, repo.namesDir, f, 'temporary');
+    for (const f of listFd(dirs.tmp)) drop(dirs.tmp, repo.tmpDir, f, 'temporary');
+    for (const d of listFd(dirs.objects)) {
+      if (d.startsWith('.tmp.')) {
+        drop(dirs.objects, repo.objects, d, 'temporary');
+        continue;
+      }
+      if (!/^[0-9a-f]{2}$/.test(d)) continue;
+      const st = statAt(dirs.objects, d, join(repo.objects, d));
+      if (st === null) continue;
+      // A link (or a file) in place of objects/XX: removed itself, never what it points at.
+      if ((st.mode & S_IFMT) !== S_IFDIR) {
+        drop(dirs.objects, repo.objects, d, 'links', st);
+        continue;
+      }
+      let fd: number;
+      try {
+        fd = openDirAt(dirs.objects, d, join(repo.objects, d));
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ELOOP' && code !== 'ENOTDIR') throw err;
+        drop(dirs.objects, repo.objects, d, 'links');
+        continue;
+      }
+      try {
+        for (const f of listFd(fd)) {
+          const rel = `${d}${f}`;
+          if (objects.has(rel)) result.kept.objects++;
+          else drop(fd, join(repo.objects, d), f, rel.length === 64 ? 'objects' : 'temporary');
+        }
+      } finally {
+        closeSync(fd);
+      }
     }
     return result;
   } finally {
@@ -93,69 +161,184 @@ export async function fsckRepository(repo: Repository, opts: { onWait?: () => vo
   const problems: RepoProblem[] = [];
   const checked = { objects: 0, images: 0, layers: 0, names: 0 };
   const problem = (what: string, message: string) => problems.push({ what, message });
+  const uidOk = (st: AtStat) => repo.shared || st.uid === repo.owner || st.uid === 0;
+  /**
+   * Report what is wrong with an entry expected to be of `type`: a link, another
+   * type, a foreign owner. True when it is of that type (and may be read).
+   */
+  const entry = (what: string, st: AtStat | null, type: number): boolean => {
+    if (st === null) return false;
+    if ((st.mode & S_IFMT) === S_IFLNK) {
+      problem(what, 'a symbolic link (never followed; gc removes it)');
+      return false;
+    }
+    if ((st.mode & S_IFMT) !== type) {
+      problem(what, `${typeName(st.mode)}, not ${typeName(type)}`);
+      return false;
+    }
+    if (!uidOk(st)) problem(what, `owned by uid ${st.uid}, not by the repository's owner (uid ${repo.owner}) or root`);
+    return true;
+  };
+  /** The directory `sub`, reported (and null) when it is anything else. */
+  const dir = (sub: Subdir): number | null => {
+    const parts = sub.split('/');
+    const name = parts.pop()!;
+    const parent = parts.length === 0 ? repo.fd : dir(parts.join('/') as Subdir);
+    if (parent === null) return null;
+    const st = statAt(parent, name, join(repo.root, sub));
+    if (st === null) {
+      if (sub !== 'leases') problem(`${sub}/`, 'missing');
+      return null;
+    }
+    if (!entry(`${sub}/`, st, S_IFDIR)) return null;
+    try {
+      return repo.dir(sub);
+    } catch (err) {
+      problem(`${sub}/`, (err as Error).message);
+      return null;
+    }
+  };
+  /** Every entry of a directory holding files: links, other types and foreign owners reported. */
+  const files = (sub: Subdir, fd: number, each?: (name: string, st: AtStat) => void) => {
+    for (const f of listFd(fd)) {
+      const st = statAt(fd, f, join(repo.root, sub, f));
+      if (entry(`${sub}/${f}`, st, S_IFREG)) each?.(f, st!);
+    }
+  };
+  /** objects/XX fds, for the layer records' size checks. */
+  const objectDirs = new Map<string, number | null>();
   try {
-    for (const o of objectNames(repo)) {
-      if (o.rel.length !== 64) continue; // a temporary file; gc's business
-      checked.objects++;
-      try {
-        const { digest } = fsverityDigestOfFileSync(o.path);
-        if (digest.toString('hex') !== o.rel) problem(`object ${o.rel.slice(0, 2)}/${o.rel.slice(2)}`, `content has fs-verity digest ${digest.toString('hex')}`);
-      } catch (err) {
-        problem(`object ${o.rel}`, (err as Error).message);
-      }
-    }
-    const objectsDir = repo.objects;
-    for (const f of readdirSafe(repo.imagesDir)) {
-      if (f.startsWith('.')) continue;
-      checked.images++;
-      let image: Buffer;
-      try {
-        image = readFileSync(join(repo.imagesDir, f));
-      } catch (err) {
-        problem(`image ${f}`, (err as Error).message);
-        continue;
-      }
-      const hex = fsverityDigest(image).toString('hex');
-      if (hex !== f) problem(`image ${f}`, `content has fs-verity digest ${hex}`);
-      const report = fsckImage(image, { basedirs: [objectsDir] });
-      for (const p of report.problems) problem(`image ${f}`, `${p.path ? `${p.path}: ` : ''}${p.message}`);
-    }
-    for (const diff of repo.listLayers()) {
-      checked.layers++;
-      try {
-        for (const e of repo.readLayer(diff)) {
-          if (e.d && e.z !== undefined && e.z > 64 && sizeOf(join(objectsDir, e.d.slice(0, 2), e.d.slice(2))) !== e.z) {
-            problem(`layer ${diff}`, `entry ${e.p}: object ${e.d} missing or of the wrong size`);
+    const lockSt = statAt(repo.fd, 'lock', join(repo.root, 'lock'));
+    if (lockSt) entry('lock', lockSt, S_IFREG);
+    const objectsFd = dir('objects');
+    if (objectsFd !== null) {
+      for (const d of listFd(objectsFd)) {
+        const st = statAt(objectsFd, d, join(repo.objects, d));
+        if (d.startsWith('.tmp.')) {
+          entry(`objects/${d}`, st, S_IFREG);
+          continue;
+        }
+        if (!/^[0-9a-f]{2}$/.test(d)) {
+          if (st && (st.mode & S_IFMT) === S_IFLNK) entry(`objects/${d}`, st, S_IFDIR);
+          continue;
+        }
+        if (!entry(`objects/${d}`, st, S_IFDIR)) {
+          objectDirs.set(d, null);
+          continue;
+        }
+        const fd = openDirAt(objectsFd, d, join(repo.objects, d));
+        objectDirs.set(d, fd);
+        for (const f of listFd(fd)) {
+          const what = `object ${d}/${f}`;
+          const ost = statAt(fd, f, join(repo.objects, d, f));
+          if (!entry(what, ost, S_IFREG)) continue;
+          if (!/^[0-9a-f]{62}$/.test(f)) continue; // a temporary file; gc's business
+          checked.objects++;
+          let ofd = -1;
+          try {
+            ofd = openAt(fd, f, constants.O_RDONLY | O_NONBLOCK, 0, join(repo.objects, d, f));
+            const { digest } = fsverityDigestOfFileSync(ofd);
+            if (digest.toString('hex') !== `${d}${f}`) problem(what, `content has fs-verity digest ${digest.toString('hex')}`);
+          } catch (err) {
+            problem(what, (err as Error).message);
+          } finally {
+            if (ofd >= 0) closeSync(ofd);
           }
         }
-      } catch (err) {
-        problem(`layer ${diff}`, (err as Error).message);
       }
     }
-    for (const f of readdirSafe(repo.namesDir)) {
-      if (f.startsWith('.')) continue;
-      checked.names++;
-      const name = decodeName(f);
-      let rec: NameRecord;
-      try {
-        rec = repo.getName(name);
-      } catch (err) {
-        problem(`name ${name}`, (err as Error).message);
-        continue;
+    const objectSize = (hex: string): number => {
+      const d = hex.slice(0, 2);
+      if (!objectDirs.has(d) && objectsFd !== null) {
+        const st = statAt(objectsFd, d, join(repo.objects, d));
+        objectDirs.set(d, st && (st.mode & S_IFMT) === S_IFDIR ? openDirAt(objectsFd, d, join(repo.objects, d)) : null);
       }
-      if (sizeOf(repo.imagePath(rec.image)) === 0) problem(`name ${name}`, `image ${rec.image} is missing`);
-      for (const blob of [rec.manifest, rec.config]) {
+      const fd = objectDirs.get(d);
+      if (fd === null || fd === undefined) return -1;
+      const st = statAt(fd, hex.slice(2), join(repo.objects, d, hex.slice(2)));
+      return st && (st.mode & S_IFMT) === S_IFREG ? st.size : -1;
+    };
+    const imagesFd = dir('images');
+    if (imagesFd !== null) {
+      files('images', imagesFd, (f) => {
+        if (f.startsWith('.')) return;
+        checked.images++;
+        let image: Buffer;
         try {
-          const data = repo.readBlob(blob);
-          const got = `sha256:${createHash('sha256').update(data).digest('hex')}`;
-          if (got !== blob) problem(`name ${name}`, `blob ${blob} has digest ${got}`);
+          image = repo.readFile('images', f);
+        } catch (err) {
+          problem(`image ${f}`, (err as Error).message);
+          return;
+        }
+        const hex = fsverityDigest(image).toString('hex');
+        if (hex !== f) problem(`image ${f}`, `content has fs-verity digest ${hex}`);
+        const report = fsckImage(image, { basedirs: [repo.objects] });
+        for (const p of report.problems) problem(`image ${f}`, `${p.path ? `${p.path}: ` : ''}${p.message}`);
+      });
+    }
+    const layersFd = dir('layers');
+    if (layersFd !== null) {
+      files('layers', layersFd, (f) => {
+        if (!/^[0-9a-f]{64}$/.test(f)) return;
+        const diff = `sha256:${f}`;
+        checked.layers++;
+        try {
+          for (const e of repo.readLayer(diff)) {
+            if (e.d && e.z !== undefined && e.z > 64 && (!/^[0-9a-f]{64}$/.test(e.d) || objectSize(e.d) !== e.z)) {
+              problem(`layer ${diff}`, `entry ${e.p}: object ${e.d} missing or of the wrong size`);
+            }
+          }
+        } catch (err) {
+          problem(`layer ${diff}`, (err as Error).message);
+        }
+      });
+    }
+    dir('blobs');
+    const blobsFd = dir('blobs/sha256');
+    if (blobsFd !== null) files('blobs/sha256', blobsFd);
+    const tmpFd = dir('tmp');
+    if (tmpFd !== null) {
+      for (const f of listFd(tmpFd)) {
+        const st = statAt(tmpFd, f, join(repo.tmpDir, f));
+        if (st && ((st.mode & S_IFMT) === S_IFLNK || !uidOk(st))) entry(`tmp/${f}`, st, st.mode & S_IFMT);
+      }
+    }
+    const leasesFd = dir('leases');
+    if (leasesFd !== null) files('leases', leasesFd);
+    const namesFd = dir('names');
+    if (namesFd !== null) {
+      files('names', namesFd, (f) => {
+        if (f.startsWith('.')) return;
+        checked.names++;
+        const name = decodeName(f);
+        let rec: NameRecord;
+        try {
+          rec = repo.getName(name);
         } catch (err) {
           problem(`name ${name}`, (err as Error).message);
+          return;
         }
-      }
-      for (const l of rec.layers) if (!repo.hasLayer(l)) problem(`name ${name}`, `layer record ${l} is missing`);
+        if (imagesFd === null || !/^[0-9a-f]{64}$/.test(rec.image) || !repo.hasFile('images', rec.image)?.size) problem(`name ${name}`, `image ${rec.image} is missing`);
+        for (const blob of [rec.manifest, rec.config]) {
+          try {
+            const data = repo.readBlob(blob);
+            const got = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+            if (got !== blob) problem(`name ${name}`, `blob ${blob} has digest ${got}`);
+          } catch (err) {
+            problem(`name ${name}`, (err as Error).message);
+          }
+        }
+        for (const l of rec.layers) {
+          try {
+            if (!repo.hasLayer(l)) problem(`name ${name}`, `layer record ${l} is missing`);
+          } catch (err) {
+            problem(`name ${name}`, (err as Error).message);
+          }
+        }
+      });
     }
   } finally {
+    for (const fd of objectDirs.values()) if (fd !== null) closeSync(fd);
     lock.release();
   }
   return { ok: problems.length === 0, problems, checked };

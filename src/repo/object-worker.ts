@@ -15,11 +15,12 @@
  * on the main thread, and the digest is taken from the very buffer written.
  */
 import { parentPort, threadId, workerData } from 'node:worker_threads';
-import { closeSync, constants, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { renameNoReplace } from '../sys/fs.js';
-import { reasonOf } from '../errors.js';
-import { objectExists, syncStore } from '../store/objects.js';
+import { syncfs } from '../sys/fs.js';
+import { openAt, renameAt, statAt, unlinkAt } from '../sys/dirfd.js';
+import { ioError, reasonOf } from '../errors.js';
+import { objectDir, type ObjectDirs } from '../store/object-dirs.js';
 import { DIGEST_SIZE, FsVerityHasher, digestToHex } from '../fsverity/index.js';
 
 export interface ObjectBatch {
@@ -49,10 +50,10 @@ export interface ObjectBatchResult {
   errno?: string;
 }
 
-const root = (workerData as { root: string }).root;
+const { root, fd: rootFd, table } = workerData as { root: string; fd: number; table: Int32Array };
+/** The objects/XX fds, shared with the other threads (object-dirs.ts). */
+const dirs: ObjectDirs = { root: rootFd, path: root, table };
 const hasher = new FsVerityHasher();
-/** Object directories (XX/) known to exist. */
-const made = new Set<string>();
 let counter = 0;
 /**
  * Whether to look for an object before writing it: only while the objects
@@ -64,16 +65,6 @@ let counter = 0;
  */
 let look = true;
 
-function makeDir(dir: string): void {
-  if (made.has(dir)) return;
-  try {
-    mkdirSync(dir, { mode: 0o755 });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  }
-  made.add(dir);
-}
-
 function writeBatch(b: ObjectBatch): { result: ObjectBatchResult; transfer: ArrayBuffer[] } {
   const data = new Uint8Array(b.data);
   const digests = new Uint8Array(b.offsets.length * DIGEST_SIZE);
@@ -84,15 +75,16 @@ function writeBatch(b: ObjectBatch): { result: ObjectBatchResult; transfer: Arra
     const digest = hasher.reset().update(content).digest();
     digests.set(digest, i * DIGEST_SIZE);
     const hex = digestToHex(digest);
-    const dir = join(root, hex.slice(0, 2));
-    const dest = join(dir, hex.slice(2));
-    const tmp = join(dir, `.tmp.${process.pid}.${threadId}.${counter++}`);
+    const dest = join(root, hex.slice(0, 2), hex.slice(2));
+    const name = hex.slice(2);
+    const tmp = `.tmp.${process.pid}.${threadId}.${counter++}`;
+    let dir = -1;
     let created = false;
     let named = false;
     try {
-      makeDir(dir);
-      if (look && objectExists(dest)) continue;
-      const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+      dir = objectDir(dirs, hex);
+      if (look && statAt(dir, name, dest) !== null) continue;
+      const fd = openAt(dir, tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644, dest);
       created = true;
       try {
         // A short write is how a full disk first shows: writing on gets the reason.
@@ -101,7 +93,7 @@ function writeBatch(b: ObjectBatch): { result: ObjectBatchResult; transfer: Arra
         closeSync(fd);
       }
       try {
-        renameNoReplace(tmp, dest);
+        renameAt(dir, tmp, dir, name, true, dest);
         named = true;
         look = false;
         objectsWritten++;
@@ -112,12 +104,13 @@ function writeBatch(b: ObjectBatch): { result: ObjectBatchResult; transfer: Arra
       }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      const result = { id: b.id, objectsWritten, bytesWritten, error: `cannot write object ${dest}: ${reasonOf(err)}`, errno: typeof code === 'string' ? code : undefined };
+      const error = err instanceof Error && err.message.startsWith('cannot write objects into') ? err.message : `cannot write object ${dest}: ${reasonOf(err)}`;
+      const result = { id: b.id, objectsWritten, bytesWritten, error, errno: typeof code === 'string' ? code : undefined };
       return { result, transfer: [] };
     } finally {
       if (created && !named) {
         try {
-          unlinkSync(tmp);
+          unlinkAt(dir, tmp);
         } catch {
           /* gone already */
         }
@@ -129,7 +122,11 @@ function writeBatch(b: ObjectBatch): { result: ObjectBatchResult; transfer: Arra
 
 function sync(r: SyncRequest): ObjectBatchResult {
   try {
-    syncStore(root);
+    try {
+      syncfs(rootFd, root);
+    } catch (err) {
+      throw ioError(err, `cannot sync object store ${root}`);
+    }
     return { id: r.id, objectsWritten: 0, bytesWritten: 0 };
   } catch (err) {
     const code = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;

@@ -28,11 +28,11 @@
  * digests and the buffer back; larger files stream straight into their
  * temporary file on the main thread.
  */
-import { closeSync, constants, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { DIGEST_SIZE, FsVerityHasher, digestToHex } from '../fsverity/index.js';
-import { renameNoReplace } from '../sys/fs.js';
-import { objectExists } from '../store/objects.js';
+import { openAt, renameAt, statAt, unlinkAt } from '../sys/dirfd.js';
+import { closeObjectDirs, makeObjectDirs, objectDir, type ObjectDirs } from '../store/object-dirs.js';
 import { Worker } from 'node:worker_threads';
 import { IoError, ioError } from '../errors.js';
 import type { ObjectBatch, ObjectBatchResult, SyncRequest } from './object-worker.js';
@@ -109,7 +109,7 @@ export interface Reservation {
 
 export class ObjectWriter {
   readonly stats: ObjectWriterStats = { objectsWritten: 0, bytesWritten: 0, bytesHashed: 0 };
-  private readonly dirs = new Set<string>();
+  private readonly dirs: ObjectDirs;
   private readonly hasher = new FsVerityHasher();
   private readonly workers: { w: Worker; outstanding: number; ready: Promise<void> }[] = [];
   private current: Batch | null = null;
@@ -124,7 +124,10 @@ export class ObjectWriter {
   /** Batch buffers the writer threads handed back, to be filled again rather than allocated. */
   private readonly spare: ArrayBuffer[] = [];
 
-  constructor(readonly root: string) {}
+  /** `objectsFd`: the store's directory (objects/), `root` its path for messages. */
+  constructor(objectsFd: number, readonly root: string) {
+    this.dirs = makeObjectDirs(objectsFd, root);
+  }
 
   /**
    * A sink for one file of `size` bytes; `done` gets what was stored: at once
@@ -215,7 +218,11 @@ export class ObjectWriter {
   private spawn(): void {
     const index = this.workers.length;
     // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
-    const w = new Worker(new URL('../repo/object-worker.js', import.meta.url), { workerData: { root: this.root } });
+    const w = new Worker(new URL('../repo/object-worker.js', import.meta.url), {
+      workerData: { root: this.root, fd: this.dirs.root, table: this.dirs.table },
+      // The thread opens files with openat (koffi) and closes them with closeSync: not Node's own fds to track.
+      trackUnmanagedFds: false,
+    });
     let setReady!: () => void;
     const ready = new Promise<void>((res) => (setReady = res));
     w.once('exit', () => setReady());
@@ -325,52 +332,44 @@ export class ObjectWriter {
         await s.w.terminate();
       }),
     );
+    closeObjectDirs(this.dirs);
   }
 
-  /** @internal */
-  destOf(digest: Buffer): string {
+  /** @internal Where the object `digest` goes: its `XX/` directory's fd and its name there. */
+  placeOf(digest: Buffer): { dir: number; name: string; path: string } {
     const hex = digestToHex(digest);
-    const dir = join(this.root, hex.slice(0, 2));
-    if (!this.dirs.has(dir)) {
-      try {
-        mkdirSync(dir, { mode: 0o755 });
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, `cannot create ${dir}`);
-      }
-      this.dirs.add(dir);
-    }
-    return join(dir, hex.slice(2));
+    return { dir: objectDir(this.dirs, hex), name: hex.slice(2), path: join(this.root, hex.slice(0, 2), hex.slice(2)) };
   }
 
-  /** @internal A new dot-named file of ours in `dir` (the store root by default). */
-  openTemp(what: string, dir: string = this.root): { fd: number; path: string } {
-    const path = join(dir, `.tmp.${process.pid}.${tmpCounter++}`);
+  /** @internal A new dot-named file of ours in the store's directory. */
+  openTemp(what: string): { fd: number; name: string } {
+    const name = `.tmp.${process.pid}.${tmpCounter++}`;
     try {
-      return { fd: openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644), path };
+      return { fd: openAt(this.dirs.root, name, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644), name };
     } catch (err) {
       throw ioError(err, `cannot write object ${what}`);
     }
   }
 
-  /** @internal Give the (closed) temporary file the name `dest`, never replacing: false when another writer named it first. */
-  name(tmp: string, dest: string): boolean {
+  /** @internal Give the (closed) temporary file its object name, never replacing: false when another writer named it first. */
+  name(tmp: string, dest: { dir: number; name: string; path: string }): boolean {
     try {
-      if (objectExists(dest)) return false;
-      renameNoReplace(tmp, dest);
+      if (statAt(dest.dir, dest.name, dest.path) !== null) return false;
+      renameAt(this.dirs.root, tmp, dest.dir, dest.name, true, dest.path);
       return true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
-      throw ioError(err, `cannot write object ${dest}`);
+      throw ioError(err, `cannot write object ${dest.path}`);
     }
   }
 
   /** @internal Close the temporary file if open, and remove it unless it was renamed. */
-  discard(tmp: { fd: number; path: string }, named: boolean): void {
+  discard(tmp: { fd: number; name: string }, named: boolean): void {
     if (tmp.fd >= 0) closeSync(tmp.fd);
     tmp.fd = -1;
     if (!named) {
       try {
-        unlinkSync(tmp.path);
+        unlinkAt(this.dirs.root, tmp.name);
       } catch {
         /* already gone */
       }
@@ -392,7 +391,7 @@ export class FileSink implements TarSink {
   /** Buffered (up to BUFFER_LIMIT): where its bytes go in a batch. */
   private slot: Reservation | null = null;
   /** Streaming (large file): the temporary file and the running hash. */
-  private tmp: { fd: number; path: string } | null = null;
+  private tmp: { fd: number; name: string } | null = null;
   private readonly hasher: FsVerityHasher | null;
 
   constructor(
@@ -455,8 +454,7 @@ export class FileSink implements TarSink {
     try {
       closeSync(tmp.fd);
       tmp.fd = -1;
-      const dest = this.w.destOf(digest);
-      named = this.w.name(tmp.path, dest);
+      named = this.w.name(tmp.name, this.w.placeOf(digest));
     } finally {
       this.w.discard(tmp, named);
     }

@@ -80,7 +80,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     const cached = diffIds.map((d) => repo.hasLayer(d));
     emit({ type: 'resolved', reference: img.reference, layers: img.layers.map((l, i) => ({ digest: l.digest, size: l.size, cached: cached[i] })) });
 
-    const objects = new ObjectWriter(repo.objects);
+    const objects = new ObjectWriter(repo.dir('objects'), repo.objects);
     // One import per distinct diff_id, however often the image lists it.
     const todo = new Map<string, number>();
     diffIds.forEach((d, i) => {

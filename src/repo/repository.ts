@@ -13,13 +13,14 @@
  * holds it exclusively. So pulls run side by side (all their writes are
  * atomic and idempotent) and a gc never sees a pull's unnamed work.
  */
-import { closeSync, constants, existsSync, lstatSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { ComposefsError, IoError, ioError, type ComposefsErrorOptions } from '../errors.js';
 import { tryFlock } from '../sys/flock.js';
-import { syncStore } from '../store/objects.js';
-import { decodeName, defaultRepoPath, encodeName, makeLayout, syncDir, tmpName, writeFileAtomic } from './layout.js';
+import { syncfs } from '../sys/fs.js';
+import { listFd, mkdirAt, O_NONBLOCK, openAt, openDirAt, renameAt, S_IFDIR, S_IFMT, S_IFREG, statAt, statFd, typeName, unlinkAt, type AtStat } from '../sys/dirfd.js';
+import { decodeName, defaultRepoPath, encodeName, SUBDIRS, syncDirFd, tmpName, writeAllSync, writeFileAt, type Subdir } from './layout.js';
 import type { LayerEntry } from '../oci/layer.js';
 
 export class RepoError extends ComposefsError {
@@ -52,6 +53,11 @@ export interface NameRecord {
 export interface OpenOptions {
   /** Create the directories if missing (default true). */
   create?: boolean;
+  /**
+   * Use the repository even when someone else owns it or others may write it
+   * (see trust below). Also given by $CFS_SHARED_REPOS.
+   */
+  shared?: boolean;
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._\-/:@+]*$/;
@@ -62,6 +68,56 @@ export function checkName(name: string): void {
   }
 }
 
+/**
+ * Whose repository may be used, as git's safe.directory: one owned by the
+ * caller or root and writable by nobody else, unless the user says it is
+ * shared (`--shared`, or $CFS_SHARED_REPOS: a colon-separated list of
+ * repository paths, `*` for any). Whatever the trust, nothing inside is
+ * ever reached through a symbolic link.
+ */
+export function isSharedByEnv(path: string): boolean {
+  const list = process.env.CFS_SHARED_REPOS;
+  if (!list) return false;
+  let real = path;
+  try {
+    real = realpathSync(path);
+  } catch {
+    /* compared as given */
+  }
+  return list.split(':').some((e) => e === '*' || (e !== '' && (e === path || e === real || safeRealpath(e) === real)));
+}
+
+function safeRealpath(p: string): string | null {
+  try {
+    return realpathSync(p);
+  } catch {
+    return null;
+  }
+}
+
+function userName(uid: number): string {
+  try {
+    for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
+      const f = line.split(':');
+      if (f.length > 2 && Number(f[2]) === uid && /^[A-Za-z0-9._-]{1,32}$/.test(f[0])) return `uid ${uid} (${f[0]})`;
+    }
+  } catch {
+    /* no names */
+  }
+  return `uid ${uid}`;
+}
+
+/** Refuse (one line: who or what mode, and the way out) a directory of the repository others control. */
+function checkTrusted(root: string, what: string, st: AtStat): void {
+  const me = process.geteuid?.() ?? 0;
+  const way = `if you trust everyone who can write it, pass --shared or set CFS_SHARED_REPOS=${root}`;
+  if (st.uid !== me && st.uid !== 0) throw new RepoError(`refusing repository ${root}: ${what} is owned by ${userName(st.uid)}, not by you or root (${way})`);
+  if (st.mode & 0o022) {
+    const who = (st.mode & 0o022) === 0o022 ? 'group and others' : st.mode & 0o020 ? 'its group' : 'others';
+    throw new RepoError(`refusing repository ${root}: ${what} is writable by ${who} (mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}) (${way})`);
+  }
+}
+
 export class Repository {
   readonly objects: string;
   readonly imagesDir: string;
@@ -69,40 +125,172 @@ export class Repository {
   readonly blobsDir: string;
   readonly namesDir: string;
   readonly tmpDir: string;
+  readonly leasesDir: string;
+  /** Owner of the repository's directory: files of anyone else (but root) are foreign to it. */
+  readonly owner: number;
+  private readonly fds = new Map<string, number>();
 
-  private constructor(readonly root: string) {
+  private constructor(
+    readonly root: string,
+    private rootFd: number,
+    /** Others may own or write it (the user said so): fsck does not report their files. */
+    readonly shared: boolean,
+  ) {
     this.objects = join(root, 'objects');
     this.imagesDir = join(root, 'images');
     this.layersDir = join(root, 'layers');
     this.blobsDir = join(root, 'blobs/sha256');
     this.namesDir = join(root, 'names');
     this.tmpDir = join(root, 'tmp');
+    this.leasesDir = join(root, 'leases');
+    this.owner = statFd(rootFd, root).uid;
   }
 
   /** Open (by default create) the repository at `path` (default: defaultRepoPath()). */
   static open(path: string = defaultRepoPath(), opts: OpenOptions = {}): Repository {
-    const repo = new Repository(path);
-    if (opts.create === false) {
-      if (!existsSync(join(path, 'names')) || !existsSync(join(path, 'objects'))) throw new RepoError(`${path}: not a composefs repository`);
-    } else makeLayout(path);
+    const create = opts.create !== false;
+    const shared = opts.shared === true || isSharedByEnv(path);
+    if (create && !existsSync(path)) {
+      try {
+        // 0755 less the umask: never writable by group or others (which we would refuse).
+        mkdirSync(path, { recursive: true, mode: 0o755 });
+      } catch (err) {
+        throw ioError(err, `cannot create repository ${path}`);
+      }
+    }
+    let rootFd: number;
+    try {
+      // The path the user named may go through links; nothing below it will.
+      rootFd = openSync(path, constants.O_RDONLY | constants.O_DIRECTORY);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (!create && (code === 'ENOENT' || code === 'ENOTDIR')) throw new RepoError(`${path}: not a composefs repository`);
+      throw ioError(err, `cannot open repository ${path}`);
+    }
+    let repo: Repository;
+    try {
+      if (!shared) checkTrusted(path, 'its directory', statFd(rootFd, path));
+      repo = new Repository(path, rootFd, shared);
+    } catch (err) {
+      closeSync(rootFd);
+      throw err;
+    }
+    try {
+      if (create) repo.makeLayout();
+      else {
+        for (const sub of ['names', 'objects']) {
+          const st = statAt(rootFd, sub, join(path, sub));
+          if (st === null || (st.mode & S_IFMT) !== S_IFDIR) throw new RepoError(`${path}: not a composefs repository`);
+        }
+      }
+      if (!shared) {
+        // A directory inside that others can write is as open as the repository itself.
+        for (const sub of [...SUBDIRS, 'leases']) {
+          // A link where blobs/ should be is for dir() to refuse, or fsck to report: not followed here.
+          const blobs = sub === 'blobs/sha256' ? statAt(rootFd, 'blobs', join(path, 'blobs')) : null;
+          const parent = sub !== 'blobs/sha256' ? rootFd : blobs && (blobs.mode & S_IFMT) === S_IFDIR ? repo.dir('blobs') : null;
+          if (parent === null) continue;
+          const st = statAt(parent, sub.split('/').pop()!, join(path, sub));
+          if (st !== null && (st.mode & S_IFMT) === S_IFDIR) checkTrusted(path, `${sub}/`, st);
+        }
+      }
+    } catch (err) {
+      repo.close();
+      throw err;
+    }
     return repo;
+  }
+
+  /** Create what is missing, one level at a time beneath the repository's fd. */
+  private makeLayout(): void {
+    for (const sub of SUBDIRS) {
+      const parts = sub.split('/');
+      const name = parts.pop()!;
+      const parent = parts.length === 0 ? this.rootFd : this.dir(parts.join('/') as Subdir);
+      try {
+        mkdirAt(parent, name, 0o755, join(this.root, sub));
+      } catch (err) {
+        throw ioError(err, `cannot create repository ${this.root}`);
+      }
+    }
+  }
+
+  /** Close the directory fds (the object is unusable after). */
+  close(): void {
+    for (const fd of this.fds.values()) closeSync(fd);
+    this.fds.clear();
+    if (this.rootFd >= 0) closeSync(this.rootFd);
+    this.rootFd = -1;
+  }
+
+  /** The fd of the repository's own directory. */
+  get fd(): number {
+    return this.rootFd;
+  }
+
+  /**
+   * A directory of the repository, opened once, never through a link: a
+   * link (or anything else) where it should be is refused with one line.
+   * `leases` is created on first use when `create` is given.
+   */
+  dir(sub: Subdir, create = false): number {
+    const have = this.fds.get(sub);
+    if (have !== undefined) return have;
+    const parts = sub.split('/');
+    const name = parts.pop()!;
+    const parent = parts.length === 0 ? this.rootFd : this.dir(parts.join('/') as Subdir);
+    const path = join(this.root, sub);
+    let fd: number;
+    try {
+      if (create) mkdirAt(parent, name, 0o755, path);
+      fd = openDirAt(parent, name, path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP' || code === 'ENOTDIR') {
+        const st = statAt(parent, name, path);
+        throw new RepoError(`${path} is ${st ? typeName(st.mode) : 'gone'}, not a directory: refusing to follow it (cfs fsck --repo lists what is wrong)`, { cause: err });
+      }
+      if (code === 'ENOENT') throw new RepoError(`${path} is missing: ${this.root} is not a complete composefs repository`, { cause: err });
+      throw ioError(err, `cannot open ${path}`);
+    }
+    this.fds.set(sub, fd);
+    return fd;
+  }
+
+  /** dir(), or null when it does not exist. */
+  dirIfPresent(sub: Subdir): number | null {
+    const parts = sub.split('/');
+    const name = parts.pop()!;
+    const parent = parts.length === 0 ? this.rootFd : this.dirIfPresent(parts.join('/') as Subdir);
+    if (parent === null) return null;
+    if (!this.fds.has(sub) && statAt(parent, name, join(this.root, sub)) === null) return null;
+    return this.dir(sub);
   }
 
   /**
    * Hold the repository lock (shared for pulls, exclusive for gc) until
    * `release` is called or the process dies. Waits, polling, while another
-   * holder conflicts; `onWait` is called once when it has to.
+   * holder conflicts; `onWait` is called once when it has to. A caller who
+   * cannot write the repository locks it read-only (flock does not care).
    */
   async lock(exclusive: boolean, onWait?: () => void): Promise<{ release(): void }> {
     const path = join(this.root, 'lock');
     let fd: number;
     try {
-      fd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o644);
+      try {
+        fd = openAt(this.rootFd, 'lock', constants.O_RDWR | constants.O_CREAT | O_NONBLOCK, 0o644, path);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'EACCES' && code !== 'EROFS') throw err;
+        fd = openAt(this.rootFd, 'lock', constants.O_RDONLY | O_NONBLOCK, 0, path);
+      }
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new RepoError(`${path} is a symbolic link: refusing to follow it (cfs fsck --repo lists what is wrong)`, { cause: err });
       throw ioError(err, `cannot open ${path}`);
     }
     let waited = false;
     try {
+      if ((statFd(fd, path).mode & S_IFMT) !== S_IFREG) throw new RepoError(`${path} is ${typeName(statFd(fd, path).mode)}, not a regular file`);
       while (!tryFlock(fd, exclusive, path)) {
         if (!waited) onWait?.();
         waited = true;
@@ -121,28 +309,68 @@ export class Repository {
     };
   }
 
-  // --- layers -------------------------------------------------------------
-
-  private layerPath(diffId: string): string {
-    return join(this.layersDir, hexOf(diffId));
+  /**
+   * The bytes of the regular file `name` in `dir`, never through a link nor
+   * from a FIFO or device (refused with one line). ENOENT is thrown as it is.
+   */
+  readFile(dir: Subdir, name: string): Buffer {
+    const path = join(this.root, dir, name);
+    let fd: number;
+    try {
+      fd = openAt(this.dir(dir), name, constants.O_RDONLY | O_NONBLOCK, 0, path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw err;
+      if (code === 'ELOOP') throw new RepoError(`${path} is a symbolic link, not a regular file`, { cause: err });
+      throw ioError(err, `cannot read ${path}`);
+    }
+    try {
+      const st = statFd(fd, path);
+      if ((st.mode & S_IFMT) !== S_IFREG) throw new RepoError(`${path} is ${typeName(st.mode)}, not a regular file`);
+      return readFileSync(fd);
+    } catch (err) {
+      throw err instanceof ComposefsError ? err : ioError(err, `cannot read ${path}`);
+    } finally {
+      closeSync(fd);
+    }
   }
 
+  /** Whether a regular file `name` is in `dir` (a link or anything else there is not one). */
+  hasFile(dir: Subdir, name: string): AtStat | null {
+    const st = statAt(this.dir(dir), name, join(this.root, dir, name));
+    return st !== null && (st.mode & S_IFMT) === S_IFREG ? st : null;
+  }
+
+  /** The names in `dir` (none when it does not exist; a link there is refused as dir() refuses it). */
+  list(dir: Subdir): string[] {
+    const fd = this.dirIfPresent(dir);
+    if (fd === null) return [];
+    try {
+      return listFd(fd);
+    } catch (err) {
+      throw ioError(err, `cannot read ${join(this.root, dir)}`);
+    }
+  }
+
+  // --- layers -------------------------------------------------------------
+
   hasLayer(diffId: string): boolean {
-    return existsSync(this.layerPath(diffId));
+    return this.hasFile('layers', hexOf(diffId)) !== null;
   }
 
   /** Record a layer's entries; its objects must be durable already (syncStore). */
   writeLayer(diffId: string, entries: LayerEntry[]): void {
     const lines = entries.map((e) => JSON.stringify(e)).join('\n');
-    writeFileAtomic(this.layerPath(diffId), `${lines}\n`, this.layersDir, false);
+    writeFileAt(this.dir('layers'), this.layersDir, hexOf(diffId), `${lines}\n`, false);
   }
 
   readLayer(diffId: string): LayerEntry[] {
-    const path = this.layerPath(diffId);
+    const path = join(this.layersDir, hexOf(diffId));
     let text: string;
     try {
-      text = readFileSync(path, 'utf8');
+      text = this.readFile('layers', hexOf(diffId)).toString('utf8');
     } catch (err) {
+      if (err instanceof ComposefsError) throw err;
       throw ioError(err, `cannot read layer record ${path}`);
     }
     const out: LayerEntry[] = [];
@@ -163,7 +391,7 @@ export class Repository {
   }
 
   listLayers(): string[] {
-    return readdirSafe(this.layersDir).filter((f) => /^[0-9a-f]{64}$/.test(f)).map((h) => `sha256:${h}`);
+    return this.list('layers').filter((f) => /^[0-9a-f]{64}$/.test(f)).map((h) => `sha256:${h}`);
   }
 
   // --- blobs (manifests, configs) ------------------------------------------
@@ -175,14 +403,15 @@ export class Repository {
   writeBlob(digest: string, data: Buffer): void {
     const got = `sha256:${createHash('sha256').update(data).digest('hex')}`;
     if (got !== digest) throw new RepoError(`blob ${digest}: its bytes have digest ${got}`);
-    if (existsSync(this.blobPath(digest))) return;
-    writeFileAtomic(this.blobPath(digest), data, this.blobsDir, false);
+    if (this.hasFile('blobs/sha256', hexOf(digest))) return;
+    writeFileAt(this.dir('blobs/sha256'), this.blobsDir, hexOf(digest), data, false);
   }
 
   readBlob(digest: string): Buffer {
     try {
-      return readFileSync(this.blobPath(digest));
+      return this.readFile('blobs/sha256', hexOf(digest));
     } catch (err) {
+      if (err instanceof ComposefsError) throw err;
       throw ioError(err, `cannot read blob ${digest}`);
     }
   }
@@ -193,44 +422,63 @@ export class Repository {
     return join(this.imagesDir, hex);
   }
 
+  /** Make every object written so far durable: one syncfs on the repository's file system. */
+  syncObjects(): void {
+    try {
+      syncfs(this.dir('objects'), this.objects);
+    } catch (err) {
+      throw ioError(err, `cannot sync object store ${this.objects}`);
+    }
+  }
+
   /**
    * Put an image into images/ under its digest: written to tmp/, everything
    * in the repository's file system synced (objects included), then renamed.
    */
   storeImage(hex: string, image: Buffer): void {
-    const dest = this.imagePath(hex);
-    syncStore(this.objects);
-    if (existsSync(dest) && statSync(dest).size === image.length) return;
-    const tmp = tmpName(this.tmpDir, 'image');
-    writeFileAtomic(tmp, image, this.tmpDir, false);
-    syncStore(this.objects);
+    if (!/^[0-9a-f]{64}$/.test(hex)) throw new RepoError(`malformed image digest '${hex}'`);
+    this.syncObjects();
+    const have = this.hasFile('images', hex);
+    if (have && have.size === image.length) return;
+    const tmpDir = this.dir('tmp');
+    const images = this.dir('images');
+    const tmp = tmpName('image');
+    let fd = -1;
     try {
-      renameSync(tmp, dest);
+      fd = openAt(tmpDir, tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+      writeAllSync(fd, image);
+      closeSync(fd);
+      fd = -1;
+      this.syncObjects();
+      renameAt(tmpDir, tmp, images, hex);
     } catch (err) {
-      throw ioError(err, `cannot write image ${dest}`);
+      if (fd >= 0) closeSync(fd);
+      try {
+        unlinkAt(tmpDir, tmp);
+      } catch {
+        /* renamed, or never created */
+      }
+      throw err instanceof ComposefsError ? err : ioError(err, `cannot write image ${this.imagePath(hex)}`);
     }
-    syncDir(this.imagesDir);
+    syncDirFd(images, this.imagesDir);
   }
 
   // --- names ----------------------------------------------------------------
 
-  private namePath(name: string): string {
-    return join(this.namesDir, encodeName(name));
-  }
-
   /** Point `record.name` at its image, atomically and durably. */
   writeName(record: NameRecord): void {
     checkName(record.name);
-    writeFileAtomic(this.namePath(record.name), `${JSON.stringify(record, null, 2)}\n`, this.namesDir, true);
+    writeFileAt(this.dir('names'), this.namesDir, encodeName(record.name), `${JSON.stringify(record, null, 2)}\n`, true);
   }
 
   getName(name: string): NameRecord {
-    const path = this.namePath(name);
+    const path = join(this.namesDir, encodeName(name));
     let text: string;
     try {
-      text = readFileSync(path, 'utf8');
+      text = this.readFile('names', encodeName(name)).toString('utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new RepoError(`no image named '${name}' in ${this.root}`);
+      if (err instanceof ComposefsError) throw err;
       throw ioError(err, `cannot read name ${name}`);
     }
     try {
@@ -243,7 +491,7 @@ export class Repository {
   /** Every name, sorted; records that cannot be read are skipped here (fsck reports them). */
   images(): NameRecord[] {
     const out: NameRecord[] = [];
-    for (const f of readdirSafe(this.namesDir).sort()) {
+    for (const f of this.list('names').sort()) {
       if (f.startsWith('.')) continue;
       try {
         out.push(this.getName(decodeName(f)));
@@ -263,19 +511,20 @@ export class Repository {
     return copy;
   }
 
-  /** Remove a name (the image and its objects go at the next gc, if nothing else names them). */
+  /** Remove a name (the image and its objects go at the next gc, if nothing else names or mounts them). */
   remove(name: string): NameRecord {
     const rec = this.getName(name);
+    const names = this.dir('names');
     try {
-      unlinkSync(this.namePath(name));
+      unlinkAt(names, encodeName(name), false, join(this.namesDir, encodeName(name)));
     } catch (err) {
       throw ioError(err, `cannot remove name ${name}`);
     }
-    syncDir(this.namesDir);
+    syncDirFd(names, this.namesDir);
     return rec;
   }
 
-  /** Remove what no name reaches (see gc.ts). */
+  /** Remove what no name or live mount reaches (see gc.ts). */
   async gc(opts: { dryRun?: boolean; onWait?: () => void } = {}): Promise<import('./gc.js').GcResult> {
     return (await import('./gc.js')).gcRepository(this, opts);
   }
@@ -285,10 +534,13 @@ export class Repository {
     return (await import('./gc.js')).fsckRepository(this);
   }
 
-  /** The image file, digest and object store of a name: what a mount needs. */
-  resolveMount(name: string): { image: string; digest: string; basedir: string } {
+  /** The image file, digest and object store of a name: what a mount needs (see also leases.ts, which holds it). */
+  resolveMount(name: string): { image: string; digest: string; basedir: string; record: NameRecord } {
     const rec = this.getName(name);
-    return { image: this.imagePath(rec.image), digest: rec.image, basedir: this.objects };
+    if (!/^[0-9a-f]{64}$/.test(rec.image)) throw new RepoError(`name record of '${name}' is corrupt (image '${rec.image}')`);
+    if (!this.hasFile('images', rec.image)) throw new RepoError(`${this.imagePath(rec.image)} (the image of '${name}') is missing or not a regular file`);
+    this.dir('objects');
+    return { image: this.imagePath(rec.image), digest: rec.image, basedir: this.objects, record: rec };
   }
 }
 
@@ -296,31 +548,6 @@ export function hexOf(digest: string): string {
   const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
   if (!m) throw new RepoError(`malformed digest '${digest}'`);
   return m[1];
-}
-
-export function readdirSafe(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw ioError(err, `cannot read ${dir}`);
-  }
-}
-
-export function sizeOf(path: string): number {
-  try {
-    return lstatSync(path).size;
-  } catch {
-    return 0;
-  }
-}
-
-export function removePath(path: string): void {
-  try {
-    rmSync(path, { recursive: true, force: true });
-  } catch (err) {
-    throw ioError(err, `cannot remove ${path}`);
-  }
 }
 
 export { IoError };

@@ -170,6 +170,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
     try {
       store.prepare();
     } catch (err) {
+      store.close();
       throw new ScanError((err as Error).message, { cause: err });
     }
   }
@@ -198,7 +199,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
     done[tag] = true;
   };
 
-  const pool = new DigestPool(threads, store ? store.root : null, onDone);
+  const pool = new DigestPool(threads, store ? { path: store.root, dirs: store.shared() } : null, onDone);
   const progress = opts.progress && process.stderr.isTTY
     ? new Progress(() => ({
         entries: stats.entries,
@@ -294,6 +295,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
   } finally {
     progress?.end();
     await pool.close();
+    store?.close();
   }
 }
 

@@ -25,23 +25,32 @@
  * holds at that moment, not what was hashed). `cfs fsck --basedir --repair`
  * finds and removes objects that got wrong some other way.
  */
-import { closeSync, constants, fchmodSync, linkSync, lstatSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { ComposefsError, reasonOf, type ComposefsErrorOptions } from '../errors.js';
-import { copyFileRange, enableVerity, ficlone, linkFd, openTmpfile, syncfs } from '../sys/fs.js';
+import { closeSync, constants, fchmodSync, lstatSync, mkdirSync, openSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { ComposefsError, IoError, reasonOf, type ComposefsErrorOptions } from '../errors.js';
+import { copyFileRange, enableVerity, ficlone, syncfs } from '../sys/fs.js';
+import { linkAt, linkFdAt, openAt, openTmpfileAt, renameAt, S_IFMT, S_IFREG, statAt, unlinkAt, type AtStat } from '../sys/dirfd.js';
+import { closeObjectDirs, makeObjectDirs, objectDir, type ObjectDirs } from './object-dirs.js';
 import { digestToHex, fsverityDigestOfFileSync } from '../fsverity/index.js';
 
-const ENOENT = 'ENOENT';
 
 /** Per-thread memory of what the file systems refused, so we stop asking. */
 const support = { reflink: true, copyRange: true, tmpfile: true, verity: true };
 
 let copyBuf: Buffer | null = null;
 
-/** An object being written: unnamed (O_TMPFILE) or, where unsupported, under a dot name (`path`). */
+/** An object being written: unnamed (O_TMPFILE) or, where unsupported, under a dot name (`name` in `dir`). */
 interface TempFile {
   fd: number;
-  path: string | null;
+  dir: number;
+  name: string | null;
+}
+
+/** An object's place: its XX/ directory's fd, its name there, and its path (for messages). */
+interface Place {
+  dir: number;
+  name: string;
+  path: string;
 }
 let tmpCounter = 0;
 
@@ -78,9 +87,44 @@ export function objectExists(path: string): boolean {
 }
 
 export class ObjectStore {
-  private readonly dirs = new Set<string>();
+  private dirsOwned: ObjectDirs | null = null;
 
-  constructor(readonly root: string) {}
+  /**
+   * `dirs`: the store's directory fds, shared with the thread that made them
+   * (see `shared()`); without, the store opens its own on first use.
+   */
+  constructor(
+    readonly root: string,
+    private dirsGiven: ObjectDirs | null = null,
+  ) {}
+
+  /** The store's directory and its XX/ directories as fds, opened once and never through a link below the root. */
+  private get dirs(): ObjectDirs {
+    if (this.dirsGiven) return this.dirsGiven;
+    if (!this.dirsOwned) {
+      let fd: number;
+      try {
+        fd = openSync(this.root, constants.O_RDONLY | constants.O_DIRECTORY);
+      } catch (err) {
+        throw storeError(err, `cannot open object store ${this.root}`);
+      }
+      this.dirsOwned = makeObjectDirs(fd, this.root);
+    }
+    return this.dirsOwned;
+  }
+
+  /** What other threads pass to `new ObjectStore(root, dirs)` to share this store's directory fds. */
+  shared(): ObjectDirs {
+    return this.dirs;
+  }
+
+  /** Close the directory fds this store opened (once no thread uses them). */
+  close(): void {
+    if (!this.dirsOwned) return;
+    closeObjectDirs(this.dirsOwned);
+    closeSync(this.dirsOwned.root);
+    this.dirsOwned = null;
+  }
 
   /**
    * Create the store directory if needed and check that we can write into
@@ -93,11 +137,23 @@ export class ObjectStore {
       throw storeError(err, `cannot create object store ${this.root}`);
     }
     try {
-      const fd = this.openTemp(this.root);
-      closeSync(fd.fd);
-      if (fd.path) unlinkSync(fd.path);
+      const tmp = this.openTemp(this.dirs.root);
+      this.discard(tmp);
     } catch (err) {
       throw storeError(err, `cannot write to object store ${this.root}`);
+    }
+  }
+
+  /** Where the object `digest` goes: its XX/ directory (created when missing) and its name there. */
+  private place(digest: Uint8Array): Place {
+    const hex = digestToHex(digest);
+    const path = join(this.root, hex.slice(0, 2), hex.slice(2));
+    try {
+      return { dir: objectDir(this.dirs, hex), name: hex.slice(2), path };
+    } catch (err) {
+      // Its own message (a link where XX/ should be, a directory that cannot be made).
+      if (err instanceof IoError) throw new StoreError(err.message, err.errno, { cause: err });
+      throw storeError(err, `cannot write object ${path}`);
     }
   }
 
@@ -109,11 +165,9 @@ export class ObjectStore {
    * hashed, and nothing was linked.
    */
   ensure(digest: Uint8Array, srcFd: number, size: number): number | null {
-    const rel = objectRelPath(digest);
-    const dest = join(this.root, rel);
+    const dest = this.place(digest);
     const replace = this.needs(dest, size);
     if (replace === null) return 0;
-    this.ensureDir(join(this.root, rel.slice(0, 2)));
     const tmp = this.tempFor(dest);
     try {
       copyData(srcFd, tmp.fd, size);
@@ -122,7 +176,7 @@ export class ObjectStore {
       if (copied.size !== size || !copied.digest.equals(digest)) return null;
       return this.install(tmp, dest, replace) ? size : 0;
     } catch (err) {
-      throw storeError(err, `cannot write object ${dest}`);
+      throw storeError(err, `cannot write object ${dest.path}`);
     } finally {
       this.discard(tmp);
     }
@@ -140,44 +194,43 @@ export class ObjectStore {
    */
   addCopy(srcFd: number, size: number, source: string, onChunk?: (chunk: Buffer) => void): { digest: Buffer; written: number } | null {
     const tmp = this.tempFor(null, source);
-    let dest: string | null = null;
+    let dest: Place | null = null;
     try {
       copyData(srcFd, tmp.fd, size);
       const copied = fsverityDigestOfFileSync(tmp.fd, { position: 0, onChunk });
       if (copied.size !== size) return null;
-      const rel = objectRelPath(copied.digest);
-      dest = join(this.root, rel);
+      dest = this.place(copied.digest);
       const replace = this.needs(dest, size);
       if (replace === null) return { digest: copied.digest, written: 0 };
-      this.ensureDir(join(this.root, rel.slice(0, 2)));
       return { digest: copied.digest, written: this.install(tmp, dest, replace) ? size : 0 };
     } catch (err) {
       if (err instanceof StoreError) throw err;
-      throw storeError(err, dest ? `cannot write object ${dest}` : `cannot copy ${source} into object store ${this.root}`);
+      throw storeError(err, dest ? `cannot write object ${dest.path}` : `cannot copy ${source} into object store ${this.root}`);
     } finally {
       this.discard(tmp);
     }
   }
 
   /** Null when `dest` holds an object of `size` bytes already, else whether one is there to replace. */
-  private needs(dest: string, size: number): boolean | null {
+  private needs(dest: Place, size: number): boolean | null {
+    let st: AtStat | null;
     try {
-      const st = lstatSync(dest);
-      if (st.isFile() && st.size === size) return null;
-      // Wrong size: the debris of a crash before the store was synced. Replace it.
-      return true;
+      st = statAt(dest.dir, dest.name, dest.path);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== ENOENT) throw storeError(err, `cannot access object ${dest}`);
-      return false;
+      throw storeError(err, `cannot access object ${dest.path}`);
     }
+    if (st === null) return false;
+    if ((st.mode & S_IFMT) === S_IFREG && st.size === size) return null;
+    // Wrong size (the debris of a crash before the store was synced), or not a file at all: replace it.
+    return true;
   }
 
   /** A temporary file for `dest` (in its directory), or, before the name is known, in the store's root. */
-  private tempFor(dest: string | null, source?: string): TempFile {
+  private tempFor(dest: Place | null, source?: string): TempFile {
     try {
-      return this.openTemp(dest ? dirname(dest) : this.root);
+      return this.openTemp(dest ? dest.dir : this.dirs.root);
     } catch (err) {
-      throw storeError(err, dest ? `cannot write object ${dest}` : `cannot copy ${source} into object store ${this.root}`);
+      throw storeError(err, dest ? `cannot write object ${dest.path}` : `cannot copy ${source} into object store ${this.root}`);
     }
   }
 
@@ -187,28 +240,28 @@ export class ObjectStore {
    * replacing: false if another builder linked the same object first) or,
    * over crash debris, renamed.
    */
-  private install(tmp: TempFile, dest: string, replace: boolean): boolean {
+  private install(tmp: TempFile, dest: Place, replace: boolean): boolean {
     fchmodSync(tmp.fd, 0o644);
     if (support.verity) {
       // fs-verity needs the file closed for writing: reopen read-only, then enable.
-      const ro = openSync(tmp.path ?? `/proc/self/fd/${tmp.fd}`, constants.O_RDONLY);
+      const ro = tmp.name !== null ? openAt(tmp.dir, tmp.name, constants.O_RDONLY) : openSync(`/proc/self/fd/${tmp.fd}`, constants.O_RDONLY);
       closeSync(tmp.fd);
       tmp.fd = ro;
       const e = enableVerity(tmp.fd);
       if (e === 95 /* EOPNOTSUPP */ || e === 25 /* ENOTTY */ || e === 22 /* EINVAL */ || e === 1 /* EPERM */) support.verity = false;
     }
     try {
-      if (tmp.path) {
+      if (tmp.name !== null) {
         if (replace) {
-          renameSync(tmp.path, dest);
-          tmp.path = null;
-        } else linkSync(tmp.path, dest);
+          renameAt(tmp.dir, tmp.name, dest.dir, dest.name, false, dest.path);
+          tmp.name = null;
+        } else linkAt(tmp.dir, tmp.name, dest.dir, dest.name, dest.path);
       } else if (replace) {
-        const side = `${dest}.tmp.${process.pid}.${tmpCounter++}`;
-        linkFd(tmp.fd, side);
-        renameSync(side, dest);
+        const side = `${dest.name}.tmp.${process.pid}.${tmpCounter++}`;
+        linkFdAt(tmp.fd, dest.dir, side, dest.path);
+        renameAt(dest.dir, side, dest.dir, dest.name, false, dest.path);
       } else {
-        linkFd(tmp.fd, dest);
+        linkFdAt(tmp.fd, dest.dir, dest.name, dest.path);
       }
       return true;
     } catch (err) {
@@ -220,38 +273,28 @@ export class ObjectStore {
   /** Close the temporary file and remove its name, if it has one: what was linked lives on under its object name. */
   private discard(tmp: TempFile): void {
     closeSync(tmp.fd);
-    if (tmp.path) {
+    if (tmp.name !== null) {
       try {
-        unlinkSync(tmp.path);
+        unlinkAt(tmp.dir, tmp.name);
       } catch {
         /* already gone */
       }
     }
   }
 
-  private ensureDir(dir: string): void {
-    if (this.dirs.has(dir)) return;
-    try {
-      mkdirSync(dir, { mode: 0o755 });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw storeError(err, `cannot create ${dir}`);
-    }
-    this.dirs.add(dir);
-  }
-
-  /** An unnamed file in `dir`, or a dot-named one when O_TMPFILE is unsupported. */
-  private openTemp(dir: string): TempFile {
+  /** An unnamed file in the directory `dir`, or a dot-named one when O_TMPFILE is unsupported. */
+  private openTemp(dir: number): TempFile {
     if (support.tmpfile) {
       try {
-        return { fd: openTmpfile(dir, 0o644), path: null };
+        return { fd: openTmpfileAt(dir, 0o644), dir, name: null };
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code !== 'EOPNOTSUPP' && code !== 'EISDIR' && code !== 'EINVAL') throw err;
         support.tmpfile = false;
       }
     }
-    const path = join(dir, `.tmp.${process.pid}.${process.hrtime.bigint()}.${tmpCounter++}`);
-    return { fd: openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644), path };
+    const name = `.tmp.${process.pid}.${process.hrtime.bigint()}.${tmpCounter++}`;
+    return { fd: openAt(dir, name, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644), dir, name };
   }
 }
 

@@ -5,6 +5,7 @@
  * holds at most a few batches so a big file on one worker does not leave
  * the others idle.
  */
+import type { ObjectDirs } from './object-dirs.js';
 import { Worker } from 'node:worker_threads';
 
 export interface BatchRequest {
@@ -81,7 +82,8 @@ export class DigestPool {
 
   constructor(
     threads: number,
-    private readonly store: string | null,
+    /** The object store's path and its directory fds (ObjectStore.shared()), shared with the threads. */
+    private readonly store: { path: string; dirs: ObjectDirs } | null,
     private readonly onDone: (tag: number, r: FileDone) => void,
   ) {
     this.maxWorkers = Math.max(1, Math.min(threads, MAX_WORKERS));
@@ -91,7 +93,11 @@ export class DigestPool {
   private spawn(): void {
     const i = this.workers.length;
     // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
-    const w = new Worker(new URL('../store/worker.js', import.meta.url), { workerData: { store: this.store } });
+    const w = new Worker(new URL('../store/worker.js', import.meta.url), {
+      workerData: { store: this.store ? { path: this.store.path, fd: this.store.dirs.root, table: this.store.dirs.table } : null },
+      // The thread opens object files with openat (koffi) and closes them with closeSync: not Node's own fds to track.
+      trackUnmanagedFds: false,
+    });
     let setReady!: () => void;
     const ready = new Promise<void>((res) => (setReady = res));
     this.partial.push(0);

@@ -12,8 +12,9 @@ import { errnoText, reasonOf } from '../errors.js';
 import { ObjectStore, StoreError } from './objects.js';
 import type { BatchRequest, BatchResult, JobResult } from './pool.js';
 
-const storeRoot = (workerData as { store: string | null }).store;
-const store = storeRoot ? new ObjectStore(storeRoot) : null;
+const shared = (workerData as { store: { path: string; fd: number; table: Int32Array } | null }).store;
+/** The store, through the main thread's directory fds (ObjectStore.shared()). */
+const store = shared ? new ObjectStore(shared.path, { root: shared.fd, path: shared.path, table: shared.table }) : null;
 
 /**
  * Whether to copy a file into the store before hashing it (hashing the copy
