@@ -23,3 +23,22 @@ export function printable(text: string): string {
 export function printableJson(value: unknown, indent?: number): string {
   return JSON.stringify(value, null, indent).replace(/[\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
+
+/**
+ * Bytes from an image (a path, a name) as one printable line for a message:
+ * graphic ASCII as it is, `\\` doubled, `\n` `\r` `\t`, anything else
+ * (space, control characters, bytes of UTF-8) as `\xHH` — the escapes the
+ * dump format uses, so a path in a message reads as it does in a dump.
+ */
+export function printableBytes(bytes: Uint8Array): string {
+  let out = '';
+  for (const c of bytes) {
+    if (c > 0x20 && c < 0x7f && c !== 0x5c) out += String.fromCharCode(c);
+    else if (c === 0x5c) out += '\\\\';
+    else if (c === 0x0a) out += '\\n';
+    else if (c === 0x0d) out += '\\r';
+    else if (c === 0x09) out += '\\t';
+    else out += `\\x${c.toString(16).padStart(2, '0')}`;
+  }
+  return out;
+}

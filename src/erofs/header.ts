@@ -4,7 +4,7 @@
  * ends in.
  */
 import { ComposefsError } from '../errors.js';
-import { escapeField } from '../dumpfile/escape.js';
+import { printableBytes } from '../printable.js';
 import {
   BLOCK_BITS,
   BLOCK_SIZE,
@@ -65,9 +65,7 @@ export interface ImageHeader {
 }
 
 /** A path as one printable line: the dump format's escapes for anything that is not graphic ASCII. */
-export function printablePath(path: Uint8Array): string {
-  return escapeField(path);
-}
+export const printablePath = printableBytes;
 
 /**
  * The one check of an image's composefs header and EROFS superblock, used by
