@@ -1,4 +1,9 @@
 /**
+ * (Over 600 lines on purpose: every rule of the format and every message is
+ * written once, in the order the reference checks them, which decides the
+ * error a bad line gets; split into files, the fast scanner and the rules
+ * would have to share their state through exported fields on the hot path.)
+ *
  * The composefs dump-file parser (composefs-dump(5)), with the semantics of
  * the reference's `mkcomposefs --from-file`: it accepts what the reference
  * accepts, builds the tree the reference builds, and rejects what the

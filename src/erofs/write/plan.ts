@@ -1,4 +1,10 @@
 /**
+ * (Over 600 lines on purpose: the two passes share one typed-array state,
+ * Order, through which the inode numbers, the directory entries and the
+ * xattrs are laid out in one walk; split apart, each piece would need that
+ * state exported and its hot loops would lose the literals and the locals
+ * they keep.)
+ *
  * Passes 1 and 2: the tree in the image's breadth-first inode order, with what
  * the reference adds for overlayfs, in typed arrays indexed by inode number.
  *
