@@ -9,29 +9,21 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import { readImage, readImageHeader } from '../src/erofs/reader.js';
 import { cliPath, conformanceDir, NO_CONFORMANCE } from './helpers/paths.js';
+import { withTemp } from './helpers/temp.js';
 
 function run(tool: string, args: string[]) {
   return spawnSync(cliPath(tool), args, { encoding: 'utf8' });
 }
 
-function withTemp(fn: (dir: string) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), 'cfs-dropins-'));
-  try {
-    fn(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 test("upstream's test-dump-filtered.sh: composefs-info --filter dumps only those top-level entries", (t) => {
   const conf = conformanceDir();
   if (!conf) return t.skip(NO_CONFORMANCE);
-  withTemp((dir) => {
+  withTemp('dropins', (dir) => {
     const image = join(dir, 'out.cfs');
     const mk = run('mkcomposefs', ['--from-file', join(conf, 'upstream', 'special.dump'), image]);
     assert.equal(mk.status, 0, mk.stderr);
@@ -47,7 +39,7 @@ test("upstream's test-dump-filtered.sh: composefs-info --filter dumps only those
 });
 
 test('composefs-info --filter keeps what lies under a kept directory, for every command; a name with / is refused', () => {
-  withTemp((dir) => {
+  withTemp('dropins', (dir) => {
     const dump = `/ 4096 40755 3 0 0 0 0.0 - - -
 /a 4096 40755 2 0 0 0 0.0 - - -
 /a/x 100 100644 1 0 0 0 0.0 aa/${'1'.repeat(62)} - -
@@ -75,7 +67,7 @@ test('composefs-info --filter keeps what lies under a kept directory, for every 
 });
 
 test('an image holding a hard-linked whiteout (character device 0:0, link count 2) is refused when read', () => {
-  withTemp((dir) => {
+  withTemp('dropins', (dir) => {
     // A version-1 image: the writer adds the whiteouts 00..ff to the root as character devices 0:0.
     writeFileSync(join(dir, 'w.dump'), '/ 4096 40755 2 0 0 0 0.0 - - -\n/wh 0 20644 1 0 0 0 0.0 - - -\n');
     const good = join(dir, 'good.cfs');
@@ -114,7 +106,7 @@ test('an image holding a hard-linked whiteout (character device 0:0, link count 
 const EMPTY_FILE_DIGEST = '3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95';
 
 test('measure-file of an empty file gives the fs-verity digest with an all-zero root hash', (t) => {
-  withTemp((dir) => {
+  withTemp('dropins', (dir) => {
     const empty = join(dir, 'empty');
     writeFileSync(empty, '');
     const r = run('composefs-info', ['measure-file', empty]);
@@ -149,7 +141,7 @@ const REFERENCE_OPTIONS: Record<string, string[][]> = {
 const REFERENCE_MOUNT_OPTIONS = ['basedir=BASEDIR', 'digest=DIGEST', 'idmap=/proc/self/ns/user', 'verity', 'tryverity', 'ro', 'rw', 'upperdir=UP', 'workdir=WORK'];
 
 test("every option of the reference tools' --help is accepted", () => {
-  withTemp((dir) => {
+  withTemp('dropins', (dir) => {
     const dump = join(dir, 'in.dump');
     writeFileSync(dump, '/ 4096 40755 2 0 0 0 0.0 - - -\n/f 3 100644 1 0 0 0 0.0 - abc -\n');
     const image = join(dir, 'in.cfs');

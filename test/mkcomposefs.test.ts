@@ -12,6 +12,7 @@ import { parseDump } from '../src/dumpfile/parse.js';
 import { writeImage } from '../src/erofs/writer.js';
 import { fsverityDigest } from '../src/fsverity/index.js';
 import { cliPath, isRoot } from './helpers/paths.js';
+import { withTemp } from './helpers/temp.js';
 
 const DUMP = `/ 4096 40755 2 0 0 0 1700000000.0 - - - user.a=1
 /file 5 100644 1 0 0 0 1700000000.0 - hello - user.a=1
@@ -22,14 +23,6 @@ function run(args: string[], input?: string) {
   return spawnSync(cliPath('mkcomposefs'), args, { encoding: 'utf8', input });
 }
 
-function withTemp(fn: (dir: string) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), 'cfs-mk-'));
-  try {
-    fn(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 function assertOneLineError(r: ReturnType<typeof run>, pattern: RegExp): void {
   assert.equal(r.status, 1, `exit status, stderr: ${r.stderr}`);
@@ -40,7 +33,7 @@ function assertOneLineError(r: ReturnType<typeof run>, pattern: RegExp): void {
 }
 
 test('a dump file becomes the same image as the library writes, and --print-digest prints its fs-verity digest', () => {
-  withTemp((dir) => {
+  withTemp('mk', (dir) => {
     const dump = join(dir, 'tree.dump');
     writeFileSync(dump, DUMP);
     const out = join(dir, 'tree.cfs');
@@ -70,7 +63,7 @@ test('usage errors exit 1 with one line, as the reference', () => {
 });
 
 test('missing inputs and unwritable outputs are one-line errors and leave no file', (t) => {
-  withTemp((dir) => {
+  withTemp('mk', (dir) => {
     assertOneLineError(run(['--from-file', join(dir, 'missing.dump'), join(dir, 'out.cfs')]), /missing\.dump.*No such file or directory/);
     assertOneLineError(run([join(dir, 'missing-dir'), join(dir, 'out.cfs')]), /missing-dir.*No such file or directory/);
     const dump = join(dir, 'tree.dump');
@@ -89,7 +82,7 @@ test('missing inputs and unwritable outputs are one-line errors and leave no fil
 });
 
 test('a failed build keeps the previous image in place', () => {
-  withTemp((dir) => {
+  withTemp('mk', (dir) => {
     const dump = join(dir, 'tree.dump');
     writeFileSync(dump, DUMP);
     const out = join(dir, 'tree.cfs');

@@ -10,31 +10,21 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { once } from 'node:events';
-import { tmpdir } from 'node:os';
+
 import { join } from 'node:path';
 import { gzip, hasZstd, makeTar, zstd, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout } from './helpers/oci-layout.js';
 import { cliPath } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
 import { decompress } from '../src/oci/layer.js';
+import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
 const ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd';
 void ok; // TEMP
 const haveGnuTime = spawnSync('/usr/bin/time', ['-f', '%M', 'true'], { stdio: 'ignore' }).status === 0;
-
-function withTemp(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfs-hostile-'));
-    try {
-      await fn(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
 
 function oneLineError(r: ReturnType<typeof cfs>, pattern: RegExp): string {
   assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout}`);
@@ -72,7 +62,7 @@ async function zstdOfZeros(size: number): Promise<{ blob: Buffer; diffId: string
 test(
   'a zstd bomb (2 GiB of zeros in 67 KB) is pulled in at most 512 MiB of memory',
   { skip: !hasZstd() ? 'no zstd tool' : !haveGnuTime ? 'no GNU time' : false, timeout: 300_000 },
-  withTemp(async (tmp) => {
+  inTemp('hostile', async (tmp) => {
     const size = 2 ** 31;
     const { blob, diffId } = await zstdOfZeros(size);
     assert.ok(blob.length < 1 << 20, `the bomb is small: ${blob.length} bytes`);
@@ -118,7 +108,7 @@ test('zstd streams of several frames, skippable frames and RLE blocks decode the
 test(
   'a zstd frame asking for a window beyond 128 MiB is refused with one line',
   { skip: !haveGnuTime ? 'no GNU time' : false },
-  withTemp((tmp) => {
+  inTemp('hostile', (tmp) => {
     // Single-segment frame declaring 1.75 GiB of content (the window fzstd would allocate and sweep), then one RLE block of 128 KiB of zeros.
     const content = 1792 << 20;
     const header = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0, 0, 0, 0]);
@@ -150,7 +140,7 @@ function gzipLayout(layout: string, ref: string, ...layers: TarEntry[][]): void 
 
 test(
   'a path 10,000 directories deep, a name of 256 bytes, or a path that symlinks make longer than PATH_MAX are refused with one line naming the layer',
-  withTemp((tmp) => {
+  inTemp('hostile', (tmp) => {
     const layout = join(tmp, 'layout');
     const repo = join(tmp, 'repo');
     const pull = (ref: string) => cfs('pull', '--repo', repo, `oci:${layout}:${ref}`, ref);
@@ -190,7 +180,7 @@ const RAW_CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/;
 
 test(
   'strings of an image (config created, architecture, variant, Env, labels, an oci: path, media types) reach the terminal escaped',
-  withTemp((tmp) => {
+  inTemp('hostile', (tmp) => {
     const layout = join(tmp, 'lay\x1b[31mout');
     const repo = join(tmp, 'repo');
     const tar = makeTar([{ path: 'f', data: 'x', mtime: T }]);

@@ -10,16 +10,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzip, makeTar } from './helpers/tar-writer.js';
 import { cliPath } from './helpers/paths.js';
 import { haveTool } from './helpers/oci-images.js';
 import { makeCertificates, type Certificates } from './helpers/registry.js';
+import { inTemp } from './helpers/temp.js';
 
 const haveOpenssl = haveTool('openssl');
 
@@ -94,21 +94,11 @@ function oneLineError(r: { status: number | null; stderr: string }, pattern: Reg
   assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
 }
 
-function withTemp(fn: (dir: string, certs: Certificates) => Promise<void>): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfs-registry-hostile-'));
-    try {
-      await fn(dir, await makeCertificates(join(dir, 'certs')));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
-
 test(
   'credentials never go in clear text to a token realm on plain HTTP that an HTTPS registry names',
   { skip: haveOpenssl ? false : 'no openssl' },
-  withTemp(async (tmp, certs) => {
+  inTemp('registry-hostile', async (tmp) => {
+    const certs = await makeCertificates(join(tmp, 'certs'));
     const realm = await startHttpRealm();
     // The realm named by its host name, as the registry is by its IP: not the registry's host.
     const realmElsewhere = realm.host.replace('127.0.0.1', 'localhost');
@@ -179,7 +169,8 @@ function image(): { paths: Map<string, { type: string; body: Buffer }>; layerPat
 test(
   'a blob that trickles (a byte every 250 ms) fails the pull with one line naming it once below the speed floor, and the repository is free again',
   { skip: haveOpenssl ? false : 'no openssl', timeout: 120_000 },
-  withTemp(async (tmp, certs) => {
+  inTemp('registry-hostile', async (tmp) => {
+    const certs = await makeCertificates(join(tmp, 'certs'));
     const { paths, layerPath, layerDigest } = image();
     let trickle = true;
     let trickleManifest = false;

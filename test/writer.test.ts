@@ -1,24 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync, mkdirSync } from 'node:fs';
+
 import { join } from 'node:path';
 import { writeImage, writeImageWithInfo, ImageWriteError } from '../src/erofs/writer.js';
 import { newInode, S_IFCHR, S_IFDIR, S_IFREG } from '../src/tree/model.js';
 import { sampleTree, compareMountWithTree } from './helpers/trees.js';
 import { isRoot } from './helpers/paths.js';
+import { withTemp } from './helpers/temp.js';
 
 const hasTool = (tool: string) => spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0;
-
-function withTemp<T>(fn: (dir: string) => T): T {
-  const dir = mkdtempSync(join(tmpdir(), 'cfs-writer-'));
-  try {
-    return fn(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 test('writing the same tree twice gives the same bytes, and the tree is left untouched', () => {
   const tree = sampleTree();
@@ -54,7 +46,7 @@ test('names the image cannot hold are refused', () => {
 
 test('fsck.erofs accepts what we write', (t) => {
   if (!hasTool('fsck.erofs')) return t.skip('fsck.erofs (erofs-utils) is not installed');
-  withTemp((dir) => {
+  withTemp('writer', (dir) => {
     for (const [name, opts] of [['v0', { maxVersion: 0 }], ['v1', {}]] as const) {
       const img = join(dir, `${name}.img`);
       writeFileSync(img, writeImage(sampleTree(), opts));
@@ -66,7 +58,7 @@ test('fsck.erofs accepts what we write', (t) => {
 
 test('the kernel mounts what we write and shows the tree', (t) => {
   if (!isRoot) return t.skip('mounting needs root');
-  withTemp((dir) => {
+  withTemp('writer', (dir) => {
     for (const version of [0, 1]) {
       const img = join(dir, `v${version}.img`);
       const mnt = join(dir, `mnt${version}`);
