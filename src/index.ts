@@ -99,10 +99,11 @@ export async function gcRepository(...args: Parameters<typeof import('./repo/gc.
 }
 
 /** Check every object, image, layer record and name of a repository. */
-export async function fsckRepository(...args: Parameters<typeof import('./repo/gc.js').fsckRepository>) {
-  return (await import('./repo/gc.js')).fsckRepository(...args);
+export async function fsckRepository(...args: Parameters<typeof import('./repo/fsck.js').fsckRepository>) {
+  return (await import('./repo/fsck.js')).fsckRepository(...args);
 }
 
 export type { Repository, NameRecord } from './repo/repository.js';
 export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';
-export type { GcResult, RepoFsckResult } from './repo/gc.js';
+export type { GcResult } from './repo/gc.js';
+export type { RepoFsckResult } from './repo/fsck.js';
