@@ -39,6 +39,12 @@ export async function scanDirectory(...args: Parameters<typeof import('./scan/in
   return (await import('./scan/index.js')).scanDirectory(...args);
 }
 
+/** The mount library, with FUSE registered (its rung and its kind of mount): the mount library itself never imports src/fuse/. */
+async function mountLibrary(): Promise<typeof import('./mount/index.js')> {
+  await import('./fuse/register.js');
+  return import('./mount/index.js');
+}
+
 /**
  * Mount an image by the ladder: the kernel (EROFS + overlayfs, hidden),
  * else FUSE when the kernel path lacks privilege, when the kernel cannot check
@@ -46,20 +52,26 @@ export async function scanDirectory(...args: Parameters<typeof import('./scan/in
  * See src/mount/ladder.ts.
  */
 export async function mountImage(...args: Parameters<typeof import('./mount/index.js').mountImage>) {
-  return (await import('./mount/index.js')).mountImage(...args);
+  return (await mountLibrary()).mountImage(...args);
 }
 
 /** Mount an image hidden with the kernel alone: see src/mount/ for the paths and their fallbacks. */
 export async function mountComposefs(...args: Parameters<typeof import('./mount/index.js').mountComposefs>) {
-  return (await import('./mount/index.js')).mountComposefs(...args);
+  return (await mountLibrary()).mountComposefs(...args);
 }
 
+/** Unmount a composefs mount, kernel or FUSE. */
 export async function unmountComposefs(...args: Parameters<typeof import('./mount/index.js').unmountComposefs>) {
-  return (await import('./mount/index.js')).unmountComposefs(...args);
+  return (await mountLibrary()).unmountComposefs(...args);
+}
+
+/** The composefs mounts on this system and what they expose (`cfs status`). */
+export async function systemStatus(...args: Parameters<typeof import('./mount/index.js').systemStatus>) {
+  return (await mountLibrary()).systemStatus(...args);
 }
 
 export type { ScanOptions, ScanStats } from './scan/index.js';
-export type { MountOptions, MountResult, RungResult, LadderMount } from './mount/index.js';
+export type { MountOptions, MountResult, RungResult, LadderMount, SystemStatus, ServedMountStatus } from './mount/index.js';
 
 /** Write an output file as the reference tools do (devices, FIFOs, symlinks), a regular file atomically keeping its mode and owner: see src/output/file.ts. */
 export async function writeOutputFile(...args: Parameters<typeof import('./output/file.js').writeOutputFile>) {
@@ -99,10 +111,11 @@ export async function gcRepository(...args: Parameters<typeof import('./repo/gc.
 }
 
 /** Check every object, image, layer record and name of a repository. */
-export async function fsckRepository(...args: Parameters<typeof import('./repo/gc.js').fsckRepository>) {
-  return (await import('./repo/gc.js')).fsckRepository(...args);
+export async function fsckRepository(...args: Parameters<typeof import('./repo/fsck.js').fsckRepository>) {
+  return (await import('./repo/fsck.js')).fsckRepository(...args);
 }
 
 export type { Repository, NameRecord } from './repo/repository.js';
 export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';
-export type { GcResult, RepoFsckResult } from './repo/gc.js';
+export type { GcResult } from './repo/gc.js';
+export type { RepoFsckResult } from './repo/fsck.js';

@@ -19,6 +19,8 @@ import { cliPath, conformanceDir, isRoot, repoRoot } from './helpers/paths.js';
 import { manifest } from './helpers/manifest.js';
 import { cleanupDir, eventually, leftovers, scratch, snapshot } from './mount-fixtures.js';
 import { isKernelMount, mountComposefs, mountImage, unmountComposefs } from '../src/mount/index.js';
+// The mount library knows FUSE only as its entry points register it (src/mount/ imports nothing of src/fuse/).
+import '../src/fuse/register.js';
 import { mountFuse, serveFuse } from '../src/fuse/mount.js';
 import { unmountFuse } from '../src/fuse/unmount.js';
 import { mountAt } from '../src/mount/mountinfo.js';

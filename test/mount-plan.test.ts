@@ -8,7 +8,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { planMount, type Answer, type KernelFacts, type PlanRequest } from '../src/mount/plan.js';
 import { KERNEL_RUNG, planRungs, explainRecord, climbRungs, type MountRung, type RungResult } from '../src/mount/ladder.js';
@@ -16,6 +18,8 @@ import { MountError } from '../src/mount/errors.js';
 import { parseOptionString, type MountOptions } from '../src/mount/options.js';
 import { fuseRung, fuseOptionsOf } from '../src/fuse/rung.js';
 import { IoError, UsageError } from '../src/errors.js';
+import { writeImage } from '../src/erofs/writer.js';
+import { parseDump } from '../src/dumpfile/parse.js';
 
 const yes: Answer = { ok: true, why: 'yes' };
 const no = (why: string): Answer => ({ ok: false, why });
@@ -397,3 +401,30 @@ test(
     assert.match(r.stdout, /# pass [1-9]/);
   },
 );
+
+// ---- who registers FUSE: the entry points, never the mount library -------------------------
+
+test('the mount library alone has the kernel rung only; the package entry registers the FUSE rung and kind of mount', async () => {
+  const { registeredMountRungs } = await import('../src/mount/ladder.js');
+  const { registeredMountKinds } = await import('../src/mount/kinds.js');
+  const { mountImage: libraryMount } = await import('../src/mount/mount.js');
+  const dir = mkdtempSync(join(tmpdir(), 'cfs-register-'));
+  try {
+    const image = join(dir, 'image.cfs');
+    writeFileSync(image, writeImage(parseDump(Buffer.from('/ 0 40755 2 0 0 0 0.0 - - -\n'))));
+    mkdirSync(join(dir, 'mnt'));
+    mkdirSync(join(dir, 'objects'));
+    const request = { basedir: [join(dir, 'objects')], fuse: true, dryRun: true };
+    assert.deepEqual(registeredMountRungs().map((r) => r.name), []);
+    assert.deepEqual(registeredMountKinds().map((k) => k.name), []);
+    await assert.rejects(libraryMount(image, join(dir, 'mnt'), request), /^MountError: fuse: no FUSE mount path is registered/);
+    const entry = await import('../src/index.js');
+    const m = await entry.mountImage(image, join(dir, 'mnt'), request);
+    assert.equal(m.result.rung, 'fuse');
+    assert.equal(m.result.dryRun, true);
+    assert.deepEqual(registeredMountRungs().map((r) => r.name), ['fuse']);
+    assert.deepEqual(registeredMountKinds().map((k) => [k.name, k.fstype]), [['fuse', 'fuse.composefs']]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

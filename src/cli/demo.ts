@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UserError } from './errors.js';
-import type { Inode } from '../tree/model.js';
+import { S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const say = (s: string) => process.stdout.write(`${s}\n`);
@@ -61,7 +61,7 @@ function findExternalFile(root: Inode, prefix = ''): string | null {
     if (d.inode.children && !d.hardlink) {
       const found = findExternalFile(d.inode, `${name}/`);
       if (found) return found;
-    } else if ((d.inode.mode & 0o170000) === 0o100000 && d.inode.size > 64 && /^[ -~]+$/.test(name)) return name;
+    } else if ((d.inode.mode & S_IFMT) === S_IFREG && d.inode.size > 64 && /^[ -~]+$/.test(name)) return name;
   }
   return null;
 }

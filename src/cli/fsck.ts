@@ -89,7 +89,7 @@ export async function run(args: string[], prog: string): Promise<number> {
 
 async function fsckRepo(positional: string[], json: boolean, shared: boolean): Promise<number> {
   if (positional.length > 1) throw new UserError(`unexpected argument '${positional[1]}' (one repository at a time)`, EXIT_USAGE);
-  const [{ Repository }, { fsckRepository }] = await Promise.all([import('../repo/repository.js'), import('../repo/gc.js')]);
+  const [{ Repository }, { fsckRepository }] = await Promise.all([import('../repo/repository.js'), import('../repo/fsck.js')]);
   const repo = Repository.open(positional[0], { create: false, shared });
   const r = await fsckRepository(repo);
   if (json) process.stdout.write(`${JSON.stringify({ repository: repo.root, ...r })}\n`);

@@ -158,7 +158,10 @@ export async function run(argv: string[], prog: string): Promise<number> {
   let mountImage: typeof import('../mount/mount.js').mountImage;
   let isKernelMount: typeof import('../mount/mount.js').isKernelMount;
   try {
-    await import('../fuse/rung.js');
+    // The FUSE rung alone (not src/fuse/register.ts, whose kind of mount, for umount and status, would
+    // load child_process on every kernel mount): the server itself loads only when the rung mounts.
+    const [{ fuseRung }, { registerMountRung }] = await Promise.all([import('../fuse/rung.js'), import('../mount/ladder.js')]);
+    registerMountRung(fuseRung);
     ({ mountImage, isKernelMount } = await import('../mount/mount.js'));
   } catch (err) {
     abandonAll();
@@ -175,6 +178,7 @@ export async function run(argv: string[], prog: string): Promise<number> {
   } catch (err) {
     abandonAll();
     // All or nothing: undo this call's mounts, newest first (a later pair may sit inside an earlier one).
+    await import('../fuse/register.js');
     const { unmountComposefs } = await import('../mount/umount.js');
     for (const { result } of mounts.reverse()) {
       if (result.dryRun) continue;

@@ -13,14 +13,17 @@ export async function run(args: string[], prog: string): Promise<number> {
     process.stdout.write(formatHelp(`${prog} [--json] [--clean]`, 'List composefs mounts, the path each used, and what they expose (loop devices, temporary mounts, stale paths).', specs));
     return 0;
   }
-  const { systemStatus, cleanLeftovers } = await import('../mount/status.js');
+  await import('../fuse/register.js');
+  const { systemStatus, cleanLeftovers, cleanDisconnectedMounts } = await import('../mount/status.js');
+  const { registeredMountKinds } = await import('../mount/kinds.js');
   const { probeKernel } = await import('../mount/kernel.js');
-  const { cleanDisconnectedFuseMounts } = await import('../fuse/status.js');
-  const cleaned = p.options.has('clean') ? [...cleanLeftovers(), ...cleanDisconnectedFuseMounts()] : [];
+  const cleaned = p.options.has('clean') ? [...cleanLeftovers(), ...cleanDisconnectedMounts()] : [];
   const s = systemStatus();
   const kernel = probeKernel();
   if (p.options.has('json')) {
-    process.stdout.write(`${JSON.stringify({ ...s, kernel, cleaned }, null, 2)}\n`);
+    // Each kind of served mount under its own key (`fuse`), as the JSON has always had it.
+    const { served, ...rest } = s;
+    process.stdout.write(`${JSON.stringify({ ...rest, ...served, kernel, cleaned }, null, 2)}\n`);
     return 0;
   }
   const out: string[] = [];
@@ -50,8 +53,11 @@ export async function run(args: string[], prog: string): Promise<number> {
   const left = s.leftovers;
   out.push(`temporary directories: ${left.length === 0 ? 'none' : ''}`);
   for (const l of left) out.push(`  ${l.path} (pid ${l.pid} ${l.alive ? 'running: mount in progress' : 'gone: leftover, `cfs status --clean` removes it'}${l.mounted ? ', mounted' : ''})`);
-  out.push(`FUSE mounts: ${s.fuse.length === 0 ? 'none' : ''}`);
-  for (const f of s.fuse) out.push(`  ${f.mountpoint} (${f.state}: ${f.why})`);
+  for (const kind of registeredMountKinds()) {
+    const served = s.served[kind.name] ?? [];
+    out.push(`${kind.title}: ${served.length === 0 ? 'none' : ''}`);
+    for (const f of served) out.push(`  ${f.mountpoint} (${f.state}: ${f.why})`);
+  }
   for (const c of cleaned) out.push(`cleaned: ${c}`);
   process.stdout.write(`${out.join('\n')}\n`);
   return 0;

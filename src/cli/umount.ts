@@ -16,6 +16,7 @@ export async function run(args: string[], prog: string): Promise<number> {
     return 0;
   }
   if (p.positional.length === 0) throw new UserError(`no mount point given (usage: ${prog} [--lazy] MOUNTPOINT...)`, 2);
+  await import('../fuse/register.js');
   const { unmountComposefs } = await import('../mount/umount.js');
   let failed = 0;
   for (const mp of p.positional) {

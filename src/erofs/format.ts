@@ -3,6 +3,7 @@
  * (from the kernel's fs/erofs/erofs_fs.h) plus the composefs header that
  * precedes the superblock. Everything is little-endian.
  */
+import { Mode } from '../tree/model.js';
 
 /**
  * The numbers hot loops use, defined here once as a const enum so that tsc
@@ -193,20 +194,20 @@ export const FT_SYMLINK = 7;
 
 /** The directory-entry file type for a mode; FT_UNKNOWN when the mode has no valid type. */
 export function direntFileType(mode: number): number {
-  switch (mode & 0o170000) {
-    case 0o100000:
+  switch (mode & Mode.TYPE) {
+    case Mode.REG:
       return FT_REG_FILE;
-    case 0o040000:
+    case Mode.DIR:
       return FT_DIR;
-    case 0o120000:
+    case Mode.LNK:
       return FT_SYMLINK;
-    case 0o020000:
+    case Mode.CHR:
       return FT_CHRDEV;
-    case 0o060000:
+    case Mode.BLK:
       return FT_BLKDEV;
-    case 0o010000:
+    case Mode.FIFO:
       return FT_FIFO;
-    case 0o140000:
+    case Mode.SOCK:
       return FT_SOCK;
     default:
       return FT_UNKNOWN;

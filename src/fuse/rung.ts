@@ -3,12 +3,12 @@
  * for (`fuse`, `--fuse`), when the kernel path is refused for lack of
  * privilege, or when the kernel cannot check objects the request requires
  * checked (the server checks every object and every block itself), unless
- * `fuse=no`. Importing this registers the rung and loads
- * nothing else: the server code is imported only when the rung mounts, so a
- * mount on the kernel path never loads it.
+ * `fuse=no`. Registered by the entry points through src/fuse/register.ts.
+ * Loading this loads nothing else: the server code is imported only when
+ * the rung mounts, so a mount on the kernel path never loads it.
  */
 import { UsageError } from '../errors.js';
-import { registerMountRung, type MountRung, type RungMount, type RungReason } from '../mount/ladder.js';
+import type { MountRung, RungMount, RungReason } from '../mount/ladder.js';
 import type { MountOptions } from '../mount/options.js';
 import type { FuseMountOptions, FuseMountResult } from './mount.js';
 
@@ -59,5 +59,3 @@ export const fuseRung: MountRung<FuseMountResult> = {
     return { result: served.result, closed: served.closed };
   },
 };
-
-registerMountRung(fuseRung);

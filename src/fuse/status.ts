@@ -14,20 +14,12 @@
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import type { ServedMountStatus } from '../mount/kinds.js';
 import { readMountinfo, type MountInfo } from '../mount/mountinfo.js';
 import { FUSE_FSTYPE, unmountFuse } from './unmount.js';
 
-export interface FuseMountStatus {
-  mountpoint: string;
-  /**
-   * serving: the server answered; disconnected: it is gone (ENOTCONN) and
-   * the mount only waits to be removed; unresponsive: no answer by the
-   * deadline (stopped or stuck); unknown: this user may not ask, or another error.
-   */
-  state: 'serving' | 'disconnected' | 'unresponsive' | 'unknown';
-  why: string;
-  options: string;
-}
+/** disconnected: the server is gone (ENOTCONN); see ServedMountStatus for the other states. */
+export type FuseMountStatus = ServedMountStatus;
 
 /** How long the servers get to answer, all together. */
 export const PROBE_DEADLINE_MS = 2000;

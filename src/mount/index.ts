@@ -8,15 +8,17 @@
  *   // result.backing, .layers, .api say which path was taken; result.explain says why.
  *   unmountComposefs('/mnt/app');
  *
- * The rungs this library has: the kernel's (mountComposefs alone) and FUSE,
- * registered here (src/fuse/rung.ts loads the server only when it mounts).
+ * This library has the kernel's rung (mountComposefs alone). Other ways to
+ * mount plug in by registration, and the library imports none of them: the
+ * entry points (the `cfs` commands, the library's src/index.ts) import
+ * src/fuse/register.ts, which registers the FUSE rung (src/mount/ladder.ts)
+ * and the FUSE kind of mount that umount and status handle (src/mount/kinds.ts).
  */
-import '../fuse/rung.js';
 
 export { mountImage, isKernelMount, mountComposefs, mountComposefsSync, type MountResult } from './mount.js';
-export { fuseRung } from '../fuse/rung.js';
 export { unmountComposefs, isComposefsMount, type UnmountOptions } from './umount.js';
-export { systemStatus, cleanLeftovers, type SystemStatus, type ComposefsMountStatus } from './status.js';
+export { systemStatus, cleanLeftovers, cleanDisconnectedMounts, type SystemStatus, type ComposefsMountStatus } from './status.js';
+export { registerMountKind, registeredMountKinds, mountKindOf, type MountKind, type ServedMountStatus } from './kinds.js';
 export { parseOptionString, type MountOptions, type Backing, type Layers, type Api, type VerityMode } from './options.js';
 export { kernel, resetKernelKnowledge, probeKernel, learn, type KernelKnowledge, type Finding, type Probe } from './kernel.js';
 export { planMount, type KernelFacts, type PlanRequest, type MountPlan, type PlanRefusal, type Answer } from './plan.js';

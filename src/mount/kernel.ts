@@ -12,6 +12,8 @@ import { existsSync, openSync, readFileSync, constants as fsc } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as sys from '../sys/mount.js';
 import { SysError } from '../sys/libc.js';
+import { EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, RAMFS_MAGIC, TMPFS_MAGIC } from '../sys/fsinfo.js';
+import { SUPER_MAGIC_V1 as EROFS_SUPER_MAGIC } from '../erofs/format.js';
 
 import type { Answer } from './plan.js';
 export type { Answer } from './plan.js';
@@ -189,14 +191,15 @@ export function probeKernel(): Probe[] {
 /** Names for the f_type values we are likely to meet, for messages. */
 export function fsTypeName(magic: number): string {
   const names: Record<number, string> = {
-    0xef53: 'ext4',
+    [EXT4_SUPER_MAGIC]: 'ext4',
     0x58465342: 'xfs',
     0x9123683e: 'btrfs',
     0xf2f52010: 'f2fs',
-    0x01021994: 'tmpfs',
-    0x858458f6: 'ramfs',
-    0x794c7630: 'overlayfs',
-    0xe0f5e1e2: 'erofs',
+    [TMPFS_MAGIC]: 'tmpfs',
+    [RAMFS_MAGIC]: 'ramfs',
+    [OVERLAYFS_SUPER_MAGIC]: 'overlayfs',
+    // An EROFS file system's f_type is its super block magic.
+    [EROFS_SUPER_MAGIC]: 'erofs',
     0x6969: 'nfs',
     0x65735546: 'fuse',
     0x2fc12fc1: 'zfs',

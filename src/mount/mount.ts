@@ -100,8 +100,8 @@ type DigestOfFd = (fd: number) => Buffer;
  * Mount `image` on `mountpoint` by the ladder (src/mount/ladder.ts): the
  * kernel rung first, then each registered rung that takes over when the
  * kernel path lacks privilege or cannot check objects the request requires
- * checked (FUSE, once src/fuse/rung.js is loaded: the
- * mount library's index and the package entry load it); a rung asked for by
+ * checked (FUSE, once registered: the entry points, `cfs mount` and the
+ * package's src/index.ts, import src/fuse/register.ts); a rung asked for by
  * name (`fuse: true`) is the only one tried. Rejects with a one-line
  * ComposefsError on any failure, having left nothing behind. The result's
  * `rung` says which rung mounted it (`isKernelMount` narrows to the kernel's
@@ -109,7 +109,7 @@ type DigestOfFd = (fd: number) => Buffer;
  */
 export async function mountImage(image: string | number, mountpoint: string, options: MountOptions): Promise<LadderMount<MountResult | RungResult>> {
   const rungs = registeredMountRungs();
-  if (options.fuse === true && !rungs.some((r) => r.asked(options))) throw new MountError('fuse: no FUSE mount path is available in this build');
+  if (options.fuse === true && !rungs.some((r) => r.asked(options))) throw new MountError('fuse: no FUSE mount path is registered (import src/fuse/register.js, as the cfs command and the package entry do)');
   return climbRungs(image, mountpoint, options, rungs, mountComposefs);
 }
 

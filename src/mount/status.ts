@@ -12,7 +12,7 @@ import * as sys from '../sys/mount.js';
 import { readMountinfo, splitSuperOptions, type MountInfo } from './mountinfo.js';
 import { TEMP_PREFIX, temporaryBase } from './temp.js';
 import { isComposefsMount } from './umount.js';
-import { fuseMounts, type FuseMountStatus } from '../fuse/status.js';
+import { registeredMountKinds, type ServedMountStatus } from './kinds.js';
 
 export interface ComposefsMountStatus {
   mountpoint: string;
@@ -48,8 +48,12 @@ export interface SystemStatus {
   /** EROFS mounts attached on one of our temporary directories. */
   temporaryMounts: Array<{ mountpoint: string; source: string }>;
   leftovers: LeftoverDir[];
-  /** Mounts served by our FUSE server (fuse.composefs), and whether the server still answers. */
-  fuse: FuseMountStatus[];
+  /**
+   * Mounts served by a process of their own, by kind (`fuse`: our FUSE
+   * server's, fuse.composefs), each with whether its server still answers:
+   * the kinds the entry point registered (src/mount/kinds.ts).
+   */
+  served: Record<string, ServedMountStatus[]>;
 }
 
 function parseLowerdir(v: string): { lower: string[]; data: string[] } {
@@ -186,7 +190,13 @@ export function systemStatus(): SystemStatus {
   const temporaryMounts = all
     .filter((m) => m.fstype === 'erofs' && m.mountPoint.split('/').pop()!.startsWith(TEMP_PREFIX))
     .map((m) => ({ mountpoint: m.mountPoint, source: m.source }));
-  return { mounts, erofs, loops, temporaryMounts, leftovers: findLeftovers(all), fuse: fuseMounts(all) };
+  const served = Object.fromEntries(registeredMountKinds().map((k) => [k.name, k.status(all)]));
+  return { mounts, erofs, loops, temporaryMounts, leftovers: findLeftovers(all), served };
+}
+
+/** Unmount the served mounts (of the registered kinds) whose server is gone; what was done, one line each. */
+export function cleanDisconnectedMounts(): string[] {
+  return registeredMountKinds().flatMap((k) => k.cleanDisconnected());
 }
 
 /** Remove what dead processes left: detach their temporary mounts and remove the directories (only those of `pids`, if given). */

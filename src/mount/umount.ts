@@ -6,7 +6,7 @@ import { MountError } from './errors.js';
 import { SysError } from '../sys/libc.js';
 import * as sys from '../sys/mount.js';
 import { mountAt, readMountinfo, type MountInfo } from './mountinfo.js';
-import { FUSE_FSTYPE, unmountFuse } from '../fuse/unmount.js';
+import { mountKindOf } from './kinds.js';
 
 export interface UnmountOptions {
   /** MNT_DETACH: detach now, finish when the last user lets go. */
@@ -25,13 +25,15 @@ export function unmountComposefs(mountpoint: string, opts: UnmountOptions = {}):
   try {
     path = realpathSync(resolve(mountpoint));
   } catch (err) {
-    // A FUSE mount whose server died cannot be resolved (ENOTCONN), but can be unmounted by its path.
+    // A served (FUSE) mount whose server died cannot be resolved (ENOTCONN), but can be unmounted by its path.
     if ((err as NodeJS.ErrnoException).code !== 'ENOTCONN') throw ioError(err, mountpoint);
     path = resolve(mountpoint);
   }
   const m = mountAt(path);
   if (!m) throw new MountError(`${mountpoint}: not a mount point`);
-  if (m.fstype === FUSE_FSTYPE) return unmountFuse(path, opts.lazy);
+  // A served mount (FUSE) is unmounted its own way: by its kind, registered by the entry point.
+  const kind = mountKindOf(m);
+  if (kind) return kind.unmount(path, opts.lazy === true);
   if (!opts.any && !isComposefsMount(m)) {
     throw new MountError(`${mountpoint}: not a composefs mount (${m.fstype} from ${m.source}); --any unmounts it anyway`);
   }

@@ -524,16 +524,6 @@ export class Repository {
     return rec;
   }
 
-  /** Remove what no name or live mount reaches (see gc.ts). */
-  async gc(opts: { dryRun?: boolean; onWait?: () => void } = {}): Promise<import('./gc.js').GcResult> {
-    return (await import('./gc.js')).gcRepository(this, opts);
-  }
-
-  /** Check every object, image, layer record and name (see gc.ts). */
-  async fsck(): Promise<import('./gc.js').RepoFsckResult> {
-    return (await import('./gc.js')).fsckRepository(this);
-  }
-
   /** The image file, digest and object store of a name: what a mount needs (see also leases.ts, which holds it). */
   resolveMount(name: string): { image: string; digest: string; basedir: string; record: NameRecord } {
     const rec = this.getName(name);

@@ -8,6 +8,7 @@
  */
 import { constants, readdirSync } from 'node:fs';
 import { check, lastErrno, libc, SysError } from './libc.js';
+import { Mode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../tree/model.js';
 
 interface Calls {
   openat: (dirfd: number, path: string, flags: number, modeType: string, mode: number) => number;
@@ -48,10 +49,8 @@ const AT_EMPTY_PATH = 0x1000;
 const RENAME_NOREPLACE = 1;
 const STATX_BASIC_STATS = 0x7ff;
 
-export const S_IFMT = 0o170000;
-export const S_IFDIR = 0o040000;
-export const S_IFREG = 0o100000;
-export const S_IFLNK = 0o120000;
+// The file-type bits are the tree model's (defined once there); re-exported for the callers of statAt.
+export { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG };
 
 /** A single name: the *at calls here resolve exactly one component. */
 function one(name: string): string {
@@ -161,13 +160,13 @@ export function typeName(mode: number): string {
       return 'a directory';
     case S_IFLNK:
       return 'a symbolic link';
-    case 0o010000:
+    case Mode.FIFO:
       return 'a FIFO';
-    case 0o140000:
+    case Mode.SOCK:
       return 'a socket';
-    case 0o020000:
+    case Mode.CHR:
       return 'a character device';
-    case 0o060000:
+    case Mode.BLK:
       return 'a block device';
     default:
       return 'a file of unknown type';

@@ -14,7 +14,6 @@ export const TMPFS_MAGIC = 0x01021994;
 export const RAMFS_MAGIC = 0x858458f6;
 export const EXT4_SUPER_MAGIC = 0xef53;
 export const OVERLAYFS_SUPER_MAGIC = 0x794c7630;
-export const EROFS_SUPER_MAGIC_V1 = 0xe0f5e1e2;
 
 /** f_type of the file system holding `fd`. */
 export function fsTypeOf(fd: number): number {
