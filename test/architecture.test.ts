@@ -28,10 +28,6 @@ const KNOWN_CYCLES_BEING_REMOVED: ReadonlyArray<{ nodes: readonly string[]; why:
     nodes: ['src/oci/inflate-worker.ts', 'src/oci/inflate.ts', 'src/oci/layer.ts'],
     why: 'layer.ts starts the inflate worker, which imports decompress and LayerError back from layer.ts; src/oci is being reworked by other changes',
   },
-  {
-    nodes: ['src/dumpfile', 'src/erofs'],
-    why: 'src/erofs/header.ts printing paths with the dump escaper: removed on main by 4f2581f, after this branch was made',
-  },
 ];
 
 /** The pure core: no I/O folder may be reached from it. */
