@@ -401,6 +401,26 @@ test('the server log: never through a link or into a directory someone else made
   }
 });
 
+test('cfs status escapes the mountpoints it prints: a user may mount where the name holds terminal escapes', { skip: SKIP }, async () => {
+  const { dir, store, good } = setup('fuse-status-escape');
+  const mnt = join(dir, 'mnt\x1b]0;owned\x07\x1b[31m');
+  mkdirSync(mnt);
+  const image = build(dir, [`/good ${Buffer.byteLength(good.content)} 100644 1 0 0 0 0.0 ${good.payload} - ${good.digest}`]);
+  let pid = 0;
+  try {
+    ({ pid } = mountFuse(image, mnt, `basedir=${store},log=${join(dir, 'server.log')}`));
+    for (const args of [['status'], ['status', '--json']]) {
+      const r = cfs(args);
+      assert.equal(r.status, 0, r.stderr);
+      assert.ok(!r.stdout.includes('\x1b') && !r.stdout.includes('\x07'), `${args.join(' ')}: raw control characters reached the terminal`);
+      assert.ok(r.stdout.includes(args.length === 1 ? 'mnt\\x1b]0;owned\\x07\\x1b[31m' : 'mnt\\u001b]0;owned\\u0007\\u001b[31m'), `${args.join(' ')}: the mountpoint is shown escaped`);
+    }
+  } finally {
+    await unmount(mnt, pid);
+    cleanupDir(dir);
+  }
+});
+
 test('cfs status asks the server itself: a killed one is disconnected and --clean unmounts it; a stopped one makes status wait no more than its deadline', { skip: SKIP, timeout: 120_000 }, async () => {
   const { dir, store, mnt, good } = setup('fuse-status');
   const mnt2 = join(dir, 'mnt2');

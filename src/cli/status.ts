@@ -1,5 +1,6 @@
 /** `cfs status`: the composefs mounts on the system and what each exposes. */
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { printable, printableJson } from '../printable.js';
 
 const specs: OptionSpec[] = [
   { name: 'json', help: 'print as JSON' },
@@ -23,7 +24,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (p.options.has('json')) {
     // Each kind of served mount under its own key (`fuse`), as the JSON has always had it.
     const { served, ...rest } = s;
-    process.stdout.write(`${JSON.stringify({ ...rest, ...served, kernel, cleaned }, null, 2)}\n`);
+    process.stdout.write(`${printableJson({ ...rest, ...served, kernel, cleaned }, 2)}\n`);
     return 0;
   }
   const out: string[] = [];
@@ -59,6 +60,7 @@ export async function run(args: string[], prog: string): Promise<number> {
     for (const f of served) out.push(`  ${f.mountpoint} (${f.state}: ${f.why})`);
   }
   for (const c of cleaned) out.push(`cleaned: ${c}`);
-  process.stdout.write(`${out.join('\n')}\n`);
+  // Mountpoints and paths are anyone's (a user's FUSE mount): escaped before they reach the terminal.
+  process.stdout.write(`${out.map(printable).join('\n')}\n`);
   return 0;
 }
