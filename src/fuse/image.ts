@@ -95,7 +95,11 @@ export class ImageView {
   }
 
   inode(nid: number): Ino {
-    const ino = newInodeRecord() as Ino;
+    // One literal with every field: a record given its last two fields later would change shape on every request.
+    const ino: Ino = {
+      nid: 0, off: 0, compact: true, format: 0, layout: 0, mode: 0, nlink: 0, size: 0, u: 0,
+      uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, isize: 0, xattrIcount: 0, xattrSize: 0, xattrOff: 0, tailOff: 0,
+    };
     this.decoder.inode(nid, ino);
     ino.xattrOff = ino.off + ino.isize;
     ino.tailOff = ino.xattrOff + ino.xattrSize;
