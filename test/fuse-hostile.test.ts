@@ -302,6 +302,31 @@ test('what the shared reader refuses is EIO through FUSE, and never stops the se
   }
 });
 
+test('an image whose root is not a directory: the FUSE mount is refused with the reader\'s reason, and nothing is mounted', { skip: SKIP }, () => {
+  const { dir, store, mnt } = setup('fuse-root');
+  try {
+    const image = build(dir, ['/a 0 100644 1 0 0 0 0.0 - - -']);
+    const bytes = readFileSync(image);
+    const metaStart = bytes.readUInt32LE(1024 + 40) * 4096;
+    const rootNid = bytes.readUInt16LE(1024 + 14);
+    bytes.writeUInt16LE(0o100644, metaStart + rootNid * 32 + 4); // the compact root inode's mode
+    writeFileSync(image, bytes);
+    const reason = `/: root inode ${rootNid} is not a directory`;
+    const dump = cfs(['dump', image]);
+    assert.equal(dump.status, 1);
+    assert.equal(dump.stderr.trim().split('\n').length, 1, dump.stderr);
+    assert.ok(dump.stderr.includes(reason), dump.stderr);
+    const m = cfs(['mount', '--fuse', '-o', `basedir=${store}`, image, mnt]);
+    assert.notEqual(m.status, 0, m.stdout);
+    assert.equal(m.stderr.trim().split('\n').length, 1, m.stderr);
+    assert.ok(m.stderr.includes(reason), m.stderr);
+    assert.equal(mountAt(mnt)?.fstype, undefined, 'nothing mounted');
+  } finally {
+    spawnSync('umount', ['-l', mnt]);
+    cleanupDir(dir);
+  }
+});
+
 test('the server log: never through a link or into a directory someone else made, and one escaped record per line', { skip: SKIP || (!existsSync('/run') ? 'no /run' : false) }, async () => {
   const { dir, store, mnt } = setup('fuse-log');
   const target = join(dir, 'crontab');
