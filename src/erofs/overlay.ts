@@ -123,6 +123,25 @@ export function treeXattrName(image: Buffer, meaning: XattrMeaning, index: numbe
   return name;
 }
 
+/**
+ * The name an xattr has on a composefs mount (what overlayfs shows), or null
+ * when overlayfs hides it: its own `trusted.overlay.*` names are hidden, the
+ * escaped `trusted.overlay.overlay.X` show as `trusted.overlay.X`, every
+ * other name as stored (the `user.overlay.*` whiteout markers too: overlayfs
+ * with trusted xattrs leaves user ones alone).
+ */
+export function mountedXattrName(image: Buffer, index: number, nameStart: number, nameLength: number): Buffer | null {
+  let restStart = -1;
+  if (index === XATTR_INDEX_TRUSTED) restStart = nameStart;
+  else if (index === 0 && startsWithAt(image, nameStart, nameLength, TRUSTED)) restStart = nameStart + TRUSTED.length;
+  const restLength = nameLength - (restStart - nameStart);
+  if (restStart >= 0 && startsWithAt(image, restStart, restLength, NAMES.overlay)) {
+    if (!startsWithAt(image, restStart, restLength, NAMES.escape)) return null;
+    return treeXattrName(image, XattrMeaning.KeepEscaped, index, nameStart, nameLength);
+  }
+  return treeXattrName(image, XattrMeaning.Keep, index, nameStart, nameLength);
+}
+
 /** Whether the stored name is a POSIX ACL (the header's has-ACL flag must say so). */
 export function isAclXattr(image: Uint8Array, index: number, nameStart: number, nameLength: number): boolean {
   if (index === 2 || index === 3) return true;

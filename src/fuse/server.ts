@@ -27,7 +27,9 @@
 import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { constants as osConstants } from 'node:os';
-import { BadImageError, ImageView, objectPath, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Data, type Ino } from './image.js';
+import { ImageView, objectPath, type Data, type Ino } from './image.js';
+import { ImageFormatError } from '../erofs/header.js';
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../tree/model.js';
 import * as P from './protocol.js';
 import { checkBlocks, measureSync, BLOCK } from './verity.js';
 import { backingClose, backingOpen } from '../sys/fuse.js';
@@ -473,7 +475,7 @@ export class FuseServer {
           return this.error(unique, P.WRITE_OPS.has(opcode) ? E.EROFS : E.ENOSYS);
       }
     } catch (e) {
-      if (e instanceof BadImageError) {
+      if (e instanceof ImageFormatError) {
         this.log(`image: ${e.message}`);
         return this.error(unique, E.EIO);
       }
@@ -581,7 +583,7 @@ export class FuseServer {
         try {
           ino = this.image.inode(e.nid);
         } catch (err) {
-          if (!(err instanceof BadImageError)) throw err;
+          if (!(err instanceof ImageFormatError)) throw err;
           this.log(`image: ${err.message}`);
         }
         if (ino !== null && this.image.isWhiteout(ino)) return true;
