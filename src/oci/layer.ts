@@ -25,7 +25,7 @@ import { createGunzip } from 'node:zlib';
 import { Readable } from 'node:stream';
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { TarError, TarParser, show, type TarHeader, type TarSink } from './tar.js';
-import type { FileSink, ObjectWriter, StoredFile } from '../repo/object-writer.js';
+import type { FileSink, ObjectWriter, StoredFile } from '../store/object-writer.js';
 import type { Descriptor } from './source.js';
 import { inflateInWorker } from './inflate.js';
 

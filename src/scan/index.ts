@@ -30,7 +30,7 @@ import { ComposefsError, InvalidInputError, reasonOf as errorReason, type Compos
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, compareNames, type Dirent, type Inode, type Xattr } from '../tree/model.js';
 import { cPath, lstatx, readXattrs, SysError, type StatInfo } from '../sys/fs.js';
 import { DigestPool, PoolJobError, type FileDone } from '../store/pool.js';
-import { ObjectStore, StoreError, objectRelPath, syncStore } from '../store/objects.js';
+import { INLINE_LIMIT, ObjectStore, StoreError, objectRelPath, syncStore } from '../store/objects.js';
 import { Progress } from './progress.js';
 
 export interface ScanOptions {
@@ -61,8 +61,6 @@ export interface ScanStats {
   bytesHashed: number;
 }
 
-/** The reference inlines regular files of at most this many bytes (LCFS_BUILD_INLINE_FILE_SIZE_LIMIT). */
-export const INLINE_LIMIT = 64;
 /** lcfs_node_set_xattr refuses longer values. */
 const XATTR_VALUE_MAX = 0xffff;
 
