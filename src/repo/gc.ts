@@ -29,6 +29,7 @@ import { fsckImage } from '../check/fsck.js';
 import { listFd, O_NONBLOCK, openAt, openDirAt, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, statAt, typeName, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { decodeName, SUBDIRS, type Subdir } from './layout.js';
 import { liveLeases } from './leases.js';
+import { storedObject } from './layer-record.js';
 import { hexOf, RepoError, type NameRecord, type Repository } from './repository.js';
 
 export interface GcResult {
@@ -81,7 +82,10 @@ export async function gcRepository(repo: Repository, opts: { dryRun?: boolean; o
     for (const hex of layers) {
       // A lease's layer may be gone (its record removed by hand): nothing of it to keep.
       if (!repo.hasFile('layers', hex)) continue;
-      for (const e of repo.readLayer(`sha256:${hex}`)) if (e.d && e.z !== undefined && e.z > 64) objects.add(e.d);
+      for (const e of repo.readLayer(`sha256:${hex}`)) {
+        const object = storedObject(e);
+        if (object !== null) objects.add(object);
+      }
     }
     const result: GcResult = {
       dryRun,
@@ -284,8 +288,9 @@ export async function fsckRepository(repo: Repository, opts: { onWait?: () => vo
         checked.layers++;
         try {
           for (const e of repo.readLayer(diff)) {
-            if (e.d && e.z !== undefined && e.z > 64 && (!/^[0-9a-f]{64}$/.test(e.d) || objectSize(e.d) !== e.z)) {
-              problem(`layer ${diff}`, `entry ${e.p}: object ${e.d} missing or of the wrong size`);
+            const object = storedObject(e);
+            if (object !== null && objectSize(object) !== e.size) {
+              problem(`layer ${diff}`, `entry ${e.path}: object ${object} missing or of the wrong size`);
             }
           }
         } catch (err) {
