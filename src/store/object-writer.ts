@@ -21,9 +21,9 @@ import { Threads } from './pool.js';
 import type { ObjectBatch, ObjectBatchResult, SyncRequest } from './worker.js';
 
 /**
- * Files up to this size are buffered and hashed before anything is written.
- * Measured on a /usr layer (most files are small): ~15% fewer system calls
- * than streaming every file, and no write at all for content already stored.
+ * Files up to this size are buffered and hashed before anything is written:
+ * on a /usr layer (most files are small) fewer system calls than streaming
+ * every file, and no write at all for content already stored.
  */
 const BUFFER_LIMIT = 1 << 20;
 
@@ -209,7 +209,7 @@ export class ObjectWriter {
     this.stats.bytesWritten += m.bytesWritten;
     if (m.error !== undefined) this.fail(new IoError(m.error, m.errno));
     const b = this.unfinished.get(m.id);
-    // Reused rather than allocated: a fresh 4 MiB buffer per batch is 1,024 page faults, each page
+    // Reused rather than allocated: a fresh buffer per batch is a page fault per page, each page
     // zeroed by the kernel.
     if (m.data !== undefined && m.data.byteLength === BATCH_BYTES && this.spare.length < MAX_BYTES_IN_FLIGHT / BATCH_BYTES) this.spare.push(m.data);
     if (b && m.digests !== undefined) {
@@ -266,9 +266,8 @@ export class ObjectWriter {
 
   /**
    * Make every object written so far durable (one syncfs), on a writer
-   * thread: a layer's syncfs waited for the writeback of all three layers'
-   * objects so far with the main thread blocked (1.0-1.5 s of a /usr pull),
-   * the other layers stalled behind it.
+   * thread: on the main thread a layer's syncfs waited for the writeback of
+   * every layer's objects so far, the other layers stalled behind it.
    */
   async sync(): Promise<void> {
     await this.flush();

@@ -58,13 +58,10 @@ export interface ObjectBatchResult {
  * copy and hash the copy again. Nothing is named before its own bytes are
  * hashed either way (see ObjectStore); the guess only saves work: copy first
  * while the objects met are new (a first build), hash first while they are
- * there already (a rebuild), judged by the last object stored.
- * /usr (5.3 GB) into an empty store, interleaved runs on a busy 2-core
- * machine: before this check 14.3-15.9 s; hashing the source and then the
- * copy 20.0 s (+30 %); copy first, as here, 16.7 s against 16.7 s for the
- * old code in the same minute. (A ctime check of the source before linking
- * cost nothing measurable but cannot see a write through a mapping or within
- * one timestamp tick, so it only decides whether the build fails.)
+ * there already (a rebuild), judged by the last object stored (the README,
+ * "What an object store trusts", has the measurement). A ctime check of the
+ * source before linking cannot see a write through a mapping or within one
+ * timestamp tick, so it only decides whether the build fails.
  */
 let copyFirst = true;
 
