@@ -27,7 +27,7 @@
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, type Dirent, type Inode, type Xattr } from '../tree/model.js';
 import { makedev } from '../sys/fs.js';
-import { objectRelPath } from '../store/objects.js';
+import { digestToObjectPath } from '../store/layout.js';
 import type { LayerEntry } from '../oci/layer.js';
 
 export class MergeError extends ComposefsError {
@@ -306,7 +306,7 @@ export class TreeBuilder {
         xattrs: n.xattrs,
         children: n.children ? [] : null,
       };
-      if ((n.mode & S_IFMT) === S_IFREG && n.digest && n.size > 0) inode.payload = Buffer.from(objectRelPath(n.digest));
+      if ((n.mode & S_IFMT) === S_IFREG && n.digest && n.size > 0) inode.payload = Buffer.from(digestToObjectPath(n.digest));
       return inode;
     };
     interface Frame {

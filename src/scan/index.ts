@@ -30,7 +30,8 @@ import { ComposefsError, InvalidInputError, reasonOf as errorReason, type Compos
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, compareNames, type Dirent, type Inode, type Xattr } from '../tree/model.js';
 import { cPath, lstatx, readXattrs, SysError, type StatInfo } from '../sys/fs.js';
 import { DigestPool, PoolJobError, type FileDone } from '../store/pool.js';
-import { INLINE_LIMIT, ObjectStore, StoreError, objectRelPath, syncStore } from '../store/objects.js';
+import { INLINE_LIMIT, ObjectStore, StoreError, syncStore } from '../store/objects.js';
+import { digestToObjectPath } from '../store/layout.js';
 import { Progress } from './progress.js';
 
 export interface ScanOptions {
@@ -186,7 +187,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
   const fill = (inode: Inode, tag: number, r: FileDone): void => {
     if (computeDigest) {
       inode.digest = r.digest;
-      inode.payload = Buffer.from(objectRelPath(r.digest));
+      inode.payload = Buffer.from(digestToObjectPath(r.digest));
     } else inode.payload = relPaths[tag];
     if (r.content) inode.content = r.content;
   };

@@ -42,6 +42,7 @@ import { ComposefsError, IoError, reasonOf, type ComposefsErrorOptions } from '.
 import { copyFileRange, enableVerity, ficlone, syncfs } from '../sys/fs.js';
 import { linkAt, linkFdAt, O_NONBLOCK, openAt, openTmpfileAt, renameAt, S_IFMT, S_IFREG, statAt, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { closeObjectDirs, makeObjectDirs, objectDir, type ObjectDirs } from './object-dirs.js';
+import { objectPlaceOf } from './layout.js';
 import { digestToHex, FsVerityHasher, fsverityDigestOfFileSync } from '../fsverity/index.js';
 
 /**
@@ -67,6 +68,8 @@ interface Place {
   dir: number;
   name: string;
   path: string;
+  /** The digest it is named after, hex. */
+  hex: string;
 }
 let tmpCounter = 0;
 
@@ -85,11 +88,7 @@ function storeError(err: unknown, what: string): StoreError {
   return new StoreError(`${what}: ${reasonOf(err)}`, typeof code === 'string' ? code : undefined, { cause: err });
 }
 
-/** Object path relative to the store: `ab/cdef…`. */
-export function objectRelPath(digest: Uint8Array): string {
-  const hex = digestToHex(digest);
-  return `${hex.slice(0, 2)}/${hex.slice(2)}`;
-}
+export { digestToObjectPath } from './layout.js';
 
 /** What publishing an object did. */
 export interface Published {
@@ -253,9 +252,10 @@ export class ObjectStore {
   /** Where the object `digest` goes: its XX/ directory (created when missing) and its name there. */
   private place(digest: Uint8Array): Place {
     const hex = digestToHex(digest);
-    const path = join(this.root, hex.slice(0, 2), hex.slice(2));
+    const { dir, name } = objectPlaceOf(hex);
+    const path = join(this.root, dir, name);
     try {
-      return { dir: objectDir(this.dirs, hex), name: hex.slice(2), path };
+      return { dir: objectDir(this.dirs, hex), name, path, hex };
     } catch (err) {
       // Its own message (a link where XX/ should be, a directory that cannot be made).
       if (err instanceof IoError) throw new StoreError(err.message, err.errno, { cause: err });
@@ -394,7 +394,7 @@ export class ObjectStore {
     }
     try {
       const found = fsverityDigestOfFileSync(fd, { position: 0 });
-      return found.size === size && digestToHex(found.digest).slice(2) === dest.name ? null : true;
+      return found.size === size && digestToHex(found.digest) === dest.hex ? null : true;
     } catch (err) {
       throw storeError(err, `cannot read object ${dest.path}`);
     } finally {
