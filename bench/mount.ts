@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeImage } from '../src/erofs/writer.js';
-import { digestToObjectPath, fsverityDigest } from '../src/fsverity/index.js';
+import { fsverityDigest } from '../src/fsverity/index.js';
+import { digestToObjectPath } from '../src/store/layout.js';
 import { newInode, S_IFDIR, S_IFREG } from '../src/tree/model.js';
 import { mountComposefs, unmountComposefs, type MountOptions } from '../src/mount/index.js';
 

@@ -29,9 +29,8 @@ export {
   fsverityDigestOfFileSync,
   digestToHex,
   hexToDigest,
-  digestToObjectPath,
-  objectPathToDigest,
 } from './fsverity/index.js';
+export { digestToObjectPath, objectPathToDigest } from './store/layout.js';
 export { fsckImage, type FsckReport, type FsckProblem, type FsckOptions } from './check/fsck.js';
 
 /** Build the tree of a directory (and fill an object store) as `mkcomposefs SOURCEDIR` does. */

@@ -8,13 +8,12 @@ import crypto from 'node:crypto';
 import {
   FsVerityHasher,
   digestToHex,
-  digestToObjectPath,
   fsverityDigest,
   fsverityDigestOfFile,
   fsverityDigestOfFileSync,
   hexToDigest,
-  objectPathToDigest,
 } from '../src/fsverity/index.js';
+import { digestToObjectPath, objectPathToDigest } from '../src/store/layout.js';
 
 const FSVERITY = '/usr/bin/fsverity';
 const haveTool = existsSync(FSVERITY);

@@ -20,7 +20,8 @@ import {
 import { join } from 'node:path';
 import { cliPath, isRoot } from './helpers/paths.js';
 import { cleanupDir, eventually, scratch } from './mount-fixtures.js';
-import { digestToObjectPath, fsverityDigest } from '../src/fsverity/index.js';
+import { fsverityDigest } from '../src/fsverity/index.js';
+import { digestToObjectPath } from '../src/store/layout.js';
 import { mountAt, readMountinfo } from '../src/mount/mountinfo.js';
 
 const hasSetpriv = existsSync('/usr/bin/setpriv');

@@ -26,7 +26,8 @@ import { unmountFuse } from '../src/fuse/unmount.js';
 import { mountAt } from '../src/mount/mountinfo.js';
 import { scanDirectory } from '../src/scan/index.js';
 import { writeImage } from '../src/erofs/writer.js';
-import { fsverityDigest, digestToObjectPath } from '../src/fsverity/index.js';
+import { fsverityDigest } from '../src/fsverity/index.js';
+import { digestToObjectPath } from '../src/store/layout.js';
 import { generatedBases, mutate, Rng } from './fuzz-long.js';
 import type { Inode } from '../src/tree/model.js';
 

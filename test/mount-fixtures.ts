@@ -7,7 +7,8 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeImage } from '../src/erofs/writer.js';
-import { fsverityDigest, digestToObjectPath } from '../src/fsverity/index.js';
+import { fsverityDigest } from '../src/fsverity/index.js';
+import { digestToObjectPath } from '../src/store/layout.js';
 import { newInode, S_IFDIR, S_IFLNK, S_IFREG, type Inode } from '../src/tree/model.js';
 import { koffi, libc } from '../src/sys/libc.js';
 import { listLoops } from '../src/sys/loop.js';

@@ -14,7 +14,8 @@ import { chmodSync, chownSync, existsSync, mkdirSync, openSync, closeSync, readF
 import { join } from 'node:path';
 import { cliPath, isRoot } from './helpers/paths.js';
 import { cleanupDir, eventually, makeImage, scratch, standardFiles, type Fixture } from './mount-fixtures.js';
-import { fsverityDigest, fsverityDigestOfFileSync, digestToObjectPath } from '../src/fsverity/index.js';
+import { fsverityDigest, fsverityDigestOfFileSync } from '../src/fsverity/index.js';
+import { digestToObjectPath } from '../src/store/layout.js';
 import { kernelHasFsverity } from '../src/mount/kernel.js';
 
 const NOBODY = ['/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all'];

@@ -14,7 +14,8 @@ import { closeSync, constants, fstatSync, openSync } from 'node:fs';
 import { O_NONBLOCK, openAt, openDirAt, S_IFLNK, statAt, unlinkAt } from '../sys/dirfd.js';
 import { reasonOf } from '../errors.js';
 import { ImageFormatError, printablePath, readImage, type ImageProblem } from '../erofs/reader.js';
-import { digestToHex, fsverityDigestOfFileSync, objectPathToDigest } from '../fsverity/index.js';
+import { digestToHex, fsverityDigestOfFileSync } from '../fsverity/index.js';
+import { objectPathToDigest, objectPlaceOf } from '../store/layout.js';
 import { S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 
 export interface FsckProblem {
@@ -216,23 +217,23 @@ class StoreDirs {
 function checkObject(stores: StoreDirs, basedirs: string[], inode: Inode, named: Buffer, repair: boolean): ObjectResult {
   const payload = inode.payload!;
   const shown = printablePath(payload);
-  const hex = digestToHex(named);
+  const place = objectPlaceOf(digestToHex(named));
   let fd = -1;
   let where = '';
   let corrupt: ObjectResult['corrupt'] = null;
   for (const dir of basedirs) {
     const file = Buffer.concat([Buffer.from(dir), Buffer.from('/'), payload]);
-    const sub = stores.subdir(dir, hex.slice(0, 2));
+    const sub = stores.subdir(dir, place.dir);
     if (typeof sub !== 'number') {
       if (sub.code === 'ENOENT' || sub.code === 'ENOTDIR') continue; // try the next store
       where = dir;
-      if (sub.code === 'ELOOP') return { missing: false, corrupt: null, problems: [{ code: 'object-type', message: `backing object '${shown}' in '${dir}': its directory '${hex.slice(0, 2)}' is a symbolic link (never followed)` }] };
+      if (sub.code === 'ELOOP') return { missing: false, corrupt: null, problems: [{ code: 'object-type', message: `backing object '${shown}' in '${dir}': its directory '${place.dir}' is a symbolic link (never followed)` }] };
       return { missing: false, corrupt: null, problems: [{ code: 'object-read', message: `backing object '${shown}' in '${dir}' cannot be opened: ${reasonOf(sub)}` }] };
     }
-    corrupt = { file, dir: sub, name: hex.slice(2) };
+    corrupt = { file, dir: sub, name: place.name };
     try {
       // No link followed (nor does the kernel follow one in a data layer), and a FIFO cannot block the open.
-      fd = openAt(sub, hex.slice(2), constants.O_RDONLY | O_NONBLOCK, 0, file.toString());
+      fd = openAt(sub, place.name, constants.O_RDONLY | O_NONBLOCK, 0, file.toString());
       where = dir;
       break;
     } catch (err) {

@@ -263,15 +263,3 @@ export function hexToDigest(hex: string): Buffer {
   if (!/^[0-9a-fA-F]{64}$/.test(hex)) throw new Error(`invalid fs-verity digest '${hex}': expected 64 hex digits`);
   return Buffer.from(hex, 'hex');
 }
-
-/** The object store path of a digest: `ab/cdef…` (2 hex digits, slash, 62 hex digits). */
-export function digestToObjectPath(digest: Uint8Array): string {
-  const hex = digestToHex(digest);
-  return `${hex.slice(0, 2)}/${hex.slice(2)}`;
-}
-
-/** Inverse of digestToObjectPath; null if `path` is not of the form `ab/cdef…`. */
-export function objectPathToDigest(path: string): Buffer | null {
-  const m = /^([0-9a-f]{2})\/([0-9a-f]{62})$/.exec(path);
-  return m ? Buffer.from(m[1] + m[2], 'hex') : null;
-}

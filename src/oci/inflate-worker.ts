@@ -16,7 +16,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { createHash } from 'node:crypto';
-import { decompress } from './layer.js';
+import { decompress } from './decompress.js';
 
 export interface InflateWorkerData {
   ring: SharedArrayBuffer;

@@ -8,7 +8,7 @@
  * major GCs 55 -> 17 (what remains comes from the blob's own chunks).
  */
 import { Worker } from 'node:worker_threads';
-import { LayerError } from './layer.js';
+import { LayerError } from './decompress.js';
 import type { InflateIn, InflateOut, InflateWorkerData } from './inflate-worker.js';
 
 /** Slots of uncompressed bytes between the threads, and their size. */

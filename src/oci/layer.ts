@@ -21,15 +21,13 @@
  * clamps it to the root instead: we would rather say the layer is hostile).
  * Hard link targets are normalized the same way.
  */
-import { createGunzip } from 'node:zlib';
-import { Readable } from 'node:stream';
-import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { TarError, TarParser, show, type TarHeader, type TarSink } from './tar.js';
-import type { FileSink, ObjectWriter, StoredFile } from '../repo/object-writer.js';
+import type { FileSink, ObjectWriter, StoredFile } from '../store/object-writer.js';
 import type { Descriptor } from './source.js';
 import { inflateInWorker } from './inflate.js';
+import { LayerError } from './decompress.js';
 
-export type Compression = 'none' | 'gzip' | 'zstd';
+export { decompress, LayerError, sniffCompression, type Compression } from './decompress.js';
 
 /** Layer media types we accept (OCI and Docker names, distributable or not). */
 export const LAYER_MEDIA_TYPES: ReadonlySet<string> = new Set([
@@ -45,41 +43,35 @@ export const LAYER_MEDIA_TYPES: ReadonlySet<string> = new Set([
   'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
 ]);
 
-export class LayerError extends ComposefsError {
-  constructor(message: string, options?: ComposefsErrorOptions) {
-    super(message, 'layer', options);
-  }
-}
-
 export type LayerEntryType = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo' | 'whiteout' | 'opaque';
 
 /**
- * One entry of a layer, as kept in the repository. Byte strings that may not
- * be UTF-8 (paths, link targets, xattr names) are latin1 strings: one char
- * per byte, lossless through JSON.
+ * One entry of a layer, as kept in the repository (src/repo/layer-record.ts
+ * writes and reads it). Byte strings that may not be UTF-8 (paths, link
+ * targets, xattr names) are latin1 strings: one char per byte, lossless
+ * through JSON.
  */
 export interface LayerEntry {
   /** Normalized path without leading slash; '' is the root. For whiteouts: the path whited out (for opaque: the directory). */
-  p: string;
-  t: LayerEntryType;
+  path: string;
+  type: LayerEntryType;
   /** Permission bits (07777). */
-  m?: number;
-  u?: number;
-  g?: number;
-  /** mtime seconds and nanoseconds. */
-  s?: number;
-  n?: number;
-  /** Regular file: size, fs-verity digest (hex) when not empty, inline contents (base64) when 1..64 bytes. */
-  z?: number;
-  d?: string;
-  c?: string;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  mtimeSec?: number;
+  mtimeNsec?: number;
+  /** Regular file: size, fs-verity digest (hex) when not empty, inline contents (base64) when 1..INLINE_LIMIT bytes. */
+  size?: number;
+  digest?: string;
+  inline?: string;
   /** Symlink target (raw) or hard link target (normalized path). */
-  l?: string;
+  link?: string;
   /** Device major and minor. */
-  ma?: number;
-  mi?: number;
+  major?: number;
+  minor?: number;
   /** xattrs: [name (latin1), value (base64)]. */
-  x?: [string, string][];
+  xattrs?: [string, string][];
 }
 
 export interface ImportedLayer {
@@ -99,9 +91,6 @@ export interface ImportLayerOptions {
   /** Called with uncompressed bytes as they are read. */
   onTarBytes?: (n: number) => void;
 }
-
-/** Blocks (each at most 128 KiB out) the zstd decoder completes per push: at most 1 MiB held. */
-const ZSTD_BLOCKS_PER_PUSH = 8;
 
 /**
  * Linux's NAME_MAX and PATH_MAX (with its NUL). A layer beyond them could be
@@ -143,99 +132,6 @@ function layerName(d: Descriptor): string {
   return `layer ${d.digest}`;
 }
 
-/** Sniff the compression from the first bytes. */
-export function sniffCompression(head: Buffer): Compression {
-  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
-  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
-  return 'none';
-}
-
-/** The blob's bytes decompressed, chunk by chunk. Errors name the layer and the format. */
-export async function* decompress(blob: AsyncIterable<Buffer>, what: string): AsyncGenerator<Buffer> {
-  const it = blob[Symbol.asyncIterator]();
-  let first = await it.next();
-  while (!first.done && first.value.length < 4) {
-    const more = await it.next();
-    if (more.done) break;
-    first = { done: false, value: Buffer.concat([first.value, more.value]) };
-  }
-  if (first.done) return;
-  const head = first.value;
-  const rest: AsyncIterable<Buffer> = {
-    [Symbol.asyncIterator]: () => {
-      let sentHead = false;
-      return {
-        next: async () => {
-          if (!sentHead) {
-            sentHead = true;
-            return { done: false, value: head };
-          }
-          return it.next();
-        },
-        return: async () => {
-          await it.return?.();
-          return { done: true, value: undefined };
-        },
-      };
-    },
-  };
-  const kind = sniffCompression(head);
-  if (kind === 'none') {
-    yield* rest;
-    return;
-  }
-  if (kind === 'gzip') {
-    // 256 KiB output chunks: fewer hand-offs from the thread pool than the default 16 KiB.
-    const gunzip = createGunzip({ chunkSize: 256 * 1024 });
-    const input = Readable.from(rest);
-    input.on('error', (err) => gunzip.destroy(err));
-    input.pipe(gunzip);
-    try {
-      for await (const chunk of gunzip) yield chunk as Buffer;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code?.startsWith('Z_')) throw new LayerError(`${what}: corrupt gzip data: ${(err as Error).message}`, { cause: err });
-      throw err;
-    } finally {
-      input.destroy();
-      gunzip.destroy();
-    }
-    return;
-  }
-  // Bounded output: the input goes to the decoder in pieces completing at
-  // most a few blocks each (zstd-frames.ts), and each piece's blocks are
-  // handed on before the next is pushed.
-  const [{ Decompress }, { ZstdBlockWalker, ZstdFormatError }] = await Promise.all([import('fzstd'), import('./zstd-frames.js')]);
-  const out: Buffer[] = [];
-  const d = new Decompress((data: Uint8Array) => {
-    out.push(Buffer.from(data.buffer, data.byteOffset, data.length));
-  });
-  const walker = new ZstdBlockWalker();
-  const fail = (err: unknown) => new LayerError(`${what}: ${err instanceof ZstdFormatError ? err.kind : 'corrupt'} zstd data: ${(err as Error).message}`, { cause: err });
-  for await (const chunk of rest) {
-    let pieces: Uint8Array[];
-    try {
-      pieces = walker.split(chunk, ZSTD_BLOCKS_PER_PUSH);
-    } catch (err) {
-      throw fail(err);
-    }
-    for (const piece of pieces) {
-      try {
-        d.push(piece);
-      } catch (err) {
-        throw fail(err);
-      }
-      while (out.length > 0) yield out.shift()!;
-    }
-  }
-  try {
-    walker.end();
-    d.push(new Uint8Array(0), true); // throws on a truncated frame
-  } catch (err) {
-    throw fail(err);
-  }
-  while (out.length > 0) yield out.shift()!;
-}
-
 /**
  * Read one layer blob into the object store and return its entries. The
  * blob stream must already be checked against its descriptor (ImageSource
@@ -259,48 +155,48 @@ export async function importLayer(blob: AsyncIterable<Buffer>, opts: ImportLayer
     const base = path.slice(slash + 1);
     const dir = slash < 0 ? '' : path.slice(0, slash);
     if (base.startsWith(WH_PREFIX)) {
-      if (base === WH_OPAQUE) entries.push({ p: dir, t: 'opaque' });
+      if (base === WH_OPAQUE) entries.push({ path: dir, type: 'opaque' });
       else {
         const target = base.slice(WH_PREFIX.length);
         if (target === '' || target === '.' || target === '..') throw new LayerError(`${what}: entry ${show(h.path)}: invalid whiteout`);
-        entries.push({ p: dir === '' ? target : `${dir}/${target}`, t: 'whiteout' });
+        entries.push({ path: dir === '' ? target : `${dir}/${target}`, type: 'whiteout' });
       }
       return null;
     }
     if (path === '' && h.type !== 'dir') throw new LayerError(`${what}: entry ${show(h.path)}: refusing to change the type of the root directory`);
-    const e: LayerEntry = { p: path, t: h.type };
+    const e: LayerEntry = { path, type: h.type };
     if (h.type === 'hardlink') {
       const target = normalizePath(h.linkname.toString('latin1'));
       if (target === null) throw new LayerError(`${what}: entry ${show(h.path)}: hard link target ${show(h.linkname)} escapes the image root`);
       if (target === '') throw new LayerError(`${what}: entry ${show(h.path)}: hard link to the root directory`);
       const targetFault = pathLimitFault(target);
       if (targetFault !== null) throw new LayerError(`${what}: entry ${show(h.path)}: hard link target ${showLong(h.linkname)}: ${targetFault}`);
-      e.l = target;
+      e.link = target;
       entries.push(e);
       return null;
     }
-    e.m = h.mode;
-    e.u = h.uid;
-    e.g = h.gid;
-    e.s = h.mtimeSec;
-    if (h.mtimeNsec) e.n = h.mtimeNsec;
-    if (h.xattrs.length > 0) e.x = h.xattrs.map((x) => [x.key.toString('latin1'), x.value.toString('base64')]);
+    e.mode = h.mode;
+    e.uid = h.uid;
+    e.gid = h.gid;
+    e.mtimeSec = h.mtimeSec;
+    if (h.mtimeNsec) e.mtimeNsec = h.mtimeNsec;
+    if (h.xattrs.length > 0) e.xattrs = h.xattrs.map((x) => [x.key.toString('latin1'), x.value.toString('base64')]);
     if (h.type === 'symlink') {
       if (h.linkname.length === 0) throw new LayerError(`${what}: entry ${show(h.path)}: symlink with an empty target`);
       if (h.linkname.length >= PATH_MAX) throw new LayerError(`${what}: entry ${show(h.path)}: symlink target of ${h.linkname.length} bytes, longer than ${PATH_MAX - 1}`);
-      e.l = h.linkname.toString('latin1');
+      e.link = h.linkname.toString('latin1');
     } else if (h.type === 'char' || h.type === 'block') {
-      e.ma = h.devmajor;
-      e.mi = h.devminor;
+      e.major = h.devmajor;
+      e.minor = h.devminor;
     }
     entries.push(e);
     if (h.type !== 'file') return null;
-    e.z = h.size;
+    e.size = h.size;
     const sink = opts.objects.file(h.size, (stored: StoredFile) => {
       current = null;
       if (stored.size !== h.size) throw new LayerError(`${what}: entry ${show(h.path)}: ${stored.size} bytes read, ${h.size} expected`);
-      if (stored.digest) e.d = stored.digest.toString('hex');
-      if (stored.content) e.c = stored.content.toString('base64');
+      if (stored.digest) e.digest = stored.digest.toString('hex');
+      if (stored.content) e.inline = stored.content.toString('base64');
     });
     current = sink;
     return sink;

@@ -17,6 +17,7 @@ import { fsckImage } from '../check/fsck.js';
 import { listFd, O_NONBLOCK, openAt, openDirAt, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, statAt, typeName, type AtStat } from '../sys/dirfd.js';
 import { decodeName, type Subdir } from './layout.js';
 import type { NameRecord, Repository } from './repository.js';
+import { storedObject } from './layer-record.js';
 
 export interface RepoProblem {
   what: string;
@@ -157,8 +158,9 @@ export async function fsckRepository(repo: Repository, opts: { onWait?: () => vo
         checked.layers++;
         try {
           for (const e of repo.readLayer(diff)) {
-            if (e.d && e.z !== undefined && e.z > 64 && (!/^[0-9a-f]{64}$/.test(e.d) || objectSize(e.d) !== e.z)) {
-              problem(`layer ${diff}`, `entry ${e.p}: object ${e.d} missing or of the wrong size`);
+            const object = storedObject(e);
+            if (object !== null && objectSize(object) !== e.size) {
+              problem(`layer ${diff}`, `entry ${e.path}: object ${object} missing or of the wrong size`);
             }
           }
         } catch (err) {

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { listFd, openDirAt, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, statAt, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { decodeName, SUBDIRS, type Subdir } from './layout.js';
 import { liveLeases } from './leases.js';
+import { storedObject } from './layer-record.js';
 import { hexOf, RepoError, type NameRecord, type Repository } from './repository.js';
 
 export interface GcResult {
@@ -72,7 +73,10 @@ export async function gcRepository(repo: Repository, opts: { dryRun?: boolean; o
     for (const hex of layers) {
       // A lease's layer may be gone (its record removed by hand): nothing of it to keep.
       if (!repo.hasFile('layers', hex)) continue;
-      for (const e of repo.readLayer(`sha256:${hex}`)) if (e.d && e.z !== undefined && e.z > 64) objects.add(e.d);
+      for (const e of repo.readLayer(`sha256:${hex}`)) {
+        const object = storedObject(e);
+        if (object !== null) objects.add(object);
+      }
     }
     const result: GcResult = {
       dryRun,

@@ -27,7 +27,7 @@
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, type Dirent, type Inode, type Xattr } from '../tree/model.js';
 import { makedev } from '../sys/fs.js';
-import { objectRelPath } from '../store/objects.js';
+import { digestToObjectPath } from '../store/layout.js';
 import type { LayerEntry } from '../oci/layer.js';
 
 export class MergeError extends ComposefsError {
@@ -85,7 +85,7 @@ export class TreeBuilder {
   }
 
   private fail(e: LayerEntry, reason: string): MergeError {
-    return new MergeError(`${this.layer}: entry ${showPath(e.p)}: ${reason}`);
+    return new MergeError(`${this.layer}: entry ${showPath(e.path)}: ${reason}`);
   }
 
   /**
@@ -187,8 +187,8 @@ export class TreeBuilder {
   }
 
   private apply(e: LayerEntry): void {
-    const parts = e.p === '' ? [] : e.p.split('/');
-    if (e.t === 'opaque') {
+    const parts = e.path === '' ? [] : e.path.split('/');
+    if (e.type === 'opaque') {
       const dirParts = this.resolve(parts, e);
       const dir = this.lookup(dirParts);
       if (dir && dir.children) for (const child of [...dir.children.keys()]) this.whiteout(dir, child);
@@ -196,7 +196,7 @@ export class TreeBuilder {
     }
     const name = parts.pop();
     const parentParts = this.resolve(parts, e);
-    if (e.t === 'whiteout') {
+    if (e.type === 'whiteout') {
       const dir = this.lookup(parentParts);
       if (dir && dir.children) this.whiteout(dir, name!);
       return;
@@ -210,16 +210,16 @@ export class TreeBuilder {
     if (canonicalBytes >= PATH_MAX) throw this.fail(e, `its path through symbolic links is ${canonicalBytes} bytes long, longer than ${PATH_MAX - 1}`);
     const parent = this.mkdirAll(parentParts, e);
     const existing = parent.children!.get(name);
-    if (existing !== undefined && !(isDirNode(existing) && e.t === 'dir')) parent.children!.delete(name);
+    if (existing !== undefined && !(isDirNode(existing) && e.type === 'dir')) parent.children!.delete(name);
     let node: Node;
-    switch (e.t) {
+    switch (e.type) {
       case 'hardlink': {
-        const lparts = e.l!.split('/');
+        const lparts = e.link!.split('/');
         const lname = lparts.pop()!;
         const ldir = this.lookup(this.resolve(lparts, e));
         const target = ldir?.children?.get(lname);
-        if (target === undefined) throw this.fail(e, `hard link to ${showPath(e.l!)}, which does not exist`);
-        if (isDirNode(target)) throw this.fail(e, `hard link to ${showPath(e.l!)}, which is a directory`);
+        if (target === undefined) throw this.fail(e, `hard link to ${showPath(e.link!)}, which does not exist`);
+        if (isDirNode(target)) throw this.fail(e, `hard link to ${showPath(e.link!)}, which is a directory`);
         parent.children!.set(name, target);
         this.markUpper([...parentParts, name]);
         return;
@@ -229,25 +229,25 @@ export class TreeBuilder {
         break;
       case 'file':
         node = leaf(S_IFREG);
-        node.size = e.z ?? 0;
-        node.digest = e.d ? Buffer.from(e.d, 'hex') : null;
-        node.content = e.c ? Buffer.from(e.c, 'base64') : null;
+        node.size = e.size ?? 0;
+        node.digest = e.digest ? Buffer.from(e.digest, 'hex') : null;
+        node.content = e.inline ? Buffer.from(e.inline, 'base64') : null;
         break;
       case 'symlink':
         node = leaf(S_IFLNK);
-        node.target = Buffer.from(e.l!, 'latin1');
+        node.target = Buffer.from(e.link!, 'latin1');
         node.size = node.target.length;
         break;
       case 'char':
       case 'block':
-        node = leaf(e.t === 'char' ? S_IFCHR : S_IFBLK);
-        node.rdev = makedev(e.ma ?? 0, e.mi ?? 0);
+        node = leaf(e.type === 'char' ? S_IFCHR : S_IFBLK);
+        node.rdev = makedev(e.major ?? 0, e.minor ?? 0);
         break;
       case 'fifo':
         node = leaf(S_IFIFO);
         break;
       default:
-        throw this.fail(e, `unknown entry type ${String(e.t)}`);
+        throw this.fail(e, `unknown entry type ${String(e.type)}`);
     }
     this.setMetadata(node, e);
     parent.children!.set(name, node);
@@ -256,13 +256,13 @@ export class TreeBuilder {
 
   private setMetadata(node: Node, e: LayerEntry): void {
     const type = node.mode & S_IFMT;
-    node.mode = type | (type === S_IFLNK ? 0o777 : (e.m ?? 0) & 0o7777);
-    node.uid = e.u ?? 0;
-    node.gid = e.g ?? 0;
-    node.mtimeSec = e.s ?? 0;
-    node.mtimeNsec = e.n ?? 0;
+    node.mode = type | (type === S_IFLNK ? 0o777 : (e.mode ?? 0) & 0o7777);
+    node.uid = e.uid ?? 0;
+    node.gid = e.gid ?? 0;
+    node.mtimeSec = e.mtimeSec ?? 0;
+    node.mtimeNsec = e.mtimeNsec ?? 0;
     const xattrs: Xattr[] = [];
-    for (const [k, v] of e.x ?? []) {
+    for (const [k, v] of e.xattrs ?? []) {
       if (IGNORED_XATTRS.has(k)) continue;
       const key = Buffer.from(k, 'latin1');
       const i = xattrs.findIndex((x) => x.key.equals(key));
@@ -306,7 +306,7 @@ export class TreeBuilder {
         xattrs: n.xattrs,
         children: n.children ? [] : null,
       };
-      if ((n.mode & S_IFMT) === S_IFREG && n.digest && n.size > 0) inode.payload = Buffer.from(objectRelPath(n.digest));
+      if ((n.mode & S_IFMT) === S_IFREG && n.digest && n.size > 0) inode.payload = Buffer.from(digestToObjectPath(n.digest));
       return inode;
     };
     interface Frame {

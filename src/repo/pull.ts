@@ -13,7 +13,7 @@ import { fsverityDigest } from '../fsverity/index.js';
 import { S_IFMT, S_IFREG, walk, type Inode } from '../tree/model.js';
 import { importLayer, LayerError, type LayerEntry } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
-import { ObjectWriter } from './object-writer.js';
+import { ObjectWriter } from '../store/object-writer.js';
 import { TreeBuilder } from './merge.js';
 import { RepoError, checkName, type NameRecord, type Repository } from './repository.js';
 

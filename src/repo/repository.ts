@@ -22,6 +22,7 @@ import { syncfs } from '../sys/fs.js';
 import { listFd, mkdirAt, O_NONBLOCK, openAt, openDirAt, renameAt, S_IFDIR, S_IFMT, S_IFREG, statAt, statFd, typeName, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { decodeName, defaultRepoPath, encodeName, SUBDIRS, syncDirFd, tmpName, writeAllSync, writeFileAt, type Subdir } from './layout.js';
 import type { LayerEntry } from '../oci/layer.js';
+import { decodeLayerRecord, encodeLayerRecord } from './layer-record.js';
 
 export class RepoError extends ComposefsError {
   constructor(message: string, options?: ComposefsErrorOptions) {
@@ -360,10 +361,10 @@ export class Repository {
 
   /** Record a layer's entries; its objects must be durable already (syncStore). */
   writeLayer(diffId: string, entries: LayerEntry[]): void {
-    const lines = entries.map((e) => JSON.stringify(e)).join('\n');
-    writeFileAt(this.dir('layers'), this.layersDir, hexOf(diffId), `${lines}\n`, false);
+    writeFileAt(this.dir('layers'), this.layersDir, hexOf(diffId), encodeLayerRecord(entries), false);
   }
 
+  /** A layer's entries, from its record in either form (layer-record.ts). */
   readLayer(diffId: string): LayerEntry[] {
     const path = join(this.layersDir, hexOf(diffId));
     let text: string;
@@ -373,21 +374,7 @@ export class Repository {
       if (err instanceof ComposefsError) throw err;
       throw ioError(err, `cannot read layer record ${path}`);
     }
-    const out: LayerEntry[] = [];
-    let start = 0;
-    while (start < text.length) {
-      let end = text.indexOf('\n', start);
-      if (end < 0) end = text.length;
-      if (end > start) {
-        try {
-          out.push(JSON.parse(text.slice(start, end)) as LayerEntry);
-        } catch {
-          throw new RepoError(`layer record ${path} is corrupt (line ${out.length + 1})`);
-        }
-      }
-      start = end + 1;
-    }
-    return out;
+    return decodeLayerRecord(text, path);
   }
 
   listLayers(): string[] {

@@ -30,7 +30,8 @@ import { ComposefsError, InvalidInputError, reasonOf as errorReason, type Compos
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, compareNames, type Dirent, type Inode, type Xattr } from '../tree/model.js';
 import { cPath, lstatx, readXattrs, SysError, type StatInfo } from '../sys/fs.js';
 import { DigestPool, PoolJobError, type FileDone } from '../store/pool.js';
-import { ObjectStore, StoreError, objectRelPath, syncStore } from '../store/objects.js';
+import { INLINE_LIMIT, ObjectStore, StoreError, syncStore } from '../store/objects.js';
+import { digestToObjectPath } from '../store/layout.js';
 import { Progress } from './progress.js';
 
 export interface ScanOptions {
@@ -61,8 +62,6 @@ export interface ScanStats {
   bytesHashed: number;
 }
 
-/** The reference inlines regular files of at most this many bytes (LCFS_BUILD_INLINE_FILE_SIZE_LIMIT). */
-export const INLINE_LIMIT = 64;
 /** lcfs_node_set_xattr refuses longer values. */
 const XATTR_VALUE_MAX = 0xffff;
 
@@ -188,7 +187,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
   const fill = (inode: Inode, tag: number, r: FileDone): void => {
     if (computeDigest) {
       inode.digest = r.digest;
-      inode.payload = Buffer.from(objectRelPath(r.digest));
+      inode.payload = Buffer.from(digestToObjectPath(r.digest));
     } else inode.payload = relPaths[tag];
     if (r.content) inode.content = r.content;
   };

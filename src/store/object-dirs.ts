@@ -10,6 +10,7 @@ import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { mkdirAt, openDirAt, statAt, typeName } from '../sys/dirfd.js';
 import { IoError, ioError } from '../errors.js';
+import { objectPlaceOf } from './layout.js';
 
 export interface ObjectDirs {
   /** The objects/ directory. */
@@ -28,10 +29,10 @@ export function makeObjectDirs(root: number, path: string): ObjectDirs {
 
 /** The fd of `objects/XX` for the object `hex` (created when missing). */
 export function objectDir(dirs: ObjectDirs, hex: string): number {
-  const i = parseInt(hex.slice(0, 2), 16);
+  const name = objectPlaceOf(hex).dir;
+  const i = parseInt(name, 16);
   const have = Atomics.load(dirs.table, i);
   if (have >= 0) return have;
-  const name = hex.slice(0, 2);
   const path = join(dirs.path, name);
   let fd: number;
   try {

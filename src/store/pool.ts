@@ -1,14 +1,104 @@
 /**
- * A pool of worker threads that digest (and, with a store, copy) regular
- * files. The scanner adds files as it finds them; they travel in batches
- * (a few hundred files or a few MiB) to keep messages few, and each worker
- * holds at most a few batches so a big file on one worker does not leave
- * the others idle.
+ * The store's worker threads (worker.ts), one kind for every user: the scan
+ * hands them batches of files to digest (and, with a store, copy in), the
+ * pull batches of file contents to hash and publish. `Threads` starts them
+ * on demand (a small job never pays for threads it cannot use), gives each
+ * message to the least busy one with room, and stops them; `DigestPool` is
+ * the scan's use of it, `ObjectWriter` (object-writer.ts) the pull's.
+ *
+ * Scan files travel in batches (a few hundred files or a few MiB) to keep
+ * messages few, and each worker holds at most a few batches so a big file on
+ * one worker does not leave the others idle.
  */
 import type { ObjectDirs } from './object-dirs.js';
 import { Worker } from 'node:worker_threads';
 
+/** What every thread is started with: the store (its path and directory fds, ObjectStore.shared()), if any. */
+export interface WorkerInit {
+  store: { path: string; fd: number; table: Int32Array } | null;
+}
+
+export interface ThreadEvents {
+  /** A message from thread `index` (the thread's answers and anything else it sends). */
+  message(index: number, m: unknown): void;
+  /** A thread failed or exited before `close()`: what it held is lost. */
+  failed(err: Error): void;
+}
+
+/** Worker threads running worker.ts, each given at most `perThread` messages at a time. */
+export class Threads {
+  private readonly workers: { w: Worker; outstanding: number; ready: Promise<void> }[] = [];
+  private closing = false;
+
+  constructor(
+    private readonly max: number,
+    private readonly perThread: number,
+    private readonly init: WorkerInit,
+    private readonly events: ThreadEvents,
+  ) {}
+
+  /** A thread with room for one more message (started when every one is busy and more may be), or -1. */
+  free(): number {
+    if (this.workers.length < this.max && this.workers.every((s) => s.outstanding > 0)) this.spawn();
+    let best = -1;
+    for (let i = 0; i < this.workers.length; i++) {
+      if (this.workers[i].outstanding < this.perThread && (best < 0 || this.workers[i].outstanding < this.workers[best].outstanding)) best = i;
+    }
+    return best;
+  }
+
+  /** Give thread `index` (from `free()`) a message that it will answer. */
+  send(index: number, msg: unknown, transfer?: ArrayBuffer[]): void {
+    const s = this.workers[index];
+    if (s.outstanding++ === 0) s.w.ref();
+    s.w.postMessage(msg, transfer);
+  }
+
+  /** Thread `index` answered one message. */
+  answered(index: number): void {
+    // An idle thread does not keep the process alive (should a caller never close()).
+    if (--this.workers[index].outstanding === 0) this.workers[index].w.unref();
+  }
+
+  private spawn(): void {
+    const index = this.workers.length;
+    // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
+    const w = new Worker(new URL('../store/worker.js', import.meta.url), {
+      workerData: this.init,
+      // The thread opens object files with openat (koffi) and closes them with closeSync: not Node's own fds to track.
+      trackUnmanagedFds: false,
+    });
+    let setReady!: () => void;
+    const ready = new Promise<void>((res) => (setReady = res));
+    w.once('exit', () => setReady());
+    w.once('error', () => setReady());
+    w.on('message', (m: { ready: true } | unknown) => {
+      if (typeof m === 'object' && m !== null && 'ready' in m) setReady();
+      else this.events.message(index, m);
+    });
+    w.on('error', (err) => this.events.failed(err));
+    w.on('exit', (code) => {
+      if (code !== 0 && !this.closing) this.events.failed(new Error(`the store's worker thread exited with code ${code}`));
+    });
+    this.workers.push({ w, outstanding: 0, ready });
+  }
+
+  /** Stop the threads (what they were doing is abandoned). */
+  async close(): Promise<void> {
+    this.closing = true;
+    // Never terminate a worker still loading its modules: a native addon
+    // (koffi) interrupted in its initialisation aborts the whole process.
+    await Promise.all(
+      this.workers.map(async (s) => {
+        await s.ready;
+        await s.w.terminate();
+      }),
+    );
+  }
+}
+
 export interface BatchRequest {
+  kind: 'files';
   id: number;
   /** Paths as latin1 strings (one char per byte: any byte survives, and strings clone cheaply). */
   paths: string[];
@@ -58,14 +148,13 @@ interface Pending {
 }
 
 export class DigestPool {
-  private readonly workers: { w: Worker; outstanding: number; ready: Promise<void> }[] = [];
+  private readonly threads: Threads;
   private readonly queue: { req: BatchRequest; tags: number[] }[] = [];
   private readonly inflight = new Map<number, { tags: number[]; worker: number }>();
   private current: Pending = this.empty();
   private nextId = 0;
   private failure: Error | null = null;
   private idleWaiters: (() => void)[] = [];
-  private closing = false;
   filesDone = 0;
   bytesDone = 0;
   /** bytesDone plus what workers reported of the files they are still reading (for progress). */
@@ -78,43 +167,23 @@ export class DigestPool {
    * `onDone(tag, result)` runs on the main thread for each file, with the
    * tag given to `add`.
    */
-  private readonly maxWorkers: number;
-
   constructor(
     threads: number,
     /** The object store's path and its directory fds (ObjectStore.shared()), shared with the threads. */
-    private readonly store: { path: string; dirs: ObjectDirs } | null,
+    store: { path: string; dirs: ObjectDirs } | null,
     private readonly onDone: (tag: number, r: FileDone) => void,
   ) {
-    this.maxWorkers = Math.max(1, Math.min(threads, MAX_WORKERS));
-  }
-
-  /** Workers start on demand: a small tree never pays for threads it cannot use. */
-  private spawn(): void {
-    const i = this.workers.length;
-    // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
-    const w = new Worker(new URL('../store/worker.js', import.meta.url), {
-      workerData: { store: this.store ? { path: this.store.path, fd: this.store.dirs.root, table: this.store.dirs.table } : null },
-      // The thread opens object files with openat (koffi) and closes them with closeSync: not Node's own fds to track.
-      trackUnmanagedFds: false,
+    const init: WorkerInit = { store: store ? { path: store.path, fd: store.dirs.root, table: store.dirs.table } : null };
+    this.threads = new Threads(Math.max(1, Math.min(threads, MAX_WORKERS)), MAX_OUTSTANDING, init, {
+      message: (i, m) => {
+        const msg = m as BatchResult | { progress: number };
+        if ('progress' in msg) {
+          this.partial[i] = (this.partial[i] ?? 0) + msg.progress;
+          this.bytesProgress += msg.progress;
+        } else this.onResult(i, msg);
+      },
+      failed: (err) => this.fail(err),
     });
-    let setReady!: () => void;
-    const ready = new Promise<void>((res) => (setReady = res));
-    this.partial.push(0);
-    w.once('exit', () => setReady());
-    w.once('error', () => setReady());
-    w.on('message', (m: BatchResult | { progress: number } | { ready: true }) => {
-      if ('ready' in m) setReady();
-      else if ('progress' in m) {
-        this.partial[i] += m.progress;
-        this.bytesProgress += m.progress;
-      } else this.onResult(i, m);
-    });
-    w.on('error', (err) => this.fail(err));
-    w.on('exit', (code) => {
-      if (code !== 0 && !this.closing) this.fail(new Error(`digest worker exited with code ${code}`));
-    });
-    this.workers.push({ w, outstanding: 0, ready });
   }
 
   private empty(): Pending {
@@ -139,23 +208,18 @@ export class DigestPool {
     const c = this.current;
     if (c.paths.length === 0) return;
     this.current = this.empty();
-    const req: BatchRequest = { id: this.nextId++, paths: c.paths, sizes: c.sizes, inline: Uint8Array.from(c.inline), ctimeSec: c.ctimeSec, ctimeNsec: c.ctimeNsec };
+    const req: BatchRequest = { kind: 'files', id: this.nextId++, paths: c.paths, sizes: c.sizes, inline: Uint8Array.from(c.inline), ctimeSec: c.ctimeSec, ctimeNsec: c.ctimeNsec };
     this.queue.push({ req, tags: c.tags });
     this.pump();
   }
 
   private pump(): void {
     while (this.queue.length > 0 && !this.failure) {
-      if (this.workers.length < this.maxWorkers && this.workers.every((s) => s.outstanding > 0)) this.spawn();
-      let best = -1;
-      for (let i = 0; i < this.workers.length; i++) {
-        if (this.workers[i].outstanding < MAX_OUTSTANDING && (best < 0 || this.workers[i].outstanding < this.workers[best].outstanding)) best = i;
-      }
+      const best = this.threads.free();
       if (best < 0) return;
       const { req, tags } = this.queue.shift()!;
-      this.workers[best].outstanding++;
       this.inflight.set(req.id, { tags, worker: best });
-      this.workers[best].w.postMessage(req);
+      this.threads.send(best, req);
     }
   }
 
@@ -163,7 +227,7 @@ export class DigestPool {
     const entry = this.inflight.get(m.id);
     if (!entry) return;
     this.inflight.delete(m.id);
-    this.workers[worker].outstanding--;
+    this.threads.answered(worker);
     const digests = Buffer.from(m.digests.buffer, m.digests.byteOffset, m.digests.byteLength);
     for (let i = 0; i < m.results.length; i++) {
       const r = m.results[i];
@@ -181,7 +245,7 @@ export class DigestPool {
       this.onDone(entry.tags[i], { digest: Buffer.from(digests.subarray(i * 32, i * 32 + 32)), content, written });
     }
     this.bytesDone += m.bytes;
-    this.bytesProgress += m.bytes - this.partial[worker];
+    this.bytesProgress += m.bytes - (this.partial[worker] ?? 0);
     this.partial[worker] = 0;
     this.pump();
     if (this.inflight.size === 0 && this.queue.length === 0) this.wakeIdle();
@@ -213,15 +277,7 @@ export class DigestPool {
   }
 
   async close(): Promise<void> {
-    this.closing = true;
-    // Never terminate a worker still loading its modules: a native addon
-    // (koffi) interrupted in its initialisation aborts the whole process.
-    await Promise.all(
-      this.workers.map(async (s) => {
-        await s.ready;
-        await s.w.terminate();
-      }),
-    );
+    await this.threads.close();
   }
 }
 

@@ -1,20 +1,56 @@
 /**
- * Worker thread: fs-verity digests of regular files and, with a store,
- * copies into it. Receives batches of jobs, answers each batch with one
- * message (digests packed in one buffer).
+ * The store's worker thread (started by pool.ts's `Threads`), with plain
+ * synchronous system calls, for both users of the store:
+ *  - `files` (the scan): fs-verity digests of regular files and, with a
+ *    store, copies into it; each batch answered with one message (digests
+ *    packed in one buffer);
+ *  - `objects` (the pull): a buffer of file contents (handed over, not
+ *    copied), each hashed and published (ObjectStore.putBytes); the digests
+ *    and the buffer go back (the buffer to be filled again);
+ *  - `sync`: one syncfs of the store, here so that the main thread goes on
+ *    meanwhile.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { closeSync, constants, openSync } from 'node:fs';
-import { fsverityDigestOfFileSync } from '../fsverity/index.js';
+import { DIGEST_SIZE, fsverityDigestOfFileSync } from '../fsverity/index.js';
 import { fstatx } from '../sys/fs.js';
 import { S_IFMT, S_IFREG } from '../tree/model.js';
 import { errnoText, reasonOf } from '../errors.js';
-import { ObjectStore, StoreError } from './objects.js';
-import type { BatchRequest, BatchResult, JobResult } from './pool.js';
+import { ObjectStore, StoreError, syncStoreFd } from './objects.js';
+import type { BatchRequest, BatchResult, JobResult, WorkerInit } from './pool.js';
 
-const shared = (workerData as { store: { path: string; fd: number; table: Int32Array } | null }).store;
+const shared = (workerData as WorkerInit).store;
 /** The store, through the main thread's directory fds (ObjectStore.shared()). */
 const store = shared ? new ObjectStore(shared.path, { root: shared.fd, path: shared.path, table: shared.table }) : null;
+
+/** The pull's batch: many files' contents in one buffer. */
+export interface ObjectBatch {
+  kind: 'objects';
+  id: number;
+  /** Where each file's bytes are in `data`. */
+  offsets: number[];
+  sizes: number[];
+  data: ArrayBuffer;
+}
+
+/** Make every object written so far (by any thread) durable: one syncfs. */
+export interface SyncRequest {
+  kind: 'sync';
+  id: number;
+}
+
+export interface ObjectBatchResult {
+  id: number;
+  objectsWritten: number;
+  bytesWritten: number;
+  /** The fs-verity digest of each file of the batch, 32 bytes each, in order (absent on error). */
+  digests?: ArrayBuffer;
+  /** The batch's buffer, handed back to be reused. */
+  data?: ArrayBuffer;
+  /** "cannot write object PATH: reason" */
+  error?: string;
+  errno?: string;
+}
 
 /**
  * Whether to copy a file into the store before hashing it (hashing the copy
@@ -22,13 +58,10 @@ const store = shared ? new ObjectStore(shared.path, { root: shared.fd, path: sha
  * copy and hash the copy again. Nothing is named before its own bytes are
  * hashed either way (see ObjectStore); the guess only saves work: copy first
  * while the objects met are new (a first build), hash first while they are
- * there already (a rebuild), judged by the last object stored.
- * /usr (5.3 GB) into an empty store, interleaved runs on a busy 2-core
- * machine: before this check 14.3-15.9 s; hashing the source and then the
- * copy 20.0 s (+30 %); copy first, as here, 16.7 s against 16.7 s for the
- * old code in the same minute. (A ctime check of the source before linking
- * cost nothing measurable but cannot see a write through a mapping or within
- * one timestamp tick, so it only decides whether the build fails.)
+ * there already (a rebuild), judged by the last object stored (the README,
+ * "What an object store trusts", has the measurement). A ctime check of the
+ * source before linking cannot see a write through a mapping or within one
+ * timestamp tick, so it only decides whether the build fails.
  */
 let copyFirst = true;
 
@@ -93,7 +126,7 @@ function processJob(msg: BatchRequest, i: number, digests: Buffer): JobResult {
       }
       if (r.size !== size) return { error: `${path.toString()}: file changed during the scan (${size} bytes when listed, ${r.size} when read)` };
       if (store && !inline) {
-        let ensured: number | null;
+        let ensured: { written: number } | null;
         try {
           ensured = store.ensure(r.digest, fd, size);
         } catch (err) {
@@ -102,7 +135,7 @@ function processJob(msg: BatchRequest, i: number, digests: Buffer): JobResult {
         }
         // The copy is not what was hashed: the source changed in between, and nothing was linked.
         if (ensured === null) return { error: `${path.toString()}: file changed during the scan` };
-        written = ensured;
+        written = ensured.written;
         copyFirst = written > 0;
       }
     }
@@ -126,7 +159,7 @@ try {
 }
 parentPort!.postMessage({ ready: true });
 
-parentPort!.on('message', (msg: BatchRequest) => {
+function scanBatch(msg: BatchRequest): void {
   const n = msg.paths.length;
   const digests = Buffer.alloc(32 * n);
   const results: JobResult[] = [];
@@ -140,4 +173,47 @@ parentPort!.on('message', (msg: BatchRequest) => {
   unreported = 0;
   const reply: BatchResult = { id: msg.id, digests, results, bytes };
   parentPort!.postMessage(reply, [digests.buffer as ArrayBuffer]);
+}
+
+/** Hash and publish each file of a pull's batch; the first failure ends the batch. */
+function objectBatch(b: ObjectBatch): void {
+  const data = new Uint8Array(b.data);
+  const digests = new Uint8Array(b.offsets.length * DIGEST_SIZE);
+  let objectsWritten = 0;
+  let bytesWritten = 0;
+  for (let i = 0; i < b.offsets.length; i++) {
+    try {
+      if (!store) throw new StoreError('no object store to write into');
+      const r = store.putBytes(data.subarray(b.offsets[i], b.offsets[i] + b.sizes[i]));
+      digests.set(r.digest, i * DIGEST_SIZE);
+      if (r.written > 0) {
+        objectsWritten++;
+        bytesWritten += r.written;
+      }
+    } catch (err) {
+      const errno = err instanceof StoreError ? err.errno : undefined;
+      const result: ObjectBatchResult = { id: b.id, objectsWritten, bytesWritten, error: err instanceof StoreError ? err.message : `cannot write objects into ${shared?.path}: ${reasonOf(err)}`, errno };
+      parentPort!.postMessage(result);
+      return;
+    }
+  }
+  const result: ObjectBatchResult = { id: b.id, objectsWritten, bytesWritten, digests: digests.buffer, data: b.data };
+  parentPort!.postMessage(result, [digests.buffer, b.data]);
+}
+
+function syncBatch(r: SyncRequest): void {
+  const result: ObjectBatchResult = { id: r.id, objectsWritten: 0, bytesWritten: 0 };
+  try {
+    if (shared) syncStoreFd(shared.fd, shared.path);
+  } catch (err) {
+    result.error = (err as Error).message;
+    result.errno = err instanceof StoreError ? err.errno : undefined;
+  }
+  parentPort!.postMessage(result);
+}
+
+parentPort!.on('message', (msg: BatchRequest | ObjectBatch | SyncRequest) => {
+  if (msg.kind === 'files') scanBatch(msg);
+  else if (msg.kind === 'objects') objectBatch(msg);
+  else syncBatch(msg);
 });
