@@ -3,7 +3,7 @@
  * snapshots (mountinfo, loop devices, /dev, temporary directories) to prove
  * nothing was left behind, and a kernel uevent listener.
  */
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeImage } from '../src/erofs/writer.js';
@@ -14,6 +14,7 @@ import { koffi, libc } from '../src/sys/libc.js';
 import { listLoops } from '../src/sys/loop.js';
 import { umount2, MNT_DETACH } from '../src/sys/mount.js';
 import { TEMP_PREFIX } from '../src/mount/temp.js';
+import { makeTemp, removeTemp } from './helpers/temp.js';
 
 export interface Fixture {
   dir: string;
@@ -26,8 +27,7 @@ export interface Fixture {
 
 /** A scratch directory on the root file system (ext4 here: file-backed EROFS works there). */
 export function scratch(tag: string): string {
-  const base = process.env.CFS_MOUNT_TEST_DIR ?? tmpdir();
-  const dir = mkdtempSync(join(base, `cfs-${tag}-`));
+  const dir = makeTemp(tag);
   scopes.push(dir);
   return dir;
 }
@@ -180,16 +180,6 @@ export async function eventually(cond: () => boolean, ms = 2000): Promise<boolea
 
 /** Undo whatever a failed test left: unmount new mounts under `dir`, remove temp dirs, remove `dir`. */
 export function cleanupDir(dir: string): void {
-  for (let i = 0; i < 200; i++) {
-    const lines = readFileSync('/proc/self/mountinfo', 'utf8').split('\n');
-    const under = lines.map((l) => l.split(' ')[4]).filter((p) => p && (p === dir || p.startsWith(`${dir}/`)));
-    if (under.length === 0) break;
-    try {
-      umount2(under[under.length - 1], MNT_DETACH);
-    } catch {
-      /* next */
-    }
-  }
   for (const t of tempDirs()) {
     // Only ours: this process's or its children's (a killed test child).
     if (!ourTempDir(t)) continue;
@@ -200,7 +190,7 @@ export function cleanupDir(dir: string): void {
     }
     rmSync(t, { recursive: true, force: true });
   }
-  rmSync(dir, { recursive: true, force: true });
+  removeTemp(dir);
 }
 
 // ---- kernel uevents --------------------------------------------------------------------

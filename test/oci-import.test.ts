@@ -8,8 +8,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Repository } from '../src/repo/repository.js';
 import { pullImage } from '../src/repo/pull.js';
@@ -18,19 +17,10 @@ import { gzip, hasZstd, makeTar, zstd, type TarEntry } from './helpers/tar-write
 import { gzLayer, layoutSource, writeLayout, type LayerSpec } from './helpers/oci-layout.js';
 import { hasTool, imageLinkGroups, mkcomposefsOf, records, rootfsLinkGroups, umociUnpack } from './helpers/import-compare.js';
 import { isRoot } from './helpers/paths.js';
+import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
 
-function withTemp(fn: (dir: string) => Promise<void>): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfs-oci-'));
-    try {
-      await fn(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
 
 function bytes(n: number, seed: number): Buffer {
   const b = Buffer.alloc(n);
@@ -123,7 +113,7 @@ async function pull(repoDir: string, layout: string, ref: string, name?: string)
 const umociReady = isRoot && hasTool('umoci');
 const SKIP_UMOCI = umociReady ? false : 'needs root and umoci';
 
-test('import equals umoci raw unpack, byte-identical to mkcomposefs of its rootfs (no hard links)', { skip: SKIP_UMOCI }, withTemp(async (tmp) => {
+test('import equals umoci raw unpack, byte-identical to mkcomposefs of its rootfs (no hard links)', { skip: SKIP_UMOCI }, inTemp('oci', async (tmp) => {
   const layout = join(tmp, 'layout');
   layoutOf(layout, 'edge', edgeLayers());
   const { image, result } = await pull(join(tmp, 'repo'), layout, 'edge');
@@ -147,7 +137,7 @@ test('import equals umoci raw unpack, byte-identical to mkcomposefs of its rootf
   }
 }));
 
-test('hard links stay one inode, across layers, as in the umoci rootfs', { skip: SKIP_UMOCI }, withTemp(async (tmp) => {
+test('hard links stay one inode, across layers, as in the umoci rootfs', { skip: SKIP_UMOCI }, inTemp('oci', async (tmp) => {
   const layers: TarEntry[][] = [
     [
       dir('./', { mtime: T }),
@@ -184,7 +174,7 @@ test('hard links stay one inode, across layers, as in the umoci rootfs', { skip:
   }
 }));
 
-test('pulling twice gives the same digest; the second pull reuses every layer', withTemp(async (tmp) => {
+test('pulling twice gives the same digest; the second pull reuses every layer', inTemp('oci', async (tmp) => {
   const layout = join(tmp, 'layout');
   layoutOf(layout, 'edge', edgeLayers());
   const a = await pull(join(tmp, 'repo1'), layout, 'edge');
@@ -196,7 +186,7 @@ test('pulling twice gives the same digest; the second pull reuses every layer', 
   assert.equal(a.result.layersImported, 3);
 }));
 
-test('zstd layers give the same image as gzip ones', { skip: hasZstd() ? false : 'no zstd tool' }, withTemp(async (tmp) => {
+test('zstd layers give the same image as gzip ones', { skip: hasZstd() ? false : 'no zstd tool' }, inTemp('oci', async (tmp) => {
   layoutOf(join(tmp, 'gz'), 'edge', edgeLayers(), 'gzip');
   layoutOf(join(tmp, 'zst'), 'edge', edgeLayers(), 'zstd');
   const a = await pull(join(tmp, 'repo1'), join(tmp, 'gz'), 'edge');
@@ -205,7 +195,7 @@ test('zstd layers give the same image as gzip ones', { skip: hasZstd() ? false :
   assert.ok(existsSync(join(tmp, 'repo2', 'names', 'edge')));
 }));
 
-test('forms umoci cannot unpack: GNU and PAX 0.1 sparse files, LIBARCHIVE xattrs, base-256 ids, implied parents', withTemp(async (tmp) => {
+test('forms umoci cannot unpack: GNU and PAX 0.1 sparse files, LIBARCHIVE xattrs, base-256 ids, implied parents', inTemp('oci', async (tmp) => {
   const expand = (size: number, segs: { offset: number; data: Buffer }[]) => {
     const b = Buffer.alloc(size);
     for (const s of segs) s.data.copy(b, s.offset);

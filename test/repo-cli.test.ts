@@ -7,14 +7,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout, type LayerSpec } from './helpers/oci-layout.js';
 import { cliPath, isRoot } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
 import { haveRegistry, makeCertificates, NO_REGISTRY, push, startRegistry } from './helpers/registry.js';
+import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
 
@@ -27,16 +27,6 @@ function oneLineError(r: ReturnType<typeof cfs>, pattern: RegExp): void {
   assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
 }
 
-function withTemp(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfs-repo-'));
-    try {
-      await fn(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
 
 function big(n: number, seed: number): Buffer {
   const b = Buffer.alloc(n);
@@ -65,7 +55,7 @@ function objectCount(repo: string): number {
   return readdirSync(join(repo, 'objects')).filter((d) => /^[0-9a-f]{2}$/.test(d)).reduce((n, d) => n + readdirSync(join(repo, 'objects', d)).length, 0);
 }
 
-test('pull, images, inspect, tag, rm, gc and fsck --repo from the command line', withTemp((tmp) => {
+test('pull, images, inspect, tag, rm, gc and fsck --repo from the command line', inTemp('repo', (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
   writeLayout(layout, 'one', layers(base, second), { config: { Cmd: ['/bin/true'], Env: ['A=1'], Labels: { l: 'v' } } });
@@ -116,7 +106,7 @@ test('pull, images, inspect, tag, rm, gc and fsck --repo from the command line',
   assert.match(bad.stdout, new RegExp(`object ${sub}/[0-9a-f]{62}: content has fs-verity digest`));
 }));
 
-test('mount by name pins the recorded digest', { skip: isRoot ? false : 'needs root' }, withTemp((tmp) => {
+test('mount by name pins the recorded digest', { skip: isRoot ? false : 'needs root' }, inTemp('repo', (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
   writeLayout(layout, 'one', layers(base));
@@ -168,7 +158,7 @@ const hostile: { what: string; layers: () => Buffer[]; error: RegExp }[] = [
   { what: 'root replaced', layers: () => [makeTar([{ path: './', data: 'x' }])], error: /refusing to change the type of the root directory/ },
 ];
 
-test('hostile layers: one line naming the layer and entry, no name, a consistent repository', withTemp((tmp) => {
+test('hostile layers: one line naming the layer and entry, no name, a consistent repository', inTemp('repo', (tmp) => {
   const repo = join(tmp, 'repo');
   const layout = join(tmp, 'layout');
   writeLayout(layout, 'good', layers(base));
@@ -207,7 +197,7 @@ test('hostile layers: one line naming the layer and entry, no name, a consistent
   assert.match(ok(cfs('fsck', '--repo', repo)), /clean/);
 }));
 
-test('pull from a real registry (HTTPS, basic auth): same image as from the layout; a second image sharing layers fetches one', { skip: haveRegistry ? false : NO_REGISTRY }, withTemp(async (tmp) => {
+test('pull from a real registry (HTTPS, basic auth): same image as from the layout; a second image sharing layers fetches one', { skip: haveRegistry ? false : NO_REGISTRY }, inTemp('repo', async (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
   writeLayout(layout, 'one', layers(base, second));
@@ -241,7 +231,7 @@ function cfsAsync(...args: string[]): { child: ChildProcess; done: Promise<{ sta
   return { child, done };
 }
 
-test('two pulls and a gc at once: both names, nothing of theirs collected, a clean repository', withTemp(async (tmp) => {
+test('two pulls and a gc at once: both names, nothing of theirs collected, a clean repository', inTemp('repo', async (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
   const many = (seed: number): TarEntry[] => Array.from({ length: 200 }, (_, i) => ({ path: `f${seed}-${i}`, data: big(5000 + i, seed + i), mtime: T }));
@@ -259,7 +249,7 @@ test('two pulls and a gc at once: both names, nothing of theirs collected, a cle
   }
 }));
 
-test('a pull killed at any moment leaves no name, and gc removes its leftovers', withTemp(async (tmp) => {
+test('a pull killed at any moment leaves no name, and gc removes its leftovers', inTemp('repo', async (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
   const many: TarEntry[] = Array.from({ length: 300 }, (_, i) => ({ path: `f${i}`, data: big(20_000 + i, i), mtime: T }));

@@ -6,14 +6,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout, type LayerSpec } from './helpers/oci-layout.js';
 import { isRoot } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
+import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
 
@@ -45,21 +44,8 @@ function objectCount(repo: string): number {
   return readdirSync(join(repo, 'objects')).filter((d) => /^[0-9a-f]{2}$/.test(d)).reduce((n, d) => n + readdirSync(join(repo, 'objects', d)).length, 0);
 }
 
-function isMounted(dir: string): boolean {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
-}
-
-function withTemp(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfs-lease-'));
-    try {
-      await fn(dir);
-    } finally {
-      for (const m of ['mnt', 'mnt2']) if (isMounted(join(dir, m))) spawnSync('umount', ['-l', join(dir, m)]);
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
+/** A scratch directory, removed with whatever a failed test left mounted in it. */
+const withTemp = (fn: (dir: string) => Promise<void> | void) => inTemp('lease', fn);
 
 /** Reads through the mount give the image's bytes (the objects are there). */
 function readsBack(mnt: string, seed: number): void {

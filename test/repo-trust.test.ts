@@ -8,13 +8,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout, type LayerSpec } from './helpers/oci-layout.js';
 import { cliPath, isRoot } from './helpers/paths.js';
 import { ok } from './helpers/cli.js';
+import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
 const NOBODY = 65534;
@@ -71,18 +71,8 @@ function filesUnder(dir: string): string[] {
   return readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
 }
 
-function withTemp(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfs-trust-'));
-    // nobody must reach the repository inside.
-    chmodSync(dir, 0o755);
-    try {
-      await fn(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
+/** A scratch directory nobody may reach into (the repository inside is made shared or not by each test). */
+const withTemp = (fn: (dir: string) => Promise<void> | void) => inTemp('trust', fn, 0o755);
 
 const prefixes = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 
