@@ -8,14 +8,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout } from './helpers/oci-layout.js';
 import { isRoot } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
 import { decodeLayerRecord, encodeLayerRecord } from '../src/repo/layer-record.js';
+import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
 
@@ -52,17 +52,7 @@ const OLD_RECORD = `{"p":"","t":"dir","m":493,"u":0,"g":0,"s":1700000000}
 `;
 const DATA_OBJECT = 'b1c20b5a251cfa97c386974777de8183fe96d20ee53b2a541b17c1a797cba26e';
 
-function withTemp(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfs-layer-record-'));
-    try {
-      await fn(dir);
-    } finally {
-      spawnSync('umount', [join(dir, 'mnt')], { stdio: 'ignore' });
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
+const withTemp = (fn: (dir: string) => Promise<void> | void) => inTemp('layer-record', fn);
 
 test('a record is written versioned with named fields, and the old form reads as the same entries', () => {
   const old = decodeLayerRecord(OLD_RECORD, 'old');

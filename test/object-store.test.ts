@@ -9,8 +9,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { closeSync, constants, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import crypto from 'node:crypto';
 import { ObjectStore, StoreError, INLINE_LIMIT } from '../src/store/objects.js';
@@ -18,6 +17,7 @@ import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout } from './helpers/oci-layout.js';
 import { cliPath } from './helpers/paths.js';
 import { ok } from './helpers/cli.js';
+import { inTemp } from './helpers/temp.js';
 
 const haveFsverity = existsSync('/usr/bin/fsverity');
 const skipNoTool = haveFsverity ? false : 'no /usr/bin/fsverity: expected names come from it';
@@ -62,16 +62,7 @@ function verityOn(file: string): boolean {
   return spawnSync('fsverity', ['measure', file], { encoding: 'utf8' }).status === 0;
 }
 
-function withTemp(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
-  return async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfs-objstore-'));
-    try {
-      await fn(dir);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
+const withTemp = (fn: (dir: string) => Promise<void> | void) => inTemp('objstore', fn);
 
 test(
   'publish: bytes, a stream and a file copy each land under the digest fsverity-utils gives, mode 0644, fs-verity on or reported not enabled',

@@ -27,6 +27,7 @@ import { join } from 'node:path';
 import { parseDump } from '../src/dumpfile/parse.js';
 import { writeImage } from '../src/erofs/writer.js';
 import { cliPath, isRoot } from './helpers/paths.js';
+import { inTemp } from './helpers/temp.js';
 
 const DUMP = `/ 4096 40755 2 0 0 0 1700000000.0 - - - user.a=1
 /file 5 100644 1 0 0 0 1700000000.0 - hello - user.a=1
@@ -69,10 +70,7 @@ function regularBuild(w: Writer, dir: string): Buffer {
   return bytes;
 }
 
-function withTemp(fn: (dir: string) => void | Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'cfs-out-'));
-  return Promise.resolve(fn(dir)).finally(() => rmSync(dir, { recursive: true, force: true }));
-}
+const withTemp = (fn: (dir: string) => void | Promise<void>): Promise<void> => inTemp('out', fn)();
 
 test('a character device is written in place: a full device gives ENOSPC and stays a device', (t) =>
   withTemp((dir) => {
