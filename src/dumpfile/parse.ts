@@ -62,7 +62,7 @@
  * would throw it away).
  */
 import { ComposefsError } from '../errors.js';
-import { Mode, type Inode } from '../tree/model.js';
+import { Limits, Mode, type Inode } from '../tree/model.js';
 import { inflate, type FlatTree } from '../tree/flat.js';
 import { HEX_DIGIT, printable, unescapeInPlace, UnescapeError } from './escape.js';
 
@@ -89,8 +89,8 @@ export class DumpParseError extends ComposefsError {
  */
 const enum Limit {
   /** Payloads and symlink targets must be shorter than PATH_MAX. */
-  PATH_MAX = 4096,
-  NAME_MAX = 255,
+  PATH_MAX = Limits.PATH_MAX,
+  NAME_MAX = Limits.NAME_MAX,
   XATTR_NAME_MAX = 255,
   XATTR_VALUE_MAX = 0xffff,
   /** The xattr part of a line may be at most this long. */

@@ -39,17 +39,16 @@ import {
 } from './format.js';
 import { ImageFormatError, printablePath, readImageHeader, type ImageHeader } from './header.js';
 import { XATTR_NAME_PREFIXES } from './overlay.js';
-import { S_IFCHR, S_IFDIR, S_IFMT, S_IFREG } from '../tree/model.js';
+import { NAME_MAX, PATH_MAX, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG } from '../tree/model.js';
 
-/** The longest name of a directory entry. */
-export const NAME_MAX = 255;
+export { NAME_MAX };
 /**
  * The longest symlink target: below PATH_MAX (4096 with its NUL), what
  * symlink(2) makes, what the dump format takes, and the most a FUSE READLINK
  * answer may carry (the kernel reads it into one page and keeps a byte for
  * the NUL, fs/fuse/dir.c).
  */
-export const SYMLINK_MAX = 4095;
+export const SYMLINK_MAX = PATH_MAX - 1;
 
 /** High 32 bits of a u64 that still fits a double exactly. */
 const MAX_SAFE_HI = 0x1fffff;

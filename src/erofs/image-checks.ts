@@ -24,7 +24,7 @@ import { printablePath, type ImageHeader } from './header.js';
 import { HAS_METACOPY, HAS_REDIRECT, XATTR_NAME_PREFIXES, isAclXattr } from './overlay.js';
 import { xxh32 } from './xxhash.js';
 import { entryPath, placePath, type DecodeListener, type DecodedFact } from './decoded.js';
-import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../tree/model.js';
+import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, PATH_MAX } from '../tree/model.js';
 
 /** Something wrong found while checking (see `ReadImageOptions.onProblem`). */
 export interface ImageProblem {
@@ -35,7 +35,6 @@ export interface ImageProblem {
   message: string;
 }
 
-const PATH_MAX = 4096;
 /** A metacopy value: 4 header bytes (version 0, length 36, flags 0, hash algorithm) and a SHA-256 digest. */
 const METACOPY_SIZE = 4 + 32;
 

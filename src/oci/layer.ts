@@ -26,6 +26,7 @@ import type { FileSink, ObjectWriter, StoredFile } from '../store/object-writer.
 import type { Descriptor } from './source.js';
 import { inflateInWorker } from './inflate.js';
 import { LayerError } from './decompress.js';
+import { NAME_MAX, PATH_MAX } from '../tree/model.js';
 
 export { decompress, LayerError, sniffCompression, type Compression } from './decompress.js';
 
@@ -97,8 +98,6 @@ export interface ImportLayerOptions {
  * unpacked by no runtime; here it would make a tree deeper than any walk's
  * stack. Refused, naming the layer.
  */
-const NAME_MAX = 255;
-const PATH_MAX = 4096;
 
 /** Why a normalized path (latin1: one char per byte) is beyond the limits, or null. */
 function pathLimitFault(path: string): string | null {

@@ -25,7 +25,7 @@
  *   are dropped (umoci refuses to set them: they are host-specific).
  */
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
-import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, type Dirent, type Inode, type Xattr } from '../tree/model.js';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, type Dirent, type Inode, type Xattr, PATH_MAX } from '../tree/model.js';
 import { makedev } from '../sys/fs.js';
 import { digestToObjectPath } from '../store/layout.js';
 import type { LayerEntry } from '../oci/layer.js';
@@ -56,7 +56,6 @@ interface Node {
 const IGNORED_XATTRS = new Set(['security.selinux', 'system.nfs4_acl']);
 const MAX_SYMLINKS = 255;
 /** Linux's PATH_MAX (with its NUL): no runtime could make a longer path, so no layer gets one through a symlink either. */
-const PATH_MAX = 4096;
 
 function newDir(mode = 0o755): Node {
   return { mode: S_IFDIR | mode, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, rdev: 0, size: 0, digest: null, content: null, target: null, xattrs: [], children: new Map() };

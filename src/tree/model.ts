@@ -24,6 +24,16 @@ export const enum Mode {
   FIFO = 0o010000,
 }
 
+/** Linux's limits on names and paths, which every image, dump file and layer is held to. */
+export const enum Limits {
+  /** Bytes in one name. */
+  NAME_MAX = 255,
+  /** Bytes in a path or symlink target, with its NUL: at most 4095 without. */
+  PATH_MAX = 4096,
+}
+export const NAME_MAX = Limits.NAME_MAX;
+export const PATH_MAX = Limits.PATH_MAX;
+
 export const S_IFMT = Mode.TYPE;
 export const S_IFSOCK = Mode.SOCK;
 export const S_IFLNK = Mode.LNK;
