@@ -538,32 +538,25 @@ class EntryColumns {
   xattrValueEnd = new Int32Array(64);
 
   constructor(capacity: number) {
-    this.capacity = capacity;
-    this.nameStart = new Int32Array(capacity);
-    this.nameEnd = new Int32Array(capacity);
-    this.parent = new Int32Array(capacity);
-    this.linkTo = new Int32Array(capacity).fill(-1);
-    this.mode = new Uint32Array(capacity);
-    this.nlink = new Uint32Array(capacity);
-    this.uid = new Uint32Array(capacity);
-    this.gid = new Uint32Array(capacity);
-    this.rdev = new Float64Array(capacity);
-    this.size = new Float64Array(capacity);
-    this.mtimeSec = new Float64Array(capacity);
-    this.mtimeNsec = new Uint32Array(capacity);
-    this.payloadStart = new Int32Array(capacity);
-    this.payloadEnd = new Int32Array(capacity);
-    this.contentStart = new Int32Array(capacity).fill(-1);
-    this.contentEnd = new Int32Array(capacity).fill(-1);
-    this.digest = new Int32Array(capacity);
-    this.xattrStart = new Int32Array(capacity + 1);
-    this.lastChild = new Int32Array(capacity);
-    this.childCount = new Int32Array(capacity);
-    this.unsortedFlag = new Uint8Array(capacity);
+    // Every column starts empty and is grown to `capacity` by the one resize().
+    const i32 = new Int32Array(0);
+    const u32 = new Uint32Array(0);
+    const f64 = new Float64Array(0);
+    this.capacity = 0;
+    this.nameStart = this.nameEnd = this.parent = this.linkTo = this.payloadStart = this.payloadEnd = i32;
+    this.contentStart = this.contentEnd = this.digest = this.xattrStart = this.lastChild = this.childCount = i32;
+    this.mode = this.nlink = this.uid = this.gid = this.mtimeNsec = u32;
+    this.rdev = this.size = this.mtimeSec = f64;
+    this.unsortedFlag = new Uint8Array(0);
+    this.resize(capacity);
   }
 
   grow(): void {
-    const capacity = this.capacity * 2;
+    this.resize(this.capacity * 2);
+  }
+
+  /** Every column at `capacity` entries (xattrStart one more), what it held kept, new room at its default. */
+  private resize(capacity: number): void {
     this.capacity = capacity;
     this.nameStart = grownInt32(this.nameStart, capacity);
     this.nameEnd = grownInt32(this.nameEnd, capacity);
@@ -1076,15 +1069,7 @@ class FlatParser {
       }
     }
 
-    if (entries.count === entries.capacity) entries.grow();
-    const entry = entries.count++;
-    entries.childCount[parent]++;
-    entries.nameStart[entry] = nameStart;
-    entries.nameEnd[entry] = pathEnd;
-    entries.parent[entry] = parent;
-    entries.mode[entry] = mode;
-    entries.linkTo[entry] = -1;
-    entries.xattrStart[entry] = entries.xattrCount;
+    const entry = this.newEntry(nameStart, pathEnd, parent, mode);
     entries.lastChild[parent] = entry;
     if (this.index !== null) this.index.set(this.key(parent, nameStart, pathEnd), entry);
 

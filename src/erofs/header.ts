@@ -5,17 +5,7 @@
  */
 import { ComposefsError } from '../errors.js';
 import { printableBytes } from '../printable.js';
-import {
-  BLOCK_BITS,
-  BLOCK_SIZE,
-  COMPOSEFS_HEADER_VERSION,
-  COMPOSEFS_MAGIC,
-  HDR,
-  SB,
-  SUPER_MAGIC_V1,
-  SUPER_OFFSET,
-  SUPER_SIZE,
-} from './format.js';
+import { BLOCK_BITS, BLOCK_SIZE, COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, HDR, SB, SUPER_MAGIC_V1, SUPER_OFFSET, SUPER_SIZE } from './format.js';
 
 /** High 32 bits of a u64 that still fits a double exactly. */
 const MAX_SAFE_HI = 0x1fffff;

@@ -7,7 +7,7 @@
  * Errors throw `SysError` with errno (its `code` as Node's: ENOENT, ELOOP...).
  */
 import { constants, readdirSync } from 'node:fs';
-import { check, lastErrno, libc, SysError } from './libc.js';
+import { bindLazily, check, lastErrno, SysError } from './libc.js';
 import { Mode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../tree/model.js';
 
 interface Calls {
@@ -19,21 +19,14 @@ interface Calls {
   linkat: (olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number) => number;
 }
 
-let calls: Calls | null = null;
-
-function c(): Calls {
-  if (calls) return calls;
-  const l = libc();
-  calls = {
+const c = bindLazily<Calls>((l) => ({
     openat: l.func('int openat(int dirfd, const char *path, int flags, ...)') as unknown as Calls['openat'],
     unlinkat: l.func('unlinkat', 'int', ['int', 'const char *', 'int']) as unknown as Calls['unlinkat'],
     mkdirat: l.func('mkdirat', 'int', ['int', 'const char *', 'unsigned int']) as unknown as Calls['mkdirat'],
     renameat2: l.func('renameat2', 'int', ['int', 'const char *', 'int', 'const char *', 'unsigned int']) as unknown as Calls['renameat2'],
     statx: l.func('statx', 'int', ['int', 'const char *', 'int', 'unsigned int', 'void *']) as unknown as Calls['statx'],
     linkat: l.func('linkat', 'int', ['int', 'const char *', 'int', 'const char *', 'int']) as unknown as Calls['linkat'],
-  };
-  return calls;
-}
+}));
 
 export const O_NOFOLLOW = constants.O_NOFOLLOW;
 export const O_DIRECTORY = constants.O_DIRECTORY;

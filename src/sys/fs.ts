@@ -7,7 +7,7 @@
  * that are not UTF-8 survive. Errors throw `SysError` with errno.
  */
 import { openSync } from 'node:fs';
-import { check, lastErrno, libc, SysError } from './libc.js';
+import { bindLazily, check, lastErrno, SysError } from './libc.js';
 import type { Xattr } from '../tree/model.js';
 
 interface Calls {
@@ -22,12 +22,7 @@ interface Calls {
   statx: (dirfd: number, path: Buffer, flags: number, mask: number, out: Buffer) => number;
 }
 
-let calls: Calls | null = null;
-
-function c(): Calls {
-  if (calls) return calls;
-  const l = libc();
-  calls = {
+const c = bindLazily<Calls>((l) => ({
     llistxattr: l.func('llistxattr', 'intptr_t', ['const void *', 'void *', 'size_t']) as unknown as Calls['llistxattr'],
     lgetxattr: l.func('lgetxattr', 'intptr_t', ['const void *', 'const void *', 'void *', 'size_t']) as unknown as Calls['lgetxattr'],
     ioctl: l.func('int ioctl(int fd, unsigned long req, ...)') as unknown as Calls['ioctl'],
@@ -36,9 +31,7 @@ function c(): Calls {
     linkat: l.func('linkat', 'int', ['int', 'const void *', 'int', 'const void *', 'int']) as unknown as Calls['linkat'],
     renameat2: l.func('renameat2', 'int', ['int', 'const void *', 'int', 'const void *', 'unsigned int']) as unknown as Calls['renameat2'],
     statx: l.func('statx', 'int', ['int', 'const void *', 'int', 'unsigned int', 'void *']) as unknown as Calls['statx'],
-  };
-  return calls;
-}
+}));
 
 function ioctlInt(fd: number, req: number, arg: number): number {
   return c().ioctl(fd, req, 'int', arg);

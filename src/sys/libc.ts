@@ -18,6 +18,15 @@ export function libc(): LibraryHandle {
 
 export { koffi };
 
+/**
+ * A module's functions bound on first use and kept: koffi declares them only
+ * when a call needs them (`const c = bindLazily((l) => ({ f: l.func(...) }))`).
+ */
+export function bindLazily<T>(bind: (l: LibraryHandle) => T): () => T {
+  let calls: T | null = null;
+  return () => (calls ??= bind(libc()));
+}
+
 export class SysError extends Error {
   readonly code: string;
   constructor(readonly syscall: string, readonly errno: number, readonly path?: string) {

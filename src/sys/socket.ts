@@ -4,7 +4,7 @@
  * /dev/fuse descriptor it opened and mounted). Layouts are Linux x86-64 and
  * arm64 (LP64): struct msghdr is 56 bytes, struct cmsghdr 16.
  */
-import { koffi, lastErrno, libc, SysError } from './libc.js';
+import { bindLazily, koffi, lastErrno, SysError } from './libc.js';
 
 export const AF_UNIX = 1;
 export const SOCK_STREAM = 1;
@@ -18,17 +18,10 @@ interface Calls {
   recvmsg: (fd: number, msg: Buffer, flags: number) => number;
 }
 
-let calls: Calls | null = null;
-
-function c(): Calls {
-  if (calls) return calls;
-  const l = libc();
-  calls = {
+const c = bindLazily<Calls>((l) => ({
     socketpair: l.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)') as unknown as Calls['socketpair'],
     recvmsg: l.func('recvmsg', 'intptr_t', ['int', 'void *', 'int']) as unknown as Calls['recvmsg'],
-  };
-  return calls;
-}
+}));
 
 /** A connected pair of stream sockets (close-on-exec unless `inheritable`). */
 export function socketPair(inheritable = false): [number, number] {
