@@ -55,11 +55,9 @@ export function negotiate(request: Buffer, reply: Buffer, state: SharedServerSta
   want &= kflags;
   want2 &= kflags2;
   const passthrough = (want2 & P.Init.PASSTHROUGH_HI) !== 0;
-  state.kernelMinor = minor;
   state.passthrough = passthrough ? null : false;
   state.passthroughWhy = passthrough ? 'negotiated; on once the first object is opened' : passthroughWhy;
-  state.noOpen = (kflags & P.Init.NO_OPEN_SUPPORT) !== 0 && !passthrough;
-  state.initialised = true;
+  state.settle(minor, (kflags & P.Init.NO_OPEN_SUPPORT) !== 0 && !passthrough);
   return P.encodeInitOut(reply, P.BODY, {
     minor: Math.min(minor, P.FUSE_OUR_MINOR),
     maxReadahead: request.readUInt32LE(body + P.InitIn.maxReadahead),

@@ -248,20 +248,8 @@ export function encodeOpenOut(b: Buffer, off: number, fh: number, flags: number,
   return OPEN_OUT_SIZE;
 }
 
-/** What an INIT answer settles. */
-export interface InitSettings {
-  minor: number;
-  maxReadahead: number;
-  flags: number;
-  flags2: number;
-  maxBackground: number;
-  congestionThreshold: number;
-  maxWrite: number;
-  /** Time granularity in nanoseconds. */
-  timeGran: number;
-  maxPages: number;
-  maxStackDepth: number;
-}
+/** What an INIT answer settles: every field of fuse_init_out but the major (ours) and map_alignment (0); timeGran in nanoseconds. */
+export type InitSettings = Record<Exclude<keyof typeof InitOut, 'major' | 'mapAlignment'>, number>;
 
 /** fuse_init_out at `off`. */
 export function encodeInitOut(b: Buffer, off: number, s: InitSettings): number {
@@ -288,13 +276,7 @@ export function encodeInitVersionOnly(b: Buffer, off: number): number {
 }
 
 /** What a STATFS answer reports: everything else (free blocks and inodes) is 0, as for any read-only image. */
-export interface Statfs {
-  blocks: number;
-  files: number;
-  bsize: number;
-  namelen: number;
-  frsize: number;
-}
+export type Statfs = Record<'blocks' | 'files' | 'bsize' | 'namelen' | 'frsize', number>;
 
 /** fuse_statfs_out at `off`. */
 export function encodeStatfsOut(b: Buffer, off: number, s: Statfs): number {

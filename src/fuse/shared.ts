@@ -25,12 +25,12 @@ export interface ServerOptions {
 
 export interface ServerState {
   /** Whether the INIT handshake has happened, and what it settled. */
-  initialised: boolean;
-  kernelMinor: number;
+  readonly initialised: boolean;
+  readonly kernelMinor: number;
   /** null until decided (at INIT and the first OPEN of an object). */
   passthrough: boolean | null;
   passthroughWhy: string;
-  requests: number;
+  readonly requests: number;
 }
 
 /** The shared memory of one server: what worker.ts is given. */
@@ -56,24 +56,31 @@ export const MAX_THREADS = 64;
  * settled, the request count, the read-ahead's two words (read-ahead.ts),
  * and one word per thread on which it waits until its log line is written.
  */
-export const Control = { initialised: 0, kernelMinor: 1, noOpen: 2, passthrough: 3, requests: 4, readAhead: 5, logAck: 7 } as const;
+export const Control = { settled: 0, kernelMinor: 1, passthrough: 2, requests: 3, readAhead: 4, logAck: 6 } as const;
 export const CONTROL_WORDS = Control.logAck + MAX_THREADS;
+
+/** What INIT settled, in Control.settled. */
+const Settled = { notYet: 0, open: 1, noOpen: 2 } as const;
 
 /** ServerState read from and written to the shared control words, so every thread sees the same. */
 export class SharedServerState implements ServerState {
   passthroughWhy = 'not negotiated yet';
   constructor(private readonly c: Int32Array) {}
-  get initialised(): boolean {
-    return Atomics.load(this.c, Control.initialised) === 1;
+
+  /** What the INIT handshake settled, for every thread at once. */
+  settle(kernelMinor: number, noOpen: boolean): void {
+    Atomics.store(this.c, Control.kernelMinor, kernelMinor);
+    Atomics.store(this.c, Control.settled, noOpen ? Settled.noOpen : Settled.open);
   }
-  set initialised(v: boolean) {
-    Atomics.store(this.c, Control.initialised, v ? 1 : 0);
+  get initialised(): boolean {
+    return Atomics.load(this.c, Control.settled) !== Settled.notYet;
+  }
+  /** Whether OPEN is answered ENOSYS (zero-message open): when passthrough is off. */
+  get noOpen(): boolean {
+    return Atomics.load(this.c, Control.settled) === Settled.noOpen;
   }
   get kernelMinor(): number {
     return Atomics.load(this.c, Control.kernelMinor);
-  }
-  set kernelMinor(v: number) {
-    Atomics.store(this.c, Control.kernelMinor, v);
   }
   get passthrough(): boolean | null {
     const v = Atomics.load(this.c, Control.passthrough);
@@ -82,18 +89,8 @@ export class SharedServerState implements ServerState {
   set passthrough(v: boolean | null) {
     Atomics.store(this.c, Control.passthrough, v === null ? -1 : v ? 1 : 0);
   }
-  /** Whether OPEN is answered ENOSYS (zero-message open): when passthrough is off. */
-  get noOpen(): boolean {
-    return Atomics.load(this.c, Control.noOpen) === 1;
-  }
-  set noOpen(v: boolean) {
-    Atomics.store(this.c, Control.noOpen, v ? 1 : 0);
-  }
   get requests(): number {
     return Atomics.load(this.c, Control.requests);
-  }
-  set requests(v: number) {
-    Atomics.store(this.c, Control.requests, v);
   }
   countRequest(): void {
     Atomics.add(this.c, Control.requests, 1);
