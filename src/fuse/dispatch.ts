@@ -17,7 +17,7 @@ import * as P from './protocol.js';
 import { BackingIdTable } from './backing-ids.js';
 import { InodeRequests } from './inode-requests.js';
 import { MAX_READ, negotiate } from './init.js';
-import { objectName, ObjectSource, ReplyError } from './objects.js';
+import { objectName, ObjectSource } from './objects.js';
 import type { ObjectFile } from './object-files.js';
 import { ReadAhead } from './read-ahead.js';
 import { Control, SharedServerState, type ServerOptions, type SharedState, type WorkerMessage } from './shared.js';
@@ -197,7 +197,7 @@ export class ServingThread {
         this.log(`image: ${e.message}`);
         return this.error(unique, E.EIO);
       }
-      if (e instanceof ReplyError) return this.error(unique, e.errno);
+      if (e instanceof P.ReplyError) return this.error(unique, e.errno);
       // A defect of ours: still answered, or the caller would wait for ever.
       this.log(`internal error: ${e instanceof Error ? e.message : String(e)}`);
       return this.error(unique, E.EIO);
@@ -236,7 +236,7 @@ export class ServingThread {
     try {
       obj = this.objects.file(ino, this.image.data(ino));
     } catch (e) {
-      return -(e instanceof ReplyError ? e.errno : E.EIO);
+      return -(e instanceof P.ReplyError ? e.errno : E.EIO);
     }
     // A table full of open inodes: no passthrough for this one (rather, EMFILE: an
     // inode open both with and without passthrough is refused by the kernel).
@@ -290,16 +290,16 @@ export class ServingThread {
       this.readObject(unique, ino, this.objects.file(ino, data), offset, want);
       if (offset === 0 && PREFETCH > 0) this.readAheadFrom = ino;
     } catch (e) {
-      if (e instanceof ReplyError) throw e;
+      if (e instanceof P.ReplyError) throw e;
       this.log(`object: ${objectName(data, ino)} (inode ${ino.nid}): ${e instanceof Error ? e.message : String(e)}; EIO`);
-      throw new ReplyError(E.EIO);
+      throw new P.ReplyError(E.EIO);
     }
   }
 
   private readObject(unique: number, ino: Ino, obj: ObjectFile, offset: number, want: number): void {
     const out = this.data;
     const leaves = obj.verified;
-    if (typeof leaves === 'number') throw new ReplyError(leaves);
+    if (typeof leaves === 'number') throw new P.ReplyError(leaves);
     if (leaves === null) {
       const n = preadFull(obj.fd, out, P.OUT_HEADER_SIZE, want, offset);
       P.writeOutHeader(out, 0, P.OUT_HEADER_SIZE + n, 0, unique);
@@ -314,7 +314,7 @@ export class ServingThread {
     const n = preadFull(obj.fd, out, at, end - start, start);
     if (n !== end - start || checkBlocks(leaves, out.subarray(at), n, start) >= 0) {
       this.log(`verity: ${objectName(this.image.data(ino), ino)} (inode ${ino.nid}): content changed since it was checked; EIO`);
-      throw new ReplyError(E.EIO);
+      throw new P.ReplyError(E.EIO);
     }
     // The answer starts `skip` bytes into what was read: put the header right before it.
     const from = at + skip - P.OUT_HEADER_SIZE;

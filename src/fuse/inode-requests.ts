@@ -11,7 +11,6 @@
 import { constants as osConstants } from 'node:os';
 import { BadImageError, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type ImageView, type Ino } from './image.js';
 import * as P from './protocol.js';
-import { ReplyError } from './objects.js';
 
 const E = osConstants.errno;
 /** Names and attributes never change: the kernel may cache them for a year. */
@@ -62,14 +61,14 @@ export class InodeRequests {
   regular(nodeid: number): Ino {
     const ino = this.inode(nodeid);
     const t = ino.mode & S_IFMT;
-    if (t === S_IFDIR) throw new ReplyError(E.EISDIR);
-    if (t !== S_IFREG) throw new ReplyError(E.EINVAL);
+    if (t === S_IFDIR) throw new P.ReplyError(E.EISDIR);
+    if (t !== S_IFREG) throw new P.ReplyError(E.EINVAL);
     return ino;
   }
 
   private dir(nodeid: number): Ino {
     const dir = this.inode(nodeid);
-    if ((dir.mode & S_IFMT) !== S_IFDIR) throw new ReplyError(E.ENOTDIR);
+    if ((dir.mode & S_IFMT) !== S_IFDIR) throw new P.ReplyError(E.ENOTDIR);
     return dir;
   }
 
@@ -79,7 +78,7 @@ export class InodeRequests {
 
   readlink(nodeid: number): number {
     const ino = this.inode(nodeid);
-    if ((ino.mode & S_IFMT) !== S_IFLNK) throw new ReplyError(E.EINVAL);
+    if ((ino.mode & S_IFMT) !== S_IFLNK) throw new P.ReplyError(E.EINVAL);
     return this.image.symlinkTarget(ino).copy(this.reply, P.BODY);
   }
 
@@ -128,7 +127,7 @@ export class InodeRequests {
 
   getxattr(nodeid: number, size: number, name: Buffer): number {
     const x = this.image.xattrs(this.inode(nodeid)).find((a) => a.name.equals(name));
-    if (!x) throw new ReplyError(E.ENODATA);
+    if (!x) throw new P.ReplyError(E.ENODATA);
     return this.sized(size, x.value);
   }
 
@@ -150,7 +149,7 @@ export class InodeRequests {
   /** The xattr answer: the size alone when asked with size 0, ERANGE when it does not fit. */
   private sized(size: number, value: Buffer): number {
     if (size === 0) return P.encodeXattrSize(this.reply, P.BODY, value.length);
-    if (value.length > size) throw new ReplyError(E.ERANGE);
+    if (value.length > size) throw new P.ReplyError(E.ERANGE);
     return value.copy(this.reply, P.BODY);
   }
 

@@ -8,6 +8,7 @@ import { constants as fsc, fstatSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { objectPath, type Data, type Ino } from './image.js';
 import { ObjectFiles, type ObjectFile } from './object-files.js';
+import { ReplyError } from './protocol.js';
 import { measureSync } from './verity.js';
 import { closeFd, openBeneath } from '../sys/openat2.js';
 import { escapeField } from '../dumpfile/escape.js';
@@ -17,13 +18,6 @@ const E = osConstants.errno;
 const OPEN_OBJECTS = 512;
 /** Non-blocking, so a FIFO or device planted in a store cannot hold a serving thread; the type is checked after. */
 const OBJECT_OPEN = fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOCTTY;
-
-/** An answer of this errno to the request at hand (what went wrong is logged already, if it needs saying). */
-export class ReplyError extends Error {
-  constructor(readonly errno: number) {
-    super(`errno ${errno}`);
-  }
-}
 
 /** Bytes from an image or a store as one printable word for a log line (the dump format's escapes). */
 export function shown(b: Buffer): string {

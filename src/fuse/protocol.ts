@@ -151,6 +151,13 @@ export const BatchForgetIn = { count: 0 } as const;
 /** fuse_backing_map, the FUSE_DEV_IOC_BACKING_OPEN argument: fd, flags, padding. */
 export const BACKING_MAP_SIZE = 16;
 
+/** Thrown by a request's handler: answer this errno to the request at hand to the request at hand (what went wrong is logged already, if it needs saying). */
+export class ReplyError extends Error {
+  constructor(readonly errno: number) {
+    super(`errno ${errno}`);
+  }
+}
+
 /** Records in a READDIR(PLUS) answer are padded to 8 bytes. */
 export function align8(n: number): number {
   return (n + 7) & ~7;
