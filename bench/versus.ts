@@ -12,7 +12,8 @@
  *  - a FUSE mount (`cfs mount --fuse`) of the `/usr/share` image: a metadata
  *    walk and a read of every file, cold.
  * Medians over $CFS_BENCH_VS_ROUNDS rounds (default 5; 11 for the cs9 build),
- * and the median of each round's ratio. Needs root for the cold caches and
+ * and the median of each round's ratio. CFS_BENCH_VS_ONLY=build,pull,fuse
+ * (any of them) runs only those rows. Needs root for the cold caches and
  * the mounts (the rows that need it are skipped otherwise).
  */
 import { spawnSync } from 'node:child_process';
@@ -94,10 +95,12 @@ export async function benchVersus(ctx: { repoRoot: string; conformance: string |
   const rounds = Math.max(1, Number(process.env.CFS_BENCH_VS_ROUNDS ?? 5));
   const work = mkdtempSync('/var/tmp/cfs-bench-vs-run-');
   const tasks: Task[] = [];
+  const only = process.env.CFS_BENCH_VS_ONLY?.split(',').filter(Boolean);
+  const wanted = (rows: 'build' | 'pull' | 'fuse') => !only || only.includes(rows);
   const mnt = join(work, 'mnt');
   let fuseFixture: { image: string; store: string } | null = null;
   try {
-    if (ctx.conformance) {
+    if (ctx.conformance && wanted('build')) {
       const dump = join(work, 'cs9.dump');
       writeFileSync(dump, gunzipSync(readFileSync(join(ctx.conformance, 'upstream', 'cs9-x86_64-minimal.dump.gz'))));
       tasks.push({
@@ -107,12 +110,12 @@ export async function benchVersus(ctx: { repoRoot: string; conformance: string |
       });
     }
     const tree = process.env.CFS_BENCH_TREE ?? '/usr';
-    tasks.push({
+    if (wanted('build')) tasks.push({
       name: `mkcomposefs --print-digest-only ${tree} (warm)`,
       rounds: Math.min(rounds, 3),
       run: (b) => runOnce(join(b.root, 'bin', 'mkcomposefs.js'), ['--print-digest-only', tree]).wallMs / 1000,
     });
-    tasks.push({
+    if (wanted('build')) tasks.push({
       name: `mkcomposefs --digest-store=EMPTY ${tree} IMAGE (warm)`,
       rounds: Math.min(rounds, 3),
       run: (b, round) => {
@@ -121,7 +124,7 @@ export async function benchVersus(ctx: { repoRoot: string; conformance: string |
         return runOnce(join(b.root, 'bin', 'mkcomposefs.js'), [`--digest-store=${join(dir, 'objects')}`, tree, join(dir, 'image.cfs')]).wallMs / 1000;
       },
     });
-    if (root) {
+    if (root && wanted('pull')) {
       const layout = benchLayout();
       tasks.push({
         name: 'cfs pull oci: (1.16 GB /usr image, 3 gzip layers) into an empty repository, cold',
@@ -131,6 +134,8 @@ export async function benchVersus(ctx: { repoRoot: string; conformance: string |
           return runOnce(join(b.root, 'bin', 'cfs.js'), ['pull', '--quiet', '--repo', join(work, `repo-${round}-${b === head ? 'a' : 'b'}`), `oci:${layout}:usr`]).wallMs / 1000;
         },
       });
+    }
+    if (root && wanted('fuse')) {
       const share = process.env.CFS_BENCH_FUSE_TREE ?? '/usr/share';
       const fdir = join(work, 'fuse');
       mkdirSync(fdir);
