@@ -62,6 +62,8 @@ function seconds(cmd: string): number {
 interface Task {
   name: string;
   rounds: number;
+  /** Run each build once, untimed, before the rounds (the "warm" rows: the page cache holds the tree for both). */
+  warmup?: boolean;
   /** One timed run with build b, in seconds; `round` names its scratch space. */
   run(b: Build, round: number): Promise<number> | number;
 }
@@ -71,6 +73,7 @@ async function sideBySide(tasks: Task[], head: Build, other: Build): Promise<Row
   for (const t of tasks) {
     const a: number[] = [];
     const b: number[] = [];
+    if (t.warmup) for (const build of [head, other]) await t.run(build, -1);
     for (let round = 0; round < t.rounds; round++) {
       // Alternate which build goes first, so neither always runs on a machine the other just warmed.
       const order = round % 2 === 0 ? [head, other] : [other, head];
@@ -113,13 +116,15 @@ export async function benchVersus(ctx: { repoRoot: string; conformance: string |
     if (wanted('build')) tasks.push({
       name: `mkcomposefs --print-digest-only ${tree} (warm)`,
       rounds: Math.min(rounds, 3),
+      warmup: true,
       run: (b) => runOnce(join(b.root, 'bin', 'mkcomposefs.js'), ['--print-digest-only', tree]).wallMs / 1000,
     });
     if (wanted('build')) tasks.push({
       name: `mkcomposefs --digest-store=EMPTY ${tree} IMAGE (warm)`,
       rounds: Math.min(rounds, 3),
+      warmup: true,
       run: (b, round) => {
-        const dir = join(work, `store-${round}-${b === head ? 'a' : 'b'}`);
+        const dir = join(work, `store-${round + 1}-${b === head ? 'a' : 'b'}`);
         mkdirSync(dir);
         return runOnce(join(b.root, 'bin', 'mkcomposefs.js'), [`--digest-store=${join(dir, 'objects')}`, tree, join(dir, 'image.cfs')]).wallMs / 1000;
       },

@@ -159,7 +159,7 @@ test(
     const chain = Array(2000).fill('x').join('/');
     const beneath = `l/${Array(100).fill('y').join('/')}`;
     gzipLayout(layout, 'through-link', [{ path: `${chain}/`, type: 'dir', mtime: T }, { path: 'l', type: 'symlink', linkname: chain, mtime: T }], [{ path: beneath, data: 'x', mtime: T }]);
-    oneLineError(pull('through-link'), /: layer sha256:[0-9a-f]{64}: entry l\/y\/y[y/]*: its path through symbolic links is 4199 bytes long, longer than 4095$/);
+    oneLineError(pull('through-link'), /: layer sha256:[0-9a-f]{64}: entry l\/y\/y[y/]*… \(201 bytes\): its path through symbolic links is 4199 bytes long, longer than 4095$/);
 
     for (const ref of ['deep', 'long', 'long-link', 'through-link']) assert.ok(!existsSync(join(repo, 'names', ref)), `no name ${ref}`);
 
@@ -176,6 +176,24 @@ test(
 
 /** Raw control characters (C0 but newline, DEL, C1) and bidirectional overrides: none may reach a terminal. */
 // eslint-disable-next-line no-control-regex
+test(
+  'a small layer whose paths imply a million parent directories is refused with one line, within 512 MiB',
+  { skip: !haveGnuTime ? 'no GNU time' : false },
+  inTemp('hostile', (tmp) => {
+    // 500 files, each under its own chain of 1,990 directories the layer never lists: 995,000 implied directories from a few hundred KB.
+    const chain = Array(1990).fill('x').join('/');
+    const entries: TarEntry[] = Array.from({ length: 500 }, (_, i) => ({ path: `p${i}/${chain}/f`, data: '', mtime: T }));
+    const layout = join(tmp, 'layout');
+    gzipLayout(layout, 'implied', entries);
+    const rssFile = join(tmp, 'rss');
+    const r = spawnSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, cliPath('cfs'), 'pull', '--repo', join(tmp, 'repo'), `oci:${layout}:implied`, 'implied'], { encoding: 'utf8', timeout: 120_000 });
+    oneLineError(r, /: layer sha256:[0-9a-f]{64}: entry p\d+\/x\/x[x/]*… \(\d+ bytes\): the layer's paths imply \d+ parent directories it does not list, for \d+ entries: more than 64 per entry \(and 65536\) is refused$/);
+    const peakKiB = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
+    assert.ok(peakKiB <= 512 * 1024, `peak RSS ${Math.round(peakKiB / 1024)} MiB`);
+    assert.ok(!existsSync(join(tmp, 'repo', 'names', 'implied')), 'no name');
+  }),
+);
+
 const RAW_CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/;
 
 test(

@@ -176,6 +176,19 @@ function putInt(out: Buffer, at: number, value: number, radix = 10): number {
 }
 
 
+/** NLINK UID GID RDEV, each followed by a space, at out[at..]; returns the new end. */
+function putNlinkUidGidRdev(out: Buffer, at: number, inode: Inode): number {
+  at = putInt(out, at, inode.nlink);
+  out[at++] = 0x20;
+  at = putInt(out, at, inode.uid);
+  out[at++] = 0x20;
+  at = putInt(out, at, inode.gid);
+  out[at++] = 0x20;
+  at = putInt(out, at, inode.rdev);
+  out[at++] = 0x20;
+  return at;
+}
+
 /** Prints a hard link's PAYLOAD: its target's path, already escaped (a path is never a lone `-`). */
 export type LinkTargetPrinter = (out: ByteSink) => void;
 
@@ -195,14 +208,7 @@ export function printFields(out: ByteSink, inode: Inode, linkTarget: LinkTargetP
   if (linkTarget !== null) buf[at++] = 0x40;
   at = putInt(buf, at, inode.mode, 8);
   buf[at++] = 0x20;
-  at = putInt(buf, at, inode.nlink);
-  buf[at++] = 0x20;
-  at = putInt(buf, at, inode.uid);
-  buf[at++] = 0x20;
-  at = putInt(buf, at, inode.gid);
-  buf[at++] = 0x20;
-  at = putInt(buf, at, inode.rdev);
-  buf[at++] = 0x20;
+  at = putNlinkUidGidRdev(buf, at, inode);
   at = putInt(buf, at, inode.mtimeSec);
   buf[at++] = 0x2e;
   at = putInt(buf, at, inode.mtimeNsec);

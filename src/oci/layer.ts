@@ -107,7 +107,7 @@ function pathLimitFault(path: string): string | null {
 }
 
 /** show() of a path cut to its first 100 bytes when longer than 200, with its length. */
-function showLong(path: Buffer): string {
+export function showLong(path: Buffer): string {
   return path.length <= 200 ? show(path) : `${show(path.subarray(0, 100))}… (${path.length} bytes)`;
 }
 

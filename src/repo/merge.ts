@@ -28,7 +28,7 @@ import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, type Dirent, type Inode, type Xattr, PATH_MAX } from '../tree/model.js';
 import { makedev } from '../sys/fs.js';
 import { digestToObjectPath } from '../store/layout.js';
-import type { LayerEntry } from '../oci/layer.js';
+import { showLong, type LayerEntry } from '../oci/layer.js';
 
 export class MergeError extends ComposefsError {
   constructor(message: string, options?: ComposefsErrorOptions) {
@@ -55,6 +55,15 @@ interface Node {
 
 const IGNORED_XATTRS = new Set(['security.selinux', 'system.nfs4_acl']);
 const MAX_SYMLINKS = 255;
+/**
+ * Parent directories a layer may leave implied (made here, 0755 0:0): at
+ * most this many per entry of the layer, plus a free allowance. Each costs a
+ * node, and a small hostile layer of a few hundred paths 2,000 directories
+ * deep would otherwise make a million of them (1.5 GB); a real layer implies
+ * a few per entry at most, even one that lists no directory at all.
+ */
+const IMPLIED_DIRS_PER_ENTRY = 64;
+const IMPLIED_DIRS_FREE = 65_536;
 /** Linux's PATH_MAX (with its NUL): no runtime could make a longer path, so no layer gets one through a symlink either. */
 
 function newDir(mode = 0o755): Node {
@@ -75,11 +84,16 @@ export class TreeBuilder {
    */
   private upper = new Map<Node, Set<string>>();
   private layer = '';
+  /** This layer's entries so far, and the directories its paths implied. */
+  private entries = 0;
+  private implied = 0;
 
   /** Apply one layer's entries; `name` labels errors ("layer sha256:…"). */
   applyLayer(name: string, entries: Iterable<LayerEntry>): void {
     this.layer = name;
     this.upper = new Map();
+    this.entries = 0;
+    this.implied = 0;
     for (const e of entries) this.apply(e);
   }
 
@@ -135,6 +149,9 @@ export class TreeBuilder {
     for (const part of parts) {
       let child = cur.children!.get(part);
       if (child === undefined) {
+        if (++this.implied > IMPLIED_DIRS_PER_ENTRY * this.entries + IMPLIED_DIRS_FREE) {
+          throw this.fail(e, `the layer's paths imply ${this.implied} parent directories it does not list, for ${this.entries} entries: more than ${IMPLIED_DIRS_PER_ENTRY} per entry (and ${IMPLIED_DIRS_FREE}) is refused`);
+        }
         child = newDir();
         cur.children!.set(part, child);
       } else if (!isDirNode(child)) throw this.fail(e, `its parent ${showPath(part)} is not a directory`);
@@ -186,6 +203,7 @@ export class TreeBuilder {
   }
 
   private apply(e: LayerEntry): void {
+    this.entries++;
     const parts = e.path === '' ? [] : e.path.split('/');
     if (e.type === 'opaque') {
       const dirParts = this.resolve(parts, e);
@@ -350,7 +368,5 @@ function leaf(type: number): Node {
 }
 
 function showPath(p: string): string {
-  const s = Buffer.from(p, 'latin1').toString('utf8');
-  // eslint-disable-next-line no-control-regex
-  return p === '' ? '/' : /[\u0000-\u001f\u007f\ufffd]/.test(s) ? JSON.stringify(p) : s;
+  return p === '' ? '/' : showLong(Buffer.from(p, 'latin1'));
 }
