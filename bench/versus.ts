@@ -148,7 +148,7 @@ export async function benchVersus(ctx: { repoRoot: string; conformance: string |
       fuseFixture = { image: join(fdir, 'tree.cfs'), store: join(fdir, 'objects') };
       mkdirSync(mnt);
       const fuseTask = (what: 'walk' | 'read'): Task => ({
-        name: `FUSE mount of ${share}: ${what === 'walk' ? "metadata walk (find -printf '%s %m %u')" : 'every file read (find | xargs cat)'}, cold`,
+        name: `FUSE mount of ${share}: ${what === 'walk' ? "metadata walk (find -printf '%s %m %u')" : 'every file read (find -type f, cat of each)'}, cold`,
         rounds,
         run: (b) => {
           const cfs = join(b.root, 'bin', 'cfs.js');
