@@ -19,7 +19,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { cliPath, isRoot } from './helpers/paths.js';
-import { cleanupDir, eventually, scratch } from './mount-fixtures.js';
+import { alive, cleanupDir, eventually, scratch } from './mount-fixtures.js';
 import { fsverityDigest } from '../src/fsverity/index.js';
 import { digestToObjectPath } from '../src/store/layout.js';
 import { mountAt, readMountinfo } from '../src/mount/mountinfo.js';
@@ -36,15 +36,6 @@ function cfs(args: string[], env: NodeJS.ProcessEnv = process.env, timeout = 60_
 /** Run as nobody with a deadline (killed at it): a read the server never answers must not hang the test. */
 function asNobody(cmd: string[], timeout = 15_000) {
   return spawnSync(NOBODY[0], [...NOBODY.slice(1), ...cmd], { encoding: 'utf8', timeout, killSignal: 'SIGKILL' });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A scratch dir others can enter, with a store holding one object and a mountpoint. */

@@ -17,7 +17,7 @@ import {
 import { join } from 'node:path';
 import { cliPath, conformanceDir, isRoot, repoRoot } from './helpers/paths.js';
 import { manifest } from './helpers/manifest.js';
-import { cleanupDir, eventually, leftovers, scratch, snapshot } from './mount-fixtures.js';
+import { alive, cleanupDir, eventually, leftovers, scratch, snapshot } from './mount-fixtures.js';
 import { isKernelMount, mountComposefs, mountImage, unmountComposefs } from '../src/mount/index.js';
 // The mount library knows FUSE only as its entry points register it (src/mount/ imports nothing of src/fuse/).
 import '../src/fuse/register.js';
@@ -43,15 +43,6 @@ const manifestJs = join(repoRoot, 'dist', 'test', 'helpers', 'manifest.js');
 function cfs(args: string[], opts: { asNobody?: boolean; cwd?: string } = {}) {
   const cmd = opts.asNobody ? [...NOBODY, process.execPath, cliPath('cfs'), ...args] : [process.execPath, cliPath('cfs'), ...args];
   return spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', cwd: opts.cwd, timeout: 60_000 });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A source tree with every kind of entry, scanned into a store; hard links added to the tree before writing. */

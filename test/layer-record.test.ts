@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
+import { gzip, makeTar, patternBytes, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout } from './helpers/oci-layout.js';
 import { isRoot } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
@@ -19,17 +19,11 @@ import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
 
-function big(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 7 + seed) & 0xff;
-  return b;
-}
-
 const baseLayer: TarEntry[] = [
   { path: './', type: 'dir', mtime: T },
   { path: 'etc/', type: 'dir', mtime: T, mode: 0o755 },
   { path: 'etc/hostname', data: 'old-form\n', mtime: T, mode: 0o644 },
-  { path: 'data', data: big(5000, 1), mtime: T, mode: 0o640, uid: 1000, gid: 100, xattrs: { 'user.note': 'kept' } },
+  { path: 'data', data: patternBytes(5000, 1), mtime: T, mode: 0o640, uid: 1000, gid: 100, xattrs: { 'user.note': 'kept' } },
   { path: 'data-link', type: 'hardlink', linkname: 'data', mtime: T },
   { path: 'etc/alias', type: 'symlink', linkname: '../data', mtime: T },
   { path: 'dev/', type: 'dir', mtime: T },
@@ -77,7 +71,7 @@ test(
     assert.equal(createHash('sha256').update(one).digest('hex'), OLD_DIFF_ID, 'the layer is the one the old record was made from');
     const two = makeTar([
       { path: './', type: 'dir', mtime: T },
-      { path: 'extra', data: big(3000, 2), mtime: T },
+      { path: 'extra', data: patternBytes(3000, 2), mtime: T },
       { path: 'etc/.wh.hostname', data: '', mtime: T },
     ]);
     writeLayout(layout, 'one', [gzLayer(one, gzip(one))]);
@@ -108,8 +102,8 @@ test(
     mkdirSync(mnt);
     ok(cfs('mount', '--repo', repo, 'two', mnt));
     try {
-      assert.deepEqual(readFileSync(join(mnt, 'data')), big(5000, 1));
-      assert.deepEqual(readFileSync(join(mnt, 'extra')), big(3000, 2));
+      assert.deepEqual(readFileSync(join(mnt, 'data')), patternBytes(5000, 1));
+      assert.deepEqual(readFileSync(join(mnt, 'extra')), patternBytes(3000, 2));
       const st = statSync(join(mnt, 'data'));
       assert.equal(st.mode & 0o7777, 0o640);
       assert.equal(st.uid, 1000);

@@ -178,6 +178,16 @@ export async function eventually(cond: () => boolean, ms = 2000): Promise<boolea
   }
 }
 
+/** Whether process `pid` still exists. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Undo whatever a failed test left: unmount new mounts under `dir`, remove temp dirs, remove `dir`. */
 export function cleanupDir(dir: string): void {
   for (const t of tempDirs()) {

@@ -13,7 +13,7 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, openSync, closeSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { cliPath, isRoot } from './helpers/paths.js';
-import { cleanupDir, eventually, makeImage, scratch, standardFiles, type Fixture } from './mount-fixtures.js';
+import { alive, cleanupDir, eventually, makeImage, scratch, standardFiles, type Fixture } from './mount-fixtures.js';
 import { fsverityDigest, fsverityDigestOfFileSync } from '../src/fsverity/index.js';
 import { digestToObjectPath } from '../src/store/layout.js';
 import { kernelHasFsverity } from '../src/mount/kernel.js';
@@ -48,15 +48,6 @@ function mountLines(mnt: string): string[] {
   return readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .filter((l) => l.split(' ')[4] === mnt);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** An object of the fixture's store, by the file's content. */

@@ -9,15 +9,14 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
-import { gzLayer, writeLayout, type LayerSpec } from './helpers/oci-layout.js';
+import { gzip, makeTar, patternBytes, type TarEntry } from './helpers/tar-writer.js';
+import { gzLayer, gzLayers, writeLayout } from './helpers/oci-layout.js';
 import { cliPath, isRoot } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
 import { haveRegistry, makeCertificates, NO_REGISTRY, push, startRegistry } from './helpers/registry.js';
 import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
-
 
 function oneLineError(r: ReturnType<typeof cfs>, pattern: RegExp): void {
   assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout}`);
@@ -27,29 +26,15 @@ function oneLineError(r: ReturnType<typeof cfs>, pattern: RegExp): void {
   assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
 }
 
-
-function big(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 7 + seed) & 0xff;
-  return b;
-}
-
 const base: TarEntry[] = [
   { path: './', type: 'dir', mtime: T },
   { path: 'etc/', type: 'dir', mtime: T },
   { path: 'etc/os-release', data: 'ID=test\n', mtime: T },
   { path: 'usr/', type: 'dir', mtime: T },
-  { path: 'usr/big', data: big(100_000, 1), mtime: T },
+  { path: 'usr/big', data: patternBytes(100_000, 1), mtime: T },
 ];
-const second: TarEntry[] = [{ path: 'usr/second', data: big(50_000, 2), mtime: T }, { path: 'etc/.wh.os-release' }];
-const third: TarEntry[] = [{ path: 'usr/third', data: big(70_000, 3), mtime: T }];
-
-function layers(...sets: TarEntry[][]): LayerSpec[] {
-  return sets.map((s) => {
-    const tar = makeTar(s);
-    return gzLayer(tar, gzip(tar));
-  });
-}
+const second: TarEntry[] = [{ path: 'usr/second', data: patternBytes(50_000, 2), mtime: T }, { path: 'etc/.wh.os-release' }];
+const third: TarEntry[] = [{ path: 'usr/third', data: patternBytes(70_000, 3), mtime: T }];
 
 function objectCount(repo: string): number {
   return readdirSync(join(repo, 'objects')).filter((d) => /^[0-9a-f]{2}$/.test(d)).reduce((n, d) => n + readdirSync(join(repo, 'objects', d)).length, 0);
@@ -58,8 +43,8 @@ function objectCount(repo: string): number {
 test('pull, images, inspect, tag, rm, gc and fsck --repo from the command line', inTemp('repo', (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  writeLayout(layout, 'one', layers(base, second), { config: { Cmd: ['/bin/true'], Env: ['A=1'], Labels: { l: 'v' } } });
-  writeLayout(layout, 'two', layers(base, second, third));
+  writeLayout(layout, 'one', gzLayers(base, second), { config: { Cmd: ['/bin/true'], Env: ['A=1'], Labels: { l: 'v' } } });
+  writeLayout(layout, 'two', gzLayers(base, second, third));
   const digest = ok(cfs('pull', '--repo', repo, `oci:${layout}:one`, 'test/one:1')).trim();
   assert.match(digest, /^[0-9a-f]{64}$/);
   assert.ok(existsSync(join(repo, 'images', digest)));
@@ -109,8 +94,8 @@ test('pull, images, inspect, tag, rm, gc and fsck --repo from the command line',
 test('mount by name pins the recorded digest', { skip: isRoot ? false : 'needs root' }, inTemp('repo', (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  writeLayout(layout, 'one', layers(base));
-  writeLayout(layout, 'two', layers(base, third));
+  writeLayout(layout, 'one', gzLayers(base));
+  writeLayout(layout, 'two', gzLayers(base, third));
   const one = ok(cfs('pull', '--repo', repo, `oci:${layout}:one`, 'one')).trim();
   const two = ok(cfs('pull', '--repo', repo, `oci:${layout}:two`, 'two')).trim();
   const mnt = join(tmp, 'mnt');
@@ -126,7 +111,7 @@ test('mount by name pins the recorded digest', { skip: isRoot ? false : 'needs r
   ok(cfs('mount', '--repo', repo, '-o', 'tryverity', 'one', mnt));
   try {
     assert.equal(readFileSync(join(mnt, 'etc/os-release'), 'utf8'), 'ID=test\n');
-    assert.ok(readFileSync(join(mnt, 'usr/big')).equals(big(100_000, 1)));
+    assert.ok(readFileSync(join(mnt, 'usr/big')).equals(patternBytes(100_000, 1)));
   } finally {
     ok(cfs('umount', mnt));
   }
@@ -154,14 +139,14 @@ const hostile: { what: string; layers: () => Buffer[]; error: RegExp }[] = [
     },
     error: /bad tar header checksum/,
   },
-  { what: 'truncated tar', layers: () => [makeTar([{ path: 'big', data: big(10_000, 1) }]).subarray(0, 3000)], error: /entry big: truncated tar archive/ },
+  { what: 'truncated tar', layers: () => [makeTar([{ path: 'big', data: patternBytes(10_000, 1) }]).subarray(0, 3000)], error: /entry big: truncated tar archive/ },
   { what: 'root replaced', layers: () => [makeTar([{ path: './', data: 'x' }])], error: /refusing to change the type of the root directory/ },
 ];
 
 test('hostile layers: one line naming the layer and entry, no name, a consistent repository', inTemp('repo', (tmp) => {
   const repo = join(tmp, 'repo');
   const layout = join(tmp, 'layout');
-  writeLayout(layout, 'good', layers(base));
+  writeLayout(layout, 'good', gzLayers(base));
   ok(cfs('pull', '--repo', repo, `oci:${layout}:good`, 'good'));
   for (const h of hostile) {
     const tars = h.layers();
@@ -171,7 +156,7 @@ test('hostile layers: one line naming the layer and entry, no name, a consistent
     assert.ok(!existsSync(join(repo, 'names', 'bad')), `${h.what}: no name`);
   }
   // Corrupt compressed data: the blob's digest matches (the layout says so), its contents do not decompress.
-  const tar = makeTar([{ path: 'f', data: big(200_000, 9) }]);
+  const tar = makeTar([{ path: 'f', data: patternBytes(200_000, 9) }]);
   const gz = gzip(tar);
   const corrupt = Buffer.from(gz);
   corrupt.fill(0x55, 40, 400);
@@ -200,8 +185,8 @@ test('hostile layers: one line naming the layer and entry, no name, a consistent
 test('pull from a real registry (HTTPS, basic auth): same image as from the layout; a second image sharing layers fetches one', { skip: haveRegistry ? false : NO_REGISTRY }, inTemp('repo', async (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  writeLayout(layout, 'one', layers(base, second));
-  writeLayout(layout, 'two', layers(base, second, third));
+  writeLayout(layout, 'one', gzLayers(base, second));
+  writeLayout(layout, 'two', gzLayers(base, second, third));
   const certs = await makeCertificates(join(tmp, 'certs'));
   const registry = await startRegistry({ auth: { htpasswd: { alice: 'secret' } } }, certs);
   try {
@@ -234,9 +219,9 @@ function cfsAsync(...args: string[]): { child: ChildProcess; done: Promise<{ sta
 test('two pulls and a gc at once: both names, nothing of theirs collected, a clean repository', inTemp('repo', async (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  const many = (seed: number): TarEntry[] => Array.from({ length: 200 }, (_, i) => ({ path: `f${seed}-${i}`, data: big(5000 + i, seed + i), mtime: T }));
-  writeLayout(layout, 'a', layers(base, many(1), many(2)));
-  writeLayout(layout, 'b', layers(base, many(1), many(3)));
+  const many = (seed: number): TarEntry[] => Array.from({ length: 200 }, (_, i) => ({ path: `f${seed}-${i}`, data: patternBytes(5000 + i, seed + i), mtime: T }));
+  writeLayout(layout, 'a', gzLayers(base, many(1), many(2)));
+  writeLayout(layout, 'b', gzLayers(base, many(1), many(3)));
   for (let round = 0; round < 3; round++) {
     rmSync(repo, { recursive: true, force: true });
     ok(cfs('images', '--repo', repo)); // creates it
@@ -252,8 +237,8 @@ test('two pulls and a gc at once: both names, nothing of theirs collected, a cle
 test('a pull killed at any moment leaves no name, and gc removes its leftovers', inTemp('repo', async (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  const many: TarEntry[] = Array.from({ length: 300 }, (_, i) => ({ path: `f${i}`, data: big(20_000 + i, i), mtime: T }));
-  writeLayout(layout, 'img', layers(base, many, third));
+  const many: TarEntry[] = Array.from({ length: 300 }, (_, i) => ({ path: `f${i}`, data: patternBytes(20_000 + i, i), mtime: T }));
+  writeLayout(layout, 'img', gzLayers(base, many, third));
   for (const delay of [30, 80, 150, 250, 400, 600]) {
     const run = cfsAsync('pull', '--repo', repo, `oci:${layout}:img`, 'img');
     await new Promise((r) => setTimeout(r, delay));

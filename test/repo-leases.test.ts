@@ -8,26 +8,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
-import { gzLayer, writeLayout, type LayerSpec } from './helpers/oci-layout.js';
+import { patternBytes, type TarEntry } from './helpers/tar-writer.js';
+import { gzLayers, writeLayout } from './helpers/oci-layout.js';
 import { isRoot } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
 import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
-
-function big(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 7 + seed) & 0xff;
-  return b;
-}
-
-function layers(...sets: TarEntry[][]): LayerSpec[] {
-  return sets.map((s) => {
-    const tar = makeTar(s);
-    return gzLayer(tar, gzip(tar));
-  });
-}
 
 function image(seed: number): TarEntry[] {
   return [
@@ -35,8 +22,8 @@ function image(seed: number): TarEntry[] {
     { path: 'etc/', type: 'dir', mtime: T },
     { path: 'etc/os-release', data: `ID=test${seed}\n`, mtime: T },
     { path: 'usr/', type: 'dir', mtime: T },
-    { path: 'usr/big', data: big(100_000, seed), mtime: T },
-    { path: 'usr/other', data: big(30_000, seed + 100), mtime: T },
+    { path: 'usr/big', data: patternBytes(100_000, seed), mtime: T },
+    { path: 'usr/other', data: patternBytes(30_000, seed + 100), mtime: T },
   ];
 }
 
@@ -50,8 +37,8 @@ const withTemp = (fn: (dir: string) => Promise<void> | void) => inTemp('lease', 
 /** Reads through the mount give the image's bytes (the objects are there). */
 function readsBack(mnt: string, seed: number): void {
   assert.equal(readFileSync(join(mnt, 'etc/os-release'), 'utf8'), `ID=test${seed}\n`);
-  assert.ok(readFileSync(join(mnt, 'usr/big')).equals(big(100_000, seed)), 'usr/big through the mount');
-  assert.ok(readFileSync(join(mnt, 'usr/other')).equals(big(30_000, seed + 100)), 'usr/other through the mount');
+  assert.ok(readFileSync(join(mnt, 'usr/big')).equals(patternBytes(100_000, seed)), 'usr/big through the mount');
+  assert.ok(readFileSync(join(mnt, 'usr/other')).equals(patternBytes(30_000, seed + 100)), 'usr/other through the mount');
 }
 
 for (const how of ['kernel', 'fuse'] as const) {
@@ -59,8 +46,8 @@ for (const how of ['kernel', 'fuse'] as const) {
   test(`a ${how} mount by name holds its image against gc: after a pull under the same name, after rm; gone once unmounted`, { skip: !isRoot ? 'needs root' : how === 'fuse' && !fuseOk ? 'no /dev/fuse' : false }, withTemp((tmp) => {
     const layout = join(tmp, 'layout');
     const repo = join(tmp, 'repo');
-    writeLayout(layout, 'a', layers(image(1)));
-    writeLayout(layout, 'b', layers(image(2)));
+    writeLayout(layout, 'a', gzLayers(image(1)));
+    writeLayout(layout, 'b', gzLayers(image(2)));
     const a = ok(cfs('pull', '--repo', repo, '--quiet', `oci:${layout}:a`, 'app')).trim();
     const mnt = join(tmp, 'mnt');
     mkdirSync(mnt);
@@ -108,7 +95,7 @@ for (const how of ['kernel', 'fuse'] as const) {
 test('a mount by name that fails leaves no lease; a lease whose mount is still being made is honoured', { skip: isRoot ? false : 'needs root' }, withTemp(async (tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  writeLayout(layout, 'a', layers(image(3)));
+  writeLayout(layout, 'a', gzLayers(image(3)));
   ok(cfs('pull', '--repo', repo, '--quiet', `oci:${layout}:a`, 'app'));
   const r = cfs('mount', '--repo', repo, '-o', 'tryverity', 'app', join(tmp, 'no-such-dir'));
   assert.notEqual(r.status, 0);

@@ -10,8 +10,8 @@ import assert from 'node:assert/strict';
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { gzip, makeTar, type TarEntry } from './helpers/tar-writer.js';
-import { gzLayer, writeLayout, type LayerSpec } from './helpers/oci-layout.js';
+import { patternBytes, type TarEntry } from './helpers/tar-writer.js';
+import { gzLayers, writeLayout } from './helpers/oci-layout.js';
 import { cliPath, isRoot } from './helpers/paths.js';
 import { ok } from './helpers/cli.js';
 import { inTemp } from './helpers/temp.js';
@@ -21,23 +21,10 @@ const NOBODY = 65534;
 const haveSetpriv = spawnSync('setpriv', ['--version']).status === 0;
 const skip = !isRoot ? 'needs root (files of another user)' : !haveSetpriv ? 'needs setpriv' : false;
 
-function big(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 7 + seed) & 0xff;
-  return b;
-}
-
-function layers(...sets: TarEntry[][]): LayerSpec[] {
-  return sets.map((s) => {
-    const tar = makeTar(s);
-    return gzLayer(tar, gzip(tar));
-  });
-}
-
 /** Many objects, so that most of the 256 objects/XX prefixes are met. */
 function manyFiles(seed: number, count: number): TarEntry[] {
   const out: TarEntry[] = [{ path: './', type: 'dir', mtime: T }, { path: 'data/', type: 'dir', mtime: T }];
-  for (let i = 0; i < count; i++) out.push({ path: `data/f${i}`, data: big(100 + i, seed + i), mtime: T });
+  for (let i = 0; i < count; i++) out.push({ path: `data/f${i}`, data: patternBytes(100 + i, seed + i), mtime: T });
   return out;
 }
 
@@ -79,7 +66,7 @@ const prefixes = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2
 test('links planted by another user in a shared repository: gc removes the links, never what they point at; fsck --repo names them', { skip }, withTemp((tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  writeLayout(layout, 'one', layers(manyFiles(1, 40)));
+  writeLayout(layout, 'one', gzLayers(manyFiles(1, 40)));
   ok(cfsEnv({}, 'pull', '--repo', repo, '--quiet', `oci:${layout}:one`, 'one'));
   ok(cfsEnv({}, 'rm', '--repo', repo, 'one')); // everything is garbage now
   openToAll(repo);
@@ -123,8 +110,8 @@ test('links planted by another user in a shared repository: gc removes the links
 test('a pull into a shared repository never writes through a planted objects/XX link', { skip }, withTemp((tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  writeLayout(layout, 'one', layers([{ path: './', type: 'dir', mtime: T }, { path: 'a', data: big(1000, 9), mtime: T }]));
-  writeLayout(layout, 'two', layers(manyFiles(50, 60)));
+  writeLayout(layout, 'one', gzLayers([{ path: './', type: 'dir', mtime: T }, { path: 'a', data: patternBytes(1000, 9), mtime: T }]));
+  writeLayout(layout, 'two', gzLayers(manyFiles(50, 60)));
   ok(cfsEnv({}, 'pull', '--repo', repo, '--quiet', `oci:${layout}:one`, 'one'));
   openToAll(repo);
   const outside = join(tmp, 'outside');
@@ -142,7 +129,7 @@ test('a pull into a shared repository never writes through a planted objects/XX 
 test('a repository owned by another user, or writable by group or others, is refused unless said to be shared', { skip }, withTemp((tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  writeLayout(layout, 'one', layers([{ path: './', type: 'dir', mtime: T }, { path: 'a', data: big(1000, 3), mtime: T }]));
+  writeLayout(layout, 'one', gzLayers([{ path: './', type: 'dir', mtime: T }, { path: 'a', data: patternBytes(1000, 3), mtime: T }]));
   ok(cfsEnv({}, 'pull', '--repo', repo, '--quiet', `oci:${layout}:one`, 'one'));
 
   // Owned by root, mode 0755: root and others may use it (others read it).
@@ -188,7 +175,7 @@ test('a repository owned by another user, or writable by group or others, is ref
 test('fsck --repo reports a foreign file and a FIFO where a record should be, without blocking on it', { skip }, withTemp((tmp) => {
   const layout = join(tmp, 'layout');
   const repo = join(tmp, 'repo');
-  writeLayout(layout, 'one', layers([{ path: './', type: 'dir', mtime: T }, { path: 'a', data: big(1000, 4), mtime: T }]));
+  writeLayout(layout, 'one', gzLayers([{ path: './', type: 'dir', mtime: T }, { path: 'a', data: patternBytes(1000, 4), mtime: T }]));
   ok(cfsEnv({}, 'pull', '--repo', repo, '--quiet', `oci:${layout}:one`, 'one'));
   const blob = readdirSync(join(repo, 'blobs/sha256'))[0];
   chownSync(join(repo, 'blobs/sha256', blob), NOBODY, NOBODY);
@@ -206,7 +193,7 @@ test('fsck --basedir --repair never removes through a planted XX link in the sto
   const src = join(tmp, 'src');
   const store = join(tmp, 'store');
   mkdirSync(src);
-  writeFileSync(join(src, 'file'), big(5000, 7));
+  writeFileSync(join(src, 'file'), patternBytes(5000, 7));
   const image = join(tmp, 'image.cfs');
   ok(cfsEnv({}, 'mkcomposefs', `--digest-store=${store}`, src, image));
   const xx = readdirSync(store).find((d) => /^[0-9a-f]{2}$/.test(d))!;
@@ -231,7 +218,7 @@ test('mkcomposefs --digest-store never writes through a planted XX link in the s
   mkdirSync(src);
   mkdirSync(store);
   mkdirSync(outside);
-  for (let i = 0; i < 20; i++) writeFileSync(join(src, `f${i}`), big(1000 + i, i));
+  for (let i = 0; i < 20; i++) writeFileSync(join(src, `f${i}`), patternBytes(1000 + i, i));
   for (const p of prefixes) symlinkSync(outside, join(store, p));
   for (const threads of ['1', '4']) {
     const r = spawnSync(cliPath('mkcomposefs'), [`--threads=${threads}`, `--digest-store=${store}`, src, join(tmp, 'image.cfs')], { encoding: 'utf8' });

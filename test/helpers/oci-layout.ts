@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import type { Descriptor, ImageSource, ResolvedImage } from '../../src/oci/source.js';
+import { gzip, makeTar, type TarEntry } from './tar-writer.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -69,6 +70,14 @@ export function writeLayout(dir: string, ref: string, layers: LayerSpec[], confi
 
 export function gzLayer(tar: Buffer, blob: Buffer): LayerSpec {
   return { tar, blob, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' };
+}
+
+/** One gzip layer per set of tar entries. */
+export function gzLayers(...sets: TarEntry[][]): LayerSpec[] {
+  return sets.map((s) => {
+    const tar = makeTar(s);
+    return gzLayer(tar, gzip(tar));
+  });
 }
 
 /** A layer spec from a blob umoci wrote (gzip), for the diff_id. */

@@ -188,3 +188,10 @@ export function zstd(data: Buffer): Buffer {
 export function hasZstd(): boolean {
   return spawnSync('zstd', ['--version']).status === 0;
 }
+
+/** `n` bytes of a repeating pattern that `seed` shifts: content no two tests share by accident, and that no file is inlined for. */
+export function patternBytes(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 7 + seed) & 0xff;
+  return b;
+}
