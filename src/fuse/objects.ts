@@ -11,7 +11,7 @@ import { ObjectFiles, type ObjectFile } from './object-files.js';
 import { ReplyError } from './protocol.js';
 import { measureSync } from './verity.js';
 import { closeFd, openBeneath } from '../sys/openat2.js';
-import { escapeField } from '../dumpfile/escape.js';
+import { printableBytes } from '../printable.js';
 
 const E = osConstants.errno;
 /** Object files kept open by each thread. */
@@ -20,9 +20,7 @@ const OPEN_OBJECTS = 512;
 const OBJECT_OPEN = fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOCTTY;
 
 /** Bytes from an image or a store as one printable word for a log line (the dump format's escapes). */
-export function shown(b: Buffer): string {
-  return escapeField(b);
-}
+export const shown = printableBytes;
 
 /** The name of the object behind `ino` for a log line: its redirect, else its inode number. */
 export function objectName(data: Data, ino: Ino): string {
