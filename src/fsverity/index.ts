@@ -176,10 +176,49 @@ export class FsVerityHasher {
 
 const NATIVE_THRESHOLD = 64 << 20;
 
+/** The fs-verity hash algorithms composefs names objects and images by (4096-byte blocks, no salt). */
+export type VerityAlgorithm = 'sha256' | 'sha512';
+export const VERITY_ALGORITHMS: readonly VerityAlgorithm[] = ['sha256', 'sha512'];
+/** `FS_VERITY_HASH_ALG_*`, the descriptor's and the metacopy xattr's number for each. */
+export const VERITY_ALGORITHM_IDS: Readonly<Record<VerityAlgorithm, number>> = { sha256: 1, sha512: 2 };
+
+export function verityDigestSize(algorithm: VerityAlgorithm): number {
+  return algorithm === 'sha512' ? 64 : 32;
+}
+
 /** fs-verity digest of an in-memory buffer. */
-export function fsverityDigest(data: Uint8Array): Buffer {
+export function fsverityDigest(data: Uint8Array, algorithm: VerityAlgorithm = 'sha256'): Buffer {
+  if (algorithm === 'sha512') return fsverityDigestGeneric(data, algorithm);
   // Loading koffi costs more than it saves below some tens of MiB.
   return new FsVerityHasher({ native: data.length >= NATIVE_THRESHOLD }).update(data).digest();
+}
+
+/** The Merkle tree over whole buffers, for any algorithm Node's crypto has (the streaming hasher is SHA-256's). */
+function fsverityDigestGeneric(data: Uint8Array, algorithm: VerityAlgorithm): Buffer {
+  const size = verityDigestSize(algorithm);
+  const hash = (b: Uint8Array): Buffer => crypto.createHash(algorithm).update(b).digest();
+  const blocksOf = (buf: Uint8Array): Buffer[] => {
+    const out: Buffer[] = [];
+    for (let o = 0; o < buf.length; o += FSVERITY_BLOCK_SIZE) {
+      const block = Buffer.alloc(FSVERITY_BLOCK_SIZE);
+      block.set(buf.subarray(o, o + FSVERITY_BLOCK_SIZE));
+      out.push(hash(block));
+    }
+    return out;
+  };
+  let root = Buffer.alloc(size);
+  if (data.length > 0) {
+    let level = blocksOf(data);
+    while (level.length > 1) level = blocksOf(Buffer.concat(level));
+    root = level[0];
+  }
+  const desc = Buffer.alloc(256);
+  desc[0] = 1;
+  desc[1] = VERITY_ALGORITHM_IDS[algorithm];
+  desc[2] = 12;
+  desc.writeBigUInt64LE(BigInt(data.length), 8);
+  root.copy(desc, 16);
+  return hash(desc);
 }
 
 /** Read buffer size for file digests: large reads, few system calls. */
