@@ -438,3 +438,44 @@ test('seals from a real registry: inline through skopeo, artifacts through the r
     removeTemp(tmp);
   }
 });
+
+test('the library: findSeals on a source, pull with requireSeal, verifyName', { skip: spawnSync('sh', ['-c', 'command -v fsverity'], { stdio: 'ignore' }).status !== 0 && 'fsverity missing' }, async () => {
+  const tmp = makeTemp('seal-library');
+  try {
+    const f = fixture(tmp);
+    const layout = layoutCopy(tmp, f.layout, 'lib');
+    const artifact = addLayoutArtifact(layout, artifactBytes(f.subject, [{ [configKey('sha256')]: f.config }, { [mergedKey('sha256')]: f.merged }]));
+    inlineSealLayout(layout, 'plain', 'inline', { [mergedKey('sha256')]: f.merged, [mergedKey('sha512')]: f.merged512 }, {});
+    const lib = await import('../src/index.js');
+    const { openSource } = await import('../src/oci/transports.js');
+    const source = await openSource(`oci:${layout}:plain`);
+    try {
+      const found = await lib.findSeals(source, await source.resolve());
+      assert.equal(found.via, 'layout');
+      assert.deepEqual(found.seals, [{ algorithm: 'sha256', merged: f.merged, config: f.config, mode: 'artifact', artifact: artifact.digest }]);
+      assert.ok(found.artifacts.get(artifact.digest)?.equals(readFileSync(blobFile(layout, artifact.digest))));
+    } finally {
+      await source.close();
+    }
+    const repo = await lib.openRepository(join(tmp, 'repo'));
+    try {
+      await assert.rejects(lib.pull(repo, `oci:${f.layout}:plain`, { name: 'bare', requireSeal: true }), (err: Error) => {
+        assert.equal((err as { code?: string }).code, 'seal');
+        assert.match(err.message, /not sealed/);
+        return true;
+      });
+      // Inline in two algorithms: the repository's is checked, the other kept aside.
+      const events: unknown[] = [];
+      const r = await lib.pull(repo, `oci:${layout}:inline`, { name: 'app', requireSeal: true, onEvent: (e) => e.type === 'sealed' && events.push(e) });
+      assert.deepEqual(r.record.seal, { algorithm: 'sha256', merged: f.merged, mode: 'inline' });
+      assert.equal((events[0] as { unchecked: { algorithm: string }[] }).unchecked[0].algorithm, 'sha512');
+      const v = await lib.verifyName(repo, 'app');
+      assert.equal(v.ok, true, JSON.stringify(v.problems));
+      assert.deepEqual(v.checked, ['image', 'config', 'manifest', 'rebuild']);
+    } finally {
+      repo.close();
+    }
+  } finally {
+    removeTemp(tmp);
+  }
+});
