@@ -62,6 +62,8 @@ export async function verifyName(repo: Repository, name: string, options: Verify
     checked.push('image');
     let stored: string | null = null;
     try {
+      // The record's field names a file in images/: nothing else (no path) is read.
+      if (typeof rec.image !== 'string' || !/^[0-9a-f]{64}$/.test(rec.image)) throw new Error(`the name record is corrupt (image '${String(rec.image).slice(0, 200)}')`);
       stored = fsverityDigest(repo.readFile('images', rec.image), algorithm).toString('hex');
       const expected = seal?.merged ?? rec.image;
       if (stored !== expected) problem('image', `${name}: the stored image's fs-verity digest is ${stored}, ${seal ? `the seal's merged digest (${sealKey('merged', algorithm)})` : 'the name records'} ${expected}`, expected, stored);
