@@ -158,6 +158,18 @@ test('seals in OCI layouts: inline and artifact checked, recorded, kept, shown; 
       assert.equal(ok(cfs('pull', '--repo', repo, `oci:${layout}`, 'app2')).trim(), f.merged);
     });
 
+    await t.test('inline and artifact together: both checked, the artifact recorded with the inline config digest, verify ok', () => {
+      const layout = layoutCopy(tmp, f.layout, 'both');
+      const sealed = inlineSealLayout(layout, 'plain', 'both', { [mergedKey('sha256')]: f.merged }, { [configKey('sha256')]: f.config });
+      const artifact = addLayoutArtifact(layout, artifactBytes(sealed, [{ [mergedKey('sha256')]: f.merged }]));
+      const repo = join(tmp, 'repo-both');
+      const r = cfs('pull', '--repo', repo, '--explain', `oci:${layout}:both`, 'app');
+      assert.equal(ok(r).trim(), f.merged);
+      assert.match(r.stderr, /seal: found inline.*\n.*seal: found artifact/);
+      assert.deepEqual(inspect(repo, 'app').seal, { algorithm: 'sha256', merged: f.merged, config: f.config, mode: 'artifact', artifact: artifact.digest });
+      ok(cfs('verify', '--repo', repo, 'app'));
+    });
+
     const refused: { what: string; seal: (layout: string) => string; error: RegExp }[] = [
       {
         what: 'inline merged digest wrong',

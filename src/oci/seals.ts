@@ -113,7 +113,7 @@ export function checkSeals(
     throw new SealError(`${reference}: sealed with ${algs} only (${others.map(where).join(', ')}), and the repository's algorithm is ${computed.algorithm}: the seal cannot be checked`);
   }
   if (computed.form === 'unpacked') {
-    throw new SealError(`${reference}: sealed, but its image cannot be built in the canonical form a seal speaks of`);
+    throw new SealError(`${reference}: sealed, but its image was built in the unpacked form, and a seal speaks of the canonical form`);
   }
   for (const seal of mine) {
     const roles: [SealRole, string | undefined, string][] = [

@@ -172,7 +172,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     if (failed !== null) throw failed;
 
     const found = (await discovery)!;
-    // The seal speaks of the canonical form: the form this build gives goes here with the canonical build.
+    // A seal speaks of the canonical form: the build's form is to be passed here (`form`), and checkSeals refuses 'unpacked'.
     const sealed = checkSeals(img.reference, found.seals, { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex') }, { requireSeal: opts.requireSeal });
     emit({ type: 'sealed', via: found.via, found: found.seals, checked: sealed.seal, unchecked: sealed.unchecked });
 
