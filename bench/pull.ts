@@ -7,14 +7,16 @@
  *  - by skopeo copy + `umoci raw unpack` + `mkcomposefs --digest-store` (the
  *    reference C mkcomposefs when built, see referenceMkcomposefs; ours beside it);
  * then a second image sharing the first two layers, pulled into the same
- * repository; and the decompressors' throughput on one layer.
+ * repository; the same image sealed (a composefs artifact found through the
+ * registry's referrers tag and checked), beside the unsealed pull; and the
+ * decompressors' throughput on one layer.
  * Needs root, docker-registry, skopeo, umoci (npm run bench installs them).
  * The layers are built once and kept in $CFS_BENCH_PULL_DIR (default
  * /var/tmp/cfs-bench-pull). $CFS_BENCH_PULL_ROUNDS rounds (default 3) after $CFS_BENCH_PULL_WARMUP (default 1) not counted, each
  * task once a round, side by side; medians.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -22,6 +24,9 @@ import { median, runOnce, type Row, type Sample } from './measure.js';
 import { writeLayout, type LayerSpec } from '../test/helpers/oci-layout.js';
 import { makeCertificates, push, startRegistry, haveRegistry } from '../test/helpers/registry.js';
 import { decompress } from '../src/oci/layer.js';
+import { fsverityDigest } from '../src/fsverity/index.js';
+import { blobFile, indexEntry } from '../test/helpers/oci-images.js';
+import { artifactBytes, configKey, mergedKey, pushArtifact, pushReferrersTag } from '../test/helpers/seal-publish.js';
 
 const LAYERS: [string, string[]][] = [
   ['share', ['usr/share']],
@@ -51,7 +56,12 @@ function layer(dir: string, name: string, paths: string[], compress: 'gz' | 'zst
   const blob = `${tar}.${compress}`;
   const have = paths.filter((p) => existsSync(`/${p}`));
   if (!existsSync(blob)) {
-    sh(`tar --sort=name --xattrs -C / -cf ${tar} ${have.join(' ')} 2>/dev/null || true`);
+    // The tar is made once, from /usr, or taken back from the gzip blob: a tar made again (for
+    // the zstd blob) would hold what /usr holds now, no longer the gzip layer's contents, and the
+    // next run would read it as that layer (its diff_id no longer the layer's).
+    const gz = `${tar}.gz`;
+    if (!existsSync(tar) && compress !== 'gz' && existsSync(gz)) sh(`gzip -dc ${gz} > ${tar}.tmp && mv ${tar}.tmp ${tar}`);
+    if (!existsSync(tar)) sh(`tar --sort=name --xattrs -C / -cf ${tar} ${have.join(' ')} 2>/dev/null || true`);
     sh(compress === 'gz' ? `gzip -6 -c ${tar} > ${blob}.tmp && mv ${blob}.tmp ${blob}` : `zstd -q -3 -c ${tar} > ${blob}.tmp && mv ${blob}.tmp ${blob}`);
   }
   const data = readFileSync(blob);
@@ -105,6 +115,20 @@ export async function benchPull(ctx: { repoRoot: string }): Promise<Row[]> {
   try {
     await push(registry, `oci:${layout}:usr`, 'bench/usr:1', 'bench:bench');
     await push(registry, `oci:${layout}:usr2`, 'bench/usr:2', 'bench:bench');
+    // The same image in another repository, sealed there once its digest is known (after the first cold pull).
+    await push(registry, `oci:${layout}:usr`, 'bench/sealed:1', 'bench:bench');
+    const sealedRef = `docker://${registry.host}/bench/sealed:1`;
+    let sealed = false;
+    const seal = (repo: string) => {
+      const images = readdirSync(join(repo, 'images')).filter((f) => !f.startsWith('.'));
+      if (images.length !== 1) throw new Error(`expected one image after the cold pull, found ${images.length}`);
+      const subject = indexEntry(layout, 'usr');
+      const configDigest = JSON.parse(readFileSync(blobFile(layout, subject.digest), 'utf8')).config.digest as string;
+      const config = fsverityDigest(readFileSync(blobFile(layout, configDigest))).toString('hex');
+      return pushArtifact(registry, 'bench:bench', 'bench/sealed', artifactBytes(subject, [{ [configKey('sha256')]: config }, { [mergedKey('sha256')]: images[0] }])).then((artifact) =>
+        pushReferrersTag(registry, 'bench:bench', 'bench/sealed', subject.digest, [artifact]),
+      );
+    };
     const ref = `docker://${registry.host}/bench/usr:1`;
     const cfs = join(ctx.repoRoot, 'bin', 'cfs.js');
     const auth = ['--creds', 'bench:bench', '--cert-dir', certs.certDir];
@@ -123,13 +147,28 @@ export async function benchPull(ctx: { repoRoot: string }): Promise<Row[]> {
     // A first round, run and not counted: the first pull after the registry starts was 10-30 %
     // slower than the next ones in every run (the pipeline's first round 5 %).
     const warmup = Math.max(0, Number(process.env.CFS_BENCH_PULL_WARMUP ?? 1));
-    const runs: { cold: Sample; second: Sample; skopeoOnly: Sample; s1: Sample; u: Sample; m: Sample; mOurs: Sample }[] = [];
+    const runs: { cold: Sample; sealedPull: Sample; second: Sample; skopeoOnly: Sample; s1: Sample; u: Sample; m: Sample; mOurs: Sample }[] = [];
     for (let round = -warmup; round < rounds; round++) {
       const dir = join(work, `round-${round + warmup}`);
       mkdirSync(dir);
       const repo = join(dir, 'repo');
+      // The sealed pull goes into an empty repository as the cold pull does, before it in every
+      // other round (what runs first after the registry's idle time was slower); --require-seal:
+      // a pull that did not find the seal fails the bench.
+      const pullSealed = () => runOnce(cfs, ['pull', '--quiet', '--require-seal', '--repo', join(dir, 'repo-sealed'), ...auth, sealedRef]);
+      const sealedFirst = sealed && round % 2 !== 0;
       settle();
+      let sealedPull = sealedFirst ? pullSealed() : undefined;
+      if (sealedFirst) settle();
       const cold = runOnce(cfs, ['pull', '--quiet', '--repo', repo, ...auth, ref]);
+      if (!sealed) {
+        await seal(repo);
+        sealed = true;
+      }
+      if (!sealedPull) {
+        settle();
+        sealedPull = pullSealed();
+      }
       settle();
       const second = runOnce(cfs, ['pull', '--quiet', '--repo', repo, ...auth, `docker://${registry.host}/bench/usr:2`]);
       settle();
@@ -142,7 +181,7 @@ export async function benchPull(ctx: { repoRoot: string }): Promise<Row[]> {
       // Ours over the same rootfs, still in the page cache as it was for the reference (only synced).
       sh('sync');
       const mOurs = reference ? runOnce(ours, ['--digest-store', join(dir, 'store-ours'), join(dir, 'rootfs'), join(dir, 'rootfs-ours.cfs')]) : m;
-      if (round >= 0) runs.push({ cold, second, skopeoOnly, s1, u, m, mOurs });
+      if (round >= 0) runs.push({ cold, sealedPull, second, skopeoOnly, s1, u, m, mOurs });
     }
     type Run = (typeof runs)[number];
     const med = (f: (r: Run) => number) => median(runs.map(f));
@@ -164,6 +203,13 @@ export async function benchPull(ctx: { repoRoot: string }): Promise<Row[]> {
     if (reference) {
       rows.push({ task: '  the same pipeline with our mkcomposefs', wall: `${s(med(pipelineOursOf))} (${each(pipelineOursOf)}; mkcomposefs ${s(med((r) => r.mOurs.wallMs))})`, 'peak memory': mib(peak((r) => r.mOurs.peakKiB)), ratio: ratioRow(pipelineOursOf, '') });
     }
+    const sealedRatios = runs.map((r) => r.sealedPull.wallMs / r.cold.wallMs).sort((x, y) => x - y);
+    rows.push({
+      task: 'cfs pull of the same image sealed (artifact found through the referrers tag, checked), empty repository',
+      wall: `${s(med((r) => r.sealedPull.wallMs))} (${each((r) => r.sealedPull.wallMs)})`,
+      'peak memory': mib(peak((r) => r.sealedPull.peakKiB)),
+      ratio: `${median(sealedRatios).toFixed(2)}x the unsealed pull (per round ${sealedRatios.map((x) => x.toFixed(2)).join(', ')}; goal ≤ 1.05x)`,
+    });
     const skopeoOnly = med((r) => r.skopeoOnly.wallMs);
     rows.push({ task: 'skopeo copy alone (transfer + checks)', wall: s(skopeoOnly), 'peak memory': mib(peak((r) => r.skopeoOnly.peakKiB)), ratio: `cfs ${(cold / skopeoOnly).toFixed(2)}x` });
     const second = med((r) => r.second.wallMs);

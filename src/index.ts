@@ -114,6 +114,19 @@ export async function fsckRepository(...args: Parameters<typeof import('./repo/f
   return (await import('./repo/fsck.js')).fsckRepository(...args);
 }
 
+/** The seals of an image a source resolved: inline, and composefs artifacts among its referrers (see src/oci/seals.ts). */
+export async function findSeals(...args: Parameters<typeof import('./oci/seals.js').findSeals>) {
+  return (await import('./oci/seals.js')).findSeals(...args);
+}
+
+/** Check a named image against its seal again, offline (`cfs verify`). */
+export async function verifyName(...args: Parameters<typeof import('./repo/verify.js').verifyName>) {
+  return (await import('./repo/verify.js')).verifyName(...args);
+}
+
+export type { Seal, FoundSeal, SealRole } from './oci/seal-format.js';
+export type { SealDiscovery, NameSeal, SealCheck } from './oci/seals.js';
+export type { VerifyResult, VerifyProblem, VerifyOptions, VerifyCheck } from './repo/verify.js';
 export type { Repository, NameRecord } from './repo/repository.js';
 export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';
 export type { GcResult } from './repo/gc.js';

@@ -17,6 +17,7 @@ const commands: Record<string, { summary: string; load: () => Promise<CommandMod
   pull: { summary: 'pull a container image (registry, OCI layout or archive) into the repository', load: () => import('./pull.js') },
   images: { summary: 'list the repository\'s named images', load: () => import('./repo.js').then((m) => m.images) },
   inspect: { summary: 'show a named image and its OCI config', load: () => import('./repo.js').then((m) => m.inspect) },
+  verify: { summary: 'check a named image against its seal again, offline', load: () => import('./verify.js') },
   tag: { summary: 'give a named image another name', load: () => import('./repo.js').then((m) => m.tag) },
   rm: { summary: 'remove names from the repository', load: () => import('./repo.js').then((m) => m.rm) },
   gc: { summary: 'remove what no name in the repository reaches', load: () => import('./repo.js').then((m) => m.gc) },

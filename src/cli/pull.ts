@@ -10,7 +10,7 @@ import { UsageError } from '../errors.js';
 import type { PullEvent } from '../repo/pull.js';
 import { humanBytes } from '../units.js';
 import { StatusLine } from '../output/status-line.js';
-import { printableJson } from '../printable.js';
+import { printable, printableJson } from '../printable.js';
 
 const specs: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository (default $CFS_REPO, /var/lib/composefs as root, else $XDG_DATA_HOME/composefs)' },
@@ -22,6 +22,8 @@ const specs: OptionSpec[] = [
   { name: 'tls-verify', value: true, arg: 'BOOL', help: 'check the registry certificate (default true)' },
   { name: 'speed-limit', value: true, arg: 'BYTES', help: 'fail a registry transfer slower than BYTES per second over --speed-time (default $CFS_SPEED_LIMIT, else 1024; 0: never)' },
   { name: 'speed-time', value: true, arg: 'SECONDS', help: 'the period of --speed-limit (default $CFS_SPEED_TIME, else 30)' },
+  { name: 'require-seal', help: 'refuse an image without a composefs seal (inline, or an artifact among its referrers)' },
+  { name: 'explain', help: 'say on stderr which seals were looked for, found and checked' },
   { name: 'quiet', short: 'q', help: 'no progress' },
   { name: 'json', help: 'print a JSON record instead of the digest' },
   { name: 'help', short: 'h', help: 'show this help' },
@@ -68,6 +70,7 @@ class PullProgress {
       case 'building':
         this.phase = 'building';
         break;
+      case 'sealed':
       case 'done':
         return;
     }
@@ -99,6 +102,17 @@ class PullProgress {
   end(): void {
     this.status.end();
   }
+}
+
+/** What `--explain` says of the seals: where they were looked for, what was found, what was checked. */
+function sealLines(e: Extract<PullEvent, { type: 'sealed' }>): string[] {
+  const where = e.via === null ? 'in the manifest (this transport has no referrers)' : `in the manifest and among its referrers (${e.via === 'referrers-api' ? 'the registry\'s referrers API' : e.via === 'tag-schema' ? 'the referrers tag: the registry has no referrers API' : 'the layout\'s index.json'})`;
+  const lines = [`seal: looked for ${where}`];
+  if (e.found.length === 0) lines.push('seal: none found: the image is not sealed');
+  for (const s of e.found) lines.push(`seal: found ${s.mode === 'artifact' ? `artifact ${s.artifact}` : 'inline'}, fsverity-${s.algorithm}: merged ${s.merged}${s.config ? `, config ${s.config}` : ''}`);
+  if (e.checked) lines.push(`seal: checked: the image built has the merged digest${e.checked.config ? ', the config has the config digest' : ''} (fsverity-${e.checked.algorithm})`);
+  for (const s of e.unchecked) lines.push(`seal: not checked: ${s.mode === 'artifact' ? `artifact ${s.artifact}` : 'inline'} is in ${s.algorithm}, another algorithm than the repository's`);
+  return lines;
 }
 
 export async function run(args: string[], prog: string): Promise<number> {
@@ -148,8 +162,14 @@ export async function run(args: string[], prog: string): Promise<number> {
   const onSignal = () => abort.abort();
   process.once('SIGINT', onSignal);
   try {
-    const result = await pullImage(repo, source, { name, onEvent: (e) => progress?.on(e), signal: abort.signal });
+    const explain: string[] = [];
+    const onEvent = (e: PullEvent) => {
+      progress?.on(e);
+      if (e.type === 'sealed' && p.options.has('explain')) explain.push(...sealLines(e));
+    };
+    const result = await pullImage(repo, source, { name, onEvent, signal: abort.signal, requireSeal: p.options.has('require-seal') });
     progress?.end();
+    for (const line of explain) process.stderr.write(`${prog}: ${printable(line)}\n`);
     if (json) {
       process.stdout.write(`${printableJson({ ...result.record, layersImported: result.layersImported, objectsWritten: result.objectsWritten, bytesWritten: result.bytesWritten, repository: repo.root })}\n`);
     } else process.stdout.write(`${result.record.image}\n`);

@@ -76,7 +76,7 @@ export const images = {
 export const inspect = {
   async run(args: string[], prog: string): Promise<number> {
     const p = parseArgs(args, common);
-    if (helpOr(p, `${prog} [--repo DIR] [--json] NAME`, 'Show a named image: its digest and the OCI config (env, entrypoint, cmd, labels, layers).', common)) return 0;
+    if (helpOr(p, `${prog} [--repo DIR] [--json] NAME`, 'Show a named image: its digest, its seal (checked at the pull) and the OCI config (env, entrypoint, cmd, labels, layers).', common)) return 0;
     if (p.positional.length !== 1) throw new UsageError(`one name expected (usage: ${prog} NAME)`);
     const repo = await open(p);
     const rec = repo.getName(p.positional[0]);
@@ -85,6 +85,7 @@ export const inspect = {
     const c = config.config ?? {};
     const info = {
       ...rec,
+      seal: rec.seal ?? null,
       imagePath: repo.imagePath(rec.image),
       architecture: config.architecture,
       os: config.os,
@@ -107,6 +108,8 @@ export const inspect = {
         `created:     ${rec.created ?? '-'}`,
         `platform:    ${rec.platform ?? '-'}`,
         `size:        ${humanBytes(rec.size)}`,
+        `seal:        ${rec.seal ? `${rec.seal.mode === 'artifact' ? `artifact ${rec.seal.artifact}` : 'inline'}, fsverity-${rec.seal.algorithm}` : 'none (not sealed)'}`,
+        ...(rec.seal ? [`  merged:    ${rec.seal.merged}`, `  config:    ${rec.seal.config ?? '-'}`] : []),
         `entrypoint:  ${JSON.stringify(info.entrypoint)}`,
         `cmd:         ${JSON.stringify(info.cmd)}`,
         `env:         ${(info.env as string[]).join(' ')}`,

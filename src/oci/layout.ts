@@ -6,7 +6,7 @@
  * layout must hold exactly one entry (as containers/image has it).
  */
 import type { Readable } from 'node:stream';
-import type { BlobOptions, Descriptor, ImageSource, ResolvedImage } from './source.js';
+import type { BlobOptions, Descriptor, ImageSource, Referrers, ResolvedImage } from './source.js';
 import type { FileSet } from './files.js';
 import { SourceError } from './source-errors.js';
 import { maxDocumentSize, mediaTypes, parseDocument, resolveImage, type PlatformChoice } from './manifest.js';
@@ -19,14 +19,60 @@ export function blobPath(digest: string): string {
   return `blobs/${digest.slice(0, colon)}/${digest.slice(colon + 1)}`;
 }
 
+/** Artifacts in index.json read to find those naming the image as their subject: beyond this, the layout is refused. */
+const maxLayoutArtifacts = 1024;
+
 export class OciLayoutSource implements ImageSource {
+  /** Referrer manifests read while listing them, by digest. */
+  private readonly referrerBytes = new Map<string, Buffer>();
+
   constructor(
     private readonly files: FileSet,
     private readonly reference: string,
     private readonly ref: string | undefined,
     private readonly defaultName: string,
     private readonly choice: PlatformChoice,
+    /** Whether index.json's artifacts are offered as referrers (a layout directory: yes; an archive: no, its seals are inline only). */
+    private readonly withReferrers = false,
   ) {}
+
+  /**
+   * The artifacts of type `artifactType` in index.json whose manifest names
+   * `subjectDigest` as its subject (a layout holds the artifacts of all its
+   * images side by side: those of other images are not this one's).
+   */
+  async referrers(subjectDigest: string, artifactType: string): Promise<Referrers | null> {
+    if (!this.withReferrers) return null;
+    const what = `${this.reference}: index.json`;
+    const index = parseDocument(await this.files.read('index.json', maxDocumentSize, what), mediaTypes.ociIndex, what);
+    if (index.kind !== 'index') throw new SourceError(`${what}: not an image index`, 'invalid-manifest');
+    const candidates = index.manifests.filter((m) => m.artifactType === artifactType);
+    if (candidates.length > maxLayoutArtifacts) throw new SourceError(`${what}: ${candidates.length} artifacts of type ${artifactType} (at most ${maxLayoutArtifacts} are read)`, 'invalid-manifest');
+    const manifests: Descriptor[] = [];
+    for (const d of candidates) {
+      const label = `artifact ${d.digest} of ${this.reference}`;
+      if (d.size > maxDocumentSize) throw new SourceError(`${label}: too large (${d.size} bytes)`, 'invalid-manifest');
+      const bytes = await this.readBlob(d, label);
+      checkBytes(bytes, d, label);
+      let subject: unknown;
+      try {
+        subject = (JSON.parse(bytes.toString('utf8')) as { subject?: { digest?: unknown } })?.subject?.digest;
+      } catch (err) {
+        throw new SourceError(`${label}: not valid JSON`, 'invalid-manifest', { cause: err });
+      }
+      if (subject !== subjectDigest) continue;
+      this.referrerBytes.set(d.digest, bytes);
+      manifests.push(d);
+    }
+    return { via: 'layout', manifests };
+  }
+
+  async fetchReferrer(descriptor: Descriptor): Promise<Buffer> {
+    const label = `artifact ${descriptor.digest} of ${this.reference}`;
+    const bytes = this.referrerBytes.get(descriptor.digest) ?? (await this.readBlob(descriptor, label));
+    checkBytes(bytes, descriptor, label);
+    return bytes;
+  }
 
   async resolve(): Promise<ResolvedImage> {
     const what = this.reference;
@@ -56,13 +102,15 @@ export class OciLayoutSource implements ImageSource {
       if (matches.length > 1) throw new SourceError(`${what}: more than one image is named '${this.ref}' in the layout`, 'invalid-manifest');
       entry = matches[0];
     } else {
-      if (index.manifests.length !== 1) {
+      // Artifacts beside the image (a composefs seal, say) are not images to choose from.
+      const images = index.manifests.filter((m) => m.artifactType === undefined);
+      if (images.length !== 1) {
         throw new SourceError(
-          `${what}: the layout holds ${index.manifests.length} images; name one as ${what}:REF${names.length ? ` (${names.join(', ')})` : ''}`,
-          index.manifests.length === 0 ? 'not-found' : 'invalid-reference',
+          `${what}: the layout holds ${images.length} images; name one as ${what}:REF${names.length ? ` (${names.join(', ')})` : ''}`,
+          images.length === 0 ? 'not-found' : 'invalid-reference',
         );
       }
-      entry = index.manifests[0];
+      entry = images[0];
     }
     if (entry.size > maxDocumentSize) throw new SourceError(`${what}: manifest ${entry.digest} is too large (${entry.size} bytes)`, 'invalid-manifest');
     const top = await this.fetchDocument(entry);

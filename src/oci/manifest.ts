@@ -39,6 +39,7 @@ interface RawDescriptor {
   urls?: unknown;
   annotations?: unknown;
   platform?: unknown;
+  artifactType?: unknown;
 }
 
 export interface ParsedManifest {
@@ -79,6 +80,7 @@ function descriptorOf(raw: unknown, what: string): Descriptor {
       d.platform = { os: p.os, architecture: p.architecture, ...(typeof p.variant === 'string' && p.variant ? { variant: p.variant } : {}) };
     }
   }
+  if (typeof r.artifactType === 'string') d.artifactType = r.artifactType;
   return d;
 }
 

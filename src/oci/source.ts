@@ -23,6 +23,8 @@ export interface Descriptor {
   urls?: string[];
   annotations?: Record<string, string>;
   platform?: Platform;
+  /** An artifact manifest's type, as an index of referrers lists it. */
+  artifactType?: string;
 }
 
 /** One image, resolved: its manifest, its config and its layers, base layer first. */
@@ -51,8 +53,27 @@ export interface BlobOptions {
   onBytes?: (bytes: number) => void;
 }
 
+/** The manifests that name an image as their subject, as a source lists them. */
+export interface Referrers {
+  /** How they were found: the registry's referrers API, its referrers tag (OCI 1.1 tag schema), or a layout's index.json. */
+  via: 'referrers-api' | 'tag-schema' | 'layout';
+  /** Their descriptors, as listed (not yet filtered by artifact type: a registry may ignore the filter). */
+  manifests: Descriptor[];
+}
+
 export interface ImageSource {
   resolve(): Promise<ResolvedImage>;
+  /**
+   * The referrers of the manifest `subjectDigest` of type `artifactType`;
+   * null when this transport has none to offer (an archive). Optional: a
+   * source without it has no referrers.
+   */
+  referrers?(subjectDigest: string, artifactType: string, options?: { signal?: AbortSignal }): Promise<Referrers | null>;
+  /**
+   * A referrer's manifest by its descriptor, whole: at most maxDocumentSize
+   * bytes, its size and sha256 checked against the descriptor.
+   */
+  fetchReferrer?(descriptor: Descriptor, options?: { signal?: AbortSignal }): Promise<Buffer>;
   /**
    * The blob's bytes, as served (still compressed). The stream errors, naming
    * the blob, if its size or sha256 differ from the descriptor's, before its

@@ -20,7 +20,7 @@ export async function openSource(reference: string, options: SourceOptions = {})
   switch (ref.transport) {
     case 'oci': {
       const [{ OciLayoutSource }, { DirectoryFiles }] = await Promise.all([import('./layout.js'), import('./files.js')]);
-      return new OciLayoutSource(new DirectoryFiles(resolve(ref.path)), reference, ref.ref, defaultName, choice);
+      return new OciLayoutSource(new DirectoryFiles(resolve(ref.path)), reference, ref.ref, defaultName, choice, true);
     }
     case 'oci-archive': {
       const [{ OciLayoutSource }, { TarFiles }] = await Promise.all([import('./layout.js'), import('./files.js')]);

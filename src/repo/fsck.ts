@@ -194,7 +194,7 @@ export async function fsckRepository(repo: Repository, opts: { onWait?: () => vo
           return;
         }
         if (imagesFd === null || !/^[0-9a-f]{64}$/.test(rec.image) || !repo.hasFile('images', rec.image)?.size) problem(`name ${name}`, `image ${rec.image} is missing`);
-        for (const blob of [rec.manifest, rec.config]) {
+        for (const blob of [rec.manifest, rec.config, ...(rec.seal?.artifact ? [rec.seal.artifact] : [])]) {
           try {
             const data = repo.readBlob(blob);
             const got = `sha256:${createHash('sha256').update(data).digest('hex')}`;

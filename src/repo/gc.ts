@@ -2,7 +2,7 @@
  * Garbage collection of a repository (its checks, fsck, are in fsck.ts).
  *
  * gc keeps what a name or a live mount (a lease, see leases.ts) reaches: the
- * image, its manifest and config, its layers' records, and every object
+ * image, its manifest and config (and a seal's artifact manifest), its layers' records, and every object
  * those layers' entries refer to (an image's objects all come from its
  * layers). Everything else goes: other images, layer records, blobs,
  * objects, stale leases, and whatever a killed pull left in tmp/ or as a
@@ -68,7 +68,8 @@ export async function gcRepository(repo: Repository, opts: { dryRun?: boolean; o
     const holders: Pick<NameRecord, 'image' | 'layers' | 'manifest' | 'config'>[] = [...names, ...leases.map((l) => l.record)];
     const images = new Set(holders.map((n) => n.image));
     const layers = new Set(holders.flatMap((n) => n.layers.map(hexOf)));
-    const blobs = new Set(holders.flatMap((n) => [hexOf(n.manifest), hexOf(n.config)]));
+    // A sealed name's artifact manifest is kept with its manifest and config (`cfs verify` reads it again).
+    const blobs = new Set([...holders.flatMap((n) => [hexOf(n.manifest), hexOf(n.config)]), ...names.flatMap((n) => (n.seal?.artifact ? [hexOf(n.seal.artifact)] : []))]);
     const objects = new Set<string>();
     for (const hex of layers) {
       // A lease's layer may be gone (its record removed by hand): nothing of it to keep.

@@ -13,6 +13,8 @@ import { fsverityDigest } from '../fsverity/index.js';
 import { S_IFMT, S_IFREG, walk, type Inode } from '../tree/model.js';
 import { importLayer, LayerError, type LayerEntry } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
+import { checkSeals, findSeals, requireSealed, type SealDiscovery } from '../oci/seals.js';
+import type { FoundSeal } from '../oci/seal-format.js';
 import { ObjectWriter } from '../store/object-writer.js';
 import { TreeBuilder } from './merge.js';
 import { RepoError, checkName, type NameRecord, type Repository } from './repository.js';
@@ -25,6 +27,8 @@ export type PullEvent =
   /** The layer is read and its objects written (they are made durable, and the layer recorded, before anything is named). */
   | { type: 'layer-done'; index: number; cached: boolean }
   | { type: 'building' }
+  /** Seals looked for (inline, and among the referrers `via`), and those checked against the image built. */
+  | { type: 'sealed'; via: SealDiscovery['via']; found: FoundSeal[]; checked: NameRecord['seal'] | null; unchecked: FoundSeal[] }
   | { type: 'done'; record: NameRecord };
 
 export interface PullOptions {
@@ -34,6 +38,8 @@ export interface PullOptions {
   parallel?: number;
   onEvent?: (e: PullEvent) => void;
   signal?: AbortSignal;
+  /** Refuse an image without a composefs seal (inline or artifact) in the repository's algorithm. */
+  requireSeal?: boolean;
 }
 
 export interface PullResult {
@@ -66,7 +72,23 @@ function parseConfig(img: ResolvedImage): ImageConfig {
   return config;
 }
 
-/** Import one image from `source` into `repo` and name it. */
+/**
+ * The composefs image of layers given by their entries, base first: the
+ * layers merged into one tree, written. The pull and `verify` (which
+ * rebuilds from the layer records) build through this one function.
+ */
+export function buildImage(reference: string, layers: { digest: string; entries: LayerEntry[] }[]): { tree: Inode; image: Buffer } {
+  const builder = new TreeBuilder();
+  for (const l of layers) builder.applyLayer(`${reference}: layer ${l.digest}`, l.entries);
+  const tree = builder.toInode();
+  return { tree, image: writeImageWithInfo(tree).image };
+}
+
+/**
+ * Import one image from `source` into `repo` and name it. Its seals (see
+ * src/oci/seals.ts) are looked for while the layers come; when one is found,
+ * the image built and the config must have its digests, or nothing is named.
+ */
 export async function pullImage(repo: Repository, source: ImageSource, opts: PullOptions = {}): Promise<PullResult> {
   const emit = opts.onEvent ?? (() => {});
   if (opts.name !== undefined) checkName(opts.name);
@@ -80,6 +102,23 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     const cached = diffIds.map((d) => repo.hasLayer(d));
     emit({ type: 'resolved', reference: img.reference, layers: img.layers.map((l, i) => ({ digest: l.digest, size: l.size, cached: cached[i] })) });
 
+    const algorithm = repo.algorithm;
+    let failed: unknown = null;
+    // Looked for while the layers come; a failure stops the fetching as a layer's would.
+    const discovery = findSeals(source, img, { signal: opts.signal }).then(
+      (found) => {
+        try {
+          if (opts.requireSeal) requireSealed(img.reference, found.seals);
+        } catch (err) {
+          failed ??= err;
+        }
+        return found;
+      },
+      (err: unknown) => {
+        failed ??= err;
+        return null;
+      },
+    );
     const objects = new ObjectWriter(repo.dir('objects'), repo.objects);
     // One import per distinct diff_id, however often the image lists it.
     const todo = new Map<string, number>();
@@ -89,7 +128,6 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     for (let i = 0; i < diffIds.length; i++) if (cached[i]) emit({ type: 'layer-done', index: i, cached: true });
     const queue = [...todo.entries()];
     const parallel = Math.max(1, opts.parallel ?? 3);
-    let failed: unknown = null;
     /** The entries of the layers imported now, kept for the build rather than read back. */
     const imported = new Map<string, LayerEntry[]>();
     /** Per imported layer: its objects made durable, then its record written. */
@@ -116,21 +154,27 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     let hex: string;
     try {
       await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
+      await discovery;
       if (failed !== null) throw failed;
       // The image is built and hashed while the last layers' syncfs run on a
       // writer thread (0.3-0.4 s each on the /usr image); only naming waits for them.
       emit({ type: 'building' });
-      const builder = new TreeBuilder();
-      for (let i = 0; i < diffIds.length; i++) builder.applyLayer(`${img.reference}: layer ${img.layers[i].digest}`, imported.get(diffIds[i]) ?? repo.readLayer(diffIds[i]));
-      tree = builder.toInode();
-      image = writeImageWithInfo(tree).image;
-      hex = fsverityDigest(image).toString('hex');
+      ({ tree, image } = buildImage(
+        img.reference,
+        diffIds.map((d, i) => ({ digest: img.layers[i].digest, entries: imported.get(d) ?? repo.readLayer(d) })),
+      ));
+      hex = fsverityDigest(image, algorithm).toString('hex');
     } finally {
       // Every layer durable and recorded before anything is named (a failure lands in `failed`).
       await Promise.allSettled(recorded);
       await objects.close();
     }
     if (failed !== null) throw failed;
+
+    const found = (await discovery)!;
+    // A seal speaks of the canonical form: the build's form is to be passed here (`form`), and checkSeals refuses 'unpacked'.
+    const sealed = checkSeals(img.reference, found.seals, { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex') }, { requireSeal: opts.requireSeal });
+    emit({ type: 'sealed', via: found.via, found: found.seals, checked: sealed.seal, unchecked: sealed.unchecked });
 
     let size = 0;
     const seen = new Set<object>();
@@ -142,6 +186,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     });
     repo.writeBlob(img.manifestDigest, img.manifest);
     repo.writeBlob(img.configDescriptor.digest, img.config);
+    if (sealed.seal?.artifact) repo.writeBlob(sealed.seal.artifact, found.artifacts.get(sealed.seal.artifact)!);
     repo.storeImage(hex, image);
     const platform = config.os ? `${config.os}/${config.architecture ?? ''}${config.variant ? `/${config.variant}` : ''}` : undefined;
     const record: NameRecord = {
@@ -155,6 +200,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
       pulled: new Date().toISOString(),
       size,
       ...(platform ? { platform } : {}),
+      ...(sealed.seal ? { seal: sealed.seal } : {}),
     };
     repo.writeName(record);
     emit({ type: 'done', record });

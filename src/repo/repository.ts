@@ -22,6 +22,8 @@ import { syncfs } from '../sys/fs.js';
 import { listFd, mkdirAt, O_NONBLOCK, openAt, openDirAt, renameAt, S_IFDIR, S_IFMT, S_IFREG, statAt, statFd, typeName, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { decodeName, defaultRepoPath, encodeName, SUBDIRS, syncDirFd, tmpName, writeAllSync, writeFileAt, type Subdir } from './layout.js';
 import type { LayerEntry } from '../oci/layer.js';
+import type { NameSeal } from '../oci/seals.js';
+import type { VerityAlgorithm } from '../fsverity/index.js';
 import { decodeLayerRecord, encodeLayerRecord } from './layer-record.js';
 
 export class RepoError extends ComposefsError {
@@ -49,6 +51,8 @@ export interface NameRecord {
   /** Bytes of regular file contents in the image (each inode once). */
   size: number;
   platform?: string;
+  /** The seal the image was checked against at the pull (absent: not sealed). */
+  seal?: NameSeal;
 }
 
 export interface OpenOptions {
@@ -127,6 +131,8 @@ export class Repository {
   readonly namesDir: string;
   readonly tmpDir: string;
   readonly leasesDir: string;
+  /** The fs-verity algorithm naming objects and images (sha256 until a repository records its own). */
+  readonly algorithm: VerityAlgorithm = 'sha256';
   /** Owner of the repository's directory: files of anyone else (but root) are foreign to it. */
   readonly owner: number;
   private readonly fds = new Map<string, number>();
@@ -517,7 +523,10 @@ export class Repository {
     if (!/^[0-9a-f]{64}$/.test(rec.image)) throw new RepoError(`name record of '${name}' is corrupt (image '${rec.image}')`);
     if (!this.hasFile('images', rec.image)) throw new RepoError(`${this.imagePath(rec.image)} (the image of '${name}') is missing or not a regular file`);
     this.dir('objects');
-    return { image: this.imagePath(rec.image), digest: rec.image, basedir: this.objects, record: rec };
+    // A sealed name mounts only the image its seal names: digest= is the seal's, not whatever the record's image field says.
+    const digest = rec.seal ? rec.seal.merged : rec.image;
+    if (typeof digest !== 'string' || !/^[0-9a-f]{64}$/.test(digest)) throw new RepoError(`name record of '${name}' is corrupt (seal digest '${String(digest).slice(0, 200)}')`);
+    return { image: this.imagePath(rec.image), digest, basedir: this.objects, record: rec };
   }
 }
 

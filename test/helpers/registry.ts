@@ -229,7 +229,8 @@ export type ProxyAction =
   | { kind: 'status'; status: number; headers?: Record<string, string> }
   | { kind: 'drop' }
   | { kind: 'drop-midway' }
-  | { kind: 'redirect'; location: string };
+  | { kind: 'redirect'; location: string }
+  | { kind: 'respond'; status: number; headers?: Record<string, string>; body: Buffer };
 
 export interface Proxy {
   host: string;
@@ -241,7 +242,7 @@ export interface Proxy {
 /**
  * A small HTTPS server on 127.0.0.1 (the test certificate) in front of the
  * registry: `decide` says for each request whether to forward it, answer
- * with a status, drop the connection before answering, drop it halfway
+ * with a status (or a whole answer), drop the connection before answering, drop it halfway
  * through the body, or redirect. `extraHeaders` are added to forwarded requests.
  */
 export async function startProxy(registry: Registry, decide: (path: string, index: number) => ProxyAction, extraHeaders: Record<string, string> = {}, bindHost = '127.0.0.1'): Promise<Proxy> {
@@ -258,6 +259,11 @@ export async function startProxy(registry: Registry, decide: (path: string, inde
     if (action.kind === 'status') {
       res.writeHead(action.status, action.headers ?? {});
       res.end();
+      return;
+    }
+    if (action.kind === 'respond') {
+      res.writeHead(action.status, { 'content-length': String(action.body.length), ...(action.headers ?? {}) });
+      res.end(action.body);
       return;
     }
     if (action.kind === 'redirect') {

@@ -10,9 +10,9 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
-import type { BlobOptions, Descriptor, ImageSource, ResolvedImage, SourceOptions } from '../source.js';
+import type { BlobOptions, Descriptor, ImageSource, Referrers, ResolvedImage, SourceOptions } from '../source.js';
 import type { SourceReference } from '../reference.js';
-import { acceptedManifestTypes, maxDocumentSize, parseDocument, resolveImage, type PlatformChoice } from '../manifest.js';
+import { acceptedManifestTypes, maxDocumentSize, mediaTypes, parseDocument, resolveImage, type PlatformChoice } from '../manifest.js';
 import { SourceError } from '../source-errors.js';
 import { blobLabel, checkBytes, checkDigestSyntax, checkedStream, sha256Of } from '../verify.js';
 import { RegistryClient, isRetryableError, sleep } from './client.js';
@@ -76,6 +76,64 @@ export class RegistrySource implements ImageSource {
       this.choice,
       { reference: what, defaultName: this.defaultName },
     );
+  }
+
+  /**
+   * The referrers API (`GET /v2/NAME/referrers/DIGEST`, OCI distribution
+   * 1.1) when the registry has it; else the referrers tag schema (the
+   * `sha256-HEX` tag holding an index; no such tag: no referrers). A
+   * registry lacks the API when it answers 404 (or 400, 405, 501) or with
+   * something that is not an image index (CNCF distribution 2.8 answers 404).
+   * An answer that says it is an index must be one, within maxDocumentSize.
+   */
+  async referrers(subjectDigest: string, artifactType: string, options: { signal?: AbortSignal } = {}): Promise<Referrers> {
+    const what = `${this.ref.text}: referrers of ${subjectDigest}`;
+    checkDigestSyntax(subjectDigest, what);
+    const api = await this.client.get(`/v2/${this.repository}/referrers/${subjectDigest}?artifactType=${encodeURIComponent(artifactType)}`, what, {
+      accept: [mediaTypes.ociIndex],
+      expect: [400, 404, 405, 501],
+      signal: options.signal,
+    });
+    const type = String(api.headers['content-type'] ?? '').split(';')[0].trim();
+    if (api.statusCode === 200 && type === mediaTypes.ociIndex) {
+      return { via: 'referrers-api', manifests: await this.readIndex(api, what) };
+    }
+    api.resume();
+    const tag = `${subjectDigest.replace(':', '-')}`;
+    const tagWhat = `${this.ref.text}: referrers tag ${tag}`;
+    const res = await this.client.get(`/v2/${this.repository}/manifests/${tag}`, tagWhat, { accept: [mediaTypes.ociIndex], expect: [404], signal: options.signal });
+    if (res.statusCode === 404) {
+      res.resume();
+      return { via: 'tag-schema', manifests: [] };
+    }
+    return { via: 'tag-schema', manifests: await this.readIndex(res, tagWhat) };
+  }
+
+  private async readIndex(res: IncomingMessage, what: string): Promise<Descriptor[]> {
+    const length = Number(res.headers['content-length'] ?? NaN);
+    if (length > maxDocumentSize) {
+      res.destroy();
+      throw new SourceError(`${what}: index too large (${length} bytes, at most ${maxDocumentSize})`, 'invalid-manifest');
+    }
+    const bytes = await this.client.readAll(res, maxDocumentSize, what);
+    const doc = parseDocument(bytes, mediaTypes.ociIndex, what);
+    if (doc.kind !== 'index') throw new SourceError(`${what}: not an image index`, 'invalid-manifest');
+    return doc.manifests;
+  }
+
+  async fetchReferrer(descriptor: Descriptor, options: { signal?: AbortSignal } = {}): Promise<Buffer> {
+    const what = `${this.ref.text}: referrer ${descriptor.digest}`;
+    checkDigestSyntax(descriptor.digest, what);
+    if (descriptor.size > maxDocumentSize) throw new SourceError(`${what}: too large (${descriptor.size} bytes, at most ${maxDocumentSize})`, 'invalid-manifest');
+    const res = await this.client.get(`/v2/${this.repository}/manifests/${descriptor.digest}`, what, { accept: [mediaTypes.ociManifest], signal: options.signal });
+    const length = Number(res.headers['content-length'] ?? NaN);
+    if (length > maxDocumentSize) {
+      res.destroy();
+      throw new SourceError(`${what}: too large (${length} bytes)`, 'invalid-manifest');
+    }
+    const bytes = await this.client.readAll(res, maxDocumentSize, what);
+    checkBytes(bytes, descriptor, what);
+    return bytes;
   }
 
   async openBlob(descriptor: Descriptor, options: BlobOptions = {}): Promise<Readable> {
