@@ -11,6 +11,7 @@ import type { FileSet } from './files.js';
 import { SourceError } from './source-errors.js';
 import { maxDocumentSize, mediaTypes, parseDocument, resolveImage, type PlatformChoice } from './manifest.js';
 import { blobLabel, checkBytes, checkDigestSyntax, checkedStream } from './verify.js';
+import { SEAL_ARTIFACT_TYPE } from './seal-format.js';
 
 export const refNameAnnotation = 'org.opencontainers.image.ref.name';
 
@@ -56,13 +57,15 @@ export class OciLayoutSource implements ImageSource {
       if (matches.length > 1) throw new SourceError(`${what}: more than one image is named '${this.ref}' in the layout`, 'invalid-manifest');
       entry = matches[0];
     } else {
-      if (index.manifests.length !== 1) {
+      // A composefs seal written next to its image (cfs seal) is not a second image.
+      const images = index.manifests.filter((m) => m.artifactType !== SEAL_ARTIFACT_TYPE);
+      if (images.length !== 1) {
         throw new SourceError(
-          `${what}: the layout holds ${index.manifests.length} images; name one as ${what}:REF${names.length ? ` (${names.join(', ')})` : ''}`,
-          index.manifests.length === 0 ? 'not-found' : 'invalid-reference',
+          `${what}: the layout holds ${images.length} images; name one as ${what}:REF${names.length ? ` (${names.join(', ')})` : ''}`,
+          images.length === 0 ? 'not-found' : 'invalid-reference',
         );
       }
-      entry = index.manifests[0];
+      entry = images[0];
     }
     if (entry.size > maxDocumentSize) throw new SourceError(`${what}: manifest ${entry.digest} is too large (${entry.size} bytes)`, 'invalid-manifest');
     const top = await this.fetchDocument(entry);

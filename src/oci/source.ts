@@ -22,6 +22,8 @@ export interface Descriptor {
   size: number;
   urls?: string[];
   annotations?: Record<string, string>;
+  /** An artifact manifest's type, as an index lists it (a composefs seal's is application/vnd.composefs.metadata.v1). */
+  artifactType?: string;
   platform?: Platform;
 }
 
@@ -43,6 +45,8 @@ export interface ResolvedImage {
   layers: Descriptor[];
   /** The platform chosen from an index, when there was one. */
   platform?: Platform;
+  /** The digest of the index the image was chosen from, when the reference named an index. */
+  index?: string;
 }
 
 export interface BlobOptions {
