@@ -173,8 +173,8 @@ export class LayoutWriter {
     await this.writeFile(this.blobs(), descriptor.digest.slice('sha256:'.length), data, join(this.path, 'blobs/sha256'));
   }
 
-  /** Read index.json, let `change` edit it, write it back atomically. */
-  updateIndex(change: (index: IndexDocument) => void): void {
+  /** index.json, refused in one line unless it is an image index (read before anything is written, so a bad layout gets nothing). */
+  readIndex(): IndexDocument {
     const what = join(this.path, 'index.json');
     const bytes = this.readFile('index.json', maxDocumentSize);
     let index: IndexDocument;
@@ -186,6 +186,12 @@ export class LayoutWriter {
     if (typeof index !== 'object' || index === null || !Array.isArray(index.manifests) || index.manifests.some((m) => typeof m !== 'object' || m === null)) {
       throw new SourceError(`${what}: not an image index`, 'invalid-manifest');
     }
+    return index;
+  }
+
+  /** Read index.json, let `change` edit it, write it back atomically. */
+  updateIndex(change: (index: IndexDocument) => void): void {
+    const index = this.readIndex();
     change(index);
     this.writeFile(this.fd, 'index.json', Buffer.from(JSON.stringify(index)));
   }

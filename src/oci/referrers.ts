@@ -5,7 +5,7 @@
  * Adding one keeps every other entry as it was and never lists a digest twice.
  */
 import { SourceError } from './source-errors.js';
-import { mediaTypes } from './manifest.js';
+import { acceptedManifestTypes, mediaTypes } from './manifest.js';
 import type { RegistryTarget } from './registry/push.js';
 
 /** A descriptor as a referrers index lists it. */
@@ -61,7 +61,9 @@ export interface ReferrersUpdate {
 export async function addToReferrersTag(target: RegistryTarget, subjectDigest: string, descriptor: ReferrerDescriptor): Promise<ReferrersUpdate> {
   const tag = referrersTag(subjectDigest);
   const what = `referrers index ${tag} in ${target.where}`;
-  const existing = await target.getManifest(tag, [mediaTypes.ociIndex]);
+  // Asked for with every manifest type: a registry answers 404 for a manifest of a type not accepted,
+  // and something else under the tag (another tool's image) must be refused, not overwritten.
+  const existing = await target.getManifest(tag, acceptedManifestTypes);
   const manifests = existing ? parseReferrersIndex(existing.bytes, what) : [];
   if (manifests.some((m) => m.digest === descriptor.digest)) return { tag, referrers: manifests.length, added: false };
   const entry: ReferrerDescriptor = { mediaType: descriptor.mediaType, digest: descriptor.digest, size: descriptor.size };

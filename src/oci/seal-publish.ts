@@ -57,6 +57,7 @@ export async function publishArtifact(reference: SourceReference, artifact: Buff
     const { LayoutWriter } = await import('./layout-write.js');
     const layout = LayoutWriter.open(ref.path, false);
     try {
+      layout.readIndex();
       if (!layout.hasBlob(EMPTY_DESCRIPTOR)) await layout.writeBlob(EMPTY_DESCRIPTOR, EMPTY_BLOB);
       await layout.writeBlob({ digest, size: artifact.length }, artifact);
       let added = false;
@@ -120,6 +121,7 @@ export async function publishInline(source: ImageSource, img: ResolvedImage, fro
     const { LayoutWriter } = await import('./layout-write.js');
     const layout = LayoutWriter.open(dest.path, true);
     try {
+      layout.readIndex();
       for (const d of all) {
         if (layout.hasBlob(d)) {
           blobs.present++;
