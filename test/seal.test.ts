@@ -369,3 +369,33 @@ test('cfs seal with token auth: the token is asked for pull,push; a user without
     removeTemp(dir);
   }
 });
+
+test('the library: sealImage and sealOf take and give plain data', { skip: SKIP }, async () => {
+  const dir = makeTemp('seal-lib');
+  try {
+    const layout = join(dir, 'layout');
+    makeUsrImage(layout, 'v1', 'lib');
+    const { openRepository, sealImage } = await import('../src/index.js');
+    const repo = await openRepository(join(dir, 'repo'));
+    try {
+      const manifest = JSON.parse(readFileSync(blobFile(layout, indexEntry(layout, 'v1').digest), 'utf8')) as { config: { digest: string } };
+      const lines: string[] = [];
+      const result = await sealImage(repo, `oci:${layout}:v1`, { explain: (line) => lines.push(line) });
+      assert.deepEqual(JSON.parse(JSON.stringify(result)), result, 'plain data');
+      assert.equal(result.algorithm, 'sha256');
+      assert.equal(result.subject.digest, indexEntry(layout, 'v1').digest);
+      assert.equal(result.config, fsverityOf(blobFile(layout, manifest.config.digest)));
+      assert.equal(result.pulled, true);
+      assert.equal(result.merged, repo.getName(result.name).image);
+      assert.equal(result.artifact?.discovery.kind, 'layout-index');
+      assert.ok(lines.some((l) => l.includes('pulling it')));
+      const again = await sealImage(repo, `oci:${layout}:v1`);
+      assert.equal(again.pulled, false);
+      assert.equal(again.artifact?.digest, result.artifact?.digest);
+    } finally {
+      repo.close();
+    }
+  } finally {
+    removeTemp(dir);
+  }
+});

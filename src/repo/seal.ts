@@ -86,6 +86,7 @@ export async function sealOf(repo: Repository, source: ImageSource, opts: SealOp
   } else {
     explain(`no name holds manifest ${image.manifestDigest} in canonical form: pulling it`);
     const { pullImage } = await import('./pull.js');
+    // At the merge with the canonical form's branch, this pull asks for it: `form: 'canonical'`.
     const result = await pullImage(repo, source, { name: opts.name, onEvent: opts.onPullEvent, signal: opts.signal });
     record = result.record;
     pulled = true;
