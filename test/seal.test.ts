@@ -185,6 +185,19 @@ test('cfs seal: artifacts, the referrers tag schema, inline seals, oci: layouts,
       assert.equal(index.manifests.length, 2, 'the other referrer kept');
     });
 
+    await t.test('a registry with the referrers API (OCI-Subject on the PUT): no referrers tag is written', async () => {
+      const v2 = skopeoRaw(ctx, `${app}:v2`)!.text;
+      // A front that answers as a registry with the referrers API would: OCI-Subject on an artifact's PUT.
+      const front = await startProxy(registry, (path, _i, method) => (method === 'PUT' && path.includes('/manifests/sha256:') ? { kind: 'forward', responseHeaders: { 'oci-subject': sha256(v2) } } : { kind: 'forward' }));
+      proxies.push(front);
+      const r = await cfsAsync(['seal', '--repo', join(dir, 'api-repo'), ...ctx.auth, '--json', `docker://${front.host}/test/app:v2`]);
+      const result = JSON.parse(ok(r)) as { artifact: { digest: string; discovery: { kind: string; subject: string } } };
+      assert.deepEqual(result.artifact.discovery, { kind: 'referrers-api', subject: sha256(v2) });
+      assert.ok(skopeoRaw(ctx, `${app}@${result.artifact.digest}`), 'the artifact is there');
+      assert.equal(skopeoRaw(ctx, tagOf(sha256(v2))), null, 'no sha256-HEX tag');
+      assert.ok(!front.seen.some((s) => s.path.includes('/manifests/sha256-')), 'the tag was not even looked up');
+    });
+
     await t.test('--inline into the same repository: nothing but the manifest is sent; skopeo sees and copies the annotations', async () => {
       const proxy = await startProxy(registry, () => ({ kind: 'forward' }));
       proxies.push(proxy);

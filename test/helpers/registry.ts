@@ -225,7 +225,7 @@ export function storedBlob(registry: Registry, digest: string): string {
 }
 
 export type ProxyAction =
-  | { kind: 'forward' }
+  | { kind: 'forward'; responseHeaders?: Record<string, string> }
   | { kind: 'status'; status: number; headers?: Record<string, string>; body?: string }
   | { kind: 'drop' }
   | { kind: 'drop-midway' }
@@ -279,7 +279,7 @@ export async function startProxy(registry: Registry, decide: (path: string, inde
         });
         return;
       }
-      res.writeHead(up.statusCode ?? 502, up.headers);
+      res.writeHead(up.statusCode ?? 502, { ...up.headers, ...(action.kind === 'forward' ? action.responseHeaders : {}) });
       up.pipe(res);
     });
     upstream.on('error', () => req.socket.destroy());
