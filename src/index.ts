@@ -127,6 +127,23 @@ export async function verifyName(...args: Parameters<typeof import('./repo/verif
 export type { Seal, FoundSeal, SealRole } from './oci/seal-format.js';
 export type { SealDiscovery, NameSeal, SealCheck } from './oci/seals.js';
 export type { VerifyResult, VerifyProblem, VerifyOptions, VerifyCheck } from './repo/verify.js';
+
+/**
+ * Seal the image at `reference` (docker://…, oci:…): the fs-verity digests
+ * of its canonical composefs image (from `repo`, pulled first if no name
+ * holds it) and of its config, pushed as an artifact beside it or, with
+ * `inline`, in a new manifest pushed to `dest`.
+ */
+export async function sealImage(...args: Parameters<typeof import('./repo/seal.js').sealImage>) {
+  return (await import('./repo/seal.js')).sealImage(...args);
+}
+
+/** The seal of an image from an ImageSource, its merged digest from `repo` (pulled first if no name holds it). */
+export async function sealOf(...args: Parameters<typeof import('./repo/seal.js').sealOf>) {
+  return (await import('./repo/seal.js')).sealOf(...args);
+}
+
+export type { SealOptions, SealImageOptions, SealResult, SealDigests } from './repo/seal.js';
 export type { Repository, NameRecord } from './repo/repository.js';
 export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';
 export type { GcResult } from './repo/gc.js';

@@ -15,6 +15,7 @@ const commands: Record<string, { summary: string; load: () => Promise<CommandMod
   dump: { summary: 'write an image back out as a dump file (or copy it)', load: () => import('./dump.js') },
   fsck: { summary: 'check an image and, with --basedir, its objects; or, with --repo, a repository', load: () => import('./fsck.js') },
   pull: { summary: 'pull a container image (registry, OCI layout or archive) into the repository', load: () => import('./pull.js') },
+  seal: { summary: 'seal an image: its composefs digests in an artifact beside it, or inline in a new manifest', load: () => import('./seal.js') },
   images: { summary: 'list the repository\'s named images', load: () => import('./repo.js').then((m) => m.images) },
   inspect: { summary: 'show a named image and its OCI config', load: () => import('./repo.js').then((m) => m.inspect) },
   verify: { summary: 'check a named image against its seal again, offline', load: () => import('./verify.js') },

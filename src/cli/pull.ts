@@ -11,17 +11,11 @@ import type { PullEvent } from '../repo/pull.js';
 import { humanBytes } from '../units.js';
 import { StatusLine } from '../output/status-line.js';
 import { printable, printableJson } from '../printable.js';
+import { repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } from './source-options.js';
 
 const specs: OptionSpec[] = [
-  { name: 'repo', value: true, arg: 'DIR', help: 'the repository (default $CFS_REPO, /var/lib/composefs as root, else $XDG_DATA_HOME/composefs)' },
-  { name: 'shared', help: 'use the repository even if others own it or may write it (see README: shared repositories)' },
-  { name: 'platform', value: true, arg: 'OS/ARCH[/VARIANT]', help: 'the image to take from an index (default: this machine)' },
-  { name: 'creds', value: true, arg: 'USER:PASS', help: 'registry credentials' },
-  { name: 'authfile', value: true, arg: 'FILE', help: 'registry auth file (default: $REGISTRY_AUTH_FILE, containers auth.json, ~/.docker/config.json)' },
-  { name: 'cert-dir', value: true, arg: 'DIR', help: 'CA certificates (ca.crt) for the registry, as containers certs.d' },
-  { name: 'tls-verify', value: true, arg: 'BOOL', help: 'check the registry certificate (default true)' },
-  { name: 'speed-limit', value: true, arg: 'BYTES', help: 'fail a registry transfer slower than BYTES per second over --speed-time (default $CFS_SPEED_LIMIT, else 1024; 0: never)' },
-  { name: 'speed-time', value: true, arg: 'SECONDS', help: 'the period of --speed-limit (default $CFS_SPEED_TIME, else 30)' },
+  ...repoOptionSpecs,
+  ...sourceOptionSpecs,
   { name: 'require-seal', help: 'refuse an image without a composefs seal (inline, or an artifact among its referrers)' },
   { name: 'explain', help: 'say on stderr which seals were looked for, found and checked' },
   { name: 'quiet', short: 'q', help: 'no progress' },
@@ -131,31 +125,11 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (p.positional.length < 1) throw new UsageError(`no source given (usage: ${usage})`);
   if (p.positional.length > 2) throw new UsageError(`too many arguments: '${p.positional[2]}' (usage: ${usage})`);
   const [reference, name] = p.positional;
-  const tls = p.options.get('tls-verify');
-  if (tls !== undefined && tls !== 'true' && tls !== 'false') throw new UsageError(`invalid value for --tls-verify: '${String(tls)}' (true or false)`);
-  const str = (k: string) => (p.options.get(k) === undefined ? undefined : String(p.options.get(k)));
-  /** A whole number option, else its environment variable (--speed-time: CFS_SPEED_TIME). */
-  const count = (k: string, min: number) => {
-    const variable = `CFS_${k.toUpperCase().replace(/-/g, '_')}`;
-    const [text, from] = str(k) !== undefined ? [str(k), `--${k}`] : [process.env[variable], variable];
-    if (text === undefined || text === '') return undefined;
-    if (!/^\d+$/.test(text) || Number(text) < min) throw new UsageError(`invalid value for ${from}: '${text}' (a whole number${min > 0 ? ` from ${min}` : ''})`);
-    return Number(text);
-  };
-  const speedLimit = count('speed-limit', 0);
-  const speedTime = count('speed-time', 1);
+  const sourceOptions = sourceOptionsOf(p);
 
   const [{ openSource }, { Repository }, { pullImage }] = await Promise.all([import('../oci/transports.js'), import('../repo/repository.js'), import('../repo/pull.js')]);
-  const repo = Repository.open(str('repo'), { shared: p.options.has('shared') });
-  const source = await openSource(reference, {
-    platform: str('platform'),
-    creds: str('creds'),
-    authFile: str('authfile'),
-    certDir: str('cert-dir'),
-    tlsVerify: tls === undefined ? undefined : tls === 'true',
-    speedLimit,
-    speedTime,
-  });
+  const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared') });
+  const source = await openSource(reference, sourceOptions);
   const json = p.options.has('json');
   const progress = !p.options.has('quiet') && !json && process.stderr.isTTY ? new PullProgress(process.stderr) : null;
   const abort = new AbortController();

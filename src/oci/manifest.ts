@@ -38,8 +38,8 @@ interface RawDescriptor {
   size?: unknown;
   urls?: unknown;
   annotations?: unknown;
-  platform?: unknown;
   artifactType?: unknown;
+  platform?: unknown;
 }
 
 export interface ParsedManifest {
@@ -73,6 +73,7 @@ function descriptorOf(raw: unknown, what: string): Descriptor {
     if (!Array.isArray(r.urls) || !r.urls.every((u) => typeof u === 'string')) throw new SourceError(`${what}: descriptor ${r.digest} has malformed urls`, 'invalid-manifest');
     d.urls = r.urls as string[];
   }
+  if (typeof r.artifactType === 'string') d.artifactType = r.artifactType;
   if (isObject(r.annotations)) d.annotations = Object.fromEntries(Object.entries(r.annotations).filter(([, v]) => typeof v === 'string')) as Record<string, string>;
   if (isObject(r.platform)) {
     const p = r.platform;
@@ -80,7 +81,6 @@ function descriptorOf(raw: unknown, what: string): Descriptor {
       d.platform = { os: p.os, architecture: p.architecture, ...(typeof p.variant === 'string' && p.variant ? { variant: p.variant } : {}) };
     }
   }
-  if (typeof r.artifactType === 'string') d.artifactType = r.artifactType;
   return d;
 }
 
@@ -199,6 +199,7 @@ export async function resolveImage(
   let declared = top.mediaType;
   let digest = top.digest ?? sha256Of(bytes);
   let platform: Platform | undefined;
+  const topDigest = digest;
   for (let depth = 0; depth < 4; depth++) {
     const doc = parseDocument(bytes, declared, what);
     if (doc.kind === 'manifest') {
@@ -214,6 +215,7 @@ export async function resolveImage(
         config,
         layers: doc.layers,
         ...(platform ? { platform } : {}),
+        ...(depth > 0 ? { index: topDigest } : {}),
       };
     }
     const wanted = choice.platform ?? runningPlatform();

@@ -22,9 +22,9 @@ export interface Descriptor {
   size: number;
   urls?: string[];
   annotations?: Record<string, string>;
-  platform?: Platform;
-  /** An artifact manifest's type, as an index of referrers lists it. */
+  /** An artifact manifest's type, as an index lists it (a composefs seal's is application/vnd.composefs.metadata.v1). */
   artifactType?: string;
+  platform?: Platform;
 }
 
 /** One image, resolved: its manifest, its config and its layers, base layer first. */
@@ -45,6 +45,8 @@ export interface ResolvedImage {
   layers: Descriptor[];
   /** The platform chosen from an index, when there was one. */
   platform?: Platform;
+  /** The digest of the index the image was chosen from, when the reference named an index. */
+  index?: string;
 }
 
 export interface BlobOptions {

@@ -225,8 +225,8 @@ export function storedBlob(registry: Registry, digest: string): string {
 }
 
 export type ProxyAction =
-  | { kind: 'forward' }
-  | { kind: 'status'; status: number; headers?: Record<string, string> }
+  | { kind: 'forward'; responseHeaders?: Record<string, string> }
+  | { kind: 'status'; status: number; headers?: Record<string, string>; body?: string }
   | { kind: 'drop' }
   | { kind: 'drop-midway' }
   | { kind: 'redirect'; location: string }
@@ -235,7 +235,7 @@ export type ProxyAction =
 export interface Proxy {
   host: string;
   /** Every request seen: method, path, Range and Authorization headers. */
-  seen: { path: string; range?: string; authorization?: string }[];
+  seen: { method: string; path: string; range?: string; authorization?: string }[];
   close(): Promise<void>;
 }
 
@@ -245,20 +245,21 @@ export interface Proxy {
  * with a status (or a whole answer), drop the connection before answering, drop it halfway
  * through the body, or redirect. `extraHeaders` are added to forwarded requests.
  */
-export async function startProxy(registry: Registry, decide: (path: string, index: number) => ProxyAction, extraHeaders: Record<string, string> = {}, bindHost = '127.0.0.1'): Promise<Proxy> {
+export async function startProxy(registry: Registry, decide: (path: string, index: number, method: string) => ProxyAction, extraHeaders: Record<string, string> = {}, bindHost = '127.0.0.1'): Promise<Proxy> {
   const ca = readFileSync(registry.certs.caCert, 'utf8');
   const seen: Proxy['seen'] = [];
   const server = https.createServer({ cert: readFileSync(registry.certs.serverCert), key: readFileSync(registry.certs.serverKey) }, (req, res) => {
     const path = req.url ?? '/';
-    seen.push({ path, range: req.headers.range, authorization: req.headers.authorization });
-    const action = decide(path, seen.length - 1);
+    seen.push({ method: req.method ?? 'GET', path, range: req.headers.range, authorization: req.headers.authorization });
+    const action = decide(path, seen.length - 1, req.method ?? 'GET');
     if (action.kind === 'drop') {
       req.socket.destroy();
       return;
     }
     if (action.kind === 'status') {
+      req.resume();
       res.writeHead(action.status, action.headers ?? {});
-      res.end();
+      res.end(action.body);
       return;
     }
     if (action.kind === 'respond') {
@@ -284,7 +285,7 @@ export async function startProxy(registry: Registry, decide: (path: string, inde
         });
         return;
       }
-      res.writeHead(up.statusCode ?? 502, up.headers);
+      res.writeHead(up.statusCode ?? 502, { ...up.headers, ...(action.kind === 'forward' ? action.responseHeaders : {}) });
       up.pipe(res);
     });
     upstream.on('error', () => req.socket.destroy());

@@ -1,15 +1,18 @@
 /**
- * A registry client for pulling, following the OCI distribution spec, on
+ * A registry client for pulling and pushing, following the OCI distribution spec, on
  * `node:https` (see the README for why not fetch/undici): a keep-alive agent
  * per registry carrying its CAs, anonymous or basic access, bearer tokens
  * from the `WWW-Authenticate` challenge (credentials sent to a token realm
  * over TLS only, unless the realm is on the host --tls-verify=false called
  * insecure), redirects followed (Authorization dropped when the host
  * changes), bounded retries with exponential backoff
- * on 429, 5xx and dropped connections.
+ * on 429, 5xx and dropped connections. A client made for pushing asks the
+ * token service for `repository:NAME:pull,push` (and pull on the repository
+ * a blob is mounted from); requests with a body resend it whole on a retry.
  */
 import http, { type IncomingMessage, type IncomingHttpHeaders } from 'node:http';
 import https from 'node:https';
+import type { Readable } from 'node:stream';
 import { SourceError } from '../source-errors.js';
 import type { SourceOptions } from '../source.js';
 import { findCredentials, parseChallenges, type Credentials } from './auth.js';
@@ -19,7 +22,22 @@ import { DEFAULT_SPEED_FLOOR, TooSlowError, withSpeedFloor, type SpeedFloor } fr
 /** What the client takes of a source's options: all but the platform choice, which is the transport's. */
 export type ClientOptions = Omit<SourceOptions, 'platform'>;
 
+/** What a client may do: pull, or push as well (and pull from other repositories of the registry, to mount their blobs). */
+export interface ClientAccess {
+  push?: boolean;
+  mountFrom?: string[];
+}
+
+/** A request body: bytes, or a stream opened again for every try. */
+export type RequestBody = Buffer | { size: number; open(): Promise<Readable> };
+
+export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT';
+
 export interface RequestOptions {
+  method?: Method;
+  body?: RequestBody;
+  /** Content-Type of the body. */
+  contentType?: string;
   accept?: string[];
   /** First byte wanted (a `Range: bytes=N-` request). */
   from?: number;
@@ -113,6 +131,7 @@ export class RegistryClient {
     /** What messages name: the reference as given. */
     readonly label: string,
     private readonly options: ClientOptions,
+    private readonly access: ClientAccess = {},
   ) {
     this.host = registryHost(domain);
     this.env = options.env ?? process.env;
@@ -137,25 +156,37 @@ export class RegistryClient {
   }
 
   /** One HTTP exchange, no retries, no redirects: resolves with the response head. */
-  private exchange(url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<IncomingMessage> {
+  private async exchange(url: URL, headers: Record<string, string>, signal?: AbortSignal, method: Method = 'GET', body?: RequestBody): Promise<IncomingMessage> {
+    const stream = body && !Buffer.isBuffer(body) ? await body.open() : undefined;
+    if (body) headers['content-length'] = String(Buffer.isBuffer(body) ? body.length : body.size);
     return new Promise((resolve, reject) => {
       const secure = url.protocol === 'https:';
       const agent = secure ? this.agentFor(url.host) : this.httpAgent;
-      // The response head within the speed floor's period: the socket's idle
-      // timeout alone lets a server trickle its headers a byte at a time for ever.
+      // The response head within the speed floor's period (counted from the
+      // body's end when there is one): the socket's idle timeout alone lets a
+      // server trickle its headers a byte at a time for ever.
       const { bytesPerSecond, seconds } = this.speedFloor;
-      const headTimer =
-        bytesPerSecond > 0 ? setTimeout(() => req.destroy(Object.assign(new Error(`no response within ${seconds} s`), { code: 'ETIMEDOUT' })), seconds * 1000) : undefined;
-      const req = (secure ? https : http).request(url, { method: 'GET', headers, agent, signal, timeout: socketTimeoutMs }, (res) => {
+      let headTimer: NodeJS.Timeout | undefined;
+      const startHeadTimer = () => {
+        if (bytesPerSecond > 0) headTimer = setTimeout(() => req.destroy(Object.assign(new Error(`no response within ${seconds} s`), { code: 'ETIMEDOUT' })), seconds * 1000);
+      };
+      const req = (secure ? https : http).request(url, { method, headers, agent, signal, timeout: socketTimeoutMs }, (res) => {
         clearTimeout(headTimer);
+        // An answer before the whole body went (a 401, a refusal): the rest is not wanted.
+        if (stream && !stream.readableEnded) stream.destroy();
         resolve(res);
       });
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
       req.on('error', (err) => {
         clearTimeout(headTimer);
+        stream?.destroy();
         reject(err);
       });
-      req.end();
+      req.on('finish', startHeadTimer);
+      if (stream) {
+        stream.on('error', (err) => req.destroy(err));
+        stream.pipe(req);
+      } else req.end(body as Buffer | undefined);
     });
   }
 
@@ -223,8 +254,14 @@ export class RegistryClient {
     }
   }
 
+  /** The scopes a token is asked for: this repository (pull, or pull and push), and pull on the repositories blobs are mounted from. */
+  private scopes(): string[] {
+    const own = `repository:${this.repository}:${this.access.push ? 'pull,push' : 'pull'}`;
+    return [own, ...(this.access.mountFrom ?? []).filter((r) => r !== this.repository).map((r) => `repository:${r}:pull`)];
+  }
+
   private scope(): string {
-    return `repository:${this.repository}:pull`;
+    return this.scopes().join(' ');
   }
 
   /** Turn a 401's challenge into an Authorization value (a bearer token, or basic credentials). */
@@ -267,7 +304,7 @@ export class RegistryClient {
       );
     }
     if (params.service) realm.searchParams.set('service', params.service);
-    realm.searchParams.set('scope', this.scope());
+    for (const scope of this.scopes()) realm.searchParams.append('scope', scope);
     const headers: Record<string, string> = {};
     if (this.credentials) headers.authorization = `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
     const res = await this.withRetries(() => this.exchange(realm, headers, signal), realm, signal);
@@ -297,22 +334,36 @@ export class RegistryClient {
    * final response when it is 2xx or listed in `expect`; otherwise throws a
    * one-line error naming `what`.
    */
-  async get(path: string, what: string, options: RequestOptions = {}): Promise<IncomingMessage> {
+  get(path: string, what: string, options: RequestOptions = {}): Promise<IncomingMessage> {
+    return this.request(path, what, options);
+  }
+
+  /**
+   * A request to the registry (a path, or a URL it gave, such as an upload's
+   * Location): authorized when it goes to the registry's host, retried,
+   * redirects followed (for PUT and POST only 307 and 308, which keep the
+   * method and body). Returns the final response when it is 2xx or listed in
+   * `expect`; otherwise throws a one-line error naming `what` and the registry's answer.
+   */
+  async request(target: string | URL, what: string, options: RequestOptions = {}): Promise<IncomingMessage> {
     await this.ping(options.signal);
+    const method = options.method ?? 'GET';
+    const keepsMethod = method === 'GET' || method === 'HEAD' ? [301, 302, 303, 307, 308] : [307, 308];
     let answered = false;
     for (;;) {
-      let url = this.url(path);
-      let authorization = this.authorization;
+      let url = typeof target === 'string' ? this.url(target) : target;
+      let authorization = url.host === this.host && url.protocol === `${this.scheme}:` ? this.authorization : undefined;
       let res: IncomingMessage | undefined;
       for (let hop = 0; ; hop++) {
         const headers: Record<string, string> = {};
         if (options.accept) headers.accept = options.accept.join(', ');
         if (options.from) headers.range = `bytes=${options.from}-`;
+        if (options.contentType) headers['content-type'] = options.contentType;
         if (authorization) headers.authorization = authorization;
-        const target = url;
-        res = await this.withRetries(() => this.exchange(target, headers, options.signal), target, options.signal);
+        const current = url;
+        res = await this.withRetries(() => this.exchange(current, headers, options.signal, method, options.body), current, options.signal);
         const status = res.statusCode ?? 0;
-        if (![301, 302, 303, 307, 308].includes(status) || !res.headers.location) break;
+        if (!keepsMethod.includes(status) || !res.headers.location) break;
         res.resume();
         if (hop >= maxRedirects) throw new SourceError(`${what}: too many redirects`, 'network');
         const next = new URL(res.headers.location, url);
@@ -330,11 +381,13 @@ export class RegistryClient {
         await this.answerChallenge(res.headers, options.signal);
         if (!hadAuthorization || this.authorization?.startsWith('Bearer ')) continue;
       }
-      const detail = await registryErrorText(res, this.speedFloor);
+      const detail = method === 'HEAD' ? undefined : await registryErrorText(res, this.speedFloor);
+      res.resume();
       const suffix = detail ? ` (${detail})` : '';
+      const access = this.access.push ? 'push' : 'pull';
       if (status === 401) {
         const challenge = parseChallenges(res.headers['www-authenticate']).find((c) => c.scheme === 'bearer');
-        if (challenge?.params.error === 'insufficient_scope') throw new SourceError(`${what}: access denied: no pull access to ${this.repository}${suffix}`, 'denied');
+        if (challenge?.params.error === 'insufficient_scope') throw new SourceError(`${what}: access denied: no ${access} access to ${this.repository}${suffix}`, 'denied');
         const why = this.credentials ? `credentials from ${this.credentials.origin} rejected` : 'authentication required (give --creds USER:PASS or log in to an auth file)';
         throw new SourceError(`${what}: unauthorized: ${why}${suffix}`, 'unauthorized');
       }

@@ -8,6 +8,7 @@
  * already passed on, when the server ignores Range); a blob coming slower
  * than the speed floor (speed.ts) fails.
  */
+import { referrersTag } from '../referrers.js';
 import type { IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { BlobOptions, Descriptor, ImageSource, Referrers, ResolvedImage, SourceOptions } from '../source.js';
@@ -99,7 +100,7 @@ export class RegistrySource implements ImageSource {
       return { via: 'referrers-api', manifests: await this.readIndex(api, what) };
     }
     api.resume();
-    const tag = `${subjectDigest.replace(':', '-')}`;
+    const tag = referrersTag(subjectDigest);
     const tagWhat = `${this.ref.text}: referrers tag ${tag}`;
     const res = await this.client.get(`/v2/${this.repository}/manifests/${tag}`, tagWhat, { accept: [mediaTypes.ociIndex], expect: [404], signal: options.signal });
     if (res.statusCode === 404) {

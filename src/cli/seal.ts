@@ -1,0 +1,71 @@
+/**
+ * `cfs seal [--inline] SOURCE [DEST]`: seal an image (the composefs OCI
+ * sealing spec). The digests come from the repository (the image is pulled
+ * first unless a name already holds its manifest in canonical form). By
+ * default an artifact carrying them is pushed next to SOURCE, whose manifest
+ * stays as it was; prints the artifact's digest. `--inline` pushes a new
+ * manifest carrying them to DEST (default SOURCE's tag) and prints its digest.
+ */
+import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { UsageError } from '../errors.js';
+import { printable, printableJson } from '../printable.js';
+import { repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } from './source-options.js';
+import type { VerityAlgorithm } from '../fsverity/index.js';
+
+const specs: OptionSpec[] = [
+  ...repoOptionSpecs,
+  ...sourceOptionSpecs,
+  { name: 'inline', help: 'push a new manifest carrying the seal to DEST (default: SOURCE\'s tag) instead of an artifact beside SOURCE' },
+  { name: 'algorithm', value: true, arg: 'ALG', help: 'fs-verity algorithm of the seal: sha256 or sha512 (must be the repository\'s; chooses it for a new one)' },
+  { name: 'name', value: true, arg: 'NAME', help: 'the name an image pulled for sealing gets (default: the source\'s repository and tag)' },
+  { name: 'explain', help: 'say on stderr where each digest came from and what was written where' },
+  { name: 'json', help: 'print a JSON record instead of the digest' },
+  { name: 'help', short: 'h', help: 'show this help' },
+];
+
+export async function run(args: string[], prog: string): Promise<number> {
+  const p = parseArgs(args, specs);
+  const usage = `${prog} [OPTIONS] SOURCE  |  ${prog} --inline [OPTIONS] SOURCE [DEST]`;
+  if (p.options.has('help')) {
+    process.stdout.write(
+      formatHelp(
+        usage,
+        'Seal an image: the fs-verity digest of its canonical composefs image and of its config, carried in OCI metadata.\nSOURCE, DEST: docker://HOST[:PORT]/REPO[:TAG|@sha256:…] or oci:DIR[:REF].\nBy default an artifact (application/vnd.composefs.metadata.v1) whose subject is SOURCE\'s manifest is pushed beside it; prints its digest.\nWith --inline, a copy of SOURCE\'s manifest with the seal in its annotations is pushed to DEST; prints its digest.',
+        specs,
+      ),
+    );
+    return 0;
+  }
+  const inline = p.options.has('inline');
+  if (p.positional.length < 1) throw new UsageError(`no source given (usage: ${usage})`);
+  const max = inline ? 2 : 1;
+  if (p.positional.length > max) throw new UsageError(`too many arguments: '${p.positional[max]}'${inline ? '' : ' (a DEST is for --inline)'} (usage: ${usage})`);
+  const [reference, dest] = p.positional;
+  const algorithmText = stringOption(p, 'algorithm');
+  if (algorithmText !== undefined && algorithmText !== 'sha256' && algorithmText !== 'sha512') throw new UsageError(`invalid value for --algorithm: '${algorithmText}' (sha256 or sha512)`);
+  const sourceOptions = sourceOptionsOf(p);
+  const explain = p.options.has('explain') ? (line: string) => process.stderr.write(`${printable(line)}\n`) : undefined;
+
+  const [{ Repository }, { sealImage }] = await Promise.all([import('../repo/repository.js'), import('../repo/seal.js')]);
+  const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared') });
+  const abort = new AbortController();
+  const onSignal = () => abort.abort();
+  process.once('SIGINT', onSignal);
+  try {
+    const result = await sealImage(repo, reference, {
+      ...sourceOptions,
+      inline,
+      dest,
+      algorithm: algorithmText as VerityAlgorithm | undefined,
+      name: stringOption(p, 'name'),
+      explain,
+      signal: abort.signal,
+    });
+    if (p.options.has('json')) process.stdout.write(`${printableJson({ ...result, repository: repo.root })}\n`);
+    else process.stdout.write(`${(result.inline ?? result.artifact)!.digest}\n`);
+    return 0;
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    repo.close();
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * Sealing (the composefs OCI sealing spec): the digests a seal carries and
+ * where they go. The merged EROFS digest comes from the repository: a name
+ * whose record holds this very manifest, in the canonical form, gives it
+ * without a byte of the image or its objects being read; otherwise the image
+ * is pulled first, as `cfs pull` would. The config's digest is the fs-verity
+ * digest of its exact bytes. Then `sealImage` publishes the seal: an
+ * artifact next to the image (the default), or an inline-sealed manifest.
+ */
+import { fsverityDigest, type VerityAlgorithm } from '../fsverity/index.js';
+import { buildArtifact, buildInlineManifest, type Seal } from '../oci/seal-format.js';
+import type { ImageSource, ResolvedImage, SourceOptions } from '../oci/source.js';
+import type { PublishedArtifact, PublishedInline } from '../oci/seal-publish.js';
+import { RepoError, type NameRecord, type Repository } from './repository.js';
+import type { PullEvent } from './pull.js';
+
+export interface SealOptions {
+  /** The algorithm the seal's digests use; it must be the repository's (default: the repository's). */
+  algorithm?: VerityAlgorithm;
+  /** The name an image pulled for sealing gets (default: the source's default name, as `cfs pull`). */
+  name?: string;
+  /** One line per decision and step (for --explain). */
+  explain?: (line: string) => void;
+  /** Events of the pull, when one is needed. */
+  onPullEvent?: (e: PullEvent) => void;
+  signal?: AbortSignal;
+  /** Called once the image is resolved, before anything is pulled (a throw stops the seal there). */
+  onResolved?: (image: ResolvedImage) => void;
+}
+
+export interface SealDigests {
+  seal: Seal & { config: string };
+  /** The image sealed (for an index: the platform's image, as pull chooses it). */
+  image: ResolvedImage;
+  /** The name whose record gave the merged digest (after the pull, when there was one). */
+  record: NameRecord;
+  /** Whether the image had to be pulled. */
+  pulled: boolean;
+}
+
+/** The fs-verity algorithm the repository's objects and images use. */
+export function repositoryAlgorithm(_repo: Repository): VerityAlgorithm {
+  // Every repository is sha256 until repositories record their algorithm (meta.json).
+  return 'sha256';
+}
+
+/**
+ * Whether a record holds the image in the canonical form, the one form a
+ * seal's merged digest is defined over. At the merge with the canonical
+ * form's branch this is `record.form === 'canonical'`.
+ */
+export function holdsCanonicalForm(_record: NameRecord): boolean {
+  return true;
+}
+
+/** A name in the repository holding this manifest in canonical form, whose image file is there; null if none. */
+export function findSealable(repo: Repository, manifestDigest: string): NameRecord | null {
+  for (const record of repo.images()) {
+    if (record.manifest !== manifestDigest || !holdsCanonicalForm(record)) continue;
+    if (typeof record.image !== 'string' || !/^[0-9a-f]+$/.test(record.image)) continue;
+    if (repo.hasFile('images', record.image) === null) continue;
+    return record;
+  }
+  return null;
+}
+
+/**
+ * The seal of the image `source` resolves to, under the repository's
+ * algorithm: the merged digest from a name already holding the manifest in
+ * canonical form, else from pulling it into the repository now.
+ */
+export async function sealOf(repo: Repository, source: ImageSource, opts: SealOptions = {}): Promise<SealDigests> {
+  const explain = opts.explain ?? (() => {});
+  const algorithm = repositoryAlgorithm(repo);
+  if (opts.algorithm !== undefined && opts.algorithm !== algorithm) {
+    throw new RepoError(`cannot seal with ${opts.algorithm}: the repository ${repo.root} holds ${algorithm} images (a seal's merged digest is the repository's image digest; use a ${opts.algorithm} repository)`);
+  }
+  const image = await source.resolve();
+  opts.onResolved?.(image);
+  const config = fsverityDigest(image.config, algorithm).toString('hex');
+  explain(`${image.reference}: manifest ${image.manifestDigest}${image.index ? ` (the ${image.platform ? `${image.platform.os}/${image.platform.architecture}` : 'chosen'} image of index ${image.index})` : ''}; config fs-verity ${algorithm} digest ${config}`);
+  let record = findSealable(repo, image.manifestDigest);
+  let pulled = false;
+  if (record) {
+    explain(`merged digest from the name '${record.name}', which holds this manifest in canonical form (nothing read again)`);
+  } else {
+    explain(`no name holds manifest ${image.manifestDigest} in canonical form: pulling it`);
+    const { pullImage } = await import('./pull.js');
+    // At the merge with the canonical form's branch, this pull asks for it: `form: 'canonical'`.
+    const result = await pullImage(repo, source, { name: opts.name, onEvent: opts.onPullEvent, signal: opts.signal });
+    record = result.record;
+    pulled = true;
+    if (record.manifest !== image.manifestDigest) {
+      throw new RepoError(`${image.reference}: the source changed while it was being sealed (manifest ${image.manifestDigest}, then ${record.manifest}); seal it by digest`);
+    }
+    explain(`pulled as '${record.name}': merged digest ${record.image}`);
+  }
+  if (!holdsCanonicalForm(record)) {
+    throw new RepoError(`${image.reference}: cannot be sealed: it has no canonical form (no /usr), and a seal's merged digest is defined over the canonical form only`);
+  }
+  return { seal: { algorithm, merged: record.image, config }, image, record, pulled };
+}
+
+export interface SealImageOptions extends SealOptions, Omit<SourceOptions, 'env'> {
+  /** Inline mode: a new manifest carrying the seal, pushed to `dest` (default: SOURCE's tag). */
+  inline?: boolean;
+  dest?: string;
+  env?: NodeJS.ProcessEnv;
+  /** `org.opencontainers.image.created` of the artifact (default: none, so the same seal gives the same artifact). */
+  created?: string;
+}
+
+export interface SealResult {
+  algorithm: VerityAlgorithm;
+  /** The sealed image's manifest (for an index: the platform's manifest). */
+  subject: { mediaType: string; digest: string; size: number };
+  merged: string;
+  config: string;
+  /** The name whose record gave the merged digest, and whether it was pulled now. */
+  name: string;
+  pulled: boolean;
+  artifact?: PublishedArtifact;
+  inline?: PublishedInline;
+}
+
+/**
+ * Seal the image at `reference` (docker:// or oci:): its digests from the
+ * repository (sealOf), then an artifact pushed next to it, or with `inline`
+ * a new sealed manifest pushed to `dest`.
+ */
+export async function sealImage(repo: Repository, reference: string, opts: SealImageOptions = {}): Promise<SealResult> {
+  const [{ openSource }, { parseReference }, { checkWritable }] = await Promise.all([import('../oci/transports.js'), import('../oci/reference.js'), import('../oci/seal-publish.js')]);
+  const from = parseReference(reference);
+  const destText = opts.dest ?? (opts.inline ? defaultDest(from) : undefined);
+  const dest = destText !== undefined ? parseReference(destText) : undefined;
+  if (opts.inline) checkWritable(dest!, 'DEST');
+  else checkWritable(from, 'SOURCE');
+  const clientOptions = { creds: opts.creds, authFile: opts.authFile, certDir: opts.certDir, tlsVerify: opts.tlsVerify, retries: opts.retries, retryDelayMs: opts.retryDelayMs, speedLimit: opts.speedLimit, speedTime: opts.speedTime, env: opts.env };
+  const source = await openSource(reference, { ...clientOptions, platform: opts.platform });
+  try {
+    const digests = await sealOf(repo, source, {
+      ...opts,
+      onResolved: (image) => {
+        if (opts.inline && image.index !== undefined) {
+          throw new RepoError(`${reference}: is an image index; an inline seal rewrites one image manifest: seal its platform image by digest (${image.manifestDigest}) or use artifact mode`);
+        }
+        opts.onResolved?.(image);
+      },
+    });
+    const { image, seal } = digests;
+    const subject = { mediaType: image.manifestMediaType, digest: image.manifestDigest, size: image.manifest.length };
+    const result: SealResult = { algorithm: seal.algorithm, subject, merged: seal.merged, config: seal.config, name: digests.record.name, pulled: digests.pulled };
+    const publish = await import('../oci/seal-publish.js');
+    const publishOptions = { ...clientOptions, explain: opts.explain };
+    if (opts.inline) {
+      result.inline = await publish.publishInline(source, image, from, dest!, buildInlineManifest(image.manifest, seal), publishOptions);
+    } else {
+      result.artifact = await publish.publishArtifact(from, buildArtifact(seal, subject, opts.created), image.manifestDigest, publishOptions);
+    }
+    return result;
+  } finally {
+    await source.close();
+  }
+}
+
+/** Where an inline seal goes by default: SOURCE's own tag (a source named by digest has none). */
+function defaultDest(from: ReturnType<typeof import('../oci/reference.js').parseReference>): string {
+  if (from.transport === 'docker' && from.name.tag !== undefined) return from.text;
+  if (from.transport === 'oci' && from.ref !== undefined) return from.text;
+  throw new RepoError(`${from.text}: names no tag to put the sealed manifest under: give DEST`);
+}
