@@ -10,7 +10,8 @@ import { UsageError } from '../errors.js';
 import type { PullEvent } from '../repo/pull.js';
 import { humanBytes } from '../units.js';
 import { StatusLine } from '../output/status-line.js';
-import { printableJson } from '../printable.js';
+import { printable, printableJson } from '../printable.js';
+import { explainForm } from './form.js';
 
 const specs: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository (default $CFS_REPO, /var/lib/composefs as root, else $XDG_DATA_HOME/composefs)' },
@@ -22,6 +23,9 @@ const specs: OptionSpec[] = [
   { name: 'tls-verify', value: true, arg: 'BOOL', help: 'check the registry certificate (default true)' },
   { name: 'speed-limit', value: true, arg: 'BYTES', help: 'fail a registry transfer slower than BYTES per second over --speed-time (default $CFS_SPEED_LIMIT, else 1024; 0: never)' },
   { name: 'speed-time', value: true, arg: 'SECONDS', help: 'the period of --speed-limit (default $CFS_SPEED_TIME, else 30)' },
+  { name: 'form', value: true, arg: 'FORM', help: 'canonical: the composefs-rs canonical image a seal digests (refused for an image without /usr); unpacked: the rootfs umoci raw unpack writes; auto (default): canonical when the image has that form, else unpacked' },
+  { name: 'keep-user-xattrs', help: 'canonical form: keep user.* xattrs as well as security.capability (as cfsctl --keep-user-xattrs)' },
+  { name: 'explain', help: 'say on stderr which form was built and, when not canonical, why' },
   { name: 'quiet', short: 'q', help: 'no progress' },
   { name: 'json', help: 'print a JSON record instead of the digest' },
   { name: 'help', short: 'h', help: 'show this help' },
@@ -128,6 +132,10 @@ export async function run(args: string[], prog: string): Promise<number> {
     if (!/^\d+$/.test(text) || Number(text) < min) throw new UsageError(`invalid value for ${from}: '${text}' (a whole number${min > 0 ? ` from ${min}` : ''})`);
     return Number(text);
   };
+  const form = str('form') ?? 'auto';
+  if (form !== 'auto' && form !== 'canonical' && form !== 'unpacked') throw new UsageError(`invalid value for --form: '${form}' (auto, canonical or unpacked)`);
+  const keepUserXattrs = p.options.has('keep-user-xattrs');
+  if (keepUserXattrs && form === 'unpacked') throw new UsageError('--keep-user-xattrs applies to the canonical form only (the unpacked form keeps every xattr umoci keeps)');
   const speedLimit = count('speed-limit', 0);
   const speedTime = count('speed-time', 1);
 
@@ -148,8 +156,14 @@ export async function run(args: string[], prog: string): Promise<number> {
   const onSignal = () => abort.abort();
   process.once('SIGINT', onSignal);
   try {
-    const result = await pullImage(repo, source, { name, onEvent: (e) => progress?.on(e), signal: abort.signal });
+    let explained: string | null = null;
+    const onEvent = (e: PullEvent) => {
+      progress?.on(e);
+      if (e.type === 'built') explained = explainForm(e.form, e.keepUserXattrs, e.reason);
+    };
+    const result = await pullImage(repo, source, { name, onEvent, signal: abort.signal, form, keepUserXattrs });
     progress?.end();
+    if (p.options.has('explain') && explained !== null) process.stderr.write(`${printable(explained)}\n`);
     if (json) {
       process.stdout.write(`${printableJson({ ...result.record, layersImported: result.layersImported, objectsWritten: result.objectsWritten, bytesWritten: result.bytesWritten, repository: repo.root })}\n`);
     } else process.stdout.write(`${result.record.image}\n`);

@@ -7,14 +7,14 @@
  * replayed into one tree (merge.ts), written as a composefs image, and the
  * name is written last. Nothing is unpacked on disk.
  */
-import { ComposefsError } from '../errors.js';
-import { writeImageWithInfo } from '../erofs/writer.js';
-import { fsverityDigest } from '../fsverity/index.js';
-import { S_IFMT, S_IFREG, walk, type Inode } from '../tree/model.js';
+import { ComposefsError, InvalidInputError } from '../errors.js';
+import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
 import { importLayer, LayerError, type LayerEntry } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
 import { ObjectWriter } from '../store/object-writer.js';
-import { TreeBuilder } from './merge.js';
+import { buildImage, IMAGE_FORMS, type BuiltImage, type FormChoice } from './build.js';
+import { CanonicalFormError } from './canonical.js';
+import { MergeError } from './merge.js';
 import { RepoError, checkName, type NameRecord, type Repository } from './repository.js';
 
 export type PullEvent =
@@ -25,6 +25,8 @@ export type PullEvent =
   /** The layer is read and its objects written (they are made durable, and the layer recorded, before anything is named). */
   | { type: 'layer-done'; index: number; cached: boolean }
   | { type: 'building' }
+  /** The image is built: its form, and why it is not canonical when 'auto' fell back to unpacked. */
+  | { type: 'built'; form: 'canonical' | 'unpacked'; keepUserXattrs?: boolean; reason?: string }
   | { type: 'done'; record: NameRecord };
 
 export interface PullOptions {
@@ -34,6 +36,15 @@ export interface PullOptions {
   parallel?: number;
   onEvent?: (e: PullEvent) => void;
   signal?: AbortSignal;
+  /**
+   * Which image to build (src/repo/build.ts): 'canonical', the composefs-rs
+   * canonical form a seal digests (refused when the image has none);
+   * 'unpacked', the rootfs `umoci raw unpack` writes; 'auto' (default),
+   * canonical when the image has that form, else unpacked.
+   */
+  form?: FormChoice;
+  /** Canonical form: keep `user.*` xattrs as well as `security.capability` (default false). */
+  keepUserXattrs?: boolean;
 }
 
 export interface PullResult {
@@ -70,6 +81,7 @@ function parseConfig(img: ResolvedImage): ImageConfig {
 export async function pullImage(repo: Repository, source: ImageSource, opts: PullOptions = {}): Promise<PullResult> {
   const emit = opts.onEvent ?? (() => {});
   if (opts.name !== undefined) checkName(opts.name);
+  if (opts.form !== undefined && !IMAGE_FORMS.includes(opts.form)) throw new InvalidInputError(`unknown image form '${String(opts.form)}' (${IMAGE_FORMS.join(', ')})`);
   const lock = await repo.lock(false, () => emit({ type: 'waiting-for-lock' }));
   try {
     const img = await source.resolve();
@@ -111,20 +123,22 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
         }
       }
     };
-    let tree: Inode;
-    let image: Buffer;
-    let hex: string;
+    let built: BuiltImage;
     try {
       await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
       if (failed !== null) throw failed;
       // The image is built and hashed while the last layers' syncfs run on a
       // writer thread (0.3-0.4 s each on the /usr image); only naming waits for them.
       emit({ type: 'building' });
-      const builder = new TreeBuilder();
-      for (let i = 0; i < diffIds.length; i++) builder.applyLayer(`${img.reference}: layer ${img.layers[i].digest}`, imported.get(diffIds[i]) ?? repo.readLayer(diffIds[i]));
-      tree = builder.toInode();
-      image = writeImageWithInfo(tree).image;
-      hex = fsverityDigest(image).toString('hex');
+      const layers = diffIds.map((d, i) => ({ name: `layer ${img.layers[i].digest}`, entries: imported.get(d) ?? repo.readLayer(d) }));
+      try {
+        built = buildImage(layers, { form: opts.form, keepUserXattrs: opts.keepUserXattrs });
+      } catch (err) {
+        if (err instanceof CanonicalFormError) throw new CanonicalFormError(`${img.reference}: no canonical form: ${err.message}`, { cause: err });
+        if (err instanceof MergeError) throw new MergeError(`${img.reference}: ${err.message}`, { cause: err });
+        throw err;
+      }
+      emit({ type: 'built', form: built.form, ...(built.keepUserXattrs !== undefined ? { keepUserXattrs: built.keepUserXattrs } : {}), ...(built.reason !== undefined ? { reason: built.reason } : {}) });
     } finally {
       // Every layer durable and recorded before anything is named (a failure lands in `failed`).
       await Promise.allSettled(recorded);
@@ -132,6 +146,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     }
     if (failed !== null) throw failed;
 
+    const { tree, image, digest: hex } = built;
     let size = 0;
     const seen = new Set<object>();
     walk(tree, (_p, inode) => {
@@ -155,6 +170,9 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
       pulled: new Date().toISOString(),
       size,
       ...(platform ? { platform } : {}),
+      form: built.form,
+      ...(built.keepUserXattrs !== undefined ? { keepUserXattrs: built.keepUserXattrs } : {}),
+      ...(built.reason !== undefined ? { formReason: built.reason } : {}),
     };
     repo.writeName(record);
     emit({ type: 'done', record });

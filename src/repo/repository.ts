@@ -49,6 +49,22 @@ export interface NameRecord {
   /** Bytes of regular file contents in the image (each inode once). */
   size: number;
   platform?: string;
+  /**
+   * Which image the name holds (src/repo/build.ts): 'canonical', the
+   * composefs-rs canonical form a seal digests, or 'unpacked', the rootfs
+   * `umoci raw unpack` writes. Records written before forms existed hold
+   * unpacked images and have no field: read them with recordForm().
+   */
+  form?: 'canonical' | 'unpacked';
+  /** Canonical form: whether `user.*` xattrs were kept. */
+  keepUserXattrs?: boolean;
+  /** Unpacked form chosen by 'auto': why the image has no canonical form. */
+  formReason?: string;
+}
+
+/** The form a record's image is in: records without one predate forms, and hold unpacked images. */
+export function recordForm(record: NameRecord): 'canonical' | 'unpacked' {
+  return record.form === 'canonical' ? 'canonical' : 'unpacked';
 }
 
 export interface OpenOptions {
