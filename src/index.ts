@@ -126,8 +126,8 @@ export async function fsckRepository(...args: Parameters<typeof import('./repo/f
 
 export type { Repository, NameRecord } from './repo/repository.js';
 export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';
-export type { BuildLayer, BuildOptions, BuiltImage, ImageForm, FormChoice } from './repo/build.js';
-export { CanonicalFormError } from './repo/canonical.js';
+export type { BuildLayer, BuildOptions, BuiltImage } from './repo/build.js';
+export { CanonicalFormError, IMAGE_FORMS, type ImageForm, type FormChoice } from './repo/form.js';
 export type { LayerEntry } from './oci/layer.js';
 export type { GcResult } from './repo/gc.js';
 export type { RepoFsckResult } from './repo/fsck.js';

@@ -25,6 +25,14 @@ import { isRoot } from './helpers/paths.js';
 import { cfs, ok } from './helpers/cli.js';
 import { inTemp } from './helpers/temp.js';
 import { readImage } from '../src/erofs/reader.js';
+import { fsverityDigest } from '../src/fsverity/index.js';
+import { Repository } from '../src/repo/repository.js';
+import { pullImage } from '../src/repo/pull.js';
+import { buildImage } from '../src/repo/build.js';
+import { CanonicalFormError } from '../src/repo/canonical.js';
+import { InvalidInputError } from '../src/errors.js';
+import { layoutSource } from './helpers/oci-layout.js';
+import { haveRegistry, makeCertificates, NO_REGISTRY, push, startRegistry } from './helpers/registry.js';
 
 const T = 1700000000;
 /** A valid VFS_CAP_REVISION_2 security.capability value: cap_net_raw, effective. */
@@ -256,6 +264,10 @@ test('no canonical form (no /usr, a missing parent, a parent through a symlink, 
     [{ path: 'usr/', type: 'dir', mtime: T }, { path: 'usr/lib/', type: 'dir', mtime: T }, { path: 'lib', type: 'symlink', linkname: 'usr/lib', mode: 0o777, mtime: T }],
     [{ path: 'lib/through-the-link', data: 'x\n', mtime: T }],
   ]);
+  handLayout(layout, 'link-through-symlink', [
+    [{ path: 'usr/', type: 'dir', mtime: T }, { path: 'usr/lib/', type: 'dir', mtime: T }, { path: 'usr/lib/f', data: 'f\n', mtime: T }, { path: 'lib', type: 'symlink', linkname: 'usr/lib', mode: 0o777, mtime: T }],
+    [{ path: 'usr/g', type: 'hardlink', linkname: 'lib/f' }],
+  ]);
   handLayout(layout, 'run-symlink', [[{ path: 'usr/', type: 'dir', mtime: T }, { path: 'var/', type: 'dir', mtime: T }, { path: 'run', type: 'symlink', linkname: 'var/run', mode: 0o777, mtime: T }]]);
   const repo = join(tmp, 'repo');
   // The last: whether the unpacked image is byte for byte our mkcomposefs of umoci's rootfs (not with
@@ -264,6 +276,7 @@ test('no canonical form (no /usr, a missing parent, a parent through a symlink, 
     ['scratch', /no \/usr/, true],
     ['missing-parent', /entry opt\/implied\/file: its parent opt does not exist/, false],
     ['symlinked-parent', /entry lib\/through-the-link: its parent lib is a symbolic link/, true],
+    ['link-through-symlink', /entry usr\/g: hard link target lib\/f: its parent lib is a symbolic link/, false],
     ['run-symlink', /\/run is not a directory/, true],
   ];
   for (const [ref, why, compare] of cases) {
@@ -311,4 +324,49 @@ test('--form=unpacked gives the image umoci raw unpack writes, for an image that
   assert.match(ok(cfs('inspect', '--repo', repo, 'u/plain')), /^form: +unpacked \(as umoci raw unpack writes it\)$/m);
   oneLineError(cfs('pull', '--repo', repo, '--form=unpacked', '--keep-user-xattrs', `oci:${layout}:plain`), /--keep-user-xattrs applies to the canonical form only/);
   assert.ok(existsSync(join(repo, 'names')));
+}));
+
+test('library: pullImage form and keepUserXattrs, buildImage over the stored layer records, CanonicalFormError', { skip: SKIP }, inTemp('canonical', async (tmp) => {
+  const layout = join(tmp, 'layout');
+  handLayout(layout, 'hand', handLayers(false));
+  makeUmociImage(layout, 'scratch');
+  const repo = Repository.open(join(tmp, 'repo'));
+  const auto = await pullImage(repo, layoutSource(layout, 'hand'), { name: 'lib/auto' });
+  assert.equal(auto.record.form, 'canonical');
+  assert.equal(auto.record.image, fsverityDigest(referenceCanonicalImage(layout, 'hand').image).toString('hex'));
+  const keep = await pullImage(repo, layoutSource(layout, 'hand'), { name: 'lib/keep', keepUserXattrs: true });
+  assert.equal(keep.record.keepUserXattrs, true);
+  assert.equal(keep.record.image, fsverityDigest(referenceCanonicalImage(layout, 'hand', { keepUserXattrs: true }).image).toString('hex'));
+  assert.notEqual(keep.record.image, auto.record.image);
+  const layers = auto.record.layers.map((d) => ({ name: d, entries: repo.readLayer(d) }));
+  const built = buildImage(layers);
+  assert.equal(built.form, 'canonical');
+  assert.equal(built.digest, auto.record.image);
+  assert.equal(buildImage(layers, { keepUserXattrs: true }).digest, keep.record.image);
+  const unpacked = buildImage(layers, { form: 'unpacked' });
+  assert.equal(unpacked.form, 'unpacked');
+  assert.notEqual(unpacked.digest, built.digest);
+  const scratch = await pullImage(repo, layoutSource(layout, 'scratch'), { name: 'lib/scratch' });
+  assert.equal(scratch.record.form, 'unpacked');
+  const scratchLayers = scratch.record.layers.map((d) => ({ name: d, entries: repo.readLayer(d) }));
+  assert.throws(() => buildImage(scratchLayers, { form: 'canonical' }), (err: unknown) => err instanceof CanonicalFormError && /no \/usr/.test(err.message));
+  await assert.rejects(pullImage(repo, layoutSource(layout, 'scratch'), { name: 'lib/refused', form: 'canonical' }), CanonicalFormError);
+  await assert.rejects(pullImage(repo, layoutSource(layout, 'hand'), { name: 'lib/bad', form: 'tidy' as 'auto' }), InvalidInputError);
+  assert.deepEqual(repo.images().map((r) => r.name), ['lib/auto', 'lib/keep', 'lib/scratch']);
+}));
+
+test('from a real registry (skopeo push): the same canonical image as from the layout', { skip: SKIP || (haveRegistry ? false : NO_REGISTRY) }, inTemp('canonical', async (tmp) => {
+  const layout = join(tmp, 'layout');
+  makeUmociUsrImage(layout, 'usr');
+  const certs = await makeCertificates(join(tmp, 'certs'));
+  const registry = await startRegistry({ auth: { htpasswd: { alice: 'secret' } } }, certs);
+  try {
+    await push(registry, `oci:${layout}:usr`, 'canonical/usr:1', 'alice:secret');
+    const repo = join(tmp, 'repo');
+    const rec = JSON.parse(ok(cfs('pull', '--repo', repo, '--json', '--creds', 'alice:secret', '--cert-dir', certs.certDir, `docker://${registry.host}/canonical/usr:1`, 'r/usr'))) as Record<string, unknown>;
+    assert.equal(rec.form, 'canonical');
+    assertSameAsReference(repo, rec, referenceCanonicalImage(layout, 'usr'), 'pulled from the registry');
+  } finally {
+    await registry.stop();
+  }
 }));

@@ -14,16 +14,11 @@ import { writeImageWithInfo } from '../erofs/writer.js';
 import { fsverityDigest, type VerityAlgorithm } from '../fsverity/index.js';
 import type { Inode } from '../tree/model.js';
 import type { LayerEntry } from '../oci/layer.js';
-import { CanonicalFormError, CanonicalTreeBuilder } from './canonical.js';
+import { CanonicalTreeBuilder } from './canonical.js';
 import { TreeBuilder } from './merge.js';
+import { CANONICAL_FORMAT_VERSION, CanonicalFormError, type FormChoice, type ImageForm } from './form.js';
 
-export type ImageForm = 'canonical' | 'unpacked';
-export type FormChoice = ImageForm | 'auto';
-
-export const IMAGE_FORMS: readonly FormChoice[] = ['auto', 'canonical', 'unpacked'];
-
-/** The composefs format version of the canonical form (composefs-rs FormatVersion::V1). */
-export const CANONICAL_FORMAT_VERSION = 1;
+export { CANONICAL_FORMAT_VERSION, CanonicalFormError, IMAGE_FORMS, type FormChoice, type ImageForm } from './form.js';
 
 export interface BuildLayer {
   /** Labels the layer in messages ("layer sha256:…"). */

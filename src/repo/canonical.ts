@@ -26,18 +26,13 @@
  * Every step is one pass over the entries or the tree, with no symbolic link
  * resolution: cheaper than the umoci replay of merge.ts.
  */
-import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, type Inode, type Xattr } from '../tree/model.js';
 import { makedev } from '../sys/fs.js';
 import type { LayerEntry } from '../oci/layer.js';
 import { isDirNode, leaf, newDir, nodeTreeToInode, showPath, type Node } from './merge.js';
+import { CanonicalFormError } from './form.js';
 
-/** Why an image has no canonical form: one line, naming the layer and entry where there is one. */
-export class CanonicalFormError extends ComposefsError {
-  constructor(message: string, options?: ComposefsErrorOptions) {
-    super(message, 'canonical-form', options);
-  }
-}
+export { CanonicalFormError } from './form.js';
 
 /** The xattrs composefs-rs keeps (CONTAINER_XATTR_ALLOWLIST). */
 export const CANONICAL_XATTR_ALLOWLIST: readonly string[] = ['security.capability'];

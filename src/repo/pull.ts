@@ -12,8 +12,8 @@ import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
 import { importLayer, LayerError, type LayerEntry } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
 import { ObjectWriter } from '../store/object-writer.js';
-import { buildImage, IMAGE_FORMS, type BuiltImage, type FormChoice } from './build.js';
-import { CanonicalFormError } from './canonical.js';
+import { buildImage, type BuiltImage } from './build.js';
+import { CanonicalFormError, IMAGE_FORMS, type FormChoice, type ImageForm } from './form.js';
 import { MergeError } from './merge.js';
 import { RepoError, checkName, type NameRecord, type Repository } from './repository.js';
 
@@ -26,7 +26,7 @@ export type PullEvent =
   | { type: 'layer-done'; index: number; cached: boolean }
   | { type: 'building' }
   /** The image is built: its form, and why it is not canonical when 'auto' fell back to unpacked. */
-  | { type: 'built'; form: 'canonical' | 'unpacked'; keepUserXattrs?: boolean; reason?: string }
+  | { type: 'built'; form: ImageForm; keepUserXattrs?: boolean; reason?: string }
   | { type: 'done'; record: NameRecord };
 
 export interface PullOptions {

@@ -22,6 +22,7 @@ import { syncfs } from '../sys/fs.js';
 import { listFd, mkdirAt, O_NONBLOCK, openAt, openDirAt, renameAt, S_IFDIR, S_IFMT, S_IFREG, statAt, statFd, typeName, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { decodeName, defaultRepoPath, encodeName, SUBDIRS, syncDirFd, tmpName, writeAllSync, writeFileAt, type Subdir } from './layout.js';
 import type { LayerEntry } from '../oci/layer.js';
+import type { ImageForm } from './form.js';
 import { decodeLayerRecord, encodeLayerRecord } from './layer-record.js';
 
 export class RepoError extends ComposefsError {
@@ -55,7 +56,7 @@ export interface NameRecord {
    * `umoci raw unpack` writes. Records written before forms existed hold
    * unpacked images and have no field: read them with recordForm().
    */
-  form?: 'canonical' | 'unpacked';
+  form?: ImageForm;
   /** Canonical form: whether `user.*` xattrs were kept. */
   keepUserXattrs?: boolean;
   /** Unpacked form chosen by 'auto': why the image has no canonical form. */
@@ -63,7 +64,7 @@ export interface NameRecord {
 }
 
 /** The form a record's image is in: records without one predate forms, and hold unpacked images. */
-export function recordForm(record: NameRecord): 'canonical' | 'unpacked' {
+export function recordForm(record: NameRecord): ImageForm {
   return record.form === 'canonical' ? 'canonical' : 'unpacked';
 }
 
