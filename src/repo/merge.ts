@@ -1,4 +1,6 @@
 /**
+ * The unpacked form (build.ts; the canonical one is canonical.ts).
+ *
  * An image's layers, replayed into one tree: each layer's entries applied in
  * archive order, base layer first, with the semantics `umoci raw unpack`
  * gives them on disk, so that the composefs image equals the rootfs umoci

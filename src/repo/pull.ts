@@ -4,8 +4,10 @@
  * The layers not yet in the repository are fetched a few at a time; each
  * streams blob → decompressor → tar reader → object store, its entries
  * recorded once its objects are durable. Then the layers' entries are
- * replayed into one tree (merge.ts), written as a composefs image, and the
- * name is written last. Nothing is unpacked on disk.
+ * replayed into one tree, in the form asked for (build.ts: the composefs-rs
+ * canonical form of canonical.ts, or umoci's rootfs of merge.ts), written as
+ * a composefs image, and the name is written last, saying which form it
+ * holds. Nothing is unpacked on disk.
  */
 import { ComposefsError, InvalidInputError } from '../errors.js';
 import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
