@@ -48,8 +48,8 @@ export class CanonicalTreeBuilder {
   private layer = '';
   /**
    * The directory the last entry's parent path named: consecutive entries
-   * mostly share one. Forgotten whenever a directory leaves the tree, so it
-   * is never a node the tree no longer reaches.
+   * mostly share one. Forgotten whenever a directory on its path leaves the
+   * tree, so it is never a node the tree no longer reaches.
    */
   private lastParentPath: string | null = null;
   private lastParent: Node = this.root;
@@ -95,12 +95,19 @@ export class CanonicalTreeBuilder {
     return cur;
   }
 
-  /** `dir`'s entry `name` goes; a directory leaving the tree forgets the cached parent. */
-  private detach(dir: Node, name: string): void {
+  /** `dir`'s entry `name` (at `path`) goes; a directory leaving the tree with the cached parent in it forgets that. */
+  private detach(dir: Node, name: string, path: string): void {
     const old = dir.children!.get(name);
     if (old === undefined) return;
     dir.children!.delete(name);
-    if (old.children) this.lastParentPath = null;
+    if (old.children) this.forgetUnder(path);
+  }
+
+  /** Forget the cached parent if it is `path` or beneath it ('' the root). */
+  private forgetUnder(path: string): void {
+    const cached = this.lastParentPath;
+    if (cached === null) return;
+    if (path === '' ? cached !== '' : cached === path || (cached.length > path.length && cached.startsWith(path) && cached.charCodeAt(path.length) === 0x2f)) this.lastParentPath = null;
   }
 
   private apply(e: LayerEntry): void {
@@ -112,7 +119,7 @@ export class CanonicalTreeBuilder {
       const dir = this.directory(e.path, e, 'its directory');
       if (dir.children!.size > 0) {
         dir.children = new Map();
-        this.lastParentPath = null;
+        this.forgetUnder(e.path);
       }
       return;
     }
@@ -128,11 +135,11 @@ export class CanonicalTreeBuilder {
     }
     const parent = this.directory(parentPath, e, 'its parent');
     if (e.type === 'whiteout') {
-      this.detach(parent, name);
+      this.detach(parent, name, e.path);
       return;
     }
     if (linked !== undefined) {
-      this.detach(parent, name);
+      this.detach(parent, name, e.path);
       parent.children!.set(name, linked);
       return;
     }
@@ -144,7 +151,7 @@ export class CanonicalTreeBuilder {
       }
       const dir = newDir();
       this.setMetadata(dir, e);
-      this.detach(parent, name);
+      this.detach(parent, name, e.path);
       parent.children!.set(name, dir);
       return;
     }
@@ -173,7 +180,7 @@ export class CanonicalTreeBuilder {
         throw this.refuse(e, `unknown entry type ${String(e.type)}`);
     }
     this.setMetadata(node, e);
-    this.detach(parent, name);
+    this.detach(parent, name, e.path);
     parent.children!.set(name, node);
   }
 
