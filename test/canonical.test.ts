@@ -215,7 +215,7 @@ test('hand-built layers: PAX nanosecond mtimes, xattr allowlist, /run, hard link
   assert.deepEqual(readImage(storedImage(repo, keep.image as string)).root.xattrs.map((x) => x.key.toString()), ['user.usr']);
 }));
 
-test('order within a layer, as composefs-rs applies it: a whiteout or opaque marker removes what the same layer put there before it', { skip: SKIP }, inTemp('canonical', async (tmp) => {
+test('order within a layer, as composefs-rs applies it: a whiteout or opaque marker removes what the same layer put there before it, a directory made again starts empty', { skip: SKIP }, inTemp('canonical', async (tmp) => {
   const layout = join(tmp, 'layout');
   handLayout(layout, 'order', [
     [
@@ -229,6 +229,11 @@ test('order within a layer, as composefs-rs applies it: a whiteout or opaque mar
       { path: 'x/before', data: 'before the opaque marker\n', mtime: T },
       { path: 'x/.wh..wh..opq', data: '' },
       { path: 'x/after', data: 'after it\n', mtime: T + 1 },
+      { path: 'x/sub/', type: 'dir', mode: 0o755, mtime: T + 4 },
+      { path: 'x/sub/one', data: 'whited out with its directory\n', mtime: T },
+      { path: 'x/.wh.sub', data: '' },
+      { path: 'x/sub/', type: 'dir', mode: 0o700, mtime: T + 5 },
+      { path: 'x/sub/two', data: 'in the directory made again\n', mtime: T },
       { path: 'usr/mine', data: 'put here and whited out by this layer\n', mtime: T },
       { path: 'usr/.wh.mine', data: '' },
       { path: 'usr/', type: 'dir', mode: 0o750, mtime: T + 3 },
@@ -245,7 +250,9 @@ test('order within a layer, as composefs-rs applies it: a whiteout or opaque mar
     mkdirSync(join(r, 'x'));
     writeFileSync(join(r, 'usr/lower'), 'lower\n');
     writeFileSync(join(r, 'x/after'), 'after it\n');
-    for (const [p, mode, mtime] of [['usr/lower', 0o644, T], ['x/after', 0o644, T + 1], ['x', 0o755, T + 2], ['usr', 0o750, T + 3]] as const) {
+    mkdirSync(join(r, 'x/sub'));
+    writeFileSync(join(r, 'x/sub/two'), 'in the directory made again\n');
+    for (const [p, mode, mtime] of [['usr/lower', 0o644, T], ['x/after', 0o644, T + 1], ['x/sub/two', 0o644, T], ['x/sub', 0o700, T + 5], ['x', 0o755, T + 2], ['usr', 0o750, T + 3]] as const) {
       chmodSync(join(r, p), mode);
       execFileSync('touch', ['-h', '-m', '-d', `@${mtime}`, join(r, p)]);
     }

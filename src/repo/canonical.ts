@@ -48,8 +48,10 @@ export class CanonicalTreeBuilder {
   private layer = '';
   /**
    * The directory the last entry's parent path named: consecutive entries
-   * mostly share one. Forgotten whenever a directory on its path leaves the
-   * tree, so it is never a node the tree no longer reaches.
+   * mostly share one. Every removal follows a lookup of the removed entry's
+   * parent, which then is the cached one, so the cache never holds a node the
+   * tree no longer reaches; forgetUnder keeps that true should an operation
+   * ever remove without that lookup.
    */
   private lastParentPath: string | null = null;
   private lastParent: Node = this.root;
