@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds the reference C mkcomposefs for `npm run bench` (bench/pull.ts) from a
+# Builds the reference C mkcomposefs (and composefs-info, which the canonical
+# tests' reference needs: test/helpers/canonical.ts) for `npm run bench` (bench/pull.ts) from a
 # checkout of https://github.com/composefs/composefs given as $1, into
 # ${CFS_BENCH_PULL_DIR:-/var/tmp/cfs-bench-pull}/composefs-ref. Needs meson,
 # ninja and OpenSSL's headers (installed with apt-get when missing).
@@ -16,5 +17,5 @@ cp -r "$src/meson.build" "$src/meson_options.txt" "$src/libcomposefs" "$src/tool
 sed -i "/subdir('tests')/d; /subdir('man')/d" "$out/meson.build"
 cd "$out"
 meson setup build -Dfuse=disabled -Dman=disabled --buildtype=release >/dev/null
-ninja -C build tools/mkcomposefs >/dev/null
+ninja -C build tools/mkcomposefs tools/composefs-info >/dev/null
 echo "$out/build/tools/mkcomposefs"

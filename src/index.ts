@@ -104,6 +104,16 @@ export async function pull(
   }
 }
 
+/**
+ * An image's composefs image from its layers' entries (`repository.readLayer`
+ * or an import's): the composefs-rs canonical form a seal digests, or the
+ * rootfs `umoci raw unpack` writes; 'auto' takes canonical when the image has
+ * that form. See src/repo/build.ts.
+ */
+export async function buildImage(...args: Parameters<typeof import('./repo/build.js').buildImage>) {
+  return (await import('./repo/build.js')).buildImage(...args);
+}
+
 /** Remove what no name reaches (the repository lock held exclusively). */
 export async function gcRepository(...args: Parameters<typeof import('./repo/gc.js').gcRepository>) {
   return (await import('./repo/gc.js')).gcRepository(...args);
@@ -146,5 +156,8 @@ export async function sealOf(...args: Parameters<typeof import('./repo/seal.js')
 export type { SealOptions, SealImageOptions, SealResult, SealDigests } from './repo/seal.js';
 export type { Repository, NameRecord } from './repo/repository.js';
 export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';
+export type { BuildLayer, BuildOptions, BuiltImage } from './repo/build.js';
+export { CanonicalFormError, IMAGE_FORMS, type ImageForm, type FormChoice } from './repo/form.js';
+export type { LayerEntry } from './oci/layer.js';
 export type { GcResult } from './repo/gc.js';
 export type { RepoFsckResult } from './repo/fsck.js';

@@ -106,7 +106,8 @@ function layoutOf(path: string, ref: string, layers: TarEntry[][], compress: 'gz
 
 async function pull(repoDir: string, layout: string, ref: string, name?: string) {
   const repo = Repository.open(repoDir);
-  const result = await pullImage(repo, layoutSource(layout, ref), { name });
+  // The unpacked form: these tests hold the importer to umoci's rootfs (test/canonical.test.ts has the canonical form).
+  const result = await pullImage(repo, layoutSource(layout, ref), { name, form: 'unpacked' });
   return { repo, result, image: readFileSync(repo.imagePath(result.record.image)) };
 }
 

@@ -352,7 +352,36 @@ test('cfs seal: artifacts, the referrers tag schema, inline seals, oci: layouts,
         assert.equal(artifact.subject.digest, v1.digest);
       });
 
-      await tt.test('an image that has no canonical form (no /usr) is refused', { skip: 'needs the canonical form (the canon branch): holdsCanonicalForm is true for every record until the merge' }, () => {});
+      await tt.test('an image that has no canonical form (no /usr) is refused, and one pulled unpacked is not sealed from its name', async () => {
+        const scratch = join(dir, 'scratch');
+        const run = (...args: string[]) => execFileSync('umoci', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+        run('init', '--layout', scratch);
+        run('new', '--image', `${scratch}:etc`);
+        const bundle = join(dir, 'scratch-bundle');
+        run('unpack', '--image', `${scratch}:etc`, bundle);
+        mkdirSync(join(bundle, 'rootfs/etc'), { recursive: true });
+        writeFileSync(join(bundle, 'rootfs/etc/motd'), 'no usr here\n');
+        run('repack', '--image', `${scratch}:etc`, bundle);
+        rmSync(bundle, { recursive: true, force: true });
+        const indexBefore = readFileSync(join(scratch, 'index.json'), 'utf8');
+        const fresh = join(dir, 'scratch-repo');
+        failsOneLine(cfs('seal', '--repo', fresh, `oci:${scratch}:etc`), /cannot be sealed: .*no canonical form: .*usr/);
+        assert.equal(readFileSync(join(scratch, 'index.json'), 'utf8'), indexBefore, 'nothing written into the layout');
+        assert.deepEqual(readdirSync(join(fresh, 'names')), [], 'nothing named');
+        // A name holding the image unpacked gives no merged digest: sealing pulls it canonical first.
+        // (A layout not sealed yet: an image sealed already refuses --form=unpacked, whose image no seal speaks of.)
+        const usrLayout = join(dir, 'usr-layout');
+        makeUsrImage(usrLayout, 'v1', 'unsealed');
+        const usrRepo = join(dir, 'unpacked-repo');
+        const unpacked = JSON.parse(ok(cfs('pull', '--repo', usrRepo, '--json', '--form=unpacked', `oci:${usrLayout}:v1`, 'app'))) as { image: string; form: string };
+        assert.equal(unpacked.form, 'unpacked');
+        const sealed = JSON.parse(ok(cfs('seal', '--repo', usrRepo, '--json', '--name', 'app', `oci:${usrLayout}:v1`))) as { seal?: { merged: string }; merged?: string };
+        const merged = sealed.seal?.merged ?? sealed.merged;
+        assert.notEqual(merged, unpacked.image);
+        const rec = JSON.parse(ok(cfs('inspect', '--repo', usrRepo, '--json', 'app'))) as { image: string; form: string };
+        assert.equal(rec.form, 'canonical');
+        assert.equal(rec.image, merged);
+      });
     });
   } finally {
     for (const p of proxies) await p.close();

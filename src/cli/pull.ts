@@ -11,13 +11,16 @@ import type { PullEvent } from '../repo/pull.js';
 import { humanBytes } from '../units.js';
 import { StatusLine } from '../output/status-line.js';
 import { printable, printableJson } from '../printable.js';
+import { explainForm } from './form.js';
 import { repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } from './source-options.js';
 
 const specs: OptionSpec[] = [
   ...repoOptionSpecs,
   ...sourceOptionSpecs,
   { name: 'require-seal', help: 'refuse an image without a composefs seal (inline, or an artifact among its referrers)' },
-  { name: 'explain', help: 'say on stderr which seals were looked for, found and checked' },
+  { name: 'form', value: true, arg: 'FORM', help: 'canonical: the composefs-rs canonical image a seal digests (refused for an image without /usr); unpacked: the rootfs umoci raw unpack writes; auto (default): canonical when the image has that form, else unpacked' },
+  { name: 'keep-user-xattrs', help: 'canonical form: keep user.* xattrs as well as security.capability (as cfsctl --keep-user-xattrs)' },
+  { name: 'explain', help: 'say on stderr which form was built (and why not canonical), and which seals were looked for, found and checked' },
   { name: 'quiet', short: 'q', help: 'no progress' },
   { name: 'json', help: 'print a JSON record instead of the digest' },
   { name: 'help', short: 'h', help: 'show this help' },
@@ -126,6 +129,10 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (p.positional.length > 2) throw new UsageError(`too many arguments: '${p.positional[2]}' (usage: ${usage})`);
   const [reference, name] = p.positional;
   const sourceOptions = sourceOptionsOf(p);
+  const form = stringOption(p, 'form') ?? 'auto';
+  if (form !== 'auto' && form !== 'canonical' && form !== 'unpacked') throw new UsageError(`invalid value for --form: '${form}' (auto, canonical or unpacked)`);
+  const keepUserXattrs = p.options.has('keep-user-xattrs');
+  if (keepUserXattrs && form === 'unpacked') throw new UsageError('--keep-user-xattrs applies to the canonical form only (the unpacked form keeps every xattr umoci keeps)');
 
   const [{ openSource }, { Repository }, { pullImage }] = await Promise.all([import('../oci/transports.js'), import('../repo/repository.js'), import('../repo/pull.js')]);
   const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared') });
@@ -139,11 +146,13 @@ export async function run(args: string[], prog: string): Promise<number> {
     const explain: string[] = [];
     const onEvent = (e: PullEvent) => {
       progress?.on(e);
-      if (e.type === 'sealed' && p.options.has('explain')) explain.push(...sealLines(e));
+      if (!p.options.has('explain')) return;
+      if (e.type === 'built') explain.push(explainForm(e.form, e.keepUserXattrs, e.reason));
+      if (e.type === 'sealed') explain.push(...sealLines(e));
     };
-    const result = await pullImage(repo, source, { name, onEvent, signal: abort.signal, requireSeal: p.options.has('require-seal') });
+    const result = await pullImage(repo, source, { name, onEvent, signal: abort.signal, form, keepUserXattrs, requireSeal: p.options.has('require-seal') });
     progress?.end();
-    for (const line of explain) process.stderr.write(`${prog}: ${printable(line)}\n`);
+    for (const line of explain) process.stderr.write(`${printable(line)}\n`);
     if (json) {
       process.stdout.write(`${printableJson({ ...result.record, layersImported: result.layersImported, objectsWritten: result.objectsWritten, bytesWritten: result.bytesWritten, repository: repo.root })}\n`);
     } else process.stdout.write(`${result.record.image}\n`);

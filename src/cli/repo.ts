@@ -8,6 +8,7 @@ import { formatHelp, parseArgs, type OptionSpec, type Parsed } from './args.js';
 import { UsageError } from '../errors.js';
 import type { Repository } from '../repo/repository.js';
 import { humanBytes } from '../units.js';
+import { explainForm } from './form.js';
 import { printable, printableJson as json } from '../printable.js';
 
 const common: OptionSpec[] = [
@@ -80,12 +81,15 @@ export const inspect = {
     if (p.positional.length !== 1) throw new UsageError(`one name expected (usage: ${prog} NAME)`);
     const repo = await open(p);
     const rec = repo.getName(p.positional[0]);
+    const { recordForm } = await import('../repo/repository.js');
     const config = JSON.parse(repo.readBlob(rec.config).toString('utf8')) as { config?: Record<string, unknown>; architecture?: string; os?: string };
     const manifest = JSON.parse(repo.readBlob(rec.manifest).toString('utf8')) as { layers?: { digest: string; size: number; mediaType: string }[] };
     const c = config.config ?? {};
+    const form = recordForm(rec);
     const info = {
       ...rec,
       seal: rec.seal ?? null,
+      form,
       imagePath: repo.imagePath(rec.image),
       architecture: config.architecture,
       os: config.os,
@@ -110,6 +114,7 @@ export const inspect = {
         `size:        ${humanBytes(rec.size)}`,
         `seal:        ${rec.seal ? `${rec.seal.mode === 'artifact' ? `artifact ${rec.seal.artifact}` : 'inline'}, fsverity-${rec.seal.algorithm}` : 'none (not sealed)'}`,
         ...(rec.seal ? [`  merged:    ${rec.seal.merged}`, `  config:    ${rec.seal.config ?? '-'}`] : []),
+        explainForm(form, rec.keepUserXattrs, rec.formReason).replace(/^form: /, 'form:        '),
         `entrypoint:  ${JSON.stringify(info.entrypoint)}`,
         `cmd:         ${JSON.stringify(info.cmd)}`,
         `env:         ${(info.env as string[]).join(' ')}`,

@@ -99,7 +99,7 @@ function where(seal: FoundSeal): string {
 export function checkSeals(
   reference: string,
   seals: FoundSeal[],
-  computed: { algorithm: VerityAlgorithm; merged: string; config: string; form?: 'canonical' | 'unpacked' },
+  computed: { algorithm: VerityAlgorithm; merged: string; config: string; form?: 'canonical' | 'unpacked'; formReason?: string },
   options: { requireSeal?: boolean } = {},
 ): SealCheck {
   if (seals.length === 0) {
@@ -113,7 +113,7 @@ export function checkSeals(
     throw new SealError(`${reference}: sealed with ${algs} only (${others.map(where).join(', ')}), and the repository's algorithm is ${computed.algorithm}: the seal cannot be checked`);
   }
   if (computed.form === 'unpacked') {
-    throw new SealError(`${reference}: sealed, but its image was built in the unpacked form, and a seal speaks of the canonical form`);
+    throw new SealError(`${reference}: sealed, but its image was built in the unpacked form (${computed.formReason !== undefined ? `it has no canonical form: ${computed.formReason}` : '--form=unpacked'}), and a seal speaks of the canonical form`);
   }
   for (const seal of mine) {
     const roles: [SealRole, string | undefined, string][] = [

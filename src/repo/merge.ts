@@ -1,4 +1,6 @@
 /**
+ * The unpacked form (build.ts; the canonical one is canonical.ts).
+ *
  * An image's layers, replayed into one tree: each layer's entries applied in
  * archive order, base layer first, with the semantics `umoci raw unpack`
  * gives them on disk, so that the composefs image equals the rootfs umoci
@@ -37,7 +39,7 @@ export class MergeError extends ComposefsError {
 }
 
 /** A node of the tree being built; hard links are one node under several names. */
-interface Node {
+export interface Node {
   mode: number;
   uid: number;
   gid: number;
@@ -66,11 +68,11 @@ const IMPLIED_DIRS_PER_ENTRY = 64;
 const IMPLIED_DIRS_FREE = 65_536;
 /** Linux's PATH_MAX (with its NUL): no runtime could make a longer path, so no layer gets one through a symlink either. */
 
-function newDir(mode = 0o755): Node {
+export function newDir(mode = 0o755): Node {
   return { mode: S_IFDIR | mode, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, rdev: 0, size: 0, digest: null, content: null, target: null, xattrs: [], children: new Map() };
 }
 
-function isDirNode(n: Node): boolean {
+export function isDirNode(n: Node): boolean {
   return (n.mode & S_IFMT) === S_IFDIR;
 }
 
@@ -291,82 +293,88 @@ export class TreeBuilder {
     node.xattrs = xattrs;
   }
 
-  /**
-   * The tree in the project's model: children sorted by name bytes; a hard
-   * link's primary name is its first in depth-first name order (the order a
-   * dump lists them), its link count the number of its names.
-   */
+  /** The tree in the project's model (see nodeTreeToInode). */
   toInode(): Inode {
-    // Walked with explicit stacks, not recursion: a layer's tree may be thousands of directories deep.
-    const counts = new Map<Node, number>();
-    const dirs: Node[] = [this.root];
-    while (dirs.length > 0) {
-      for (const c of dirs.pop()!.children!.values()) {
-        if (c.children) dirs.push(c);
-        else counts.set(c, (counts.get(c) ?? 0) + 1);
-      }
-    }
-    const made = new Map<Node, Inode>();
-    const convert = (n: Node): Inode => {
-      const inode: Inode = {
-        mode: n.mode,
-        nlink: n.children ? 1 : counts.get(n) ?? 1,
-        uid: n.uid,
-        gid: n.gid,
-        rdev: n.rdev,
-        size: n.size,
-        mtimeSec: n.mtimeSec,
-        mtimeNsec: n.mtimeNsec,
-        payload: n.target,
-        content: n.content,
-        digest: n.digest,
-        xattrs: n.xattrs,
-        children: n.children ? [] : null,
-      };
-      if ((n.mode & S_IFMT) === S_IFREG && n.digest && n.size > 0) inode.payload = Buffer.from(digestToObjectPath(n.digest));
-      return inode;
-    };
-    interface Frame {
-      node: Node;
-      children: Dirent[];
-      names: Buffer[];
-      next: number;
-    }
-    const open = (node: Node, inode: Inode): Frame => ({
-      node,
-      children: inode.children!,
-      names: [...node.children!.keys()].map((k) => Buffer.from(k, 'latin1')).sort(Buffer.compare),
-      next: 0,
-    });
-    const root = convert(this.root);
-    // Depth first in name order, as a dump lists the tree: a hard link's first name there is its primary one.
-    const stack: Frame[] = [open(this.root, root)];
-    while (stack.length > 0) {
-      const frame = stack[stack.length - 1];
-      if (frame.next === frame.names.length) {
-        stack.pop();
-        continue;
-      }
-      const name = frame.names[frame.next++];
-      const c = frame.node.children!.get(name.toString('latin1'))!;
-      const seen = made.get(c);
-      if (seen) {
-        frame.children.push({ name, inode: seen, hardlink: true });
-        continue;
-      }
-      const ci = convert(c);
-      if (!c.children && (counts.get(c) ?? 1) > 1) made.set(c, ci);
-      frame.children.push({ name, inode: ci, hardlink: false });
-      if (c.children) stack.push(open(c, ci));
-    }
-    return root;
+    return nodeTreeToInode(this.root);
   }
 }
 
-function leaf(type: number): Node {
+/**
+ * A tree of nodes in the project's model: children sorted by name bytes; a
+ * hard link's primary name is its first in depth-first name order (the order
+ * a dump lists them), its link count the number of its names. Only what the
+ * root reaches is in it.
+ */
+export function nodeTreeToInode(root: Node): Inode {
+  // Walked with explicit stacks, not recursion: a layer's tree may be thousands of directories deep.
+  const counts = new Map<Node, number>();
+  const dirs: Node[] = [root];
+  while (dirs.length > 0) {
+    for (const c of dirs.pop()!.children!.values()) {
+      if (c.children) dirs.push(c);
+      else counts.set(c, (counts.get(c) ?? 0) + 1);
+    }
+  }
+  const made = new Map<Node, Inode>();
+  const convert = (n: Node): Inode => {
+    const inode: Inode = {
+      mode: n.mode,
+      nlink: n.children ? 1 : counts.get(n) ?? 1,
+      uid: n.uid,
+      gid: n.gid,
+      rdev: n.rdev,
+      size: n.size,
+      mtimeSec: n.mtimeSec,
+      mtimeNsec: n.mtimeNsec,
+      payload: n.target,
+      content: n.content,
+      digest: n.digest,
+      xattrs: n.xattrs,
+      children: n.children ? [] : null,
+    };
+    if ((n.mode & S_IFMT) === S_IFREG && n.digest && n.size > 0) inode.payload = Buffer.from(digestToObjectPath(n.digest));
+    return inode;
+  };
+  interface Frame {
+    node: Node;
+    children: Dirent[];
+    names: Buffer[];
+    next: number;
+  }
+  const open = (node: Node, inode: Inode): Frame => ({
+    node,
+    children: inode.children!,
+    names: [...node.children!.keys()].map((k) => Buffer.from(k, 'latin1')).sort(Buffer.compare),
+    next: 0,
+  });
+  const rootInode = convert(root);
+  // Depth first in name order, as a dump lists the tree: a hard link's first name there is its primary one.
+  const stack: Frame[] = [open(root, rootInode)];
+  while (stack.length > 0) {
+    const frame = stack[stack.length - 1];
+    if (frame.next === frame.names.length) {
+      stack.pop();
+      continue;
+    }
+    const name = frame.names[frame.next++];
+    const c = frame.node.children!.get(name.toString('latin1'))!;
+    const seen = made.get(c);
+    if (seen) {
+      frame.children.push({ name, inode: seen, hardlink: true });
+      continue;
+    }
+    const ci = convert(c);
+    if (!c.children && (counts.get(c) ?? 1) > 1) made.set(c, ci);
+    frame.children.push({ name, inode: ci, hardlink: false });
+    if (c.children) stack.push(open(c, ci));
+  }
+  return rootInode;
+}
+
+export function leaf(type: number): Node {
   return { mode: type, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, rdev: 0, size: 0, digest: null, content: null, target: null, xattrs: [], children: null };
 }
 
-function showPath(p: string): string {
+export function showPath(p: string): string {
   return p === '' ? '/' : showLong(Buffer.from(p, 'latin1'));
 }

@@ -4,19 +4,22 @@
  * The layers not yet in the repository are fetched a few at a time; each
  * streams blob → decompressor → tar reader → object store, its entries
  * recorded once its objects are durable. Then the layers' entries are
- * replayed into one tree (merge.ts), written as a composefs image, and the
- * name is written last. Nothing is unpacked on disk.
+ * replayed into one tree, in the form asked for (build.ts: the composefs-rs
+ * canonical form of canonical.ts, or umoci's rootfs of merge.ts), written as
+ * a composefs image, and the name is written last, saying which form it
+ * holds. Nothing is unpacked on disk.
  */
-import { ComposefsError } from '../errors.js';
-import { writeImageWithInfo } from '../erofs/writer.js';
+import { ComposefsError, InvalidInputError } from '../errors.js';
+import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
 import { fsverityDigest } from '../fsverity/index.js';
-import { S_IFMT, S_IFREG, walk, type Inode } from '../tree/model.js';
 import { importLayer, LayerError, type LayerEntry } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
 import { checkSeals, findSeals, requireSealed, type SealDiscovery } from '../oci/seals.js';
 import type { FoundSeal } from '../oci/seal-format.js';
 import { ObjectWriter } from '../store/object-writer.js';
-import { TreeBuilder } from './merge.js';
+import { buildImage, type BuiltImage } from './build.js';
+import { CanonicalFormError, IMAGE_FORMS, type FormChoice, type ImageForm } from './form.js';
+import { MergeError } from './merge.js';
 import { RepoError, checkName, type NameRecord, type Repository } from './repository.js';
 
 export type PullEvent =
@@ -29,6 +32,8 @@ export type PullEvent =
   | { type: 'building' }
   /** Seals looked for (inline, and among the referrers `via`), and those checked against the image built. */
   | { type: 'sealed'; via: SealDiscovery['via']; found: FoundSeal[]; checked: NameRecord['seal'] | null; unchecked: FoundSeal[] }
+  /** The image is built: its form, and why it is not canonical when 'auto' fell back to unpacked. */
+  | { type: 'built'; form: ImageForm; keepUserXattrs?: boolean; reason?: string }
   | { type: 'done'; record: NameRecord };
 
 export interface PullOptions {
@@ -40,6 +45,15 @@ export interface PullOptions {
   signal?: AbortSignal;
   /** Refuse an image without a composefs seal (inline or artifact) in the repository's algorithm. */
   requireSeal?: boolean;
+  /**
+   * Which image to build (src/repo/build.ts): 'canonical', the composefs-rs
+   * canonical form a seal digests (refused when the image has none);
+   * 'unpacked', the rootfs `umoci raw unpack` writes; 'auto' (default),
+   * canonical when the image has that form, else unpacked.
+   */
+  form?: FormChoice;
+  /** Canonical form: keep `user.*` xattrs as well as `security.capability` (default false). */
+  keepUserXattrs?: boolean;
 }
 
 export interface PullResult {
@@ -73,18 +87,6 @@ function parseConfig(img: ResolvedImage): ImageConfig {
 }
 
 /**
- * The composefs image of layers given by their entries, base first: the
- * layers merged into one tree, written. The pull and `verify` (which
- * rebuilds from the layer records) build through this one function.
- */
-export function buildImage(reference: string, layers: { digest: string; entries: LayerEntry[] }[]): { tree: Inode; image: Buffer } {
-  const builder = new TreeBuilder();
-  for (const l of layers) builder.applyLayer(`${reference}: layer ${l.digest}`, l.entries);
-  const tree = builder.toInode();
-  return { tree, image: writeImageWithInfo(tree).image };
-}
-
-/**
  * Import one image from `source` into `repo` and name it. Its seals (see
  * src/oci/seals.ts) are looked for while the layers come; when one is found,
  * the image built and the config must have its digests, or nothing is named.
@@ -92,6 +94,7 @@ export function buildImage(reference: string, layers: { digest: string; entries:
 export async function pullImage(repo: Repository, source: ImageSource, opts: PullOptions = {}): Promise<PullResult> {
   const emit = opts.onEvent ?? (() => {});
   if (opts.name !== undefined) checkName(opts.name);
+  if (opts.form !== undefined && !IMAGE_FORMS.includes(opts.form)) throw new InvalidInputError(`unknown image form '${String(opts.form)}' (${IMAGE_FORMS.join(', ')})`);
   const lock = await repo.lock(false, () => emit({ type: 'waiting-for-lock' }));
   try {
     const img = await source.resolve();
@@ -149,9 +152,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
         }
       }
     };
-    let tree: Inode;
-    let image: Buffer;
-    let hex: string;
+    let built: BuiltImage;
     try {
       await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
       await discovery;
@@ -159,11 +160,15 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
       // The image is built and hashed while the last layers' syncfs run on a
       // writer thread (0.3-0.4 s each on the /usr image); only naming waits for them.
       emit({ type: 'building' });
-      ({ tree, image } = buildImage(
-        img.reference,
-        diffIds.map((d, i) => ({ digest: img.layers[i].digest, entries: imported.get(d) ?? repo.readLayer(d) })),
-      ));
-      hex = fsverityDigest(image, algorithm).toString('hex');
+      const layers = diffIds.map((d, i) => ({ name: `layer ${img.layers[i].digest}`, entries: imported.get(d) ?? repo.readLayer(d) }));
+      try {
+        built = buildImage(layers, { form: opts.form, keepUserXattrs: opts.keepUserXattrs, algorithm });
+      } catch (err) {
+        if (err instanceof CanonicalFormError) throw new CanonicalFormError(`${img.reference}: no canonical form: ${err.message}`, { cause: err });
+        if (err instanceof MergeError) throw new MergeError(`${img.reference}: ${err.message}`, { cause: err });
+        throw err;
+      }
+      emit({ type: 'built', form: built.form, ...(built.keepUserXattrs !== undefined ? { keepUserXattrs: built.keepUserXattrs } : {}), ...(built.reason !== undefined ? { reason: built.reason } : {}) });
     } finally {
       // Every layer durable and recorded before anything is named (a failure lands in `failed`).
       await Promise.allSettled(recorded);
@@ -171,9 +176,9 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     }
     if (failed !== null) throw failed;
 
+    const { tree, image, digest: hex } = built;
     const found = (await discovery)!;
-    // A seal speaks of the canonical form: the build's form is to be passed here (`form`), and checkSeals refuses 'unpacked'.
-    const sealed = checkSeals(img.reference, found.seals, { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex') }, { requireSeal: opts.requireSeal });
+    const sealed = checkSeals(img.reference, found.seals, { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex'), form: built.form, ...(built.reason !== undefined ? { formReason: built.reason } : {}) }, { requireSeal: opts.requireSeal });
     emit({ type: 'sealed', via: found.via, found: found.seals, checked: sealed.seal, unchecked: sealed.unchecked });
 
     let size = 0;
@@ -200,6 +205,9 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
       pulled: new Date().toISOString(),
       size,
       ...(platform ? { platform } : {}),
+      form: built.form,
+      ...(built.keepUserXattrs !== undefined ? { keepUserXattrs: built.keepUserXattrs } : {}),
+      ...(built.reason !== undefined ? { formReason: built.reason } : {}),
       ...(sealed.seal ? { seal: sealed.seal } : {}),
     };
     repo.writeName(record);

@@ -24,6 +24,7 @@ import { decodeName, defaultRepoPath, encodeName, SUBDIRS, syncDirFd, tmpName, w
 import type { LayerEntry } from '../oci/layer.js';
 import type { NameSeal } from '../oci/seals.js';
 import type { VerityAlgorithm } from '../fsverity/index.js';
+import type { ImageForm } from './form.js';
 import { decodeLayerRecord, encodeLayerRecord } from './layer-record.js';
 
 export class RepoError extends ComposefsError {
@@ -53,6 +54,22 @@ export interface NameRecord {
   platform?: string;
   /** The seal the image was checked against at the pull (absent: not sealed). */
   seal?: NameSeal;
+  /**
+   * Which image the name holds (src/repo/build.ts): 'canonical', the
+   * composefs-rs canonical form a seal digests, or 'unpacked', the rootfs
+   * `umoci raw unpack` writes. Records written before forms existed hold
+   * unpacked images and have no field: read them with recordForm().
+   */
+  form?: ImageForm;
+  /** Canonical form: whether `user.*` xattrs were kept. */
+  keepUserXattrs?: boolean;
+  /** Unpacked form chosen by 'auto': why the image has no canonical form. */
+  formReason?: string;
+}
+
+/** The form a record's image is in: records without one predate forms, and hold unpacked images. */
+export function recordForm(record: NameRecord): ImageForm {
+  return record.form === 'canonical' ? 'canonical' : 'unpacked';
 }
 
 export interface OpenOptions {

@@ -7,6 +7,7 @@
  * digest of its exact bytes. Then `sealImage` publishes the seal: an
  * artifact next to the image (the default), or an inline-sealed manifest.
  */
+import { CanonicalFormError } from './form.js';
 import { fsverityDigest, type VerityAlgorithm } from '../fsverity/index.js';
 import { buildArtifact, buildInlineManifest, type Seal } from '../oci/seal-format.js';
 import type { ImageSource, ResolvedImage, SourceOptions } from '../oci/source.js';
@@ -19,6 +20,11 @@ export interface SealOptions {
   algorithm?: VerityAlgorithm;
   /** The name an image pulled for sealing gets (default: the source's default name, as `cfs pull`). */
   name?: string;
+  /**
+   * The canonical form that keeps `user.*` xattrs (cfsctl's --keep-user-xattrs).
+   * A seal does not say which was used: readers must pull with the same choice.
+   */
+  keepUserXattrs?: boolean;
   /** One line per decision and step (for --explain). */
   explain?: (line: string) => void;
   /** Events of the pull, when one is needed. */
@@ -45,18 +51,17 @@ export function repositoryAlgorithm(_repo: Repository): VerityAlgorithm {
 }
 
 /**
- * Whether a record holds the image in the canonical form, the one form a
- * seal's merged digest is defined over. At the merge with the canonical
- * form's branch this is `record.form === 'canonical'`.
+ * Whether a record holds the image in the canonical form (with the same
+ * xattr choice), the one form a seal's merged digest is defined over.
  */
-export function holdsCanonicalForm(_record: NameRecord): boolean {
-  return true;
+function holdsCanonicalForm(record: NameRecord, keepUserXattrs: boolean): boolean {
+  return record.form === 'canonical' && (record.keepUserXattrs ?? false) === keepUserXattrs;
 }
 
 /** A name in the repository holding this manifest in canonical form, whose image file is there; null if none. */
-export function findSealable(repo: Repository, manifestDigest: string): NameRecord | null {
+export function findSealable(repo: Repository, manifestDigest: string, keepUserXattrs = false): NameRecord | null {
   for (const record of repo.images()) {
-    if (record.manifest !== manifestDigest || !holdsCanonicalForm(record)) continue;
+    if (record.manifest !== manifestDigest || !holdsCanonicalForm(record, keepUserXattrs)) continue;
     if (typeof record.image !== 'string' || !/^[0-9a-f]+$/.test(record.image)) continue;
     if (repo.hasFile('images', record.image) === null) continue;
     return record;
@@ -79,15 +84,18 @@ export async function sealOf(repo: Repository, source: ImageSource, opts: SealOp
   opts.onResolved?.(image);
   const config = fsverityDigest(image.config, algorithm).toString('hex');
   explain(`${image.reference}: manifest ${image.manifestDigest}${image.index ? ` (the ${image.platform ? `${image.platform.os}/${image.platform.architecture}` : 'chosen'} image of index ${image.index})` : ''}; config fs-verity ${algorithm} digest ${config}`);
-  let record = findSealable(repo, image.manifestDigest);
+  const keepUserXattrs = opts.keepUserXattrs ?? false;
+  let record = findSealable(repo, image.manifestDigest, keepUserXattrs);
   let pulled = false;
   if (record) {
     explain(`merged digest from the name '${record.name}', which holds this manifest in canonical form (nothing read again)`);
   } else {
     explain(`no name holds manifest ${image.manifestDigest} in canonical form: pulling it`);
     const { pullImage } = await import('./pull.js');
-    // At the merge with the canonical form's branch, this pull asks for it: `form: 'canonical'`.
-    const result = await pullImage(repo, source, { name: opts.name, onEvent: opts.onPullEvent, signal: opts.signal });
+    const result = await pullImage(repo, source, { name: opts.name, onEvent: opts.onPullEvent, signal: opts.signal, form: 'canonical', keepUserXattrs }).catch((err: unknown) => {
+      if (err instanceof CanonicalFormError) throw new RepoError(`cannot be sealed: ${err.message}`, { cause: err });
+      throw err;
+    });
     record = result.record;
     pulled = true;
     if (record.manifest !== image.manifestDigest) {
@@ -95,8 +103,8 @@ export async function sealOf(repo: Repository, source: ImageSource, opts: SealOp
     }
     explain(`pulled as '${record.name}': merged digest ${record.image}`);
   }
-  if (!holdsCanonicalForm(record)) {
-    throw new RepoError(`${image.reference}: cannot be sealed: it has no canonical form (no /usr), and a seal's merged digest is defined over the canonical form only`);
+  if (!holdsCanonicalForm(record, keepUserXattrs)) {
+    throw new RepoError(`${image.reference}: cannot be sealed: the name '${record.name}' holds it in the ${record.form ?? 'unpacked'} form, and a seal's merged digest is defined over the canonical form only`);
   }
   return { seal: { algorithm, merged: record.image, config }, image, record, pulled };
 }

@@ -12,8 +12,8 @@ import { ComposefsError } from '../errors.js';
 import { fsverityDigest } from '../fsverity/index.js';
 import { artifactSeal, inlineSeals, sealKey, type FoundSeal } from '../oci/seal-format.js';
 import type { NameSeal } from '../oci/seals.js';
-import { buildImage } from './pull.js';
-import type { Repository } from './repository.js';
+import { buildImage } from './build.js';
+import { recordForm, type Repository } from './repository.js';
 
 export type VerifyCheck = 'seal' | 'image' | 'config' | 'artifact' | 'manifest' | 'rebuild';
 
@@ -110,8 +110,10 @@ export async function verifyName(repo: Repository, name: string, options: Verify
 
     checked.push('rebuild');
     try {
-      const { image } = buildImage(name, rec.layers.map((d) => ({ digest: d, entries: repo.readLayer(d) })));
-      const rebuilt = fsverityDigest(image, algorithm).toString('hex');
+      // In the form the record says the pull built (records from before forms hold unpacked images).
+      const form = recordForm(rec);
+      const layers = rec.layers.map((d) => ({ name: `layer ${d}`, entries: repo.readLayer(d) }));
+      const rebuilt = buildImage(layers, { form, keepUserXattrs: rec.keepUserXattrs ?? false, algorithm }).digest;
       const want = seal?.merged ?? rec.image;
       if (rebuilt !== want) problem('rebuild', `${name}: the image rebuilt from the layer records has fs-verity digest ${rebuilt}, ${seal ? 'the seal' : 'the record'} ${want}`, want, rebuilt);
     } catch (err) {
