@@ -25,6 +25,13 @@ const specs: OptionSpec[] = [
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
+/** `cfs info` also takes --algorithm (measure-file); the drop-in keeps the reference's options. */
+const cfsSpecs: OptionSpec[] = [
+  ...specs.slice(0, -1),
+  { name: 'algorithm', value: true, arg: 'ALG', help: 'measure-file: the fs-verity hash, sha256 (default) or sha512' },
+  ...specs.slice(-1),
+];
+
 const COMMANDS = ['ls', 'objects', 'dump', 'missing-objects', 'measure-file'];
 
 function help(prog: string): string {
@@ -39,13 +46,13 @@ function help(prog: string): string {
       '  missing-objects  list the backing objects not present under --basedir',
       '  measure-file     print the fs-verity digest of each FILE given instead of images',
     ].join('\n'),
-    specs,
+    prog === 'composefs-info' ? specs : cfsSpecs,
   );
 }
 
 export async function run(args: string[], prog: string): Promise<number> {
   // The drop-in exits 1 on a bad option, as the reference does; `cfs info` keeps the usage status 2.
-  const parsed = prog === 'composefs-info' ? parseArgsExit1(args, specs) : parseArgs(args, specs);
+  const parsed = prog === 'composefs-info' ? parseArgsExit1(args, specs) : parseArgs(args, cfsSpecs);
   if (parsed.options.has('help')) {
     process.stdout.write(help(prog));
     return 0;
@@ -59,7 +66,9 @@ export async function run(args: string[], prog: string): Promise<number> {
   const [command, ...paths] = parsed.positional;
   if (command === undefined) throw new UserError(`No command specified (one of ${COMMANDS.join(', ')}; see --help)`);
   if (!COMMANDS.includes(command)) throw new UserError(`Unknown command '${command}'`);
-  if (command === 'measure-file') return measureFiles(paths);
+  const algorithm = parsed.options.get('algorithm') ?? 'sha256';
+  if (algorithm !== 'sha256' && algorithm !== 'sha512') throw new UserError(`invalid --algorithm '${String(algorithm).slice(0, 64)}': expected sha256 or sha512`);
+  if (command === 'measure-file') return measureFiles(paths, algorithm);
 
   const basedirOpt = parsed.options.get('basedir');
   const basedir = typeof basedirOpt === 'string' ? basedirOpt : null;
@@ -161,7 +170,7 @@ function objectExists(basedir: string | null, object: Buffer): boolean {
   }
 }
 
-async function measureFiles(paths: string[]): Promise<number> {
+async function measureFiles(paths: string[], algorithm: 'sha256' | 'sha512'): Promise<number> {
   if (paths.length === 0) throw new UserError('No files specified');
   // Loaded only here: the hashing module brings in native code the other commands do not need.
   const { digestToHex, fsverityDigestOfFileSync } = await import('../fsverity/index.js');
@@ -175,7 +184,7 @@ async function measureFiles(paths: string[]): Promise<number> {
       throw new UserError(describeSystemError(err, `Failed to open '${path}'`));
     }
     try {
-      const { digest } = fsverityDigestOfFileSync(fd);
+      const { digest } = fsverityDigestOfFileSync(fd, { algorithm });
       out.text(`${digestToHex(digest)}\n`);
     } catch (err) {
       throw new UserError(describeSystemError(err, `failed to measure '${path}'`));
