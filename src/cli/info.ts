@@ -15,7 +15,7 @@
  */
 import { closeSync, openSync, statSync } from 'node:fs';
 import { UserError, describeSystemError } from './errors.js';
-import { formatHelp, parseArgs, parseArgsExit1, type OptionSpec } from './args.js';
+import { algorithmOption, formatHelp, parseArgs, parseArgsExit1, type OptionSpec } from './args.js';
 import { Output, escapeBytes, loadImage, loadImageDump } from './image-io.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 
@@ -66,8 +66,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   const [command, ...paths] = parsed.positional;
   if (command === undefined) throw new UserError(`No command specified (one of ${COMMANDS.join(', ')}; see --help)`);
   if (!COMMANDS.includes(command)) throw new UserError(`Unknown command '${command}'`);
-  const algorithm = parsed.options.get('algorithm') ?? 'sha256';
-  if (algorithm !== 'sha256' && algorithm !== 'sha512') throw new UserError(`invalid --algorithm '${String(algorithm).slice(0, 64)}': expected sha256 or sha512`);
+  const algorithm = algorithmOption(parsed) ?? 'sha256';
   if (command === 'measure-file') return measureFiles(paths, algorithm);
 
   const basedirOpt = parsed.options.get('basedir');

@@ -15,6 +15,7 @@ const commands: Record<string, { summary: string; load: () => Promise<CommandMod
   dump: { summary: 'write an image back out as a dump file (or copy it)', load: () => import('./dump.js') },
   fsck: { summary: 'check an image and, with --basedir, its objects; or, with --repo, a repository', load: () => import('./fsck.js') },
   pull: { summary: 'pull a container image (registry, OCI layout or archive) into the repository', load: () => import('./pull.js') },
+  init: { summary: 'create a repository for sha256 or sha512 objects (cfs init --algorithm sha512)', load: () => import('./repo.js').then((m) => m.init) },
   images: { summary: 'list the repository\'s named images', load: () => import('./repo.js').then((m) => m.images) },
   inspect: { summary: 'show a named image and its OCI config', load: () => import('./repo.js').then((m) => m.inspect) },
   tag: { summary: 'give a named image another name', load: () => import('./repo.js').then((m) => m.tag) },

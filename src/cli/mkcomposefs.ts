@@ -7,7 +7,7 @@
  */
 import { fstatSync, lstatSync, readFileSync, writeSync } from 'node:fs';
 import { availableParallelism, constants as osConstants } from 'node:os';
-import { formatHelp, parseArgsExit1, type OptionSpec } from './args.js';
+import { algorithmOption, formatHelp, parseArgsExit1, type OptionSpec } from './args.js';
 import { describeSystemError, UserError } from './errors.js';
 import type { Inode } from '../tree/model.js';
 import type { FlatTree } from '../tree/flat.js';
@@ -50,12 +50,6 @@ function usage(prog: string): string {
   );
 }
 
-function algorithmOption(value: string | true | string[] | undefined): VerityAlgorithm {
-  if (value === undefined) return 'sha256';
-  const s = String(value);
-  if (s !== 'sha256' && s !== 'sha512') throw new UserError(`invalid --algorithm '${s.slice(0, 64)}': expected sha256 or sha512`);
-  return s;
-}
 
 function versionOption(value: string | true | string[] | undefined, which: string): number | undefined {
   if (value === undefined) return undefined;
@@ -151,7 +145,7 @@ export async function run(argv: string[], prog: string): Promise<number> {
   const printDigestOnly = options.has('print-digest-only');
   const printDigest = printDigestOnly || options.has('print-digest');
   if (options.has('skip-xattrs') && options.has('user-xattrs')) throw new UserError('--skip-xattrs and --user-xattrs conflict');
-  const algorithm = algorithmOption(options.get('algorithm'));
+  const algorithm = algorithmOption(parsed, 1) ?? 'sha256';
 
   const minSet = versionOption(options.get('min-version'), 'min');
   const maxSet = versionOption(options.get('max-version'), 'max');

@@ -5,7 +5,7 @@
  * `--quiet`, one progress line on stderr: layers done, bytes fetched of the
  * total and the rate, then the build.
  */
-import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { algorithmOption, formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UsageError } from '../errors.js';
 import type { PullEvent } from '../repo/pull.js';
 import { humanBytes } from '../units.js';
@@ -15,6 +15,7 @@ import { printableJson } from '../printable.js';
 const specs: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository (default $CFS_REPO, /var/lib/composefs as root, else $XDG_DATA_HOME/composefs)' },
   { name: 'shared', help: 'use the repository even if others own it or may write it (see README: shared repositories)' },
+  { name: 'algorithm', value: true, arg: 'ALG', help: 'fs-verity algorithm of a new repository: sha256 (default) or sha512; must be the existing one\'s otherwise' },
   { name: 'platform', value: true, arg: 'OS/ARCH[/VARIANT]', help: 'the image to take from an index (default: this machine)' },
   { name: 'creds', value: true, arg: 'USER:PASS', help: 'registry credentials' },
   { name: 'authfile', value: true, arg: 'FILE', help: 'registry auth file (default: $REGISTRY_AUTH_FILE, containers auth.json, ~/.docker/config.json)' },
@@ -132,7 +133,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   const speedTime = count('speed-time', 1);
 
   const [{ openSource }, { Repository }, { pullImage }] = await Promise.all([import('../oci/transports.js'), import('../repo/repository.js'), import('../repo/pull.js')]);
-  const repo = Repository.open(str('repo'), { shared: p.options.has('shared') });
+  const repo = Repository.open(str('repo'), { shared: p.options.has('shared'), algorithm: algorithmOption(p) });
   const source = await openSource(reference, {
     platform: str('platform'),
     creds: str('creds'),

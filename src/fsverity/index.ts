@@ -304,8 +304,10 @@ export function digestToHex(digest: Uint8Array): string {
 
 /** The pattern of a digest's hex form: 64 digits for sha256, 128 for sha512. */
 export function digestHexPattern(algorithm: VerityAlgorithm): RegExp {
-  return algorithm === 'sha512' ? /^[0-9a-f]{128}$/ : /^[0-9a-f]{64}$/;
+  return algorithm === 'sha512' ? SHA512_HEX : SHA256_HEX;
 }
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+const SHA512_HEX = /^[0-9a-f]{128}$/;
 
 /**
  * Parse hex digits (either case) into a digest: exactly `algorithm`'s

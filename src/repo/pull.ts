@@ -72,6 +72,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
   if (opts.name !== undefined) checkName(opts.name);
   const lock = await repo.lock(false, () => emit({ type: 'waiting-for-lock' }));
   try {
+    repo.prepareWrite();
     const img = await source.resolve();
     const name = opts.name ?? img.defaultName;
     checkName(name);
@@ -80,7 +81,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     const cached = diffIds.map((d) => repo.hasLayer(d));
     emit({ type: 'resolved', reference: img.reference, layers: img.layers.map((l, i) => ({ digest: l.digest, size: l.size, cached: cached[i] })) });
 
-    const objects = new ObjectWriter(repo.dir('objects'), repo.objects);
+    const objects = new ObjectWriter(repo.dir('objects'), repo.objects, repo.algorithm);
     // One import per distinct diff_id, however often the image lists it.
     const todo = new Map<string, number>();
     diffIds.forEach((d, i) => {
@@ -124,7 +125,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
       for (let i = 0; i < diffIds.length; i++) builder.applyLayer(`${img.reference}: layer ${img.layers[i].digest}`, imported.get(diffIds[i]) ?? repo.readLayer(diffIds[i]));
       tree = builder.toInode();
       image = writeImageWithInfo(tree).image;
-      hex = fsverityDigest(image).toString('hex');
+      hex = fsverityDigest(image, repo.algorithm).toString('hex');
     } finally {
       // Every layer durable and recorded before anything is named (a failure lands in `failed`).
       await Promise.allSettled(recorded);
