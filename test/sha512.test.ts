@@ -9,7 +9,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { patternBytes, type TarEntry } from './helpers/tar-writer.js';
@@ -151,7 +151,7 @@ test('a sha512 repository: pull from an OCI layout, names, layer records, fsck -
   assert.match(bad.stdout, new RegExp(`object ${victim}: content has fs-verity digest [0-9a-f]{128}`));
 }));
 
-test('--algorithm that disagrees with the repository: one line naming both; an older repository without meta.json is sha256 and gets the file at its first pull', inTemp('sha512-mismatch', (tmp) => {
+test('--algorithm that disagrees with the repository: one line naming both (also when two first pulls race); an older repository without meta.json is sha256 and gets the file at its first pull', inTemp('sha512-mismatch', async (tmp) => {
   const layout = join(tmp, 'layout');
   writeLayout(layout, 'one', gzLayers(base));
   const r512 = join(tmp, 'r512');
@@ -172,6 +172,29 @@ test('--algorithm that disagrees with the repository: one line naming both; an o
   assert.ok(!existsSync(join(old, 'meta.json')), 'reading does not write it');
   assert.equal(ok(cfs('pull', '--repo', old, `oci:${layout}:one`, 'two')).trim().length, 64);
   assert.equal(JSON.parse(readFileSync(join(old, 'meta.json'), 'utf8')).algorithm, 'fsverity-sha256-12', 'the first pull records the algorithm');
+
+  // Two first pulls at once asking for different algorithms: one meta.json, one pull, the other refused.
+  const raced = join(tmp, 'raced');
+  const both = await Promise.all(
+    (['sha256', 'sha512'] as const).map(
+      (algorithm) =>
+        new Promise<{ algorithm: string; status: number | null; stdout: string; stderr: string }>((resolve) => {
+          const child = spawn(cliPath('cfs'), ['pull', '--repo', raced, '--algorithm', algorithm, `oci:${layout}:one`, algorithm]);
+          let stdout = '';
+          let stderr = '';
+          child.stdout.on('data', (d) => (stdout += d));
+          child.stderr.on('data', (d) => (stderr += d));
+          child.on('close', (status) => resolve({ algorithm, status, stdout, stderr }));
+        }),
+    ),
+  );
+  const won = both.filter((r) => r.status === 0);
+  assert.equal(won.length, 1, both.map((r) => r.stderr).join(''));
+  const lost = both.find((r) => r.status !== 0)!;
+  assert.match(lost.stderr.trim(), new RegExp(`^cfs pull: repository .* holds ${won[0].algorithm} objects .*, not ${lost.algorithm} \\(--algorithm ${lost.algorithm}\\)$`));
+  assert.equal(JSON.parse(readFileSync(join(raced, 'meta.json'), 'utf8')).algorithm, `fsverity-${won[0].algorithm}-12`);
+  assert.equal(won[0].stdout.trim().length, won[0].algorithm === 'sha512' ? 128 : 64);
+  assert.deepEqual(readdirSync(join(raced, 'names')), [won[0].algorithm]);
 
   // An empty repository (made by a command that only reads) takes the algorithm of its first write.
   const empty = join(tmp, 'empty');

@@ -145,6 +145,8 @@ export class Repository {
   meta: RepoMeta | null = null;
   /** The read-only-compatible features this cfs does not know, when there are any: it may read, not write. */
   readOnlyFeatures: string[] | null = null;
+  /** The algorithm the caller asked for (OpenOptions.algorithm), if any. */
+  private asked: VerityAlgorithm | undefined;
 
   private constructor(
     readonly root: string,
@@ -225,6 +227,7 @@ export class Repository {
    * one takes the algorithm asked for at its first write.
    */
   private loadMeta(asked: VerityAlgorithm | undefined): void {
+    this.asked = asked;
     const path = join(this.root, META_FILE);
     const bytes = this.readMetaFile();
     if (bytes === null) {
@@ -325,8 +328,9 @@ export class Repository {
         /* renamed, or never created */
       }
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
-        const wanted = this.algorithm;
-        this.loadMeta(wanted);
+        // Another command created it meanwhile: its algorithm holds, unless this caller asked for another.
+        this.loadMeta(this.asked);
+        this.checkWritable();
         return;
       }
       throw ioError(err, `cannot write ${path}`);
