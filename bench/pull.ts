@@ -56,7 +56,8 @@ function layer(dir: string, name: string, paths: string[], compress: 'gz' | 'zst
     sh(compress === 'gz' ? `gzip -6 -c ${tar} > ${blob}.tmp && mv ${blob}.tmp ${blob}` : `zstd -q -3 -c ${tar} > ${blob}.tmp && mv ${blob}.tmp ${blob}`);
   }
   const data = readFileSync(blob);
-  const t = existsSync(tar) ? readFileSync(tar) : gunzipSync(data);
+  // Without the tar (removed to save room), the gzip blob gives it back, whichever blob was asked for.
+  const t = existsSync(tar) ? readFileSync(tar) : gunzipSync(compress === 'gz' ? data : readFileSync(`${tar}.gz`));
   return { tar: t, blob: data, mediaType: compress === 'gz' ? 'application/vnd.oci.image.layer.v1.tar+gzip' : 'application/vnd.oci.image.layer.v1.tar+zstd' };
 }
 
