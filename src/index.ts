@@ -29,6 +29,16 @@ export {
   fsverityDigestOfFileSync,
   digestToHex,
   hexToDigest,
+  digestHexPattern,
+  isVerityAlgorithm,
+  verityDigestSize,
+  verityAlgorithmOfSize,
+  verityAlgorithmOfId,
+  VERITY_ALGORITHMS,
+  VERITY_ALGORITHM_IDS,
+  type VerityAlgorithm,
+  type HasherOptions,
+  type FileDigestOptions,
 } from './fsverity/index.js';
 export { digestToObjectPath, objectPathToDigest } from './store/layout.js';
 export { fsckImage, type FsckReport, type FsckProblem, type FsckOptions } from './check/fsck.js';
@@ -154,7 +164,8 @@ export async function sealOf(...args: Parameters<typeof import('./repo/seal.js')
 }
 
 export type { SealOptions, SealImageOptions, SealResult, SealDigests } from './repo/seal.js';
-export type { Repository, NameRecord } from './repo/repository.js';
+export type { Repository, NameRecord, OpenOptions } from './repo/repository.js';
+export { algorithmName, decodeMeta, REPO_FORMAT_VERSION, META_FILE, type RepoMeta, type MetaAccess } from './repo/meta.js';
 export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';
 export type { BuildLayer, BuildOptions, BuiltImage } from './repo/build.js';
 export { CanonicalFormError, IMAGE_FORMS, type ImageForm, type FormChoice } from './repo/form.js';

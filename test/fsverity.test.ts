@@ -19,9 +19,9 @@ const FSVERITY = '/usr/bin/fsverity';
 const haveTool = existsSync(FSVERITY);
 
 /** What Debian's fsverity-utils says the digest of `path` is. */
-function toolDigest(path: string): string {
-  const out = execFileSync(FSVERITY, ['digest', path], { encoding: 'utf8' });
-  const m = /^sha256:([0-9a-f]{64}) /.exec(out);
+function toolDigest(path: string, algorithm: 'sha256' | 'sha512' = 'sha256'): string {
+  const out = execFileSync(FSVERITY, ['digest', `--hash-alg=${algorithm}`, path], { encoding: 'utf8' });
+  const m = new RegExp(`^${algorithm}:([0-9a-f]{${algorithm === 'sha512' ? 128 : 64}}) `).exec(out);
   assert.ok(m, `unexpected fsverity output: ${out}`);
   return m[1];
 }
@@ -61,6 +61,33 @@ test('fs-verity digests match fsverity-utils', { skip: haveTool ? false : 'no /u
   }
 });
 
+// 64 * 4096: one full block of SHA-512 hashes (64 to a block, not 128), and one more.
+const SHA512_SIZES = [0, 1, 4095, 4096, 4097, 64 * 4096, 64 * 4096 + 1, 65 * 4096, 64 * 64 * 4096 + 5, 9 * 1024 * 1024 + 123];
+
+test('sha512 fs-verity digests match fsverity digest --hash-alg=sha512, through every path', { skip: haveTool ? false : 'no /usr/bin/fsverity: fs-verity digest comparison skipped' }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cfs-fsverity-'));
+  try {
+    for (const [i, size] of SHA512_SIZES.entries()) {
+      const data = content(size, 100 + i);
+      const path = join(dir, `f${size}`);
+      writeFileSync(path, data);
+      const want = toolDigest(path, 'sha512');
+      assert.equal(digestToHex(fsverityDigest(data, 'sha512')), want, `in-memory digest, size ${size}`);
+      assert.equal(digestToHex(fsverityDigestOfFileSync(path, { algorithm: 'sha512' }).digest), want, `sync file digest, size ${size}`);
+      assert.equal(digestToHex(await fsverityDigestOfFile(path, 'sha512')), want, `async file digest, size ${size}`);
+      for (const native of [true, false]) {
+        const h = new FsVerityHasher({ algorithm: 'sha512', native });
+        for (let off = 0, step = 1; off < size; off += step, step = (step * 7 + 3) % 10007 + 1) h.update(data.subarray(off, off + step));
+        assert.equal(digestToHex(h.digest()), want, `chunked digest (native ${native}), size ${size}`);
+      }
+      // The same hasher goes on to the other algorithm's file unchanged.
+      assert.equal(digestToHex(fsverityDigestOfFileSync(path).digest), toolDigest(path), `sha256 after sha512, size ${size}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a sparse file digests like its zero-filled content', { skip: haveTool ? false : 'no /usr/bin/fsverity: fs-verity digest comparison skipped' }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'cfs-fsverity-'));
   try {
@@ -92,10 +119,21 @@ test('hex and object path helpers', () => {
   assert.match(hex, /^[0-9a-f]{64}$/);
   assert.deepEqual(hexToDigest(hex), d);
   assert.deepEqual(hexToDigest(hex.toUpperCase()), d);
-  assert.throws(() => hexToDigest(hex.slice(1)), /64 hex digits/);
-  assert.throws(() => hexToDigest('g'.repeat(64)), /64 hex digits/);
+  assert.throws(() => hexToDigest(hex.slice(1)), /64 or 128 hex digits/);
+  assert.throws(() => hexToDigest('g'.repeat(64)), /64 or 128 hex digits/);
   const p = digestToObjectPath(d);
   assert.equal(p, `${hex.slice(0, 2)}/${hex.slice(2)}`);
   assert.deepEqual(objectPathToDigest(p), d);
   assert.equal(objectPathToDigest(hex), null);
+  const long = fsverityDigest(Buffer.from('hello'), 'sha512');
+  const longHex = digestToHex(long);
+  assert.match(longHex, /^[0-9a-f]{128}$/);
+  assert.deepEqual(hexToDigest(longHex), long);
+  assert.deepEqual(hexToDigest(longHex, 'sha512'), long);
+  assert.throws(() => hexToDigest(longHex, 'sha256'), /64 hex digits/);
+  assert.throws(() => hexToDigest(hex, 'sha512'), /128 hex digits/);
+  assert.throws(() => hexToDigest(longHex.slice(2)), /64 or 128 hex digits/);
+  const longPath = digestToObjectPath(long);
+  assert.equal(longPath, `${longHex.slice(0, 2)}/${longHex.slice(2)}`);
+  assert.deepEqual(objectPathToDigest(longPath), long);
 });

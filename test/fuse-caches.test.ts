@@ -163,7 +163,7 @@ test('object files: opened on first use only, the least recently used half close
   const use = (nid: number): ObjectFile =>
     files.use(nid, () => {
       opens.push(nid);
-      return { fd: openSync(paths[nid], 'r'), size: 0, verified: null };
+      return { fd: openSync(paths[nid], 'r'), size: 0, verified: null, algorithm: 'sha256' };
     });
   const fds = [0, 1, 2, 3].map((nid) => use(nid).fd);
   assert.equal(use(0).fd, fds[0], 'a second use: the same open file');

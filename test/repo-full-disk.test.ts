@@ -75,7 +75,7 @@ test('a full disk: one line, no name, fsck clean, gc frees it all, a later pull 
     assert.equal(mount.status, 0, mount.stderr);
     mounted = true;
     const repo = join(mnt, 'repo');
-    ok(cfs('images', '--repo', repo)); // creates it
+    ok(cfs('init', '--repo', repo)); // creates it, with its meta.json (which a first pull would write, and gc keeps)
     const empty = free(mnt);
 
     const r = cfs('pull', '--repo', repo, `oci:${layout}:big`, 'big');

@@ -260,7 +260,8 @@ function checkObject(stores: StoreDirs, basedirs: string[], inode: Inode, named:
     if (sizeWrong && !repair) return { missing: false, corrupt: null, problems };
     let digest: Buffer;
     try {
-      digest = fsverityDigestOfFileSync(fd).digest;
+      // Hashed with the algorithm of its name (64 hex digits: SHA-256, 128: SHA-512).
+      digest = fsverityDigestOfFileSync(fd, { algorithm: named.length === 64 ? 'sha512' : 'sha256' }).digest;
     } catch (err) {
       problems.push({ code: 'object-read', message: `backing object '${shown}' cannot be read: ${reasonOf(err)}` });
       return { missing: false, corrupt, problems };

@@ -4,6 +4,7 @@
  * boolean `--flag`, short `-o value`/`-ovalue`, and `--` to end options.
  */
 import { UserError } from './errors.js';
+import { printable } from '../printable.js';
 
 export interface OptionSpec {
   /** Long name without dashes. */
@@ -106,4 +107,13 @@ export function parseArgsExit1(argv: string[], specs: OptionSpec[]): Parsed {
     if (err instanceof UserError) throw new UserError(err.message, 1);
     throw err;
   }
+}
+
+/** The value of `--algorithm` (an fs-verity hash: sha256 or sha512), undefined when not given; `exitCode` for a bad one. */
+export function algorithmOption(parsed: Parsed, exitCode = 2): 'sha256' | 'sha512' | undefined {
+  const v = parsed.options.get('algorithm');
+  if (v === undefined) return undefined;
+  const s = String(v);
+  if (s !== 'sha256' && s !== 'sha512') throw new UserError(`invalid value for --algorithm: '${printable(s.length > 64 ? `${s.slice(0, 64)}…` : s)}' (sha256 or sha512)`, exitCode);
+  return s;
 }

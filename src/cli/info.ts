@@ -15,7 +15,7 @@
  */
 import { closeSync, openSync, statSync } from 'node:fs';
 import { UserError, describeSystemError } from './errors.js';
-import { formatHelp, parseArgs, parseArgsExit1, type OptionSpec } from './args.js';
+import { algorithmOption, formatHelp, parseArgs, parseArgsExit1, type OptionSpec } from './args.js';
 import { Output, escapeBytes, loadImage, loadImageDump } from './image-io.js';
 import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Inode } from '../tree/model.js';
 
@@ -23,6 +23,13 @@ const specs: OptionSpec[] = [
   { name: 'basedir', value: true, arg: 'DIR', help: 'object store to look objects up in (missing-objects)' },
   { name: 'filter', value: true, repeat: true, arg: 'NAME', help: 'read only this entry of the root and what lies under it (repeatable)' },
   { name: 'help', short: 'h', help: 'show this help' },
+];
+
+/** `cfs info` also takes --algorithm (measure-file); the drop-in keeps the reference's options. */
+const cfsSpecs: OptionSpec[] = [
+  ...specs.slice(0, -1),
+  { name: 'algorithm', value: true, arg: 'ALG', help: 'measure-file: the fs-verity hash, sha256 (default) or sha512' },
+  ...specs.slice(-1),
 ];
 
 const COMMANDS = ['ls', 'objects', 'dump', 'missing-objects', 'measure-file'];
@@ -39,13 +46,13 @@ function help(prog: string): string {
       '  missing-objects  list the backing objects not present under --basedir',
       '  measure-file     print the fs-verity digest of each FILE given instead of images',
     ].join('\n'),
-    specs,
+    prog === 'composefs-info' ? specs : cfsSpecs,
   );
 }
 
 export async function run(args: string[], prog: string): Promise<number> {
   // The drop-in exits 1 on a bad option, as the reference does; `cfs info` keeps the usage status 2.
-  const parsed = prog === 'composefs-info' ? parseArgsExit1(args, specs) : parseArgs(args, specs);
+  const parsed = prog === 'composefs-info' ? parseArgsExit1(args, specs) : parseArgs(args, cfsSpecs);
   if (parsed.options.has('help')) {
     process.stdout.write(help(prog));
     return 0;
@@ -59,7 +66,8 @@ export async function run(args: string[], prog: string): Promise<number> {
   const [command, ...paths] = parsed.positional;
   if (command === undefined) throw new UserError(`No command specified (one of ${COMMANDS.join(', ')}; see --help)`);
   if (!COMMANDS.includes(command)) throw new UserError(`Unknown command '${command}'`);
-  if (command === 'measure-file') return measureFiles(paths);
+  const algorithm = algorithmOption(parsed) ?? 'sha256';
+  if (command === 'measure-file') return measureFiles(paths, algorithm);
 
   const basedirOpt = parsed.options.get('basedir');
   const basedir = typeof basedirOpt === 'string' ? basedirOpt : null;
@@ -161,7 +169,7 @@ function objectExists(basedir: string | null, object: Buffer): boolean {
   }
 }
 
-async function measureFiles(paths: string[]): Promise<number> {
+async function measureFiles(paths: string[], algorithm: 'sha256' | 'sha512'): Promise<number> {
   if (paths.length === 0) throw new UserError('No files specified');
   // Loaded only here: the hashing module brings in native code the other commands do not need.
   const { digestToHex, fsverityDigestOfFileSync } = await import('../fsverity/index.js');
@@ -175,7 +183,7 @@ async function measureFiles(paths: string[]): Promise<number> {
       throw new UserError(describeSystemError(err, `Failed to open '${path}'`));
     }
     try {
-      const { digest } = fsverityDigestOfFileSync(fd);
+      const { digest } = fsverityDigestOfFileSync(fd, { algorithm });
       out.text(`${digestToHex(digest)}\n`);
     } catch (err) {
       throw new UserError(describeSystemError(err, `failed to measure '${path}'`));

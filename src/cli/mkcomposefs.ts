@@ -1,14 +1,17 @@
 /**
  * `cfs mkcomposefs` and the drop-in `mkcomposefs`: the reference tool's
  * options, arguments and exit codes (1 for every failure), so scripts written
- * for it run unchanged.
+ * for it run unchanged. `cfs mkcomposefs` alone also takes `--algorithm`
+ * (sha512 digests, objects and metacopy xattrs); the drop-in stays the
+ * reference's, SHA-256 only.
  */
 import { fstatSync, lstatSync, readFileSync, writeSync } from 'node:fs';
 import { availableParallelism, constants as osConstants } from 'node:os';
-import { formatHelp, parseArgsExit1, type OptionSpec } from './args.js';
+import { algorithmOption, formatHelp, parseArgsExit1, type OptionSpec } from './args.js';
 import { describeSystemError, UserError } from './errors.js';
 import type { Inode } from '../tree/model.js';
 import type { FlatTree } from '../tree/flat.js';
+import type { VerityAlgorithm } from '../fsverity/index.js';
 
 const specs: OptionSpec[] = [
   { name: 'digest-store', value: true, arg: 'PATH', help: 'Copy each file into this content-addressed object store (XX/YYYY... named by fs-verity digest)' },
@@ -26,14 +29,27 @@ const specs: OptionSpec[] = [
   { name: 'help', short: 'h', help: 'Show this help' },
 ];
 
+/** What `cfs mkcomposefs` takes beyond the reference's options. */
+const cfsSpecs: OptionSpec[] = [
+  ...specs.slice(0, -2),
+  { name: 'algorithm', value: true, arg: 'ALG', help: 'fs-verity algorithm of the digests, object names and the image itself: sha256 (default) or sha512' },
+  ...specs.slice(-2),
+];
+
+/** The drop-in is the reference's tool; `cfs mkcomposefs` is invoked as `cfs mkcomposefs`. */
+function specsOf(prog: string): OptionSpec[] {
+  return prog === 'mkcomposefs' ? specs : cfsSpecs;
+}
+
 function usage(prog: string): string {
   return formatHelp(
     `${prog} [OPTIONS] SOURCE IMAGE`,
     'Build a composefs image from a directory tree or, with --from-file, a dump file.\n' +
       'IMAGE may be - for standard output. With --print-digest-only, IMAGE is omitted.',
-    specs,
+    specsOf(prog),
   );
 }
+
 
 function versionOption(value: string | true | string[] | undefined, which: string): number | undefined {
   if (value === undefined) return undefined;
@@ -43,7 +59,7 @@ function versionOption(value: string | true | string[] | undefined, which: strin
 }
 
 /** A dump is parsed straight into columns (no Inode objects); a directory scan gives an Inode tree. */
-async function readSource(source: string, fromFile: boolean, opts: Map<string, string | true | string[]>): Promise<{ flat: FlatTree } | { root: Inode }> {
+async function readSource(source: string, fromFile: boolean, opts: Map<string, string | true | string[]>, algorithm: VerityAlgorithm): Promise<{ flat: FlatTree } | { root: Inode }> {
   if (fromFile) {
     let data: Buffer;
     try {
@@ -52,7 +68,7 @@ async function readSource(source: string, fromFile: boolean, opts: Map<string, s
       throw new UserError(describeSystemError(err, `open \`${source}\``));
     }
     const { parseDumpFlat } = await import('../dumpfile/parse.js');
-    return { flat: parseDumpFlat(data, { strict: Boolean(process.env.CFS_PARSE_STRICT) }) };
+    return { flat: parseDumpFlat(data, { strict: Boolean(process.env.CFS_PARSE_STRICT), digestSize: algorithm === 'sha512' ? 64 : 32 }) };
   }
   let st;
   try {
@@ -77,6 +93,7 @@ async function readSource(source: string, fromFile: boolean, opts: Map<string, s
     userXattrs: opts.has('user-xattrs'),
     digestStore: opts.has('digest-store') ? String(opts.get('digest-store')) : undefined,
     computeDigest: true,
+    algorithm,
     threads: threadCount,
     progress: !opts.has('quiet') && process.stderr.isTTY === true,
   });
@@ -119,7 +136,7 @@ function writeToStdout(data: Buffer): void {
 
 export async function run(argv: string[], prog: string): Promise<number> {
   // The reference exits 1 for usage errors too.
-  const parsed = parseArgsExit1(argv, specs);
+  const parsed = parseArgsExit1(argv, specsOf(prog));
   const { options, positional } = parsed;
   if (options.has('help')) {
     process.stdout.write(usage(prog));
@@ -128,6 +145,7 @@ export async function run(argv: string[], prog: string): Promise<number> {
   const printDigestOnly = options.has('print-digest-only');
   const printDigest = printDigestOnly || options.has('print-digest');
   if (options.has('skip-xattrs') && options.has('user-xattrs')) throw new UserError('--skip-xattrs and --user-xattrs conflict');
+  const algorithm = algorithmOption(parsed, 1) ?? 'sha256';
 
   const minSet = versionOption(options.get('min-version'), 'min');
   const maxSet = versionOption(options.get('max-version'), 'max');
@@ -148,7 +166,7 @@ export async function run(argv: string[], prog: string): Promise<number> {
   } else out = positional[1];
   if (out === '-' && process.stdout.isTTY) throw new UserError('stdout is a tty.  Refusing to use it');
 
-  const tree = await readSource(source, options.has('from-file'), options);
+  const tree = await readSource(source, options.has('from-file'), options, algorithm);
 
   const { writeFlatImage, writeImageWithInfo, ImageWriteError } = await import('../erofs/writer.js');
   let image: Buffer;
@@ -165,7 +183,7 @@ export async function run(argv: string[], prog: string): Promise<number> {
 
   if (printDigest) {
     const { fsverityDigest } = await import('../fsverity/index.js');
-    process.stdout.write(`${fsverityDigest(image).toString('hex')}\n`);
+    process.stdout.write(`${fsverityDigest(image, algorithm).toString('hex')}\n`);
   }
   return 0;
 }

@@ -5,7 +5,7 @@
  * `--quiet`, one progress line on stderr: layers done, bytes fetched of the
  * total and the rate, then the build.
  */
-import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { algorithmOption, formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UsageError } from '../errors.js';
 import type { PullEvent } from '../repo/pull.js';
 import { humanBytes } from '../units.js';
@@ -16,6 +16,7 @@ import { repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } fro
 
 const specs: OptionSpec[] = [
   ...repoOptionSpecs,
+  { name: 'algorithm', value: true, arg: 'ALG', help: 'fs-verity algorithm of a new repository: sha256 (default) or sha512; must be the existing one\'s otherwise' },
   ...sourceOptionSpecs,
   { name: 'require-seal', help: 'refuse an image without a composefs seal (inline, or an artifact among its referrers)' },
   { name: 'form', value: true, arg: 'FORM', help: 'canonical: the composefs-rs canonical image a seal digests (refused for an image without /usr); unpacked: the rootfs umoci raw unpack writes; auto (default): canonical when the image has that form, else unpacked' },
@@ -135,7 +136,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (keepUserXattrs && form === 'unpacked') throw new UsageError('--keep-user-xattrs applies to the canonical form only (the unpacked form keeps every xattr umoci keeps)');
 
   const [{ openSource }, { Repository }, { pullImage }] = await Promise.all([import('../oci/transports.js'), import('../repo/repository.js'), import('../repo/pull.js')]);
-  const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared') });
+  const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared'), algorithm: algorithmOption(p) });
   const source = await openSource(reference, sourceOptions);
   const json = p.options.has('json');
   const progress = !p.options.has('quiet') && !json && process.stderr.isTTY ? new PullProgress(process.stderr) : null;

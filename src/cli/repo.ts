@@ -4,7 +4,7 @@
  * (default $CFS_REPO, /var/lib/composefs as root, else
  * $XDG_DATA_HOME/composefs) and `--json`.
  */
-import { formatHelp, parseArgs, type OptionSpec, type Parsed } from './args.js';
+import { algorithmOption, formatHelp, parseArgs, type OptionSpec, type Parsed } from './args.js';
 import { UsageError } from '../errors.js';
 import type { Repository } from '../repo/repository.js';
 import { humanBytes } from '../units.js';
@@ -168,6 +168,37 @@ export const gc = {
       const extra = [x.links ? `${x.links} symbolic links` : '', x.leases ? `${x.leases} stale leases` : ''].filter((e) => e).map((e) => `, ${e}`).join('');
       const kept = r.kept.mounts ? ` (kept what ${r.kept.mounts} live mount${r.kept.mounts === 1 ? '' : 's'} by name use${r.kept.mounts === 1 ? 's' : ''})` : '';
       out(`${r.dryRun ? 'would remove' : 'removed'} ${x.images} images, ${x.layers} layers, ${x.blobs} blobs, ${x.objects} objects, ${x.temporary} temporary files${extra}: ${humanBytes(r.bytesFreed)} ${r.dryRun ? 'to free' : 'freed'}${kept}`);
+    }
+    return 0;
+  },
+};
+
+const initSpecs: OptionSpec[] = [{ name: 'algorithm', value: true, arg: 'ALG', help: 'fs-verity algorithm of its objects and images: sha256 (default) or sha512' }, ...common];
+
+export const init = {
+  async run(args: string[], prog: string): Promise<number> {
+    const p = parseArgs(args, initSpecs);
+    if (
+      helpOr(
+        p,
+        `${prog} [--repo DIR] [--algorithm sha256|sha512] [--json]`,
+        'Create a repository (or give an older one its meta.json) holding objects and images named by the\nalgorithm\'s fs-verity digests. An existing repository keeps its algorithm: another is refused.',
+        initSpecs,
+      )
+    ) {
+      return 0;
+    }
+    if (p.positional.length > 0) throw new UsageError(`unexpected argument '${p.positional[0]}'`);
+    const { Repository } = await import('../repo/repository.js');
+    const dir = p.options.get('repo');
+    const repo = Repository.open(dir === undefined ? undefined : String(dir), { create: true, shared: p.options.has('shared'), algorithm: algorithmOption(p) });
+    try {
+      repo.prepareWrite();
+      const { algorithmName } = await import('../repo/meta.js');
+      if (p.options.has('json')) out(json({ repository: repo.root, version: repo.meta?.version, algorithm: algorithmName(repo.algorithm) }));
+      else show([`${repo.root}: ${algorithmName(repo.algorithm)}`]);
+    } finally {
+      repo.close();
     }
     return 0;
   },

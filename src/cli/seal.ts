@@ -48,7 +48,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   const explain = p.options.has('explain') ? (line: string) => process.stderr.write(`${printable(line)}\n`) : undefined;
 
   const [{ Repository }, { sealImage }] = await Promise.all([import('../repo/repository.js'), import('../repo/seal.js')]);
-  const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared') });
+  const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared'), algorithm: algorithmText as VerityAlgorithm | undefined });
   const abort = new AbortController();
   const onSignal = () => abort.abort();
   process.once('SIGINT', onSignal);

@@ -69,6 +69,11 @@ import { HEX_DIGIT, printable, unescapeInPlace, UnescapeError } from './escape.j
 export interface ParseOptions {
   /** The reference's `CFS_PARSE_STRICT` checks (see the module comment). */
   strict?: boolean;
+  /**
+   * Bytes in a digest: 32 (SHA-256, 64 hex digits, the reference's and the
+   * default) or 64 (SHA-512, 128 hex digits), one size for the whole file.
+   */
+  digestSize?: 32 | 64;
 }
 
 /** A dump file the reference would refuse; the message is one line: `line N: FIELD: reason`. */
@@ -642,10 +647,13 @@ class FlatParser {
   /** First regular file too big for an image (the reference refuses it when writing). */
   tooBigLine = 0;
   tooBigSize = '';
-  /** A digest's 32 bytes while its 64 hex digits are checked. */
-  readonly digestBytes = new Uint8Array(32);
+  /** A digest's bytes while its hex digits are checked. */
+  readonly digestBytes = new Uint8Array(64);
+  /** Hex digits in a digest: 64, or 128 for SHA-512. */
+  readonly digestHex: number;
 
-  constructor(input: Uint8Array, strict: boolean) {
+  constructor(input: Uint8Array, strict: boolean, digestSize: 32 | 64 = 32) {
+    this.digestHex = 2 * digestSize;
     this.pool = input;
     this.scanner = new LineScanner(input);
     this.buffer = this.scanner.buffer;
@@ -842,29 +850,31 @@ class FlatParser {
       this.tooBigSize = u64Text(size);
     }
 
-    // DIGEST: its first 64 characters as hex, as the reference reads it,
-    // decoded to 32 bytes where they stand (left as they were otherwise).
+    // DIGEST: its first 64 characters (128 for SHA-512) as hex, as the
+    // reference reads it, decoded to 32 (64) bytes where they stand (left as
+    // they were otherwise).
     let digest = -1;
     if (digestStart !== ABSENT) {
       const bytes = this.pool;
       const digestBytes = this.digestBytes;
+      const want = this.digestHex;
       let hexDigits = 0;
-      if (digestEnd - digestStart >= 64) {
-        for (; hexDigits < 64; hexDigits += 2) {
+      if (digestEnd - digestStart >= want) {
+        for (; hexDigits < want; hexDigits += 2) {
           const high = HEX_DIGIT[bytes[digestStart + hexDigits]];
           const low = HEX_DIGIT[bytes[digestStart + hexDigits + 1]];
           if ((high | low) < 0) break;
           digestBytes[hexDigits >>> 1] = (high << 4) | low;
         }
       }
-      if (hexDigits === 64) {
-        bytes.set(digestBytes, digestStart);
+      if (hexDigits === want) {
+        bytes.set(want === 64 ? digestBytes.subarray(0, 32) : digestBytes, digestStart);
         digest = digestStart;
       }
       // A digest that is not 64 hex digits leaves the reference with
       // uninitialized bytes; that only matters where the image uses it.
       if (digest < 0 && external) {
-        this.fail(Field.DIGEST, `invalid fs-verity digest '${printable(this.pool.subarray(digestStart, digestEnd))}': expected 64 hex digits`);
+        this.fail(Field.DIGEST, `invalid fs-verity digest '${printable(this.pool.subarray(digestStart, digestEnd))}': expected ${want} hex digits`);
       }
     }
 
@@ -1208,6 +1218,7 @@ class FlatParser {
       contentStart: entries.contentStart,
       contentEnd: entries.contentEnd,
       digest: entries.digest,
+      digestSize: this.digestHex / 2,
       xattrStart: entries.xattrStart,
       xattrKeyStart: entries.xattrKeyStart,
       xattrKeyEnd: entries.xattrKeyEnd,
@@ -1333,7 +1344,7 @@ class FlatParser {
  * not use or change it afterwards, except through the tree.
  */
 export function parseDumpFlat(input: Uint8Array, opts: ParseOptions = {}): FlatTree {
-  const parser = new FlatParser(input, opts.strict === true);
+  const parser = new FlatParser(input, opts.strict === true, opts.digestSize);
   parser.run();
   return parser.finish();
 }

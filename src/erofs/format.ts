@@ -38,8 +38,9 @@ export const enum Erofs {
   /** Chunk size bits above the block size, at most (the chunk format's block-bits mask). */
   CHUNK_BITS_MAX = 0x1f,
   CHUNK_FORMAT_INDEXES = 0x20,
-  /** The hash algorithm number in a metacopy xattr: SHA-256. */
+  /** The hash algorithm numbers in a metacopy xattr: SHA-256, SHA-512. */
   FS_VERITY_SHA256 = 1,
+  FS_VERITY_SHA512 = 2,
 }
 
 export const BLOCK_BITS = Erofs.BLOCK_BITS;
@@ -229,3 +230,5 @@ export const OVERLAY_XATTR_USERXATTR_OPAQUE = 'user.overlay.opaque';
 
 /** fs-verity hash algorithm number for SHA-256 (in the metacopy xattr). */
 export const FS_VERITY_HASH_ALG_SHA256 = Erofs.FS_VERITY_SHA256;
+/** fs-verity hash algorithm number for SHA-512 (in the metacopy xattr). */
+export const FS_VERITY_HASH_ALG_SHA512 = Erofs.FS_VERITY_SHA512;

@@ -13,6 +13,7 @@ import {
   COMPOSEFS_FLAG_HAS_ACL,
   FORMAT_VERSION_MAX,
   FS_VERITY_HASH_ALG_SHA256,
+  FS_VERITY_HASH_ALG_SHA512,
   FT_REG_FILE,
   FT_UNKNOWN,
   LAYOUT_CHUNK_BASED,
@@ -35,8 +36,11 @@ export interface ImageProblem {
   message: string;
 }
 
-/** A metacopy value: 4 header bytes (version 0, length 36, flags 0, hash algorithm) and a SHA-256 digest. */
-const METACOPY_SIZE = 4 + 32;
+/**
+ * A metacopy value: 4 header bytes (version 0, the value's length, flags 0,
+ * hash algorithm) and a digest: 36 bytes with SHA-256's, 68 with SHA-512's.
+ */
+const METACOPY_SIZES: Readonly<Record<number, number>> = { [4 + 32]: FS_VERITY_HASH_ALG_SHA256, [4 + 64]: FS_VERITY_HASH_ALG_SHA512 };
 
 const imageProblem = (code: string, message: string): ImageProblem => ({ path: null, code, message });
 
@@ -127,9 +131,10 @@ function checkFact(image: Buffer, fact: DecodedFact, report: (problem: ImageProb
       if (fact.overlayFlags & HAS_METACOPY) {
         const length = fact.valueEnd - fact.valueStart;
         const value = fact.valueStart;
-        if (length !== 0 && length !== METACOPY_SIZE) {
-          report({ path: entryPath(image, fact.at), code: 'metacopy', message: `trusted.overlay.metacopy of ${length} bytes (expected 0 or ${METACOPY_SIZE})` });
-        } else if (length === METACOPY_SIZE && (image[value] !== 0 || image[value + 1] !== METACOPY_SIZE || image[value + 2] !== 0 || image[value + 3] !== FS_VERITY_HASH_ALG_SHA256)) {
+        const algorithm = METACOPY_SIZES[length];
+        if (length !== 0 && algorithm === undefined) {
+          report({ path: entryPath(image, fact.at), code: 'metacopy', message: `trusted.overlay.metacopy of ${length} bytes (expected 0, 36 or 68)` });
+        } else if (length !== 0 && (image[value] !== 0 || image[value + 1] !== length || image[value + 2] !== 0 || image[value + 3] !== algorithm)) {
           report({ path: entryPath(image, fact.at), code: 'metacopy', message: 'trusted.overlay.metacopy has a bad header (version, length, flags or hash algorithm)' });
         }
       }

@@ -195,7 +195,8 @@ export function applyXattr(
     }
     case XattrMeaning.Metacopy:
       if (!regular) return 0;
-      if (length === 4 + 32) node.digest = image.subarray(valueStart + 4, valueStart + 36);
+      // A SHA-256 (4 + 32 bytes) or SHA-512 (4 + 64) digest after the 4-byte header.
+      if (length === 4 + 32 || length === 4 + 64) node.digest = image.subarray(valueStart + 4, valueEnd);
       return HAS_METACOPY;
     case XattrMeaning.EscapedWhiteout:
       if (regular) {

@@ -314,7 +314,7 @@ export class ServingThread {
     // Read to where the answer's header can go right before the byte asked for.
     const at = P.OUT_HEADER_SIZE + BLOCK - skip;
     const n = preadFull(obj.fd, out, at, end - start, start);
-    if (n !== end - start || checkBlocks(leaves, out.subarray(at), n, start) >= 0) {
+    if (n !== end - start || checkBlocks(leaves, out.subarray(at), n, start, obj.algorithm) >= 0) {
       this.log(`verity: ${objectName(this.image.data(ino), ino)} (inode ${ino.nid}): content changed since it was checked; EIO`);
       throw new P.ReplyError(E.EIO);
     }

@@ -159,7 +159,7 @@ export class ImageView {
       if (metacopy === null) return { kind: 'image', bytes: this.decoder.data(ino) };
     }
     const m = metacopy as Buffer;
-    return { kind: 'object', redirect, digest: m.length === 36 ? m.subarray(4, 36) : null };
+    return { kind: 'object', redirect, digest: metacopyDigest(m) };
   }
 
   /** The xattrs as the overlay shows them: its own hidden, escaped ones unescaped. */
@@ -219,4 +219,16 @@ export class ImageView {
   name(e: DirEntry): Buffer {
     return this.buf.subarray(e.nameStart, e.nameEnd);
   }
+}
+
+/**
+ * The digest a metacopy value carries: its 4-byte header (version 0, the
+ * value's length, flags 0, the fs-verity algorithm) must agree with the
+ * digest's length (32 bytes SHA-256, 64 SHA-512); anything else carries none.
+ */
+export function metacopyDigest(m: Buffer): Buffer | null {
+  if (m.length < 4 || m[0] !== 0 || m[1] !== m.length || m[2] !== 0) return null;
+  if (m.length === 4 + 32 && m[3] === 1) return m.subarray(4);
+  if (m.length === 4 + 64 && m[3] === 2) return m.subarray(4);
+  return null;
 }

@@ -243,8 +243,8 @@ function prepare(image: string, mountpoint: string, o: FuseMountOptions): { imag
     throw new FuseMountError(`${image}: ${reasonOf(err)}`, { cause: err });
   }
   if (o.digest !== undefined) {
-    if (!/^[0-9a-fA-F]{64}$/.test(o.digest)) throw new UsageError(`invalid digest '${o.digest}': expected 64 hex digits`);
-    const got = fsverityDigest(buf).toString('hex');
+    if (!/^(?:[0-9a-fA-F]{64}){1,2}$/.test(o.digest)) throw new UsageError(`invalid digest '${printable(o.digest.slice(0, 140))}': expected 64 hex digits (SHA-256) or 128 (SHA-512)`);
+    const got = fsverityDigest(buf, o.digest.length === 128 ? 'sha512' : 'sha256').toString('hex');
     if (got !== o.digest.toLowerCase()) throw new FuseMountError(`${image}: fs-verity digest ${got} is not the expected ${o.digest.toLowerCase()}`);
     explain.push('digest: the image was read into memory and its fs-verity digest checked there: the server serves exactly those bytes');
   }

@@ -5,6 +5,7 @@
  * least recently used half is closed, so a walk over more files than the
  * limit closes in batches rather than on every open.
  */
+import type { VerityAlgorithm } from '../fsverity/index.js';
 import { closeFd } from '../sys/openat2.js';
 
 export interface ObjectFile {
@@ -12,6 +13,8 @@ export interface ObjectFile {
   size: number;
   /** Verity: the object's Merkle leaves once measured and matching, or the errno every READ of it gets. */
   verified: Buffer | number | null;
+  /** The hash of the leaves (the algorithm of the digest the image records). */
+  algorithm: VerityAlgorithm;
 }
 
 export class ObjectFiles {

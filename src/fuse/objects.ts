@@ -10,6 +10,7 @@ import { objectPath, type Data, type Ino } from './image.js';
 import { ObjectFiles, type ObjectFile } from './object-files.js';
 import { ReplyError } from './protocol.js';
 import { measureSync } from './verity.js';
+import { verityAlgorithmOfSize } from '../fsverity/index.js';
 import { closeFd, openBeneath } from '../sys/openat2.js';
 import { printableBytes } from '../printable.js';
 
@@ -59,7 +60,7 @@ export class ObjectSource {
         throw new ReplyError(E.EIO);
       }
       const fd = this.openObject(ino, data.redirect, quiet);
-      const obj: ObjectFile = { fd, size: ino.size, verified: null };
+      const obj: ObjectFile = { fd, size: ino.size, verified: null, algorithm: verityAlgorithmOfSize(data.digest?.length ?? 32) ?? 'sha256' };
       if (this.verity) obj.verified = this.measure(ino, obj, objectName(data, ino), data.digest);
       return obj;
     });
@@ -120,7 +121,7 @@ export class ObjectSource {
     if (!want) return fail('the image records no digest for it');
     let m: ReturnType<typeof measureSync>;
     try {
-      m = measureSync(obj.fd, ino.size);
+      m = measureSync(obj.fd, ino.size, obj.algorithm);
     } catch (e) {
       return fail(e instanceof Error ? e.message : String(e));
     }

@@ -23,6 +23,7 @@ import { closeSync, ftruncateSync, openSync, readSync, writeSync, constants as f
 import { tmpdir } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { ComposefsError, UsageError, ioError } from '../errors.js';
+import { printable } from '../printable.js';
 import { SysError, strerror } from '../sys/libc.js';
 import { dataExtents } from '../sys/extents.js';
 import { loopControlExists } from '../sys/loop.js';
@@ -94,7 +95,8 @@ function mountAttrs(o: MountOptions, readonly: boolean): { attr: number; ms: num
 }
 
 /** The userspace fs-verity digest, loaded only when `digest=` is used (it pulls in node:crypto). */
-type DigestOfFd = (fd: number) => Buffer;
+/** The fs-verity digest of an open file, `sha512` when `long` (a 64-byte digest), else SHA-256's. */
+type DigestOfFd = (fd: number, long: boolean) => Buffer;
 
 /**
  * Mount `image` on `mountpoint` by the ladder (src/mount/ladder.ts): the
@@ -129,7 +131,7 @@ export async function mountComposefs(image: string | number, mountpoint: string,
   let digestOf: DigestOfFd | null = null;
   if (options.digest !== undefined) {
     const fv = await import('../fsverity/index.js');
-    digestOf = (fd) => fv.fsverityDigestOfFileSync(fd).digest;
+    digestOf = (fd, long) => fv.fsverityDigestOfFileSync(fd, { algorithm: long ? 'sha512' : 'sha256' }).digest;
   }
   return mountComposefsSync(image, mountpoint, options, digestOf);
 }
@@ -164,7 +166,9 @@ export function mountComposefsSync(
   if (!!o.upperdir !== !!o.workdir) throw new UsageError('upperdir and workdir must be given together');
   let expected: Buffer | null = null;
   if (o.digest !== undefined) {
-    if (!/^[0-9a-fA-F]{64}$/.test(o.digest)) throw new UsageError(`invalid digest '${o.digest}': expected 64 hex digits (an fs-verity SHA-256 digest)`);
+    if (!/^(?:[0-9a-fA-F]{64}){1,2}$/.test(o.digest)) {
+      throw new UsageError(`invalid digest '${printable(o.digest.slice(0, 140))}': expected 64 hex digits (an fs-verity SHA-256 digest) or 128 (SHA-512)`);
+    }
     expected = Buffer.from(o.digest, 'hex');
   }
   if (request.api === 'legacy') {
@@ -440,7 +444,10 @@ function checkDigest(
   original: VerityMeasurement | null,
   digestOf: DigestOfFd | null,
 ): 'kernel' | 'userspace' {
-  const m = original?.ok ? original : measureVerity(fd);
+  const measuredAny = original?.ok ? original : measureVerity(fd);
+  // The kernel measures with the algorithm verity was enabled with: of use only when it is the digest's.
+  const algorithmId = expected.length === 64 ? 2 : 1;
+  const m: VerityMeasurement = measuredAny.ok && measuredAny.algorithm !== algorithmId ? { ok: false, reason: 'other-algorithm', errno: 0 } : measuredAny;
   let actual: Buffer;
   if (m.ok) actual = m.digest;
   else {
@@ -448,7 +455,7 @@ function checkDigest(
     // A fresh open file description reads from offset 0, whatever the caller's fd did.
     const own = openSync(`/proc/self/fd/${fd}`, 'r');
     try {
-      actual = digestOf(own);
+      actual = digestOf(own, expected.length === 64);
     } finally {
       closeSync(own);
     }
@@ -459,7 +466,7 @@ function checkDigest(
   const cannot = original && !original.ok ? original : m;
   const reason = m.ok
     ? 'measured by the kernel (FS_IOC_MEASURE_VERITY)'
-    : `computed in userspace on the private copy that is mounted, the kernel cannot measure the image (${!cannot.ok && cannot.reason === 'no-verity' ? 'fs-verity not enabled on it' : 'no fs-verity support'})`;
+    : `computed in userspace on the private copy that is mounted, the kernel cannot measure the image (${!cannot.ok && cannot.reason === 'no-verity' ? 'fs-verity not enabled on it' : !cannot.ok && cannot.reason === 'other-algorithm' ? 'fs-verity enabled with another hash algorithm' : 'no fs-verity support'})`;
   say(`digest: matches, ${reason}`);
   return m.ok ? 'kernel' : 'userspace';
 }

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, constants } from 'node:fs';
 import { join } from 'node:path';
-import { fsverityDigest, fsverityDigestOfFileSync } from '../fsverity/index.js';
+import { digestHexPattern, fsverityDigest, fsverityDigestOfFileSync } from '../fsverity/index.js';
 import { fsckImage } from '../check/fsck.js';
 import { listFd, O_NONBLOCK, openAt, openDirAt, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, statAt, typeName, type AtStat } from '../sys/dirfd.js';
 import { decodeName, type Subdir } from './layout.js';
@@ -35,6 +35,8 @@ export async function fsckRepository(repo: Repository, opts: { onWait?: () => vo
   const problems: RepoProblem[] = [];
   const checked = { objects: 0, images: 0, layers: 0, names: 0 };
   const problem = (what: string, message: string) => problems.push({ what, message });
+  /** Objects and images are named by the repository's algorithm's digests. */
+  const objectName = digestHexPattern(repo.algorithm);
   const uidOk = (st: AtStat) => repo.shared || st.uid === repo.owner || st.uid === 0;
   /**
    * Report what is wrong with an entry expected to be of `type`: a link, another
@@ -106,12 +108,12 @@ export async function fsckRepository(repo: Repository, opts: { onWait?: () => vo
           const what = `object ${d}/${f}`;
           const ost = statAt(fd, f, join(repo.objects, d, f));
           if (!entry(what, ost, S_IFREG)) continue;
-          if (!/^[0-9a-f]{62}$/.test(f)) continue; // a temporary file; gc's business
+          if (!objectName.test(`${d}${f}`)) continue; // a temporary file (or another algorithm's name); gc's business
           checked.objects++;
           let ofd = -1;
           try {
             ofd = openAt(fd, f, constants.O_RDONLY | O_NONBLOCK, 0, join(repo.objects, d, f));
-            const { digest } = fsverityDigestOfFileSync(ofd);
+            const { digest } = fsverityDigestOfFileSync(ofd, { algorithm: repo.algorithm });
             if (digest.toString('hex') !== `${d}${f}`) problem(what, `content has fs-verity digest ${digest.toString('hex')}`);
           } catch (err) {
             problem(what, (err as Error).message);
@@ -144,7 +146,7 @@ export async function fsckRepository(repo: Repository, opts: { onWait?: () => vo
           problem(`image ${f}`, (err as Error).message);
           return;
         }
-        const hex = fsverityDigest(image).toString('hex');
+        const hex = fsverityDigest(image, repo.algorithm).toString('hex');
         if (hex !== f) problem(`image ${f}`, `content has fs-verity digest ${hex}`);
         const report = fsckImage(image, { basedirs: [repo.objects] });
         for (const p of report.problems) problem(`image ${f}`, `${p.path ? `${p.path}: ` : ''}${p.message}`);
@@ -193,7 +195,7 @@ export async function fsckRepository(repo: Repository, opts: { onWait?: () => vo
           problem(`name ${name}`, (err as Error).message);
           return;
         }
-        if (imagesFd === null || !/^[0-9a-f]{64}$/.test(rec.image) || !repo.hasFile('images', rec.image)?.size) problem(`name ${name}`, `image ${rec.image} is missing`);
+        if (imagesFd === null || typeof rec.image !== 'string' || !objectName.test(rec.image) || !repo.hasFile('images', rec.image)?.size) problem(`name ${name}`, `image ${rec.image} is missing`);
         for (const blob of [rec.manifest, rec.config, ...(rec.seal?.artifact ? [rec.seal.artifact] : [])]) {
           try {
             const data = repo.readBlob(blob);

@@ -21,6 +21,7 @@ import { listFd, openDirAt, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, statAt, unlinkAt,
 import { decodeName, SUBDIRS, type Subdir } from './layout.js';
 import { liveLeases } from './leases.js';
 import { storedObject } from './layer-record.js';
+import { digestHexPattern } from '../fsverity/index.js';
 import { hexOf, RepoError, type NameRecord, type Repository } from './repository.js';
 
 export interface GcResult {
@@ -58,6 +59,7 @@ export async function gcRepository(repo: Repository, opts: { dryRun?: boolean; o
   const dryRun = opts.dryRun === true;
   const lock = await repo.lock(true, opts.onWait);
   try {
+    if (!dryRun) repo.checkWritable();
     // Every directory opened (a link in place of one refused) before anything is removed.
     const dirs = {} as Record<Subdir, number>;
     for (const sub of SUBDIRS) dirs[sub] = repo.dir(sub);
@@ -71,6 +73,7 @@ export async function gcRepository(repo: Repository, opts: { dryRun?: boolean; o
     // A sealed name's artifact manifest is kept with its manifest and config (`cfs verify` reads it again).
     const blobs = new Set([...holders.flatMap((n) => [hexOf(n.manifest), hexOf(n.config)]), ...names.flatMap((n) => (n.seal?.artifact ? [hexOf(n.seal.artifact)] : []))]);
     const objects = new Set<string>();
+    const objectName = digestHexPattern(repo.algorithm);
     for (const hex of layers) {
       // A lease's layer may be gone (its record removed by hand): nothing of it to keep.
       if (!repo.hasFile('layers', hex)) continue;
@@ -129,7 +132,7 @@ export async function gcRepository(repo: Repository, opts: { dryRun?: boolean; o
         for (const f of listFd(fd)) {
           const rel = `${d}${f}`;
           if (objects.has(rel)) result.kept.objects++;
-          else drop(fd, join(repo.objects, d), f, rel.length === 64 ? 'objects' : 'temporary');
+          else drop(fd, join(repo.objects, d), f, objectName.test(rel) ? 'objects' : 'temporary');
         }
       } finally {
         closeSync(fd);

@@ -17,6 +17,7 @@
  * field is checked for its type here, so no caller meets a string where a
  * number should be.
  */
+import { digestHexPattern, type VerityAlgorithm } from '../fsverity/index.js';
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { INLINE_LIMIT } from '../store/objects.js';
 import type { LayerEntry, LayerEntryType } from '../oci/layer.js';
@@ -60,7 +61,7 @@ export function encodeLayerRecord(entries: readonly LayerEntry[]): string {
 }
 
 /** The entries of a record's text, in either form; `path` names it in messages. */
-export function decodeLayerRecord(text: string, path: string): LayerEntry[] {
+export function decodeLayerRecord(text: string, path: string, algorithm: VerityAlgorithm = 'sha256'): LayerEntry[] {
   const out: LayerEntry[] = [];
   let start = 0;
   let line = 0;
@@ -86,7 +87,7 @@ export function decodeLayerRecord(text: string, path: string): LayerEntry[] {
         named = true;
       } else {
         named ??= false;
-        out.push(entryOf(obj, named, path, line));
+        out.push(entryOf(obj, named, path, line, algorithm));
       }
     }
     start = end + 1;
@@ -94,7 +95,8 @@ export function decodeLayerRecord(text: string, path: string): LayerEntry[] {
   return out;
 }
 
-function entryOf(obj: Record<string, unknown>, named: boolean, path: string, line: number): LayerEntry {
+function entryOf(obj: Record<string, unknown>, named: boolean, path: string, line: number, algorithm: VerityAlgorithm): LayerEntry {
+  const digestHex = digestHexPattern(algorithm);
   const get = (field: keyof LayerEntry): unknown => obj[named ? field : OLD_KEYS[field]];
   const bad = (field: keyof LayerEntry, what: string): LayerRecordError =>
     new LayerRecordError(`layer record ${path} is corrupt (line ${line}: ${named ? field : OLD_KEYS[field]} is not ${what})`);
@@ -116,7 +118,7 @@ function entryOf(obj: Record<string, unknown>, named: boolean, path: string, lin
     if (typeof v !== 'string') throw bad(f, 'a string');
     e[f] = v;
   }
-  if (e.digest !== undefined && !/^[0-9a-f]{64}$/.test(e.digest)) throw bad('digest', 'a sha256 digest');
+  if (e.digest !== undefined && !digestHex.test(e.digest)) throw bad('digest', `a ${algorithm} digest`);
   const x = get('xattrs');
   if (x !== undefined) {
     if (!Array.isArray(x) || !x.every((kv) => Array.isArray(kv) && kv.length === 2 && typeof kv[0] === 'string' && typeof kv[1] === 'string')) throw bad('xattrs', 'a list of name and value pairs');

@@ -153,7 +153,7 @@ function valid(r: unknown): r is LeaseRecord {
     typeof l === 'object' &&
     l !== null &&
     typeof l.image === 'string' &&
-    /^[0-9a-f]{64}$/.test(l.image) &&
+    /^(?:[0-9a-f]{64}){1,2}$/.test(l.image) &&
     digest(l.manifest) &&
     digest(l.config) &&
     Array.isArray(l.layers) &&
@@ -245,6 +245,9 @@ export async function holdForMount(repo: Repository, name: string, mountpoint: s
   const lock = await repo.lock(false);
   try {
     const target = repo.resolveMount(name);
+    if (repo.readOnlyFeatures !== null) {
+      return { ...target, lease: null, warning: `${repo.root} is read-only for this cfs (features it does not know): no lease written, a gc by another tool may remove this image while it is mounted` };
+    }
     try {
       return { ...target, lease: writeLease(repo, target.record, mountpoint) };
     } catch (err) {

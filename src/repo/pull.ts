@@ -97,6 +97,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
   if (opts.form !== undefined && !IMAGE_FORMS.includes(opts.form)) throw new InvalidInputError(`unknown image form '${String(opts.form)}' (${IMAGE_FORMS.join(', ')})`);
   const lock = await repo.lock(false, () => emit({ type: 'waiting-for-lock' }));
   try {
+    repo.prepareWrite();
     const img = await source.resolve();
     const name = opts.name ?? img.defaultName;
     checkName(name);
@@ -122,7 +123,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
         return null;
       },
     );
-    const objects = new ObjectWriter(repo.dir('objects'), repo.objects);
+    const objects = new ObjectWriter(repo.dir('objects'), repo.objects, algorithm);
     // One import per distinct diff_id, however often the image lists it.
     const todo = new Map<string, number>();
     diffIds.forEach((d, i) => {

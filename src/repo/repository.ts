@@ -13,7 +13,7 @@
  * holds it exclusively. So pulls run side by side (all their writes are
  * atomic and idempotent) and a gc never sees a pull's unnamed work.
  */
-import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, realpathSync } from 'node:fs';
+import { closeSync, constants, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { ComposefsError, IoError, ioError, type ComposefsErrorOptions } from '../errors.js';
@@ -23,9 +23,11 @@ import { listFd, mkdirAt, O_NONBLOCK, openAt, openDirAt, renameAt, S_IFDIR, S_IF
 import { decodeName, defaultRepoPath, encodeName, SUBDIRS, syncDirFd, tmpName, writeAllSync, writeFileAt, type Subdir } from './layout.js';
 import type { LayerEntry } from '../oci/layer.js';
 import type { NameSeal } from '../oci/seals.js';
-import type { VerityAlgorithm } from '../fsverity/index.js';
 import type { ImageForm } from './form.js';
 import { decodeLayerRecord, encodeLayerRecord } from './layer-record.js';
+import { printable } from '../printable.js';
+import { algorithmName, decodeMeta, encodeMeta, META_FILE, META_MAX_BYTES, newMeta, type RepoMeta } from './meta.js';
+import { digestHexPattern, type VerityAlgorithm } from '../fsverity/index.js';
 
 export class RepoError extends ComposefsError {
   constructor(message: string, options?: ComposefsErrorOptions) {
@@ -75,6 +77,12 @@ export function recordForm(record: NameRecord): ImageForm {
 export interface OpenOptions {
   /** Create the directories if missing (default true). */
   create?: boolean;
+  /**
+   * The fs-verity algorithm the caller asks for: the one a new (empty)
+   * repository gets at its first write; refused with one line naming both
+   * when the repository holds another.
+   */
+  algorithm?: VerityAlgorithm;
   /**
    * Use the repository even when someone else owns it or others may write it
    * (see trust below). Also given by $CFS_SHARED_REPOS.
@@ -148,11 +156,17 @@ export class Repository {
   readonly namesDir: string;
   readonly tmpDir: string;
   readonly leasesDir: string;
-  /** The fs-verity algorithm naming objects and images (sha256 until a repository records its own). */
-  readonly algorithm: VerityAlgorithm = 'sha256';
   /** Owner of the repository's directory: files of anyone else (but root) are foreign to it. */
   readonly owner: number;
   private readonly fds = new Map<string, number>();
+  /** The fs-verity algorithm its objects and images are named by (meta.json; SHA-256 without one). */
+  algorithm: VerityAlgorithm = 'sha256';
+  /** Its metadata as read, or null when it has no meta.json (yet: the first write adds it). */
+  meta: RepoMeta | null = null;
+  /** The read-only-compatible features this cfs does not know, when there are any: it may read, not write. */
+  readOnlyFeatures: string[] | null = null;
+  /** The algorithm the caller asked for (OpenOptions.algorithm), if any. */
+  private asked: VerityAlgorithm | undefined;
 
   private constructor(
     readonly root: string,
@@ -200,7 +214,8 @@ export class Repository {
       throw err;
     }
     try {
-      if (create) repo.makeLayout();
+      repo.loadMeta(opts.algorithm);
+      if (create && repo.readOnlyFeatures === null) repo.makeLayout();
       else {
         for (const sub of ['names', 'objects']) {
           const st = statAt(rootFd, sub, join(path, sub));
@@ -223,6 +238,125 @@ export class Repository {
       throw err;
     }
     return repo;
+  }
+
+  /**
+   * Read meta.json (see meta.ts) beneath the repository's fd: never through
+   * a link, nor from anything but a regular file, at most META_MAX_BYTES.
+   * Without one, the repository is SHA-256 once it holds anything; an empty
+   * one takes the algorithm asked for at its first write.
+   */
+  private loadMeta(asked: VerityAlgorithm | undefined): void {
+    this.asked = asked;
+    const path = join(this.root, META_FILE);
+    const bytes = this.readMetaFile();
+    if (bytes === null) {
+      this.algorithm = asked ?? 'sha256';
+      if (asked !== undefined && asked !== 'sha256' && this.holdsAnything()) {
+        throw new RepoError(`repository ${this.root} holds sha256 objects (it has no ${META_FILE}: made before cfs knew sha512), not ${asked} (--algorithm ${asked})`);
+      }
+      return;
+    }
+    let decoded: ReturnType<typeof decodeMeta>;
+    try {
+      decoded = decodeMeta(bytes, path);
+    } catch (err) {
+      throw new RepoError(`refusing repository ${this.root}: ${(err as Error).message}`);
+    }
+    this.meta = decoded.meta;
+    this.algorithm = decoded.meta.algorithm;
+    if (decoded.use.access === 'read-only') this.readOnlyFeatures = decoded.use.unknown;
+    if (asked !== undefined && asked !== this.algorithm) {
+      throw new RepoError(`repository ${this.root} holds ${this.algorithm} objects (${algorithmName(this.algorithm)} in its ${META_FILE}), not ${asked} (--algorithm ${asked})`);
+    }
+  }
+
+  /** meta.json's bytes, or null when there is none; anything else there is refused with one line. */
+  private readMetaFile(): Buffer | null {
+    const path = join(this.root, META_FILE);
+    let fd: number;
+    try {
+      fd = openAt(this.rootFd, META_FILE, constants.O_RDONLY | O_NONBLOCK, 0, path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return null;
+      if (code === 'ELOOP') throw new RepoError(`refusing repository ${this.root}: ${path} is a symbolic link (never followed)`, { cause: err });
+      throw ioError(err, `cannot read ${path}`);
+    }
+    try {
+      const st = statFd(fd, path);
+      if ((st.mode & S_IFMT) !== S_IFREG) throw new RepoError(`refusing repository ${this.root}: ${path} is ${typeName(st.mode)}, not a regular file`);
+      if (st.size > META_MAX_BYTES) throw new RepoError(`refusing repository ${this.root}: ${path} has ${st.size} bytes, more than metadata ever needs (${META_MAX_BYTES})`);
+      const buf = Buffer.alloc(META_MAX_BYTES + 1);
+      let n = 0;
+      for (;;) {
+        const k = readSync(fd, buf, n, buf.length - n, n);
+        if (k === 0) break;
+        n += k;
+        if (n > META_MAX_BYTES) throw new RepoError(`refusing repository ${this.root}: ${path} grew past ${META_MAX_BYTES} bytes while read`);
+      }
+      return buf.subarray(0, n);
+    } catch (err) {
+      throw err instanceof ComposefsError ? err : ioError(err, `cannot read ${path}`);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Whether anything was ever stored: a name, image, layer record or object directory. */
+  private holdsAnything(): boolean {
+    for (const sub of ['names', 'images', 'layers', 'objects'] as const) {
+      const st = statAt(this.rootFd, sub, join(this.root, sub));
+      if (st === null || (st.mode & S_IFMT) !== S_IFDIR) continue;
+      if (this.list(sub).some((f) => !f.startsWith('.'))) return true;
+    }
+    return false;
+  }
+
+  /** Refuse, with one line, to write a repository with read-only-compatible features this cfs does not know. */
+  checkWritable(): void {
+    if (this.readOnlyFeatures !== null) {
+      throw new RepoError(`repository ${this.root} is read-only for this cfs: its ${META_FILE} lists features it does not know (${this.readOnlyFeatures.join(', ')}; read-only-compatible)`);
+    }
+  }
+
+  /**
+   * Before a command's first write: refuse a read-only repository, and give
+   * one without meta.json its metadata (the algorithm it now holds). Two
+   * creators racing: one file wins (renamed without replacing), the other
+   * reads it and is refused if it asked for another algorithm.
+   */
+  prepareWrite(): void {
+    this.checkWritable();
+    if (this.meta !== null) return;
+    const meta = newMeta(this.algorithm);
+    const path = join(this.root, META_FILE);
+    const tmp = tmpName('meta');
+    let fd = -1;
+    try {
+      fd = openAt(this.rootFd, tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+      writeAllSync(fd, Buffer.from(encodeMeta(meta)));
+      fsyncSync(fd);
+      closeSync(fd);
+      fd = -1;
+      renameAt(this.rootFd, tmp, this.rootFd, META_FILE, true);
+    } catch (err) {
+      if (fd >= 0) closeSync(fd);
+      try {
+        unlinkAt(this.rootFd, tmp);
+      } catch {
+        /* renamed, or never created */
+      }
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+        // Another command created it meanwhile: its algorithm holds, unless this caller asked for another.
+        this.loadMeta(this.asked);
+        this.checkWritable();
+        return;
+      }
+      throw ioError(err, `cannot write ${path}`);
+    }
+    syncDirFd(this.rootFd, this.root);
+    this.meta = meta;
   }
 
   /** Create what is missing, one level at a time beneath the repository's fd. */
@@ -384,6 +518,7 @@ export class Repository {
 
   /** Record a layer's entries; its objects must be durable already (syncStore). */
   writeLayer(diffId: string, entries: LayerEntry[]): void {
+    this.checkWritable();
     writeFileAt(this.dir('layers'), this.layersDir, hexOf(diffId), encodeLayerRecord(entries), false);
   }
 
@@ -397,7 +532,7 @@ export class Repository {
       if (err instanceof ComposefsError) throw err;
       throw ioError(err, `cannot read layer record ${path}`);
     }
-    return decodeLayerRecord(text, path);
+    return decodeLayerRecord(text, path, this.algorithm);
   }
 
   listLayers(): string[] {
@@ -411,6 +546,7 @@ export class Repository {
   }
 
   writeBlob(digest: string, data: Buffer): void {
+    this.checkWritable();
     const got = `sha256:${createHash('sha256').update(data).digest('hex')}`;
     if (got !== digest) throw new RepoError(`blob ${digest}: its bytes have digest ${got}`);
     if (this.hasFile('blobs/sha256', hexOf(digest))) return;
@@ -446,7 +582,8 @@ export class Repository {
    * in the repository's file system synced (objects included), then renamed.
    */
   storeImage(hex: string, image: Buffer): void {
-    if (!/^[0-9a-f]{64}$/.test(hex)) throw new RepoError(`malformed image digest '${hex}'`);
+    if (!digestHexPattern(this.algorithm).test(hex)) throw new RepoError(`malformed image digest '${hex}' (a ${this.algorithm} repository)`);
+    this.checkWritable();
     this.syncObjects();
     const have = this.hasFile('images', hex);
     if (have && have.size === image.length) return;
@@ -478,6 +615,7 @@ export class Repository {
   /** Point `record.name` at its image, atomically and durably. */
   writeName(record: NameRecord): void {
     checkName(record.name);
+    this.checkWritable();
     writeFileAt(this.dir('names'), this.namesDir, encodeName(record.name), `${JSON.stringify(record, null, 2)}\n`, true);
   }
 
@@ -524,6 +662,7 @@ export class Repository {
   /** Remove a name (the image and its objects go at the next gc, if nothing else names or mounts them). */
   remove(name: string): NameRecord {
     const rec = this.getName(name);
+    this.checkWritable();
     const names = this.dir('names');
     try {
       unlinkAt(names, encodeName(name), false, join(this.namesDir, encodeName(name)));
@@ -537,12 +676,12 @@ export class Repository {
   /** The image file, digest and object store of a name: what a mount needs (see also leases.ts, which holds it). */
   resolveMount(name: string): { image: string; digest: string; basedir: string; record: NameRecord } {
     const rec = this.getName(name);
-    if (!/^[0-9a-f]{64}$/.test(rec.image)) throw new RepoError(`name record of '${name}' is corrupt (image '${rec.image}')`);
+    if (typeof rec.image !== 'string' || !digestHexPattern(this.algorithm).test(rec.image)) throw new RepoError(`name record of '${name}' is corrupt (image '${printable(String(rec.image).slice(0, 140))}' is not a ${this.algorithm} digest)`);
     if (!this.hasFile('images', rec.image)) throw new RepoError(`${this.imagePath(rec.image)} (the image of '${name}') is missing or not a regular file`);
     this.dir('objects');
     // A sealed name mounts only the image its seal names: digest= is the seal's, not whatever the record's image field says.
     const digest = rec.seal ? rec.seal.merged : rec.image;
-    if (typeof digest !== 'string' || !/^[0-9a-f]{64}$/.test(digest)) throw new RepoError(`name record of '${name}' is corrupt (seal digest '${String(digest).slice(0, 200)}')`);
+    if (typeof digest !== 'string' || !digestHexPattern(this.algorithm).test(digest)) throw new RepoError(`name record of '${name}' is corrupt (seal digest '${printable(String(digest).slice(0, 140))}' is not a ${this.algorithm} digest)`);
     return { image: this.imagePath(rec.image), digest, basedir: this.objects, record: rec };
   }
 }

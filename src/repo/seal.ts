@@ -44,12 +44,6 @@ export interface SealDigests {
   pulled: boolean;
 }
 
-/** The fs-verity algorithm the repository's objects and images use. */
-export function repositoryAlgorithm(_repo: Repository): VerityAlgorithm {
-  // Every repository is sha256 until repositories record their algorithm (meta.json).
-  return 'sha256';
-}
-
 /**
  * Whether a record holds the image in the canonical form (with the same
  * xattr choice), the one form a seal's merged digest is defined over.
@@ -76,7 +70,7 @@ export function findSealable(repo: Repository, manifestDigest: string, keepUserX
  */
 export async function sealOf(repo: Repository, source: ImageSource, opts: SealOptions = {}): Promise<SealDigests> {
   const explain = opts.explain ?? (() => {});
-  const algorithm = repositoryAlgorithm(repo);
+  const algorithm = repo.algorithm;
   if (opts.algorithm !== undefined && opts.algorithm !== algorithm) {
     throw new RepoError(`cannot seal with ${opts.algorithm}: the repository ${repo.root} holds ${algorithm} images (a seal's merged digest is the repository's image digest; use a ${opts.algorithm} repository)`);
   }

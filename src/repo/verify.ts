@@ -9,7 +9,7 @@
  */
 import { createHash } from 'node:crypto';
 import { ComposefsError } from '../errors.js';
-import { fsverityDigest } from '../fsverity/index.js';
+import { digestHexPattern, fsverityDigest } from '../fsverity/index.js';
 import { artifactSeal, inlineSeals, sealKey, type FoundSeal } from '../oci/seal-format.js';
 import type { NameSeal } from '../oci/seals.js';
 import { buildImage } from './build.js';
@@ -63,7 +63,7 @@ export async function verifyName(repo: Repository, name: string, options: Verify
     let stored: string | null = null;
     try {
       // The record's field names a file in images/: nothing else (no path) is read.
-      if (typeof rec.image !== 'string' || !/^[0-9a-f]{64}$/.test(rec.image)) throw new Error(`the name record is corrupt (image '${String(rec.image).slice(0, 200)}')`);
+      if (typeof rec.image !== 'string' || !digestHexPattern(algorithm).test(rec.image)) throw new Error(`the name record is corrupt (image '${String(rec.image).slice(0, 200)}')`);
       stored = fsverityDigest(repo.readFile('images', rec.image), algorithm).toString('hex');
       const expected = seal?.merged ?? rec.image;
       if (stored !== expected) problem('image', `${name}: the stored image's fs-verity digest is ${stored}, ${seal ? `the seal's merged digest (${sealKey('merged', algorithm)})` : 'the name records'} ${expected}`, expected, stored);

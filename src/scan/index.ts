@@ -24,6 +24,7 @@
  * while the scan goes on. With a store, every object is durable (one syncfs)
  * before the promise resolves.
  */
+import type { VerityAlgorithm } from '../fsverity/index.js';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { ComposefsError, InvalidInputError, reasonOf as errorReason, type ComposefsErrorOptions } from '../errors.js';
@@ -41,6 +42,8 @@ export interface ScanOptions {
   userXattrs?: boolean;
   /** Copy every non-inlined regular file into this object store. */
   digestStore?: string;
+  /** The fs-verity algorithm of the digests (and the store's object names); default sha256. */
+  algorithm?: VerityAlgorithm;
   /** Compute digests and use `XX/YYYY…` payloads (default true, as the reference). False: payload = path relative to the source. */
   computeDigest?: boolean;
   /** Worker threads for digests and copies (default: one per core). */
@@ -165,7 +168,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
 
   let store: ObjectStore | null = null;
   if (opts.digestStore !== undefined) {
-    store = new ObjectStore(opts.digestStore);
+    store = new ObjectStore(opts.digestStore, null, { algorithm: opts.algorithm });
     try {
       store.prepare();
     } catch (err) {
@@ -198,7 +201,7 @@ export async function scanDirectory(source: string, opts: ScanOptions = {}): Pro
     done[tag] = true;
   };
 
-  const pool = new DigestPool(threads, store ? { path: store.root, dirs: store.shared() } : null, onDone);
+  const pool = new DigestPool(threads, store ? { path: store.root, dirs: store.shared() } : null, onDone, opts.algorithm);
   const progress = opts.progress && process.stderr.isTTY
     ? new Progress(() => ({
         entries: stats.entries,

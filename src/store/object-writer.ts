@@ -13,7 +13,7 @@
  * calls and hand the digests and the buffer back; larger files stream into
  * an ObjectDraft on the main thread.
  */
-import { DIGEST_SIZE, FsVerityHasher } from '../fsverity/index.js';
+import { FsVerityHasher, verityDigestSize, type VerityAlgorithm } from '../fsverity/index.js';
 import { IoError, ioError } from '../errors.js';
 import { closeObjectDirs, makeObjectDirs, type ObjectDirs } from './object-dirs.js';
 import { INLINE_LIMIT, ObjectStore, type ObjectDraft } from './objects.js';
@@ -37,7 +37,7 @@ export interface ObjectSink {
 
 export interface StoredFile {
   size: number;
-  /** fs-verity digest (32 bytes); null for an empty file. */
+  /** fs-verity digest (32 bytes, 64 for SHA-512); null for an empty file. */
   digest: Buffer | null;
   /** Contents of a file of 1..64 bytes, inlined in the image. */
   content: Buffer | null;
@@ -94,7 +94,8 @@ export class ObjectWriter {
   /** The store, for the large files streamed on this thread. */
   private readonly store: ObjectStore;
   private readonly threads: Threads;
-  private readonly hasher = new FsVerityHasher();
+  private readonly hasher: FsVerityHasher;
+  private readonly digestSize: number;
   private current: Batch | null = null;
   /** Sealed and sent (or queued to be), not yet written. */
   private readonly unfinished = new Map<number, Batch>();
@@ -107,11 +108,17 @@ export class ObjectWriter {
   /** Batch buffers the writer threads handed back, to be filled again rather than allocated. */
   private readonly spare: ArrayBuffer[] = [];
 
-  /** `objectsFd`: the store's directory (objects/), `root` its path for messages. */
-  constructor(objectsFd: number, readonly root: string) {
+  /** `objectsFd`: the store's directory (objects/), `root` its path for messages; objects named by `algorithm`'s digests. */
+  constructor(
+    objectsFd: number,
+    readonly root: string,
+    readonly algorithm: VerityAlgorithm = 'sha256',
+  ) {
     this.dirs = makeObjectDirs(objectsFd, root);
-    this.store = new ObjectStore(root, this.dirs);
-    this.threads = new Threads(WORKERS, 2, { store: { path: root, fd: objectsFd, table: this.dirs.table } }, {
+    this.store = new ObjectStore(root, this.dirs, { algorithm });
+    this.hasher = new FsVerityHasher({ algorithm });
+    this.digestSize = verityDigestSize(algorithm);
+    this.threads = new Threads(WORKERS, 2, { store: { path: root, fd: objectsFd, table: this.dirs.table }, algorithm }, {
       message: (index, m) => this.answered(index, m as ObjectBatchResult),
       // A thread gone answers nothing more: whatever it held is abandoned with the pull.
       failed: (err) => {
@@ -214,7 +221,7 @@ export class ObjectWriter {
     if (m.data !== undefined && m.data.byteLength === BATCH_BYTES && this.spare.length < MAX_BYTES_IN_FLIGHT / BATCH_BYTES) this.spare.push(m.data);
     if (b && m.digests !== undefined) {
       const digests = Buffer.from(m.digests);
-      for (let i = 0; i < b.stored.length; i++) b.stored[i](digests.subarray(i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE));
+      for (let i = 0; i < b.stored.length; i++) b.stored[i](digests.subarray(i * this.digestSize, (i + 1) * this.digestSize));
     }
     if (b) {
       this.bytesInFlight -= b.capacity;

@@ -43,7 +43,7 @@ import { copyFileRange, enableVerity, ficlone, syncfs } from '../sys/fs.js';
 import { linkAt, linkFdAt, O_NONBLOCK, openAt, openTmpfileAt, renameAt, S_IFMT, S_IFREG, statAt, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { closeObjectDirs, makeObjectDirs, objectDir, type ObjectDirs } from './object-dirs.js';
 import { objectPlaceOf } from './layout.js';
-import { digestToHex, FsVerityHasher, fsverityDigestOfFileSync } from '../fsverity/index.js';
+import { digestToHex, FsVerityHasher, fsverityDigestOfFileSync, type VerityAlgorithm } from '../fsverity/index.js';
 
 /**
  * Regular files of at most this many bytes are not stored: their contents go
@@ -112,6 +112,8 @@ export interface ObjectStoreOptions {
    * (what a repair wants, at the cost of reading every object met).
    */
   existing?: 'size' | 'content';
+  /** The fs-verity algorithm objects are named by (default sha256). */
+  algorithm?: VerityAlgorithm;
 }
 
 /**
@@ -121,7 +123,7 @@ export interface ObjectStoreOptions {
  * arrive in pieces (a large file in a tar stream).
  */
 export class ObjectDraft {
-  private readonly hasher = new FsVerityHasher();
+  private readonly hasher: FsVerityHasher;
   private received = 0;
   private tmp: TempFile | null;
 
@@ -132,6 +134,7 @@ export class ObjectDraft {
     private readonly what: string,
   ) {
     this.tmp = tmp;
+    this.hasher = new FsVerityHasher({ algorithm: store.algorithm });
   }
 
   write(chunk: Uint8Array): void {
@@ -180,8 +183,10 @@ export class ObjectDraft {
  */
 export class ObjectStore {
   private dirsOwned: ObjectDirs | null = null;
-  private readonly hasher = new FsVerityHasher();
+  private readonly hasher: FsVerityHasher;
   private readonly verifyExisting: boolean;
+  /** The fs-verity algorithm objects are named by. */
+  readonly algorithm: VerityAlgorithm;
   /** Per store: whether to try fs-verity (false once its file system refused it). */
   private verityAvailable = true;
   /**
@@ -201,6 +206,8 @@ export class ObjectStore {
     options: ObjectStoreOptions = {},
   ) {
     this.verifyExisting = options.existing === 'content';
+    this.algorithm = options.algorithm ?? 'sha256';
+    this.hasher = new FsVerityHasher({ algorithm: this.algorithm });
   }
 
   /** The store's directory and its XX/ directories as fds, opened once and never through a link below the root. */
@@ -251,6 +258,7 @@ export class ObjectStore {
 
   /** Where the object `digest` goes: its XX/ directory (created when missing) and its name there. */
   private place(digest: Uint8Array): Place {
+    if (digest.length !== this.hasher.digestSize) throw new StoreError(`cannot write object: a digest of ${digest.length} bytes in a store of ${this.algorithm} objects`);
     const hex = digestToHex(digest);
     const { dir, name } = objectPlaceOf(hex);
     const path = join(this.root, dir, name);
@@ -326,7 +334,7 @@ export class ObjectStore {
     try {
       copyData(srcFd, tmp.fd, size);
       // The bytes about to be named, hashed from the copy itself.
-      const copied = fsverityDigestOfFileSync(tmp.fd, { position: 0 });
+      const copied = fsverityDigestOfFileSync(tmp.fd, { position: 0, algorithm: this.algorithm });
       if (copied.size !== size || !copied.digest.equals(digest)) return null;
       return this.publish(tmp, digest, dest, size, replace);
     } catch (err) {
@@ -356,7 +364,7 @@ export class ObjectStore {
     let dest: Place | null = null;
     try {
       copyData(srcFd, tmp.fd, size);
-      const copied = fsverityDigestOfFileSync(tmp.fd, { position: 0, onChunk });
+      const copied = fsverityDigestOfFileSync(tmp.fd, { position: 0, onChunk, algorithm: this.algorithm });
       if (copied.size !== size) return null;
       dest = this.place(copied.digest);
       const replace = this.needs(dest, size);
@@ -393,7 +401,7 @@ export class ObjectStore {
       throw storeError(err, `cannot read object ${dest.path}`);
     }
     try {
-      const found = fsverityDigestOfFileSync(fd, { position: 0 });
+      const found = fsverityDigestOfFileSync(fd, { position: 0, algorithm: this.algorithm });
       return found.size === size && digestToHex(found.digest) === dest.hex ? null : true;
     } catch (err) {
       throw storeError(err, `cannot read object ${dest.path}`);

@@ -12,10 +12,13 @@
  */
 import type { ObjectDirs } from './object-dirs.js';
 import { Worker } from 'node:worker_threads';
+import { verityDigestSize, type VerityAlgorithm } from '../fsverity/index.js';
 
 /** What every thread is started with: the store (its path and directory fds, ObjectStore.shared()), if any. */
 export interface WorkerInit {
   store: { path: string; fd: number; table: Int32Array } | null;
+  /** The fs-verity algorithm digests are computed with (objects named by). */
+  algorithm: VerityAlgorithm;
 }
 
 export interface ThreadEvents {
@@ -162,6 +165,7 @@ export class DigestPool {
   private readonly partial: number[] = [];
   objectsWritten = 0;
   bytesWritten = 0;
+  private readonly digestSize: number;
 
   /**
    * `onDone(tag, result)` runs on the main thread for each file, with the
@@ -172,8 +176,10 @@ export class DigestPool {
     /** The object store's path and its directory fds (ObjectStore.shared()), shared with the threads. */
     store: { path: string; dirs: ObjectDirs } | null,
     private readonly onDone: (tag: number, r: FileDone) => void,
+    algorithm: VerityAlgorithm = 'sha256',
   ) {
-    const init: WorkerInit = { store: store ? { path: store.path, fd: store.dirs.root, table: store.dirs.table } : null };
+    this.digestSize = verityDigestSize(algorithm);
+    const init: WorkerInit = { store: store ? { path: store.path, fd: store.dirs.root, table: store.dirs.table } : null, algorithm };
     this.threads = new Threads(Math.max(1, Math.min(threads, MAX_WORKERS)), MAX_OUTSTANDING, init, {
       message: (i, m) => {
         const msg = m as BatchResult | { progress: number };
@@ -242,7 +248,7 @@ export class DigestPool {
       }
       this.filesDone++;
       const content = r.content ? Buffer.from(r.content.buffer, r.content.byteOffset, r.content.byteLength) : null;
-      this.onDone(entry.tags[i], { digest: Buffer.from(digests.subarray(i * 32, i * 32 + 32)), content, written });
+      this.onDone(entry.tags[i], { digest: Buffer.from(digests.subarray(i * this.digestSize, (i + 1) * this.digestSize)), content, written });
     }
     this.bytesDone += m.bytes;
     this.bytesProgress += m.bytes - (this.partial[worker] ?? 0);

@@ -12,7 +12,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { closeSync, constants, openSync } from 'node:fs';
-import { DIGEST_SIZE, fsverityDigestOfFileSync } from '../fsverity/index.js';
+import { fsverityDigestOfFileSync, verityDigestSize } from '../fsverity/index.js';
 import { fstatx } from '../sys/fs.js';
 import { S_IFMT, S_IFREG } from '../tree/model.js';
 import { errnoText, reasonOf } from '../errors.js';
@@ -20,8 +20,10 @@ import { ObjectStore, StoreError, syncStoreFd } from './objects.js';
 import type { BatchRequest, BatchResult, JobResult, WorkerInit } from './pool.js';
 
 const shared = (workerData as WorkerInit).store;
+const algorithm = (workerData as WorkerInit).algorithm;
+const DIGEST_SIZE = verityDigestSize(algorithm);
 /** The store, through the main thread's directory fds (ObjectStore.shared()). */
-const store = shared ? new ObjectStore(shared.path, { root: shared.fd, path: shared.path, table: shared.table }) : null;
+const store = shared ? new ObjectStore(shared.path, { root: shared.fd, path: shared.path, table: shared.table }, { algorithm }) : null;
 
 /** The pull's batch: many files' contents in one buffer. */
 export interface ObjectBatch {
@@ -43,7 +45,7 @@ export interface ObjectBatchResult {
   id: number;
   objectsWritten: number;
   bytesWritten: number;
-  /** The fs-verity digest of each file of the batch, 32 bytes each, in order (absent on error). */
+  /** The fs-verity digest of each file of the batch, 32 or 64 bytes each, in order (absent on error). */
   digests?: ArrayBuffer;
   /** The batch's buffer, handed back to be reused. */
   data?: ArrayBuffer;
@@ -120,7 +122,7 @@ function processJob(msg: BatchRequest, i: number, digests: Buffer): JobResult {
       copyFirst = written > 0;
     } else {
       try {
-        r = fsverityDigestOfFileSync(fd, { knownSize: size, onChunk: inline ? keepContent : size >= PROGRESS_STEP ? countBytes : undefined });
+        r = fsverityDigestOfFileSync(fd, { algorithm, knownSize: size, onChunk: inline ? keepContent : size >= PROGRESS_STEP ? countBytes : undefined });
       } catch (err) {
         return { error: `cannot read ${path.toString()}: ${describe(err)}` };
       }
@@ -139,7 +141,7 @@ function processJob(msg: BatchRequest, i: number, digests: Buffer): JobResult {
         copyFirst = written > 0;
       }
     }
-    r.digest.copy(digests, i * 32);
+    r.digest.copy(digests, i * DIGEST_SIZE);
     // Any write since the scan's lstat moved ctime (or the size): what we read may be torn.
     const st = fstatx(fd);
     if ((st.mode & S_IFMT) !== S_IFREG) return { error: `cannot read ${path.toString()}: not a regular file any more (replaced during the scan)` };
@@ -161,7 +163,7 @@ parentPort!.postMessage({ ready: true });
 
 function scanBatch(msg: BatchRequest): void {
   const n = msg.paths.length;
-  const digests = Buffer.alloc(32 * n);
+  const digests = Buffer.alloc(DIGEST_SIZE * n);
   const results: JobResult[] = [];
   let bytes = 0;
   for (let i = 0; i < n; i++) {

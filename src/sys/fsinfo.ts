@@ -33,7 +33,9 @@ export type VerityMeasurement =
   | { ok: false; reason: 'no-verity'; errno: number }
   /** EOPNOTSUPP/ENOTTY: the kernel or this file system cannot do fs-verity at all. */
   | { ok: false; reason: 'unsupported'; errno: number }
-  | { ok: false; reason: 'error'; errno: number };
+  | { ok: false; reason: 'error'; errno: number }
+  /** Measured, but with another hash algorithm than the one wanted (set by callers, not the ioctl). */
+  | { ok: false; reason: 'other-algorithm'; errno: number };
 
 export function measureVerity(fd: number): VerityMeasurement {
   ioctlFn ??= libc().func('int ioctl(int fd, unsigned long request, void *arg)') as Ioctl;

@@ -43,8 +43,10 @@ export interface FlatTree {
   /** Inline content of a regular file; start -1 means none. */
   contentStart: Int32Array;
   contentEnd: Int32Array;
-  /** Offset of the 32-byte fs-verity digest, or -1. */
+  /** Offset of the fs-verity digest (`digestSize` bytes), or -1. */
   digest: Int32Array;
+  /** Bytes in every digest of the tree: 32 (SHA-256, the default) or 64 (SHA-512). */
+  digestSize?: number;
   /** Entry `e` has xattrs `xattrStart[e] .. xattrStart[e + 1]`, in their given order. (count + 1) */
   xattrStart: Int32Array;
   xattrKeyStart: Int32Array;
@@ -61,6 +63,7 @@ export function inflate(flat: FlatTree): Inode {
   const pool = Buffer.from(flat.pool.buffer, flat.pool.byteOffset, flat.pool.length);
   const view = (start: number, end: number) => (start < 0 ? null : pool.subarray(start, end));
   const inodes: Array<Inode | null> = new Array(flat.count).fill(null);
+  const digestSize = flat.digestSize ?? 32;
   for (let e = 0; e < flat.count; e++) {
     if (flat.linkTo[e] >= 0) continue;
     const xattrs: Xattr[] = [];
@@ -79,7 +82,7 @@ export function inflate(flat: FlatTree): Inode {
       mtimeNsec: flat.mtimeNsec[e],
       payload: view(flat.payloadStart[e], flat.payloadEnd[e]),
       content: view(flat.contentStart[e], flat.contentEnd[e]),
-      digest: flat.digest[e] < 0 ? null : pool.subarray(flat.digest[e], flat.digest[e] + 32),
+      digest: flat.digest[e] < 0 ? null : pool.subarray(flat.digest[e], flat.digest[e] + digestSize),
       xattrs,
       children: (mode & S_IFMT) === S_IFDIR ? [] : null,
     };

@@ -65,7 +65,7 @@ export interface Inode {
   payload: Buffer | null;
   /** Inline content of a small regular file, stored in the image itself. */
   content: Buffer | null;
-  /** fs-verity SHA-256 digest (32 bytes) of a regular file's content. */
+  /** fs-verity digest of a regular file's content: 32 bytes (SHA-256) or 64 (SHA-512), one size in a tree. */
   digest: Buffer | null;
   xattrs: Xattr[];
   /** Directory entries sorted by name bytes; null for non-directories. */

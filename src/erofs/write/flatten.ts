@@ -47,7 +47,7 @@ export function flatten(root: Inode): FlatTree {
     poolSize += names[e].length;
     if (linkInode[e] !== null) continue;
     const inode = inodes[e];
-    poolSize += (inode.payload?.length ?? 0) + (inode.content?.length ?? 0) + (inode.digest ? 32 : 0);
+    poolSize += (inode.payload?.length ?? 0) + (inode.content?.length ?? 0) + (inode.digest?.length ?? 0);
     for (const x of inode.xattrs) poolSize += x.key.length + x.value.length;
     xattrCount += inode.xattrs.length;
   }
@@ -88,6 +88,7 @@ export function flatten(root: Inode): FlatTree {
   };
   let child = 0;
   let xattr = 0;
+  let digestSize = 0;
   for (let e = 0; e < count; e++) {
     flat.childStart[e] = child;
     for (const c of childLists[e]) flat.children[child++] = c;
@@ -120,7 +121,10 @@ export function flatten(root: Inode): FlatTree {
       flat.contentEnd[e] = at;
     }
     if (inode.digest) {
-      if (inode.digest.length !== 32) throw new ImageWriteError(`fs-verity digest of ${inode.digest.length} bytes (SHA-256 digests are 32)`);
+      if (digestSize === 0 && (inode.digest.length === 32 || inode.digest.length === 64)) flat.digestSize = digestSize = inode.digest.length;
+      if (inode.digest.length !== digestSize) {
+        throw new ImageWriteError(digestSize === 0 ? `fs-verity digest of ${inode.digest.length} bytes (SHA-256 digests are 32, SHA-512 digests 64)` : `fs-verity digests of ${digestSize} and ${inode.digest.length} bytes in one tree (one algorithm per image)`);
+      }
       flat.digest[e] = put(inode.digest);
     }
     for (const x of inode.xattrs) {

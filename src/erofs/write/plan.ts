@@ -86,7 +86,7 @@ export interface Plan {
   /**
    * Xattrs of inode i: xattrStart[i] .. xattrStart[i + 1], sorted by name.
    * Each is a name id and the bytes its value is made of: the value itself,
-   * or the digest (metacopy: empty or 32 bytes) or the backing path
+   * or the digest (metacopy: empty, or 32 or 64 bytes) or the backing path
    * (redirect), as a pool offset (or ~SYNTH offset) and a length.
    */
   xattrStart: Int32Array;
@@ -162,6 +162,8 @@ function scanEntries(flat: FlatTree): { minSec: number; minNsec: number } {
   const contentEnd = flat.contentEnd;
   const digest = flat.digest;
   const childStart = flat.childStart;
+  const digestSize = flat.digestSize ?? 32;
+  if (digestSize !== 32 && digestSize !== 64) fail(flat, `digests of ${digestSize} bytes (SHA-256 digests are 32, SHA-512 digests 64)`);
   let minSec = mtimeSec[0];
   let minNsec = mtimeNsec[0];
   for (let e = 0; e < count; e++) {
@@ -186,7 +188,7 @@ function scanEntries(flat: FlatTree): { minSec: number; minNsec: number } {
       if (!(ce >= cs && ce <= poolLength)) fail(flat, `the content of entry ${e} lies outside the byte pool`);
       if ((flat.mode[e] & Mode.TYPE) === Mode.REG && ce - cs < flat.size[e]) fail(flat, `inline content of ${ce - cs} bytes for a file of ${flat.size[e]}`);
     }
-    if (digest[e] >= 0 && !(digest[e] + 32 <= poolLength)) fail(flat, `the digest of entry ${e} lies outside the byte pool`);
+    if (digest[e] >= 0 && !(digest[e] + digestSize <= poolLength)) fail(flat, `the digest of entry ${e} lies outside the byte pool`);
   }
   return { minSec, minNsec };
 }
@@ -546,6 +548,7 @@ function planXattrs(flat: FlatTree, o: Order, keys: KeyTable, version: number): 
   const payloadEnd = flat.payloadEnd;
   const contentStart = flat.contentStart;
   const digest = flat.digest;
+  const digestSize = flat.digestSize ?? 32;
   let x = 0;
   for (let i = 0; i < n; i++) {
     xattrStart[i] = x;
@@ -556,7 +559,7 @@ function planXattrs(flat: FlatTree, o: Order, keys: KeyTable, version: number): 
       const d = digest[e];
       xattrKey[x] = Key.METACOPY;
       xattrFrom[x] = d;
-      xattrLength[x++] = d >= 0 ? 32 : 0;
+      xattrLength[x++] = d >= 0 ? digestSize : 0;
       const ps = payloadStart[e];
       const pe = payloadEnd[e];
       if (ps >= 0 && pe > ps) {
@@ -601,7 +604,7 @@ function oddXattrs(s: XattrState, i: number, x: number): number {
     const digest = flat.digest[e];
     xattrKey[x] = Key.METACOPY;
     xattrFrom[x] = digest;
-    xattrLength[x++] = digest >= 0 ? 32 : 0;
+    xattrLength[x++] = digest >= 0 ? (flat.digestSize ?? 32) : 0;
     const ps = flat.payloadStart[e];
     if (ps >= 0 && flat.payloadEnd[e] > ps) {
       xattrKey[x] = Key.REDIRECT;

@@ -172,7 +172,7 @@ export function writeXattr(out: Words, pos: number, plan: Plan, x: number): numb
     b[v] = 0; // version
     b[v + 1] = vl;
     b[v + 2] = 0; // flags
-    b[v + 3] = Erofs.FS_VERITY_SHA256;
+    b[v + 3] = length === 64 ? Erofs.FS_VERITY_SHA512 : Erofs.FS_VERITY_SHA256;
     v += 4;
   } else if (key === Key.REDIRECT) b[v++] = 0x2f; // '/'
   if (from >= 0) copyBytes(b, v, plan.flat.pool, from, length);
