@@ -329,8 +329,17 @@ test('cfs seal: artifacts, the referrers tag schema, inline seals, oci: layouts,
 
       await tt.test('--algorithm: unknown, or not the repository\'s', async () => {
         failsOneLine(cfs('seal', '--repo', repo, '--algorithm', 'md5', `${app}:v1`), /invalid value for --algorithm: 'md5' \(sha256 or sha512\)/);
-        // Until repositories record their algorithm, every one holds sha256 images.
-        failsOneLine(cfs('seal', '--repo', repo, ...ctx.auth, '--algorithm', 'sha512', `${app}:v1`), /cannot seal with sha512: the repository .* holds sha256 images/);
+        failsOneLine(cfs('seal', '--repo', repo, ...ctx.auth, '--algorithm', 'sha512', `${app}:v1`), /repository .* holds sha256 objects .*, not sha512 \(--algorithm sha512\)/);
+        // A new repository takes the algorithm: the seal's keys and digests are sha512's.
+        const layout512 = join(dir, 'layout-sha512');
+        execFileSync('cp', ['-a', layout, layout512]);
+        const repo512 = join(dir, 'repo-sha512');
+        const r = JSON.parse(ok(cfs('seal', '--repo', repo512, '--algorithm', 'sha512', '--json', `oci:${layout512}:v1`))) as { algorithm: string; merged: string; config: string; artifact: { digest: string } };
+        assert.equal(r.algorithm, 'sha512');
+        const image = join(repo512, 'images', r.merged);
+        assert.equal(execFileSync('fsverity', ['digest', '--compact', '--hash-alg=sha512', image], { encoding: 'utf8' }).trim(), r.merged);
+        const artifact = JSON.parse(readFileSync(blobFile(layout512, r.artifact.digest), 'utf8')) as { layers: { annotations: Record<string, string> }[] };
+        assert.deepEqual(artifact.layers.map((l) => l.annotations), [{ 'composefs.config.fsverity-sha512-12': r.config }, { 'composefs.merged.erofs.v1.fsverity-sha512-12': r.merged }]);
       });
 
       await tt.test('--inline refuses an index source, before pulling anything', async () => {

@@ -100,7 +100,7 @@ export function checkSeals(
   reference: string,
   seals: FoundSeal[],
   computed: { algorithm: VerityAlgorithm; merged: string; config: string; form?: 'canonical' | 'unpacked'; formReason?: string },
-  options: { requireSeal?: boolean } = {},
+  options: { requireSeal?: boolean; allowOtherAlgorithms?: boolean } = {},
 ): SealCheck {
   if (seals.length === 0) {
     if (options.requireSeal) requireSealed(reference, seals);
@@ -108,6 +108,7 @@ export function checkSeals(
   }
   const mine = seals.filter((s) => s.algorithm === computed.algorithm);
   const others = seals.filter((s) => s.algorithm !== computed.algorithm);
+  if (mine.length === 0 && options.allowOtherAlgorithms && !options.requireSeal) return { seal: null, unchecked: others };
   if (mine.length === 0) {
     const algs = [...new Set(others.map((s) => s.algorithm))].join(' and ');
     throw new SealError(`${reference}: sealed with ${algs} only (${others.map(where).join(', ')}), and the repository's algorithm is ${computed.algorithm}: the seal cannot be checked`);

@@ -46,6 +46,12 @@ export interface PullOptions {
   /** Refuse an image without a composefs seal (inline or artifact) in the repository's algorithm. */
   requireSeal?: boolean;
   /**
+   * An image whose seals are all in another algorithm than the repository's
+   * cannot be checked: 'refuse' it (default), or 'allow' it as unsealed (what
+   * `cfs seal` does to add a seal in its repository's algorithm beside them).
+   */
+  sealsInOtherAlgorithms?: 'refuse' | 'allow';
+  /**
    * Which image to build (src/repo/build.ts): 'canonical', the composefs-rs
    * canonical form a seal digests (refused when the image has none);
    * 'unpacked', the rootfs `umoci raw unpack` writes; 'auto' (default),
@@ -179,7 +185,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
 
     const { tree, image, digest: hex } = built;
     const found = (await discovery)!;
-    const sealed = checkSeals(img.reference, found.seals, { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex'), form: built.form, ...(built.reason !== undefined ? { formReason: built.reason } : {}) }, { requireSeal: opts.requireSeal });
+    const sealed = checkSeals(img.reference, found.seals, { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex'), form: built.form, ...(built.reason !== undefined ? { formReason: built.reason } : {}) }, { requireSeal: opts.requireSeal, allowOtherAlgorithms: opts.sealsInOtherAlgorithms === 'allow' });
     emit({ type: 'sealed', via: found.via, found: found.seals, checked: sealed.seal, unchecked: sealed.unchecked });
 
     let size = 0;

@@ -86,7 +86,7 @@ export async function sealOf(repo: Repository, source: ImageSource, opts: SealOp
   } else {
     explain(`no name holds manifest ${image.manifestDigest} in canonical form: pulling it`);
     const { pullImage } = await import('./pull.js');
-    const result = await pullImage(repo, source, { name: opts.name, onEvent: opts.onPullEvent, signal: opts.signal, form: 'canonical', keepUserXattrs }).catch((err: unknown) => {
+    const result = await pullImage(repo, source, { name: opts.name, onEvent: opts.onPullEvent, signal: opts.signal, form: 'canonical', keepUserXattrs, sealsInOtherAlgorithms: 'allow' }).catch((err: unknown) => {
       if (err instanceof CanonicalFormError) throw new RepoError(`cannot be sealed: ${err.message}`, { cause: err });
       throw err;
     });
