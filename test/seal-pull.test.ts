@@ -7,9 +7,14 @@
  * bad seal is one line, and no name.
  *
  * The expected merged digest is the fs-verity digest (by the `fsverity`
- * tool) of the image an unsealed pull of the same image stored: until the
- * canonical build is merged, that is the image a sealed pull must build.
- * (At that merge it is to be taken from the reference, test/helpers/canonical.ts.)
+ * tool) of the reference canonical image (test/helpers/canonical.ts: umoci
+ * raw unpack, canonicalized on disk, `mkcomposefs --min-version=1`), not of
+ * anything our code built. The repositories here hold sha256. The sha512
+ * digests below are the sha512 fs-verity digests of that same image and
+ * serve only seals that are refused or left unchecked before any comparison:
+ * a sha512 repository's image differs (its metacopy xattrs name sha512
+ * objects) and no reference writer makes it (the C mkcomposefs has no
+ * sha512 digest store).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,10 +22,11 @@ import { execFile, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cliPath, isRoot } from './helpers/paths.js';
+import { referenceMergedDigest } from './helpers/canonical.js';
 import { cfs, ok } from './helpers/cli.js';
 import { gzLayers, writeLayout } from './helpers/oci-layout.js';
 import { patternBytes, type TarEntry } from './helpers/tar-writer.js';
-import { blobFile, indexEntry, skopeo } from './helpers/oci-images.js';
+import { blobFile, haveTool, indexEntry, skopeo } from './helpers/oci-images.js';
 import { haveRegistry, NO_REGISTRY, push, startRegistry } from './helpers/registry.js';
 import { makeTemp, removeTemp } from './helpers/temp.js';
 import {
@@ -38,6 +44,11 @@ import {
   startReferrersFront,
   type Descriptor,
 } from './helpers/seal-publish.js';
+
+/** Why the tests here cannot run: the fsverity tool, and what the reference canonical image needs. */
+const MISSING = !haveTool('fsverity')
+  ? 'fsverity (fsverity-utils) missing'
+  : !(isRoot && haveTool('umoci') && haveTool('setfattr') && haveTool('getfattr')) && 'the reference canonical image needs root, umoci, setfattr and getfattr';
 
 const T = 1700000000;
 const base: TarEntry[] = [
@@ -90,24 +101,28 @@ const wrong = (hex: string) => hex.slice(0, -1) + (hex.endsWith('0') ? '1' : '0'
 
 /**
  * One layout with the image `plain`, and what its seal must say: the merged
- * digest (the fsverity tool over the image an unsealed pull stored) and the
- * config digest (the fsverity tool over the config blob), in sha256 and sha512.
+ * digest (the fsverity tool over the reference canonical image) and the
+ * config digest (the fsverity tool over the config blob), in sha256 and
+ * sha512 (see the header for what the sha512 ones are). An unsealed pull of
+ * the image must record the reference merged digest.
  */
 function fixture(tmp: string): { layout: string; subject: Descriptor; merged: string; config: string; merged512: string; config512: string } {
   const layout = join(tmp, 'layout');
   writeLayout(layout, 'plain', gzLayers(base, second));
-  const scratch = join(tmp, 'scratch-repo');
-  const image = ok(cfs('pull', '--repo', scratch, `oci:${layout}:plain`, 'plain')).trim();
   const subject = indexEntry(layout, 'plain');
   const configDigest = JSON.parse(readFileSync(blobFile(layout, subject.digest), 'utf8')).config.digest as string;
-  const merged = fsverityOf(join(scratch, 'images', image));
-  assert.equal(merged, image, 'the fsverity tool and the pull agree on the image digest');
+  const reference = referenceMergedDigest(layout, 'plain');
+  const referenceFile = join(tmp, 'reference.cfs');
+  writeFileSync(referenceFile, reference.image);
+  const scratch = join(tmp, 'scratch-repo');
+  const image = ok(cfs('pull', '--repo', scratch, `oci:${layout}:plain`, 'plain')).trim();
+  assert.equal(image, reference.digest, 'an unsealed pull records the reference canonical image\'s digest');
   return {
     layout,
     subject,
-    merged,
+    merged: reference.digest,
     config: fsverityOf(blobFile(layout, configDigest)),
-    merged512: fsverityOf(join(scratch, 'images', image), 'sha512'),
+    merged512: fsverityOf(referenceFile, 'sha512'),
     config512: fsverityOf(blobFile(layout, configDigest), 'sha512'),
   };
 }
@@ -119,7 +134,7 @@ function layoutCopy(tmp: string, from: string, name: string): string {
   return to;
 }
 
-test('seals in OCI layouts: inline and artifact checked, recorded, kept, shown; every bad seal one line and no name', { skip: spawnSync('sh', ['-c', 'command -v fsverity'], { stdio: 'ignore' }).status !== 0 && 'fsverity (fsverity-utils) missing' }, async (t) => {
+test('seals in OCI layouts: inline and artifact checked, recorded, kept, shown; every bad seal one line and no name', { skip: MISSING }, async (t) => {
   const tmp = makeTemp('seal-layout');
   try {
     const f = fixture(tmp);
@@ -328,7 +343,7 @@ test('seals in OCI layouts: inline and artifact checked, recorded, kept, shown; 
   }
 });
 
-test('seals from a real registry: inline through skopeo, artifacts through the referrers tag and the referrers API; bad referrers one line, no name', { skip: !haveRegistry ? NO_REGISTRY : spawnSync('sh', ['-c', 'command -v fsverity'], { stdio: 'ignore' }).status !== 0 && 'fsverity missing' }, async (t) => {
+test('seals from a real registry: inline through skopeo, artifacts through the referrers tag and the referrers API; bad referrers one line, no name', { skip: !haveRegistry ? NO_REGISTRY : MISSING }, async (t) => {
   const tmp = makeTemp('seal-registry');
   const registry = await startRegistry({ auth: { htpasswd: { alice: 'secret' } } });
   const creds = 'alice:secret';
@@ -451,7 +466,7 @@ test('seals from a real registry: inline through skopeo, artifacts through the r
   }
 });
 
-test('the library: findSeals on a source, pull with requireSeal, verifyName', { skip: spawnSync('sh', ['-c', 'command -v fsverity'], { stdio: 'ignore' }).status !== 0 && 'fsverity missing' }, async () => {
+test('the library: findSeals on a source, pull with requireSeal, verifyName', { skip: MISSING }, async () => {
   const tmp = makeTemp('seal-library');
   try {
     const f = fixture(tmp);

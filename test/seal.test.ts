@@ -4,7 +4,12 @@
  * images made by umoci and pushed by skopeo, and every assertion read back
  * by tools independent of this code: `skopeo inspect --raw` for what the
  * registry holds, `skopeo copy` for what a plain copy keeps, `curl` for the
- * raw pushes of other referrers, `fsverity digest` for the config's digest.
+ * raw pushes of other referrers, `fsverity digest` for the config's digest,
+ * and for the merged digest over the reference canonical image
+ * (test/helpers/canonical.ts: umoci raw unpack, canonicalized on disk,
+ * `mkcomposefs --min-version=1`). The repositories here hold sha256; a
+ * sha512 repository's image differs (its metacopy xattrs name sha512
+ * objects) and has no reference writer, so sha512 seals are tested elsewhere.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,10 +21,12 @@ import { cfs, ok } from './helpers/cli.js';
 import { blobFile, haveTool, indexEntry } from './helpers/oci-images.js';
 import { NO_REGISTRY, haveRegistry, push, startProxy, startRegistry, type Registry } from './helpers/registry.js';
 import { makeTemp, removeTemp } from './helpers/temp.js';
-import { cliPath } from './helpers/paths.js';
+import { cliPath, isRoot } from './helpers/paths.js';
+import { referenceMergedDigest } from './helpers/canonical.js';
 
 const haveTools = haveRegistry && haveTool('curl') && haveTool('fsverity');
-const SKIP = !haveTools && `${NO_REGISTRY} (or curl, fsverity missing)`;
+const haveReference = isRoot && haveTool('umoci') && haveTool('setfattr') && haveTool('getfattr');
+const SKIP = (!haveTools && `${NO_REGISTRY} (or curl, fsverity missing)`) || (!haveReference && 'the reference canonical image needs root, umoci, setfattr and getfattr');
 const ARTIFACT_TYPE = 'application/vnd.composefs.metadata.v1';
 const MERGED_KEY = 'composefs.merged.erofs.v1.fsverity-sha256-12';
 const CONFIG_KEY = 'composefs.config.fsverity-sha256-12';
@@ -129,13 +136,12 @@ test('cfs seal: artifacts, the referrers tag schema, inline seals, oci: layouts,
     const subject = sha256(subjectBytes);
     const configDigest = (JSON.parse(subjectBytes) as { config: { digest: string } }).config.digest;
     const wantConfig = fsverityOf(blobFile(layout, configDigest));
-    // The merged digest `cfs pull` records for the image, in a repository of its own.
-    const pulledRepo = join(dir, 'pulled');
-    const wantMerged = ok(cfs('pull', '--quiet', '--repo', pulledRepo, ...ctx.auth, `${app}:v1`)).trim();
+    // The merged digest: `fsverity digest` over the reference canonical image of v1 (not our code).
+    const wantMerged = referenceMergedDigest(layout, 'v1').digest;
     assert.match(wantMerged, /^[0-9a-f]{64}$/);
-    // REFERENCE COMPARISON (at the merge with the canonical form's branch): wantMerged must also equal
-    // the digest test/helpers/canonical.ts computes with umoci raw unpack + on-disk canonicalization +
-    // the reference `mkcomposefs --min-version=1` + `fsverity digest`; assert that here.
+    // An unsealed `cfs pull` of the pushed image, in a repository of its own, records that digest.
+    const pulledRepo = join(dir, 'pulled');
+    assert.equal(ok(cfs('pull', '--quiet', '--repo', pulledRepo, ...ctx.auth, `${app}:v1`)).trim(), wantMerged, 'the pull builds the reference canonical image');
     const tagOf = (digest: string) => `${app}:${digest.replace(':', '-')}`;
 
     await t.test('artifact mode: an artifact beside the image, listed in the sha256-HEX referrers index', async () => {
