@@ -26,10 +26,9 @@
  * Every step is one pass over the entries or the tree, with no symbolic link
  * resolution: cheaper than the umoci replay of merge.ts.
  */
-import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, type Inode, type Xattr } from '../tree/model.js';
-import { makedev } from '../sys/fs.js';
+import { S_IFDIR, S_IFLNK, S_IFMT, type Inode, type Xattr } from '../tree/model.js';
 import type { LayerEntry } from '../oci/layer.js';
-import { isDirNode, leaf, newDir, nodeTreeToInode, showPath, type Node } from './merge.js';
+import { isDirNode, leafOf, newDir, nodeTreeToInode, showPath, type Node } from './merge.js';
 import { CanonicalFormError } from './form.js';
 
 export { CanonicalFormError } from './form.js';
@@ -157,30 +156,8 @@ export class CanonicalTreeBuilder {
       parent.children!.set(name, dir);
       return;
     }
-    let node: Node;
-    switch (e.type) {
-      case 'file':
-        node = leaf(S_IFREG);
-        node.size = e.size ?? 0;
-        node.digest = e.digest ? Buffer.from(e.digest, 'hex') : null;
-        node.content = e.inline ? Buffer.from(e.inline, 'base64') : null;
-        break;
-      case 'symlink':
-        node = leaf(S_IFLNK);
-        node.target = Buffer.from(e.link!, 'latin1');
-        node.size = node.target.length;
-        break;
-      case 'char':
-      case 'block':
-        node = leaf(e.type === 'char' ? S_IFCHR : S_IFBLK);
-        node.rdev = makedev(e.major ?? 0, e.minor ?? 0);
-        break;
-      case 'fifo':
-        node = leaf(S_IFIFO);
-        break;
-      default:
-        throw this.refuse(e, `unknown entry type ${String(e.type)}`);
-    }
+    const node = leafOf(e);
+    if (node === null) throw this.refuse(e, `unknown entry type ${String(e.type)}`);
     this.setMetadata(node, e);
     this.detach(parent, name, e.path);
     parent.children!.set(name, node);

@@ -246,27 +246,11 @@ export class TreeBuilder {
       case 'dir':
         node = existing !== undefined && isDirNode(existing) ? existing : newDir();
         break;
-      case 'file':
-        node = leaf(S_IFREG);
-        node.size = e.size ?? 0;
-        node.digest = e.digest ? Buffer.from(e.digest, 'hex') : null;
-        node.content = e.inline ? Buffer.from(e.inline, 'base64') : null;
-        break;
-      case 'symlink':
-        node = leaf(S_IFLNK);
-        node.target = Buffer.from(e.link!, 'latin1');
-        node.size = node.target.length;
-        break;
-      case 'char':
-      case 'block':
-        node = leaf(e.type === 'char' ? S_IFCHR : S_IFBLK);
-        node.rdev = makedev(e.major ?? 0, e.minor ?? 0);
-        break;
-      case 'fifo':
-        node = leaf(S_IFIFO);
-        break;
-      default:
-        throw this.fail(e, `unknown entry type ${String(e.type)}`);
+      default: {
+        const made = leafOf(e);
+        if (made === null) throw this.fail(e, `unknown entry type ${String(e.type)}`);
+        node = made;
+      }
     }
     this.setMetadata(node, e);
     parent.children!.set(name, node);
@@ -369,6 +353,33 @@ export function nodeTreeToInode(root: Node): Inode {
     if (c.children) stack.push(open(c, ci));
   }
   return rootInode;
+}
+
+/** The node of a layer entry that is not a directory nor a hard link (its metadata still to set); null for an unknown type. */
+export function leafOf(e: LayerEntry): Node | null {
+  let node: Node;
+  switch (e.type) {
+    case 'file':
+      node = leaf(S_IFREG);
+      node.size = e.size ?? 0;
+      node.digest = e.digest ? Buffer.from(e.digest, 'hex') : null;
+      node.content = e.inline ? Buffer.from(e.inline, 'base64') : null;
+      return node;
+    case 'symlink':
+      node = leaf(S_IFLNK);
+      node.target = Buffer.from(e.link!, 'latin1');
+      node.size = node.target.length;
+      return node;
+    case 'char':
+    case 'block':
+      node = leaf(e.type === 'char' ? S_IFCHR : S_IFBLK);
+      node.rdev = makedev(e.major ?? 0, e.minor ?? 0);
+      return node;
+    case 'fifo':
+      return leaf(S_IFIFO);
+    default:
+      return null;
+  }
 }
 
 export function leaf(type: number): Node {
