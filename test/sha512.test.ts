@@ -161,6 +161,8 @@ test('--algorithm that disagrees with the repository: one line naming both (also
   oneLineError(cfs('init', '--repo', r512, '--algorithm', 'sha256'), /holds sha512 objects .*not sha256/);
   assert.match(ok(cfs('init', '--repo', r512)), /fsverity-sha512-12/, 'init without --algorithm keeps the repository\'s');
   assert.equal(ok(cfs('pull', '--repo', r512, `oci:${layout}:one`, 'again')).trim().length, 128, 'a pull without --algorithm uses the repository\'s');
+  assert.equal((JSON.parse(ok(cfs('inspect', '--repo', r512, '--json', 'again'))) as { algorithm: string }).algorithm, 'sha512');
+  assert.match(ok(cfs('inspect', '--repo', r512, 'again')), /^image: +[0-9a-f]{128} \(fsverity-sha512\)$/m);
 
   // A repository as older versions made it: content, no meta.json.
   const old = join(tmp, 'old');

@@ -90,6 +90,7 @@ export const inspect = {
       ...rec,
       seal: rec.seal ?? null,
       form,
+      algorithm: repo.algorithm,
       imagePath: repo.imagePath(rec.image),
       architecture: config.architecture,
       os: config.os,
@@ -106,7 +107,7 @@ export const inspect = {
     else {
       const lines = [
         `name:        ${rec.name}`,
-        `image:       ${rec.image}`,
+        `image:       ${rec.image} (fsverity-${repo.algorithm})`,
         `source:      ${rec.source}`,
         `manifest:    ${rec.manifest}`,
         `created:     ${rec.created ?? '-'}`,
