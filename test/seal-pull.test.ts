@@ -154,6 +154,23 @@ test('seals in OCI layouts: inline and artifact checked, recorded, kept, shown; 
       assert.match(ok(cfs('verify', '--repo', repo, 'app')), /app: ok \(sealed inline, fsverity-sha256 [0-9a-f]{64}; checked image, config, manifest, rebuild\)/);
     });
 
+    await t.test('a seal of the canonical variant that keeps user.* xattrs: a pull that did not choose finds that variant', () => {
+      // An image with a user.* xattr under /usr, sealed (inline) by a publisher who kept user xattrs.
+      const layout = join(tmp, 'user-xattrs');
+      writeLayout(layout, 'img', gzLayers([...base, { path: 'usr/tagged', data: 'has a user xattr\n', mtime: T, xattrs: { 'user.origin': 'publisher' } }]));
+      const kept = referenceMergedDigest(layout, 'img', { keepUserXattrs: true }).digest;
+      const dropped = referenceMergedDigest(layout, 'img').digest;
+      assert.notEqual(kept, dropped, 'the two variants differ for this image');
+      const configDigest = JSON.parse(readFileSync(blobFile(layout, indexEntry(layout, 'img').digest), 'utf8')).config.digest as string;
+      inlineSealLayout(layout, 'img', 'sealed', { [mergedKey('sha256')]: kept }, { [configKey('sha256')]: fsverityOf(blobFile(layout, configDigest)) });
+      const repo = join(tmp, 'repo-user-xattrs');
+      assert.equal(ok(cfs('pull', '--repo', repo, `oci:${layout}:sealed`, 'app')).trim(), kept);
+      const rec = inspect(repo, 'app') as ReturnType<typeof inspect> & { keepUserXattrs?: boolean };
+      assert.equal(rec.keepUserXattrs, true);
+      assert.equal(rec.seal?.merged, kept);
+      assert.match(ok(cfs('verify', '--repo', repo, 'app')), /app: ok/);
+    });
+
     await t.test('artifact in the layout beside its subject: pulled, kept in blobs/ through gc, fsck clean', () => {
       const layout = layoutCopy(tmp, f.layout, 'artifact');
       const artifact = addLayoutArtifact(layout, artifactBytes(f.subject, [{ [configKey('sha256')]: f.config }, { [mergedKey('sha256')]: f.merged }]));

@@ -132,7 +132,8 @@ export async function run(args: string[], prog: string): Promise<number> {
   const sourceOptions = sourceOptionsOf(p);
   const form = stringOption(p, 'form') ?? 'auto';
   if (form !== 'auto' && form !== 'canonical' && form !== 'unpacked') throw new UsageError(`invalid value for --form: '${form}' (auto, canonical or unpacked)`);
-  const keepUserXattrs = p.options.has('keep-user-xattrs');
+  // Unset unless given: a seal of either canonical variant is then found (see pullImage).
+  const keepUserXattrs = p.options.has('keep-user-xattrs') ? true : undefined;
   if (keepUserXattrs && form === 'unpacked') throw new UsageError('--keep-user-xattrs applies to the canonical form only (the unpacked form keeps every xattr umoci keeps)');
 
   const [{ openSource }, { Repository }, { pullImage }] = await Promise.all([import('../oci/transports.js'), import('../repo/repository.js'), import('../repo/pull.js')]);

@@ -175,6 +175,14 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
         if (err instanceof MergeError) throw new MergeError(`${img.reference}: ${err.message}`, { cause: err });
         throw err;
       }
+      const found = await discovery;
+      const mine = found?.seals.filter((seal) => seal.algorithm === algorithm) ?? [];
+      if (built.form === 'canonical' && opts.keepUserXattrs === undefined && mine.some((seal) => seal.merged !== built.digest)) {
+        // composefs-rs builds the canonical form with or without `user.*` xattrs (XattrFiltering), and a
+        // seal does not say which: the other variant is tried before a mismatch is reported.
+        const other = buildImage(layers, { form: 'canonical', keepUserXattrs: true, algorithm });
+        if (other.digest !== built.digest && mine.every((seal) => seal.merged === other.digest)) built = other;
+      }
       emit({ type: 'built', form: built.form, ...(built.keepUserXattrs !== undefined ? { keepUserXattrs: built.keepUserXattrs } : {}), ...(built.reason !== undefined ? { reason: built.reason } : {}) });
     } finally {
       // Every layer durable and recorded before anything is named (a failure lands in `failed`).
