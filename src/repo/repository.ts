@@ -160,11 +160,20 @@ export class Repository {
   readonly owner: number;
   private readonly fds = new Map<string, number>();
   /** The fs-verity algorithm its objects and images are named by (meta.json; SHA-256 without one). */
-  algorithm: VerityAlgorithm = 'sha256';
+  get algorithm(): VerityAlgorithm {
+    return this.#algorithm;
+  }
+  #algorithm: VerityAlgorithm = 'sha256';
   /** Its metadata as read, or null when it has no meta.json (yet: the first write adds it). */
-  meta: RepoMeta | null = null;
+  get meta(): RepoMeta | null {
+    return this.#meta;
+  }
+  #meta: RepoMeta | null = null;
   /** The read-only-compatible features this cfs does not know, when there are any: it may read, not write. */
-  readOnlyFeatures: string[] | null = null;
+  get readOnlyFeatures(): readonly string[] | null {
+    return this.#readOnlyFeatures;
+  }
+  #readOnlyFeatures: string[] | null = null;
   /** The algorithm the caller asked for (OpenOptions.algorithm), if any. */
   private asked: VerityAlgorithm | undefined;
 
@@ -251,7 +260,7 @@ export class Repository {
     const path = join(this.root, META_FILE);
     const bytes = this.readMetaFile();
     if (bytes === null) {
-      this.algorithm = asked ?? 'sha256';
+      this.#algorithm = asked ?? 'sha256';
       if (asked !== undefined && asked !== 'sha256' && this.holdsAnything()) {
         throw new RepoError(`repository ${this.root} holds sha256 objects (it has no ${META_FILE}: made before cfs knew sha512), not ${asked} (--algorithm ${asked})`);
       }
@@ -263,9 +272,9 @@ export class Repository {
     } catch (err) {
       throw new RepoError(`refusing repository ${this.root}: ${(err as Error).message}`);
     }
-    this.meta = decoded.meta;
-    this.algorithm = decoded.meta.algorithm;
-    if (decoded.use.access === 'read-only') this.readOnlyFeatures = decoded.use.unknown;
+    this.#meta = decoded.meta;
+    this.#algorithm = decoded.meta.algorithm;
+    if (decoded.use.access === 'read-only') this.#readOnlyFeatures = decoded.use.unknown;
     if (asked !== undefined && asked !== this.algorithm) {
       throw new RepoError(`repository ${this.root} holds ${this.algorithm} objects (${algorithmName(this.algorithm)} in its ${META_FILE}), not ${asked} (--algorithm ${asked})`);
     }
@@ -356,7 +365,7 @@ export class Repository {
       throw ioError(err, `cannot write ${path}`);
     }
     syncDirFd(this.rootFd, this.root);
-    this.meta = meta;
+    this.#meta = meta;
   }
 
   /** Create what is missing, one level at a time beneath the repository's fd. */
