@@ -11,7 +11,7 @@ import { bindLazily, check, lastErrno, SysError } from './libc.js';
 import { Mode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../tree/model.js';
 
 interface Calls {
-  openat: (dirfd: number, path: string, flags: number, modeType: string, mode: number) => number;
+  openat: (dirfd: number, path: Buffer, flags: number, mode: number) => number;
   unlinkat: (dirfd: number, path: string, flags: number) => number;
   mkdirat: (dirfd: number, path: string, mode: number) => number;
   renameat2: (olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number) => number;
@@ -20,7 +20,8 @@ interface Calls {
 }
 
 const c = bindLazily<Calls>((l) => ({
-    openat: l.func('int openat(int dirfd, const char *path, int flags, ...)') as unknown as Calls['openat'],
+    // The path as bytes (NUL-terminated by the caller): names are any bytes but NUL and '/', not only UTF-8.
+    openat: l.func('int openat(int dirfd, const void *path, int flags, unsigned int mode)') as unknown as Calls['openat'],
     unlinkat: l.func('unlinkat', 'int', ['int', 'const char *', 'int']) as unknown as Calls['unlinkat'],
     mkdirat: l.func('mkdirat', 'int', ['int', 'const char *', 'unsigned int']) as unknown as Calls['mkdirat'],
     renameat2: l.func('renameat2', 'int', ['int', 'const char *', 'int', 'const char *', 'unsigned int']) as unknown as Calls['renameat2'],
@@ -53,7 +54,24 @@ function one(name: string): string {
 
 /** open `name` in `dirfd`, never following it if it is a link (O_NOFOLLOW and O_CLOEXEC always added). */
 export function openAt(dirfd: number, name: string, flags: number, mode = 0o644, what?: string): number {
-  return check('open', c().openat(dirfd, one(name), flags | O_NOFOLLOW | O_CLOEXEC, 'uint32', mode), what ?? name);
+  return check('open', c().openat(dirfd, cString(one(name)), flags | O_NOFOLLOW | O_CLOEXEC, mode), what ?? name);
+}
+
+/** `path` (bytes or a string, without NUL) with the NUL C wants. */
+function cString(path: Buffer | string): Buffer {
+  const p = typeof path === 'string' ? Buffer.from(path) : path;
+  const out = Buffer.alloc(p.length + 1);
+  p.copy(out);
+  return out;
+}
+
+/**
+ * openat(2) of `path` as given (bytes; O_CLOEXEC added, nothing else: the
+ * caller chooses O_NOFOLLOW, and checks the names), for callers that resolve
+ * a path name by name themselves (openat2.ts's fallback).
+ */
+export function openatBytes(dirfd: number, path: Buffer | string, flags: number, mode = 0): number {
+  return check('openat', c().openat(dirfd, cString(path), flags | O_CLOEXEC, mode), (typeof path === 'string' ? path : path.toString()));
 }
 
 /** The directory `name` in `dirfd`, or ENOTDIR/ELOOP when that is anything else (a link included). */
@@ -76,7 +94,7 @@ export function mkdirAt(dirfd: number, name: string, mode = 0o755, what?: string
 
 /** An unnamed file (O_TMPFILE) in the directory `dirfd`; `flags` adds to O_TMPFILE (default O_RDWR). */
 export function openTmpfileAt(dirfd: number, mode = 0o644, flags: number = constants.O_RDWR, what?: string): number {
-  return check('open(O_TMPFILE)', c().openat(dirfd, '.', O_TMPFILE | flags | O_CLOEXEC, 'uint32', mode), what);
+  return check('open(O_TMPFILE)', c().openat(dirfd, cString('.'), O_TMPFILE | flags | O_CLOEXEC, mode), what);
 }
 
 /** Hard link `from` (in `fromDir`, not followed) as `to` in `toDir`: EEXIST rather than replacing. */

@@ -6,6 +6,7 @@
  */
 import { fstatSync } from 'node:fs';
 import { check, libc, SysError } from './libc.js';
+import { openatBytes } from './dirfd.js';
 
 /** The same number on every architecture (the unified syscall table from 5.x on). */
 const SYS_openat2 = 437;
@@ -17,17 +18,6 @@ export const RESOLVE_BENEATH = 0x08;
 
 /** O_PATH is not in Node's fs.constants; its value is the same on every Linux architecture but alpha/parisc/sparc. */
 export const O_PATH = 0o10000000;
-
-let openatFn: ((dirfd: number, path: Buffer, flags: number, mode: number) => number) | null = null;
-
-/** openat(2) with O_CLOEXEC added; throws SysError. */
-export function openat(dirfd: number, path: Buffer | string, flags: number): number {
-  openatFn ??= libc().func('int openat(int dirfd, const void *path, int flags, unsigned int mode)') as unknown as typeof openatFn;
-  const p = typeof path === 'string' ? Buffer.from(path) : path;
-  const cpath = Buffer.alloc(p.length + 1);
-  p.copy(cpath);
-  return check('openat', openatFn!(dirfd, cpath, flags | 0o2000000, 0), p.toString());
-}
 
 const O_NOFOLLOW = 0o400000;
 
@@ -62,14 +52,14 @@ export function openBeneath(dirfd: number, path: Buffer, flags: number): number 
   try {
     for (let i = 0; i < names.length - 1; i++) {
       // O_PATH|O_NOFOLLOW opens a symlink itself: it is told apart as openat2 would (ELOOP).
-      const next = openat(at, names[i], O_PATH | O_NOFOLLOW);
+      const next = openatBytes(at, names[i], O_PATH | O_NOFOLLOW);
       if (at !== dirfd) closeFd(at);
       at = next;
       const st = fstatSync(at);
       if (st.isSymbolicLink()) throw new SysError('openat', 40 /* ELOOP */, path.toString());
       if (!st.isDirectory()) throw new SysError('openat', 20 /* ENOTDIR */, path.toString());
     }
-    return openat(at, names[names.length - 1], flags | O_NOFOLLOW);
+    return openatBytes(at, names[names.length - 1], flags | O_NOFOLLOW);
   } finally {
     if (at !== dirfd) closeFd(at);
   }
