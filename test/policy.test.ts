@@ -8,7 +8,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { identityMatches, parsePolicy, policyScopesOf, requirementsFor, describeChoice, maxPolicyBytes, PolicyError, type Policy, type SignedIdentity } from '../src/oci/policy.js';
+import { dockerIdentityOf, identityMatches, parsePolicy, policyScopesOf, requirementsFor, describeChoice, maxPolicyBytes, PolicyError, type Policy, type SignedIdentity } from '../src/oci/policy.js';
 import { parseDockerName, parseReference } from '../src/oci/reference.js';
 import { ComposefsError } from '../src/errors.js';
 
@@ -299,6 +299,8 @@ test('every malformed policy is refused with one line naming the file and the JS
   refused(policyWith(`{"oci-archive":{"/srv/../etc/":${ACCEPT}}}`), 'policy.json: transports["oci-archive"]["/srv/../etc/"]: invalid scope: not a canonical path (perhaps "/etc")');
   refused(policyWith(`{"docker-archive":{"/srv/a.tar":${ACCEPT}}}`), 'policy.json: transports["docker-archive"]["/srv/a.tar"]: invalid scope: docker-archive supports no scope but the default ""');
   refused(policyWith('[]'), 'policy.json: transports: must be a JSON object');
+  refused(policyWith('null'), 'policy.json: transports: must be a JSON object');
+  refused('[]', 'policy.json: top level: must be a JSON object');
   // Not JSON, too big, too deep; hostile text stays on one printable line.
   refused('{"default": [{"type": "reject"},]}', 'policy.json: top level: invalid JSON at line 1 column 33: unexpected character "]"');
   refused('{"default": [\n{"type": "reject"}\n', 'policy.json: top level: invalid JSON at line 3 column 1: unexpected end of file');
@@ -308,9 +310,23 @@ test('every malformed policy is refused with one line naming the file and the JS
   refused(withReq('{"type":"\\u001b[31m\\n\\u202e"}'), 'policy.json: transports.docker["example.com"][0]: unknown requirement type "\\u001b[31m\\n\\u202e"');
   refused(policyWith(`{"docker":{"a\\nb":[{"type":"x"}]}}`), 'policy.json: transports.docker["a\\nb"][0]: unknown requirement type "x"');
   assert.throws(() => parsePolicy(Buffer.from([0x7b, 0xff, 0x7d]), 'policy.json'), /^PolicyError: policy\.json: not UTF-8 text$/);
+  assert.throws(() => parsePolicy('{}', 'policy.json'), (err: unknown) => err instanceof PolicyError && err.code === 'policy');
 });
 
 test('transports cfs does not know are kept, their scopes unchecked, as containers/image keeps them', () => {
   const p = parsePolicy(policyWith(`{"atomic":{"anything at all":${ACCEPT}},"containers-storage":{"[overlay@/var/lib/containers/storage]":${ACCEPT}}}`), 'policy.json');
   assert.deepEqual([...p.transports.keys()], ['atomic', 'containers-storage']);
+});
+
+test('the docker identity of each transport: docker and named docker-archive references have one, oci ones none', () => {
+  const identity = (text: string) => dockerIdentityOf(parseReference(text));
+  assert.deepEqual(identity('docker://busybox'), { domain: 'docker.io', path: 'library/busybox', tag: 'latest' });
+  assert.deepEqual(identity('docker-archive:/srv/a.tar:example.com/app:1'), { domain: 'example.com', path: 'app', tag: '1' });
+  assert.equal(identity('docker-archive:/srv/a.tar'), undefined);
+  assert.equal(identity('oci:/srv/images/app:v1'), undefined);
+  assert.equal(identity('oci-archive:/srv/app.tar:v1'), undefined);
+  // So a matchRepository requirement can never accept an oci: image, and exactRepository can.
+  assert.equal(identityMatches({ type: 'matchRepository' }, identity('oci:/srv/images/app:v1'), 'docker.io/library/app:v1'), false);
+  assert.equal(identityMatches({ type: 'exactRepository', dockerRepository: 'app' }, identity('oci:/srv/images/app:v1'), 'docker.io/library/app:v1'), true);
+  assert.equal(identityMatches({ type: 'matchExact' }, identity('docker://busybox'), 'docker.io/library/busybox:latest'), true);
 });

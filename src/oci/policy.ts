@@ -409,7 +409,8 @@ export function parsePolicy(text: string | Uint8Array, what: string): Policy {
   if (!top.has('default') || top.get('default') === null) throw r.fail('', 'no "default" requirements');
   const policy: Policy = { default: parseRequirements(r, top.get('default'), 'default'), transports: new Map() };
   const transports = top.get('transports');
-  if (transports !== undefined && transports !== null) {
+  // containers/image refuses "transports": null too (its strict reader wants an object).
+  if (transports !== undefined) {
     for (const [name, scopesJson] of r.object(transports, 'transports')) {
       const tp = member('transports', name);
       const scopes = new Map<string, PolicyRequirement[]>();
@@ -514,6 +515,23 @@ export function describeChoice(choice: ChosenRequirements): string {
 }
 
 // ---- signedIdentity ----------------------------------------------------------------------------
+
+/**
+ * The docker-like identity signatures are matched against: a docker:
+ * reference's name, a docker-archive: reference's NAME[:TAG] if it has one;
+ * undefined for oci: and oci-archive: (their :REF is no docker reference), for
+ * which the man page allows only exactReference and exactRepository.
+ */
+export function dockerIdentityOf(ref: SourceReference): DockerName | undefined {
+  switch (ref.transport) {
+    case 'docker':
+      return ref.name;
+    case 'docker-archive':
+      return ref.name;
+    default:
+      return undefined;
+  }
+}
 
 function tryParse(text: string): DockerName | undefined {
   try {
