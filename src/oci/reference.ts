@@ -45,6 +45,16 @@ const digestRe = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$/;
 const hex64 = /^[a-f0-9]{64}$/;
 const maxNameLength = 255;
 
+/** distribution/reference's domain grammar: host or [IPv6], with an optional :port. */
+export function isDockerDomain(text: string): boolean {
+  return domainRe.test(text);
+}
+
+/** distribution/reference's repository path grammar (components separated by '/'), without a domain. */
+export function isDockerPath(text: string): boolean {
+  return pathRe.test(text);
+}
+
 // The OCI layout's org.opencontainers.image.ref.name grammar, which containers/image checks REF against.
 const ociRefComponent = '[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*';
 const ociRefRe = new RegExp(`^${ociRefComponent}(?:/${ociRefComponent})*$`);
