@@ -24,7 +24,7 @@ import { makeUmociImage } from './helpers/oci-images.js';
 import { hasTool, mkcomposefsOf, umociUnpack } from './helpers/import-compare.js';
 import { canonicalizeOnDisk, referenceCanonicalImage, referenceImageOfTree, referenceWriterNote, referenceWorkDir } from './helpers/canonical.js';
 import { isRoot } from './helpers/paths.js';
-import { cfs, ok } from './helpers/cli.js';
+import { cfs, ok, oneLineError } from './helpers/cli.js';
 import { inTemp } from './helpers/temp.js';
 import { readImage } from '../src/erofs/reader.js';
 import { fsverityDigest } from '../src/fsverity/index.js';
@@ -45,13 +45,6 @@ const SKIP = !ready && 'needs root, umoci, setfattr and getfattr';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-function oneLineError(r: ReturnType<typeof cfs>, pattern: RegExp): void {
-  assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `one line: ${r.stderr}`);
-  assert.match(lines[0], pattern);
-  assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
-}
 
 /** `cfs pull --json` of oci:LAYOUT:REF under NAME, with extra options: the record. */
 function pull(repo: string, layout: string, ref: string, name: string, ...flags: string[]): Record<string, unknown> {

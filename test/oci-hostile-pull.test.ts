@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { gzip, hasZstd, makeTar, zstd, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, writeLayout } from './helpers/oci-layout.js';
 import { cliPath } from './helpers/paths.js';
-import { cfs, ok } from './helpers/cli.js';
+import { cfs, ok, oneLineError } from './helpers/cli.js';
 import { decompress } from '../src/oci/layer.js';
 import { inTemp } from './helpers/temp.js';
 
@@ -26,14 +26,6 @@ const ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd';
 void ok; // TEMP
 const haveGnuTime = spawnSync('/usr/bin/time', ['-f', '%M', 'true'], { stdio: 'ignore' }).status === 0;
 
-function oneLineError(r: ReturnType<typeof cfs>, pattern: RegExp): string {
-  assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `one line: ${r.stderr.slice(0, 2000)}`);
-  assert.match(lines[0], pattern);
-  assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
-  return lines[0];
-}
 
 /**
  * A tar of one file of `size` zero bytes, through `zstd -3` as it is made

@@ -6,6 +6,7 @@
  * test is the client's), with the test CA; the realm is a plain HTTP server
  * that logs what it receives.
  */
+import { oneLineError } from './helpers/cli.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -85,14 +86,6 @@ function cfsAsync(args: string[], ms = 60_000, env: NodeJS.ProcessEnv = {}): Pro
   });
 }
 
-function oneLineError(r: { status: number | null; stderr: string }, pattern: RegExp): void {
-  assert.notEqual(r.status, 0, 'should fail');
-  assert.notEqual(r.status, null, `should end by itself; stderr: ${r.stderr}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `one line: ${r.stderr}`);
-  assert.match(lines[0], pattern);
-  assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
-}
 
 test(
   'credentials never go in clear text to a token realm on plain HTTP that an HTTPS registry names',

@@ -12,19 +12,12 @@ import { join } from 'node:path';
 import { gzip, makeTar, patternBytes, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayer, gzLayers, writeLayout } from './helpers/oci-layout.js';
 import { cliPath, isRoot } from './helpers/paths.js';
-import { cfs, ok } from './helpers/cli.js';
+import { cfs, ok, oneLineError } from './helpers/cli.js';
 import { haveRegistry, makeCertificates, NO_REGISTRY, push, startRegistry } from './helpers/registry.js';
 import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
 
-function oneLineError(r: ReturnType<typeof cfs>, pattern: RegExp): void {
-  assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `one line: ${r.stderr}`);
-  assert.match(lines[0], pattern);
-  assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
-}
 
 const base: TarEntry[] = [
   { path: './', type: 'dir', mtime: T },

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { patternBytes, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayers, writeLayout } from './helpers/oci-layout.js';
 import { cliPath, isRoot } from './helpers/paths.js';
-import { ok } from './helpers/cli.js';
+import { ok, oneLineError } from './helpers/cli.js';
 import { inTemp } from './helpers/temp.js';
 
 const T = 1700000000;
@@ -39,13 +39,6 @@ function asNobody(script: string): void {
   assert.equal(r.status, 0, `as nobody: ${script}\n${r.stderr}`);
 }
 
-function oneLineError(r: SpawnSyncReturns<string>, pattern: RegExp): void {
-  assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `one line: ${r.stderr}`);
-  assert.match(lines[0], pattern);
-  assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
-}
 
 /** Every directory of the repository world-writable (files keep their modes), as a careless shared setup leaves it. */
 function openToAll(dir: string): void {

@@ -23,7 +23,7 @@ import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync
 import { join } from 'node:path';
 import { cliPath, isRoot } from './helpers/paths.js';
 import { referenceMergedDigest } from './helpers/canonical.js';
-import { cfs, ok } from './helpers/cli.js';
+import { cfs, ok, oneLineError } from './helpers/cli.js';
 import { gzLayers, writeLayout } from './helpers/oci-layout.js';
 import { patternBytes, type TarEntry } from './helpers/tar-writer.js';
 import { blobFile, haveTool, indexEntry, skopeo } from './helpers/oci-images.js';
@@ -72,13 +72,6 @@ function cfsAsync(...args: string[]): Promise<Run> {
   });
 }
 
-function oneLineError(r: Run, pattern: RegExp): void {
-  assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `one line: ${r.stderr}`);
-  assert.match(lines[0], pattern);
-  assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
-}
 
 function names(repo: string): string[] {
   return existsSync(join(repo, 'names')) ? readdirSync(join(repo, 'names')).filter((f) => !f.startsWith('.')) : [];

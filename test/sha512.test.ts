@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { patternBytes, type TarEntry } from './helpers/tar-writer.js';
 import { gzLayers, writeLayout } from './helpers/oci-layout.js';
 import { cliPath, isRoot } from './helpers/paths.js';
-import { cfs, ok } from './helpers/cli.js';
+import { cfs, ok, oneLineError } from './helpers/cli.js';
 import { haveRegistry, makeCertificates, NO_REGISTRY, push, startRegistry } from './helpers/registry.js';
 import { inTemp } from './helpers/temp.js';
 import { alive, eventually } from './mount-fixtures.js';
@@ -31,13 +31,6 @@ function toolSha512(path: string): string {
   return out;
 }
 
-function oneLineError(r: ReturnType<typeof cfs>, pattern: RegExp): void {
-  assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout}`);
-  const lines = r.stderr.trim().split('\n');
-  assert.equal(lines.length, 1, `one line: ${r.stderr}`);
-  assert.match(lines[0], pattern);
-  assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
-}
 
 /** Every object file of a store: its path relative to the store. */
 function objectFiles(store: string): string[] {

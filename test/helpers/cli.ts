@@ -12,3 +12,18 @@ export function ok(r: SpawnSyncReturns<string>): string {
   assert.equal(r.status, 0, `exit status; stderr: ${r.stderr}`);
   return r.stdout;
 }
+
+/**
+ * A run that failed by itself (not killed), with one line on stderr that
+ * matches `pattern` and no stack trace: what every error a user can cause
+ * must give. Returns that line.
+ */
+export function oneLineError(r: { status: number | null; stdout?: string; stderr: string }, pattern: RegExp): string {
+  assert.notEqual(r.status, 0, `should fail; stdout: ${r.stdout ?? ''}`);
+  assert.notEqual(r.status, null, `should end by itself; stderr: ${r.stderr.slice(0, 2000)}`);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `one line: ${r.stderr.slice(0, 2000)}`);
+  assert.match(lines[0], pattern);
+  assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
+  return lines[0];
+}
