@@ -6,18 +6,17 @@
  * stays as it was; prints the artifact's digest. `--inline` pushes a new
  * manifest carrying them to DEST (default SOURCE's tag) and prints its digest.
  */
-import { formatHelp, parseArgs, type OptionSpec } from './args.js';
+import { algorithmOption, formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UsageError } from '../errors.js';
 import { printable, printableJson } from '../printable.js';
 import { repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } from './source-options.js';
-import type { VerityAlgorithm } from '../fsverity/index.js';
 
 const specs: OptionSpec[] = [
   ...repoOptionSpecs,
   ...sourceOptionSpecs,
   { name: 'inline', help: 'push a new manifest carrying the seal to DEST (default: SOURCE\'s tag) instead of an artifact beside SOURCE' },
   { name: 'algorithm', value: true, arg: 'ALG', help: 'fs-verity algorithm of the seal: sha256 or sha512 (must be the repository\'s; chooses it for a new one)' },
-  { name: 'keep-user-xattrs', help: 'seal the canonical form that keeps user.* xattrs (readers must pull with --keep-user-xattrs too)' },
+  { name: 'keep-user-xattrs', help: 'seal the canonical form that keeps user.* xattrs (a pull not told which variant tries this one when the other does not match)' },
   { name: 'name', value: true, arg: 'NAME', help: 'the name an image pulled for sealing gets (default: the source\'s repository and tag)' },
   { name: 'explain', help: 'say on stderr where each digest came from and what was written where' },
   { name: 'json', help: 'print a JSON record instead of the digest' },
@@ -42,13 +41,12 @@ export async function run(args: string[], prog: string): Promise<number> {
   const max = inline ? 2 : 1;
   if (p.positional.length > max) throw new UsageError(`too many arguments: '${p.positional[max]}'${inline ? '' : ' (a DEST is for --inline)'} (usage: ${usage})`);
   const [reference, dest] = p.positional;
-  const algorithmText = stringOption(p, 'algorithm');
-  if (algorithmText !== undefined && algorithmText !== 'sha256' && algorithmText !== 'sha512') throw new UsageError(`invalid value for --algorithm: '${algorithmText}' (sha256 or sha512)`);
+  const algorithm = algorithmOption(p);
   const sourceOptions = sourceOptionsOf(p);
   const explain = p.options.has('explain') ? (line: string) => process.stderr.write(`${printable(line)}\n`) : undefined;
 
   const [{ Repository }, { sealImage }] = await Promise.all([import('../repo/repository.js'), import('../repo/seal.js')]);
-  const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared'), algorithm: algorithmText as VerityAlgorithm | undefined });
+  const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared'), algorithm });
   const abort = new AbortController();
   const onSignal = () => abort.abort();
   process.once('SIGINT', onSignal);
@@ -57,7 +55,7 @@ export async function run(args: string[], prog: string): Promise<number> {
       ...sourceOptions,
       inline,
       dest,
-      algorithm: algorithmText as VerityAlgorithm | undefined,
+      algorithm,
       keepUserXattrs: p.options.has('keep-user-xattrs'),
       name: stringOption(p, 'name'),
       explain,

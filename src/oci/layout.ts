@@ -9,6 +9,7 @@ import type { Readable } from 'node:stream';
 import type { BlobOptions, Descriptor, ImageSource, Referrers, ResolvedImage } from './source.js';
 import type { FileSet } from './files.js';
 import { SourceError } from './source-errors.js';
+import { MAX_SEAL_ARTIFACTS } from './seals.js';
 import { maxDocumentSize, mediaTypes, parseDocument, resolveImage, type PlatformChoice } from './manifest.js';
 import { blobLabel, checkBytes, checkDigestSyntax, checkedStream } from './verify.js';
 
@@ -63,6 +64,8 @@ export class OciLayoutSource implements ImageSource {
       if (subject !== subjectDigest) continue;
       this.referrerBytes.set(d.digest, bytes);
       manifests.push(d);
+      // findSeals refuses more than this many: one over is enough to say so, and reading on would only hold more bytes.
+      if (manifests.length > MAX_SEAL_ARTIFACTS) break;
     }
     return { via: 'layout', manifests };
   }
