@@ -160,9 +160,11 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
       }
     };
     let built: BuiltImage;
+    /** The seals found (null only when looking for them failed, and so the pull). */
+    let found: Awaited<typeof discovery> = null;
     try {
       await Promise.all(Array.from({ length: Math.min(parallel, queue.length) }, worker));
-      await discovery;
+      found = await discovery;
       if (failed !== null) throw failed;
       // The image is built and hashed while the last layers' syncfs run on a
       // writer thread (0.3-0.4 s each on the /usr image); only naming waits for them.
@@ -175,8 +177,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
         if (err instanceof MergeError) throw new MergeError(`${img.reference}: ${err.message}`, { cause: err });
         throw err;
       }
-      const found = await discovery;
-      const mine = found?.seals.filter((seal) => seal.algorithm === algorithm) ?? [];
+      const mine = found!.seals.filter((seal) => seal.algorithm === algorithm);
       if (built.form === 'canonical' && opts.keepUserXattrs === undefined && mine.some((seal) => seal.merged !== built.digest)) {
         // composefs-rs builds the canonical form with or without `user.*` xattrs (XattrFiltering), and a
         // seal does not say which: the other variant is tried before a mismatch is reported.
@@ -192,9 +193,8 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     if (failed !== null) throw failed;
 
     const { tree, image, digest: hex } = built;
-    const found = (await discovery)!;
-    const sealed = checkSeals(img.reference, found.seals, { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex'), form: built.form, ...(built.reason !== undefined ? { formReason: built.reason } : {}) }, { requireSeal: opts.requireSeal, allowOtherAlgorithms: opts.sealsInOtherAlgorithms === 'allow' });
-    emit({ type: 'sealed', via: found.via, found: found.seals, checked: sealed.seal, unchecked: sealed.unchecked });
+    const sealed = checkSeals(img.reference, found!.seals, { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex'), form: built.form, ...(built.reason !== undefined ? { formReason: built.reason } : {}) }, { requireSeal: opts.requireSeal, allowOtherAlgorithms: opts.sealsInOtherAlgorithms === 'allow' });
+    emit({ type: 'sealed', via: found!.via, found: found!.seals, checked: sealed.seal, unchecked: sealed.unchecked });
 
     let size = 0;
     const seen = new Set<object>();
@@ -206,7 +206,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     });
     repo.writeBlob(img.manifestDigest, img.manifest);
     repo.writeBlob(img.configDescriptor.digest, img.config);
-    if (sealed.seal?.artifact) repo.writeBlob(sealed.seal.artifact, found.artifacts.get(sealed.seal.artifact)!);
+    if (sealed.seal?.artifact) repo.writeBlob(sealed.seal.artifact, found!.artifacts.get(sealed.seal.artifact)!);
     repo.storeImage(hex, image);
     const platform = config.os ? `${config.os}/${config.architecture ?? ''}${config.variant ? `/${config.variant}` : ''}` : undefined;
     const record: NameRecord = {
