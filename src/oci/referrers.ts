@@ -5,7 +5,7 @@
  * Adding one keeps every other entry as it was and never lists a digest twice.
  */
 import { SourceError } from './source-errors.js';
-import { acceptedManifestTypes, mediaTypes } from './manifest.js';
+import { acceptedManifestTypes, mediaTypes, isObject } from './manifest.js';
 import type { RegistryTarget } from './registry/push.js';
 
 /** A descriptor as a referrers index lists it. */
@@ -23,9 +23,6 @@ export function referrersTag(subjectDigest: string): string {
   return `${m[1]}-${m[2]}`;
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 /**
  * The entries of a referrers index (its bytes, as the registry served them),

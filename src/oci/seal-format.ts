@@ -13,7 +13,7 @@
  */
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { verityDigestSize, type VerityAlgorithm } from '../fsverity/index.js';
-import { mediaTypes } from './manifest.js';
+import { mediaTypes, isObject } from './manifest.js';
 
 export class SealError extends ComposefsError {
   constructor(message: string, options?: ComposefsErrorOptions) {
@@ -114,9 +114,6 @@ export interface FoundSeal extends Seal {
 
 type Annotations = Record<string, string> | undefined;
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 function stringAnnotations(raw: unknown, what: string): Annotations {
   if (raw === undefined) return undefined;
