@@ -70,7 +70,7 @@ if (!existsSync(stamp) || statSync(stamp).mtimeMs < sourceTime) {
 }
 
 if (process.argv.includes('--test-tools')) {
-  const wanted = { 'fsck.erofs': 'erofs-utils', script: 'bsdutils', fsverity: 'fsverity', getfattr: 'attr', '/usr/bin/time': 'time', 'docker-registry': 'docker-registry', skopeo: 'skopeo', umoci: 'umoci', openssl: 'openssl', zstd: 'zstd', fusermount3: 'fuse3', squashfuse: 'squashfuse', mksquashfs: 'squashfs-tools' };
+  const wanted = { 'fsck.erofs': 'erofs-utils', script: 'bsdutils', fsverity: 'fsverity', getfattr: 'attr', '/usr/bin/time': 'time', 'docker-registry': 'docker-registry', skopeo: 'skopeo', umoci: 'umoci', openssl: 'openssl', gpg: 'gnupg', zstd: 'zstd', fusermount3: 'fuse3', squashfuse: 'squashfuse', mksquashfs: 'squashfs-tools' };
   const has = (tool) => spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
   const missing = Object.entries(wanted).filter(([tool]) => !has(tool)).map(([, pkg]) => pkg);
   if (missing.length > 0) {
