@@ -13,7 +13,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -158,6 +158,9 @@ test('registries.d: which directory; duplicates across files; bad files named wi
     const fromHome = await loadRegistriesD({ env: { HOME: home } });
     assert.equal(fromHome.dir, join(home, '.config/containers/registries.d'));
     assert.equal(signatureStorageFor(fromHome, name('busybox')).lookaside, 'https://home.example');
+    // Else /etc/containers/registries.d, when it exists (this machine's; not changed by the test).
+    const fallback = await loadRegistriesD({ env: { HOME: join(tmp, 'empty-home') } });
+    assert.equal(fallback.dir, existsSync('/etc/containers/registries.d') ? '/etc/containers/registries.d' : undefined);
     // An explicit directory must exist.
     await refused(loadRegistriesD({ dir: join(tmp, 'missing'), env }), /registries\.d directory .*missing: No such file or directory/);
     writeFileSync(join(tmp, 'plain'), '');
@@ -173,6 +176,11 @@ test('registries.d: which directory; duplicates across files; bad files named wi
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    lookaside: https://a\n  example.com:\n    lookaside: https://b\n' }, /a\.yaml:4: Map keys must be unique/);
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    lookaside: [unclosed\n' }, /a\.yaml:\d+: /);
     await bad({ 'a.yaml': 'docker:\n  - example.com\n' }, /a\.yaml:2: docker must be a mapping/);
+    // An alias is named by the line it is used on.
+    await bad({ 'a.yaml': 'x:\n  a: &a [1, 2]\ndocker:\n  example.com: *a\n' }, /a\.yaml:4: docker\["example\.com"\] must be a mapping/);
+    await bad({ 'a.yaml': 'docker: {}\n---\ndocker: {}\n' }, /a\.yaml:3: more than one YAML document/);
+    await bad({ 'a.yaml': '- a\n' }, /a\.yaml:1: the document must be a mapping/);
+    await bad({ 'a.yaml': 'docker:\n  example.com:\n    lookaside: 5\n' }, /a\.yaml:3: lookaside must be a string \(a URL\)/);
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    lookaside:\n      nested: x\n' }, /a\.yaml:4: lookaside must be a scalar/);
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    use-sigstore-attachments: maybe\n' }, /a\.yaml:3: use-sigstore-attachments must be true or false/);
     await bad({ 'a.yaml': `# ${'x'.repeat(1024 * 1024)}\n` }, /a\.yaml: too large \(\d+ bytes, at most 1048576\)/);
@@ -261,6 +269,7 @@ test('lookaside over file://: the layout, a gap stops reading, symbolic links re
     for (let i = 1; i < maxLookasideSignatures; i++) writeFileSync(join(many, `signature-${i}`), 's');
     assert.equal((await readLookasideSignatures(`file://${join(tmp, 'many')}`, img, digest, { env })).length, maxLookasideSignatures - 1);
     await refused(writeLookasideSignature(`file://${join(tmp, 'many')}`, img, digest, Buffer.from('x')), /already 127 signatures/);
+    assert.equal(readdirSync(many).length, maxLookasideSignatures - 1, 'no temporary file left behind');
     writeFileSync(join(many, `signature-${maxLookasideSignatures}`), 's');
     await refused(readLookasideSignatures(`file://${join(tmp, 'many')}`, img, digest, { env }), /128 signatures or more/);
   } finally {

@@ -79,14 +79,6 @@ const maxAliases = 100;
 const userDir = '.config/containers/registries.d';
 export const systemRegistriesDir = '/etc/containers/registries.d';
 
-function isDirectory(path: string): boolean {
-  try {
-    return statSync(path).isDirectory();
-  } catch {
-    return false;
-  }
-}
-
 function exists(path: string): boolean {
   try {
     statSync(path);
@@ -113,7 +105,7 @@ export function registriesDirFor(options: { dir?: string; env: NodeJS.ProcessEnv
     const user = join(home, userDir);
     if (exists(user)) return user;
   }
-  return isDirectory(systemRegistriesDir) || exists(systemRegistriesDir) ? systemRegistriesDir : undefined;
+  return exists(systemRegistriesDir) ? systemRegistriesDir : undefined;
 }
 
 /** A file of the directory, read whole and bounded; a FIFO or device is refused rather than waited on. */
@@ -236,8 +228,9 @@ export function parseRegistriesDFile(yaml: Yaml, bytes: Buffer, path: string, wa
     return n;
   };
   const isNull = (n: YamlNode | null) => n === null || (yaml.isScalar(n) && n.value === null);
-  const mapping = (n: YamlNode | null, what: string) => {
-    if (!yaml.isMap(n)) fail(n, `${what} must be a mapping`);
+  // `where`: the node as written (an alias names the line it is used on, not its anchor's).
+  const mapping = (n: YamlNode | null, what: string, where: unknown = n) => {
+    if (!yaml.isMap(n)) fail(where as YamlNode, `${what} must be a mapping`);
     return n as import('yaml').YAMLMap<unknown, unknown>;
   };
   const keyOf = (pair: import('yaml').Pair<unknown, unknown>): { key: string; node: YamlNode | null } => {
@@ -247,10 +240,11 @@ export function parseRegistriesDFile(yaml: Yaml, bytes: Buffer, path: string, wa
   };
   const top = resolve(doc.contents);
   if (isNull(top)) return result;
-  const section = (n: YamlNode | null, title: string): RegistriesDSection => {
+  const section = (written: unknown, title: string): RegistriesDSection => {
+    const n = resolve(written);
     const out: RegistriesDSection = { origin: `${title} in ${file}`, file: path };
     if (isNull(n)) return out;
-    for (const pair of mapping(n, title).items) {
+    for (const pair of mapping(n, title, written).items) {
       const { key, node } = keyOf(pair);
       const field = sectionKeys[key];
       if (!field) {
@@ -259,32 +253,33 @@ export function parseRegistriesDFile(yaml: Yaml, bytes: Buffer, path: string, wa
       }
       const v = resolve(pair.value);
       if (isNull(v)) continue;
-      if (!yaml.isScalar(v)) fail(v, `${key} must be a scalar`);
+      const where = pair.value as YamlNode;
+      if (!yaml.isScalar(v)) fail(where, `${key} must be a scalar`);
       const scalar = v as import('yaml').Scalar;
       if (field === 'useSigstoreAttachments') {
         const word = typeof scalar.value === 'string' && scalar.type === 'PLAIN' ? scalar.value : undefined;
         if (typeof scalar.value === 'boolean') out.useSigstoreAttachments = scalar.value;
         else if (word !== undefined && trueWords.has(word)) out.useSigstoreAttachments = true;
         else if (word !== undefined && falseWords.has(word)) out.useSigstoreAttachments = false;
-        else fail(v, `${key} must be true or false`);
+        else fail(where, `${key} must be true or false`);
       } else {
-        if (typeof scalar.value !== 'string') fail(v, `${key} must be a string (a URL)`);
+        if (typeof scalar.value !== 'string') fail(where, `${key} must be a string (a URL)`);
         // An empty string is "not configured" for containers/image.
         if (scalar.value !== '') out[field] = scalar.value as never;
       }
     }
     return out;
   };
-  for (const pair of mapping(top, 'the document').items) {
+  for (const pair of mapping(top, 'the document', doc.contents).items) {
     const { key, node } = keyOf(pair);
     const value = resolve(pair.value);
     if (key === 'default-docker') {
-      if (!isNull(value)) result.defaultDocker = section(value, 'default-docker');
+      if (!isNull(value)) result.defaultDocker = section(pair.value, 'default-docker');
     } else if (key === 'docker') {
       if (isNull(value)) continue;
-      for (const nsPair of mapping(value, 'docker').items) {
+      for (const nsPair of mapping(value, 'docker', pair.value).items) {
         const { key: ns } = keyOf(nsPair);
-        result.docker.set(ns, section(resolve(nsPair.value), `docker[${printable(JSON.stringify(ns))}]`));
+        result.docker.set(ns, section(nsPair.value, `docker[${printable(JSON.stringify(ns))}]`));
       }
     } else {
       warnings.push(`registries.d file ${at(node)}: unknown key ${printable(JSON.stringify(key))} ignored`);
