@@ -14,6 +14,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readOpenPgpKeyring, signSimpleSigning, verifySimpleSigningSignature, type OpenPgpKeyring } from '../src/oci/openpgp-signature.js';
 import { SignatureError } from '../src/oci/signature-error.js';
+import { buildSignaturePayload, manifestMatchesDigest, parseSignaturePayload } from '../src/oci/signature-payload.js';
 import { makeTemp, removeTemp } from './helpers/temp.js';
 import { repoRoot } from './helpers/paths.js';
 
@@ -277,4 +278,60 @@ test('openpgp: signing refuses a wrong or missing passphrase, a public key, seve
   const two = gpg(['--passphrase', '', '--armor', '--export-secret-keys', keys.ed!, keys.rsa!]);
   await refused(signSimpleSigning(PAYLOAD, { what: 'two.asc', bytes: two }), /^two\.asc: 2 secret keys in the file, expected exactly 1$/);
   await refused(signSimpleSigning(PAYLOAD, { what: 'junk.asc', bytes: randomBytes(200) }), /^junk\.asc: not an OpenPGP secret key: /);
+});
+
+test("openpgp: skopeo (containers/image with gpgme) accepts what this code signs, and this code accepts what skopeo signs", async () => {
+  const manifestFile = join(fixtures, 'image.manifest.json');
+  const manifest = readFileSync(manifestFile);
+  const digest = 'sha256:20bf21ed457b390829cdbeec8795a7bea1626991fda603e0d01b4e7f60427e55';
+  const reference = 'localhost:5000/signed/image:tag';
+  const skopeo = (args: string[]) => spawnSync('skopeo', args, { env: { ...process.env, GNUPGHOME: home }, timeout: 60_000 });
+  writeFileSync(join(scratch, 'passphrase'), 'sekrit');
+  for (const name of ['ed', 'rsa', 'sub', 'locked']) {
+    // skopeo → this code.
+    const out = join(scratch, `skopeo-${name}.sig`);
+    const signed = skopeo(['standalone-sign', ...(name === 'locked' ? ['--passphrase-file', join(scratch, 'passphrase')] : []), manifestFile, reference, keys[name]!, '-o', out]);
+    assert.equal(signed.status, 0, signed.stderr.toString());
+    const verified = await verifySimpleSigningSignature(readFileSync(out), await keyringOf(name));
+    assert.equal(verified.fingerprint, keys[name]);
+    const claim = parseSignaturePayload(verified.payload, 'simple-signing');
+    assert.equal(claim.dockerReference, reference);
+    assert.equal(claim.manifestDigest, digest);
+    assert.equal(manifestMatchesDigest(manifest, claim.manifestDigest), true);
+
+    // This code → skopeo.
+    const passphrase = name === 'locked' ? 'sekrit' : undefined;
+    const secret = gpg(['--passphrase', passphrase ?? '', '--armor', '--export-secret-keys', keys[name]!]);
+    const payload = buildSignaturePayload({ dockerReference: reference, manifestDigest: digest }, 'simple-signing', { creator: 'composefs-ts test', timestamp: 1700000000 });
+    const ours = join(scratch, `ours-${name}.sig`);
+    writeFileSync(ours, await signSimpleSigning(payload, { what: `${name}.asc`, bytes: secret }, passphrase));
+    // skopeo 1.9 (Debian's) names a signature by the key that made it: for a signing subkey, the subkey's
+    // fingerprint (later containers/image versions also accept the primary's).
+    const expected = name === 'sub' ? subkeyFingerprintsOf('sub <sub@example.com>')[0]! : keys[name]!;
+    const accepted = skopeo(['standalone-verify', manifestFile, reference, expected, ours]);
+    assert.equal(accepted.status, 0, accepted.stderr.toString());
+    assert.match(accepted.stdout.toString(), new RegExp(`^Signature verified(?: using fingerprint ${expected})?, digest ${digest}\n$`));
+    // skopeo refuses it for another reference, another key, another manifest.
+    assert.notEqual(skopeo(['standalone-verify', manifestFile, 'localhost:5000/signed/image:other', expected, ours]).status, 0);
+    assert.notEqual(skopeo(['standalone-verify', manifestFile, reference, keys.other!, ours]).status, 0);
+    writeFileSync(join(scratch, 'changed.json'), Buffer.concat([manifest, Buffer.from(' ')]));
+    assert.notEqual(skopeo(['standalone-verify', join(scratch, 'changed.json'), reference, expected, ours]).status, 0);
+  }
+});
+
+test('openpgp: importing the signature modules loads neither OpenPGP.js nor @noble/ciphers (only a check or a signature does)', () => {
+  // A resolve hook that refuses the two packages: importing the modules must still work, and the control import must not.
+  const hook = `export async function resolve(specifier, context, next) { if (/^(openpgp|@noble\\/)/.test(specifier)) throw new Error('loaded ' + specifier); return next(specifier, context); }`;
+  const script = `
+    import { register } from 'node:module';
+    register('data:text/javascript,' + encodeURIComponent(${JSON.stringify(hook)}));
+    await import(${JSON.stringify(join(repoRoot, 'dist', 'src', 'oci', 'openpgp-signature.js'))});
+    await import(${JSON.stringify(join(repoRoot, 'dist', 'src', 'oci', 'cosign-signature.js'))});
+    await import(${JSON.stringify(join(repoRoot, 'dist', 'src', 'oci', 'signature-payload.js'))});
+    console.log('modules imported');
+    await import('openpgp').then(() => console.log('control: openpgp loaded'), (e) => console.log('control: ' + e.message));
+  `;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: repoRoot, timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr.toString());
+  assert.equal(r.stdout.toString(), 'modules imported\ncontrol: loaded openpgp\n');
 });
