@@ -206,7 +206,12 @@ export async function decryptSigstoreEnvelope(envelope: Uint8Array, passphrase: 
   const fail = (reason: string) => new SignatureError(`${printable(what)}: ${reason}`);
   const e = parseEnvelope(Buffer.from(envelope.buffer, envelope.byteOffset, envelope.byteLength), fail);
   const key = await scryptKey(typeof passphrase === 'string' ? Buffer.from(passphrase, 'utf8') : Buffer.from(passphrase), e);
-  const { xsalsa20poly1305 } = await import('@noble/ciphers/salsa.js');
+  let xsalsa20poly1305: typeof import('@noble/ciphers/salsa.js').xsalsa20poly1305;
+  try {
+    ({ xsalsa20poly1305 } = await import('@noble/ciphers/salsa.js'));
+  } catch (err) {
+    throw new SignatureError(`@noble/ciphers (NaCl secretbox) cannot be loaded: ${printable((err as Error).message)}`, { cause: err });
+  }
   try {
     return Buffer.from(xsalsa20poly1305(key, e.nonce).decrypt(e.ciphertext));
   } catch {

@@ -15,7 +15,6 @@
 import type { Config, Key, PrivateKey } from 'openpgp';
 import { printable } from '../printable.js';
 import { SignatureError, type NamedBytes } from './signature-error.js';
-
 import { maxSignaturePayloadBytes } from './signature-payload.js';
 
 /** containers/image reads a signature (iolimits.MaxSignatureBodySize) up to 4 MiB. */
@@ -26,7 +25,10 @@ export const maxKeyFileBytes = 16 * 1024 * 1024;
 type OpenPgp = typeof import('openpgp');
 let loaded: Promise<OpenPgp> | undefined;
 function openpgp(): Promise<OpenPgp> {
-  loaded ??= import('openpgp');
+  loaded ??= import('openpgp').catch((err: unknown) => {
+    loaded = undefined;
+    throw new SignatureError(`OpenPGP.js (the npm package openpgp) cannot be loaded: ${reasonOf(err)}`, { cause: err });
+  });
   return loaded;
 }
 
