@@ -16,6 +16,7 @@ const commands: Record<string, { summary: string; load: () => Promise<CommandMod
   fsck: { summary: 'check an image and, with --basedir, its objects; or, with --repo, a repository', load: () => import('./fsck.js') },
   pull: { summary: 'pull a container image (registry, OCI layout or archive) into the repository', load: () => import('./pull.js') },
   seal: { summary: 'seal an image: its composefs digests in an artifact beside it, or inline in a new manifest', load: () => import('./seal.js') },
+  sign: { summary: 'sign an image where it is (simple signing to a lookaside, or a sigstore attachment), as skopeo --sign-by', load: () => import('./sign.js') },
   init: { summary: 'create a repository for sha256 or sha512 objects (cfs init --algorithm sha512)', load: () => import('./repo.js').then((m) => m.init) },
   images: { summary: 'list the repository\'s named images', load: () => import('./repo.js').then((m) => m.images) },
   inspect: { summary: 'show a named image and its OCI config', load: () => import('./repo.js').then((m) => m.inspect) },

@@ -12,16 +12,17 @@ import { humanBytes } from '../units.js';
 import { StatusLine } from '../output/status-line.js';
 import { printable, printableJson } from '../printable.js';
 import { explainForm } from './form.js';
-import { repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } from './source-options.js';
+import { policyContextOf, policyOptionSpecs, repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } from './source-options.js';
 
 const specs: OptionSpec[] = [
   ...repoOptionSpecs,
   { name: 'algorithm', value: true, arg: 'ALG', help: 'fs-verity algorithm of a new repository: sha256 (default) or sha512; must be the existing one\'s otherwise' },
   ...sourceOptionSpecs,
+  ...policyOptionSpecs,
   { name: 'require-seal', help: 'refuse an image without a composefs seal (inline, or an artifact among its referrers)' },
   { name: 'form', value: true, arg: 'FORM', help: 'canonical: the composefs-rs canonical image a seal digests (refused for an image without /usr); unpacked: the rootfs umoci raw unpack writes; auto (default): canonical when the image has that form, else unpacked' },
   { name: 'keep-user-xattrs', help: 'canonical form: keep user.* xattrs as well as security.capability (as cfsctl --keep-user-xattrs)' },
-  { name: 'explain', help: 'say on stderr which form was built (and why not canonical), and which seals were looked for, found and checked' },
+  { name: 'explain', help: 'say on stderr which policy accepted the image and by which signatures, which form was built (and why not canonical), and which seals were looked for, found and checked' },
   { name: 'quiet', short: 'q', help: 'no progress' },
   { name: 'json', help: 'print a JSON record instead of the digest' },
   { name: 'help', short: 'h', help: 'show this help' },
@@ -69,6 +70,7 @@ class PullProgress {
         this.phase = 'building';
         break;
       case 'sealed':
+      case 'admitted':
       case 'done':
         return;
     }
@@ -136,6 +138,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   const keepUserXattrs = p.options.has('keep-user-xattrs') ? true : undefined;
   if (keepUserXattrs && form === 'unpacked') throw new UsageError('--keep-user-xattrs applies to the canonical form only (the unpacked form keeps every xattr umoci keeps)');
 
+  const policy = await policyContextOf(p);
   const [{ openSource }, { Repository }, { pullImage }] = await Promise.all([import('../oci/transports.js'), import('../repo/repository.js'), import('../repo/pull.js')]);
   const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared'), algorithm: algorithmOption(p) });
   const source = await openSource(reference, sourceOptions);
@@ -145,14 +148,16 @@ export async function run(args: string[], prog: string): Promise<number> {
   const onSignal = () => abort.abort();
   process.once('SIGINT', onSignal);
   try {
+    const { describeVerdict } = await import('../oci/policy-check.js');
     const explain: string[] = [];
     const onEvent = (e: PullEvent) => {
       progress?.on(e);
       if (!p.options.has('explain')) return;
+      if (e.type === 'admitted') explain.push(`policy: ${describeVerdict(e.verdict)} (checked in ${Math.round(e.ms)} ms)`);
       if (e.type === 'built') explain.push(explainForm(e.form, e.keepUserXattrs, e.reason));
       if (e.type === 'sealed') explain.push(...sealLines(e));
     };
-    const result = await pullImage(repo, source, { name, onEvent, signal: abort.signal, form, keepUserXattrs, requireSeal: p.options.has('require-seal') });
+    const result = await pullImage(repo, source, { name, onEvent, signal: abort.signal, form, keepUserXattrs, requireSeal: p.options.has('require-seal'), policy });
     progress?.end();
     for (const line of explain) process.stderr.write(`${printable(line)}\n`);
     if (json) {

@@ -81,7 +81,7 @@ export const inspect = {
     if (p.positional.length !== 1) throw new UsageError(`one name expected (usage: ${prog} NAME)`);
     const repo = await open(p);
     const rec = repo.getName(p.positional[0]);
-    const { recordForm } = await import('../repo/repository.js');
+    const [{ recordForm }, { describeVerdict }] = await Promise.all([import('../repo/repository.js'), import('../oci/policy-check.js')]);
     const config = JSON.parse(repo.readBlob(rec.config).toString('utf8')) as { config?: Record<string, unknown>; architecture?: string; os?: string };
     const manifest = JSON.parse(repo.readBlob(rec.manifest).toString('utf8')) as { layers?: { digest: string; size: number; mediaType: string }[] };
     const c = config.config ?? {};
@@ -89,6 +89,7 @@ export const inspect = {
     const info = {
       ...rec,
       seal: rec.seal ?? null,
+      policy: rec.policy ?? null,
       form,
       algorithm: repo.algorithm,
       imagePath: repo.imagePath(rec.image),
@@ -116,6 +117,7 @@ export const inspect = {
         `seal:        ${rec.seal ? `${rec.seal.mode === 'artifact' ? `artifact ${rec.seal.artifact}` : 'inline'}, fsverity-${rec.seal.algorithm}` : 'none (not sealed)'}`,
         ...(rec.seal ? [`  merged:    ${rec.seal.merged}`, `  config:    ${rec.seal.config ?? '-'}`] : []),
         explainForm(form, rec.keepUserXattrs, rec.formReason).replace(/^form: /, 'form:        '),
+        `policy:      ${rec.policy ? describeVerdict(rec.policy) : 'not recorded (pulled without a policy check)'}`,
         `entrypoint:  ${JSON.stringify(info.entrypoint)}`,
         `cmd:         ${JSON.stringify(info.cmd)}`,
         `env:         ${(info.env as string[]).join(' ')}`,

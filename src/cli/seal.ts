@@ -9,11 +9,12 @@
 import { algorithmOption, formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UsageError } from '../errors.js';
 import { printable, printableJson } from '../printable.js';
-import { repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } from './source-options.js';
+import { policyContextOf, policyOptionSpecs, repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } from './source-options.js';
 
 const specs: OptionSpec[] = [
   ...repoOptionSpecs,
   ...sourceOptionSpecs,
+  ...policyOptionSpecs,
   { name: 'inline', help: 'push a new manifest carrying the seal to DEST (default: SOURCE\'s tag) instead of an artifact beside SOURCE' },
   { name: 'algorithm', value: true, arg: 'ALG', help: 'fs-verity algorithm of the seal: sha256 or sha512 (must be the repository\'s; chooses it for a new one)' },
   { name: 'keep-user-xattrs', help: 'seal the canonical form that keeps user.* xattrs (a pull not told which variant tries this one when the other does not match)' },
@@ -45,6 +46,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   const sourceOptions = sourceOptionsOf(p);
   const explain = p.options.has('explain') ? (line: string) => process.stderr.write(`${printable(line)}\n`) : undefined;
 
+  const policy = await policyContextOf(p);
   const [{ Repository }, { sealImage }] = await Promise.all([import('../repo/repository.js'), import('../repo/seal.js')]);
   const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared'), algorithm });
   const abort = new AbortController();
@@ -59,6 +61,7 @@ export async function run(args: string[], prog: string): Promise<number> {
       keepUserXattrs: p.options.has('keep-user-xattrs'),
       name: stringOption(p, 'name'),
       explain,
+      policy,
       signal: abort.signal,
     });
     if (p.options.has('json')) process.stdout.write(`${printableJson({ ...result, repository: repo.root })}\n`);

@@ -5,6 +5,8 @@
  */
 import { UsageError } from '../errors.js';
 import type { SourceOptions } from '../oci/source.js';
+import type { PolicyContext } from '../oci/policy-check.js';
+import type { RegistriesD } from '../oci/registries-d.js';
 import type { OptionSpec, Parsed } from './args.js';
 
 export const repoOptionSpecs: OptionSpec[] = [
@@ -21,6 +23,27 @@ export const sourceOptionSpecs: OptionSpec[] = [
   { name: 'speed-limit', value: true, arg: 'BYTES', help: 'fail a registry transfer slower than BYTES per second over --speed-time (default $CFS_SPEED_LIMIT, else 1024; 0: never)' },
   { name: 'speed-time', value: true, arg: 'SECONDS', help: 'the period of --speed-limit (default $CFS_SPEED_TIME, else 30)' },
 ];
+
+/** How an image is admitted: skopeo's and podman's policy options. */
+export const policyOptionSpecs: OptionSpec[] = [
+  { name: 'policy', value: true, arg: 'FILE', help: 'containers-policy.json(5) to apply (default: $HOME/.config/containers/policy.json, else /etc/containers/policy.json; none: images are accepted, and --explain says so)' },
+  { name: 'insecure-policy', help: 'accept any image, without reading a policy (as skopeo --insecure-policy)' },
+  { name: 'registries.d', value: true, arg: 'DIR', help: 'containers-registries.d(5) directory saying where signatures are (default: $HOME/.config/containers/registries.d, else /etc/containers/registries.d)' },
+];
+
+/** The policy the options name, loaded (a malformed policy is refused here, before any image is read). */
+export async function policyContextOf(p: Parsed): Promise<PolicyContext> {
+  const file = stringOption(p, 'policy');
+  const insecure = p.options.has('insecure-policy');
+  if (insecure && file !== undefined) throw new UsageError('--policy and --insecure-policy exclude each other');
+  const { loadPolicy } = await import('../oci/policy-check.js');
+  const ctx = await loadPolicy({ file, insecure, env: process.env });
+  const dir = stringOption(p, 'registries.d');
+  let registriesD: Promise<RegistriesD> | undefined;
+  // registries.d is read only when a requirement needs signatures.
+  ctx.registriesD = () => (registriesD ??= import('../oci/registries-d.js').then(({ loadRegistriesD }) => loadRegistriesD({ dir, env: process.env })));
+  return ctx;
+}
 
 /** The value of a string option, if given. */
 export function stringOption(p: Parsed, name: string): string | undefined {

@@ -216,7 +216,7 @@ export async function resolveImage(
         config,
         layers: doc.layers,
         ...(platform ? { platform } : {}),
-        ...(depth > 0 ? { index: topDigest } : {}),
+        ...(depth > 0 ? { index: topDigest, indexManifest: top.bytes } : {}),
       };
     }
     const wanted = choice.platform ?? runningPlatform();

@@ -47,6 +47,8 @@ export interface ResolvedImage {
   platform?: Platform;
   /** The digest of the index the image was chosen from, when the reference named an index. */
   index?: string;
+  /** That index, exactly as the source served it (signatures name it by its digest). */
+  indexManifest?: Buffer;
 }
 
 export interface BlobOptions {

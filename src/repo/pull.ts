@@ -16,6 +16,7 @@ import { importLayer, LayerError, type LayerEntry } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
 import { checkSeals, findSeals, requireSealed, type SealDiscovery } from '../oci/seals.js';
 import type { FoundSeal } from '../oci/seal-format.js';
+import type { PolicyContext, PolicyVerdict } from '../oci/policy-check.js';
 import { ObjectWriter } from '../store/object-writer.js';
 import { buildImage, type BuiltImage } from './build.js';
 import { CanonicalFormError, IMAGE_FORMS, type FormChoice, type ImageForm } from './form.js';
@@ -23,6 +24,8 @@ import { MergeError } from './merge.js';
 import { RepoError, checkName, type NameRecord, type Repository } from './repository.js';
 
 export type PullEvent =
+  /** The image was accepted by the policy (before anything of it beyond its manifest and config was read). */
+  | { type: 'admitted'; verdict: PolicyVerdict; ms: number }
   | { type: 'resolved'; reference: string; layers: { digest: string; size: number; cached: boolean }[] }
   | { type: 'waiting-for-lock' }
   | { type: 'layer-start'; index: number }
@@ -60,6 +63,12 @@ export interface PullOptions {
   form?: FormChoice;
   /** Canonical form: keep `user.*` xattrs as well as `security.capability` (default false). */
   keepUserXattrs?: boolean;
+  /**
+   * The containers-policy.json(5) to apply (src/oci/policy-check.ts
+   * loadPolicy): an image it refuses is not read further. Unset: no policy
+   * is applied, and the record says nothing of one.
+   */
+  policy?: PolicyContext;
 }
 
 export interface PullResult {
@@ -107,6 +116,14 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     const img = await source.resolve();
     const name = opts.name ?? img.defaultName;
     checkName(name);
+    let verdict: PolicyVerdict | undefined;
+    if (opts.policy !== undefined) {
+      // Before any layer is read: an image the policy refuses is never unpacked.
+      const started = performance.now();
+      const { checkPolicy } = await import('../oci/policy-check.js');
+      verdict = await checkPolicy(opts.policy, source, img, { signal: opts.signal });
+      emit({ type: 'admitted', verdict, ms: performance.now() - started });
+    }
     const config = parseConfig(img);
     const diffIds = config.rootfs!.diff_ids!;
     const cached = diffIds.map((d) => repo.hasLayer(d));
@@ -224,6 +241,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
       ...(built.keepUserXattrs !== undefined ? { keepUserXattrs: built.keepUserXattrs } : {}),
       ...(built.reason !== undefined ? { formReason: built.reason } : {}),
       ...(sealed.seal ? { seal: sealed.seal } : {}),
+      ...(verdict !== undefined ? { policy: verdict } : {}),
     };
     repo.writeName(record);
     emit({ type: 'done', record });

@@ -28,6 +28,7 @@ import { decodeLayerRecord, encodeLayerRecord } from './layer-record.js';
 import { printable } from '../printable.js';
 import { algorithmName, decodeMeta, encodeMeta, META_FILE, META_MAX_BYTES, newMeta, type RepoMeta } from './meta.js';
 import { digestHexPattern, type VerityAlgorithm } from '../fsverity/index.js';
+import type { PolicyVerdict } from '../oci/policy-check.js';
 
 export class RepoError extends ComposefsError {
   constructor(message: string, options?: ComposefsErrorOptions) {
@@ -67,6 +68,8 @@ export interface NameRecord {
   keepUserXattrs?: boolean;
   /** Unpacked form chosen by 'auto': why the image has no canonical form. */
   formReason?: string;
+  /** The policy the image was accepted by, when one was applied (src/oci/policy-check.ts). */
+  policy?: PolicyVerdict;
 }
 
 /** The form a record's image is in: records without one predate forms, and hold unpacked images. */

@@ -14,8 +14,11 @@ import type { ImageSource, ResolvedImage, SourceOptions } from '../oci/source.js
 import type { PublishedArtifact, PublishedInline } from '../oci/seal-publish.js';
 import { RepoError, type NameRecord, type Repository } from './repository.js';
 import type { PullEvent } from './pull.js';
+import type { PolicyContext } from '../oci/policy-check.js';
 
 export interface SealOptions {
+  /** The containers-policy.json(5) the image must satisfy (as pullImage's). */
+  policy?: PolicyContext;
   /** The algorithm the seal's digests use; it must be the repository's (default: the repository's). */
   algorithm?: VerityAlgorithm;
   /** The name an image pulled for sealing gets (default: the source's default name, as `cfs pull`). */
@@ -75,6 +78,11 @@ export async function sealOf(repo: Repository, source: ImageSource, opts: SealOp
     throw new RepoError(`cannot seal with ${opts.algorithm}: the repository ${repo.root} holds ${algorithm} images (a seal's merged digest is the repository's image digest; use a ${opts.algorithm} repository)`);
   }
   const image = await source.resolve();
+  if (opts.policy !== undefined) {
+    // The image sealed is one the policy accepts, whether its digests come from a name or a pull.
+    const { checkPolicy, describeVerdict } = await import('../oci/policy-check.js');
+    explain(`policy: ${describeVerdict(await checkPolicy(opts.policy, source, image, { signal: opts.signal }))}`);
+  }
   opts.onResolved?.(image);
   const config = fsverityDigest(image.config, algorithm).toString('hex');
   explain(`${image.reference}: manifest ${image.manifestDigest}${image.index ? ` (the ${image.platform ? `${image.platform.os}/${image.platform.architecture}` : 'chosen'} image of index ${image.index})` : ''}; config fs-verity ${algorithm} digest ${config}`);
@@ -86,7 +94,7 @@ export async function sealOf(repo: Repository, source: ImageSource, opts: SealOp
   } else {
     explain(`no name holds manifest ${image.manifestDigest} in canonical form: pulling it`);
     const { pullImage } = await import('./pull.js');
-    const result = await pullImage(repo, source, { name: opts.name, onEvent: opts.onPullEvent, signal: opts.signal, form: 'canonical', keepUserXattrs, sealsInOtherAlgorithms: 'allow' }).catch((err: unknown) => {
+    const result = await pullImage(repo, source, { name: opts.name, onEvent: opts.onPullEvent, signal: opts.signal, form: 'canonical', keepUserXattrs, sealsInOtherAlgorithms: 'allow', policy: opts.policy }).catch((err: unknown) => {
       if (err instanceof CanonicalFormError) throw new RepoError(`cannot be sealed: ${err.message}`, { cause: err });
       throw err;
     });

@@ -1,0 +1,293 @@
+/**
+ * Whether an image may be used, as skopeo and podman decide it: the
+ * containers-policy.json(5) requirements of the image's most specific scope
+ * (policy.ts), every one of which must accept it; `signedBy` and
+ * `sigstoreSigned` accept it when at least one of its signatures, found
+ * where containers-registries.d(5) says (registries-d.ts: lookaside,
+ * sigstore attachments), is by a trusted key, for this very manifest, and
+ * claims an identity `signedIdentity` allows.
+ *
+ * The check is made on the resolved image before any layer is read. When
+ * the reference named an index, the index and the chosen manifest are both
+ * checked, as containers/image's copy checks both.
+ */
+import { realpath } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { resolve } from 'node:path';
+import { ComposefsError } from '../errors.js';
+import { printable } from '../printable.js';
+import { readUserFile } from './user-files.js';
+import { describeChoice, dockerIdentityOf, identityMatches, parsePolicy, policyScopesOf, PolicyError, requirementsFor, type KeySource, type Policy, type PolicyRequirement, type SignedIdentity } from './policy.js';
+import { formatDockerName, parseReference, type DockerName, type SourceReference } from './reference.js';
+import type { ImageSource, ResolvedImage } from './source.js';
+import type { RegistriesD, SignatureStorage } from './registries-d.js';
+import type { AttachmentReader } from './sigstore-attachments.js';
+
+/** A key file is a few kilobytes; a keyring of many keys stays well below this. */
+const maxKeyFileBytes = 8 * 1024 * 1024;
+
+/** Where the policy comes from: a file read, none found, or none wanted (`--insecure-policy`). */
+export interface PolicyContext {
+  /** The parsed policy; null when no policy file exists or `insecure`. */
+  policy: Policy | null;
+  /** The file it was read from. */
+  file?: string;
+  /** skopeo's --insecure-policy: accept anything, without looking for a policy. */
+  insecure?: boolean;
+  /** The environment (HOME for the default lookaside, proxies and CAs for HTTP). */
+  env?: NodeJS.ProcessEnv;
+  /** Where signatures are (containers-registries.d); loaded on first need when absent. */
+  registriesD?: RegistriesD | (() => Promise<RegistriesD>);
+}
+
+/** What the check found, kept with the name (cfs inspect) and shown by --explain. */
+export interface PolicyVerdict {
+  /** The policy file, or 'none' (no policy file exists) or 'insecure' (--insecure-policy). */
+  policy: string;
+  /** The section whose requirements were applied (`transports.docker["example.com/app"]`, `default`). */
+  scope?: string;
+  /** Each requirement, in order, with what made it accept. */
+  accepted: { requirement: string; by?: string }[];
+}
+
+export class PolicyRefusedError extends ComposefsError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, 'policy-refused', options);
+  }
+}
+
+/**
+ * The policy file skopeo would use: `file` when given, else
+ * `$HOME/.config/containers/policy.json`, else `/etc/containers/policy.json`;
+ * none existing is no policy (images accepted, and the verdict says so).
+ */
+export async function loadPolicy(options: { file?: string; insecure?: boolean; env: NodeJS.ProcessEnv }): Promise<PolicyContext> {
+  if (options.insecure) return { policy: null, insecure: true, env: options.env };
+  const home = options.env.HOME || homedir();
+  const candidates = options.file !== undefined ? [options.file] : [`${home}/.config/containers/policy.json`, '/etc/containers/policy.json'];
+  for (const file of candidates) {
+    const bytes = await readUserFile(file, 1024 * 1024, 'policy', options.file === undefined);
+    if (bytes === null) continue;
+    return { policy: parsePolicy(bytes, file), file, env: options.env };
+  }
+  return { policy: null, env: options.env };
+}
+
+/** The signatures of one manifest, as found where registries.d points, fetched once per manifest. */
+interface SignatureSources {
+  simple(digest: string): Promise<{ where: string; signatures: Buffer[] }>;
+  sigstore(digest: string): Promise<{ where: string; attachments: { payload: Buffer; annotations: Record<string, string> }[] }>;
+}
+
+function describeRequirement(req: PolicyRequirement): string {
+  return req.type;
+}
+
+async function keyFiles(keys: KeySource, what: string): Promise<{ what: string; bytes: Buffer }[]> {
+  if ('keyData' in keys) return [{ what: `${what} keyData`, bytes: keys.keyData }];
+  if ('keyDatas' in keys) return keys.keyDatas.map((bytes, i) => ({ what: `${what} keyDatas[${i}]`, bytes }));
+  const paths = 'keyPath' in keys ? [keys.keyPath] : keys.keyPaths;
+  const out: { what: string; bytes: Buffer }[] = [];
+  for (const path of paths) {
+    const bytes = await readUserFile(path, maxKeyFileBytes, 'key file', false);
+    out.push({ what: path, bytes: bytes! });
+  }
+  return out;
+}
+
+/** The manifests a signature may name: the chosen one, and the index it came from. */
+function manifestsOf(img: ResolvedImage): { digest: string; bytes: Buffer }[] {
+  const out = [];
+  if (img.index !== undefined && img.indexManifest !== undefined) out.push({ digest: img.index, bytes: img.indexManifest });
+  out.push({ digest: img.manifestDigest, bytes: img.manifest });
+  return out;
+}
+
+/** A registry source: sigstore attachments are manifests and blobs of its repository. */
+function isAttachmentReader(source: ImageSource): source is ImageSource & AttachmentReader {
+  const s = source as Partial<AttachmentReader>;
+  return typeof s.getManifest === 'function' && typeof s.getBlobBytes === 'function';
+}
+
+function signatureSources(source: ImageSource, ref: SourceReference, ctx: PolicyContext, signal?: AbortSignal): SignatureSources {
+  let storage: Promise<SignatureStorage | null> | undefined;
+  const storageOf = (): Promise<SignatureStorage | null> => {
+    storage ??= (async () => {
+      if (ref.transport !== 'docker') return null;
+      const { signatureStorageFor } = await import('./registries-d.js');
+      const config = typeof ctx.registriesD === 'function' ? await ctx.registriesD() : ctx.registriesD;
+      if (config === undefined) return null;
+      return signatureStorageFor(config, ref.name);
+    })();
+    return storage;
+  };
+  const simple = new Map<string, Promise<{ where: string; signatures: Buffer[] }>>();
+  const sigstore = new Map<string, Promise<{ where: string; attachments: { payload: Buffer; annotations: Record<string, string> }[] }>>();
+  return {
+    simple(digest) {
+      let p = simple.get(digest);
+      if (p === undefined) {
+        p = (async () => {
+          const s = await storageOf();
+          if (ref.transport !== 'docker') return { where: `the ${ref.transport} transport (which carries no signatures)`, signatures: [] };
+          if (s === null || s.lookaside === undefined) return { where: `no lookaside in registries.d for ${formatDockerName(ref.name)}`, signatures: [] };
+          const { readLookasideSignatures } = await import('./lookaside.js');
+          const signatures = await readLookasideSignatures(s.lookaside, ref.name, digest, { signal, env: ctx.env ?? process.env });
+          return { where: `lookaside ${s.lookaside}`, signatures };
+        })();
+        simple.set(digest, p);
+      }
+      return p;
+    },
+    sigstore(digest) {
+      let p = sigstore.get(digest);
+      if (p === undefined) {
+        p = (async () => {
+          const s = await storageOf();
+          if (ref.transport !== 'docker') return { where: `the ${ref.transport} transport (which carries no signatures)`, attachments: [] };
+          if (s === null || !s.useSigstoreAttachments) return { where: `registries.d does not enable use-sigstore-attachments for ${formatDockerName(ref.name)}`, attachments: [] };
+          const { readSigstoreAttachments } = await import('./sigstore-attachments.js');
+          if (!isAttachmentReader(source)) return { where: 'a source without sigstore attachments', attachments: [] };
+          const attachments = await readSigstoreAttachments(source, digest, { signal });
+          return { where: 'sigstore attachments', attachments };
+        })();
+        sigstore.set(digest, p);
+      }
+      return p;
+    },
+  };
+}
+
+/** Whether one manifest has an accepted simple signing signature: the key's fingerprint, or why none was. */
+async function checkSignedBy(
+  req: Extract<PolicyRequirement, { type: 'signedBy' }>,
+  manifest: { digest: string; bytes: Buffer },
+  identity: DockerName | undefined,
+  sources: SignatureSources,
+): Promise<{ by: string } | { reason: string }> {
+  const { where, signatures } = await sources.simple(manifest.digest);
+  if (signatures.length === 0) return { reason: `no signature of ${manifest.digest} exists (${where})` };
+  const { readOpenPgpKeyring, verifySimpleSigningSignature } = await import('./openpgp-signature.js');
+  const keyring = await readOpenPgpKeyring(await keyFiles(req.keys, 'signedBy'));
+  const reasons: string[] = [];
+  for (const [i, signature] of signatures.entries()) {
+    try {
+      const { payload, fingerprint } = await verifySimpleSigningSignature(signature, keyring);
+      const reason = await claimProblem(payload, 'simple-signing', manifest, req.signedIdentity, identity);
+      if (reason === undefined) return { by: `key ${fingerprint} (${where}, signature ${i + 1})` };
+      reasons.push(`signature ${i + 1}: ${reason}`);
+    } catch (err) {
+      if (!(err instanceof ComposefsError)) throw err;
+      reasons.push(`signature ${i + 1}: ${err.message}`);
+    }
+  }
+  return { reason: `no signature was accepted (${where}): ${reasons.join('; ')}` };
+}
+
+async function checkSigstoreSigned(
+  req: Extract<PolicyRequirement, { type: 'sigstoreSigned' }>,
+  manifest: { digest: string; bytes: Buffer },
+  identity: DockerName | undefined,
+  sources: SignatureSources,
+): Promise<{ by: string } | { reason: string }> {
+  const { where, attachments } = await sources.sigstore(manifest.digest);
+  if (attachments.length === 0) return { reason: `no sigstore signature of ${manifest.digest} exists (${where})` };
+  const { readSigstorePublicKeys, verifySigstoreSignature, SIGSTORE_SIGNATURE_ANNOTATION } = await import('./cosign-signature.js');
+  const keys = readSigstorePublicKeys(await keyFiles(req.keys, 'sigstoreSigned'));
+  const reasons: string[] = [];
+  for (const [i, attachment] of attachments.entries()) {
+    try {
+      const signature = attachment.annotations[SIGSTORE_SIGNATURE_ANNOTATION];
+      if (signature === undefined) throw new PolicyError(`has no ${SIGSTORE_SIGNATURE_ANNOTATION} annotation`);
+      verifySigstoreSignature(attachment.payload, signature, keys);
+      const reason = await claimProblem(attachment.payload, 'sigstore', manifest, req.signedIdentity, identity);
+      if (reason === undefined) return { by: `a trusted public key (${where}, signature ${i + 1})` };
+      reasons.push(`signature ${i + 1}: ${reason}`);
+    } catch (err) {
+      if (!(err instanceof ComposefsError)) throw err;
+      reasons.push(`signature ${i + 1}: ${err.message}`);
+    }
+  }
+  return { reason: `no signature was accepted (${where}): ${reasons.join('; ')}` };
+}
+
+/** Why a verified payload does not vouch for this manifest under this identity rule; undefined when it does. */
+async function claimProblem(
+  payload: Buffer,
+  kind: 'simple-signing' | 'sigstore',
+  manifest: { digest: string; bytes: Buffer },
+  signedIdentity: SignedIdentity,
+  identity: DockerName | undefined,
+): Promise<string | undefined> {
+  const { parseSignaturePayload, manifestMatchesDigest } = await import('./signature-payload.js');
+  const claim = parseSignaturePayload(payload, kind);
+  if (!manifestMatchesDigest(manifest.bytes, claim.manifestDigest)) return `it signs manifest ${printable(claim.manifestDigest)}, not ${manifest.digest}`;
+  if (!identityMatches(signedIdentity, identity, claim.dockerReference)) {
+    return `it signs the identity ${printable(claim.dockerReference)}, which ${signedIdentity.type} does not accept for ${identity !== undefined ? formatDockerName(identity) : 'this image'}`;
+  }
+  return undefined;
+}
+
+/**
+ * Apply the policy to a resolved image; throws PolicyRefusedError naming
+ * the scope and the requirement that refused it. The image's scopes come
+ * from its reference (an oci:/oci-archive: path with symlinks resolved, as
+ * containers/image resolves it).
+ */
+export async function checkPolicy(ctx: PolicyContext, source: ImageSource, img: ResolvedImage, options: { signal?: AbortSignal } = {}): Promise<PolicyVerdict> {
+  if (ctx.insecure) return { policy: 'insecure', accepted: [] };
+  if (ctx.policy === null) return { policy: 'none', accepted: [] };
+  const ref = parseReference(img.reference);
+  const resolvedPath = ref.transport === 'oci' || ref.transport === 'oci-archive' ? await realpathOrSelf(ref.path) : undefined;
+  const choice = requirementsFor(ctx.policy, policyScopesOf(ref, resolvedPath));
+  const scope = describeChoice(choice);
+  const identity = dockerIdentityOf(ref);
+  const sources = signatureSources(source, ref, ctx, options.signal);
+  const refuse = (req: PolicyRequirement, reason: string): never => {
+    throw new PolicyRefusedError(`${printable(img.reference)}: refused by ${ctx.file ?? 'the policy'} ${scope} (${describeRequirement(req)}): ${reason}`);
+  };
+  if (choice.requirements.length === 0) {
+    // containers/image: "Policy requirement list is empty" refuses rather than accepting by default.
+    throw new PolicyRefusedError(`${printable(img.reference)}: refused by ${ctx.file ?? 'the policy'} ${scope}: the requirement list is empty`);
+  }
+  const accepted: PolicyVerdict['accepted'] = [];
+  for (const req of choice.requirements) {
+    switch (req.type) {
+      case 'insecureAcceptAnything':
+        accepted.push({ requirement: req.type });
+        break;
+      case 'reject':
+        refuse(req, 'images here are rejected');
+        break;
+      case 'signedBy':
+      case 'sigstoreSigned': {
+        const by: string[] = [];
+        for (const manifest of manifestsOf(img)) {
+          const result = req.type === 'signedBy' ? await checkSignedBy(req, manifest, identity, sources) : await checkSigstoreSigned(req, manifest, identity, sources);
+          if ('reason' in result) refuse(req, result.reason);
+          else by.push(result.by);
+        }
+        accepted.push({ requirement: req.type, by: by.join('; ') });
+        break;
+      }
+    }
+  }
+  return { policy: ctx.file ?? 'policy', scope, accepted };
+}
+
+/** The path with symlinks resolved; as given (made absolute) when it cannot be resolved. */
+async function realpathOrSelf(path: string): Promise<string> {
+  try {
+    return await realpath(path);
+  } catch {
+    return resolve(path);
+  }
+}
+
+/** How a verdict reads in --explain and cfs inspect. */
+export function describeVerdict(verdict: PolicyVerdict): string {
+  if (verdict.policy === 'none') return 'no policy applied (no policy.json exists)';
+  if (verdict.policy === 'insecure') return 'no policy applied (--insecure-policy)';
+  const reqs = verdict.accepted.map((a) => (a.by !== undefined ? `${a.requirement} by ${a.by}` : a.requirement)).join(', ');
+  return `accepted by ${verdict.policy} ${verdict.scope ?? ''}: ${reqs}`;
+}
