@@ -350,7 +350,7 @@ export function parsePkcs7(derBytes: Buffer): ParsedSignature {
     const f = elements(signedData, Tag.sequence, 'SignedData', 4, 6);
     const version = readSmallInteger(f[0], 'SignedData version');
     if (version < 1 || version > 5) throw new DerError(`SignedData version ${version}`);
-    elements(f[1], Tag.set, 'SignedData digestAlgorithms', 0, 8);
+    for (const alg of elements(f[1], Tag.set, 'SignedData digestAlgorithms', 0, 8)) hashOf(alg, 'SignedData digestAlgorithm');
     const encap = elements(f[2], Tag.sequence, 'SignedData contentInfo', 1, 2);
     if (readOid(encap[0], 'SignedData contentType') !== OID.data) throw new SignatureError('the signed content is not PKCS#7 data');
     let embedded: Buffer | null = null;
