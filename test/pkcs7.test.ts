@@ -16,40 +16,10 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { formattedDigest, parseCertificates, signFsverityDigest, verifyFsverityDigestSignature, SignatureError, type CertificateInfo } from '../src/fsverity/pkcs7.js';
 import { makeTemp, removeTemp } from './helpers/temp.js';
+import { handFormatted, makeSigners, run } from './helpers/signers.js';
 import { haveTool } from './helpers/oci-images.js';
 
 const MISSING = !haveTool('openssl') ? 'openssl missing' : !haveTool('fsverity') ? 'fsverity (fsverity-utils) missing' : false;
-
-function run(cmd: string, args: string[], cwd: string): string {
-  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', timeout: 60_000 });
-  assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
-
-/** Keys and certificates, made once for the file. */
-export function makeSigners(dir: string): void {
-  run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'rsa.key', '-out', 'rsa.crt', '-days', '30', '-subj', '/CN=rsa signer'], dir);
-  run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ec.key', '-out', 'ec.crt', '-days', '30', '-subj', '/CN=ec signer', '-addext', 'keyUsage=critical,digitalSignature', '-addext', 'extendedKeyUsage=codeSigning'], dir);
-  run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'other.key', '-out', 'other.crt', '-days', '30', '-subj', '/CN=other signer'], dir);
-  run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca-only.key', '-out', 'ca-only.crt', '-days', '30', '-subj', '/CN=ca only', '-addext', 'keyUsage=critical,keyCertSign'], dir);
-  run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'tls.key', '-out', 'tls.crt', '-days', '30', '-subj', '/CN=tls only', '-addext', 'extendedKeyUsage=serverAuth'], dir);
-  // Expired: `openssl ca` sets both dates (req -x509 refuses a past end).
-  writeFileSync(join(dir, 'ca.cnf'), '[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\nnew_certs_dir=.\nserial=serial\ndefault_md=sha256\npolicy=p\nunique_subject=no\n[p]\ncommonName=supplied\n');
-  writeFileSync(join(dir, 'index.txt'), '');
-  writeFileSync(join(dir, 'serial'), '01\n');
-  run('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', 'expired.key'], dir);
-  run('openssl', ['req', '-new', '-key', 'expired.key', '-subj', '/CN=expired signer', '-out', 'expired.csr'], dir);
-  run('openssl', ['ca', '-batch', '-config', 'ca.cnf', '-selfsign', '-keyfile', 'expired.key', '-in', 'expired.csr', '-out', 'expired.crt', '-startdate', '20200101000000Z', '-enddate', '20200102000000Z', '-notext'], dir);
-}
-
-/** The formatted digest, built by hand: "FSVerity", le16 algorithm id, le16 size, digest (fs-verity's uapi). */
-export function handFormatted(algorithm: 'sha256' | 'sha512', hex: string): Buffer {
-  const head = Buffer.alloc(12);
-  head.write('FSVerity', 0, 'latin1');
-  head.writeUInt16LE(algorithm === 'sha256' ? 1 : 2, 8);
-  head.writeUInt16LE(hex.length / 2, 10);
-  return Buffer.concat([head, Buffer.from(hex, 'hex')]);
-}
 
 function toolDigest(dir: string, file: string, algorithm: 'sha256' | 'sha512'): string {
   return run('fsverity', ['digest', '--compact', `--hash-alg=${algorithm}`, file], dir).trim();
