@@ -73,13 +73,13 @@ interface Fixture {
  * A copy of the layout with a hand-written artifact whose layers carry the
  * given signature files (null: an empty layer, unsigned).
  */
-function signedLayout(fx: Fixture, name: string, sigs: { manifest: Buffer | null; config: Buffer | null; merged: Buffer | null }): string {
+function signedLayout(fx: Fixture, name: string, sigs: { manifest: Buffer | null; config: Buffer | null; merged: Buffer | null }, digests: Fixture['digests'] = fx.digests): string {
   const layout = join(fx.dir, `layout-${name}`);
   cpSync(fx.layout, layout, { recursive: true });
   addBlob(layout, Buffer.from('{}'));
   const layer = (role: 'manifest' | 'config' | 'merged', key: string) => {
     const sig = sigs[role];
-    return { ...(sig ? { mediaType: PKCS7, ...addBlob(layout, sig) } : EMPTY), annotations: { [key]: fx.digests[role] } };
+    return { ...(sig ? { mediaType: PKCS7, ...addBlob(layout, sig) } : EMPTY), annotations: { [key]: digests[role] } };
   };
   const artifact = {
     schemaVersion: 2,
@@ -174,6 +174,10 @@ test('composefs signatures: fsverity sign\'s accepted by cfs pull --trust-cert a
         const repo = join(dir, `repo-${name}`);
         refused(cfs('pull', '--quiet', '--repo', repo, ...trust(cert), `oci:${signedLayout(fx, name, sigs)}:v1`, 'app'), pattern, repo);
       }
+      // An artifact whose manifest digest is not the manifest's: refused with or without signatures to check.
+      const wrong = signedLayout(fx, 'wrong-manifest', { manifest: null, config: null, merged: null }, { ...fx.digests, manifest: 'ab'.repeat(32) });
+      const wrongRepo = join(dir, 'repo-wrong-manifest');
+      refused(cfs('pull', '--quiet', '--repo', wrongRepo, `oci:${wrong}:v1`, 'app'), new RegExp(`: seal mismatch: composefs\\.manifest\\.fsverity-sha256-12 \\(artifact sha256:[0-9a-f]{64}\\) expects ${'ab'.repeat(32)}, computed ${fx.digests.manifest}$`), wrongRepo);
       // No seal at all.
       const repo = join(dir, 'repo-none');
       refused(cfs('pull', '--quiet', '--repo', repo, ...trust('rsa'), `oci:${layout}:v1`, 'app'), /: not signed \(no composefs seal in its manifest nor among its referrers\), and trusted certificates were given$/, repo);

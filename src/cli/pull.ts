@@ -116,7 +116,7 @@ function sealLines(e: Extract<PullEvent, { type: 'sealed' }>): string[] {
     lines.push(`seal: found ${s.mode === 'artifact' ? `artifact ${s.artifact}` : 'inline'}, fsverity-${s.algorithm}: merged ${s.merged}${s.config ? `, config ${s.config}` : ''}${s.manifest ? `, manifest ${s.manifest}` : ''}${signed}`);
   }
   if (e.found.some((s) => s.signatures) && !e.checked?.signedBy) lines.push('signature: not checked (no --trust-cert given); the signatures are kept with the name for cfs verify --trust-cert');
-  if (e.checked) lines.push(`seal: checked: the image built has the merged digest${e.checked.config ? ', the config has the config digest' : ''} (fsverity-${e.checked.algorithm})`);
+  if (e.checked) lines.push(`seal: checked: the image built has the merged digest${e.checked.config ? ', the config has the config digest' : ''}${e.checked.manifest ? ', the manifest has the manifest digest' : ''} (fsverity-${e.checked.algorithm})`);
   for (const s of e.unchecked) lines.push(`seal: not checked: ${s.mode === 'artifact' ? `artifact ${s.artifact}` : 'inline'} is in ${s.algorithm}, another algorithm than the repository's`);
   return lines;
 }

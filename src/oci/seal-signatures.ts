@@ -86,6 +86,7 @@ export function loadSigningIdentity(keyFile: string, certFile: string, passphras
     const encrypted = /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(keyBytes.toString('latin1'));
     throw new SignatureError(`${keyFile}: ${encrypted ? (passphrase === undefined ? 'the key is encrypted: give --sign-passphrase-file' : 'the passphrase does not decrypt it') : `not a private key (${msg})`}`, { cause: err });
   }
+  if (key.asymmetricKeyType !== 'rsa' && key.asymmetricKeyType !== 'ec') throw new SignatureError(`${keyFile}: a ${key.asymmetricKeyType ?? 'unknown'} key (composefs signatures here are made with RSA or EC keys, as fsverity sign makes them)`);
   if (!createPublicKey(key).equals(cert.x509.publicKey)) throw new SignatureError(`${keyFile}: not the key of certificate "${cert.subject}" (${certFile})`);
   try {
     checkCertificate(cert, new Date());
