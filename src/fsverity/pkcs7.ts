@@ -457,8 +457,3 @@ export function verifyFsverityDigestSignature(derBytes: Buffer, formatted: Buffe
   }
   throw failure!;
 }
-
-/** The fs-verity algorithm of a formatted digest (for callers that hold one). */
-export function formattedDigestAlgorithm(formatted: Buffer): VerityAlgorithm {
-  return algorithmOfFormatted(formatted);
-}

@@ -189,11 +189,7 @@ export function enableVerity(fd: number, options: EnableVerityOptions = {}): num
     arg.writeUInt32LE(signature.length, 24);
     arg.writeBigUInt64LE(BigInt(Number(koffi.address(signature))), 32);
   }
-  const r = ioctlPtr(fd, FS_IOC_ENABLE_VERITY, arg);
-  const e = r === 0 ? 0 : lastErrno();
-  // Held until the call returned.
-  void signature;
-  return e;
+  return ioctlPtr(fd, FS_IOC_ENABLE_VERITY, arg) === 0 ? 0 : lastErrno();
 }
 
 /** What lstat tells, with exact nanosecond times and no BigInt. */
