@@ -164,6 +164,19 @@ export async function sealOf(...args: Parameters<typeof import('./repo/seal.js')
 }
 
 export type { SealOptions, SealImageOptions, SealResult, SealDigests } from './repo/seal.js';
+
+/** Trusted certificates for `trustCertificates` (pull) and `verifyName`: a PEM/DER file or a directory of them. */
+export async function loadTrustedCertificates(...args: Parameters<typeof import('./oci/seal-signatures.js').loadTrustedCertificates>) {
+  return (await import('./oci/seal-signatures.js')).loadTrustedCertificates(...args);
+}
+
+/** A signing key and its certificate for `sealImage`'s `sign`, read and checked. */
+export async function loadSigningIdentity(...args: Parameters<typeof import('./oci/seal-signatures.js').loadSigningIdentity>) {
+  return (await import('./oci/seal-signatures.js')).loadSigningIdentity(...args);
+}
+
+export { formattedDigest, signFsverityDigest, verifyFsverityDigestSignature, parseCertificates, SignatureError, type CertificateInfo, type SigningIdentity, type VerifiedSignature } from './fsverity/pkcs7.js';
+export type { RoleSignature } from './oci/seal-signatures.js';
 export type { Repository, NameRecord, OpenOptions } from './repo/repository.js';
 export { algorithmName, decodeMeta, REPO_FORMAT_VERSION, META_FILE, type RepoMeta, type MetaAccess } from './repo/meta.js';
 export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';

@@ -84,3 +84,32 @@ test('malformed seals are refused with one line', () => {
   refused(variant((a) => a.layers.pop()), /merged\.erofs\.v1\.fsverity-sha256-12 is missing/);
   refused(variant((a) => (a.layers = Array(5).fill(a.layers[0]))), /5 layers/);
 });
+
+test('signatures: artifact layers carry them as pkcs7 blobs, inline manifests as .sig annotations; oversized or non-base64 ones refused', () => {
+  const sig = Buffer.from('30820101', 'hex').toString('base64');
+  const seal = { algorithm: 'sha256' as const, merged: H256, config: H256, manifest: H256, signatures: { manifest: sig, config: sig, merged: sig } };
+  const json = JSON.parse(buildArtifact(seal, SUBJECT).toString());
+  const sigDigest = `sha256:${createHash('sha256').update(Buffer.from(sig, 'base64')).digest('hex')}`;
+  assert.deepEqual(json.layers.map((l: { mediaType: string; digest: string; size: number }) => [l.mediaType, l.digest, l.size]), [
+    ['application/vnd.composefs.signature.v1+pkcs7', sigDigest, 4],
+    ['application/vnd.composefs.signature.v1+pkcs7', sigDigest, 4],
+    ['application/vnd.composefs.signature.v1+pkcs7', sigDigest, 4],
+  ]);
+  const found = artifactSeal(json, 'sha256:ff', SUBJECT.digest);
+  assert.deepEqual(Object.keys(found.signatureLayers ?? {}), ['manifest', 'config', 'merged']);
+  json.layers[2].size = 16129;
+  refused(() => artifactSeal(json, 'sha256:ff', SUBJECT.digest), /layer 2: signature layer of 16129 bytes \(1 to 16128\)$/);
+  json.layers[2].size = 4;
+  json.layers[2].digest = 'sha512:00';
+  refused(() => artifactSeal(json, 'sha256:ff', SUBJECT.digest), /layer 2: signature layer without a sha256 digest$/);
+
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { mediaType: 'x', digest: `sha256:${'34'.repeat(32)}`, size: 10 }, layers: [] }));
+  const inline = JSON.parse(buildInlineManifest(manifest, seal).toString());
+  assert.equal(inline.annotations['composefs.merged.erofs.v1.fsverity-sha256-12.sig'], sig);
+  assert.equal(inline.config.annotations['composefs.config.fsverity-sha256-12.sig'], sig);
+  assert.deepEqual(inlineSeals(inline)[0].signatures, { merged: sig, config: sig });
+  const withSig = (value: string) => () => inlineSeals({ annotations: { 'composefs.merged.erofs.v1.fsverity-sha256-12': H256, 'composefs.merged.erofs.v1.fsverity-sha256-12.sig': value } });
+  refused(withSig('A'.repeat(21508)), /holds 21508 base64 characters \(a signature has at most 16128 bytes\)$/);
+  refused(withSig('not base64!'), /\.sig is not base64$/);
+  refused(withSig('QUJD='), /\.sig is not base64$/);
+});

@@ -12,6 +12,7 @@ import { humanBytes } from '../units.js';
 import { StatusLine } from '../output/status-line.js';
 import { printable, printableJson } from '../printable.js';
 import { explainForm } from './form.js';
+import { getSystemErrorName } from 'node:util';
 import { policyContextOf, policyOptionSpecs, repoOptionSpecs, sourceOptionSpecs, sourceOptionsOf, stringOption } from './source-options.js';
 
 const specs: OptionSpec[] = [
@@ -20,6 +21,7 @@ const specs: OptionSpec[] = [
   ...sourceOptionSpecs,
   ...policyOptionSpecs,
   { name: 'require-seal', help: 'refuse an image without a composefs seal (inline, or an artifact among its referrers)' },
+  { name: 'trust-cert', value: true, arg: 'FILE|DIR', help: 'require composefs signatures (PKCS#7, as fsverity sign makes) on the seal, each made by one of these X.509 certificates (a PEM or DER file, or a directory of *.pem, *.crt, *.der), checked before the layers are fetched' },
   { name: 'form', value: true, arg: 'FORM', help: 'canonical: the composefs-rs canonical image a seal digests (refused for an image without /usr); unpacked: the rootfs umoci raw unpack writes; auto (default): canonical when the image has that form, else unpacked' },
   { name: 'keep-user-xattrs', help: 'canonical form: keep user.* xattrs as well as security.capability (as cfsctl --keep-user-xattrs)' },
   { name: 'explain', help: 'say on stderr which policy accepted the image and by which signatures, which form was built (and why not canonical), and which seals were looked for, found and checked' },
@@ -71,6 +73,8 @@ class PullProgress {
         break;
       case 'sealed':
       case 'admitted':
+      case 'signatures':
+      case 'kernel-signature':
       case 'done':
         return;
     }
@@ -109,10 +113,30 @@ function sealLines(e: Extract<PullEvent, { type: 'sealed' }>): string[] {
   const where = e.via === null ? 'in the manifest (this transport has no referrers)' : `in the manifest and among its referrers (${e.via === 'referrers-api' ? 'the registry\'s referrers API' : e.via === 'tag-schema' ? 'the referrers tag: the registry has no referrers API' : 'the layout\'s index.json'})`;
   const lines = [`seal: looked for ${where}`];
   if (e.found.length === 0) lines.push('seal: none found: the image is not sealed');
-  for (const s of e.found) lines.push(`seal: found ${s.mode === 'artifact' ? `artifact ${s.artifact}` : 'inline'}, fsverity-${s.algorithm}: merged ${s.merged}${s.config ? `, config ${s.config}` : ''}`);
-  if (e.checked) lines.push(`seal: checked: the image built has the merged digest${e.checked.config ? ', the config has the config digest' : ''} (fsverity-${e.checked.algorithm})`);
+  for (const s of e.found) {
+    const signed = s.signatures ? `; signed: ${Object.keys(s.signatures).join(', ')}` : '';
+    lines.push(`seal: found ${s.mode === 'artifact' ? `artifact ${s.artifact}` : 'inline'}, fsverity-${s.algorithm}: merged ${s.merged}${s.config ? `, config ${s.config}` : ''}${s.manifest ? `, manifest ${s.manifest}` : ''}${signed}`);
+  }
+  if (e.found.some((s) => s.signatures) && !e.checked?.signedBy) lines.push('signature: not checked (no --trust-cert given); the signatures are kept with the name for cfs verify --trust-cert');
+  if (e.checked) lines.push(`seal: checked: the image built has the merged digest${e.checked.config ? ', the config has the config digest' : ''}${e.checked.manifest ? ', the manifest has the manifest digest' : ''} (fsverity-${e.checked.algorithm})`);
   for (const s of e.unchecked) lines.push(`seal: not checked: ${s.mode === 'artifact' ? `artifact ${s.artifact}` : 'inline'} is in ${s.algorithm}, another algorithm than the repository's`);
   return lines;
+}
+
+/** What `--explain` says of the signatures: which certificate verified each, and whether the kernel checks them too. */
+function signatureLines(e: Extract<PullEvent, { type: 'signatures' | 'kernel-signature' }>): string[] {
+  if (e.type === 'signatures') return e.verified.map((v) => `signature: ${v.role} verified in userspace, signed by "${v.subject}" (certificate sha256 ${v.fingerprint})`);
+  if (e.verity.state === 'enabled') return ['signature: fs-verity enabled on the merged image with its signature: the kernel checked it too'];
+  if (e.verity.state === 'failed') {
+    let name = `errno ${e.verity.errno}`;
+    try {
+      name = getSystemErrorName(-e.verity.errno);
+    } catch {
+      /* keep the number */
+    }
+    return [`signature: the kernel did not take the merged image's signature (FS_IOC_ENABLE_VERITY: ${name}${name === 'EOPNOTSUPP' || name === 'ENOTTY' ? ', the file system has no fs-verity' : ''}): signatures were checked in userspace only`];
+  }
+  return [`signature: the merged image was already stored: signatures were checked in userspace only`];
 }
 
 export async function run(args: string[], prog: string): Promise<number> {
@@ -139,6 +163,9 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (keepUserXattrs && form === 'unpacked') throw new UsageError('--keep-user-xattrs applies to the canonical form only (the unpacked form keeps every xattr umoci keeps)');
 
   const policy = await policyContextOf(p);
+  const trustCert = stringOption(p, 'trust-cert');
+  const trustCertificates = trustCert !== undefined ? (await import('../oci/seal-signatures.js')).loadTrustedCertificates(trustCert) : undefined;
+
   const [{ openSource }, { Repository }, { pullImage }] = await Promise.all([import('../oci/transports.js'), import('../repo/repository.js'), import('../repo/pull.js')]);
   const repo = Repository.open(stringOption(p, 'repo'), { shared: p.options.has('shared'), algorithm: algorithmOption(p) });
   const source = await openSource(reference, sourceOptions);
@@ -156,8 +183,9 @@ export async function run(args: string[], prog: string): Promise<number> {
       if (e.type === 'admitted') explain.push(`policy: ${describeVerdict(e.verdict)} (checked in ${Math.round(e.ms)} ms)`);
       if (e.type === 'built') explain.push(explainForm(e.form, e.keepUserXattrs, e.reason));
       if (e.type === 'sealed') explain.push(...sealLines(e));
+      if (e.type === 'signatures' || e.type === 'kernel-signature') explain.push(...signatureLines(e));
     };
-    const result = await pullImage(repo, source, { name, onEvent, signal: abort.signal, form, keepUserXattrs, requireSeal: p.options.has('require-seal'), policy });
+    const result = await pullImage(repo, source, { name, onEvent, signal: abort.signal, form, keepUserXattrs, requireSeal: p.options.has('require-seal'), policy, ...(trustCertificates ? { trustCertificates } : {}) });
     progress?.end();
     for (const line of explain) process.stderr.write(`${printable(line)}\n`);
     if (json) {

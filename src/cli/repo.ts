@@ -4,6 +4,7 @@
  * (default $CFS_REPO, /var/lib/composefs as root, else
  * $XDG_DATA_HOME/composefs) and `--json`.
  */
+import type { NameSeal } from '../oci/seals.js';
 import { algorithmOption, formatHelp, parseArgs, type OptionSpec, type Parsed } from './args.js';
 import { UsageError } from '../errors.js';
 import type { Repository } from '../repo/repository.js';
@@ -116,6 +117,7 @@ export const inspect = {
         `size:        ${humanBytes(rec.size)}`,
         `seal:        ${rec.seal ? `${rec.seal.mode === 'artifact' ? `artifact ${rec.seal.artifact}` : 'inline'}, fsverity-${rec.seal.algorithm}` : 'none (not sealed)'}`,
         ...(rec.seal ? [`  merged:    ${rec.seal.merged}`, `  config:    ${rec.seal.config ?? '-'}`] : []),
+        ...(rec.seal?.signatures ? [`  signed:    ${signedLine(rec.seal)}`] : []),
         explainForm(form, rec.keepUserXattrs, rec.formReason).replace(/^form: /, 'form:        '),
         `policy:      ${rec.policy ? describeVerdict(rec.policy) : 'not recorded (pulled without a policy check)'}`,
         `entrypoint:  ${JSON.stringify(info.entrypoint)}`,
@@ -206,3 +208,10 @@ export const init = {
     return 0;
   },
 };
+
+/** `cfs inspect`'s line on a seal's composefs signatures: the roles, and who verified them at the pull. */
+function signedLine(seal: NameSeal): string {
+  const roles = Object.keys(seal.signatures ?? {}).join(', ');
+  const by = Array.isArray(seal.signedBy) ? [...new Set(seal.signedBy.map((v) => String(v?.subject)))] : [];
+  return by.length > 0 ? `${roles}; verified at the pull (userspace) against "${by.join('", "')}"` : `${roles}; not verified (pulled without --trust-cert; cfs verify --trust-cert checks them)`;
+}

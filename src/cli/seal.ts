@@ -19,6 +19,9 @@ const specs: OptionSpec[] = [
   { name: 'algorithm', value: true, arg: 'ALG', help: 'fs-verity algorithm of the seal: sha256 or sha512 (must be the repository\'s; chooses it for a new one)' },
   { name: 'keep-user-xattrs', help: 'seal the canonical form that keeps user.* xattrs (a pull not told which variant tries this one when the other does not match)' },
   { name: 'name', value: true, arg: 'NAME', help: 'the name an image pulled for sealing gets (default: the source\'s repository and tag)' },
+  { name: 'sign-key', value: true, arg: 'KEY', help: 'sign the seal with this private key (PEM or DER, RSA or EC): PKCS#7 over each digest, as fsverity sign makes (needs --sign-cert)' },
+  { name: 'sign-cert', value: true, arg: 'CERT', help: 'the signing key\'s X.509 certificate (PEM or DER); its issuer and serial name the signer' },
+  { name: 'sign-passphrase-file', value: true, arg: 'FILE', help: 'the passphrase of an encrypted --sign-key (its first line)' },
   { name: 'explain', help: 'say on stderr where each digest came from and what was written where' },
   { name: 'json', help: 'print a JSON record instead of the digest' },
   { name: 'help', short: 'h', help: 'show this help' },
@@ -45,6 +48,13 @@ export async function run(args: string[], prog: string): Promise<number> {
   const algorithm = algorithmOption(p);
   const sourceOptions = sourceOptionsOf(p);
   const explain = p.options.has('explain') ? (line: string) => process.stderr.write(`${printable(line)}\n`) : undefined;
+  const signKey = stringOption(p, 'sign-key');
+  const signCert = stringOption(p, 'sign-cert');
+  const passphraseFile = stringOption(p, 'sign-passphrase-file');
+  if ((signKey === undefined) !== (signCert === undefined)) throw new UsageError(`--sign-key and --sign-cert go together (${signKey === undefined ? '--sign-cert' : '--sign-key'} given alone)`);
+  if (passphraseFile !== undefined && signKey === undefined) throw new UsageError('--sign-passphrase-file is for --sign-key');
+  // Read and checked before anything is pulled or pushed.
+  const sign = signKey !== undefined ? (await import('../oci/seal-signatures.js')).loadSigningIdentity(signKey, signCert!, passphraseFile) : undefined;
 
   const policy = await policyContextOf(p);
   const [{ Repository }, { sealImage }] = await Promise.all([import('../repo/repository.js'), import('../repo/seal.js')]);
@@ -60,6 +70,7 @@ export async function run(args: string[], prog: string): Promise<number> {
       algorithm,
       keepUserXattrs: p.options.has('keep-user-xattrs'),
       name: stringOption(p, 'name'),
+      ...(sign ? { sign } : {}),
       explain,
       policy,
       signal: abort.signal,

@@ -13,13 +13,14 @@ const specs: OptionSpec[] = [
   { name: 'repo', value: true, arg: 'DIR', help: 'the repository' },
   { name: 'shared', help: 'use the repository even if others own it or may write it (see README: shared repositories)' },
   { name: 'allow-unsealed', help: 'an unsealed name passes when its image matches its record and its layers (default: it fails)' },
+  { name: 'trust-cert', value: true, arg: 'FILE|DIR', help: 'also check the seal\'s composefs signatures (kept at the pull) against these certificates; an unsigned seal then fails' },
   { name: 'json', help: 'print one JSON object' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
 export async function run(args: string[], prog: string): Promise<number> {
   const p = parseArgs(args, specs);
-  const usage = `${prog} [--repo DIR] [--allow-unsealed] [--json] NAME`;
+  const usage = `${prog} [--repo DIR] [--allow-unsealed] [--trust-cert FILE|DIR] [--json] NAME`;
   if (p.options.has('help')) {
     process.stdout.write(
       formatHelp(
@@ -31,16 +32,19 @@ export async function run(args: string[], prog: string): Promise<number> {
     return 0;
   }
   if (p.positional.length !== 1) throw new UsageError(`one name expected (usage: ${usage})`);
+  const trustCert = p.options.get('trust-cert');
+  const trustCertificates = trustCert !== undefined ? (await import('../oci/seal-signatures.js')).loadTrustedCertificates(String(trustCert)) : undefined;
   const [{ Repository }, { verifyName }] = await Promise.all([import('../repo/repository.js'), import('../repo/verify.js')]);
   const dir = p.options.get('repo');
   const repo = Repository.open(dir === undefined ? undefined : String(dir), { create: false, shared: p.options.has('shared') });
   try {
-    const r = await verifyName(repo, p.positional[0], { allowUnsealed: p.options.has('allow-unsealed') });
+    const r = await verifyName(repo, p.positional[0], { allowUnsealed: p.options.has('allow-unsealed'), ...(trustCertificates ? { trustCertificates } : {}) });
     if (p.options.has('json')) process.stdout.write(`${printableJson(r)}\n`);
     else {
       for (const problem of r.problems) process.stderr.write(`${prog}: ${printable(problem.message)}\n`);
       if (r.ok) {
-        const what = r.seal ? `sealed ${r.seal.mode === 'artifact' ? `by artifact ${r.seal.artifact}` : 'inline'}, fsverity-${r.seal.algorithm} ${r.seal.merged}` : 'not sealed';
+        const signers = [...new Set((r.signatures ?? []).map((v) => v.subject))];
+        const what = `${r.seal ? `sealed ${r.seal.mode === 'artifact' ? `by artifact ${r.seal.artifact}` : 'inline'}, fsverity-${r.seal.algorithm} ${r.seal.merged}` : 'not sealed'}${r.signatures ? `; signed (${r.signatures.map((v) => v.role).join(', ')}) by "${signers.join('", "')}"` : ''}`;
         process.stdout.write(`${printable(r.name)}: ok (${what}; checked ${r.checked.join(', ')})\n`);
       }
     }

@@ -11,6 +11,7 @@
  *   (roles `config`, `manifest`);
  * and a signature's key is the digest key with `.sig` appended.
  */
+import { createHash } from 'node:crypto';
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { verityDigestSize, type VerityAlgorithm } from '../fsverity/index.js';
 import { mediaTypes, isObject } from './manifest.js';
@@ -110,7 +111,15 @@ export interface FoundSeal extends Seal {
   mode: 'inline' | 'artifact';
   /** For an artifact: the artifact manifest's `sha256:` digest. */
   artifact?: string;
+  /**
+   * For an artifact: its signature layers by role (the PKCS#7 blobs to fetch;
+   * once fetched, `signatures` holds them in base64).
+   */
+  signatureLayers?: Partial<Record<SealRole, { mediaType: string; digest: string; size: number }>>;
 }
+
+/** A signature blob larger than this is refused unread (the kernel's limit for a builtin signature). */
+export const MAX_SIGNATURE_BLOB = 16128;
 
 type Annotations = Record<string, string> | undefined;
 
@@ -150,7 +159,8 @@ function collect(
     const target = parsed.signature ? sigs : into;
     const roles = target.get(alg) ?? {};
     if (parsed.signature) {
-      if (!/^[A-Za-z0-9+/]+={0,2}$/.test(value)) throw new SealError(`${what}: annotation ${key} is not base64`);
+      if (value.length > Math.ceil(MAX_SIGNATURE_BLOB / 3) * 4) throw new SealError(`${what}: annotation ${key} holds ${value.length} base64 characters (a signature has at most ${MAX_SIGNATURE_BLOB} bytes)`);
+      if (!/^[A-Za-z0-9+/]+={0,2}$/.test(value) || value.length % 4 !== 0) throw new SealError(`${what}: annotation ${key} is not base64`);
       roles[parsed.role] = value;
     } else {
       roles[parsed.role] = checkDigestValue(key, value, alg);
@@ -219,6 +229,7 @@ export function artifactSeal(artifactJson: unknown, digest: string, subjectDiges
   if (layers.length > ARTIFACT_ORDER.length) throw new SealError(`${what}: ${layers.length} layers (at most ${ARTIFACT_ORDER.length})`);
   let algorithm: VerityAlgorithm | null = null;
   const roles: Partial<Record<SealRole, string>> = {};
+  const signatureLayers: NonNullable<FoundSeal['signatureLayers']> = {};
   let last = -1;
   layers.forEach((layer, i) => {
     const lw = `${what} layer ${i}`;
@@ -237,8 +248,17 @@ export function artifactSeal(artifactJson: unknown, digest: string, subjectDiges
     if (order <= last) throw new SealError(`${lw}: ${parsed.role} is out of order or repeated (manifest, config, merged, merged.bootable)`);
     last = order;
     roles[parsed.role] = checkDigestValue(key, ann[key], alg);
+    if (layer.mediaType === SEAL_SIGNATURE_MEDIA_TYPE) {
+      if (typeof layer.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(layer.digest)) throw new SealError(`${lw}: signature layer without a sha256 digest`);
+      if (typeof layer.size !== 'number' || !Number.isSafeInteger(layer.size) || layer.size <= 0 || layer.size > MAX_SIGNATURE_BLOB) {
+        throw new SealError(`${lw}: signature layer of ${String(layer.size).slice(0, 40)} bytes (1 to ${MAX_SIGNATURE_BLOB})`);
+      }
+      signatureLayers[parsed.role] = { mediaType: SEAL_SIGNATURE_MEDIA_TYPE, digest: layer.digest, size: layer.size };
+    }
   });
-  return { ...toSeal(algorithm!, roles, undefined, what), mode: 'artifact', artifact: digest };
+  const found: FoundSeal = { ...toSeal(algorithm!, roles, undefined, what), mode: 'artifact', artifact: digest };
+  if (Object.keys(signatureLayers).length > 0) found.signatureLayers = signatureLayers;
+  return found;
 }
 
 export interface SubjectDescriptor {
@@ -247,16 +267,27 @@ export interface SubjectDescriptor {
   size: number;
 }
 
+/** The PKCS#7 blobs an artifact's signature layers hold, with their descriptors (to push beside it). */
+export function signatureBlobs(seal: Seal): { role: SealRole; descriptor: { mediaType: string; digest: string; size: number }; bytes: Buffer }[] {
+  return ARTIFACT_ORDER.flatMap((role) => {
+    const sig = seal.signatures?.[role];
+    if (sig === undefined) return [];
+    const bytes = Buffer.from(sig, 'base64');
+    return [{ role, descriptor: { mediaType: SEAL_SIGNATURE_MEDIA_TYPE, digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, size: bytes.length }, bytes }];
+  });
+}
+
 /**
  * The artifact manifest (canonical JSON bytes) sealing `subject`: the empty
- * config, and one layer per role present in the spec's order. Without
- * signatures each layer is the empty blob.
+ * config, and one layer per role present in the spec's order. A signed role's
+ * layer is its PKCS#7 blob (see signatureBlobs); an unsigned one's the empty blob.
  */
 export function buildArtifact(seal: Seal, subject: SubjectDescriptor, created?: string): Buffer {
+  const signed = new Map(signatureBlobs(seal).map((b) => [b.role, b.descriptor]));
   const layers = ARTIFACT_ORDER.flatMap((role) => {
     const value = role === 'merged' ? seal.merged : role === 'config' ? seal.config : role === 'manifest' ? seal.manifest : seal.bootable;
     if (!value) return [];
-    return [{ ...EMPTY_DESCRIPTOR, annotations: { [sealKey(role, seal.algorithm)]: value } }];
+    return [{ ...(signed.get(role) ?? EMPTY_DESCRIPTOR), annotations: { [sealKey(role, seal.algorithm)]: value } }];
   });
   const manifest = {
     schemaVersion: 2,
@@ -285,9 +316,16 @@ export function buildInlineManifest(manifestBytes: Buffer, seal: Seal): Buffer {
   if (!isObject(m) || !isObject(m.config)) throw new SealError('manifest has no config descriptor');
   const annotations = { ...(stringAnnotations(m.annotations, 'manifest') ?? {}) };
   annotations[sealKey('merged', seal.algorithm)] = seal.merged;
+  delete annotations[`${sealKey('merged', seal.algorithm)}.sig`];
+  if (seal.signatures?.merged) annotations[`${sealKey('merged', seal.algorithm)}.sig`] = seal.signatures.merged;
   if (seal.bootable) annotations[sealKey('merged.bootable', seal.algorithm)] = seal.bootable;
   const config: Record<string, unknown> = { ...m.config };
-  if (seal.config) config.annotations = { ...(stringAnnotations(m.config.annotations, 'config descriptor') ?? {}), [sealKey('config', seal.algorithm)]: seal.config };
+  if (seal.config) {
+    const configAnnotations: Record<string, string> = { ...(stringAnnotations(m.config.annotations, 'config descriptor') ?? {}), [sealKey('config', seal.algorithm)]: seal.config };
+    delete configAnnotations[`${sealKey('config', seal.algorithm)}.sig`];
+    if (seal.signatures?.config) configAnnotations[`${sealKey('config', seal.algorithm)}.sig`] = seal.signatures.config;
+    config.annotations = configAnnotations;
+  }
   const out = { ...m, config, annotations };
   return Buffer.from(JSON.stringify(out));
 }

@@ -48,8 +48,14 @@ export function checkWritable(ref: SourceReference, role: string): WritableRefer
   return ref;
 }
 
-/** Push `artifact` (an artifact manifest whose subject is `subject`) next to its subject. */
-export async function publishArtifact(reference: SourceReference, artifact: Buffer, subject: string, options: PublishOptions = {}): Promise<PublishedArtifact> {
+/** A blob the artifact's layers name (a signature), pushed before it. */
+export interface ArtifactBlob {
+  descriptor: { mediaType: string; digest: string; size: number };
+  bytes: Buffer;
+}
+
+/** Push `artifact` (an artifact manifest whose subject is `subject`) next to its subject, with the `blobs` its layers name. */
+export async function publishArtifact(reference: SourceReference, artifact: Buffer, subject: string, options: PublishOptions = {}, blobs: readonly ArtifactBlob[] = []): Promise<PublishedArtifact> {
   const ref = checkWritable(reference, 'SOURCE');
   const digest = sha256Of(artifact);
   const explain = options.explain ?? (() => {});
@@ -59,6 +65,7 @@ export async function publishArtifact(reference: SourceReference, artifact: Buff
     try {
       layout.readIndex();
       if (!layout.hasBlob(EMPTY_DESCRIPTOR)) await layout.writeBlob(EMPTY_DESCRIPTOR, EMPTY_BLOB);
+      for (const b of blobs) if (!layout.hasBlob(b.descriptor)) await layout.writeBlob(b.descriptor, b.bytes);
       await layout.writeBlob({ digest, size: artifact.length }, artifact);
       let added = false;
       layout.updateIndex((index) => {
@@ -77,6 +84,7 @@ export async function publishArtifact(reference: SourceReference, artifact: Buff
   try {
     const sent = await target.ensureBlob(EMPTY_DESCRIPTOR, EMPTY_BLOB);
     explain(`empty blob ${EMPTY_DESCRIPTOR.digest} ${sent ? 'uploaded to' : 'already in'} ${target.where}`);
+    for (const b of blobs) explain(`signature blob ${b.descriptor.digest} (${b.bytes.length} bytes) ${(await target.ensureBlob(b.descriptor, b.bytes)) ? 'uploaded to' : 'already in'} ${target.where}`);
     const pushed = await target.putManifest(digest, artifact, mediaTypes.ociManifest);
     const where = `${target.where}@${digest}`;
     explain(`artifact pushed to ${where}`);

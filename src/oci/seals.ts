@@ -9,7 +9,9 @@
  */
 import type { VerityAlgorithm } from '../fsverity/index.js';
 import type { Descriptor, ImageSource, Referrers, ResolvedImage } from './source.js';
-import { artifactSeal, inlineSeals, SEAL_ARTIFACT_TYPE, SealError, sealKey, type FoundSeal, type SealRole } from './seal-format.js';
+import type { CertificateInfo } from '../fsverity/pkcs7.js';
+import { checkSealSignatures, requireSigned, type RoleSignature } from './seal-signatures.js';
+import { artifactSeal, inlineSeals, MAX_SIGNATURE_BLOB, SEAL_ARTIFACT_TYPE, SealError, sealKey, type FoundSeal, type SealRole } from './seal-format.js';
 
 /** More composefs artifacts than this for one image is refused rather than read (each is one request). */
 export const MAX_SEAL_ARTIFACTS = 16;
@@ -58,7 +60,40 @@ export async function findSeals(
     artifacts.set(d.digest, bytes);
     seals.push(seal);
   }
+  // The signature blobs (a few KiB each, their size bounded by artifactSeal, their digest checked by openBlob).
+  await Promise.all(
+    seals.map(async (seal) => {
+      if (!seal.signatureLayers) return;
+      const signatures: Partial<Record<SealRole, string>> = {};
+      for (const [role, layer] of Object.entries(seal.signatureLayers) as [SealRole, Descriptor][]) {
+        signatures[role] = (await readSignatureBlob(source, layer, `${image.reference}: composefs artifact ${seal.artifact} ${role} signature`, options)).toString('base64');
+      }
+      seal.signatures = signatures;
+    }),
+  );
   return { seals, artifacts, via: listed.via };
+}
+
+async function readSignatureBlob(source: ImageSource, layer: Descriptor, what: string, options: { signal?: AbortSignal }): Promise<Buffer> {
+  if (layer.size > MAX_SIGNATURE_BLOB) throw new SealError(`${what}: ${layer.size} bytes (at most ${MAX_SIGNATURE_BLOB})`);
+  const chunks: Buffer[] = [];
+  let n = 0;
+  try {
+    const stream = await source.openBlob(layer, { signal: options.signal });
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        n += chunk.length;
+        if (n > MAX_SIGNATURE_BLOB) throw new SealError(`${what}: more than ${MAX_SIGNATURE_BLOB} bytes`);
+        chunks.push(chunk);
+      }
+    } finally {
+      stream.destroy();
+    }
+  } catch (err) {
+    if (err instanceof SealError) throw err;
+    throw new SealError(`${what} ${layer.digest}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+  }
+  return Buffer.concat(chunks);
 }
 
 /** What a name's record keeps of the seal its image was checked against. */
@@ -72,6 +107,12 @@ export interface NameSeal {
   mode: 'inline' | 'artifact';
   /** The artifact manifest's digest (kept in the repository's blobs). */
   artifact?: string;
+  /** fs-verity digest (hex) of the manifest's exact bytes, when the seal gives it (artifact mode). */
+  manifest?: string;
+  /** The seal's PKCS#7 signatures (base64 DER), by role, when it carries them: `cfs verify --trust-cert` checks them offline. */
+  signatures?: Partial<Record<SealRole, string>>;
+  /** Which trusted certificate verified each signature at the pull (absent: none were given). */
+  signedBy?: RoleSignature[];
 }
 
 export interface SealCheck {
@@ -99,8 +140,8 @@ function where(seal: FoundSeal): string {
 export function checkSeals(
   reference: string,
   seals: FoundSeal[],
-  computed: { algorithm: VerityAlgorithm; merged: string; config: string; form?: 'canonical' | 'unpacked'; formReason?: string },
-  options: { requireSeal?: boolean; allowOtherAlgorithms?: boolean } = {},
+  computed: { algorithm: VerityAlgorithm; merged: string; config: string; manifest?: string; form?: 'canonical' | 'unpacked'; formReason?: string },
+  options: { requireSeal?: boolean; allowOtherAlgorithms?: boolean; verified?: ReadonlyMap<FoundSeal, RoleSignature[]> } = {},
 ): SealCheck {
   if (seals.length === 0) {
     if (options.requireSeal) requireSealed(reference, seals);
@@ -121,20 +162,49 @@ export function checkSeals(
       ['merged', seal.merged, computed.merged],
       ['config', seal.config, computed.config],
     ];
+    if (computed.manifest !== undefined) roles.push(['manifest', seal.manifest, computed.manifest]);
     for (const [role, expected, got] of roles) {
       if (expected !== undefined && expected !== got) {
         throw new SealError(`${reference}: seal mismatch: ${sealKey(role, computed.algorithm)} (${where(seal)}) expects ${expected}, computed ${got}`);
       }
     }
   }
-  const recorded = mine.find((s) => s.mode === 'artifact') ?? mine[0];
-  const config = mine.find((s) => s.config !== undefined)?.config;
+  // The seal whose signatures were verified first, then a signed one, then an artifact.
+  const signed = (s: FoundSeal) => s.signatures?.merged !== undefined;
+  const recorded =
+    mine.find((s) => signed(s) && options.verified?.has(s) && s.mode === 'artifact') ??
+    mine.find((s) => signed(s) && options.verified?.has(s)) ??
+    mine.find((s) => signed(s) && s.mode === 'artifact') ??
+    mine.find(signed) ??
+    mine.find((s) => s.mode === 'artifact') ??
+    mine[0];
+  const config = recorded.config ?? mine.find((s) => s.config !== undefined)?.config;
+  const signedBy = options.verified?.get(recorded);
   const seal: NameSeal = {
     algorithm: computed.algorithm,
     merged: recorded.merged,
     ...(config !== undefined ? { config } : {}),
     mode: recorded.mode,
     ...(recorded.artifact ? { artifact: recorded.artifact } : {}),
+    ...(recorded.manifest ? { manifest: recorded.manifest } : {}),
+    ...(recorded.signatures ? { signatures: recorded.signatures } : {}),
+    ...(signedBy ? { signedBy } : {}),
   };
   return { seal, unchecked: others };
+}
+
+/**
+ * With trusted certificates: the image must be signed (a seal in the
+ * repository's algorithm whose merged EROFS is signed), and every signature
+ * of every seal found must verify. Returns what each seal's signatures were
+ * verified by; throws one line otherwise. Run as soon as the seals are
+ * found: nothing about the image's layers is needed.
+ */
+export function verifySealSignatures(reference: string, seals: readonly FoundSeal[], trusted: readonly CertificateInfo[], algorithm: VerityAlgorithm, now: Date = new Date()): Map<FoundSeal, RoleSignature[]> {
+  const mine = seals.filter((s) => s.algorithm === algorithm);
+  // Seals in another algorithm only: checkSeals refuses them, naming the algorithms.
+  if (mine.length > 0 || seals.length === 0) requireSigned(reference, mine);
+  const out = new Map<FoundSeal, RoleSignature[]>();
+  for (const seal of seals) if (seal.signatures) out.set(seal, checkSealSignatures(reference, seal, trusted, now));
+  return out;
 }

@@ -14,14 +14,16 @@ import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
 import { fsverityDigest } from '../fsverity/index.js';
 import { importLayer, LayerError, type LayerEntry } from '../oci/layer.js';
 import type { Descriptor, ImageSource, ResolvedImage } from '../oci/source.js';
-import { checkSeals, findSeals, requireSealed, type SealDiscovery } from '../oci/seals.js';
+import { checkSeals, findSeals, requireSealed, verifySealSignatures, type SealDiscovery } from '../oci/seals.js';
+import type { RoleSignature } from '../oci/seal-signatures.js';
+import type { CertificateInfo } from '../fsverity/pkcs7.js';
 import type { FoundSeal } from '../oci/seal-format.js';
 import type { PolicyContext, PolicyVerdict } from '../oci/policy-check.js';
 import { ObjectWriter } from '../store/object-writer.js';
 import { buildImage, type BuiltImage } from './build.js';
 import { CanonicalFormError, IMAGE_FORMS, type FormChoice, type ImageForm } from './form.js';
 import { MergeError } from './merge.js';
-import { RepoError, checkName, type NameRecord, type Repository } from './repository.js';
+import { RepoError, checkName, type ImageVerity, type NameRecord, type Repository } from './repository.js';
 
 export type PullEvent =
   /** The image was accepted by the policy (before anything of it beyond its manifest and config was read). */
@@ -35,6 +37,10 @@ export type PullEvent =
   | { type: 'building' }
   /** Seals looked for (inline, and among the referrers `via`), and those checked against the image built. */
   | { type: 'sealed'; via: SealDiscovery['via']; found: FoundSeal[]; checked: NameRecord['seal'] | null; unchecked: FoundSeal[] }
+  /** With trusted certificates: every composefs signature verified (in userspace), by role and certificate. */
+  | { type: 'signatures'; verified: RoleSignature[] }
+  /** The merged image stored with its builtin signature given to FS_IOC_ENABLE_VERITY: what the kernel said. */
+  | { type: 'kernel-signature'; verity: ImageVerity }
   /** The image is built: its form, and why it is not canonical when 'auto' fell back to unpacked. */
   | { type: 'built'; form: ImageForm; keepUserXattrs?: boolean; reason?: string }
   | { type: 'done'; record: NameRecord };
@@ -69,6 +75,13 @@ export interface PullOptions {
    * is applied, and the record says nothing of one.
    */
   policy?: PolicyContext;
+  /**
+   * Trusted certificates (src/oci/seal-signatures.ts loadTrustedCertificates):
+   * the image must carry a composefs signature of its merged EROFS (and its
+   * config, and in an artifact its manifest), and every signature must verify
+   * against one of them, before its layers are fetched.
+   */
+  trustCertificates?: readonly CertificateInfo[];
 }
 
 export interface PullResult {
@@ -132,10 +145,15 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     const algorithm = repo.algorithm;
     let failed: unknown = null;
     // Looked for while the layers come; a failure stops the fetching as a layer's would.
+    let verified: Map<FoundSeal, RoleSignature[]> | undefined;
     const discovery = findSeals(source, img, { signal: opts.signal }).then(
       (found) => {
         try {
           if (opts.requireSeal) requireSealed(img.reference, found.seals);
+          if (opts.trustCertificates) {
+            verified = verifySealSignatures(img.reference, found.seals, opts.trustCertificates, algorithm);
+            emit({ type: 'signatures', verified: [...verified.values()].flat() });
+          }
         } catch (err) {
           failed ??= err;
         }
@@ -210,7 +228,15 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     if (failed !== null) throw failed;
 
     const { tree, image, digest: hex } = built;
-    const sealed = checkSeals(img.reference, found!.seals, { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex'), form: built.form, ...(built.reason !== undefined ? { formReason: built.reason } : {}) }, { requireSeal: opts.requireSeal, allowOtherAlgorithms: opts.sealsInOtherAlgorithms === 'allow' });
+    const sealed = checkSeals(
+      img.reference,
+      found!.seals,
+      { algorithm, merged: hex, config: fsverityDigest(img.config, algorithm).toString('hex'), manifest: fsverityDigest(img.manifest, algorithm).toString('hex'), form: built.form, ...(built.reason !== undefined ? { formReason: built.reason } : {}) },
+      { requireSeal: opts.requireSeal, allowOtherAlgorithms: opts.sealsInOtherAlgorithms === 'allow' && !opts.trustCertificates, ...(verified ? { verified } : {}) },
+    );
+    if (opts.trustCertificates && !sealed.seal?.signedBy?.some((s) => s.role === 'merged')) {
+      throw new RepoError(`${img.reference}: not signed in the repository's algorithm (${algorithm}), and trusted certificates were given`);
+    }
     emit({ type: 'sealed', via: found!.via, found: found!.seals, checked: sealed.seal, unchecked: sealed.unchecked });
 
     let size = 0;
@@ -224,7 +250,10 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     repo.writeBlob(img.manifestDigest, img.manifest);
     repo.writeBlob(img.configDescriptor.digest, img.config);
     if (sealed.seal?.artifact) repo.writeBlob(sealed.seal.artifact, found!.artifacts.get(sealed.seal.artifact)!);
-    repo.storeImage(hex, image);
+    // A verified signature of the merged image goes to the kernel with it (the builtin signature check, where fs-verity has one).
+    const mergedSignature = sealed.seal?.signedBy?.some((s) => s.role === 'merged') ? sealed.seal.signatures?.merged : undefined;
+    const verity = repo.storeImage(hex, image, mergedSignature !== undefined ? { signature: Buffer.from(mergedSignature, 'base64') } : {});
+    if (mergedSignature !== undefined) emit({ type: 'kernel-signature', verity });
     const platform = config.os ? `${config.os}/${config.architecture ?? ''}${config.variant ? `/${config.variant}` : ''}` : undefined;
     const record: NameRecord = {
       name,

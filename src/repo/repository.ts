@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { ComposefsError, IoError, ioError, type ComposefsErrorOptions } from '../errors.js';
 import { tryFlock } from '../sys/flock.js';
-import { syncfs } from '../sys/fs.js';
+import { enableVerity, syncfs } from '../sys/fs.js';
 import { listFd, mkdirAt, O_NONBLOCK, openAt, openDirAt, renameAt, S_IFDIR, S_IFMT, S_IFREG, statAt, statFd, typeName, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { decodeName, defaultRepoPath, encodeName, SUBDIRS, syncDirFd, tmpName, writeAllSync, writeFileAt, type Subdir } from './layout.js';
 import type { LayerEntry } from '../oci/layer.js';
@@ -29,6 +29,14 @@ import { printable } from '../printable.js';
 import { algorithmName, decodeMeta, encodeMeta, META_FILE, META_MAX_BYTES, newMeta, type RepoMeta } from './meta.js';
 import { digestHexPattern, type VerityAlgorithm } from '../fsverity/index.js';
 import type { PolicyVerdict } from '../oci/policy-check.js';
+
+/**
+ * fs-verity on a stored image: enabled (with the builtin signature asked
+ * for), failed with an errno (EOPNOTSUPP/ENOTTY: the file system has none;
+ * ENOKEY/EKEYREJECTED: the kernel's .fs-verity keyring does not take the
+ * signature), not asked, or the image was already there.
+ */
+export type ImageVerity = { state: 'enabled' | 'not-asked' | 'existing' } | { state: 'failed'; errno: number };
 
 export class RepoError extends ComposefsError {
   constructor(message: string, options?: ComposefsErrorOptions) {
@@ -593,12 +601,13 @@ export class Repository {
    * Put an image into images/ under its digest: written to tmp/, everything
    * in the repository's file system synced (objects included), then renamed.
    */
-  storeImage(hex: string, image: Buffer): void {
+  storeImage(hex: string, image: Buffer, options: { signature?: Buffer } = {}): ImageVerity {
     if (!digestHexPattern(this.algorithm).test(hex)) throw new RepoError(`malformed image digest '${hex}' (a ${this.algorithm} repository)`);
     this.checkWritable();
     this.syncObjects();
     const have = this.hasFile('images', hex);
-    if (have && have.size === image.length) return;
+    if (have && have.size === image.length) return { state: 'existing' };
+    let verity: ImageVerity = { state: 'not-asked' };
     const tmpDir = this.dir('tmp');
     const images = this.dir('images');
     const tmp = tmpName('image');
@@ -608,6 +617,14 @@ export class Repository {
       writeAllSync(fd, image);
       closeSync(fd);
       fd = -1;
+      if (options.signature !== undefined) {
+        // The merged image's builtin signature, for the kernel to check (fs-verity needs the file closed for writing).
+        fd = openAt(tmpDir, tmp, constants.O_RDONLY);
+        const e = enableVerity(fd, { hashAlgorithm: this.algorithm === 'sha512' ? 2 : 1, signature: options.signature });
+        closeSync(fd);
+        fd = -1;
+        verity = e === 0 ? { state: 'enabled' } : { state: 'failed', errno: e };
+      }
       this.syncObjects();
       renameAt(tmpDir, tmp, images, hex);
     } catch (err) {
@@ -620,6 +637,7 @@ export class Repository {
       throw err instanceof ComposefsError ? err : ioError(err, `cannot write image ${this.imagePath(hex)}`);
     }
     syncDirFd(images, this.imagesDir);
+    return verity;
   }
 
   // --- names ----------------------------------------------------------------

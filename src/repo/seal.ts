@@ -12,6 +12,7 @@ import { fsverityDigest, type VerityAlgorithm } from '../fsverity/index.js';
 import { buildArtifact, buildInlineManifest, type Seal } from '../oci/seal-format.js';
 import type { ImageSource, ResolvedImage, SourceOptions } from '../oci/source.js';
 import type { PublishedArtifact, PublishedInline } from '../oci/seal-publish.js';
+import type { SigningIdentity } from '../fsverity/pkcs7.js';
 import { RepoError, type NameRecord, type Repository } from './repository.js';
 import type { PullEvent } from './pull.js';
 import type { PolicyContext } from '../oci/policy-check.js';
@@ -118,6 +119,12 @@ export interface SealImageOptions extends SealOptions, Omit<SourceOptions, 'env'
   env?: NodeJS.ProcessEnv;
   /** `org.opencontainers.image.created` of the artifact (default: none, so the same seal gives the same artifact). */
   created?: string;
+  /**
+   * Sign the seal (PKCS#7 over each digest's fsverity_formatted_digest, as
+   * `fsverity sign`): the manifest's (artifact mode), the config's and the
+   * merged EROFS's.
+   */
+  sign?: SigningIdentity;
 }
 
 export interface SealResult {
@@ -131,6 +138,10 @@ export interface SealResult {
   pulled: boolean;
   artifact?: PublishedArtifact;
   inline?: PublishedInline;
+  /** fs-verity digest of the manifest (artifact mode, when signed). */
+  manifest?: string;
+  /** The roles signed, and the signer's certificate subject. */
+  signed?: { roles: string[]; subject: string };
 }
 
 /**
@@ -157,15 +168,29 @@ export async function sealImage(repo: Repository, reference: string, opts: SealI
         opts.onResolved?.(image);
       },
     });
-    const { image, seal } = digests;
+    const { image } = digests;
+    let seal: Seal = digests.seal;
     const subject = { mediaType: image.manifestMediaType, digest: image.manifestDigest, size: image.manifest.length };
-    const result: SealResult = { algorithm: seal.algorithm, subject, merged: seal.merged, config: seal.config, name: digests.record.name, pulled: digests.pulled };
+    const result: SealResult = { algorithm: seal.algorithm, subject, merged: seal.merged, config: digests.seal.config, name: digests.record.name, pulled: digests.pulled };
+    if (opts.sign) {
+      const { signSeal } = await import('../oci/seal-signatures.js');
+      // Inline mode cannot sign the manifest: the signature would change the bytes it signs.
+      if (!opts.inline) seal = { ...seal, manifest: fsverityDigest(image.manifest, seal.algorithm).toString('hex') };
+      seal = signSeal(seal, opts.sign);
+      if (seal.manifest !== undefined) result.manifest = seal.manifest;
+      const { parseCertificates } = await import('../fsverity/pkcs7.js');
+      const cert = opts.sign.cert;
+      const subjectName = typeof cert === 'object' && !Buffer.isBuffer(cert) ? cert.subject : parseCertificates(Buffer.isBuffer(cert) ? cert : Buffer.from(cert), 'the signing certificate')[0].subject;
+      result.signed = { roles: Object.keys(seal.signatures ?? {}), subject: subjectName };
+      opts.explain?.(`signed ${result.signed.roles.join(', ')} with the key of certificate "${subjectName}" (PKCS#7 over each fsverity_formatted_digest)`);
+    }
     const publish = await import('../oci/seal-publish.js');
     const publishOptions = { ...clientOptions, explain: opts.explain };
     if (opts.inline) {
       result.inline = await publish.publishInline(source, image, from, dest!, buildInlineManifest(image.manifest, seal), publishOptions);
     } else {
-      result.artifact = await publish.publishArtifact(from, buildArtifact(seal, subject, opts.created), image.manifestDigest, publishOptions);
+      const { signatureBlobs } = await import('../oci/seal-format.js');
+      result.artifact = await publish.publishArtifact(from, buildArtifact(seal, subject, opts.created), image.manifestDigest, publishOptions, signatureBlobs(seal));
     }
     return result;
   } finally {

@@ -10,12 +10,14 @@
 import { createHash } from 'node:crypto';
 import { ComposefsError } from '../errors.js';
 import { digestHexPattern, fsverityDigest } from '../fsverity/index.js';
-import { artifactSeal, inlineSeals, sealKey, type FoundSeal } from '../oci/seal-format.js';
+import { artifactSeal, inlineSeals, sealKey, type FoundSeal, type SealRole } from '../oci/seal-format.js';
+import { checkSealSignatures, requireSigned, type RoleSignature } from '../oci/seal-signatures.js';
+import type { CertificateInfo } from '../fsverity/pkcs7.js';
 import type { NameSeal } from '../oci/seals.js';
 import { buildImage } from './build.js';
 import { recordForm, type Repository } from './repository.js';
 
-export type VerifyCheck = 'seal' | 'image' | 'config' | 'artifact' | 'manifest' | 'rebuild';
+export type VerifyCheck = 'seal' | 'image' | 'config' | 'artifact' | 'manifest' | 'signature' | 'rebuild';
 
 export interface VerifyProblem {
   check: VerifyCheck;
@@ -29,6 +31,8 @@ export interface VerifyResult {
   name: string;
   /** The seal recorded at the pull; null: the name is not sealed. */
   seal: NameSeal | null;
+  /** With trusted certificates: each signature verified, and by which certificate. */
+  signatures?: RoleSignature[];
   /** The checks made, in order. */
   checked: VerifyCheck[];
   problems: VerifyProblem[];
@@ -39,6 +43,10 @@ export interface VerifyResult {
 export interface VerifyOptions {
   /** An unsealed name passes when its other checks do (default: it is a problem). */
   allowUnsealed?: boolean;
+  /** Check the seal's recorded composefs signatures against these certificates (an unsigned seal is then a problem). */
+  trustCertificates?: readonly CertificateInfo[];
+  /** The time certificates must be valid at (default: now). */
+  now?: Date;
 }
 
 function message(err: unknown): string {
@@ -103,8 +111,36 @@ export async function verifyName(repo: Repository, name: string, options: Verify
         if (found.merged !== seal.merged) problem(check, `${name}: ${check} ${blob} seals merged ${found.merged}, the record ${seal.merged}`, found.merged, seal.merged);
         // The record's config digest may come from the inline seal beside the artifact: only a different one is a problem.
         if (found.config !== undefined && found.config !== seal.config) problem(check, `${name}: ${check} ${blob} seals config ${found.config ?? '(none)'}, the record ${seal.config ?? '(none)'}`, found.config, seal.config);
+        if (seal.manifest !== undefined && found.manifest !== seal.manifest) problem(check, `${name}: ${check} ${blob} seals manifest ${found.manifest ?? '(none)'}, the record ${seal.manifest ?? '(none)'}`, found.manifest, seal.manifest);
+        if (seal.manifest !== undefined) {
+          const got = fsverityDigest(repo.readBlob(rec.manifest), algorithm).toString('hex');
+          if (got !== seal.manifest) problem(check, `${name}: the stored manifest's fs-verity digest is ${got}, the seal's manifest digest ${seal.manifest}`, seal.manifest, got);
+        }
+        // The signatures kept in the record must be the ones the artifact (its layer digests) or the manifest (its .sig annotations) carries.
+        const recorded = seal.signatures ?? {};
+        for (const role of new Set(seal.signatures ? [...Object.keys(recorded), ...Object.keys(found.signatureLayers ?? found.signatures ?? {})] : []) as Set<SealRole>) {
+          const kept = recorded[role];
+          const bytes = typeof kept === 'string' ? Buffer.from(kept, 'base64') : null;
+          const same = seal.mode === 'artifact'
+            ? bytes !== null && found.signatureLayers?.[role]?.digest === `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+            : typeof kept === 'string' && found.signatures?.[role] === kept;
+          if (!same) problem(check, `${name}: the ${role} signature the record keeps is not the one ${check} ${blob} carries`);
+        }
       } catch (err) {
         problem(check, `${name}: ${check} ${blob ?? ''}: ${message(err).replace(/^composefs artifact \S+: /, '')}`);
+      }
+    }
+
+    let signatures: RoleSignature[] | undefined;
+    if (options.trustCertificates) {
+      checked.push('signature');
+      try {
+        if (!seal) throw new Error('not sealed, so not signed');
+        const asFound: FoundSeal = { algorithm: seal.algorithm, merged: seal.merged, mode: seal.mode, ...(seal.config !== undefined ? { config: seal.config } : {}), ...(seal.manifest !== undefined ? { manifest: seal.manifest } : {}), ...(seal.artifact !== undefined ? { artifact: seal.artifact } : {}), ...(seal.signatures ? { signatures: seal.signatures } : {}) };
+        requireSigned(name, [asFound]);
+        signatures = checkSealSignatures(name, asFound, options.trustCertificates, options.now);
+      } catch (err) {
+        problem('signature', message(err).startsWith(`${name}: `) ? message(err) : `${name}: ${message(err)}`);
       }
     }
 
@@ -119,7 +155,7 @@ export async function verifyName(repo: Repository, name: string, options: Verify
     } catch (err) {
       problem('rebuild', `${name}: rebuilding from the layer records: ${message(err)}`);
     }
-    return { name, seal, checked, problems, ok: problems.length === 0 };
+    return { name, seal, ...(signatures ? { signatures } : {}), checked, problems, ok: problems.length === 0 };
   } finally {
     lock.release();
   }

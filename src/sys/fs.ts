@@ -7,7 +7,7 @@
  * that are not UTF-8 survive. Errors throw `SysError` with errno.
  */
 import { openSync } from 'node:fs';
-import { bindLazily, check, lastErrno, SysError } from './libc.js';
+import { bindLazily, check, koffi, lastErrno, SysError } from './libc.js';
 import type { Xattr } from '../tree/model.js';
 
 interface Calls {
@@ -167,14 +167,28 @@ export function openTmpfile(dir: string, mode = 0o644, flags = 2 /* O_RDWR */): 
   return openSync(dir, O_TMPFILE | flags | 0o2000000 /* O_CLOEXEC */, mode);
 }
 
-/** Try to enable fs-verity (SHA-256, 4 KiB blocks) on a read-only fd. Returns errno, 0 on success. */
-export function enableVerity(fd: number): number {
+export interface EnableVerityOptions {
+  /** FS_VERITY_HASH_ALG_*: 1 SHA-256 (default), 2 SHA-512. */
+  hashAlgorithm?: number;
+  /** A builtin signature (PKCS#7 DER over the fsverity_formatted_digest) the kernel checks against its .fs-verity keyring. */
+  signature?: Uint8Array;
+}
+
+/** Try to enable fs-verity (4 KiB blocks) on a read-only fd. Returns errno, 0 on success. */
+export function enableVerity(fd: number, options: EnableVerityOptions = {}): number {
   // struct fsverity_enable_arg: u32 version, u32 hash_algorithm, u32 block_size,
   // u32 salt_size, u64 salt_ptr, u32 sig_size, u32 reserved1, u64 sig_ptr, u64 reserved2[11]
   const arg = Buffer.alloc(128);
   arg.writeUInt32LE(1, 0);
-  arg.writeUInt32LE(1, 4);
+  arg.writeUInt32LE(options.hashAlgorithm ?? 1, 4);
   arg.writeUInt32LE(4096, 8);
+  // Off-heap and unpooled: the kernel reads the signature through the address written here.
+  const signature = options.signature !== undefined && options.signature.length > 0 ? Buffer.allocUnsafeSlow(options.signature.length) : null;
+  if (signature !== null) {
+    signature.set(options.signature!);
+    arg.writeUInt32LE(signature.length, 24);
+    arg.writeBigUInt64LE(BigInt(Number(koffi.address(signature))), 32);
+  }
   return ioctlPtr(fd, FS_IOC_ENABLE_VERITY, arg) === 0 ? 0 : lastErrno();
 }
 
