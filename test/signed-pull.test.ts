@@ -9,10 +9,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
-import { cliPath } from './helpers/paths.js';
+import { cliPath, repoRoot } from './helpers/paths.js';
 import { cfs, oneLineError } from './helpers/cli.js';
 import { gzLayers, writeLayout } from './helpers/oci-layout.js';
 import { haveTool } from './helpers/oci-images.js';
@@ -227,6 +227,80 @@ test('simple signing: skopeo --sign-by signs, cfs pull checks signedBy as skopeo
   } finally {
     for (const s of servers) s.close();
     spawnSync('gpgconf', ['--kill', 'all'], { env: { ...process.env, GNUPGHOME: gnupg } });
+    await registry?.stop();
+    removeTemp(tmp);
+  }
+});
+
+test('sigstore: cfs sign --sign-by-sigstore-private-key pushes a cosign attachment openssl verifies; cfs pull checks sigstoreSigned', { skip: MISSING }, async (t) => {
+  const tmp = makeTemp('sigstore-pull');
+  let registry: Registry | undefined;
+  try {
+    registry = await startRegistry({ auth: { htpasswd: { alice: creds.split(':')[1]! } } });
+    const host = registry.host;
+    const layout = join(tmp, 'layout');
+    writeLayout(layout, 'a', gzLayers(tree('gamma')));
+    writeLayout(layout, 'b', gzLayers(tree('delta')));
+    await push(registry, `oci:${layout}:a`, 'sig/app:v1', creds);
+    await push(registry, `oci:${layout}:b`, 'sig/unsigned:v1', creds);
+    const regd = join(tmp, 'registries.d');
+    mkdirSync(regd);
+    writeFileSync(join(regd, 'sigstore.yaml'), `docker:\n  ${host}:\n    use-sigstore-attachments: true\n`);
+    // cosign's own published encrypted key (passphrase "hello"), and the public half openssl derives
+    // from it once it is out of the envelope (the envelope itself is what cfs must read).
+    const key = join(repoRoot, 'test/fixtures/cosign/sigstore.key');
+    const pass = join(tmp, 'pass');
+    writeFileSync(pass, 'hello\n');
+    const remote = ['--cert-dir', registry.certs.certDir, '--creds', creds, '--registries.d', regd];
+    const signed = cfs('sign', ...remote, '--sign-by-sigstore-private-key', key, '--sign-passphrase-file', pass, `docker://${host}/sig/app:v1`);
+    assert.equal(signed.status, 0, signed.stderr);
+    const tag = signed.stdout.trim().split(':').pop()!;
+    assert.match(tag, /^sha256-[0-9a-f]{64}\.sig$/);
+
+    const publicKey = join(tmp, 'cosign.pub');
+    {
+      const { readSigstorePrivateKey } = await import('../src/oci/cosign-signature.js');
+      const { createPublicKey } = await import('node:crypto');
+      const priv = await readSigstorePrivateKey({ what: key, bytes: readFileSync(key) }, 'hello');
+      writeFileSync(publicKey, createPublicKey(priv).export({ type: 'spki', format: 'pem' }));
+    }
+    await t.test('the attachment, read by skopeo, holds the payload and a signature openssl verifies', () => {
+      const out = join(tmp, 'attachment');
+      run('skopeo', ['copy', '--quiet', '--src-cert-dir', registry!.certs.certDir, '--src-creds', creds, `docker://${host}/sig/app:${tag}`, `dir:${out}`]);
+      const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as { layers: { digest: string; mediaType: string; annotations: Record<string, string> }[] };
+      assert.equal(manifest.layers.length, 1);
+      const layer = manifest.layers[0]!;
+      assert.equal(layer.mediaType, 'application/vnd.dev.cosign.simplesigning.v1+json');
+      const payloadFile = join(out, layer.digest.slice('sha256:'.length));
+      const payload = JSON.parse(readFileSync(payloadFile, 'utf8')) as { critical: { type: string; identity: { 'docker-reference': string }; image: { 'docker-manifest-digest': string } } };
+      assert.equal(payload.critical.type, 'cosign container image signature');
+      assert.equal(payload.critical.identity['docker-reference'], `${host}/sig/app:v1`);
+      assert.equal(`${payload.critical.image['docker-manifest-digest'].replace(':', '-')}.sig`, tag);
+      const sig = join(tmp, 'sig.der');
+      writeFileSync(sig, Buffer.from(layer.annotations['dev.cosignproject.cosign/signature']!, 'base64'));
+      assert.match(run('openssl', ['dgst', '-sha256', '-verify', publicKey, '-signature', sig, payloadFile]), /Verified OK/);
+    });
+
+    const policy = writePolicy(join(tmp, 'policy.json'), { [`${host}/sig`]: [{ type: 'sigstoreSigned', keyPath: publicKey }] });
+    const pull = (repo: string, ref: string, p: string) => cfsAsync('pull', '--repo', repo, ...remote, '--policy', p, '--explain', `docker://${host}/${ref}`, 'app');
+
+    await t.test('sigstoreSigned with its public key accepts it', async () => {
+      const r = await pull(join(tmp, 'r-ok'), 'sig/app:v1', policy);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /policy: accepted by .*sigstoreSigned by a trusted public key \(sigstore attachments, signature 1\)/);
+    });
+
+    await t.test('another key, no attachment, and attachments off in registries.d are refused in one line', async () => {
+      const other = writePolicy(join(tmp, 'policy-other.json'), { [`${host}/sig`]: [{ type: 'sigstoreSigned', keyPath: join(repoRoot, 'test/fixtures/containers-image-signature/cosign2.pub') }] });
+      oneLineError(await pull(join(tmp, 'r-other'), 'sig/app:v1', other), /refused by .*sigstoreSigned.*no signature was accepted/);
+      oneLineError(await pull(join(tmp, 'r-none'), 'sig/unsigned:v1', policy), /refused by .*sigstoreSigned.*no sigstore signature .* exists/);
+      const off = join(tmp, 'off.d');
+      mkdirSync(off);
+      const r = await cfsAsync('pull', '--repo', join(tmp, 'r-off'), '--cert-dir', registry!.certs.certDir, '--creds', creds, '--registries.d', off, '--policy', policy, `docker://${host}/sig/app:v1`);
+      oneLineError(r, /refused by .*use-sigstore-attachments/);
+      for (const r of ['r-other', 'r-none', 'r-off']) assert.deepEqual(names(join(tmp, r)), []);
+    });
+  } finally {
     await registry?.stop();
     removeTemp(tmp);
   }
