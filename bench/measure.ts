@@ -8,6 +8,8 @@ import { existsSync } from 'node:fs';
 export interface Sample {
   wallMs: number;
   peakKiB: number | null;
+  /** What the command wrote on stderr (GNU time's line removed). */
+  stderr: string;
 }
 
 const GNU_TIME = '/usr/bin/time';
@@ -22,7 +24,7 @@ export function runOnce(cmd: string, args: string[], env?: NodeJS.ProcessEnv): S
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
   const lines = (r.stderr ?? '').trim().split('\n');
   const peakKiB = useTime ? Number(lines[lines.length - 1]) : null;
-  return { wallMs, peakKiB };
+  return { wallMs, peakKiB, stderr: (useTime ? lines.slice(0, -1) : lines).join('\n') };
 }
 
 export function median(xs: number[]): number {

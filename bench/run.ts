@@ -44,6 +44,7 @@ async function main(): Promise<void> {
     ['./mount.js', 'benchMount', 'Mounting'],
     ['./registry.js', 'benchRegistry', 'Registry transfer (skopeo copy against our client)'],
     ['./pull.js', 'benchPull', 'Pulling container images'],
+    ['./signature.js', 'benchSignature', 'Signature policy on pull (issue #19)'],
     ['./fuse.js', 'benchFuse', 'FUSE server (cold caches)'],
   ];
   for (const [path, fn, title] of sections) {

@@ -29,6 +29,8 @@ const path = require('node:path');
 
 const bundlePath = path.join(__dirname, '..', 'dist', 'src', 'cli', 'bundle.cjs');
 const cachePath = path.join(__dirname, '..', 'dist', 'src', 'cli', 'bundle.cache');
+const vendorPath = path.join(__dirname, '..', 'dist', 'src', 'cli', 'vendor.cjs');
+const vendorCachePath = path.join(__dirname, '..', 'dist', 'src', 'cli', 'vendor.cache');
 
 /**
  * Identifies the bundle a cache was made for (V8 itself checks little more
@@ -39,23 +41,44 @@ function bundleKey(source) {
   return source.slice(0, source.indexOf('\n') + 1);
 }
 
-/** The bundle's exports, and the compiled script (for writing a cache). */
-function loadBundle() {
+/**
+ * A bundle's exports, and its compiled script (for writing a cache): run
+ * from its V8 code cache when the cache was made for this very bundle.
+ */
+function loadScript(file, cacheFile) {
   const vm = require('node:vm');
   const { createRequire, wrap } = require('node:module');
-  const source = fs.readFileSync(bundlePath, 'utf8');
+  const source = fs.readFileSync(file, 'utf8');
   const key = Buffer.from(bundleKey(source));
   let cachedData;
   try {
-    const c = fs.readFileSync(cachePath);
+    const c = fs.readFileSync(cacheFile);
     if (c.subarray(0, key.length).equals(key)) cachedData = c.subarray(key.length);
   } catch {
     // no cache: compile from source
   }
-  const script = new vm.Script(wrap(source), { filename: bundlePath, cachedData });
+  const script = new vm.Script(wrap(source), { filename: file, cachedData });
   const module = { exports: {} };
-  script.runInThisContext()(module.exports, createRequire(bundlePath), module, bundlePath, path.dirname(bundlePath));
-  return { cli: module.exports, script, key };
+  script.runInThisContext()(module.exports, createRequire(file), module, file, path.dirname(file));
+  return { exports: module.exports, script, key };
+}
+
+/** The CLI bundle's exports, and the compiled script (for writing a cache). */
+function loadBundle() {
+  const { exports, script, key } = loadScript(bundlePath, cachePath);
+  return { cli: exports, script, key };
+}
+
+/**
+ * The npm libraries only signature work needs (OpenPGP.js, yaml,
+ * @noble/ciphers), in a bundle of their own with a cache of its own
+ * (scripts/bundle.mjs): loaded when a command first needs one, so that
+ * every other command starts without parsing their 1.3 MB.
+ */
+let vendor;
+function loadVendor() {
+  vendor ??= loadScript(vendorPath, vendorCachePath);
+  return vendor;
 }
 
 function run(prog) {
@@ -74,3 +97,5 @@ function run(prog) {
 module.exports = run;
 module.exports.loadBundle = loadBundle;
 module.exports.cachePath = cachePath;
+module.exports.loadVendor = loadVendor;
+module.exports.vendorCachePath = vendorCachePath;

@@ -42,6 +42,9 @@ function usage(): string {
   return `Usage: cfs COMMAND [OPTIONS] ...\n\nCommands:\n${lines.join('\n')}\n\nRun 'cfs COMMAND --help' for the options of a command.\n`;
 }
 
+/** For scripts/train-code-cache.cjs: the signature check, run once on the spot. */
+export const trainSignatureCheck = (): Promise<void> => import('./code-cache-training.js').then((m) => m.trainSignatureCheck());
+
 export async function main(prog: string, argv: string[]): Promise<void> {
   let command = dropIns[prog];
   let args = argv;

@@ -33,6 +33,15 @@ function openpgp(): Promise<OpenPgp> {
 }
 
 /**
+ * Start loading OpenPGP.js now (a policy check will need it): its module
+ * takes tens of milliseconds to evaluate, time a pull can spend while it
+ * waits on the registry. A failure is reported when the library is used.
+ */
+export function preloadOpenPgp(): void {
+  openpgp().catch(() => {});
+}
+
+/**
  * OpenPGP.js's defaults, bounding what a hostile message can make it
  * inflate. A whole Config: the lower-level calls (getSigningKey) take it as
  * it is, without merging in the defaults.

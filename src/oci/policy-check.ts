@@ -73,6 +73,33 @@ export async function loadPolicy(options: { file?: string; insecure?: boolean; e
   return { policy: null, env: options.env };
 }
 
+function requirementTypes(policy: Policy): Set<PolicyRequirement['type']> {
+  const types = new Set<PolicyRequirement['type']>();
+  for (const r of policy.default) types.add(r.type);
+  for (const scopes of policy.transports.values()) for (const reqs of scopes.values()) for (const r of reqs) types.add(r.type);
+  return types;
+}
+
+/**
+ * Start what a check of this policy will need and that depends on no image:
+ * the signature modules (OpenPGP.js takes tens of milliseconds to load) and
+ * registries.d. A pull calls it before it asks the registry for the
+ * manifest, so this work overlaps the round trips; failures surface in
+ * checkPolicy, where they are reported.
+ */
+export function warmPolicyCheck(ctx: PolicyContext): void {
+  if (ctx.insecure || ctx.policy === null) return;
+  const types = requirementTypes(ctx.policy);
+  const quiet = (p: Promise<unknown>) => void p.catch(() => {});
+  if (types.has('signedBy')) quiet(import('./openpgp-signature.js').then((m) => m.preloadOpenPgp()));
+  if (types.has('sigstoreSigned')) quiet(import('./cosign-signature.js'));
+  if (types.has('signedBy') || types.has('sigstoreSigned')) {
+    quiet(import('./signature-payload.js'));
+    quiet(import('./lookaside.js'));
+    if (typeof ctx.registriesD === 'function') quiet(ctx.registriesD());
+  }
+}
+
 /** The signatures of one manifest, as found where registries.d points, fetched once per manifest. */
 interface SignatureSources {
   simple(digest: string): Promise<{ where: string; signatures: Buffer[] }>;

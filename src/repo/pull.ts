@@ -123,6 +123,9 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
   const emit = opts.onEvent ?? (() => {});
   if (opts.name !== undefined) checkName(opts.name);
   if (opts.form !== undefined && !IMAGE_FORMS.includes(opts.form)) throw new InvalidInputError(`unknown image form '${String(opts.form)}' (${IMAGE_FORMS.join(', ')})`);
+  // What the policy check needs that depends on no image loads while the manifest is fetched.
+  const policyCheck = opts.policy !== undefined ? import('../oci/policy-check.js').then((m) => (m.warmPolicyCheck(opts.policy!), m)) : undefined;
+  policyCheck?.catch(() => {});
   const lock = await repo.lock(false, () => emit({ type: 'waiting-for-lock' }));
   try {
     repo.prepareWrite();
@@ -133,7 +136,7 @@ export async function pullImage(repo: Repository, source: ImageSource, opts: Pul
     if (opts.policy !== undefined) {
       // Before any layer is read: an image the policy refuses is never unpacked.
       const started = performance.now();
-      const { checkPolicy } = await import('../oci/policy-check.js');
+      const { checkPolicy } = await policyCheck!;
       verdict = await checkPolicy(opts.policy, source, img, { signal: opts.signal });
       emit({ type: 'admitted', verdict, ms: performance.now() - started });
     }
