@@ -43,6 +43,17 @@ export class IoError extends ComposefsError {
 }
 
 /** The input is not what it claims to be, or asks for what cannot be done (bad dump line, bad option value in a file…). */
+/**
+ * A signature, a signing key or a certificate, or a signed payload that is
+ * refused: one line naming what (the signature, the key file, the payload)
+ * and why. One class for OpenPGP, sigstore and PKCS#7 signatures alike.
+ */
+export class SignatureError extends ComposefsError {
+  constructor(message: string, options?: ComposefsErrorOptions) {
+    super(message, 'signature', options);
+  }
+}
+
 export class InvalidInputError extends ComposefsError {
   constructor(message: string, options?: ComposefsErrorOptions) {
     super(message, 'invalid-input', options);

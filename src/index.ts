@@ -177,6 +177,30 @@ export async function loadSigningIdentity(...args: Parameters<typeof import('./o
 
 export { formattedDigest, signFsverityDigest, verifyFsverityDigestSignature, parseCertificates, SignatureError, type CertificateInfo, type SigningIdentity, type VerifiedSignature } from './fsverity/pkcs7.js';
 export type { RoleSignature } from './oci/seal-signatures.js';
+
+/** The containers-policy.json(5) for `PullOptions.policy`: a file, the user's, the system's, or none (`--insecure-policy`: `insecure`). */
+export async function loadPolicy(...args: Parameters<typeof import('./oci/policy-check.js').loadPolicy>) {
+  return (await import('./oci/policy-check.js')).loadPolicy(...args);
+}
+
+/** Apply a policy to an image a source resolved (what `pullImage` does before reading a layer). */
+export async function checkPolicy(...args: Parameters<typeof import('./oci/policy-check.js').checkPolicy>) {
+  return (await import('./oci/policy-check.js')).checkPolicy(...args);
+}
+
+/** containers-registries.d(5): where an image's signatures are. */
+export async function loadRegistriesD(...args: Parameters<typeof import('./oci/registries-d.js').loadRegistriesD>) {
+  return (await import('./oci/registries-d.js')).loadRegistriesD(...args);
+}
+
+/** Sign an image where it is, as `skopeo copy --sign-by` (`cfs sign`). */
+export async function signImage(...args: Parameters<typeof import('./oci/sign.js').signImage>) {
+  return (await import('./oci/sign.js')).signImage(...args);
+}
+
+export type { PolicyContext, PolicyVerdict } from './oci/policy-check.js';
+export type { RegistriesD, SignatureStorage } from './oci/registries-d.js';
+export type { SignOptions, SignResult } from './oci/sign.js';
 export type { Repository, NameRecord, OpenOptions } from './repo/repository.js';
 export { algorithmName, decodeMeta, REPO_FORMAT_VERSION, META_FILE, type RepoMeta, type MetaAccess } from './repo/meta.js';
 export type { PullOptions, PullResult, PullEvent } from './repo/pull.js';

@@ -23,7 +23,7 @@ import {
   SIGSTORE_SIGNATURE_ANNOTATION,
   verifySigstoreSignature,
 } from '../src/oci/cosign-signature.js';
-import { SignatureError } from '../src/oci/signature-error.js';
+import { SignatureError } from '../src/errors.js';
 import { buildSignaturePayload, manifestMatchesDigest, parseSignaturePayload } from '../src/oci/signature-payload.js';
 import { repoRoot } from './helpers/paths.js';
 import { withTemp } from './helpers/temp.js';

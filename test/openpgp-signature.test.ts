@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readOpenPgpKeyring, signSimpleSigning, verifySimpleSigningSignature, type OpenPgpKeyring } from '../src/oci/openpgp-signature.js';
-import { SignatureError } from '../src/oci/signature-error.js';
+import { SignatureError } from '../src/errors.js';
 import { buildSignaturePayload, manifestMatchesDigest, parseSignaturePayload } from '../src/oci/signature-payload.js';
 import { makeTemp, removeTemp } from './helpers/temp.js';
 import { repoRoot } from './helpers/paths.js';

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildSignaturePayload, manifestMatchesDigest, parseSignaturePayload } from '../src/oci/signature-payload.js';
-import { SignatureError } from '../src/oci/signature-error.js';
+import { SignatureError } from '../src/errors.js';
 import { repoRoot } from './helpers/paths.js';
 
 const fixtures = join(repoRoot, 'test', 'fixtures', 'containers-image-signature');
@@ -110,11 +110,11 @@ test('signature payload: every departure from the format containers/image reads 
 test('signature payload: not JSON, duplicated keys, bad UTF-8, deep nesting, oversize: refused in one line', () => {
   const good = buildSignaturePayload({ dockerReference: 'a/b', manifestDigest: imageDigest }, 'simple-signing').toString();
   const bad: Array<[Buffer, RegExp]> = [
-    [Buffer.from('&'), /invalid JSON at offset 0/],
+    [Buffer.from('&'), /invalid JSON at line 1 column 1/],
     [Buffer.from('1'), /the payload: not a JSON object/],
     [Buffer.from(''), /unexpected end/],
     [Buffer.from(good.slice(0, -5)), /invalid JSON/],
-    [Buffer.from(`${good} x`), /data after the JSON value/],
+    [Buffer.from(`${good} x`), /unexpected text after the JSON value/],
     // The second identity would win in JSON.parse: refused, as containers/image refuses it.
     [Buffer.from(good.replace('"identity":{', '"identity":{"docker-reference":"evil/x",')), /duplicate key "docker-reference"/],
     [Buffer.from(good.replace('"critical":', '"critical":{},"critical":')), /duplicate key "critical"/],

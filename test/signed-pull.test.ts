@@ -157,6 +157,11 @@ test('simple signing: skopeo --sign-by signs, cfs pull checks signedBy as skopeo
     await t.test('reject, and the default scope; --insecure-policy accepts anything', async () => {
       const repo = join(tmp, 'r-reject');
       oneLineError(await pull(repo, 'other/app:v1', '--policy', policy), /refused by .*policy\.json default \(reject\)/);
+      // cfs seal reads the image it seals under the same policy: refused before anything is pulled or pushed.
+      const seal = await cfsAsync('seal', '--repo', repo, '--cert-dir', registry!.certs.certDir, '--creds', creds, '--registries.d', regd, '--policy', policy, `docker://${host}/other/app:v1`);
+      oneLineError(seal, /refused by .*policy\.json default \(reject\)/);
+      const tags = spawnSync('skopeo', ['list-tags', '--cert-dir', registry!.certs.certDir, '--creds', creds, `docker://${host}/other/app`], { encoding: 'utf8' });
+      assert.deepEqual((JSON.parse(tags.stdout) as { Tags: string[] }).Tags, ['v1']);
       const r = await pull(repo, 'signed/unsigned:v1', '--insecure-policy', '--explain');
       assert.equal(r.status, 0, r.stderr);
       assert.match(r.stderr, /policy: no policy applied \(--insecure-policy\)/);

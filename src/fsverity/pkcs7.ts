@@ -18,15 +18,11 @@
  * must be valid at `now` and fit for signing (see `checkPurpose`).
  */
 import { X509Certificate, createHash, createPrivateKey, createPublicKey, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from 'node:crypto';
-import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
+import { SignatureError } from '../errors.js';
 import { DER_NULL, DerError, Tag, content, contextTag, der, derOid, derSmallInteger, elements, encoding, expect, readOid, readRoot, readSmallInteger, readTime, type DerNode } from './der.js';
 import { VERITY_ALGORITHM_IDS, verityAlgorithmOfId, verityDigestSize, type VerityAlgorithm } from './index.js';
 
-export class SignatureError extends ComposefsError {
-  constructor(message: string, options?: ComposefsErrorOptions) {
-    super(message, 'signature', options);
-  }
-}
+export { SignatureError };
 
 /**
  * The kernel's limit for a builtin signature (FS_VERITY_MAX_SIGNATURE_SIZE:

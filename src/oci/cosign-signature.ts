@@ -13,7 +13,8 @@
  */
 import { createPrivateKey, createPublicKey, scrypt, sign, verify, type KeyObject } from 'node:crypto';
 import { printable, printableJson } from '../printable.js';
-import { SignatureError, type NamedBytes } from './signature-error.js';
+import { SignatureError } from '../errors.js';
+import type { NamedBytes } from './signature-error.js';
 
 import { maxSignaturePayloadBytes } from './signature-payload.js';
 

@@ -14,7 +14,8 @@
  */
 import type { Config, Key, PrivateKey } from 'openpgp';
 import { printable } from '../printable.js';
-import { SignatureError, type NamedBytes } from './signature-error.js';
+import { SignatureError } from '../errors.js';
+import type { NamedBytes } from './signature-error.js';
 import { maxSignaturePayloadBytes } from './signature-payload.js';
 
 /** containers/image reads a signature (iolimits.MaxSignatureBodySize) up to 4 MiB. */

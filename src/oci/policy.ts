@@ -10,6 +10,7 @@
 import { resolve } from 'node:path';
 import { ComposefsError, type ComposefsErrorOptions } from '../errors.js';
 import { printable, printableJson } from '../printable.js';
+import { member, parseStrictJson, type Json, type JsonObject } from './strict-json.js';
 import { formatDockerName, isDockerDomain, isDockerPath, parseDockerName, type DockerName, type SourceReference } from './reference.js';
 
 export class PolicyError extends ComposefsError {
@@ -20,7 +21,6 @@ export class PolicyError extends ComposefsError {
 
 /** containers/image reads policies of any size; a policy is a few kilobytes, so more is refused rather than buffered. */
 export const maxPolicyBytes = 1024 * 1024;
-const maxJsonDepth = 64;
 
 export type SignedIdentity =
   | { type: 'matchExact' }
@@ -47,140 +47,13 @@ export interface Policy {
 
 // ---- strict JSON -------------------------------------------------------------------------------
 
-/** Objects as Maps in file order, so that duplicate keys are seen and no key reaches a prototype. */
-type Json = null | boolean | number | string | Json[] | JsonObject;
-type JsonObject = Map<string, Json>;
-
 /** A scope is always written bracketed, so that `transports.docker["a"]` reads as a scope, not a field. */
 function scopeMember(path: string, scope: string): string {
   return `${path}[${printableJson(scope)}]`;
 }
 
-function member(path: string, key: string): string {
-  const safe = /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? key : undefined;
-  if (path === '') return safe ?? `[${printableJson(key)}]`;
-  return safe !== undefined ? `${path}.${safe}` : `${path}[${printableJson(key)}]`;
-}
-
 function where(path: string): string {
   return path === '' ? 'top level' : path;
-}
-
-class StrictJson {
-  private pos = 0;
-  constructor(
-    private readonly text: string,
-    private readonly fail: (path: string, reason: string) => PolicyError,
-  ) {}
-
-  parseDocument(): Json {
-    const value = this.value('', 0);
-    this.space();
-    if (this.pos < this.text.length) throw this.syntax('unexpected text after the JSON value');
-    return value;
-  }
-
-  private syntax(reason: string): PolicyError {
-    const before = this.text.slice(0, this.pos);
-    const line = before.split('\n').length;
-    const column = this.pos - before.lastIndexOf('\n');
-    return this.fail('', `invalid JSON at line ${line} column ${column}: ${reason}`);
-  }
-
-  private space(): void {
-    while (this.pos < this.text.length && ' \t\n\r'.includes(this.text[this.pos]!)) this.pos++;
-  }
-
-  private value(path: string, depth: number): Json {
-    if (depth > maxJsonDepth) throw this.fail(path, `nested deeper than ${maxJsonDepth} levels`);
-    this.space();
-    const c = this.text[this.pos];
-    if (c === '{') return this.object(path, depth);
-    if (c === '[') return this.array(path, depth);
-    if (c === '"') return this.string();
-    for (const [word, v] of [['true', true], ['false', false], ['null', null]] as const) {
-      if (this.text.startsWith(word, this.pos)) {
-        this.pos += word.length;
-        return v;
-      }
-    }
-    const m = /^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/.exec(this.text.slice(this.pos, this.pos + 400));
-    if (m) {
-      this.pos += m[0].length;
-      return Number(m[0]);
-    }
-    throw this.syntax(c === undefined ? 'unexpected end of file' : `unexpected character ${printableJson(c)}`);
-  }
-
-  private object(path: string, depth: number): JsonObject {
-    this.pos++;
-    const out: JsonObject = new Map();
-    this.space();
-    if (this.text[this.pos] === '}') {
-      this.pos++;
-      return out;
-    }
-    for (;;) {
-      this.space();
-      if (this.text[this.pos] !== '"') throw this.syntax('expected a member name');
-      const key = this.string();
-      if (out.has(key)) throw this.fail(path, `duplicate key ${printableJson(key)}`);
-      this.space();
-      if (this.text[this.pos] !== ':') throw this.syntax("expected ':'");
-      this.pos++;
-      out.set(key, this.value(member(path, key), depth + 1));
-      this.space();
-      const c = this.text[this.pos];
-      if (c === undefined) throw this.syntax('unexpected end of file');
-      this.pos++;
-      if (c === '}') return out;
-      if (c !== ',') throw this.syntax("expected ',' or '}'");
-    }
-  }
-
-  private array(path: string, depth: number): Json[] {
-    this.pos++;
-    const out: Json[] = [];
-    this.space();
-    if (this.text[this.pos] === ']') {
-      this.pos++;
-      return out;
-    }
-    for (;;) {
-      out.push(this.value(`${path}[${out.length}]`, depth + 1));
-      this.space();
-      const c = this.text[this.pos];
-      if (c === undefined) throw this.syntax('unexpected end of file');
-      this.pos++;
-      if (c === ']') return out;
-      if (c !== ',') throw this.syntax("expected ',' or ']'");
-    }
-  }
-
-  private string(): string {
-    const start = this.pos;
-    this.pos++;
-    for (;;) {
-      const c = this.text[this.pos];
-      if (c === undefined) throw this.syntax('unterminated string');
-      if (c === '"') break;
-      if (c < ' ') throw this.syntax('control character in a string');
-      if (c === '\\') {
-        const e = this.text[this.pos + 1];
-        if (e === 'u') {
-          if (!/^[0-9a-fA-F]{4}$/.test(this.text.slice(this.pos + 2, this.pos + 6))) throw this.syntax('malformed \\u escape');
-          this.pos += 6;
-          continue;
-        }
-        if (e === undefined || !'"\\/bfnrt'.includes(e)) throw this.syntax('malformed escape');
-        this.pos += 2;
-        continue;
-      }
-      this.pos++;
-    }
-    this.pos++;
-    return JSON.parse(this.text.slice(start, this.pos)) as string;
-  }
 }
 
 // ---- the policy's shape ------------------------------------------------------------------------
@@ -404,7 +277,7 @@ export function parsePolicy(text: string | Uint8Array, what: string): Policy {
       throw new PolicyError(`${printable(what)}: not UTF-8 text`);
     }
   }
-  const doc = new StrictJson(source, (path, reason) => r.fail(path, reason)).parseDocument();
+  const doc = parseStrictJson(source, (path, reason) => r.fail(path, reason));
   const top = r.fields(doc, '', ['default', 'transports']);
   if (!top.has('default') || top.get('default') === null) throw r.fail('', 'no "default" requirements');
   const policy: Policy = { default: parseRequirements(r, top.get('default'), 'default'), transports: new Map() };

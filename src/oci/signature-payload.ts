@@ -11,7 +11,8 @@
 import { createHash } from 'node:crypto';
 import { printable, printableJson } from '../printable.js';
 import { maxDocumentSize } from './manifest.js';
-import { SignatureError } from './signature-error.js';
+import { SignatureError } from '../errors.js';
+import { parseStrictJson, type Json, type JsonObject } from './strict-json.js';
 
 export type SignaturePayloadKind = 'simple-signing' | 'sigstore';
 
@@ -42,7 +43,6 @@ export const SIGNATURE_TYPES: Readonly<Record<SignaturePayloadKind, string>> = {
 export const maxSignaturePayloadBytes = 4 * 1024 * 1024;
 /** A docker reference is at most 255 characters of name plus a tag or digest; anything near this bound is not one. */
 const maxReferenceLength = 4096;
-const maxJsonDepth = 64;
 
 const kindName: Record<SignaturePayloadKind, string> = { 'simple-signing': 'simple signing payload', sigstore: 'sigstore payload' };
 
@@ -133,120 +133,6 @@ function goJson(value: unknown): string {
 
 // ---- parsing -----------------------------------------------------------------------------------
 
-type Json = null | boolean | number | string | Json[] | JsonObject;
-/** Objects as Maps in document order, so that a duplicated key is seen and no key reaches a prototype. */
-type JsonObject = Map<string, Json>;
-
-/** A strict JSON reader (RFC 8259, no duplicate keys, bounded depth); `fail` makes the one-line error. */
-class StrictJsonReader {
-  private pos = 0;
-  constructor(
-    private readonly text: string,
-    private readonly fail: (reason: string) => SignatureError,
-  ) {}
-
-  document(): Json {
-    const value = this.value(0);
-    this.space();
-    if (this.pos < this.text.length) throw this.syntax('data after the JSON value');
-    return value;
-  }
-
-  private syntax(reason: string): SignatureError {
-    return this.fail(`invalid JSON at offset ${this.pos}: ${reason}`);
-  }
-
-  private space(): void {
-    while (this.pos < this.text.length && ' \t\n\r'.includes(this.text[this.pos]!)) this.pos++;
-  }
-
-  private value(depth: number): Json {
-    if (depth > maxJsonDepth) throw this.fail(`JSON nested deeper than ${maxJsonDepth} levels`);
-    this.space();
-    const c = this.text[this.pos];
-    if (c === '{') return this.object(depth);
-    if (c === '[') return this.array(depth);
-    if (c === '"') return this.string();
-    for (const [word, v] of [['true', true], ['false', false], ['null', null]] as const) {
-      if (this.text.startsWith(word, this.pos)) {
-        this.pos += word.length;
-        return v;
-      }
-    }
-    const m = /^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/.exec(this.text.slice(this.pos, this.pos + 400));
-    if (m) {
-      this.pos += m[0].length;
-      return Number(m[0]);
-    }
-    throw this.syntax(c === undefined ? 'unexpected end' : `unexpected character ${printableJson(c)}`);
-  }
-
-  private object(depth: number): JsonObject {
-    this.pos++;
-    const out: JsonObject = new Map();
-    this.space();
-    if (this.text[this.pos] === '}') {
-      this.pos++;
-      return out;
-    }
-    for (;;) {
-      this.space();
-      if (this.text[this.pos] !== '"') throw this.syntax('expected a member name');
-      const key = this.string();
-      if (out.has(key)) throw this.fail(`duplicate key ${printableJson(key)}`);
-      this.space();
-      if (this.text[this.pos] !== ':') throw this.syntax("expected ':'");
-      this.pos++;
-      out.set(key, this.value(depth + 1));
-      this.space();
-      const c = this.text[this.pos++];
-      if (c === '}') return out;
-      if (c !== ',') throw this.syntax(c === undefined ? 'unexpected end' : "expected ',' or '}'");
-    }
-  }
-
-  private array(depth: number): Json[] {
-    this.pos++;
-    const out: Json[] = [];
-    this.space();
-    if (this.text[this.pos] === ']') {
-      this.pos++;
-      return out;
-    }
-    for (;;) {
-      out.push(this.value(depth + 1));
-      this.space();
-      const c = this.text[this.pos++];
-      if (c === ']') return out;
-      if (c !== ',') throw this.syntax(c === undefined ? 'unexpected end' : "expected ',' or ']'");
-    }
-  }
-
-  private string(): string {
-    const start = this.pos++;
-    for (;;) {
-      const c = this.text[this.pos];
-      if (c === undefined) throw this.syntax('unterminated string');
-      if (c === '"') break;
-      if (c < ' ') throw this.syntax('control character in a string');
-      if (c === '\\') {
-        const e = this.text[this.pos + 1];
-        if (e === 'u') {
-          if (!/^[0-9a-fA-F]{4}$/.test(this.text.slice(this.pos + 2, this.pos + 6))) throw this.syntax('malformed \\u escape');
-          this.pos += 6;
-          continue;
-        }
-        if (e === undefined || !'"\\/bfnrt'.includes(e)) throw this.syntax('malformed escape');
-        this.pos += 2;
-        continue;
-      }
-      this.pos++;
-    }
-    this.pos++;
-    return JSON.parse(this.text.slice(start, this.pos)) as string;
-  }
-}
-
 /**
  * The claim of a payload, refused unless it is exactly the document
  * containers/image accepts for `kind`: `critical` and `optional` only;
@@ -267,7 +153,7 @@ export function parseSignaturePayload(bytes: Uint8Array, kind: SignaturePayloadK
   } catch {
     throw fail('not UTF-8 text');
   }
-  const doc = new StrictJsonReader(text, fail).document();
+  const doc = parseStrictJson(text, (path, reason) => fail(path === '' ? reason : `${path}: ${reason}`));
 
   const top = exactObject(doc, '', ['critical', 'optional'], fail);
   const critical = exactObject(top.get('critical')!, 'critical', ['type', 'image', 'identity'], fail);

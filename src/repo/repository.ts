@@ -27,7 +27,7 @@ import type { ImageForm } from './form.js';
 import { decodeLayerRecord, encodeLayerRecord } from './layer-record.js';
 import { printable } from '../printable.js';
 import { algorithmName, decodeMeta, encodeMeta, META_FILE, META_MAX_BYTES, newMeta, type RepoMeta } from './meta.js';
-import { digestHexPattern, type VerityAlgorithm } from '../fsverity/index.js';
+import { digestHexPattern, VERITY_ALGORITHM_IDS, type VerityAlgorithm } from '../fsverity/index.js';
 import type { PolicyVerdict } from '../oci/policy-check.js';
 
 /**
@@ -620,7 +620,7 @@ export class Repository {
       if (options.signature !== undefined) {
         // The merged image's builtin signature, for the kernel to check (fs-verity needs the file closed for writing).
         fd = openAt(tmpDir, tmp, constants.O_RDONLY);
-        const e = enableVerity(fd, { hashAlgorithm: this.algorithm === 'sha512' ? 2 : 1, signature: options.signature });
+        const e = enableVerity(fd, { hashAlgorithm: VERITY_ALGORITHM_IDS[this.algorithm], signature: options.signature });
         closeSync(fd);
         fd = -1;
         verity = e === 0 ? { state: 'enabled' } : { state: 'failed', errno: e };

@@ -43,7 +43,7 @@ import { copyFileRange, enableVerity, ficlone, syncfs } from '../sys/fs.js';
 import { linkAt, linkFdAt, O_NONBLOCK, openAt, openTmpfileAt, renameAt, S_IFMT, S_IFREG, statAt, unlinkAt, type AtStat } from '../sys/dirfd.js';
 import { closeObjectDirs, makeObjectDirs, objectDir, type ObjectDirs } from './object-dirs.js';
 import { objectPlaceOf } from './layout.js';
-import { digestToHex, FsVerityHasher, fsverityDigestOfFileSync, type VerityAlgorithm } from '../fsverity/index.js';
+import { digestToHex, FsVerityHasher, fsverityDigestOfFileSync, VERITY_ALGORITHM_IDS, type VerityAlgorithm } from '../fsverity/index.js';
 
 /**
  * Regular files of at most this many bytes are not stored: their contents go
@@ -448,7 +448,7 @@ export class ObjectStore {
     const ro = tmp.name !== null ? openAt(tmp.dir, tmp.name, constants.O_RDONLY) : openSync(`/proc/self/fd/${tmp.fd}`, constants.O_RDONLY);
     closeSync(tmp.fd);
     tmp.fd = ro;
-    const e = enableVerity(tmp.fd);
+    const e = enableVerity(tmp.fd, { hashAlgorithm: VERITY_ALGORITHM_IDS[this.algorithm] });
     if (e === 0) return true;
     if (e === 95 /* EOPNOTSUPP */ || e === 25 /* ENOTTY */ || e === 22 /* EINVAL */ || e === 1 /* EPERM */) this.verityAvailable = false;
     return false;

@@ -14,6 +14,7 @@ import http, { type IncomingMessage, type IncomingHttpHeaders } from 'node:http'
 import https from 'node:https';
 import type { Readable } from 'node:stream';
 import { SourceError } from '../source-errors.js';
+import { checkBytes, checkDigestSyntax } from '../verify.js';
 import type { SourceOptions } from '../source.js';
 import { findCredentials, parseChallenges, type Credentials } from './auth.js';
 import { tlsSettings } from './tls.js';
@@ -416,6 +417,35 @@ export class RegistryClient {
       throw new SourceError(`${what}: ${url.href} answered HTTP ${status}`, status === 404 ? 'not-found' : 'registry');
     }
     throw new SourceError(`${what}: too many redirects`, 'network');
+  }
+
+  /**
+   * A manifest of the repository under `reference` (a tag such as a sigstore
+   * attachment's, or a digest) as served, or null when the registry has none
+   * (404); at most `max` bytes. The caller checks what it is.
+   */
+  async getManifest(reference: string, accept: string[], what: string, max: number, signal?: AbortSignal): Promise<{ bytes: Buffer; mediaType?: string } | null> {
+    const res = await this.get(`/v2/${this.repository}/manifests/${reference}`, what, { accept, expect: [404], signal });
+    if (res.statusCode === 404) {
+      res.resume();
+      return null;
+    }
+    const length = Number(res.headers['content-length'] ?? NaN);
+    if (length > max) {
+      res.destroy();
+      throw new SourceError(`${what}: too large (${length} bytes, at most ${max})`, 'invalid-manifest');
+    }
+    return { bytes: await this.readAll(res, max, what), mediaType: res.headers['content-type'] };
+  }
+
+  /** A small blob of the repository whole (a config, a signature payload), at most `max` bytes, checked against its descriptor. */
+  async getBlobBytes(descriptor: { digest: string; size: number }, max: number, what: string, signal?: AbortSignal): Promise<Buffer> {
+    checkDigestSyntax(descriptor.digest, what);
+    if (descriptor.size > max) throw new SourceError(`${what}: too large (${descriptor.size} bytes, at most ${max})`, 'invalid-manifest');
+    const res = await this.get(`/v2/${this.repository}/blobs/${descriptor.digest}`, what, { signal });
+    const bytes = await this.readAll(res, max, what);
+    checkBytes(bytes, descriptor, what);
+    return bytes;
   }
 
   /** Read a response whole, at most `max` bytes. */

@@ -9,7 +9,7 @@
 import type { IncomingMessage } from 'node:http';
 import { SourceError } from '../source-errors.js';
 import { maxDocumentSize } from '../manifest.js';
-import { checkBytes, checkDigestSyntax, sha256Of } from '../verify.js';
+import { checkDigestSyntax, sha256Of } from '../verify.js';
 import type { DockerName } from '../reference.js';
 import { RegistryClient, type ClientOptions, type RequestBody } from './client.js';
 
@@ -96,31 +96,13 @@ export class RegistryTarget {
   }
 
   /** A manifest's bytes and media type, or null when the registry has none under `reference`; at most `max` bytes. */
-  async getManifest(reference: string, accept: string[], max = maxDocumentSize, signal?: AbortSignal): Promise<{ bytes: Buffer; mediaType?: string } | null> {
-    const what = `manifest ${reference} in ${this.where}`;
-    const res = await this.client.request(`/v2/${this.repository}/manifests/${reference}`, what, { accept, expect: [404], signal });
-    if (res.statusCode === 404) {
-      res.resume();
-      return null;
-    }
-    const length = Number(res.headers['content-length'] ?? NaN);
-    if (length > max) {
-      res.destroy();
-      throw new SourceError(`${what}: too large (${length} bytes, at most ${max})`, 'invalid-manifest');
-    }
-    const bytes = await this.client.readAll(res, max, what);
-    return { bytes, mediaType: res.headers['content-type'] };
+  getManifest(reference: string, accept: string[], max = maxDocumentSize, signal?: AbortSignal): Promise<{ bytes: Buffer; mediaType?: string } | null> {
+    return this.client.getManifest(reference, accept, `manifest ${reference} in ${this.where}`, max, signal);
   }
 
   /** A small blob whole (a config), at most `max` bytes, checked against its descriptor. */
-  async getBlobBytes(descriptor: { digest: string; size: number }, max: number, signal?: AbortSignal): Promise<Buffer> {
-    const what = `blob ${descriptor.digest} in ${this.where}`;
-    checkDigestSyntax(descriptor.digest, what);
-    if (descriptor.size > max) throw new SourceError(`${what}: too large (${descriptor.size} bytes, at most ${max})`, 'invalid-manifest');
-    const res = await this.client.get(`/v2/${this.repository}/blobs/${descriptor.digest}`, what, { signal });
-    const bytes = await this.client.readAll(res, max, what);
-    checkBytes(bytes, descriptor, what);
-    return bytes;
+  getBlobBytes(descriptor: { digest: string; size: number }, max: number, signal?: AbortSignal): Promise<Buffer> {
+    return this.client.getBlobBytes(descriptor, max, `blob ${descriptor.digest} in ${this.where}`, signal);
   }
 
   close(): void {

@@ -142,30 +142,13 @@ export class RegistrySource implements ImageSource {
    * a digest) as served, or null when the registry has none (404); at most
    * `max` bytes. The caller checks what it is.
    */
-  async getManifest(reference: string, accept: string[], max = maxDocumentSize, signal?: AbortSignal): Promise<{ bytes: Buffer; mediaType?: string } | null> {
-    const what = `${this.ref.text}: manifest ${reference}`;
-    const res = await this.client.get(`/v2/${this.repository}/manifests/${reference}`, what, { accept, expect: [404], signal });
-    if (res.statusCode === 404) {
-      res.resume();
-      return null;
-    }
-    const length = Number(res.headers['content-length'] ?? NaN);
-    if (length > max) {
-      res.destroy();
-      throw new SourceError(`${what}: too large (${length} bytes, at most ${max})`, 'invalid-manifest');
-    }
-    return { bytes: await this.client.readAll(res, max, what), mediaType: res.headers['content-type'] };
+  getManifest(reference: string, accept: string[], max = maxDocumentSize, signal?: AbortSignal): Promise<{ bytes: Buffer; mediaType?: string } | null> {
+    return this.client.getManifest(reference, accept, `${this.ref.text}: manifest ${reference}`, max, signal);
   }
 
   /** A small blob of the repository whole (a config, a signature payload), at most `max` bytes, checked against its descriptor. */
-  async getBlobBytes(descriptor: { digest: string; size: number }, max: number, signal?: AbortSignal): Promise<Buffer> {
-    const what = `${this.ref.text}: blob ${descriptor.digest}`;
-    checkDigestSyntax(descriptor.digest, what);
-    if (descriptor.size > max) throw new SourceError(`${what}: too large (${descriptor.size} bytes, at most ${max})`, 'invalid-manifest');
-    const res = await this.client.get(`/v2/${this.repository}/blobs/${descriptor.digest}`, what, { signal });
-    const bytes = await this.client.readAll(res, max, what);
-    checkBytes(bytes, descriptor, what);
-    return bytes;
+  getBlobBytes(descriptor: { digest: string; size: number }, max: number, signal?: AbortSignal): Promise<Buffer> {
+    return this.client.getBlobBytes(descriptor, max, `${this.ref.text}: blob ${descriptor.digest}`, signal);
   }
 
   async openBlob(descriptor: Descriptor, options: BlobOptions = {}): Promise<Readable> {
