@@ -27,6 +27,7 @@ const hasSocketActivate = spawnSync('sh', ['-c', 'command -v systemd-socket-acti
 
 const MAX_FDS = 16;
 const MESSAGE_TIMEOUT_MS = 400;
+const IDLE_TIMEOUT_MS = 3000;
 
 let dir: string;
 let socketPath: string;
@@ -63,7 +64,7 @@ async function assertServerClean(): Promise<void> {
   await eventually('the server to drop its connections', () => server.connections === 0);
   await eventually(`the descriptor count to return to ${baseline} (now: ${describeFds()})`, () => openFds() === baseline);
   const info = await callVarlink(socketPath, 'org.varlink.service.GetInfo', {}, [], { timeoutMs: 5000 });
-  assert.deepEqual(info.parameters.interfaces, ['org.varlink.service', MOUNT_INTERFACE]);
+  assert.deepEqual(info.parameters.interfaces, ['org.varlink.service', MOUNT_INTERFACE, 'io.composefs.Test']);
   await eventually('the check call to be closed', () => server.connections === 0 && openFds() === baseline);
 }
 
@@ -210,6 +211,14 @@ before(async () => {
               }
               return { parameters: { id: 'x', count: c.fds.count } };
             },
+            // List: with "more", one reply per mount and the last without "continues".
+            List: (_parameters, c) => {
+              if (c.more) {
+                c.reply({ mounts: [{ id: 'm1', mountpoint: '/a', image: 'x' }] });
+                c.reply({ mounts: [{ id: 'm2', mountpoint: '/b', image: 'y' }] });
+              }
+              return { parameters: { mounts: [] } };
+            },
             // Unmount: throws (an ordinary error, then a named one) or waits, as asked.
             Unmount: async (parameters, c) => {
               const id = parameters.get('id');
@@ -231,9 +240,10 @@ before(async () => {
             },
           },
         },
+        { name: 'io.composefs.Test', description: 'interface io.composefs.Test\n\nmethod Unimplemented() -> ()\n', methods: {} },
       ],
     },
-    { maxFdsPerMessage: MAX_FDS, messageTimeoutMs: MESSAGE_TIMEOUT_MS, maxConnectionsPerUid: 150, maxConnections: 150, log: (l) => logLines.push(l) },
+    { idleTimeoutMs: IDLE_TIMEOUT_MS, maxFdsPerMessage: MAX_FDS, messageTimeoutMs: MESSAGE_TIMEOUT_MS, maxConnectionsPerUid: 150, maxConnections: 150, log: (l) => logLines.push(l) },
   );
   // The first call loads what stays loaded (the watcher's epoll set and eventfd): count after it.
   await callVarlink(socketPath, 'org.varlink.service.GetInfo');
@@ -270,17 +280,17 @@ test('varlink: GetInfo and GetInterfaceDescription answer a plain Node socket', 
       call('org.varlink.service.GetInterfaceDescription', { interface: 'org.varlink.service' }),
       call('org.varlink.service.GetInterfaceDescription', { interface: 'no.such.Iface' }),
       call('io.composefs.Mount.NoSuchMethod'),
-      call('io.composefs.Mount.List'),
+      call('io.composefs.Test.Unimplemented'),
     ],
     { want: 6 },
   );
   const [info, desc, own, noIface, noMethod, notImpl] = r.replies;
-  assert.deepEqual(info, { parameters: { vendor: 'composefs-ts', product: 'cfs serve (test)', version: '0', url: 'https://example.invalid', interfaces: ['org.varlink.service', MOUNT_INTERFACE] } });
+  assert.deepEqual(info, { parameters: { vendor: 'composefs-ts', product: 'cfs serve (test)', version: '0', url: 'https://example.invalid', interfaces: ['org.varlink.service', MOUNT_INTERFACE, 'io.composefs.Test'] } });
   assert.equal((desc!.parameters as { description: string }).description, readFileSync(join(repoRoot, 'service', 'io.composefs.Mount.varlink'), 'utf8'));
   assert.match((own!.parameters as { description: string }).description, /^interface org\.varlink\.service$/m);
   assert.deepEqual(noIface, { error: 'org.varlink.service.InterfaceNotFound', parameters: { interface: 'no.such.Iface' } });
   assert.deepEqual(noMethod, { error: 'org.varlink.service.MethodNotFound', parameters: { method: 'io.composefs.Mount.NoSuchMethod' } });
-  assert.deepEqual(notImpl, { error: 'org.varlink.service.MethodNotImplemented', parameters: { method: 'io.composefs.Mount.List' } });
+  assert.deepEqual(notImpl, { error: 'org.varlink.service.MethodNotImplemented', parameters: { method: 'io.composefs.Test.Unimplemented' } });
   await assertServerClean();
 });
 
@@ -524,9 +534,41 @@ serveVarlink(fds[0], { vendor: 'activated', product: 'p', version: '1', url: 'u'
 test('varlink: varlinkctl (systemd) calls GetInfo and the interface', { timeout: 60_000, skip: !hasVarlinkctl && 'varlinkctl is not installed on this machine' }, async () => {
   const info = spawnSync('varlinkctl', ['--json=short', 'call', socketPath, 'org.varlink.service.GetInfo', '{}'], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(info.status, 0, info.stderr);
-  assert.deepEqual(JSON.parse(info.stdout).interfaces, ['org.varlink.service', MOUNT_INTERFACE]);
+  assert.deepEqual(JSON.parse(info.stdout).interfaces, ['org.varlink.service', MOUNT_INTERFACE, 'io.composefs.Test']);
   const introspect = spawnSync('varlinkctl', ['introspect', socketPath, MOUNT_INTERFACE], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(introspect.status, 0, introspect.stderr);
   assert.match(introspect.stdout, /method Mount/);
   await assertServerClean();
+});
+
+test('varlink: a call with "more" gets every reply, all but the last marked "continues"; without it, one', { timeout: 60_000 }, async () => {
+  const r = await rawClient([call(MountMethod.List, {}, { more: true }), call(MountMethod.List)], { want: 4 });
+  assert.deepEqual(r.replies, [
+    { parameters: { mounts: [{ id: 'm1', mountpoint: '/a', image: 'x' }] }, continues: true },
+    { parameters: { mounts: [{ id: 'm2', mountpoint: '/b', image: 'y' }] }, continues: true },
+    { parameters: { mounts: [] } },
+    { parameters: { mounts: [] } },
+  ]);
+  // "oneway" and "more" together is not a call.
+  const both = await rawClient([call(MountMethod.List, {}, { more: true, oneway: true })]);
+  assert.equal(both.replies[0]?.error, MountError.ProtocolError);
+  await assertServerClean();
+});
+
+test('varlink: a connection that sends nothing is closed after the idle timeout', { timeout: 60_000 }, async () => {
+  const t0 = Date.now();
+  const r = await rawClient([], { deadlineMs: IDLE_TIMEOUT_MS + 5000 });
+  const waited = Date.now() - t0;
+  assert.ok(r.closed);
+  assert.ok(waited >= IDLE_TIMEOUT_MS - 50 && waited < IDLE_TIMEOUT_MS + 2000, `closed after ${waited} ms`);
+  await assertServerClean();
+});
+
+test('varlink: a socket path that cannot be made is one line naming it', { timeout: 60_000 }, () => {
+  assert.throws(
+    () => serveVarlink(join(dir, 'missing', 'x.sock'), { vendor: '', product: '', version: '', url: '', interfaces: [] }),
+    (err: Error) => err.message === `socket ${join(dir, 'missing', 'x.sock')}: No such file or directory` && !err.message.includes('\n'),
+  );
+  writeFileSync(join(dir, 'plain'), '');
+  assert.throws(() => serveVarlink(join(dir, 'plain'), { vendor: '', product: '', version: '', url: '', interfaces: [] }), /plain: exists and is not a socket/);
 });

@@ -19,7 +19,7 @@
  */
 import { lstatSync, mkdtempSync, renameSync, rmdirSync, chmodSync, unlinkSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { ComposefsError, IoError, reasonOf } from '../errors.js';
+import { ComposefsError, IoError, ioError, reasonOf } from '../errors.js';
 import { parseStrictJson, type Json, type JsonObject } from '../oci/strict-json.js';
 import { printable } from '../printable.js';
 import { SysError } from '../sys/libc.js';
@@ -345,7 +345,12 @@ export function serveVarlink(listen: number | string, service: VarlinkServiceInf
   }
 
   const path = typeof listen === 'string' ? listen : undefined;
-  const listenFd = typeof listen === 'string' ? listenAt(listen, options.mode ?? 0o666) : listen;
+  let listenFd: number;
+  try {
+    listenFd = typeof listen === 'string' ? listenAt(listen, options.mode ?? 0o666) : listen;
+  } catch (err) {
+    throw err instanceof ComposefsError ? err : ioError(err, `socket ${printable(String(listen))}`);
+  }
   const listenIno = path !== undefined ? statSync(path).ino : undefined;
   const open = new Set<Connection>();
   const perUid = new Map<number, number>();
@@ -500,6 +505,16 @@ export function serveVarlink(listen: number | string, service: VarlinkServiceInf
     }
 
     private onReady(events: number): void {
+      try {
+        this.ready(events);
+      } catch (err) {
+        // A failure here (epoll_ctl, a descriptor gone) ends this connection only.
+        log(`${this.what()}: closed: ${printable(reasonOf(err))}`);
+        this.close();
+      }
+    }
+
+    private ready(events: number): void {
       if (this.gone) return;
       if (events & EPOLLOUT) this.flush();
       if (this.gone) return;
