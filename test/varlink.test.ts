@@ -13,7 +13,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { repoRoot } from './helpers/paths.js';
@@ -23,6 +23,8 @@ import { MOUNT_INTERFACE, MountError, MountMethod, mountInterfaceDescription } f
 
 const hasPython = spawnSync('python3', ['-c', 'import socket; socket.send_fds'], { stdio: 'ignore' }).status === 0;
 const hasVarlinkctl = spawnSync('sh', ['-c', 'command -v varlinkctl'], { stdio: 'ignore' }).status === 0;
+const hasSetpriv = spawnSync('sh', ['-c', 'command -v setpriv'], { stdio: 'ignore' }).status === 0;
+const hasPrlimit = spawnSync('sh', ['-c', 'command -v prlimit'], { stdio: 'ignore' }).status === 0;
 const hasSocketActivate = spawnSync('sh', ['-c', 'command -v systemd-socket-activate'], { stdio: 'ignore' }).status === 0;
 
 const MAX_FDS = 16;
@@ -130,7 +132,7 @@ const call = (method: string, parameters: Record<string, unknown> = {}, extra: R
  * `file` (or the files in `files`, with the first part), then prints the
  * reply and the (dev, ino) of each descriptor the reply carried, as JSON.
  */
-function pythonClient(message: string, opts: { files?: string[]; file?: string; fdsPerPart?: number; parts?: number; stayMs?: number }): Promise<{ reply: Record<string, unknown> | null; replyFds: Array<[number, number]>; pid: number }> {
+function pythonClient(message: string, opts: { files?: string[]; file?: string; fdsPerPart?: number; parts?: number; stayMs?: number; as?: string[] }): Promise<{ reply: Record<string, unknown> | null; replyFds: Array<[number, number]>; pid: number }> {
   const script = `
 import json, os, socket, sys, time
 path, message, files, file, per, parts, stay = sys.argv[1], sys.argv[2].encode() + b'\\0', json.loads(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
@@ -154,9 +156,11 @@ reply = json.loads(data[:data.index(b'\\0')]) if b'\\0' in data else None
 print(json.dumps({'reply': reply, 'replyFds': [[os.fstat(fd).st_dev, os.fstat(fd).st_ino] for fd in got], 'pid': os.getpid()}))
 `;
   return new Promise((resolve, reject) => {
+    // As another user, the system's python: a per-user install (pyenv under /root) is out of its reach.
+    const command = opts.as ? [...opts.as, '/usr/bin/python3'] : ['python3'];
     const child = spawn(
-      'python3',
-      ['-c', script, socketPath, message, JSON.stringify(opts.files ?? []), opts.file ?? '', String(opts.fdsPerPart ?? 0), String(opts.parts ?? 1), String(opts.stayMs ?? 0)],
+      command[0]!,
+      [...command.slice(1), '-c', script, socketPath, message, JSON.stringify(opts.files ?? []), opts.file ?? '', String(opts.fdsPerPart ?? 0), String(opts.parts ?? 1), String(opts.stayMs ?? 0)],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let out = '';
@@ -173,7 +177,8 @@ print(json.dumps({'reply': reply, 'replyFds': [[os.fstat(fd).st_dev, os.fstat(fd
 }
 
 before(async () => {
-  dir = makeTemp('varlink');
+  // Others may reach the socket (0666 inside): the nobody test connects as another user.
+  dir = makeTemp('varlink', 0o755);
   socketPath = join(dir, 'mount.sock');
   writeFileSync(join(dir, 'a'), 'a');
   writeFileSync(join(dir, 'b'), 'b');
@@ -571,4 +576,66 @@ test('varlink: a socket path that cannot be made is one line naming it', { timeo
   );
   writeFileSync(join(dir, 'plain'), '');
   assert.throws(() => serveVarlink(join(dir, 'plain'), { vendor: '', product: '', version: '', url: '', interfaces: [] }), /plain: exists and is not a socket/);
+});
+
+test('varlink: another user (nobody) is served, and the handler sees its uid and its own pid', { timeout: 60_000, skip: (!existsSync('/usr/bin/python3') && 'no /usr/bin/python3') || (!hasSetpriv && 'no setpriv') || (process.getuid!() !== 0 && 'needs root to become nobody') }, async () => {
+  const r = await pythonClient(call(MountMethod.Mount, { image: 0, basedirs: [], pidfd: true }).slice(0, -1), { as: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] });
+  const p = r.reply!.parameters as { pid: number; uid: number; peerPid: number };
+  assert.deepEqual([p.uid, p.peerPid, p.pid], [65534, r.pid, r.pid]);
+  await assertServerClean();
+});
+
+test('varlink: out of descriptors (RLIMIT_NOFILE), the server pauses accepting and serves every waiting caller once it has room', { timeout: 60_000, skip: (!hasPython && 'no python3') || (!hasPrlimit && 'no prlimit') }, async () => {
+  // The callers live in a Python process, so the only descriptors that count against our limit are the server's.
+  const child = spawn('python3', ['-c', `import socket,sys
+sys.stdin.readline()
+held = []
+for i in range(30):
+    s = socket.socket(socket.AF_UNIX); s.connect(${JSON.stringify(socketPath)}); held.append(s)
+print('connected', flush=True)
+sys.stdin.readline()
+for s in held:
+    s.sendall(b'{"method":"org.varlink.service.GetInfo"}\\0')
+got = 0
+for s in held:
+    s.settimeout(10)
+    data = b''
+    while b'\\0' not in data:
+        chunk = s.recv(65536)
+        if not chunk: break
+        data += chunk
+    got += b'"interfaces"' in data
+print('answered', got, flush=True)
+`], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  const before = spawnSync('prlimit', ['--pid', String(process.pid), '--nofile', '--raw', '--noheadings', '--output', 'SOFT,HARD'], { encoding: 'utf8' }).stdout.trim().split(/\s+/);
+  const [soft, hard] = before;
+  try {
+    const room = openFds() + 10;
+    assert.equal(spawnSync('prlimit', ['--pid', String(process.pid), `--nofile=${room}:${hard}`]).status, 0);
+    child.stdin.write('go\n');
+    await eventually('the 30 connects', () => out.includes('connected'), 10_000);
+    await eventually('the server to pause accepting', () => logLines.some((l) => l.startsWith('accept paused: Too many open files')), 10_000);
+    assert.ok(server.connections < 30, `all ${server.connections} connections accepted with room for about 10`);
+    // CPU spent while paused: a server spinning on a readable listening socket would burn a core.
+    const cpu0 = process.cpuUsage();
+    await new Promise((r) => setTimeout(r, 500));
+    const cpu = process.cpuUsage(cpu0);
+    assert.ok(cpu.user + cpu.system < 250_000, `the paused server used ${(cpu.user + cpu.system) / 1000} ms of CPU in 500 ms`);
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  } finally {
+    spawnSync('prlimit', ['--pid', String(process.pid), `--nofile=${soft}:${hard}`]);
+  }
+  try {
+    // At once: connections accepted before the pause must not reach the idle timeout.
+    child.stdin.end('send\n');
+    await eventually('the 30 answers', () => /answered \d+/.test(out), 15_000);
+    assert.match(out, /answered 30/);
+  } finally {
+    child.kill('SIGKILL');
+  }
+  await assertServerClean();
 });
