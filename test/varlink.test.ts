@@ -18,7 +18,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { repoRoot } from './helpers/paths.js';
 import { makeTemp, removeTemp } from './helpers/temp.js';
-import { callVarlink, declaredErrors, declaredInterface, declaredMethods, serveVarlink, VarlinkError, type VarlinkServer } from '../src/service/varlink.js';
+import { callVarlink, declaredErrors, Parameters, parseMessage, declaredInterface, declaredMethods, serveVarlink, VarlinkError, type VarlinkServer } from '../src/service/varlink.js';
 import { MOUNT_INTERFACE, MountError, MountMethod, mountInterfaceDescription } from '../src/service/mount-interface.js';
 
 const hasPython = spawnSync('python3', ['-c', 'import socket; socket.send_fds'], { stdio: 'ignore' }).status === 0;
@@ -638,4 +638,32 @@ print('answered', got, flush=True)
     child.kill('SIGKILL');
   }
   await assertServerClean();
+});
+
+test('varlink: Parameters reads typed values and names the one that is wrong, nested ones by their path', () => {
+  const read = (json: string) => new Parameters(parseMessage(Buffer.from(json)));
+  const ok = read('{"image":0,"basedirs":[1,2],"mountpoint":null,"options":{"verity":"try","noexec":true}}');
+  assert.equal(ok.int('image'), 0);
+  assert.deepEqual(ok.intArray('basedirs'), [1, 2]);
+  assert.equal(ok.optionalInt('mountpoint'), undefined);
+  const options = ok.object('options');
+  assert.equal(options.optionalEnum('verity', ['off', 'try', 'require'] as const), 'try');
+  assert.equal(options.optionalBool('noexec'), true);
+  assert.equal(options.optionalString('digest'), undefined);
+  ok.done();
+  options.done();
+  const refused = (f: () => unknown, parameter: string) =>
+    assert.throws(f, (err: VarlinkError) => err.error === 'org.varlink.service.InvalidParameter' && (err.parameters as { parameter: string }).parameter === parameter);
+  refused(() => read('{"image":"0"}').int('image'), 'image');
+  refused(() => read('{"image":1.5}').int('image'), 'image');
+  refused(() => read('{}').int('image'), 'image');
+  refused(() => read('{"basedirs":[1,"x"]}').intArray('basedirs'), 'basedirs');
+  refused(() => read(`{"basedirs":[${Array(65).fill(0).join(',')}]}`).intArray('basedirs'), 'basedirs');
+  refused(() => read('{"options":{"verity":"maybe"}}').object('options').optionalEnum('verity', ['off', 'try'] as const), 'options.verity');
+  refused(() => read('{"options":[]}').object('options'), 'options');
+  refused(() => {
+    const p = read('{"image":0,"upperdir":3}');
+    p.int('image');
+    p.done();
+  }, 'upperdir');
 });

@@ -190,6 +190,83 @@ export function invalidParameter(parameter: string): VarlinkError {
   return new VarlinkError(VarlinkServiceError.InvalidParameter, { parameter });
 }
 
+/**
+ * Typed reads of a call's parameters for handlers: each wrong or missing
+ * value is org.varlink.service.InvalidParameter naming it (`options.atime`),
+ * and parameters the method does not know are refused by `done()`.
+ */
+export class Parameters {
+  private readonly read = new Set<string>();
+  constructor(
+    private readonly map: JsonObject,
+    private readonly prefix = '',
+  ) {}
+
+  private get(name: string): Json | undefined {
+    this.read.add(name);
+    const v = this.map.get(name);
+    return v === null ? undefined : v; // varlink sends an absent optional as null or not at all
+  }
+
+  private bad(name: string): VarlinkError {
+    return invalidParameter(`${this.prefix}${name}`);
+  }
+
+  int(name: string): number {
+    const v = this.optionalInt(name);
+    if (v === undefined) throw this.bad(name);
+    return v;
+  }
+
+  optionalInt(name: string): number | undefined {
+    const v = this.get(name);
+    if (v !== undefined && (typeof v !== 'number' || !Number.isSafeInteger(v))) throw this.bad(name);
+    return v;
+  }
+
+  intArray(name: string, maxLength = 64): number[] {
+    const v = this.get(name);
+    if (!Array.isArray(v) || v.length > maxLength || !v.every((x) => typeof x === 'number' && Number.isSafeInteger(x))) throw this.bad(name);
+    return v as number[];
+  }
+
+  string(name: string, maxLength = 4096): string {
+    const v = this.optionalString(name, maxLength);
+    if (v === undefined) throw this.bad(name);
+    return v;
+  }
+
+  optionalString(name: string, maxLength = 4096): string | undefined {
+    const v = this.get(name);
+    if (v !== undefined && (typeof v !== 'string' || v.length > maxLength)) throw this.bad(name);
+    return v;
+  }
+
+  optionalBool(name: string): boolean | undefined {
+    const v = this.get(name);
+    if (v !== undefined && typeof v !== 'boolean') throw this.bad(name);
+    return v;
+  }
+
+  optionalEnum<T extends string>(name: string, values: readonly T[]): T | undefined {
+    const v = this.get(name);
+    if (v !== undefined && (typeof v !== 'string' || !(values as readonly string[]).includes(v))) throw this.bad(name);
+    return v as T | undefined;
+  }
+
+  /** A nested object's reader (`options`), or one of an empty object when absent. */
+  object(name: string): Parameters {
+    const v = this.get(name);
+    if (v !== undefined && !(v instanceof Map)) throw this.bad(name);
+    return new Parameters(v ?? new Map(), `${this.prefix}${name}.`);
+  }
+
+  /** Refuse any parameter not read: a caller asking for what the method does not do is told so. */
+  done(): void {
+    for (const key of this.map.keys()) if (!this.read.has(key)) throw this.bad(key);
+  }
+}
+
 /** A JSON value as plain data: objects with no prototype, so no key reaches Object.prototype. */
 export function plainJson(value: Json): unknown {
   if (value instanceof Map) {
