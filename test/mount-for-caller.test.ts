@@ -10,8 +10,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, mkdirSync, openSync, readFileSync, readlinkSync, symlinkSync, writeFileSync, constants as fsc } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, closeSync, mkdirSync, openSync, readFileSync, readlinkSync, rmdirSync, symlinkSync, writeFileSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { isRoot } from './helpers/paths.js';
 import { cleanupDir, eventually, leftovers, makeImage, scratch, snapshot, standardFiles, type Fixture } from './mount-fixtures.js';
@@ -272,7 +272,7 @@ test('the rewrite is our writer\'s image: a valid image comes back as the writer
   }
 });
 
-test('mountpoints refused: another owner, a symlink, not writable, not a directory; nothing mounted', { skip: SKIP }, async () => {
+test('mountpoints refused: another owner, a symlink, not writable, not a directory, a file system outside the allow-list; nothing mounted', { skip: SKIP }, async (t) => {
   await withPlaces('mfc-mountpoint', async ({ fx, mnt }) => {
     const before = snapshot();
     const cases: Array<{ name: string; make: () => string; expect: RegExp }> = [
@@ -308,15 +308,52 @@ test('mountpoints refused: another owner, a symlink, not writable, not a directo
         expect: /^mountpoint: not a directory$/,
       },
     ];
-    for (const c of cases) {
-      const target = c.make();
-      const fds = clientFds(fx.image, fx.basedir, target);
-      try {
-        await assert.rejects(mountForCaller({ ...fds }, nobody), { message: c.expect }, c.name);
-      } finally {
-        fds.close();
+    // A directory the caller owns and may write on a file system no mount belongs on (cgroup2: mkdir makes a group).
+    const cgroupRoot = join(fx.dir, 'cgroup2');
+    mkdirSync(cgroupRoot);
+    let cgroupMounted = false;
+    try {
+      execFileSync('mount', ['-t', 'cgroup2', 'none', cgroupRoot], { stdio: 'ignore' });
+      cgroupMounted = true;
+    } catch {
+      /* no cgroup2 here: that case is left out */
+    }
+    const group = join(cgroupRoot, `cfs-test-${process.pid}`);
+    if (cgroupMounted) {
+      cases.push({
+        name: 'a cgroup2 directory nobody owns',
+        make: () => {
+          mkdirSync(group);
+          chownSync(group, NOBODY, NOBODY);
+          return group;
+        },
+        expect: /^mountpoint: on a file system of type 0x63677270, where the service mounts nothing$/,
+      });
+    }
+    if (!cgroupMounted) t.diagnostic('cgroup2 cannot be mounted here: the file-system allow-list case is left out');
+    try {
+      await refuseEach();
+    } finally {
+      if (cgroupMounted) {
+        try {
+          rmdirSync(group);
+        } catch {
+          /* gone */
+        }
+        umount2(cgroupRoot, MNT_DETACH);
       }
-      assert.equal(mountinfoLine(target), undefined, c.name);
+    }
+    async function refuseEach(): Promise<void> {
+      for (const c of cases) {
+        const target = c.make();
+        const fds = clientFds(fx.image, fx.basedir, target);
+        try {
+          await assert.rejects(mountForCaller({ ...fds }, nobody), { message: c.expect }, c.name);
+        } finally {
+          fds.close();
+        }
+        assert.equal(mountinfoLine(target), undefined, c.name);
+      }
     }
     assert.equal(mountinfoLine(mnt), undefined);
     assert.deepEqual(leftovers(before), []);

@@ -93,6 +93,49 @@ export interface CallerMount {
 }
 
 const DEFAULT_MAX_IMAGE = 1 << 30;
+
+/**
+ * The file systems a mountpoint may be on: disk, network and memory file
+ * systems, as fusermount3 allows an unprivileged user (an allow-list: procfs,
+ * sysfs and their kin have places a user "may write" that no mount belongs
+ * on, and more such file systems come with new kernels).
+ */
+const MOUNTPOINT_FS_TYPES = new Set([
+  0x61756673, // aufs
+  0x00000187, // autofs
+  0xca451a4e, // bcachefs
+  0x9123683e, // btrfs
+  0x00c36400, // ceph
+  0xff534d42, // cifs
+  0x0000f15f, // ecryptfs
+  0x2011bab0, // exfat
+  0x0000ef53, // ext2, ext3, ext4
+  0xf2f52010, // f2fs
+  0x65735546, // fuse
+  0x01161970, // gfs2
+  0x47504653, // gpfs
+  0x0000482b, // hfsplus
+  0x000072b6, // jffs2
+  0x3153464a, // jfs
+  0x0bd00bd0, // lustre
+  0x00004d44, // msdos, vfat
+  0x00006969, // nfs
+  0x00003434, // nilfs
+  0x5346544e, // ntfs
+  0x7366746e, // ntfs3
+  0x5346414f, // openafs
+  0x794c7630, // overlayfs
+  0xaad7aaea, // panfs
+  0x52654973, // reiserfs
+  0xfe534d42, // smb2
+  0x73717368, // squashfs
+  0x01021994, // tmpfs
+  0x24051905, // ubifs
+  0x18031977, // wekafs
+  0x58465342, // xfs
+  0x2fc12fc1, // zfs
+  0x858458f6, // ramfs
+]);
 const FUSE_SUPER_MAGIC = 0x65735546;
 const ATTACH_TIMEOUT_MS = 10_000;
 
@@ -102,9 +145,10 @@ function refused(what: string, why: string, cause?: unknown): MountError {
 }
 
 /**
- * The mountpoint as fusermount3 would take it: a directory (not a symlink:
- * the caller opens it O_NOFOLLOW, and a symlink's descriptor is a symlink),
- * owned by the caller, writable by the caller by the kernel's own check.
+ * The mountpoint as fusermount3 would take it, and stricter: a directory
+ * (not a symlink: the caller opens it O_NOFOLLOW, and a symlink's
+ * descriptor is a symlink) on a file system of the allow-list, owned by the
+ * caller, writable by the caller by the kernel's own check.
  */
 export function checkMountpoint(fd: number, caller: Caller): void {
   let st;
@@ -115,6 +159,8 @@ export function checkMountpoint(fd: number, caller: Caller): void {
   }
   if (st.isSymbolicLink()) throw refused('mountpoint', 'is a symbolic link');
   if (!st.isDirectory()) throw refused('mountpoint', 'not a directory');
+  const fsType = fsTypeOf(fd) >>> 0;
+  if (!MOUNTPOINT_FS_TYPES.has(fsType)) throw refused('mountpoint', `on a file system of type 0x${fsType.toString(16)}, where the service mounts nothing`);
   if (caller.uid !== 0 && st.uid !== caller.uid) throw refused('mountpoint', `not owned by uid ${caller.uid} (owner: uid ${st.uid})`);
   const errno = asCaller(caller, () => accessFd(fd, W_OK));
   if (errno !== 0) throw refused('mountpoint', `not writable by uid ${caller.uid} (${strerror(errno)})`);
