@@ -11,7 +11,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, mkdirSync, openSync, readFileSync, readlinkSync, rmdirSync, symlinkSync, writeFileSync, constants as fsc } from 'node:fs';
+import { chmodSync, chownSync, closeSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmdirSync, symlinkSync, writeFileSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { isRoot } from './helpers/paths.js';
 import { cleanupDir, eventually, leftovers, makeImage, scratch, snapshot, standardFiles, type Fixture } from './mount-fixtures.js';
@@ -60,6 +60,11 @@ function clientFds(image: string, basedir: string, mnt: string): { imageFd: numb
   };
 }
 
+/** This process's open descriptors (what a long-running service must not accumulate). */
+function openDescriptors(): string[] {
+  return readdirSync('/proc/self/fd').sort((a, b) => Number(a) - Number(b));
+}
+
 function mountinfoLine(mnt: string, mountinfo = '/proc/self/mountinfo'): string | undefined {
   return readFileSync(mountinfo, 'utf8')
     .split('\n')
@@ -87,6 +92,7 @@ test('mounted for nobody: its objects read, an object only root may read stays u
   await withPlaces('mfc-creds', async ({ fx, mnt, secretObject }) => {
     const before = snapshot();
     const fds = clientFds(fx.image, fx.basedir, mnt);
+    const fdsBefore = openDescriptors();
     try {
       const r = await mountForCaller({ ...fds, options: {} }, nobody);
       try {
@@ -122,6 +128,7 @@ test('mounted for nobody: its objects read, an object only root may read stays u
       } finally {
         unmountQuietly(mnt);
       }
+      assert.deepEqual(openDescriptors(), fdsBefore, 'no descriptor left by the mounts');
     } finally {
       fds.close();
     }
@@ -232,6 +239,7 @@ test('a redirect that is not an object name is refused in one line, nothing moun
 test('damaged images (the fuzzer\'s mutations) are refused in one line or mounted from our own rewrite; nothing left either way', { skip: SKIP, timeout: 120_000 }, async (t) => {
   await withPlaces('mfc-fuzz', async ({ fx, mnt }) => {
     const before = snapshot();
+    const fdsBefore = openDescriptors();
     const rnd = new Rng(0x5e41ce);
     const bases = generatedBases(0x5e41ce, 4);
     let refusedCount = 0;
@@ -256,7 +264,32 @@ test('damaged images (the fuzzer\'s mutations) are refused in one line or mounte
     t.diagnostic(`40 damaged images: ${refusedCount} refused, ${mounted} mounted from the rewrite`);
     assert.ok(refusedCount > 0, 'some mutations are refused');
     assert.equal(refusedCount + mounted, 40);
+    assert.deepEqual(openDescriptors(), fdsBefore, 'no descriptor left by refusals');
     assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
+  });
+});
+
+test('image descriptors refused in one line: a FIFO (never read: it would block), over the size limit, not open; no descriptor leaked', { skip: SKIP }, async () => {
+  await withPlaces('mfc-image-fd', async ({ fx, mnt }) => {
+    const before = snapshot();
+    const fdsBefore = openDescriptors();
+    const fifo = join(fx.dir, 'image.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const fifoFd = openSync(fifo, fsc.O_RDONLY | fsc.O_NONBLOCK);
+    const fds = clientFds(fx.image, fx.basedir, mnt);
+    try {
+      await assert.rejects(mountForCaller({ ...fds, imageFd: fifoFd }, nobody), { message: 'image: not a regular file' });
+      const size = readFileSync(fx.image).length;
+      await assert.rejects(mountForCaller({ ...fds, options: { maxImageBytes: size - 1 } }, nobody), { message: `image: ${size} bytes, over the limit of ${size - 1}` });
+      await assert.rejects(mountForCaller({ ...fds, imageFd: 9999 }, nobody), { message: /^image: not an open descriptor \(EBADF/ });
+      await assert.rejects(mountForCaller({ ...fds, basedirFds: [fds.imageFd] }, nobody), { message: 'basedir 1: not an open directory' });
+    } finally {
+      fds.close();
+      closeSync(fifoFd);
+    }
+    assert.deepEqual(openDescriptors(), fdsBefore);
+    assert.equal(mountinfoLine(mnt), undefined);
+    assert.deepEqual(leftovers(before), []);
   });
 });
 
@@ -416,6 +449,7 @@ test("attached in the caller's mount namespace (an unshare -m process): there an
   await withPlaces('mfc-netns', async ({ fx, mnt }) => {
     const before = snapshot();
     const other = await otherNamespace();
+    const fdsBefore = openDescriptors();
     try {
       // The client opens the mountpoint in its own namespace: here, through /proc/PID/root.
       const fds = clientFds(fx.image, fx.basedir, `/proc/${other.pid}/root${mnt}`);
@@ -436,6 +470,7 @@ test("attached in the caller's mount namespace (an unshare -m process): there an
         ours.close();
       }
       assert.equal(mountinfoLine(mnt), undefined);
+      assert.deepEqual(openDescriptors(), fdsBefore, 'no descriptor left: pidfd, worker, mount');
     } finally {
       await other.stop();
     }

@@ -288,6 +288,15 @@ export async function attachInNamespace(mountFd: number, mountpointFd: number, p
  * having left nothing mounted; the request's descriptors stay open.
  */
 export async function mountForCaller(request: CallerMountRequest, caller: Caller): Promise<CallerMount> {
+  try {
+    return await mountChecked(request, caller);
+  } catch (err) {
+    if (err instanceof ComposefsError) throw err;
+    throw new MountError(`mounting for uid ${caller.uid}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+}
+
+async function mountChecked(request: CallerMountRequest, caller: Caller): Promise<CallerMount> {
   const o = request.options ?? {};
   const knowledge = o.knowledge ?? kernel;
   if (!o.detached) {
@@ -371,9 +380,6 @@ export async function mountForCaller(request: CallerMountRequest, caller: Caller
       imageBytes: { received: received.length, written: rewritten.image.length },
       explain: explainRecord(record),
     };
-  } catch (err) {
-    if (err instanceof ComposefsError) throw err;
-    throw new MountError(`mounting for uid ${caller.uid}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   } finally {
     sys.closeQuiet(overlayFd);
     c.run();
