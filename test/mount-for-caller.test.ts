@@ -10,8 +10,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmdirSync, symlinkSync, writeFileSync, constants as fsc } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, closeSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmdirSync, statSync, symlinkSync, writeFileSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { isRoot } from './helpers/paths.js';
 import { cleanupDir, eventually, leftovers, makeImage, scratch, snapshot, standardFiles, type Fixture } from './mount-fixtures.js';
@@ -21,7 +21,7 @@ import { mountComposefs, unmountComposefs } from '../src/mount/index.js';
 import { writeImage } from '../src/erofs/writer.js';
 import { fsverityDigest } from '../src/fsverity/index.js';
 import { digestToObjectPath } from '../src/store/layout.js';
-import { newInode, S_IFDIR, S_IFREG } from '../src/tree/model.js';
+import { newInode, S_IFBLK, S_IFCHR, S_IFDIR, S_IFREG } from '../src/tree/model.js';
 import { MNT_DETACH, O_PATH, closeQuiet, moveMountTo, umount2 } from '../src/sys/mount.js';
 
 const SKIP = isRoot ? false : 'mounting needs root';
@@ -209,6 +209,115 @@ test('the credentials of the serving thread are back after a mount for nobody (f
     chownSync(other, NOBODY, NOBODY);
     chmodSync(other, 0o600);
     assert.equal(readFileSync(other, 'utf8'), 'x');
+  });
+});
+
+/** An image whose entries would grant privilege: a setuid-root file, a setgid directory, a file with a capability (CAP_SYS_ADMIN). */
+function privilegedImage(dir: string): string {
+  const root = newInode(S_IFDIR | 0o755);
+  const content = Buffer.from('#!/bin/sh\nid\n');
+  const capability = Buffer.alloc(20);
+  capability.writeUInt32LE(0x02000001, 0); // VFS_CAP_REVISION_2, effective
+  capability.writeUInt32LE(1 << 21, 4); // permitted: CAP_SYS_ADMIN
+  const entries: Array<[string, ReturnType<typeof newInode>]> = [
+    ['capped', newInode(S_IFREG | 0o755, { size: content.length, content, xattrs: [{ key: Buffer.from('security.capability'), value: capability }] })],
+    ['setgid-dir', newInode(S_IFDIR | 0o2755)],
+    ['suid', newInode(S_IFREG | 0o4755, { size: content.length, content })],
+  ];
+  for (const [name, inode] of entries) root.children!.push({ name: Buffer.from(name), inode, hardlink: false });
+  const image = join(dir, 'privileged.cfs');
+  writeFileSync(image, writeImage(root));
+  return image;
+}
+
+function fileCapability(path: string): string | null {
+  const r = spawnSync('getfattr', ['--absolute-names', '--only-values', '-n', 'security.capability', path], { encoding: 'latin1', timeout: 10_000 });
+  return r.status === 0 ? r.stdout : null;
+}
+
+test('nothing in the mounted tree grants privilege: setuid/setgid bits cleared, file capabilities dropped (the root kernel mount has them), device nodes refused', { skip: SKIP }, async () => {
+  await withPlaces('mfc-privilege', async ({ fx, mnt }) => {
+    const before = snapshot();
+    const image = privilegedImage(fx.dir);
+    await mountComposefs(image, fx.mnt, { basedir: [fx.basedir] });
+    try {
+      assert.equal(statSync(join(fx.mnt, 'suid')).mode & 0o7777, 0o4755);
+      assert.notEqual(fileCapability(join(fx.mnt, 'capped')), null);
+    } finally {
+      unmountComposefs(fx.mnt);
+    }
+    const fds = clientFds(image, fx.basedir, mnt);
+    try {
+      const r = await mountForCaller({ ...fds }, nobody);
+      try {
+        assert.deepEqual(r.stripped, { setId: 1, fileCapabilities: 1 });
+        assert.equal(statSync(join(mnt, 'suid')).mode & 0o7777, 0o755);
+        assert.equal(statSync(join(mnt, 'setgid-dir')).mode & 0o7777, 0o2755, 'setgid on a directory grants nothing: kept');
+        assert.equal(fileCapability(join(mnt, 'capped')), null);
+      } finally {
+        unmountQuietly(mnt);
+      }
+    } finally {
+      fds.close();
+    }
+    for (const [type, rdev, shown] of [
+      [S_IFCHR, (1 << 8) | 3, 'character 1:3'],
+      [S_IFBLK, (8 << 8) | 1, 'block 8:1'],
+    ] as const) {
+      const root = newInode(S_IFDIR | 0o755);
+      root.children!.push({ name: Buffer.from('dev'), inode: newInode(type | 0o666, { rdev }), hardlink: false });
+      const devImage = join(fx.dir, 'device.cfs');
+      writeFileSync(devImage, writeImage(root));
+      const devFds = clientFds(devImage, fx.basedir, mnt);
+      try {
+        await assert.rejects(mountForCaller({ ...devFds }, nobody), { message: `image refused: /dev: a device node (${shown})` });
+      } finally {
+        devFds.close();
+      }
+    }
+    assert.equal(mountinfoLine(mnt), undefined);
+    assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
+  });
+});
+
+test('a caller in a user namespace of its own attaches the detached mount and clears nosuid and nodev there: still no setuid bit', { skip: SKIP }, async (t) => {
+  await withPlaces('mfc-userns', async ({ fx, mnt }) => {
+    const before = snapshot();
+    const image = privilegedImage(fx.dir);
+    const child = join(fx.dir, 'attach-and-clear.mjs');
+    writeFileSync(
+      child,
+      [
+        `import { moveMountTo, mountSetattrFd, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV } from ${JSON.stringify(new URL('../src/sys/mount.js', import.meta.url).href)};`,
+        "import { statSync } from 'node:fs';",
+        'const target = process.argv[2];',
+        'moveMountTo(3, target);',
+        'let cleared = true;',
+        'try { mountSetattrFd(3, { clr: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV }); } catch { cleared = false; }',
+        "process.stdout.write(JSON.stringify({ cleared, mode: statSync(`${target}/suid`).mode & 0o7777 }));",
+      ].join('\n'),
+    );
+    chmodSync(fx.dir, 0o755);
+    const fds = clientFds(image, fx.basedir, mnt);
+    let mountFd: number | null = null;
+    try {
+      mountFd = (await mountForCaller({ imageFd: fds.imageFd, basedirFds: fds.basedirFds, options: { detached: true } }, nobody)).mountFd;
+      assert.ok(mountFd !== null);
+      const r = spawnSync('unshare', ['-Ur', '-m', '--propagation', 'private', process.execPath, child, mnt], {
+        stdio: ['ignore', 'pipe', 'pipe', mountFd],
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      assert.equal(r.status, 0, r.stderr);
+      const seen = JSON.parse(r.stdout) as { cleared: boolean; mode: number };
+      t.diagnostic(`inside the user namespace: nosuid/nodev ${seen.cleared ? 'cleared (the kernel does not lock them on a moved-in mount)' : 'locked'}`);
+      assert.equal(seen.mode, 0o755);
+      assert.equal(mountinfoLine(mnt), undefined, 'attached in the child\'s namespace only');
+    } finally {
+      if (mountFd !== null) closeSync(mountFd);
+      fds.close();
+    }
+    assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
   });
 });
 

@@ -9,6 +9,8 @@
  *    hardened reader, every redirect must be an object name (`ab/cdef…`),
  *    and the tree is written again by our writer into an anonymous private
  *    file, which is what EROFS mounts (the kernel mount's own EROFS stage).
+ *    The tree carries no privilege: no setuid/setgid bit, no file
+ *    capability, no device node (see rewriteImage).
  *  - overlayfs keeps the credentials of whoever created it and checks every
  *    access to the layers with them (ovl_fill_super takes prepare_creds()
  *    as creator_cred; ovl_override_creds puts it in force for lookups and
@@ -44,7 +46,7 @@ import { strerror } from '../sys/libc.js';
 import { loopControlExists } from '../sys/loop.js';
 import * as sys from '../sys/mount.js';
 import { accessFd, pidfdOpen, W_OK } from '../sys/namespace.js';
-import { S_IFMT, S_IFREG, walk } from '../tree/model.js';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG, walk, type Inode } from '../tree/model.js';
 import type { AttachAnswer, AttachRequest } from './attach-worker.js';
 
 /** Who asked, as the kernel says (SO_PEERCRED, SO_PEERPIDFD): never as the caller says. */
@@ -89,6 +91,8 @@ export interface CallerMount {
   layers: Layers;
   /** Bytes of the image as the caller sent it, and as written again. */
   imageBytes: { received: number; written: number };
+  /** What the rewrite took out (setuid/setgid bits, file capabilities). */
+  stripped: Stripped;
   explain: string[];
 }
 
@@ -203,12 +207,30 @@ function receiveImage(fd: number, max: number): Buffer {
   return buf.subarray(0, got);
 }
 
+/** The setuid and setgid bits of a mode. */
+const SET_ID_BITS = 0o6000;
+const FILE_CAPABILITY = Buffer.from('security.capability');
+
+/** What the rewrite took out of the caller's tree. */
+export interface Stripped {
+  /** Files whose setuid/setgid bits were cleared. */
+  setId: number;
+  /** File capabilities (security.capability) dropped. */
+  fileCapabilities: number;
+}
+
 /**
  * The image as our writer writes it: read with the hardened reader, every
- * regular file's redirect an object name, written again. Exported for the
- * service's tests and tools: this is what the kernel gets to parse.
+ * regular file's redirect an object name, written again. Nothing in it
+ * grants privilege, whatever the mount's flags become: a caller who attaches
+ * the mount in a user namespace of its own may clear nosuid and nodev there
+ * (the kernel locks mount flags only when it copies mounts into such a
+ * namespace, not when one is moved in), so setuid/setgid bits and file
+ * capabilities are taken out, and device nodes (but overlayfs's 0:0
+ * whiteouts) refused. Exported for the service's tests and tools: this is
+ * what the kernel gets to parse.
  */
-export function rewriteImage(image: Buffer): { image: Buffer; version: number } {
+export function rewriteImage(image: Buffer): { image: Buffer; version: number; stripped: Stripped } {
   let tree;
   try {
     tree = readImage(image);
@@ -216,16 +238,34 @@ export function rewriteImage(image: Buffer): { image: Buffer; version: number } 
     if (err instanceof ImageFormatError) throw refused('image refused', err.message, err);
     throw refused('image refused', `unreadable (${err instanceof Error ? err.message : String(err)})`, err);
   }
+  const stripped: Stripped = { setId: 0, fileCapabilities: 0 };
+  const seen = new Set<Inode>();
   walk(tree.root, (path, inode) => {
-    if ((inode.mode & S_IFMT) !== S_IFREG || inode.payload === null) return;
+    const shownPath = () => printableBytes(path.length ? path : Buffer.from('/'));
+    const type = inode.mode & S_IFMT;
+    if ((type === S_IFCHR && inode.rdev !== 0) || type === S_IFBLK) {
+      throw refused('image refused', `${shownPath()}: a device node (${type === S_IFCHR ? 'character' : 'block'} ${inode.rdev >>> 8 & 0xfff}:${(inode.rdev & 0xff) | (inode.rdev >>> 12 & 0xfff00)})`);
+    }
+    if (seen.has(inode)) return; // a hard link: done under its first name
+    seen.add(inode);
+    if (type !== S_IFDIR && (inode.mode & SET_ID_BITS) !== 0) {
+      inode.mode &= ~SET_ID_BITS;
+      stripped.setId++;
+    }
+    const kept = inode.xattrs.filter((x) => !x.key.equals(FILE_CAPABILITY));
+    if (kept.length !== inode.xattrs.length) {
+      inode.xattrs = kept;
+      stripped.fileCapabilities++;
+    }
+    if (type !== S_IFREG || inode.payload === null) return;
     if (objectPathToDigest(inode.payload.toString('latin1')) === null) {
       const shown = printableBytes(inode.payload.subarray(0, 200));
-      throw refused('image refused', `${printableBytes(path.length ? path : Buffer.from('/'))}: redirect '${shown}' is not an object name (ab/ and 62 or 126 hex digits)`);
+      throw refused('image refused', `${shownPath()}: redirect '${shown}' is not an object name (ab/ and 62 or 126 hex digits)`);
     }
   });
   try {
     const written = writeImageWithInfo(tree.root, { minVersion: tree.version });
-    return { image: written.image, version: written.version };
+    return { image: written.image, version: written.version, stripped };
   } catch (err) {
     if (err instanceof ImageWriteError) throw refused('image refused', err.message, err);
     throw err;
@@ -364,6 +404,10 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
     overlayFd = made.overlayFd;
     if (overlayFd < 0) throw new MountError('overlayfs: no detached overlay was made');
     record.push({ stage: 'check', rung: 'check', outcome: 'note', text: `overlay created as uid ${caller.uid} gid ${caller.gid}, without the capabilities that override file permissions` });
+    const { setId, fileCapabilities } = rewritten.stripped;
+    if (setId || fileCapabilities) {
+      record.push({ stage: 'check', rung: 'check', outcome: 'note', text: `image: ${setId} setuid/setgid bits cleared, ${fileCapabilities} file capabilities dropped` });
+    }
 
     let mountFd: number | null = overlayFd;
     if (!o.detached) {
@@ -378,6 +422,7 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
       backing: erofs.backing,
       layers: made.layers,
       imageBytes: { received: received.length, written: rewritten.image.length },
+      stripped: rewritten.stripped,
       explain: explainRecord(record),
     };
   } finally {
