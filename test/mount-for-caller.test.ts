@@ -22,6 +22,7 @@ import { writeImage } from '../src/erofs/writer.js';
 import { fsverityDigest } from '../src/fsverity/index.js';
 import { digestToObjectPath } from '../src/store/layout.js';
 import { newInode, S_IFBLK, S_IFCHR, S_IFDIR, S_IFREG } from '../src/tree/model.js';
+import { pidfdOpen } from '../src/sys/namespace.js';
 import { MNT_DETACH, O_PATH, closeQuiet, moveMountTo, umount2 } from '../src/sys/mount.js';
 
 const SKIP = isRoot ? false : 'mounting needs root';
@@ -563,7 +564,13 @@ test("attached in the caller's mount namespace (an unshare -m process): there an
       // The client opens the mountpoint in its own namespace: here, through /proc/PID/root.
       const fds = clientFds(fx.image, fx.basedir, `/proc/${other.pid}/root${mnt}`);
       try {
-        await mountForCaller({ ...fds }, { ...nobody, pid: other.pid });
+        // The caller as the transport knows it: a pidfd (SO_PEERPIDFD), here opened from the pid.
+        const pidfd = pidfdOpen(other.pid);
+        try {
+          await mountForCaller({ ...fds }, { ...nobody, pid: other.pid, pidfd });
+        } finally {
+          closeSync(pidfd);
+        }
         assert.ok(mountinfoLine(mnt, `/proc/${other.pid}/mountinfo`), 'mounted in the caller\'s namespace');
         assert.equal(mountinfoLine(mnt), undefined, 'not in ours');
         assert.deepEqual(readFileSync(`/proc/${other.pid}/root${mnt}/big.bin`), fx.files['big.bin']);
