@@ -67,7 +67,7 @@ export interface CallerMountOptions {
   source?: string;
   /** Directories for the anonymous image copy, first that takes one (default /var/tmp, the temp dir: on-disk file systems, where EROFS reads a file without a loop device). */
   privateDirs?: string[];
-  /** Largest image taken, in bytes (default 1 GiB). */
+  /** Largest image taken, in bytes (default 256 MiB: the tree read from it lives in memory while it is written again). */
   maxImageBytes?: number;
   /** What is known of the kernel (default: the process's). */
   knowledge?: KernelKnowledge;
@@ -96,7 +96,7 @@ export interface CallerMount {
   explain: string[];
 }
 
-const DEFAULT_MAX_IMAGE = 1 << 30;
+const DEFAULT_MAX_IMAGE = 256 << 20;
 
 /**
  * The file systems a mountpoint may be on: disk, network and memory file
