@@ -54,6 +54,17 @@ export interface MountContext {
   attr: number;
   msFlags: number;
   knowledge: KernelKnowledge;
+  /**
+   * Keep the overlay detached: the layers stage hands back its mount fd
+   * instead of moving it onto `mnt` (a service attaches it elsewhere).
+   */
+  keepDetached?: boolean;
+  /**
+   * Runs the overlay's creation (FSCONFIG_CMD_CREATE). overlayfs keeps the
+   * credentials of this call and checks every later access to the layers
+   * with them, so a mount made for someone else is created as them.
+   */
+  asOverlayCreator?: <T>(create: () => T) => T;
   cleanup: Cleanup;
   step: (name: string) => void;
   record: Attempt[];

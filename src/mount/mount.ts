@@ -30,10 +30,11 @@ import { loopControlExists } from '../sys/loop.js';
 import { fsTypeOf, measureVerity, type VerityMeasurement } from '../sys/fsinfo.js';
 import * as sys from '../sys/mount.js';
 import { mountErofs, type ErofsMount } from './backing.js';
+import { anonymousFile } from './anonymous.js';
 import { Cleanup, type MountContext } from './context.js';
 import { MountError } from './errors.js';
 import { checkImage, openImageFile, type ImageInfo } from './image.js';
-import { fsTypeName, kernel, kernelHasFsverity, learn, type KernelKnowledge } from './kernel.js';
+import { kernel, kernelHasFsverity, learn, type KernelKnowledge } from './kernel.js';
 import { climbRungs, explainRecord, registeredMountRungs, type Attempt, type LadderMount, type RungResult } from './ladder.js';
 import type { Api, Backing, Layers, MountOptions } from './options.js';
 import { mountLayers, mountLegacy } from './overlay.js';
@@ -386,32 +387,15 @@ function privateCopyOf(
   say: (line: string) => void,
   label: 'private' | 'digest',
 ): { fd: number; dir: string; fsType: string } {
-  const O_TMPFILE = sys.O__TMPFILE | fsc.O_DIRECTORY;
-  const refused: string[] = [];
-  for (const dir of dirs) {
-    let rw: number;
-    try {
-      rw = openSync(dir, O_TMPFILE | fsc.O_RDWR | fsc.O_EXCL, 0o400);
-    } catch (err) {
-      refused.push(ioError(err, dir).message);
-      continue;
-    }
-    try {
-      copySparse(srcFd, rw, span);
-      // Keep only a read-only descriptor: once the writable one is closed nobody can change the copy.
-      const ro = c.fd(openSync(`/proc/self/fd/${rw}`, fsc.O_RDONLY));
-      const fsType = fsTypeName(fsTypeOf(ro));
-      const why = label === 'private' ? 'private: the image was copied' : 'digest: the kernel cannot measure the image, so it was copied';
-      say(
-        `${why} into an anonymous O_TMPFILE file in ${dir} (${fsType}), ${span} bytes as the superblock says, holes kept, now open read-only and linked nowhere; it lives exactly as long as the mount`,
-      );
-      return { fd: ro, dir, fsType };
-    } catch (err) {
-      refused.push(ioError(err, dir).message);
-    } finally {
-      sys.closeQuiet(rw);
-    }
+  const made = anonymousFile(dirs, (rw) => copySparse(srcFd, rw, span), c);
+  if ('fd' in made) {
+    const why = label === 'private' ? 'private: the image was copied' : 'digest: the kernel cannot measure the image, so it was copied';
+    say(
+      `${why} into an anonymous O_TMPFILE file in ${made.dir} (${made.fsType}), ${span} bytes as the superblock says, holes kept, now open read-only and linked nowhere; it lives exactly as long as the mount`,
+    );
+    return made;
   }
+  const refused = made.refused;
   throw new MountError(`${label}: cannot make an anonymous copy of ${image}: ${refused.join('; ')}`);
 }
 

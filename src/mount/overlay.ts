@@ -28,12 +28,13 @@ const refusals = {
 };
 
 /**
- * An overlay through fsconfig, moved onto the mountpoint. Refused (not
+ * An overlay through fsconfig, moved onto the mountpoint (or, with
+ * `keepDetached`, its detached mount fd returned; else -1). Refused (not
  * thrown) when overlayfs cannot take the layers this way: EINVAL while
  * appending them, or a silent EINVAL at create (fds before 6.15, an overlayfs
  * without its own fs_context).
  */
-function overlayByFsconfig(ctx: MountContext, lowers: Lowers): RungResult<null> {
+function overlayByFsconfig(ctx: MountContext, lowers: Lowers): RungResult<number> {
   const words = 'fds' in lowers ? refusals.fds : refusals.paths;
   const fsfd = sys.fsopen('overlay');
   try {
@@ -59,20 +60,22 @@ function overlayByFsconfig(ctx: MountContext, lowers: Lowers): RungResult<null> 
     }
     ctx.step('overlay-create');
     try {
-      sys.fsconfigCreate(fsfd);
+      if (ctx.asOverlayCreator) ctx.asOverlayCreator(() => sys.fsconfigCreate(fsfd));
+      else sys.fsconfigCreate(fsfd);
     } catch (err) {
       if (silentEinval(err)) return { ok: false, why: `${words.create} (${kernelSays(err)})` };
       throw overlayError(err);
     }
     ctx.step('overlay-fsmount');
     const om = sys.fsmount(fsfd, ctx.attr);
+    if (ctx.keepDetached) return { ok: true, value: om };
     try {
       ctx.step('move-mount');
       sys.moveMountTo(om, ctx.mnt, ctx.mntFd);
     } finally {
       sys.closeQuiet(om);
     }
-    return { ok: true, value: null };
+    return { ok: true, value: -1 };
   } finally {
     sys.closeQuiet(fsfd);
   }
@@ -113,16 +116,22 @@ function overlayByMount2(ctx: MountContext, lower: string): void {
   }
 }
 
-/** The overlay over the EROFS mount sitting on `dir`, by the first of `ways` that this overlayfs takes. */
-function overlayOverPath(ctx: MountContext, dir: string, ways: OverlayBy[]): void {
+/** The overlay over the EROFS mount sitting on `dir`, by the first of `ways` that this overlayfs takes; its detached mount fd with `keepDetached`, else -1. */
+function overlayOverPath(ctx: MountContext, dir: string, ways: OverlayBy[]): number {
   for (const way of ways) {
-    if (way === 'mount2') return overlayByMount2(ctx, dir);
+    if (way === 'mount2') {
+      // mount(2) makes no detached mount, and its overlay is created without asOverlayCreator.
+      if (ctx.keepDetached || ctx.asOverlayCreator) throw new MountError('overlayfs: this kernel takes the layers by mount(2) only, which cannot make a detached overlay');
+      overlayByMount2(ctx, dir);
+      return -1;
+    }
     const r = overlayByFsconfig(ctx, { paths: { erofs: dir, bases: ctx.basedirs } });
-    if (r.ok) return;
+    if (r.ok) return r.value;
     // An overlayfs without lowerdir+/datadir+ (before 6.7) or without its own fs_context: legacy options.
     ctx.record.push({ stage: 'overlay', rung: way, outcome: 'refused', text: r.why });
     note(ctx, 'overlay', 'mount2', `overlay: legacy mount(2), ${r.why}`);
   }
+  throw new MountError('no way to give overlayfs its layers');
 }
 
 /**
@@ -163,8 +172,12 @@ const PATH_LINE =
 const LEGACY_PATH_LINE =
   "layers: path, legacy mount(2) takes layers by path only: the EROFS mount sat on a temporary directory, detached and removed before returning; the overlay's options name that removed directory";
 
-/** Run the layers rungs in order over a detached EROFS mount (new API). Returns the layers used and the temporary directory, if any. */
-export function mountLayers(ctx: MountContext, rungs: LayersRung[], erofs: ErofsMount): { layers: 'fd' | 'path'; temporaryMount: string | null } {
+/**
+ * Run the layers rungs in order over a detached EROFS mount (new API).
+ * Returns the layers used, the temporary directory, if any, and with
+ * `keepDetached` the overlay's detached mount fd (else -1; the caller owns it).
+ */
+export function mountLayers(ctx: MountContext, rungs: LayersRung[], erofs: ErofsMount): { layers: 'fd' | 'path'; temporaryMount: string | null; overlayFd: number } {
   let refusedFd: string | null = null;
   for (const rung of rungs) {
     if (rung.layers === 'fd') {
@@ -173,7 +186,7 @@ export function mountLayers(ctx: MountContext, rungs: LayersRung[], erofs: Erofs
       if (r.ok) {
         remember(ctx, { fact: 'overlayFdLayers', answer: { ok: true, why: 'overlayfs took the detached EROFS mount as a file descriptor' }, ifUnknown: true });
         note(ctx, 'layers', 'fd', `layers: fd, the EROFS mount stays detached and overlayfs got it as a file descriptor (lowerdir+ via FSCONFIG_SET_FD)${rung.forced ? ', forced' : ''}`);
-        return { layers: 'fd', temporaryMount: null };
+        return { layers: 'fd', temporaryMount: null, overlayFd: r.value };
       }
       ctx.record.push({ stage: 'layers', rung: 'fd', outcome: 'refused', text: r.why });
       if (rung.forced) throw new MountError(`layers=fd: ${r.why}`);
@@ -181,15 +194,18 @@ export function mountLayers(ctx: MountContext, rungs: LayersRung[], erofs: Erofs
       continue;
     }
     const why = rung.forced ? 'forced' : refusedFd ?? ctx.knowledge.overlayFdLayers?.why ?? 'fd layers not available';
+    let overlayFd = -1;
     const temporaryMount = withTemporaryMount(
       ctx,
       (dir) => sys.moveMountTo(erofs.mntFd, dir),
-      (dir) => overlayOverPath(ctx, dir, rung.overlayBy),
+      (dir) => {
+        overlayFd = overlayOverPath(ctx, dir, rung.overlayBy);
+      },
     );
     // Remember the refusal only now that the other way worked: it was about fds, not this mount.
     if (refusedFd) remember(ctx, { fact: 'overlayFdLayers', answer: { ok: false, why: refusedFd } });
     note(ctx, 'layers', 'path', `${PATH_LINE} (${why})`);
-    return { layers: 'path', temporaryMount };
+    return { layers: 'path', temporaryMount, overlayFd };
   }
   throw new MountError('no way to give overlayfs its layers');
 }

@@ -1,0 +1,432 @@
+/**
+ * The privileged operation of the mount service, for one caller: mount a
+ * composefs image the caller handed over as descriptors, with the caller's
+ * rights, where the caller could have put a FUSE mount. No socket here: the
+ * transport (src/service/varlink.ts) hands over the descriptors and the
+ * caller's credentials as the kernel reported them (SO_PEERCRED, pidfd).
+ *
+ *  - The kernel never parses the caller's bytes: the image is read with the
+ *    hardened reader, every redirect must be an object name (`ab/cdef…`),
+ *    and the tree is written again by our writer into an anonymous private
+ *    file, which is what EROFS mounts (the kernel mount's own EROFS stage).
+ *    The tree carries no privilege: no setuid/setgid bit, no file
+ *    capability, no device node (see rewriteImage).
+ *  - overlayfs keeps the credentials of whoever created it and checks every
+ *    access to the layers with them (ovl_fill_super takes prepare_creds()
+ *    as creator_cred; ovl_override_creds puts it in force for lookups and
+ *    opens of the lower files). So the overlay is created with the caller's
+ *    fsuid, fsgid and groups, without the capabilities that override file
+ *    permissions: an object the caller cannot read stays unreadable.
+ *  - The mount is ro,nosuid,nodev, no upper layer, no idmap, whatever is
+ *    asked; the mountpoint is a directory (not a symlink) the caller owns and
+ *    may write, attached in the caller's mount namespace, joined through the
+ *    caller's pidfd by a thread of its own (src/service/attach-worker.ts).
+ */
+import { fstatSync, readSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { ComposefsError } from '../errors.js';
+import { readImage, ImageFormatError } from '../erofs/reader.js';
+import { writeImageWithInfo, ImageWriteError } from '../erofs/writer.js';
+import { anonymousFile } from '../mount/anonymous.js';
+import { mountErofs } from '../mount/backing.js';
+import { Cleanup, type MountContext } from '../mount/context.js';
+import { MountError } from '../mount/errors.js';
+import { checkImage } from '../mount/image.js';
+import { kernel, type KernelKnowledge } from '../mount/kernel.js';
+import { explainRecord, type Attempt } from '../mount/ladder.js';
+import type { Backing, Layers } from '../mount/options.js';
+import { mountLayers } from '../mount/overlay.js';
+import { planMount } from '../mount/plan.js';
+import { printableBytes } from '../printable.js';
+import { objectPathToDigest } from '../store/layout.js';
+import { becomeCaller, restoreCredentials, type Identity } from '../sys/creds.js';
+import { fsTypeOf } from '../sys/fsinfo.js';
+import { strerror } from '../sys/libc.js';
+import { loopControlExists } from '../sys/loop.js';
+import * as sys from '../sys/mount.js';
+import { accessFd, pidfdOpen, W_OK } from '../sys/namespace.js';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG, walk, type Inode } from '../tree/model.js';
+import type { AttachAnswer, AttachRequest } from './attach-worker.js';
+
+/** Who asked, as the kernel says (SO_PEERCRED, SO_PEERPIDFD): never as the caller says. */
+export interface Caller extends Identity {
+  uid: number;
+  gid: number;
+  /** Supplementary groups (from /proc/PID/status or SO_PEERGROUPS). */
+  groups: readonly number[];
+  pid: number;
+  /** A pidfd of the caller; opened from `pid` when absent (racy: a pid may be reused). */
+  pidfd?: number;
+}
+
+export interface CallerMountOptions {
+  /** Hand back the detached mount instead of attaching it (a caller in a user namespace it owns attaches it itself). */
+  detached?: boolean;
+  /** The overlay's source field in mountinfo (default "composefs"). */
+  source?: string;
+  /** Directories for the anonymous image copy, first that takes one (default /var/tmp, the temp dir: on-disk file systems, where EROFS reads a file without a loop device). */
+  privateDirs?: string[];
+  /** Largest image taken, in bytes (default 256 MiB: the tree read from it lives in memory while it is written again). */
+  maxImageBytes?: number;
+  /** What is known of the kernel (default: the process's). */
+  knowledge?: KernelKnowledge;
+}
+
+/** What a caller hands over: descriptors the caller opened itself. The caller keeps them (none is closed here). */
+export interface CallerMountRequest {
+  /** The image, open for reading. */
+  imageFd: number;
+  /** Each object store directory (O_PATH or O_RDONLY). */
+  basedirFds: readonly number[];
+  /** The mountpoint, opened O_PATH|O_NOFOLLOW; not needed with `detached`. */
+  mountpointFd?: number;
+  options?: CallerMountOptions;
+}
+
+export interface CallerMount {
+  /** With `detached`: the overlay's detached mount (close-on-exec; the receiver owns it). Else null: it is attached. */
+  mountFd: number | null;
+  backing: Backing;
+  layers: Layers;
+  /** Bytes of the image as the caller sent it, and as written again. */
+  imageBytes: { received: number; written: number };
+  /** What the rewrite took out (setuid/setgid bits, file capabilities). */
+  stripped: Stripped;
+  explain: string[];
+}
+
+const DEFAULT_MAX_IMAGE = 256 << 20;
+
+/**
+ * The file systems a mountpoint may be on: disk, network and memory file
+ * systems, as fusermount3 allows an unprivileged user (an allow-list: procfs,
+ * sysfs and their kin have places a user "may write" that no mount belongs
+ * on, and more such file systems come with new kernels).
+ */
+const MOUNTPOINT_FS_TYPES = new Set([
+  0x61756673, // aufs
+  0x00000187, // autofs
+  0xca451a4e, // bcachefs
+  0x9123683e, // btrfs
+  0x00c36400, // ceph
+  0xff534d42, // cifs
+  0x0000f15f, // ecryptfs
+  0x2011bab0, // exfat
+  0x0000ef53, // ext2, ext3, ext4
+  0xf2f52010, // f2fs
+  0x65735546, // fuse
+  0x01161970, // gfs2
+  0x47504653, // gpfs
+  0x0000482b, // hfsplus
+  0x000072b6, // jffs2
+  0x3153464a, // jfs
+  0x0bd00bd0, // lustre
+  0x00004d44, // msdos, vfat
+  0x00006969, // nfs
+  0x00003434, // nilfs
+  0x5346544e, // ntfs
+  0x7366746e, // ntfs3
+  0x5346414f, // openafs
+  0x794c7630, // overlayfs
+  0xaad7aaea, // panfs
+  0x52654973, // reiserfs
+  0xfe534d42, // smb2
+  0x73717368, // squashfs
+  0x01021994, // tmpfs
+  0x24051905, // ubifs
+  0x18031977, // wekafs
+  0x58465342, // xfs
+  0x2fc12fc1, // zfs
+  0x858458f6, // ramfs
+]);
+const FUSE_SUPER_MAGIC = 0x65735546;
+const ATTACH_TIMEOUT_MS = 10_000;
+
+/** A refusal: one line, naming the thing and the reason. */
+function refused(what: string, why: string, cause?: unknown): MountError {
+  return new MountError(`${what}: ${why}`, cause === undefined ? undefined : { cause });
+}
+
+/**
+ * The mountpoint as fusermount3 would take it, and stricter: a directory
+ * (not a symlink: the caller opens it O_NOFOLLOW, and a symlink's
+ * descriptor is a symlink) on a file system of the allow-list, owned by the
+ * caller, writable by the caller by the kernel's own check.
+ */
+export function checkMountpoint(fd: number, caller: Caller): void {
+  let st;
+  try {
+    st = fstatSync(fd);
+  } catch (err) {
+    throw refused('mountpoint', `not an open descriptor (${err instanceof Error ? err.message : String(err)})`, err);
+  }
+  if (st.isSymbolicLink()) throw refused('mountpoint', 'is a symbolic link');
+  if (!st.isDirectory()) throw refused('mountpoint', 'not a directory');
+  const fsType = fsTypeOf(fd) >>> 0;
+  if (!MOUNTPOINT_FS_TYPES.has(fsType)) throw refused('mountpoint', `on a file system of type 0x${fsType.toString(16)}, where the service mounts nothing`);
+  if (caller.uid !== 0 && st.uid !== caller.uid) throw refused('mountpoint', `not owned by uid ${caller.uid} (owner: uid ${st.uid})`);
+  const errno = asCaller(caller, () => accessFd(fd, W_OK));
+  if (errno !== 0) throw refused('mountpoint', `not writable by uid ${caller.uid} (${strerror(errno)})`);
+}
+
+/** Run `fn` on this thread with the caller's file-system credentials, put back whatever happens. */
+function asCaller<T>(caller: Caller, fn: () => T): T {
+  const saved = becomeCaller(caller);
+  try {
+    return fn();
+  } finally {
+    restoreCredentials(saved);
+  }
+}
+
+/** Read the whole image from `fd` (a regular file, not on FUSE: a read there could wait forever), at most `max` bytes. */
+function receiveImage(fd: number, max: number): Buffer {
+  let st;
+  try {
+    st = fstatSync(fd);
+  } catch (err) {
+    throw refused('image', `not an open descriptor (${err instanceof Error ? err.message : String(err)})`, err);
+  }
+  if (!st.isFile()) throw refused('image', 'not a regular file');
+  if (fsTypeOf(fd) === FUSE_SUPER_MAGIC) throw refused('image', 'on a FUSE file system (its reads could stall the service)');
+  if (st.size > max) throw refused('image', `${st.size} bytes, over the limit of ${max}`);
+  const buf = Buffer.alloc(Math.max(st.size, 1));
+  let got = 0;
+  for (;;) {
+    if (got === buf.length) {
+      // The file grew since fstat: one more byte says whether it is still within the limit.
+      const probe = Buffer.alloc(1);
+      if (readSync(fd, probe, 0, 1, got) === 0) break;
+      throw refused('image', 'changed while it was read');
+    }
+    const n = readSync(fd, buf, got, buf.length - got, got);
+    if (n === 0) break;
+    got += n;
+  }
+  return buf.subarray(0, got);
+}
+
+/** The setuid and setgid bits of a mode. */
+const SET_ID_BITS = 0o6000;
+const FILE_CAPABILITY = Buffer.from('security.capability');
+
+/** What the rewrite took out of the caller's tree. */
+export interface Stripped {
+  /** Files whose setuid/setgid bits were cleared. */
+  setId: number;
+  /** File capabilities (security.capability) dropped. */
+  fileCapabilities: number;
+}
+
+/**
+ * The image as our writer writes it: read with the hardened reader, every
+ * regular file's redirect an object name, written again. Nothing in it
+ * grants privilege, whatever the mount's flags become: a caller who attaches
+ * the mount in a user namespace of its own may clear nosuid and nodev there
+ * (the kernel locks mount flags only when it copies mounts into such a
+ * namespace, not when one is moved in), so setuid/setgid bits and file
+ * capabilities are taken out, and device nodes (but overlayfs's 0:0
+ * whiteouts) refused. Exported for the service's tests and tools: this is
+ * what the kernel gets to parse.
+ */
+export function rewriteImage(image: Buffer): { image: Buffer; version: number; stripped: Stripped } {
+  let tree;
+  try {
+    tree = readImage(image);
+  } catch (err) {
+    if (err instanceof ImageFormatError) throw refused('image refused', err.message, err);
+    throw refused('image refused', `unreadable (${err instanceof Error ? err.message : String(err)})`, err);
+  }
+  const stripped: Stripped = { setId: 0, fileCapabilities: 0 };
+  const seen = new Set<Inode>();
+  walk(tree.root, (path, inode) => {
+    const shownPath = () => printableBytes(path.length ? path : Buffer.from('/'));
+    const type = inode.mode & S_IFMT;
+    if ((type === S_IFCHR && inode.rdev !== 0) || type === S_IFBLK) {
+      throw refused('image refused', `${shownPath()}: a device node (${type === S_IFCHR ? 'character' : 'block'} ${inode.rdev >>> 8 & 0xfff}:${(inode.rdev & 0xff) | (inode.rdev >>> 12 & 0xfff00)})`);
+    }
+    if (seen.has(inode)) return; // a hard link: done under its first name
+    seen.add(inode);
+    if (type !== S_IFDIR && (inode.mode & SET_ID_BITS) !== 0) {
+      inode.mode &= ~SET_ID_BITS;
+      stripped.setId++;
+    }
+    const kept = inode.xattrs.filter((x) => !x.key.equals(FILE_CAPABILITY));
+    if (kept.length !== inode.xattrs.length) {
+      inode.xattrs = kept;
+      stripped.fileCapabilities++;
+    }
+    if (type !== S_IFREG || inode.payload === null) return;
+    if (objectPathToDigest(inode.payload.toString('latin1')) === null) {
+      const shown = printableBytes(inode.payload.subarray(0, 200));
+      throw refused('image refused', `${shownPath()}: redirect '${shown}' is not an object name (ab/ and 62 or 126 hex digits)`);
+    }
+  });
+  try {
+    const written = writeImageWithInfo(tree.root, { minVersion: tree.version });
+    return { image: written.image, version: written.version, stripped };
+  } catch (err) {
+    if (err instanceof ImageWriteError) throw refused('image refused', err.message, err);
+    throw err;
+  }
+}
+
+/** Write `image` into an anonymous private file; a read-only descriptor of it, closed by `c`. */
+function privateImageFile(image: Buffer, dirs: string[], c: Cleanup): number {
+  const made = anonymousFile(
+    dirs,
+    (rw) => {
+      let w = 0;
+      while (w < image.length) w += writeSync(rw, image, w, image.length - w, w);
+    },
+    c,
+  );
+  if ('fd' in made) return made.fd;
+  throw new MountError(`image: no anonymous file for the copy: ${made.refused.join('; ')}`);
+}
+
+/**
+ * Attach `mountFd` on `mountpointFd` in the mount namespace of the process
+ * `pidfd` refers to, from a thread of its own (see attach-worker.ts).
+ */
+export async function attachInNamespace(mountFd: number, mountpointFd: number, pidfd: number): Promise<void> {
+  const data: AttachRequest = { pidfd, mountFd, mountpointFd };
+  const worker = new Worker(new URL('../service/attach-worker.js', import.meta.url), { workerData: data });
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const answer = await new Promise<AttachAnswer>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+      worker.once('exit', (code) => reject(new Error(`the attaching thread ended (exit ${code}) without an answer`)));
+      timer = setTimeout(() => reject(new Error(`the attaching thread did not answer in ${ATTACH_TIMEOUT_MS} ms`)), ATTACH_TIMEOUT_MS);
+    });
+    if (!answer.ok) {
+      const why =
+        answer.step === 'move_mount' && answer.code === 'EINVAL'
+          ? "not in the caller's mount namespace"
+          : answer.step === 'setns'
+            ? `cannot join the caller's mount namespace (${answer.message})`
+            : answer.message;
+      throw refused('mountpoint', why);
+    }
+  } catch (err) {
+    if (err instanceof ComposefsError) throw err;
+    throw new MountError(`attaching the mount: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  } finally {
+    clearTimeout(timer);
+    await worker.terminate();
+  }
+}
+
+/**
+ * Mount the image of `request` for `caller`: the image rewritten by us into
+ * an anonymous file, EROFS over it, overlayfs over that and the basedirs
+ * created with the caller's credentials, ro,nosuid,nodev; then attached on
+ * the caller's mountpoint in the caller's mount namespace, or (`detached`)
+ * handed back as a mount descriptor. Rejects with a one-line MountError,
+ * having left nothing mounted; the request's descriptors stay open.
+ */
+export async function mountForCaller(request: CallerMountRequest, caller: Caller): Promise<CallerMount> {
+  try {
+    return await mountChecked(request, caller);
+  } catch (err) {
+    if (err instanceof ComposefsError) throw err;
+    throw new MountError(`mounting for uid ${caller.uid}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+}
+
+async function mountChecked(request: CallerMountRequest, caller: Caller): Promise<CallerMount> {
+  const o = request.options ?? {};
+  const knowledge = o.knowledge ?? kernel;
+  if (!o.detached) {
+    if (request.mountpointFd === undefined) throw refused('mountpoint', 'none given (and no detached mount asked for)');
+    checkMountpoint(request.mountpointFd, caller);
+  }
+  if (request.basedirFds.length === 0) throw refused('basedir', 'none given');
+  for (const [i, fd] of request.basedirFds.entries()) {
+    let isDir = false;
+    try {
+      isDir = fstatSync(fd).isDirectory();
+    } catch {
+      /* not open */
+    }
+    if (!isDir) throw refused(`basedir ${i + 1}`, 'not an open directory');
+  }
+
+  const received = receiveImage(request.imageFd, o.maxImageBytes ?? DEFAULT_MAX_IMAGE);
+  const rewritten = rewriteImage(received);
+
+  const c = new Cleanup();
+  let overlayFd = -1;
+  try {
+    const imgFd = privateImageFile(rewritten.image, o.privateDirs ?? ['/var/tmp', tmpdir()], c);
+    const info = checkImage(imgFd, 'image');
+    const imgFsType = fsTypeOf(imgFd);
+    const plan = planMount(
+      { api: 'new', backing: 'auto', layers: 'auto', idmap: false },
+      {
+        newApi: true,
+        erofsFdSource: knowledge.erofsFdSource,
+        fileBacked: knowledge.fileBacked.get(imgFsType),
+        overlayFdLayers: knowledge.overlayFdLayers,
+        loopDevices: (knowledge.loopDevices ??= loopControlExists()),
+      },
+    );
+    if (!plan.ok) throw new MountError(plan.reason);
+    // Layers by path go through fsconfig only: mount(2) makes no detached overlay.
+    const layersRungs = plan.layers.map((r) => (r.layers === 'path' ? { ...r, overlayBy: r.overlayBy.filter((w) => w === 'fsconfig') } : r));
+    const record: Attempt[] = [];
+    const ctx: MountContext = {
+      image: 'image',
+      imagePath: null,
+      imgFd,
+      imgFsType,
+      info,
+      mnt: '',
+      mntFd: -1,
+      basedirs: request.basedirFds.map((fd) => `/proc/self/fd/${fd}`),
+      baseFds: [...request.basedirFds],
+      usernsFd: -1,
+      source: o.source ?? 'composefs',
+      verity: false,
+      attr: sys.MOUNT_ATTR_RDONLY | sys.MOUNT_ATTR_NOSUID | sys.MOUNT_ATTR_NODEV,
+      msFlags: sys.MS_RDONLY | sys.MS_NOSUID | sys.MS_NODEV,
+      knowledge,
+      keepDetached: true,
+      asOverlayCreator: (create) => asCaller(caller, create),
+      cleanup: c,
+      step: () => {},
+      record,
+    };
+    const erofs = mountErofs(ctx, plan, { api: 'new' });
+    const made = mountLayers(ctx, layersRungs, erofs);
+    overlayFd = made.overlayFd;
+    if (overlayFd < 0) throw new MountError('overlayfs: no detached overlay was made');
+    record.push({ stage: 'check', rung: 'check', outcome: 'note', text: `overlay created as uid ${caller.uid} gid ${caller.gid}, without the capabilities that override file permissions` });
+    const { setId, fileCapabilities } = rewritten.stripped;
+    if (setId || fileCapabilities) {
+      record.push({ stage: 'check', rung: 'check', outcome: 'note', text: `image: ${setId} setuid/setgid bits cleared, ${fileCapabilities} file capabilities dropped` });
+    }
+
+    let mountFd: number | null = overlayFd;
+    if (!o.detached) {
+      const pidfd = caller.pidfd ?? c.fd(pidfdOpen(caller.pid));
+      await attachInNamespace(overlayFd, request.mountpointFd!, pidfd);
+      sys.closeQuiet(overlayFd);
+      mountFd = null;
+    }
+    overlayFd = -1;
+    return {
+      mountFd,
+      backing: erofs.backing,
+      layers: made.layers,
+      imageBytes: { received: received.length, written: rewritten.image.length },
+      stripped: rewritten.stripped,
+      explain: explainRecord(record),
+    };
+  } finally {
+    sys.closeQuiet(overlayFd);
+    c.run();
+  }
+}
