@@ -183,7 +183,10 @@ test('registries.d: which directory; duplicates across files; bad files named wi
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    lookaside: 5\n' }, /a\.yaml:3: lookaside must be a string \(a URL\)/);
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    lookaside:\n      nested: x\n' }, /a\.yaml:4: lookaside must be a scalar/);
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    use-sigstore-attachments: maybe\n' }, /a\.yaml:3: use-sigstore-attachments must be true or false/);
-    await bad({ 'a.yaml': `# ${'x'.repeat(1024 * 1024)}\n` }, /a\.yaml: too large \(\d+ bytes, at most 1048576\)/);
+    await bad({ 'a.yaml': `# ${'x'.repeat(256 * 1024)}\n` }, /a\.yaml: too large \(\d+ bytes, at most 262144\)/);
+    // Five files within the bound of one are more than a directory may hold (1 MiB), read or not.
+    const fifth = `# ${'x'.repeat(220 * 1024)}\n`;
+    await bad({ 'a.yaml': fifth, 'b.yaml': fifth, 'c.yaml': fifth, 'd.yaml': fifth, 'e.yaml': fifth }, /^registries\.d directory .*: its \.yaml files are larger than 1048576 bytes together$/);
     const anchors = ['a: &a0 [x, x]', ...Array.from({ length: 120 }, (_, i) => `a${i + 1}: &a${i + 1} [*a${i}, *a${i}]`)].join('\n');
     await bad({ 'a.yaml': `x:\n${anchors.replace(/^/gm, '  ')}\ndocker:\n  example.com: *a120\n` }, /a\.yaml:\d+: /);
     await bad({ 'a.yaml': 'default-docker: &d\n  lookaside: https://a\ndocker:\n' + Array.from({ length: 101 }, (_, i) => `  h${i}.example: *d`).join('\n') + '\n' }, /a\.yaml:\d+: more than 100 aliases/);
@@ -202,6 +205,39 @@ test('registries.d: which directory; duplicates across files; bad files named wi
     assert.equal(signatureStorageFor(okConfig, name('example.com/x:1')).lookaside, 'https://shared');
     assert.equal(signatureStorageFor(okConfig, name('empty.example/x:1')).lookaside, 'https://shared');
     assert.equal(signatureStorageFor(okConfig, name('empty.example/x:1')).section, `default-docker in ${join(ok, 'a.yaml')}`);
+  } finally {
+    removeTemp(tmp);
+  }
+});
+
+test('registries.d: a file of many namespaces is read in time linear in its size; a duplicate key anywhere is still refused', async () => {
+  const tmp = makeTemp('regd-big');
+  try {
+    // 250 KiB of distinct short namespaces (about 30 000): yaml's uniqueKeys compared each with every earlier one (seconds).
+    const lines: string[] = ['docker:', '  h7.example.com: {lookaside: "https://sig.example/7"}'];
+    for (let i = 0, size = 64; size < 250 * 1024; i++) {
+      const line = `  n${i}.io:`;
+      lines.push(line);
+      size += line.length + 1;
+    }
+    const dir = write(join(tmp, 'many'), { 'a.yaml': `${lines.join('\n')}\n` });
+    await loadRegistriesD({ dir: write(join(tmp, 'warm'), { 'a.yaml': 'docker: {}\n' }), env });
+    const started = performance.now();
+    const config = await loadRegistriesD({ dir, env });
+    const ms = performance.now() - started;
+    assert.equal(config.docker.size, lines.length - 1);
+    assert.equal(signatureStorageFor(config, name('h7.example.com/some/namespace/app:1')).lookaside, 'https://sig.example/7');
+    assert.ok(ms < 1000, `reading ${lines.length - 1} namespaces took ${Math.round(ms)} ms`);
+    // Duplicates: in the docker mapping, in a section, in a mapping this code otherwise ignores; same text, another type is no duplicate.
+    const dup = async (text: string, pattern: RegExp) => {
+      const d = write(join(tmp, `dup-${Math.random().toString(36).slice(2)}`), { 'a.yaml': text });
+      await refused(loadRegistriesD({ dir: d, env }), pattern);
+    };
+    await dup(`${lines.join('\n')}\n  n3.io: {}\n`, new RegExp(`a\\.yaml:${lines.length + 1}: Map keys must be unique \\("n3\\.io"\\)$`));
+    await dup('default-docker:\n  lookaside: https://a\n  lookaside: https://b\n', /a\.yaml:3: Map keys must be unique \("lookaside"\)$/);
+    await dup('extra:\n  x: 1\n  x: 2\n', /a\.yaml:3: Map keys must be unique \("x"\)$/);
+    const typed = await loadRegistriesD({ dir: write(join(tmp, 'typed'), { 'a.yaml': 'extra:\n  1: a\n  "1": b\n' }), env });
+    assert.equal(typed.warnings.length, 1);
   } finally {
     removeTemp(tmp);
   }
