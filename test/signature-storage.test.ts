@@ -299,6 +299,12 @@ test('lookaside over file://: the layout, a gap stops reading, symbolic links re
     mkdirSync(join(dirSig, 'signature-1'), { recursive: true });
     await refused(readLookasideSignatures(`file://${join(tmp, 'dirsig')}`, img, digest, { env }), /signature-1: a directory, not a regular file/);
 
+    // Five signatures within the bound of one are more than one manifest may have together (16 MiB).
+    const heavy = join(tmp, 'heavy', 'ns', `app@sha256=${hex}`);
+    mkdirSync(heavy, { recursive: true });
+    for (let i = 1; i <= 5; i++) writeFileSync(join(heavy, `signature-${i}`), Buffer.alloc(4 * 1024 * 1024, i));
+    await refused(readLookasideSignatures(`file://${join(tmp, 'heavy')}`, img, digest, { env }), /app@sha256=[0-9a-f]+: the first 5 signatures are larger than 16777216 bytes together/);
+
     // 128 signatures are taken for a broken storage, as containers/image takes them.
     const many = join(tmp, 'many', 'ns', `app@sha256=${hex}`);
     mkdirSync(many, { recursive: true });
@@ -357,6 +363,11 @@ test('lookaside over http: 404 ends the list, 500 is an error, oversized and slo
       more();
     };
     await refused(readLookasideSignatures(base, img, digest, { env }), /signature-1: too large \(more than 4194304 bytes\)/);
+
+    // Signatures within the bound of one each, more than 16 MiB together.
+    const fourMiB = Buffer.alloc(4 * 1024 * 1024, 1);
+    behaviour = (path, res) => (Number(path.slice(prefix.length)) <= 5 ? res.writeHead(200).end(fourMiB) : res.writeHead(404).end());
+    await refused(readLookasideSignatures(base, img, digest, { env }), /sigs\/ns\/app@sha256=[0-9a-f]+: the first 5 signatures are larger than 16777216 bytes together/);
 
     behaviour = () => {
       /* never answers */
@@ -486,6 +497,11 @@ test('sigstore attachments in the real registry: pushed twice is two layers, ide
     await putSig({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config, layers: [{ ...layer, digest: sha(big), size: big.length }] });
     await refused(readSigstoreAttachments(source, manifestDigest), /layers\[0\]: too large \(5242880 bytes, at most 4194304\)/);
     await refused(pushSigstoreAttachment(target, manifestDigest, { ...first, payload: Buffer.alloc(4 * 1024 * 1024 + 1) }), /payload too large/);
+    // Five payloads within the bound of one are more than one manifest's attachments may hold together (16 MiB); refused before any is fetched.
+    const four = Buffer.alloc(4 * 1024 * 1024, 8);
+    await target.ensureBlob({ digest: sha(four), size: four.length }, four);
+    await putSig({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config, layers: Array.from({ length: 5 }, () => ({ ...layer, digest: sha(four), size: four.length })) });
+    await refused(readSigstoreAttachments(source, manifestDigest), /: 5 attachments of 20971520 bytes together \(at most 16777216\)$/);
 
     // What the registry itself refuses to store comes from a front that answers the .sig tag (or a blob) itself.
     let served: { status: number; type?: string; body: Buffer } | undefined;

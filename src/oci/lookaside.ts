@@ -39,6 +39,12 @@ export class SignatureStorageError extends ComposefsError {
 export const maxSignatureSize = 4 * 1024 * 1024;
 /** containers/image's maxLookasideSignatures: reading fails once this many exist. */
 export const maxLookasideSignatures = 128;
+/**
+ * All the signatures of one manifest together (each may be 4 MiB, and 127
+ * of them are taken: half a gigabyte held at once for a hostile storage;
+ * real signatures are a kilobyte or less).
+ */
+export const maxLookasideTotalSize = 16 * 1024 * 1024;
 const defaultTimeoutMs = 30_000;
 const maxRedirects = 10;
 
@@ -119,6 +125,10 @@ function tooMany(where: string): SignatureStorageError {
   return new SignatureStorageError(`lookaside ${where}: ${maxLookasideSignatures} signatures or more, taken for a broken server`);
 }
 
+function tooLargeTogether(where: string, count: number): SignatureStorageError {
+  return new SignatureStorageError(`lookaside ${where}: the first ${count} signatures are larger than ${maxLookasideTotalSize} bytes together, taken for a broken server`);
+}
+
 /** The base directory's path from a file: URL (a host other than localhost is refused). */
 function basePathOf(base: string): string {
   try {
@@ -175,10 +185,13 @@ function readFileSignatures(base: string, name: DockerName, manifestDigest: stri
       dirFd = next;
     }
     const out: Buffer[] = [];
+    let total = 0;
     for (let index = 1; ; index++) {
       if (index > maxLookasideSignatures) throw tooMany(printable(dirPath));
       const sig = readSignatureFile(dirFd, `signature-${index}`, join(dirPath, `signature-${index}`));
       if (sig === undefined) return out;
+      total += sig.length;
+      if (total > maxLookasideTotalSize) throw tooLargeTogether(printable(dirPath), index);
       out.push(sig);
     }
   } finally {
@@ -222,12 +235,15 @@ async function readHttpSignatures(dirUrl: URL, options: LookasideReadOptions): P
   const httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: systemCertificates(options.env) });
   try {
     const out: Buffer[] = [];
+    let total = 0;
     for (let index = 1; ; index++) {
       if (index > maxLookasideSignatures) throw tooMany(redactedUrl(dirUrl));
       const url = new URL(dirUrl);
       url.pathname = `${url.pathname}/signature-${index}`;
       const sig = await fetchSignature(url, { httpAgent, httpsAgent }, options);
       if (sig === undefined) return out;
+      total += sig.length;
+      if (total > maxLookasideTotalSize) throw tooLargeTogether(redactedUrl(dirUrl), index);
       out.push(sig);
     }
   } finally {
