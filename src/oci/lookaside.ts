@@ -51,7 +51,11 @@ const maxRedirects = 10;
 export interface LookasideReadOptions {
   signal?: AbortSignal;
   env: NodeJS.ProcessEnv;
-  /** Whole-request limit per signature over HTTP (connection, head and body); default 30 s. */
+  /**
+   * Limit for reading all the signatures of the manifest over HTTP
+   * (connections, heads and bodies); default 30 s. Per signature, a server
+   * answering each just in time could hold a pull for 127 times as long.
+   */
   timeoutMs?: number;
 }
 
@@ -231,6 +235,8 @@ function readSignatureFile(dirFd: number, file: string, path: string): Buffer | 
 }
 
 async function readHttpSignatures(dirUrl: URL, options: LookasideReadOptions): Promise<Buffer[]> {
+  const timeoutMs = options.timeoutMs ?? defaultTimeoutMs;
+  const deadline = { timeoutMs, timeout: AbortSignal.timeout(timeoutMs) };
   const httpAgent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: systemCertificates(options.env) });
   try {
@@ -240,7 +246,7 @@ async function readHttpSignatures(dirUrl: URL, options: LookasideReadOptions): P
       if (index > maxLookasideSignatures) throw tooMany(redactedUrl(dirUrl));
       const url = new URL(dirUrl);
       url.pathname = `${url.pathname}/signature-${index}`;
-      const sig = await fetchSignature(url, { httpAgent, httpsAgent }, options);
+      const sig = await fetchSignature(url, { httpAgent, httpsAgent }, deadline, options);
       if (sig === undefined) return out;
       total += sig.length;
       if (total > maxLookasideTotalSize) throw tooLargeTogether(redactedUrl(dirUrl), index);
@@ -253,10 +259,13 @@ async function readHttpSignatures(dirUrl: URL, options: LookasideReadOptions): P
 }
 
 /** GET one signature: its bytes, or undefined on 404; redirects followed (never from https to http). */
-async function fetchSignature(first: URL, agents: { httpAgent: http.Agent; httpsAgent: https.Agent }, options: LookasideReadOptions): Promise<Buffer | undefined> {
+async function fetchSignature(
+  first: URL,
+  agents: { httpAgent: http.Agent; httpsAgent: https.Agent },
+  { timeoutMs, timeout }: { timeoutMs: number; timeout: AbortSignal },
+  options: LookasideReadOptions,
+): Promise<Buffer | undefined> {
   const label = redactedUrl(first);
-  const timeoutMs = options.timeoutMs ?? defaultTimeoutMs;
-  const timeout = AbortSignal.timeout(timeoutMs);
   const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
   let url = first;
   try {
@@ -300,7 +309,7 @@ async function fetchSignature(first: URL, agents: { httpAgent: http.Agent; https
     }
   } catch (err) {
     if (err instanceof SignatureStorageError) throw err;
-    if (timeout.aborted && !options.signal?.aborted) throw new SignatureStorageError(`lookaside ${label}: no complete answer within ${timeoutMs / 1000} s`, 'network', { cause: err });
+    if (timeout.aborted && !options.signal?.aborted) throw new SignatureStorageError(`lookaside ${label}: the signatures not all read within ${timeoutMs / 1000} s`, 'network', { cause: err });
     if (options.signal?.aborted) throw options.signal.reason;
     const e = err as NodeJS.ErrnoException;
     const reason = reasonOf(e);
