@@ -265,7 +265,8 @@ export async function checkPolicy(ctx: PolicyContext, source: ImageSource, img: 
   if (ctx.insecure) return { policy: 'insecure', accepted: [] };
   if (ctx.policy === null) return { policy: 'none', accepted: [] };
   const ref = parseReference(img.reference);
-  const resolvedPath = ref.transport === 'oci' || ref.transport === 'oci-archive' ? await realpathOrSelf(ref.path) : undefined;
+  // The path the source reads (resolved when it was opened), not the link resolved again now.
+  const resolvedPath = ref.transport === 'oci' || ref.transport === 'oci-archive' ? (source.resolvedPath ?? (await realpathOrSelf(ref.path))) : undefined;
   const choice = requirementsFor(ctx.policy, policyScopesOf(ref, resolvedPath));
   const scope = describeChoice(choice);
   const identity = dockerIdentityOf(ref);
