@@ -305,6 +305,21 @@ test('sigstore: cfs sign --sign-by-sigstore-private-key pushes a cosign attachme
       oneLineError(r, /refused by .*use-sigstore-attachments/);
       for (const r of ['r-other', 'r-none', 'r-off']) assert.deepEqual(names(join(tmp, r)), []);
     });
+
+    await t.test('an attachment of another media type is no signature, even signed by the trusted key', async () => {
+      const { readSigstorePrivateKey, signSigstore } = await import('../src/oci/cosign-signature.js');
+      const { buildSignaturePayload } = await import('../src/oci/signature-payload.js');
+      const { pushSigstoreAttachment } = await import('../src/oci/sigstore-attachments.js');
+      const { RegistryTarget } = await import('../src/oci/registry/push.js');
+      const { parseDockerName } = await import('../src/oci/reference.js');
+      const digest = (JSON.parse(run('skopeo', ['inspect', '--cert-dir', registry!.certs.certDir, '--creds', creds, `docker://${host}/sig/unsigned:v1`])) as { Digest: string }).Digest;
+      const payload = buildSignaturePayload({ dockerReference: `${host}/sig/unsigned:v1`, manifestDigest: digest }, 'sigstore');
+      const signature = signSigstore(payload, await readSigstorePrivateKey({ what: key, bytes: readFileSync(key) }, 'hello'));
+      const target = new RegistryTarget(parseDockerName(`${host}/sig/unsigned:v1`), `docker://${host}/sig/unsigned:v1`, { creds, certDir: registry!.certs.certDir, env: {} });
+      await pushSigstoreAttachment(target, digest, { payload, mediaType: 'application/vnd.example.attestation+json', annotations: { 'dev.cosignproject.cosign/signature': signature } });
+      oneLineError(await pull(join(tmp, 'r-attestation'), 'sig/unsigned:v1', policy), /refused by .*sigstoreSigned.*no sigstore signature of sha256:[0-9a-f]{64} exists \(sigstore attachments; 1 attachment of other media types\)$/);
+      assert.deepEqual(names(join(tmp, 'r-attestation')), []);
+    });
   } finally {
     await registry?.stop();
     removeTemp(tmp);
