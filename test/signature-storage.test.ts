@@ -18,7 +18,8 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { loadRegistriesD, signatureStorageFor, type RegistriesD } from '../src/oci/registries-d.js';
+import { builtInLookaside, loadRegistriesD, signatureStorageFor, type RegistriesD } from '../src/oci/registries-d.js';
+import { fileURLToPath } from 'node:url';
 import { lookasideSignatureUrl, maxLookasideSignatures, readLookasideSignatures, writeLookasideSignature } from '../src/oci/lookaside.js';
 import { cosignSignatureAnnotation, cosignSimpleSigningMediaType, pushSigstoreAttachment, readSigstoreAttachments } from '../src/oci/sigstore-attachments.js';
 import { parseDockerName, type DockerName } from '../src/oci/reference.js';
@@ -205,6 +206,23 @@ test('registries.d: which directory; duplicates across files; bad files named wi
     assert.equal(signatureStorageFor(okConfig, name('example.com/x:1')).lookaside, 'https://shared');
     assert.equal(signatureStorageFor(okConfig, name('empty.example/x:1')).lookaside, 'https://shared');
     assert.equal(signatureStorageFor(okConfig, name('empty.example/x:1')).section, `default-docker in ${join(ok, 'a.yaml')}`);
+  } finally {
+    removeTemp(tmp);
+  }
+});
+
+test('registries.d: the built-in lookaside of a user whose $HOME has URL syntax in it is beneath that $HOME', async () => {
+  const tmp = makeTemp('home-url');
+  try {
+    for (const home of [join(tmp, 'a#b'), join(tmp, 'c%2Fd'), join(tmp, 'e?f')]) {
+      const base = builtInLookaside({ home, euid: 1000 });
+      assert.equal(fileURLToPath(base), join(home, '.local/share/containers/sigstore'));
+      // Read from there: a signature put in that directory is found.
+      const dir = join(home, '.local/share/containers/sigstore', 'ns', `app@sha256=${hex}`);
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'signature-1'), 'sig');
+      assert.deepEqual((await readLookasideSignatures(base, name('example.com/ns/app:1'), digest, { env })).map(String), ['sig']);
+    }
   } finally {
     removeTemp(tmp);
   }

@@ -23,6 +23,7 @@
  */
 import { closeSync, constants, fstatSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { InvalidInputError, ioError } from '../errors.js';
 import { printable } from '../printable.js';
 import type { DockerName } from './reference.js';
@@ -363,7 +364,8 @@ function candidates(config: RegistriesD, name: DockerName): RegistriesDSection[]
 /** The built-in lookaside when nothing is configured: /var/lib/containers/sigstore for root, ~/.local/share/containers/sigstore for others. */
 export function builtInLookaside(config: Pick<RegistriesD, 'home' | 'euid'>): string {
   if (config.euid === 0) return 'file:///var/lib/containers/sigstore';
-  return `file://${join(config.home ?? '/', '.local/share/containers/sigstore')}`;
+  // A file: URL made from the path (a '#', '?' or '%' in $HOME is part of the path, not of the URL's syntax).
+  return pathToFileURL(join(config.home ?? '/', '.local/share/containers/sigstore')).href;
 }
 
 /** Where the signatures of `name` are read and written, and whether sigstore attachments are used. */
