@@ -10,7 +10,11 @@
  *
  * `file://` storage is read and written beneath the base directory without
  * following a symbolic link (a link anywhere below BASE is refused: the
- * directories may be shared); new signatures are written whole under a
+ * directories may be shared). BASE itself is an ordinary path, followed
+ * through links as containers/image follows it: it is the registries.d
+ * author's choice (and /var/lib is often a link); a BASE in a directory
+ * others may write is theirs to redirect, for skopeo as here. New
+ * signatures are written whole under a
  * temporary name and renamed to the first free index without replacing, so
  * no reader sees a partial file. Only `file://` is written (as skopeo).
  */
