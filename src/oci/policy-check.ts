@@ -158,9 +158,10 @@ function signatureSources(source: ImageSource, ref: SourceReference, ctx: Policy
           const s = await storageOf();
           if (ref.transport !== 'docker') return { where: `the ${ref.transport} transport (which carries no signatures)`, signatures: [] };
           if (s === null || s.lookaside === undefined) return { where: `no lookaside in registries.d for ${formatDockerName(ref.name)}`, signatures: [] };
-          const { readLookasideSignatures } = await import('./lookaside.js');
+          const { readLookasideSignatures, redactedUrl } = await import('./lookaside.js');
           const signatures = await readLookasideSignatures(s.lookaside, ref.name, digest, { signal, env: ctx.env ?? process.env });
-          return { where: `lookaside ${s.lookaside}`, signatures };
+          // Its password hidden: this reaches the terminal, and the verdict is kept in the name record.
+          return { where: `lookaside ${redactedUrl(s.lookaside)}`, signatures };
         })();
         simple.set(digest, p);
       }
