@@ -11,7 +11,8 @@ import assert from 'node:assert/strict';
 import { dockerIdentityOf, identityMatches, parsePolicy, policyScopesOf, requirementsFor, describeChoice, maxPolicyBytes, PolicyError, type Policy, type SignedIdentity } from '../src/oci/policy.js';
 import { parseDockerName, parseReference } from '../src/oci/reference.js';
 import { ComposefsError } from '../src/errors.js';
-import { mkdirSync, realpathSync, symlinkSync, unlinkSync } from 'node:fs';
+import { mkdirSync, realpathSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { checkPolicy, PolicyRefusedError, type PolicyContext } from '../src/oci/policy-check.js';
 import { openSource } from '../src/oci/transports.js';
@@ -381,6 +382,28 @@ test('oci-archive: the policy scopes the file read, not a symbolic link resolved
     } finally {
       await again.close();
     }
+  } finally {
+    removeTemp(tmp);
+  }
+});
+
+test('a key file named many times by a policy is held at its size, not at the 8 MiB bound each time', async () => {
+  const { readUserFile } = await import('../src/oci/user-files.js');
+  const tmp = makeTemp('user-file');
+  try {
+    const key = join(tmp, 'key.gpg');
+    writeFileSync(key, 'a small key\n');
+    const read = [];
+    for (let i = 0; i < 100; i++) read.push((await readUserFile(key, 8 * 1024 * 1024, 'key file'))!);
+    assert.equal(read[0]!.toString(), 'a small key\n');
+    const held = read.reduce((sum, b) => sum + b.buffer.byteLength, 0);
+    assert.ok(held < 1024 * 1024, `100 reads of a 12-byte file hold ${held} bytes`);
+    // Still bounded; a FIFO still refused at once.
+    writeFileSync(key, Buffer.alloc(100));
+    await assert.rejects(readUserFile(key, 99, 'key file'), /key file .*key\.gpg: larger than 99 bytes$/);
+    const fifo = join(tmp, 'fifo');
+    spawnSync('mkfifo', [fifo]);
+    await assert.rejects(readUserFile(fifo, 99, 'key file'), /fifo: not a regular file$/);
   } finally {
     removeTemp(tmp);
   }
