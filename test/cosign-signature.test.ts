@@ -135,6 +135,23 @@ test('cosign: public key files: PUBLIC KEY and RSA PUBLIC KEY PEM; other types, 
   for (const [input, pattern] of bad) refused(() => readSigstorePublicKeys([input]), pattern, input.what);
 });
 
+test('cosign: a key file of many BEGIN lines and no END is refused in time linear in its size (no rescan per BEGIN)', () => {
+  // 1 MiB (the bound) of BEGIN lines: a lazy BEGIN…END match rescanned the rest of the file for each, about 20 s.
+  const line = '-----BEGIN PUBLIC KEY-----\n';
+  const bytes = Buffer.from(line.repeat(Math.floor((1024 * 1024) / line.length)));
+  const started = performance.now();
+  refused(() => readSigstorePublicKeys([{ what: 'begins.pub', bytes }]), /^begins\.pub: no PEM block in it$/, 'begins.pub');
+  // The same with one END of another type at the very end, and for the private key reader.
+  const mixed = Buffer.concat([bytes.subarray(0, bytes.length - 64), Buffer.from('-----END OTHER-----\n')]);
+  refused(() => readSigstorePublicKeys([{ what: 'mixed.pub', bytes: mixed }]), /^mixed\.pub: no PEM block in it$/, 'mixed.pub');
+  const ms = performance.now() - started;
+  assert.ok(ms < 2000, `refusing two 1 MiB files of BEGIN lines took ${Math.round(ms)} ms`);
+  // A block after many unmatched BEGINs of another type is still found.
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
+  const late = Buffer.concat([Buffer.from('-----BEGIN JUNK-----\n'.repeat(1000)), Buffer.from(ec.export({ type: 'spki', format: 'pem' }) as string)]);
+  assert.equal(readSigstorePublicKeys([{ what: 'late.pub', bytes: late }]).length, 1);
+});
+
 test('cosign: what this code signs, openssl verifies', () => {
   withTemp('cosign', (dir) => {
     const payload = buildSignaturePayload({ dockerReference: 'localhost:5000/x:y', manifestDigest: `sha256:${'b'.repeat(64)}` }, 'sigstore', { creator: 't', timestamp: 1 });

@@ -152,6 +152,19 @@ test('openpgp: keyrings binary and armored, several keys and several blocks per 
   }
 });
 
+test('openpgp: an armored keyring of many BEGIN lines and no END is refused in time linear in its size', async () => {
+  // 2 MiB of BEGIN lines: a lazy BEGIN…END match rescanned the rest for each, about 16 s (the 16 MiB bound: minutes).
+  const line = '-----BEGIN PGP PUBLIC KEY BLOCK-----\n';
+  const bytes = Buffer.from(line.repeat(Math.floor((2 * 1024 * 1024) / line.length)));
+  const started = performance.now();
+  await refused(readOpenPgpKeyring([{ what: 'begins.asc', bytes }]), /^begins\.asc: no OpenPGP public key in it$/, 'begins.asc');
+  const ms = performance.now() - started;
+  assert.ok(ms < 2000, `refusing 2 MiB of BEGIN lines took ${Math.round(ms)} ms`);
+  // Blocks after unmatched BEGINs are still read.
+  const late = Buffer.concat([Buffer.from(line.repeat(1000)), Buffer.from('-----END PGP PRIVATE KEY BLOCK-----\n'), gpg(['--export', '--armor', keys.ed!])]);
+  assert.deepEqual((await readOpenPgpKeyring([{ what: 'late.asc', bytes: late }])).fingerprints, [keys.ed]);
+});
+
 test('openpgp: another key, several signatures, changed, truncated, garbage, unsigned and oversized messages are refused in one line', async () => {
   const keyring = await keyringOf('ed');
   await refused(verifySimpleSigningSignature(signWithGpg('other'), keyring, 'sig-other'), new RegExp(`^sig-other: signed by key ID ${keys.other!.slice(-16)}, which is not one of the 1 trusted keys$`));

@@ -11,6 +11,14 @@ import assert from 'node:assert/strict';
 import { dockerIdentityOf, identityMatches, parsePolicy, policyScopesOf, requirementsFor, describeChoice, maxPolicyBytes, PolicyError, type Policy, type SignedIdentity } from '../src/oci/policy.js';
 import { parseDockerName, parseReference } from '../src/oci/reference.js';
 import { ComposefsError } from '../src/errors.js';
+import { mkdirSync, realpathSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { checkPolicy, PolicyRefusedError, type PolicyContext } from '../src/oci/policy-check.js';
+import { openSource } from '../src/oci/transports.js';
+import { haveSkopeo, skopeo } from './helpers/oci-images.js';
+import { gzLayers, writeLayout } from './helpers/oci-layout.js';
+import { makeTemp, removeTemp } from './helpers/temp.js';
 
 const DIGEST = `sha256:${'ab'.repeat(32)}`;
 
@@ -329,4 +337,74 @@ test('the docker identity of each transport: docker and named docker-archive ref
   assert.equal(identityMatches({ type: 'matchRepository' }, identity('oci:/srv/images/app:v1'), 'docker.io/library/app:v1'), false);
   assert.equal(identityMatches({ type: 'exactRepository', dockerRepository: 'app' }, identity('oci:/srv/images/app:v1'), 'docker.io/library/app:v1'), true);
   assert.equal(identityMatches({ type: 'matchExact' }, identity('docker://busybox'), 'docker.io/library/busybox:latest'), true);
+});
+
+test('oci-archive: the policy scopes the file read, not a symbolic link resolved again after it was opened', { skip: !haveSkopeo && 'skopeo missing' }, async () => {
+  const tmp = realpathSync(makeTemp('policy-link'));
+  try {
+    const archive = (dir: string, content: string): string => {
+      const layout = join(tmp, `${dir}-layout`);
+      writeLayout(layout, 'app', gzLayers([{ path: 'hello', data: `${content}\n`, mtime: 1700000000 }]));
+      mkdirSync(join(tmp, dir));
+      const file = join(tmp, dir, 'app.tar');
+      skopeo('copy', '--quiet', `oci:${layout}:app`, `oci-archive:${file}:app`);
+      return file;
+    };
+    const trusted = archive('trusted', 'trusted');
+    const untrusted = archive('untrusted', 'untrusted');
+    const ctx: PolicyContext = {
+      policy: parsePolicy(JSON.stringify({ default: [{ type: 'reject' }], transports: { 'oci-archive': { [join(tmp, 'trusted')]: [{ type: 'insecureAcceptAnything' }] } } }), 'policy.json'),
+      file: 'policy.json',
+      env: {},
+    };
+    const link = join(tmp, 'link.tar');
+    symlinkSync(untrusted, link);
+    const source = await openSource(`oci-archive:${link}:app`);
+    try {
+      // The link now names the trusted file; the source opened (and reads) the untrusted one.
+      unlinkSync(link);
+      symlinkSync(trusted, link);
+      const img = await source.resolve();
+      assert.equal(img.manifestDigest, JSON.parse(skopeo('inspect', `oci-archive:${untrusted}:app`)).Digest);
+      await assert.rejects(checkPolicy(ctx, source, img), (err: Error) => {
+        assert.ok(err instanceof PolicyRefusedError, String(err));
+        assert.match(err.message, /: refused by policy\.json default \(reject\): images here are rejected$/);
+        return true;
+      });
+    } finally {
+      await source.close();
+    }
+    // Opened through the link now, the trusted file is accepted under its own scope.
+    const again = await openSource(`oci-archive:${link}:app`);
+    try {
+      const verdict = await checkPolicy(ctx, again, await again.resolve());
+      assert.equal(verdict.scope, `transports["oci-archive"][${JSON.stringify(join(tmp, 'trusted'))}]`);
+    } finally {
+      await again.close();
+    }
+  } finally {
+    removeTemp(tmp);
+  }
+});
+
+test('a key file named many times by a policy is held at its size, not at the 8 MiB bound each time', async () => {
+  const { readUserFile } = await import('../src/oci/user-files.js');
+  const tmp = makeTemp('user-file');
+  try {
+    const key = join(tmp, 'key.gpg');
+    writeFileSync(key, 'a small key\n');
+    const read = [];
+    for (let i = 0; i < 100; i++) read.push((await readUserFile(key, 8 * 1024 * 1024, 'key file'))!);
+    assert.equal(read[0]!.toString(), 'a small key\n');
+    const held = read.reduce((sum, b) => sum + b.buffer.byteLength, 0);
+    assert.ok(held < 1024 * 1024, `100 reads of a 12-byte file hold ${held} bytes`);
+    // Still bounded; a FIFO still refused at once.
+    writeFileSync(key, Buffer.alloc(100));
+    await assert.rejects(readUserFile(key, 99, 'key file'), /key file .*key\.gpg: larger than 99 bytes$/);
+    const fifo = join(tmp, 'fifo');
+    spawnSync('mkfifo', [fifo]);
+    await assert.rejects(readUserFile(fifo, 99, 'key file'), /fifo: not a regular file$/);
+  } finally {
+    removeTemp(tmp);
+  }
 });

@@ -18,7 +18,8 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { loadRegistriesD, signatureStorageFor, type RegistriesD } from '../src/oci/registries-d.js';
+import { builtInLookaside, loadRegistriesD, signatureStorageFor, type RegistriesD } from '../src/oci/registries-d.js';
+import { fileURLToPath } from 'node:url';
 import { lookasideSignatureUrl, maxLookasideSignatures, readLookasideSignatures, writeLookasideSignature } from '../src/oci/lookaside.js';
 import { cosignSignatureAnnotation, cosignSimpleSigningMediaType, pushSigstoreAttachment, readSigstoreAttachments } from '../src/oci/sigstore-attachments.js';
 import { parseDockerName, type DockerName } from '../src/oci/reference.js';
@@ -183,7 +184,10 @@ test('registries.d: which directory; duplicates across files; bad files named wi
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    lookaside: 5\n' }, /a\.yaml:3: lookaside must be a string \(a URL\)/);
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    lookaside:\n      nested: x\n' }, /a\.yaml:4: lookaside must be a scalar/);
     await bad({ 'a.yaml': 'docker:\n  example.com:\n    use-sigstore-attachments: maybe\n' }, /a\.yaml:3: use-sigstore-attachments must be true or false/);
-    await bad({ 'a.yaml': `# ${'x'.repeat(1024 * 1024)}\n` }, /a\.yaml: too large \(\d+ bytes, at most 1048576\)/);
+    await bad({ 'a.yaml': `# ${'x'.repeat(256 * 1024)}\n` }, /a\.yaml: too large \(\d+ bytes, at most 262144\)/);
+    // Five files within the bound of one are more than a directory may hold (1 MiB), read or not.
+    const fifth = `# ${'x'.repeat(220 * 1024)}\n`;
+    await bad({ 'a.yaml': fifth, 'b.yaml': fifth, 'c.yaml': fifth, 'd.yaml': fifth, 'e.yaml': fifth }, /^registries\.d directory .*: its \.yaml files are larger than 1048576 bytes together$/);
     const anchors = ['a: &a0 [x, x]', ...Array.from({ length: 120 }, (_, i) => `a${i + 1}: &a${i + 1} [*a${i}, *a${i}]`)].join('\n');
     await bad({ 'a.yaml': `x:\n${anchors.replace(/^/gm, '  ')}\ndocker:\n  example.com: *a120\n` }, /a\.yaml:\d+: /);
     await bad({ 'a.yaml': 'default-docker: &d\n  lookaside: https://a\ndocker:\n' + Array.from({ length: 101 }, (_, i) => `  h${i}.example: *d`).join('\n') + '\n' }, /a\.yaml:\d+: more than 100 aliases/);
@@ -202,6 +206,56 @@ test('registries.d: which directory; duplicates across files; bad files named wi
     assert.equal(signatureStorageFor(okConfig, name('example.com/x:1')).lookaside, 'https://shared');
     assert.equal(signatureStorageFor(okConfig, name('empty.example/x:1')).lookaside, 'https://shared');
     assert.equal(signatureStorageFor(okConfig, name('empty.example/x:1')).section, `default-docker in ${join(ok, 'a.yaml')}`);
+  } finally {
+    removeTemp(tmp);
+  }
+});
+
+test('registries.d: the built-in lookaside of a user whose $HOME has URL syntax in it is beneath that $HOME', async () => {
+  const tmp = makeTemp('home-url');
+  try {
+    for (const home of [join(tmp, 'a#b'), join(tmp, 'c%2Fd'), join(tmp, 'e?f')]) {
+      const base = builtInLookaside({ home, euid: 1000 });
+      assert.equal(fileURLToPath(base), join(home, '.local/share/containers/sigstore'));
+      // Read from there: a signature put in that directory is found.
+      const dir = join(home, '.local/share/containers/sigstore', 'ns', `app@sha256=${hex}`);
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'signature-1'), 'sig');
+      assert.deepEqual((await readLookasideSignatures(base, name('example.com/ns/app:1'), digest, { env })).map(String), ['sig']);
+    }
+  } finally {
+    removeTemp(tmp);
+  }
+});
+
+test('registries.d: a file of many namespaces is read in time linear in its size; a duplicate key anywhere is still refused', async () => {
+  const tmp = makeTemp('regd-big');
+  try {
+    // 250 KiB of distinct short namespaces (about 30 000): yaml's uniqueKeys compared each with every earlier one (seconds).
+    const lines: string[] = ['docker:', '  h7.example.com: {lookaside: "https://sig.example/7"}'];
+    for (let i = 0, size = 64; size < 250 * 1024; i++) {
+      const line = `  n${i}.io:`;
+      lines.push(line);
+      size += line.length + 1;
+    }
+    const dir = write(join(tmp, 'many'), { 'a.yaml': `${lines.join('\n')}\n` });
+    await loadRegistriesD({ dir: write(join(tmp, 'warm'), { 'a.yaml': 'docker: {}\n' }), env });
+    const started = performance.now();
+    const config = await loadRegistriesD({ dir, env });
+    const ms = performance.now() - started;
+    assert.equal(config.docker.size, lines.length - 1);
+    assert.equal(signatureStorageFor(config, name('h7.example.com/some/namespace/app:1')).lookaside, 'https://sig.example/7');
+    assert.ok(ms < 1000, `reading ${lines.length - 1} namespaces took ${Math.round(ms)} ms`);
+    // Duplicates: in the docker mapping, in a section, in a mapping this code otherwise ignores; same text, another type is no duplicate.
+    const dup = async (text: string, pattern: RegExp) => {
+      const d = write(join(tmp, `dup-${Math.random().toString(36).slice(2)}`), { 'a.yaml': text });
+      await refused(loadRegistriesD({ dir: d, env }), pattern);
+    };
+    await dup(`${lines.join('\n')}\n  n3.io: {}\n`, new RegExp(`a\\.yaml:${lines.length + 1}: Map keys must be unique \\("n3\\.io"\\)$`));
+    await dup('default-docker:\n  lookaside: https://a\n  lookaside: https://b\n', /a\.yaml:3: Map keys must be unique \("lookaside"\)$/);
+    await dup('extra:\n  x: 1\n  x: 2\n', /a\.yaml:3: Map keys must be unique \("x"\)$/);
+    const typed = await loadRegistriesD({ dir: write(join(tmp, 'typed'), { 'a.yaml': 'extra:\n  1: a\n  "1": b\n' }), env });
+    assert.equal(typed.warnings.length, 1);
   } finally {
     removeTemp(tmp);
   }
@@ -263,6 +317,12 @@ test('lookaside over file://: the layout, a gap stops reading, symbolic links re
     mkdirSync(join(dirSig, 'signature-1'), { recursive: true });
     await refused(readLookasideSignatures(`file://${join(tmp, 'dirsig')}`, img, digest, { env }), /signature-1: a directory, not a regular file/);
 
+    // Five signatures within the bound of one are more than one manifest may have together (16 MiB).
+    const heavy = join(tmp, 'heavy', 'ns', `app@sha256=${hex}`);
+    mkdirSync(heavy, { recursive: true });
+    for (let i = 1; i <= 5; i++) writeFileSync(join(heavy, `signature-${i}`), Buffer.alloc(4 * 1024 * 1024, i));
+    await refused(readLookasideSignatures(`file://${join(tmp, 'heavy')}`, img, digest, { env }), /app@sha256=[0-9a-f]+: the first 5 signatures are larger than 16777216 bytes together/);
+
     // 128 signatures are taken for a broken storage, as containers/image takes them.
     const many = join(tmp, 'many', 'ns', `app@sha256=${hex}`);
     mkdirSync(many, { recursive: true });
@@ -322,17 +382,28 @@ test('lookaside over http: 404 ends the list, 500 is an error, oversized and slo
     };
     await refused(readLookasideSignatures(base, img, digest, { env }), /signature-1: too large \(more than 4194304 bytes\)/);
 
+    // Signatures within the bound of one each, more than 16 MiB together.
+    const fourMiB = Buffer.alloc(4 * 1024 * 1024, 1);
+    behaviour = (path, res) => (Number(path.slice(prefix.length)) <= 5 ? res.writeHead(200).end(fourMiB) : res.writeHead(404).end());
+    await refused(readLookasideSignatures(base, img, digest, { env }), /sigs\/ns\/app@sha256=[0-9a-f]+: the first 5 signatures are larger than 16777216 bytes together/);
+
     behaviour = () => {
       /* never answers */
     };
     const started = Date.now();
-    await refused(readLookasideSignatures(base, img, digest, { env, timeoutMs: 300 }), /signature-1: no complete answer within 0\.3 s/);
+    await refused(readLookasideSignatures(base, img, digest, { env, timeoutMs: 300 }), /signature-1: the signatures not all read within 0\.3 s/);
     assert.ok(Date.now() - started < 5000);
     behaviour = (_, res) => {
       res.writeHead(200);
       res.write('part');
     };
-    await refused(readLookasideSignatures(base, img, digest, { env, timeoutMs: 300 }), /no complete answer within 0\.3 s/);
+    await refused(readLookasideSignatures(base, img, digest, { env, timeoutMs: 300 }), /the signatures not all read within 0\.3 s/);
+
+    // Each signature in time, not all: the limit is for the whole list (each answering within it took 127 times as long).
+    behaviour = (_, res) => void setTimeout(() => res.writeHead(200).end('s'), 50);
+    const slowStart = Date.now();
+    await refused(readLookasideSignatures(base, img, digest, { env, timeoutMs: 300 }), /signature-\d+: the signatures not all read within 0\.3 s$/);
+    assert.ok(Date.now() - slowStart < 2000, `refused after ${Date.now() - slowStart} ms`);
 
     behaviour = (_, res) => res.writeHead(302, { location: 'file:///etc/passwd' }).end();
     await refused(readLookasideSignatures(base, img, digest, { env }), /redirected to a URL that is not http\(s\)/);
@@ -450,6 +521,11 @@ test('sigstore attachments in the real registry: pushed twice is two layers, ide
     await putSig({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config, layers: [{ ...layer, digest: sha(big), size: big.length }] });
     await refused(readSigstoreAttachments(source, manifestDigest), /layers\[0\]: too large \(5242880 bytes, at most 4194304\)/);
     await refused(pushSigstoreAttachment(target, manifestDigest, { ...first, payload: Buffer.alloc(4 * 1024 * 1024 + 1) }), /payload too large/);
+    // Five payloads within the bound of one are more than one manifest's attachments may hold together (16 MiB); refused before any is fetched.
+    const four = Buffer.alloc(4 * 1024 * 1024, 8);
+    await target.ensureBlob({ digest: sha(four), size: four.length }, four);
+    await putSig({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config, layers: Array.from({ length: 5 }, () => ({ ...layer, digest: sha(four), size: four.length })) });
+    await refused(readSigstoreAttachments(source, manifestDigest), /: 5 attachments of 20971520 bytes together \(at most 16777216\)$/);
 
     // What the registry itself refuses to store comes from a front that answers the .sig tag (or a blob) itself.
     let served: { status: number; type?: string; body: Buffer } | undefined;

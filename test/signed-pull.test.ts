@@ -176,9 +176,11 @@ test('simple signing: skopeo --sign-by signs, cfs pull checks signedBy as skopeo
         servers.push(srv.server);
         const d = join(tmp, `registries-${status}.d`);
         mkdirSync(d);
-        writeFileSync(join(d, 'x.yaml'), `docker:\n  ${host}:\n    lookaside: ${srv.url}\n`);
+        // With credentials in the URL: they are the lookaside's, never printed.
+        writeFileSync(join(d, 'x.yaml'), `docker:\n  ${host}:\n    lookaside: ${srv.url.replace('//', '//sig-user:sig-secret@')}\n`);
         const repo = join(tmp, `r-${status}`);
         const line = oneLineError(await cfsAsync('pull', '--repo', repo, '--cert-dir', registry!.certs.certDir, '--creds', creds, '--registries.d', d, '--policy', policy, `docker://${host}/signed/app:v1`), pattern);
+        assert.doesNotMatch(line, /sig-secret/);
         if (status === 500) assert.doesNotMatch(line, /no signature/);
         assert.ok(srv.requests.some((u) => /^\/sigs\/signed\/app@sha256=[0-9a-f]{64}\/signature-1$/.test(u)), srv.requests.join(' '));
         assert.deepEqual(names(repo), []);
@@ -304,6 +306,21 @@ test('sigstore: cfs sign --sign-by-sigstore-private-key pushes a cosign attachme
       const r = await cfsAsync('pull', '--repo', join(tmp, 'r-off'), '--cert-dir', registry!.certs.certDir, '--creds', creds, '--registries.d', off, '--policy', policy, `docker://${host}/sig/app:v1`);
       oneLineError(r, /refused by .*use-sigstore-attachments/);
       for (const r of ['r-other', 'r-none', 'r-off']) assert.deepEqual(names(join(tmp, r)), []);
+    });
+
+    await t.test('an attachment of another media type is no signature, even signed by the trusted key', async () => {
+      const { readSigstorePrivateKey, signSigstore } = await import('../src/oci/cosign-signature.js');
+      const { buildSignaturePayload } = await import('../src/oci/signature-payload.js');
+      const { pushSigstoreAttachment } = await import('../src/oci/sigstore-attachments.js');
+      const { RegistryTarget } = await import('../src/oci/registry/push.js');
+      const { parseDockerName } = await import('../src/oci/reference.js');
+      const digest = (JSON.parse(run('skopeo', ['inspect', '--cert-dir', registry!.certs.certDir, '--creds', creds, `docker://${host}/sig/unsigned:v1`])) as { Digest: string }).Digest;
+      const payload = buildSignaturePayload({ dockerReference: `${host}/sig/unsigned:v1`, manifestDigest: digest }, 'sigstore');
+      const signature = signSigstore(payload, await readSigstorePrivateKey({ what: key, bytes: readFileSync(key) }, 'hello'));
+      const target = new RegistryTarget(parseDockerName(`${host}/sig/unsigned:v1`), `docker://${host}/sig/unsigned:v1`, { creds, certDir: registry!.certs.certDir, env: {} });
+      await pushSigstoreAttachment(target, digest, { payload, mediaType: 'application/vnd.example.attestation+json', annotations: { 'dev.cosignproject.cosign/signature': signature } });
+      oneLineError(await pull(join(tmp, 'r-attestation'), 'sig/unsigned:v1', policy), /refused by .*sigstoreSigned.*no sigstore signature of sha256:[0-9a-f]{64} exists \(sigstore attachments; 1 attachment of other media types\)$/);
+      assert.deepEqual(names(join(tmp, 'r-attestation')), []);
     });
   } finally {
     await registry?.stop();

@@ -17,6 +17,7 @@ import { SignatureError } from '../errors.js';
 import type { NamedBytes } from './signature-error.js';
 
 import { maxSignaturePayloadBytes } from './signature-payload.js';
+import { pemBlocks } from './pem-blocks.js';
 
 export const SIGSTORE_SIGNATURE_ANNOTATION = 'dev.cosignproject.cosign/signature';
 export const SIGSTORE_PAYLOAD_MEDIA_TYPE = 'application/vnd.dev.cosign.simplesigning.v1+json';
@@ -38,11 +39,12 @@ interface PemBlock {
 /** The first PEM block of `text`, as Go's pem.Decode finds it (what sigstore reads); headers are refused. */
 function firstPemBlock(bytes: Uint8Array, what: string): PemBlock {
   const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
-  const m = /-----BEGIN ([A-Z0-9 ]+)-----\r?\n([\s\S]*?)-----END \1-----/.exec(text);
-  if (!m) throw new SignatureError(`${printable(what)}: no PEM block in it`);
-  const body = m[2]!.replace(/[\r\n\t ]/g, '');
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(body) || body.length % 4 !== 0) throw new SignatureError(`${printable(what)}: PEM ${m[1]}: malformed base64`);
-  return { type: m[1]!, der: Buffer.from(body, 'base64') };
+  const first = pemBlocks(text, /-----BEGIN ([A-Z0-9 ]+)-----\r?\n/).next();
+  if (first.done) throw new SignatureError(`${printable(what)}: no PEM block in it`);
+  const block = first.value;
+  const body = text.slice(block.bodyStart, block.bodyEnd).replace(/[\r\n\t ]/g, '');
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(body) || body.length % 4 !== 0) throw new SignatureError(`${printable(what)}: PEM ${block.type}: malformed base64`);
+  return { type: block.type, der: Buffer.from(body, 'base64') };
 }
 
 /** Why `key` cannot be used for sigstore signatures, or undefined. */

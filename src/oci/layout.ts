@@ -35,6 +35,8 @@ export class OciLayoutSource implements ImageSource {
     private readonly choice: PlatformChoice,
     /** Whether index.json's artifacts are offered as referrers (a layout directory: yes; an archive: no, its seals are inline only). */
     private readonly withReferrers = false,
+    /** The path read, symbolic links resolved (ImageSource.resolvedPath). */
+    readonly resolvedPath?: string,
   ) {}
 
   /**

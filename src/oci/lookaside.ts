@@ -10,7 +10,11 @@
  *
  * `file://` storage is read and written beneath the base directory without
  * following a symbolic link (a link anywhere below BASE is refused: the
- * directories may be shared); new signatures are written whole under a
+ * directories may be shared). BASE itself is an ordinary path, followed
+ * through links as containers/image follows it: it is the registries.d
+ * author's choice (and /var/lib is often a link); a BASE in a directory
+ * others may write is theirs to redirect, for skopeo as here. New
+ * signatures are written whole under a
  * temporary name and renamed to the first free index without replacing, so
  * no reader sees a partial file. Only `file://` is written (as skopeo).
  */
@@ -39,13 +43,23 @@ export class SignatureStorageError extends ComposefsError {
 export const maxSignatureSize = 4 * 1024 * 1024;
 /** containers/image's maxLookasideSignatures: reading fails once this many exist. */
 export const maxLookasideSignatures = 128;
+/**
+ * All the signatures of one manifest together (each may be 4 MiB, and 127
+ * of them are taken: half a gigabyte held at once for a hostile storage;
+ * real signatures are a kilobyte or less).
+ */
+export const maxLookasideTotalSize = 16 * 1024 * 1024;
 const defaultTimeoutMs = 30_000;
 const maxRedirects = 10;
 
 export interface LookasideReadOptions {
   signal?: AbortSignal;
   env: NodeJS.ProcessEnv;
-  /** Whole-request limit per signature over HTTP (connection, head and body); default 30 s. */
+  /**
+   * Limit for reading all the signatures of the manifest over HTTP
+   * (connections, heads and bodies); default 30 s. Per signature, a server
+   * answering each just in time could hold a pull for 127 times as long.
+   */
   timeoutMs?: number;
 }
 
@@ -119,6 +133,10 @@ function tooMany(where: string): SignatureStorageError {
   return new SignatureStorageError(`lookaside ${where}: ${maxLookasideSignatures} signatures or more, taken for a broken server`);
 }
 
+function tooLargeTogether(where: string, count: number): SignatureStorageError {
+  return new SignatureStorageError(`lookaside ${where}: the first ${count} signatures are larger than ${maxLookasideTotalSize} bytes together, taken for a broken server`);
+}
+
 /** The base directory's path from a file: URL (a host other than localhost is refused). */
 function basePathOf(base: string): string {
   try {
@@ -175,10 +193,13 @@ function readFileSignatures(base: string, name: DockerName, manifestDigest: stri
       dirFd = next;
     }
     const out: Buffer[] = [];
+    let total = 0;
     for (let index = 1; ; index++) {
       if (index > maxLookasideSignatures) throw tooMany(printable(dirPath));
       const sig = readSignatureFile(dirFd, `signature-${index}`, join(dirPath, `signature-${index}`));
       if (sig === undefined) return out;
+      total += sig.length;
+      if (total > maxLookasideTotalSize) throw tooLargeTogether(printable(dirPath), index);
       out.push(sig);
     }
   } finally {
@@ -218,16 +239,21 @@ function readSignatureFile(dirFd: number, file: string, path: string): Buffer | 
 }
 
 async function readHttpSignatures(dirUrl: URL, options: LookasideReadOptions): Promise<Buffer[]> {
+  const timeoutMs = options.timeoutMs ?? defaultTimeoutMs;
+  const deadline = { timeoutMs, timeout: AbortSignal.timeout(timeoutMs) };
   const httpAgent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: systemCertificates(options.env) });
   try {
     const out: Buffer[] = [];
+    let total = 0;
     for (let index = 1; ; index++) {
       if (index > maxLookasideSignatures) throw tooMany(redactedUrl(dirUrl));
       const url = new URL(dirUrl);
       url.pathname = `${url.pathname}/signature-${index}`;
-      const sig = await fetchSignature(url, { httpAgent, httpsAgent }, options);
+      const sig = await fetchSignature(url, { httpAgent, httpsAgent }, deadline, options);
       if (sig === undefined) return out;
+      total += sig.length;
+      if (total > maxLookasideTotalSize) throw tooLargeTogether(redactedUrl(dirUrl), index);
       out.push(sig);
     }
   } finally {
@@ -237,10 +263,13 @@ async function readHttpSignatures(dirUrl: URL, options: LookasideReadOptions): P
 }
 
 /** GET one signature: its bytes, or undefined on 404; redirects followed (never from https to http). */
-async function fetchSignature(first: URL, agents: { httpAgent: http.Agent; httpsAgent: https.Agent }, options: LookasideReadOptions): Promise<Buffer | undefined> {
+async function fetchSignature(
+  first: URL,
+  agents: { httpAgent: http.Agent; httpsAgent: https.Agent },
+  { timeoutMs, timeout }: { timeoutMs: number; timeout: AbortSignal },
+  options: LookasideReadOptions,
+): Promise<Buffer | undefined> {
   const label = redactedUrl(first);
-  const timeoutMs = options.timeoutMs ?? defaultTimeoutMs;
-  const timeout = AbortSignal.timeout(timeoutMs);
   const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
   let url = first;
   try {
@@ -284,7 +313,7 @@ async function fetchSignature(first: URL, agents: { httpAgent: http.Agent; https
     }
   } catch (err) {
     if (err instanceof SignatureStorageError) throw err;
-    if (timeout.aborted && !options.signal?.aborted) throw new SignatureStorageError(`lookaside ${label}: no complete answer within ${timeoutMs / 1000} s`, 'network', { cause: err });
+    if (timeout.aborted && !options.signal?.aborted) throw new SignatureStorageError(`lookaside ${label}: the signatures not all read within ${timeoutMs / 1000} s`, 'network', { cause: err });
     if (options.signal?.aborted) throw options.signal.reason;
     const e = err as NodeJS.ErrnoException;
     const reason = reasonOf(e);

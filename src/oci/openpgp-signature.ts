@@ -17,6 +17,7 @@ import { printable } from '../printable.js';
 import { SignatureError } from '../errors.js';
 import type { NamedBytes } from './signature-error.js';
 import { maxSignaturePayloadBytes } from './signature-payload.js';
+import { pemBlocks } from './pem-blocks.js';
 
 /** containers/image reads a signature (iolimits.MaxSignatureBodySize) up to 4 MiB. */
 export const maxSignatureBytes = 4 * 1024 * 1024;
@@ -71,7 +72,7 @@ function reasonOf(err: unknown): string {
   return printable(line.length > 300 ? `${line.slice(0, 300)}…` : line);
 }
 
-const ARMOR_BLOCK = /-----BEGIN PGP (PUBLIC|PRIVATE) KEY BLOCK-----[\s\S]*?-----END PGP \1 KEY BLOCK-----/g;
+const ARMOR_BEGIN = /-----BEGIN (PGP (?:PUBLIC|PRIVATE) KEY BLOCK)-----/;
 
 function isArmored(bytes: Uint8Array): boolean {
   return /^\s*-----BEGIN PGP /.test(Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, 64)).toString('latin1'));
@@ -92,7 +93,7 @@ export async function readOpenPgpKeyring(files: readonly NamedBytes[]): Promise<
     try {
       if (isArmored(bytes)) {
         const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
-        for (const block of text.match(ARMOR_BLOCK) ?? []) found.push(...(await pgp.readKeys({ armoredKeys: block, config: readConfig(pgp) })));
+        for (const block of pemBlocks(text, ARMOR_BEGIN)) found.push(...(await pgp.readKeys({ armoredKeys: text.slice(block.start, block.end), config: readConfig(pgp) })));
       } else if (bytes.length > 0) {
         found = await pgp.readKeys({ binaryKeys: bytes, config: readConfig(pgp) });
       }

@@ -103,7 +103,7 @@ export function warmPolicyCheck(ctx: PolicyContext): void {
 /** The signatures of one manifest, as found where registries.d points, fetched once per manifest. */
 interface SignatureSources {
   simple(digest: string): Promise<{ where: string; signatures: Buffer[] }>;
-  sigstore(digest: string): Promise<{ where: string; attachments: { payload: Buffer; annotations: Record<string, string> }[] }>;
+  sigstore(digest: string): Promise<{ where: string; attachments: { payload: Buffer; mediaType: string; annotations: Record<string, string> }[] }>;
 }
 
 function describeRequirement(req: PolicyRequirement): string {
@@ -149,7 +149,7 @@ function signatureSources(source: ImageSource, ref: SourceReference, ctx: Policy
     return storage;
   };
   const simple = new Map<string, Promise<{ where: string; signatures: Buffer[] }>>();
-  const sigstore = new Map<string, Promise<{ where: string; attachments: { payload: Buffer; annotations: Record<string, string> }[] }>>();
+  const sigstore = new Map<string, Promise<{ where: string; attachments: { payload: Buffer; mediaType: string; annotations: Record<string, string> }[] }>>();
   return {
     simple(digest) {
       let p = simple.get(digest);
@@ -158,9 +158,10 @@ function signatureSources(source: ImageSource, ref: SourceReference, ctx: Policy
           const s = await storageOf();
           if (ref.transport !== 'docker') return { where: `the ${ref.transport} transport (which carries no signatures)`, signatures: [] };
           if (s === null || s.lookaside === undefined) return { where: `no lookaside in registries.d for ${formatDockerName(ref.name)}`, signatures: [] };
-          const { readLookasideSignatures } = await import('./lookaside.js');
+          const { readLookasideSignatures, redactedUrl } = await import('./lookaside.js');
           const signatures = await readLookasideSignatures(s.lookaside, ref.name, digest, { signal, env: ctx.env ?? process.env });
-          return { where: `lookaside ${s.lookaside}`, signatures };
+          // Its password hidden: this reaches the terminal, and the verdict is kept in the name record.
+          return { where: `lookaside ${redactedUrl(s.lookaside)}`, signatures };
         })();
         simple.set(digest, p);
       }
@@ -217,9 +218,14 @@ async function checkSigstoreSigned(
   identity: DockerName | undefined,
   sources: SignatureSources,
 ): Promise<{ by: string } | { reason: string }> {
-  const { where, attachments } = await sources.sigstore(manifest.digest);
-  if (attachments.length === 0) return { reason: `no sigstore signature of ${manifest.digest} exists (${where})` };
-  const { readSigstorePublicKeys, verifySigstoreSignature, SIGSTORE_SIGNATURE_ANNOTATION } = await import('./cosign-signature.js');
+  const { where, attachments: all } = await sources.sigstore(manifest.digest);
+  const { readSigstorePublicKeys, verifySigstoreSignature, SIGSTORE_SIGNATURE_ANNOTATION, SIGSTORE_PAYLOAD_MEDIA_TYPE } = await import('./cosign-signature.js');
+  // Only signature attachments are signatures (others are attestations, SBOMs…), as containers/image skips them.
+  const attachments = all.filter((a) => a.mediaType === SIGSTORE_PAYLOAD_MEDIA_TYPE);
+  if (attachments.length === 0) {
+    const others = all.length === 0 ? '' : `; ${all.length} attachment${all.length === 1 ? '' : 's'} of other media types`;
+    return { reason: `no sigstore signature of ${manifest.digest} exists (${where}${others})` };
+  }
   const keys = readSigstorePublicKeys(await keyFiles(req.keys, 'sigstoreSigned'));
   const reasons: string[] = [];
   for (const [i, attachment] of attachments.entries()) {
@@ -265,7 +271,8 @@ export async function checkPolicy(ctx: PolicyContext, source: ImageSource, img: 
   if (ctx.insecure) return { policy: 'insecure', accepted: [] };
   if (ctx.policy === null) return { policy: 'none', accepted: [] };
   const ref = parseReference(img.reference);
-  const resolvedPath = ref.transport === 'oci' || ref.transport === 'oci-archive' ? await realpathOrSelf(ref.path) : undefined;
+  // The path the source reads (resolved when it was opened), not the link resolved again now.
+  const resolvedPath = ref.transport === 'oci' || ref.transport === 'oci-archive' ? (source.resolvedPath ?? (await realpathOrSelf(ref.path))) : undefined;
   const choice = requirementsFor(ctx.policy, policyScopesOf(ref, resolvedPath));
   const scope = describeChoice(choice);
   const identity = dockerIdentityOf(ref);

@@ -23,6 +23,7 @@
  */
 import { closeSync, constants, fstatSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { InvalidInputError, ioError } from '../errors.js';
 import { printable } from '../printable.js';
 import type { DockerName } from './reference.js';
@@ -69,10 +70,16 @@ export interface SignatureStorage {
   sigstoreSection: string;
 }
 
-/** A registries.d file larger than this is refused (the real ones are a few hundred bytes). */
-export const maxRegistriesDFileSize = 1024 * 1024;
+/**
+ * A registries.d file larger than this is refused (the real ones are a few
+ * hundred bytes): parsing YAML costs about 0.5 s and 400 MB of memory per
+ * megabyte of small mappings.
+ */
+export const maxRegistriesDFileSize = 256 * 1024;
 /** At most this many `*.yaml` files are read from one directory. */
 export const maxRegistriesDFiles = 1000;
+/** All the files of one directory together: what bounds the time reading it takes. */
+export const maxRegistriesDTotalSize = 1024 * 1024;
 /** YAML aliases resolved per file (bounds "billion laughs" documents). */
 const maxAliases = 100;
 
@@ -156,10 +163,13 @@ export async function loadRegistriesD(options: { dir?: string; env: NodeJS.Proce
   names.sort();
   const yaml = await import('yaml');
   let defaultFrom: string | undefined;
+  let total = 0;
   for (const name of names) {
     const path = join(dir, name);
     const bytes = readConfigFile(path);
     if (bytes === undefined) continue;
+    total += bytes.length;
+    if (total > maxRegistriesDTotalSize) throw new InvalidInputError(`registries.d directory ${printable(dir)}: its .yaml files are larger than ${maxRegistriesDTotalSize} bytes together`);
     const parsed = parseRegistriesDFile(yaml, bytes, path, config.warnings);
     if (parsed.defaultDocker) {
       if (config.defaultDocker) throw new InvalidInputError(`registries.d: "default-docker" defined both in ${printable(defaultFrom!)} and ${printable(path)}`);
@@ -196,7 +206,8 @@ export function parseRegistriesDFile(yaml: Yaml, bytes: Buffer, path: string, wa
   const text = bytes.toString('utf8');
   if (text.includes('\uFFFD') && !Buffer.from(text, 'utf8').equals(bytes)) throw new InvalidInputError(`registries.d file ${file}: not valid UTF-8`);
   const lines = new yaml.LineCounter();
-  const docs = yaml.parseAllDocuments(text, { uniqueKeys: true, lineCounter: lines, prettyErrors: false, strict: true });
+  // Duplicate keys are checked below in one pass: yaml's uniqueKeys compares each key with every earlier one (a file of 20 000 namespaces took 5 s).
+  const docs = yaml.parseAllDocuments(text, { uniqueKeys: false, lineCounter: lines, prettyErrors: false, strict: true });
   const at = (node: { range?: [number, number, number] | null } | null | undefined): string => {
     const offset = node?.range?.[0];
     return offset === undefined ? file : `${file}:${lines.linePos(offset).line}`;
@@ -217,6 +228,20 @@ export function parseRegistriesDFile(yaml: Yaml, bytes: Buffer, path: string, wa
   if (list.length === 0) return result;
   if (list.length > 1) fail(list[1].contents, 'more than one YAML document');
   const doc = list[0];
+  // yaml.v3 refuses a duplicate key in any mapping, as yaml's uniqueKeys did (scalars by value and type; aliases by name).
+  yaml.visit(doc, {
+    Map(_, map) {
+      const seen = new Set<string>();
+      for (const pair of map.items) {
+        const k = pair.key;
+        const shown = yaml.isScalar(k) ? (JSON.stringify(k.value) ?? 'null') : yaml.isAlias(k) ? `*${k.source}` : undefined;
+        if (shown === undefined) continue;
+        const id = yaml.isScalar(k) ? `${typeof k.value}:${String(k.value)}` : shown;
+        if (seen.has(id)) fail(k as YamlNode, `Map keys must be unique (${printable(shown)})`);
+        seen.add(id);
+      }
+    },
+  });
   let aliases = 0;
   const resolve = (node: unknown): YamlNode | null => {
     let n = node as YamlNode | null;
@@ -339,7 +364,8 @@ function candidates(config: RegistriesD, name: DockerName): RegistriesDSection[]
 /** The built-in lookaside when nothing is configured: /var/lib/containers/sigstore for root, ~/.local/share/containers/sigstore for others. */
 export function builtInLookaside(config: Pick<RegistriesD, 'home' | 'euid'>): string {
   if (config.euid === 0) return 'file:///var/lib/containers/sigstore';
-  return `file://${join(config.home ?? '/', '.local/share/containers/sigstore')}`;
+  // A file: URL made from the path (a '#', '?' or '%' in $HOME is part of the path, not of the URL's syntax).
+  return pathToFileURL(join(config.home ?? '/', '.local/share/containers/sigstore')).href;
 }
 
 /** Where the signatures of `name` are read and written, and whether sigstore attachments are used. */

@@ -74,7 +74,10 @@ export async function signImage(reference: string, opts: SignOptions): Promise<S
   if (kind === 'simple-signing') {
     lookasideBase = storage.lookasideStaging ?? storage.lookaside;
     if (lookasideBase === undefined) throw new SignError(`${printable(reference)}: registries.d gives no lookaside-staging or lookaside for ${formatDockerName(ref.name)} (${storage.section}): nowhere to write the signature`);
-    if (!lookasideBase.startsWith('file://')) throw new SignError(`${printable(reference)}: ${storage.lookasideStaging !== undefined ? 'lookaside-staging' : 'lookaside'} ${printable(lookasideBase)} (${storage.section}) is not a file:// URL; signatures are written to files only (set lookaside-staging)`);
+    if (!lookasideBase.startsWith('file://')) {
+      const { redactedUrl } = await import('./lookaside.js');
+      throw new SignError(`${printable(reference)}: lookaside-staging ${redactedUrl(lookasideBase)} (${storage.stagingSection}) is not a file:// URL; signatures are written to files only (set lookaside-staging)`);
+    }
   } else if (!storage.useSigstoreAttachments) {
     throw new SignError(`${printable(reference)}: registries.d does not enable use-sigstore-attachments for ${formatDockerName(ref.name)} (${storage.section}): nowhere to push the signature`);
   }

@@ -30,6 +30,8 @@ export const cosignSignatureAnnotation = 'dev.cosignproject.cosign/signature';
 export const maxAttachmentPayloadSize = 4 * 1024 * 1024;
 /** Attachments read from or kept in one manifest at most (each payload is held in memory). */
 export const maxAttachments = 128;
+/** The payloads of one manifest's attachments together, as read (128 of 4 MiB would be half a gigabyte held at once). */
+export const maxAttachmentsTotalSize = 16 * 1024 * 1024;
 
 export interface SigstoreAttachment {
   payload: Buffer;
@@ -117,6 +119,8 @@ export async function readSigstoreAttachments(source: AttachmentReader, manifest
   const what = `sigstore attachments ${tag}${options.label ? ` of ${options.label}` : ''}`;
   const manifest = await fetchAttachmentManifest(source, tag, what, options.signal);
   if (!manifest) return [];
+  const total = manifest.layers.reduce((sum, l) => sum + l.size, 0);
+  if (total > maxAttachmentsTotalSize) throw new SourceError(`${what}: ${manifest.layers.length} attachments of ${total} bytes together (at most ${maxAttachmentsTotalSize})`, 'invalid-manifest');
   const out: SigstoreAttachment[] = [];
   for (const layer of manifest.layers) {
     const payload = await source.getBlobBytes(layer, maxAttachmentPayloadSize, options.signal);

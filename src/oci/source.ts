@@ -85,6 +85,13 @@ export interface ImageSource {
    */
   openBlob(descriptor: Descriptor, options?: BlobOptions): Promise<Readable>;
   close(): Promise<void>;
+  /**
+   * An oci: or oci-archive: source's path, absolute with symbolic links
+   * resolved when it was opened: the path it reads, and so the one a policy
+   * scopes (resolving the link again later could name another place than
+   * the one read).
+   */
+  readonly resolvedPath?: string;
 }
 
 /** How `openSource` reaches an image; every field is optional. */

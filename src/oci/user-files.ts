@@ -31,9 +31,17 @@ export async function readUserFile(path: string, max: number, what: string, miss
     const st = await fh.stat();
     if (!st.isFile()) throw new UserFileError(`${what} ${printable(path)}: ${st.isDirectory() ? 'is a directory' : 'not a regular file'}`);
     if (st.size > max) throw new UserFileError(`${what} ${printable(path)}: larger than ${max} bytes`);
-    const buf = Buffer.alloc(max + 1);
+    // Sized by the file, not by the bound: what is returned keeps its whole buffer alive, and a
+    // policy may name the same small key file thousands of times (8 MiB each, held until checked).
+    let buf = Buffer.alloc(Math.min(max, st.size) + 1);
     let got = 0;
     for (;;) {
+      if (got === buf.length) {
+        // Grown since fstat (or a file whose size says nothing): more room, still within the bound.
+        const bigger = Buffer.alloc(Math.min(max + 1, buf.length * 2));
+        buf.copy(bigger, 0, 0, got);
+        buf = bigger;
+      }
       const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
       if (bytesRead === 0) break;
       got += bytesRead;
