@@ -97,9 +97,13 @@ export async function signImage(reference: string, opts: SignOptions): Promise<S
   const signed: SignedManifest[] = [];
   if (kind === 'simple-signing') {
     const [{ signSimpleSigning }, { writeLookasideSignature }] = await Promise.all([import('./openpgp-signature.js'), import('./lookaside.js')]);
+    // Every signature is made before the first is written: a key that cannot sign leaves none behind.
+    const made: { digest: string; signature: Buffer }[] = [];
     for (const { digest } of manifests) {
       const payload = buildSignaturePayload({ dockerReference: claimed, manifestDigest: digest }, 'simple-signing', { creator: 'composefs-ts', timestamp });
-      const signature = await signSimpleSigning(payload, opts.openPgpKey!, opts.passphrase);
+      made.push({ digest, signature: await signSimpleSigning(payload, opts.openPgpKey!, opts.passphrase) });
+    }
+    for (const { digest, signature } of made) {
       const written = await writeLookasideSignature(lookasideBase!, ref.name, digest, signature);
       explain(`signed ${digest} as ${claimed}: ${written}`);
       signed.push({ digest, identity: claimed, written });
@@ -112,9 +116,11 @@ export async function signImage(reference: string, opts: SignOptions): Promise<S
     ]);
     const key = await readSigstorePrivateKey(opts.sigstoreKey!, opts.passphrase ?? '');
     const target = new RegistryTarget(ref.name, ref.text, clientOptions);
-    for (const { digest } of manifests) {
+    const made = manifests.map(({ digest }) => {
       const payload = buildSignaturePayload({ dockerReference: claimed, manifestDigest: digest }, 'sigstore', { creator: 'composefs-ts', timestamp });
-      const signature = signSigstore(payload, key);
+      return { digest, payload, signature: signSigstore(payload, key) };
+    });
+    for (const { digest, payload, signature } of made) {
       await pushSigstoreAttachment(target, digest, { payload, mediaType: SIGSTORE_PAYLOAD_MEDIA_TYPE, annotations: { [SIGSTORE_SIGNATURE_ANNOTATION]: signature } });
       const written = `docker://${ref.name.domain}/${ref.name.path}:${digest.replace(':', '-')}.sig`;
       explain(`signed ${digest} as ${claimed}: ${written}`);
