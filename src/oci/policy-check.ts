@@ -186,62 +186,84 @@ function signatureSources(source: ImageSource, ref: SourceReference, ctx: Policy
   };
 }
 
-/** Whether one manifest has an accepted simple signing signature: the key's fingerprint, or why none was. */
-async function checkSignedBy(
-  req: Extract<PolicyRequirement, { type: 'signedBy' }>,
-  manifest: { digest: string; bytes: Buffer },
-  identity: DockerName | undefined,
-  sources: SignatureSources,
-): Promise<{ by: string } | { reason: string }> {
-  const { where, signatures } = await sources.simple(manifest.digest);
-  if (signatures.length === 0) return { reason: `no signature of ${manifest.digest} exists (${where})` };
-  const { readOpenPgpKeyring, verifySimpleSigningSignature } = await import('./openpgp-signature.js');
-  const keyring = await readOpenPgpKeyring(await keyFiles(req.keys, 'signedBy'));
-  const reasons: string[] = [];
-  for (const [i, signature] of signatures.entries()) {
-    try {
-      const { payload, fingerprint } = await verifySimpleSigningSignature(signature, keyring);
-      const reason = await claimProblem(payload, 'simple-signing', manifest, req.signedIdentity, identity);
-      if (reason === undefined) return { by: `key ${fingerprint} (${where}, signature ${i + 1})` };
-      reasons.push(`signature ${i + 1}: ${reason}`);
-    } catch (err) {
-      if (!(err instanceof ComposefsError)) throw err;
-      reasons.push(`signature ${i + 1}: ${err.message}`);
-    }
-  }
-  return { reason: `no signature was accepted (${where}): ${reasons.join('; ')}` };
+/** A signature found for a manifest, and how to check it: its verified payload and who made it, or a ComposefsError. */
+interface Candidate {
+  verify(): Promise<{ payload: Buffer; by: string }>;
 }
 
-async function checkSigstoreSigned(
-  req: Extract<PolicyRequirement, { type: 'sigstoreSigned' }>,
+/**
+ * The signatures of one manifest a requirement could accept, verified one by
+ * one: the first whose payload vouches for this manifest under the
+ * requirement's signedIdentity accepts it; otherwise why none did.
+ */
+async function firstAccepted(
+  found: { where: string; candidates: Candidate[]; none: string },
+  kind: 'simple-signing' | 'sigstore',
   manifest: { digest: string; bytes: Buffer },
+  signedIdentity: SignedIdentity,
   identity: DockerName | undefined,
-  sources: SignatureSources,
 ): Promise<{ by: string } | { reason: string }> {
-  const { where, attachments: all } = await sources.sigstore(manifest.digest);
-  const { readSigstorePublicKeys, verifySigstoreSignature, SIGSTORE_SIGNATURE_ANNOTATION, SIGSTORE_PAYLOAD_MEDIA_TYPE } = await import('./cosign-signature.js');
-  // Only signature attachments are signatures (others are attestations, SBOMs…), as containers/image skips them.
-  const attachments = all.filter((a) => a.mediaType === SIGSTORE_PAYLOAD_MEDIA_TYPE);
-  if (attachments.length === 0) {
-    const others = all.length === 0 ? '' : `; ${all.length} attachment${all.length === 1 ? '' : 's'} of other media types`;
-    return { reason: `no sigstore signature of ${manifest.digest} exists (${where}${others})` };
-  }
-  const keys = readSigstorePublicKeys(await keyFiles(req.keys, 'sigstoreSigned'));
+  if (found.candidates.length === 0) return { reason: found.none };
   const reasons: string[] = [];
-  for (const [i, attachment] of attachments.entries()) {
+  for (const [i, candidate] of found.candidates.entries()) {
     try {
-      const signature = attachment.annotations[SIGSTORE_SIGNATURE_ANNOTATION];
-      if (signature === undefined) throw new PolicyError(`has no ${SIGSTORE_SIGNATURE_ANNOTATION} annotation`);
-      verifySigstoreSignature(attachment.payload, signature, keys);
-      const reason = await claimProblem(attachment.payload, 'sigstore', manifest, req.signedIdentity, identity);
-      if (reason === undefined) return { by: `a trusted public key (${where}, signature ${i + 1})` };
+      const { payload, by } = await candidate.verify();
+      const reason = await claimProblem(payload, kind, manifest, signedIdentity, identity);
+      if (reason === undefined) return { by: `${by} (${found.where}, signature ${i + 1})` };
       reasons.push(`signature ${i + 1}: ${reason}`);
     } catch (err) {
       if (!(err instanceof ComposefsError)) throw err;
       reasons.push(`signature ${i + 1}: ${err.message}`);
     }
   }
-  return { reason: `no signature was accepted (${where}): ${reasons.join('; ')}` };
+  return { reason: `no signature was accepted (${found.where}): ${reasons.join('; ')}` };
+}
+
+/** A memo: the keys of a requirement are read once, for the index and the image alike, and only when a signature is there to check. */
+function once<T>(make: () => Promise<T>): () => Promise<T> {
+  let p: Promise<T> | undefined;
+  return () => (p ??= make());
+}
+
+/** How one requirement finds and checks the signatures of a manifest. */
+function signatureCheck(req: Extract<PolicyRequirement, { type: 'signedBy' | 'sigstoreSigned' }>, sources: SignatureSources): (manifest: { digest: string }) => Promise<{ where: string; candidates: Candidate[]; none: string }> {
+  if (req.type === 'signedBy') {
+    const keyring = once(async () => {
+      const { readOpenPgpKeyring } = await import('./openpgp-signature.js');
+      return readOpenPgpKeyring(await keyFiles(req.keys, 'signedBy'));
+    });
+    return async ({ digest }) => {
+      const { where, signatures } = await sources.simple(digest);
+      const candidates = signatures.map((signature) => ({
+        async verify() {
+          const { verifySimpleSigningSignature } = await import('./openpgp-signature.js');
+          const { payload, fingerprint } = await verifySimpleSigningSignature(signature, await keyring());
+          return { payload, by: `key ${fingerprint}` };
+        },
+      }));
+      // A key file that cannot be read is the policy's fault, not the signature's: it is thrown, not collected.
+      if (candidates.length > 0) await keyring();
+      return { where, candidates, none: `no signature of ${digest} exists (${where})` };
+    };
+  }
+  const keys = once(async () => (await import('./cosign-signature.js')).readSigstorePublicKeys(await keyFiles(req.keys, 'sigstoreSigned')));
+  return async ({ digest }) => {
+    const { where, attachments: all } = await sources.sigstore(digest);
+    const { verifySigstoreSignature, SIGSTORE_SIGNATURE_ANNOTATION, SIGSTORE_PAYLOAD_MEDIA_TYPE } = await import('./cosign-signature.js');
+    // Only signature attachments are signatures (others are attestations, SBOMs…), as containers/image skips them.
+    const attachments = all.filter((a) => a.mediaType === SIGSTORE_PAYLOAD_MEDIA_TYPE);
+    const others = all.length === attachments.length ? '' : `; ${all.length - attachments.length} attachment${all.length - attachments.length === 1 ? '' : 's'} of other media types`;
+    const candidates = attachments.map((attachment) => ({
+      async verify() {
+        const signature = attachment.annotations[SIGSTORE_SIGNATURE_ANNOTATION];
+        if (signature === undefined) throw new PolicyError(`has no ${SIGSTORE_SIGNATURE_ANNOTATION} annotation`);
+        verifySigstoreSignature(attachment.payload, signature, await keys());
+        return { payload: attachment.payload, by: 'a trusted public key' };
+      },
+    }));
+    if (candidates.length > 0) await keys();
+    return { where, candidates, none: `no sigstore signature of ${digest} exists (${where}${others})` };
+  };
 }
 
 /** Why a verified payload does not vouch for this manifest under this identity rule; undefined when it does. */
@@ -296,8 +318,10 @@ export async function checkPolicy(ctx: PolicyContext, source: ImageSource, img: 
       case 'signedBy':
       case 'sigstoreSigned': {
         const by: string[] = [];
+        const find = signatureCheck(req, sources);
+        const kind = req.type === 'signedBy' ? 'simple-signing' : 'sigstore';
         for (const manifest of manifestsOf(img)) {
-          const result = req.type === 'signedBy' ? await checkSignedBy(req, manifest, identity, sources) : await checkSigstoreSigned(req, manifest, identity, sources);
+          const result = await firstAccepted(await find(manifest), kind, manifest, req.signedIdentity, identity);
           if ('reason' in result) refuse(req, result.reason);
           else by.push(result.by);
         }
