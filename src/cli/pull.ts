@@ -21,7 +21,7 @@ const specs: OptionSpec[] = [
   ...sourceOptionSpecs,
   ...policyOptionSpecs,
   { name: 'require-seal', help: 'refuse an image without a composefs seal (inline, or an artifact among its referrers)' },
-  { name: 'trust-cert', value: true, arg: 'FILE|DIR', help: 'require composefs signatures (PKCS#7, as fsverity sign makes) on the seal, each made by one of these X.509 certificates (a PEM or DER file, or a directory of *.pem, *.crt, *.der), checked before the layers are fetched' },
+  { name: 'trust-cert', value: true, arg: 'FILE|DIR', help: 'require composefs signatures (PKCS#7, as fsverity sign makes) on the seal, each made by one of these X.509 certificates (a PEM or DER file, or a directory of *.pem, *.crt, *.der), checked as soon as the seals are found (a refusal stops the fetch; nothing is named)' },
   { name: 'form', value: true, arg: 'FORM', help: 'canonical: the composefs-rs canonical image a seal digests (refused for an image without /usr); unpacked: the rootfs umoci raw unpack writes; auto (default): canonical when the image has that form, else unpacked' },
   { name: 'keep-user-xattrs', help: 'canonical form: keep user.* xattrs as well as security.capability (as cfsctl --keep-user-xattrs)' },
   { name: 'explain', help: 'say on stderr which policy accepted the image and by which signatures, which form was built (and why not canonical), and which seals were looked for, found and checked' },

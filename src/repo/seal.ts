@@ -79,11 +79,6 @@ export async function sealOf(repo: Repository, source: ImageSource, opts: SealOp
     throw new RepoError(`cannot seal with ${opts.algorithm}: the repository ${repo.root} holds ${algorithm} images (a seal's merged digest is the repository's image digest; use a ${opts.algorithm} repository)`);
   }
   const image = await source.resolve();
-  if (opts.policy !== undefined) {
-    // The image sealed is one the policy accepts, whether its digests come from a name or a pull.
-    const { checkPolicy, describeVerdict } = await import('../oci/policy-check.js');
-    explain(`policy: ${describeVerdict(await checkPolicy(opts.policy, source, image, { signal: opts.signal }))}`);
-  }
   opts.onResolved?.(image);
   const config = fsverityDigest(image.config, algorithm).toString('hex');
   explain(`${image.reference}: manifest ${image.manifestDigest}${image.index ? ` (the ${image.platform ? `${image.platform.os}/${image.platform.architecture}` : 'chosen'} image of index ${image.index})` : ''}; config fs-verity ${algorithm} digest ${config}`);
@@ -91,6 +86,11 @@ export async function sealOf(repo: Repository, source: ImageSource, opts: SealOp
   let record = findSealable(repo, image.manifestDigest, keepUserXattrs);
   let pulled = false;
   if (record) {
+    // The image sealed is one the policy accepts; a pull below checks it itself, before reading a layer.
+    if (opts.policy !== undefined) {
+      const { checkPolicy, describeVerdict } = await import('../oci/policy-check.js');
+      explain(`policy: ${describeVerdict(await checkPolicy(opts.policy, source, image, { signal: opts.signal }))}`);
+    }
     explain(`merged digest from the name '${record.name}', which holds this manifest in canonical form (nothing read again)`);
   } else {
     explain(`no name holds manifest ${image.manifestDigest} in canonical form: pulling it`);
@@ -103,6 +103,10 @@ export async function sealOf(repo: Repository, source: ImageSource, opts: SealOp
     pulled = true;
     if (record.manifest !== image.manifestDigest) {
       throw new RepoError(`${image.reference}: the source changed while it was being sealed (manifest ${image.manifestDigest}, then ${record.manifest}); seal it by digest`);
+    }
+    if (record.policy !== undefined) {
+      const { describeVerdict } = await import('../oci/policy-check.js');
+      explain(`policy: ${describeVerdict(record.policy)}`);
     }
     explain(`pulled as '${record.name}': merged digest ${record.image}`);
   }
