@@ -79,7 +79,8 @@ export interface PullOptions {
    * Trusted certificates (src/oci/seal-signatures.ts loadTrustedCertificates):
    * the image must carry a composefs signature of its merged EROFS (and its
    * config, and in an artifact its manifest), and every signature must verify
-   * against one of them, before its layers are fetched.
+   * against one of them, checked as soon as the seals are found (while the
+   * layers come: a refusal stops the fetch) and before anything is named.
    */
   trustCertificates?: readonly CertificateInfo[];
 }
