@@ -61,6 +61,12 @@ export interface Caller extends Identity {
 }
 
 export interface CallerMountOptions {
+  /** The fs-verity digest the image as sent must have (hex, 64 or 128 digits); checked in userspace before the rewrite. */
+  digest?: string;
+  /** Overlay verity: 'require' refuses when the kernel or a basedir cannot check objects; 'try' uses it when it can; default 'off'. */
+  verity?: 'off' | 'try' | 'require';
+  noexec?: boolean;
+  atime?: 'relatime' | 'noatime' | 'strictatime';
   /** Hand back the detached mount instead of attaching it (a caller in a user namespace it owns attaches it itself). */
   detached?: boolean;
   /** The overlay's source field in mountinfo (default "composefs"). */
