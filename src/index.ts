@@ -48,16 +48,22 @@ export async function scanDirectory(...args: Parameters<typeof import('./scan/in
   return (await import('./scan/index.js')).scanDirectory(...args);
 }
 
-/** The mount library, with FUSE registered (its rung and its kind of mount): the mount library itself never imports src/fuse/. */
+/**
+ * The mount library, with FUSE and the mount service registered (their rungs, FUSE's kind of mount,
+ * the service's unmount): the mount library itself never imports src/fuse/ or src/service/.
+ */
 async function mountLibrary(): Promise<typeof import('./mount/index.js')> {
-  await import('./fuse/register.js');
+  await Promise.all([import('./fuse/register.js'), import('./service/register.js')]);
   return import('./mount/index.js');
 }
 
 /**
  * Mount an image by the ladder: the kernel (EROFS + overlayfs, hidden),
- * else FUSE when the kernel path lacks privilege, when the kernel cannot check
- * objects the request requires checked (no fs-verity), or when asked (`fuse: true`).
+ * else, when the kernel path lacks privilege, the mount service (`cfs serve`,
+ * at `serviceSocket`, $CFS_SERVICE_SOCKET or /run/composefs/mount.sock) when
+ * it answers, else FUSE; FUSE too when the kernel cannot check objects the
+ * request requires checked (no fs-verity). `service: true` or `fuse: true`
+ * asks for that rung alone; `service: false`, `fuse: false` never take it.
  * See src/mount/ladder.ts.
  */
 export async function mountImage(...args: Parameters<typeof import('./mount/index.js').mountImage>) {
@@ -69,9 +75,14 @@ export async function mountComposefs(...args: Parameters<typeof import('./mount/
   return (await mountLibrary()).mountComposefs(...args);
 }
 
-/** Unmount a composefs mount, kernel or FUSE. */
-export async function unmountComposefs(...args: Parameters<typeof import('./mount/index.js').unmountComposefs>) {
-  return (await mountLibrary()).unmountComposefs(...args);
+/** Unmount a composefs mount, kernel or FUSE; one the mount service made for this user, which the kernel refuses it, through the service. */
+export async function unmountComposefs(...args: Parameters<typeof import('./mount/index.js').unmountComposefsAsUser>) {
+  return (await mountLibrary()).unmountComposefsAsUser(...args);
+}
+
+/** The mounts the mount service made for this user and still holds, and how many it may hold (the service's List). */
+export async function listServiceMounts(...args: Parameters<typeof import('./service/client.js').listServiceMounts>) {
+  return (await import('./service/client.js')).listServiceMounts(...args);
 }
 
 /** The composefs mounts on this system and what they expose (`cfs status`). */
@@ -81,6 +92,8 @@ export async function systemStatus(...args: Parameters<typeof import('./mount/in
 
 export type { ScanOptions, ScanStats } from './scan/index.js';
 export type { MountOptions, MountResult, RungResult, LadderMount, SystemStatus, ServedMountStatus } from './mount/index.js';
+export type { ServiceRungResult } from './service/rung.js';
+export type { ServiceMountEntry } from './service/client.js';
 
 /** Write an output file as the reference tools do (devices, FIFOs, symlinks), a regular file atomically keeping its mode and owner: see src/output/file.ts. */
 export async function writeOutputFile(...args: Parameters<typeof import('./output/file.js').writeOutputFile>) {

@@ -404,7 +404,7 @@ test(
 
 // ---- who registers FUSE: the entry points, never the mount library -------------------------
 
-test('the mount library alone has the kernel rung only; the package entry registers the FUSE rung and kind of mount', async () => {
+test('the mount library alone has the kernel rung only; the package entry registers the FUSE and mount service rungs and the FUSE kind of mount', async () => {
   const { registeredMountRungs } = await import('../src/mount/ladder.js');
   const { registeredMountKinds } = await import('../src/mount/kinds.js');
   const { mountImage: libraryMount } = await import('../src/mount/mount.js');
@@ -422,7 +422,7 @@ test('the mount library alone has the kernel rung only; the package entry regist
     const m = await entry.mountImage(image, join(dir, 'mnt'), request);
     assert.equal(m.result.rung, 'fuse');
     assert.equal(m.result.dryRun, true);
-    assert.deepEqual(registeredMountRungs().map((r) => r.name), ['fuse']);
+    assert.deepEqual(registeredMountRungs().map((r) => r.name), ['fuse', 'service']);
     assert.deepEqual(registeredMountKinds().map((k) => [k.name, k.fstype]), [['fuse', 'fuse.composefs']]);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -1,9 +1,10 @@
 /**
  * `cfs mount` and the drop-in `mount.composefs` (also what mount(8) runs for
  * `mount -t composefs IMAGE DIR -o ...`): parse, call the mount ladder
- * (`mountImage`: the kernel, else FUSE), print. Loads only the mount code: no
- * image writer, no digest code unless `digest=` is given, no FUSE server
- * unless the FUSE rung mounts.
+ * (`mountImage`: the kernel, else the mount service, else FUSE), print. Loads
+ * only the mount code: no image writer, no digest code unless `digest=` is
+ * given, no FUSE server unless the FUSE rung mounts, no service client unless
+ * the service rung mounts.
  */
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { existsSync } from 'node:fs';
@@ -26,6 +27,11 @@ const specs: OptionSpec[] = [
   { name: 'shared', help: 'with a name: use the repository even if others own it or may write it' },
   { name: 'fuse', help: 'serve the image with the FUSE server (no root needed); --fuse=auto (the default) only when the kernel path lacks privilege or cannot check objects that must be checked (no fs-verity), --fuse=no never' },
   { name: 'foreground', help: 'with FUSE: keep the server in this process until unmounted (default: it detaches)' },
+  {
+    name: 'service',
+    help: 'mount through the mount service (cfs serve): the kernel mount, made by the service for a user who may not mount; --service=auto (the default) when the kernel path lacks privilege, before FUSE; --service=no never',
+  },
+  { name: 'service-socket', value: true, arg: 'PATH', help: 'the mount service\'s socket (default $CFS_SERVICE_SOCKET, else /run/composefs/mount.sock)' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
@@ -54,13 +60,16 @@ const optionHelp = `Mount options (-o), as the reference mount.composefs:
   fuse_readers=N          FUSE: outstanding reads of /dev/fuse (default 2)
   log=PATH                FUSE: where the server reports verity failures and missing objects
   foreground              the same as --foreground
+  service                 the same as --service; service=auto|no as --service=auto|no
+  service_socket=PATH     the same as --service-socket
   With FUSE, verity checks every object's digest in the server and every block read.
   nosuid, nodev, noexec, noatime, relatime, strictatime, nodiratime
   backing=, layers=, api= the same as the long options`;
 
 export async function run(argv: string[], prog: string): Promise<number> {
-  // `--fuse=MODE` besides the bare flag (the shared parser has no optional values).
+  // `--fuse=MODE` and `--service=MODE` besides the bare flags (the shared parser has no optional values).
   let fuseFlag: boolean | undefined;
+  let serviceFlag: boolean | undefined;
   const args: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -72,10 +81,15 @@ export async function run(argv: string[], prog: string): Promise<number> {
       const v = a.slice('--fuse='.length);
       if (v !== 'yes' && v !== 'auto' && v !== 'no') throw new UserError(`invalid value for --fuse: '${v}' (expected yes, auto, no)`, 2);
       fuseFlag = v === 'yes' ? true : v === 'no' ? false : undefined;
+    } else if (a.startsWith('--service=')) {
+      const v = a.slice('--service='.length);
+      if (v !== 'yes' && v !== 'auto' && v !== 'no') throw new UserError(`invalid value for --service: '${v}' (expected yes, auto, no)`, 2);
+      serviceFlag = v === 'yes' ? true : v === 'no' ? false : undefined;
     } else args.push(a);
   }
   const p = parseArgs(args, specs);
   if (p.options.has('fuse')) fuseFlag = true;
+  if (p.options.has('service')) serviceFlag = true;
   // mount(8) hands its helper exactly one pair; `cfs mount` takes several, to pay Node's start-up once.
   const several = prog !== 'mount.composefs';
   const more = (what: string) => (several ? ` [${what} MOUNTPOINT]...` : '');
@@ -107,6 +121,9 @@ export async function run(argv: string[], prog: string): Promise<number> {
   const o = parsed.options;
   // -o fuse=... wins over --fuse, as it did when -o was read last.
   if (!('fuse' in o)) o.fuse = fuseFlag;
+  if (!('service' in o)) o.service = serviceFlag;
+  const socketFlag = p.options.get('service-socket');
+  if (socketFlag !== undefined && o.serviceSocket === undefined) o.serviceSocket = String(socketFlag);
   if (p.options.has('foreground')) o.foreground = true;
   for (const key of ['backing', 'layers', 'api'] as const) {
     const v = p.options.get(key);
@@ -158,10 +175,12 @@ export async function run(argv: string[], prog: string): Promise<number> {
   let mountImage: typeof import('../mount/mount.js').mountImage;
   let isKernelMount: typeof import('../mount/mount.js').isKernelMount;
   try {
-    // The FUSE rung alone (not src/fuse/register.ts, whose kind of mount, for umount and status, would
-    // load child_process on every kernel mount): the server itself loads only when the rung mounts.
-    const [{ fuseRung }, { registerMountRung }] = await Promise.all([import('../fuse/rung.js'), import('../mount/ladder.js')]);
+    // The FUSE and service rungs alone (not src/fuse/register.ts, whose kind of mount, for umount and
+    // status, would load child_process on every kernel mount): the FUSE server, and the service's client,
+    // load only when their rung mounts. Their order on the ladder is their own (service, then FUSE).
+    const [{ fuseRung }, { serviceRung }, { registerMountRung }] = await Promise.all([import('../fuse/rung.js'), import('../service/rung.js'), import('../mount/ladder.js')]);
     registerMountRung(fuseRung);
+    registerMountRung(serviceRung);
     ({ mountImage, isKernelMount } = await import('../mount/mount.js'));
   } catch (err) {
     abandonAll();
@@ -178,12 +197,12 @@ export async function run(argv: string[], prog: string): Promise<number> {
   } catch (err) {
     abandonAll();
     // All or nothing: undo this call's mounts, newest first (a later pair may sit inside an earlier one).
-    await import('../fuse/register.js');
-    const { unmountComposefs } = await import('../mount/umount.js');
+    await Promise.all([import('../fuse/register.js'), import('../service/register.js')]);
+    const { unmountComposefsAsUser } = await import('../mount/umount.js');
     for (const { result } of mounts.reverse()) {
       if (result.dryRun) continue;
       try {
-        unmountComposefs(result.mountpoint, { lazy: true });
+        await unmountComposefsAsUser(result.mountpoint, { lazy: true, serviceSocket: o.serviceSocket });
       } catch {
         /* already gone */
       }
@@ -196,7 +215,7 @@ export async function run(argv: string[], prog: string): Promise<number> {
     const lines: string[] = [];
     for (const [i, result] of results.entries()) {
       const image = pairs[i].image;
-      const how = result.rung === 'kernel' ? '' : result.rung === 'fuse' ? ' through FUSE' : ` through ${result.rung}`;
+      const how = result.rung === 'kernel' ? '' : result.rung === 'fuse' ? ' through FUSE' : result.rung === 'service' ? ' through the mount service' : ` through ${result.rung}`;
       const head = result.dryRun
         ? `would mount ${image} on ${result.mountpoint}${how}`
         : `mounted ${image} on ${result.mountpoint} (${result.readonly ? 'ro' : 'rw'})${how} in ${result.ms.toFixed(1)} ms`;

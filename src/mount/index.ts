@@ -16,7 +16,7 @@
  */
 
 export { mountImage, isKernelMount, mountComposefs, mountComposefsSync, type MountResult } from './mount.js';
-export { unmountComposefs, isComposefsMount, type UnmountOptions } from './umount.js';
+export { unmountComposefs, unmountComposefsAsUser, registerUnmountHelper, isComposefsMount, type UnmountOptions, type UnmountHelper } from './umount.js';
 export { systemStatus, cleanLeftovers, cleanDisconnectedMounts, type SystemStatus, type ComposefsMountStatus } from './status.js';
 export { registerMountKind, registeredMountKinds, mountKindOf, type MountKind, type ServedMountStatus } from './kinds.js';
 export { parseOptionString, type MountOptions, type Backing, type Layers, type Api, type VerityMode } from './options.js';

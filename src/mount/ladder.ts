@@ -22,6 +22,10 @@
  * the kernel rung hands over to a rung that checks them itself instead of
  * failing; only `tryverity` asks for the unchecked kernel mount.
  *
+ * Rungs stand on the ladder by their `order` (lower first), not by when
+ * they were registered: the mount service (order 10, src/service/rung.ts)
+ * comes before FUSE (the default, 100) whichever was registered first.
+ *
  * `planRungs` (pure) orders them for a request and `climbRungs` tries them
  * in that order, recording each attempt (stage 'rung'). Inside the kernel
  * rung, the planner of src/mount/plan.ts orders the EROFS backings and
@@ -77,6 +81,15 @@ export type RungReason = { asked: true } | { asked: false; handover: Handover; f
 /** A way to mount other than the kernel rung. */
 export interface MountRung<Result extends RungResult = RungResult> {
   readonly name: string;
+  /** Its place on the ladder after the kernel rung: lower is tried first (default 100, FUSE's; rungs of equal order keep their registration order). */
+  readonly order?: number;
+  /**
+   * A rung that is an extra chance rather than a step (the mount service,
+   * when it does not answer): when it fails the way the failure that made it
+   * tried did, that first failure stays the reason the next rung is tried,
+   * and its own refusal becomes an --explain line of its own.
+   */
+  readonly passesOn?: boolean;
   /** Whether this request asks for this rung by name (then it is the only rung tried). */
   asked(options: MountOptions): boolean;
   /** Try this rung when the kernel rung failed for lack of privilege (EPERM): always, never, or as the request says. */
@@ -109,7 +122,14 @@ export function registeredMountRungs(): readonly MountRung[] {
 /** The kernel rung's name in a plan. */
 export const KERNEL_RUNG = 'kernel';
 
-type PlannedRung = Pick<MountRung, 'name' | 'asked' | 'afterPrivilegeFailure' | 'afterVerityFailure'>;
+type PlannedRung = Pick<MountRung, 'name' | 'order' | 'asked' | 'afterPrivilegeFailure' | 'afterVerityFailure'>;
+
+const DEFAULT_ORDER = 100;
+
+/** The rungs in ladder order (stable: equal orders keep their given order). */
+function inOrder<R extends PlannedRung>(rungs: readonly R[]): R[] {
+  return [...rungs].sort((a, b) => (a.order ?? DEFAULT_ORDER) - (b.order ?? DEFAULT_ORDER));
+}
 
 /** Whether a rung takes over after a failure of this kind. */
 function takesOver(r: PlannedRung, handover: Handover, options: MountOptions): boolean {
@@ -123,7 +143,8 @@ function takesOver(r: PlannedRung, handover: Handover, options: MountOptions): b
  * a privilege or verity failure (each tried only if the rung before failed
  * in a way it takes over from).
  */
-export function planRungs(options: MountOptions, rungs: readonly PlannedRung[]): string[] {
+export function planRungs(options: MountOptions, unordered: readonly PlannedRung[]): string[] {
+  const rungs = inOrder(unordered);
   const asked = rungs.filter((r) => r.asked(options));
   if (asked.length) return asked.map((r) => r.name);
   return [KERNEL_RUNG, ...rungs.filter((r) => takesOver(r, 'privilege', options) || takesOver(r, 'verity', options)).map((r) => r.name)];
@@ -158,7 +179,10 @@ export interface LadderMount<Result extends RungResult = RungResult> {
  * failed for lack of privilege, or could not verify the objects, hands over
  * to the next rung that takes over from that kind of failure (the rungs in
  * between are passed by); any other failure, or one no later rung takes
- * over from, is thrown as it is. `kernel` is the kernel rung.
+ * over from, is thrown as it is. A rung that `passesOn`, taken after a
+ * failure and failing the same way (the mount service, not running), passes
+ * that first failure on to the next rung as the reason it is tried, its own
+ * refusal an --explain line. `kernel` is the kernel rung.
  */
 export async function climbRungs(
   image: string | number,
@@ -192,6 +216,10 @@ export async function climbRungs(
     } catch (err) {
       const handover = handoverOf(err);
       if (handover === null || !names.slice(i + 1).some((n) => eligible(n, handover))) throw err;
+      if (name !== KERNEL_RUNG && rungOf(name).passesOn && !reason.asked && reason.handover === handover) {
+        record.push({ stage: 'rung', rung: name, outcome: 'note', text: (err as Error).message });
+        continue;
+      }
       reason = { asked: false, handover, failure: (err as MountError).handoverReason };
       record.push({ stage: 'rung', rung: name, outcome: 'refused', text: (err as Error).message });
     }

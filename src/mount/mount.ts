@@ -113,6 +113,7 @@ type DigestOfFd = (fd: number, long: boolean) => Buffer;
 export async function mountImage(image: string | number, mountpoint: string, options: MountOptions): Promise<LadderMount<MountResult | RungResult>> {
   const rungs = registeredMountRungs();
   if (options.fuse === true && !rungs.some((r) => r.asked(options))) throw new MountError('fuse: no FUSE mount path is registered (import src/fuse/register.js, as the cfs command and the package entry do)');
+  if (options.service === true && !rungs.some((r) => r.asked(options))) throw new MountError('service: no mount service rung is registered (import src/service/register.js, as the cfs command and the package entry do)');
   return climbRungs(image, mountpoint, options, rungs, mountComposefs);
 }
 

@@ -7,8 +7,9 @@
  * `rw`, `upperdir=`, `workdir=`, `idmap=`. We add `private` (mount a private,
  * verified copy of the image), the generic VFS flags mount(8) may hand a
  * helper (nosuid, nodev, noexec, noatime, ...), `backing=`, `layers=`,
- * `api=` to force a mount path, and the FUSE rung's own (`fuse[=yes|auto|no]`,
- * `passthrough=`, `allow_other`, `fuse_readers=`, `log=`, `foreground`),
+ * `api=` to force a mount path, the FUSE rung's own (`fuse[=yes|auto|no]`,
+ * `passthrough=`, `allow_other`, `fuse_readers=`, `log=`, `foreground`) and
+ * the mount service rung's (`service[=yes|auto|no]`, `service_socket=`),
  * which the kernel rung ignores. A backslash escapes the next character, so
  * `\,` puts a comma and `\:` a colon inside a value.
  */
@@ -52,6 +53,10 @@ export interface MountOptions {
   source?: string;
   /** The FUSE rung (src/fuse/rung.ts): true mounts through it only (`fuse`, `--fuse`); false never (`fuse=no`); unset, when the kernel path lacks privilege or cannot check objects that must be checked. */
   fuse?: boolean;
+  /** The mount service rung (src/service/rung.ts): true mounts through it only (`service`, `--service`); false never (`service=no`); unset, when the kernel path lacks privilege (before FUSE). */
+  service?: boolean;
+  /** The mount service's socket (default $CFS_SERVICE_SOCKET, else /run/composefs/mount.sock). */
+  serviceSocket?: string;
   /** FUSE: object reads straight from the kernel when it grants passthrough ('auto', the default), or never. */
   passthrough?: 'auto' | 'off';
   /** FUSE: let other users in (default: when root; fusermount3 allows it to others only with user_allow_other). */
@@ -225,6 +230,15 @@ export function parseOptionString(s: string, sloppy = false): ParsedOptionString
         o.fuse = v === 'yes' ? true : v === 'no' ? false : undefined;
         break;
       }
+      // The mount service rung's (src/service/rung.ts).
+      case 'service': {
+        const v = rawValue === null ? 'yes' : choice(key, unescape(rawValue), ['yes', 'auto', 'no'] as const);
+        o.service = v === 'yes' ? true : v === 'no' ? false : undefined;
+        break;
+      }
+      case 'service_socket':
+        o.serviceSocket = unescape(need());
+        break;
       case 'passthrough':
         o.passthrough = choice(key, unescape(rawValue ?? ''), ['auto', 'off'] as const);
         break;

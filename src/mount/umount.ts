@@ -13,6 +13,24 @@ export interface UnmountOptions {
   lazy?: boolean;
   /** Unmount whatever is mounted there, composefs or not. */
   any?: boolean;
+  /** The mount service's socket, for `unmountComposefsAsUser` (default: the helper's own). */
+  serviceSocket?: string;
+}
+
+/**
+ * Who unmounts a composefs overlay this user may not unmount (umount2 says
+ * EPERM): the mount service, which made it for this user
+ * (src/service/register.ts registers it). Given the canonical mountpoint and
+ * the options; rejects with a one-line ComposefsError. The mount library
+ * never imports the service: the entry points register it.
+ */
+export type UnmountHelper = (path: string, opts: UnmountOptions) => Promise<void>;
+
+let unmountHelper: UnmountHelper | null = null;
+
+/** Register (or, with null, remove) the helper of `unmountComposefsAsUser`. */
+export function registerUnmountHelper(helper: UnmountHelper | null): void {
+  unmountHelper = helper;
 }
 
 /** Whether a mountinfo entry is a composefs overlay (ours, the reference's, or any with source "composefs"). */
@@ -37,7 +55,37 @@ export function unmountComposefs(mountpoint: string, opts: UnmountOptions = {}):
   if (!opts.any && !isComposefsMount(m)) {
     throw new MountError(`${mountpoint}: not a composefs mount (${m.fstype} from ${m.source}); --any unmounts it anyway`);
   }
-  unmountPath(path, mountpoint, opts.lazy);
+  try {
+    unmountPath(path, mountpoint, opts.lazy);
+  } catch (err) {
+    if (err instanceof MountError && err.privilege && isComposefsMount(m)) throw new UnmountRefused(err.message, path, { cause: err.cause });
+    throw err;
+  }
+}
+
+/**
+ * `unmountComposefs`, and when the kernel refuses this user a composefs
+ * overlay (EPERM: a mount the mount service made for it), the registered
+ * helper's way. Without a helper, the kernel's refusal stands.
+ */
+export async function unmountComposefsAsUser(mountpoint: string, opts: UnmountOptions = {}): Promise<void> {
+  try {
+    unmountComposefs(mountpoint, opts);
+  } catch (err) {
+    if (!(err instanceof UnmountRefused) || !unmountHelper) throw err;
+    await unmountHelper(err.path, opts);
+  }
+}
+
+/** The kernel refused this user the unmount of a composefs overlay (EPERM). */
+class UnmountRefused extends MountError {
+  constructor(
+    message: string,
+    readonly path: string,
+    options: { cause: unknown },
+  ) {
+    super(message, { ...options, privilege: true });
+  }
 }
 
 /** umount2 with a one-line error. */
@@ -46,7 +94,7 @@ export function unmountPath(path: string, shown = path, lazy = false): void {
     sys.umount2(path, (lazy ? sys.MNT_DETACH : 0) | sys.UMOUNT_NOFOLLOW);
   } catch (err) {
     if (err instanceof SysError && err.code === 'EBUSY') throw new MountError(`${shown}: busy (files or directories in use); --lazy detaches it now and finishes later`);
-    throw new MountError(`${shown}: ${err instanceof Error ? err.message : String(err)}`);
+    throw new MountError(`${shown}: ${err instanceof Error ? err.message : String(err)}`, { cause: err, privilege: err instanceof SysError && err.code === 'EPERM' });
   }
 }
 
