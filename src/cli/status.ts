@@ -5,13 +5,20 @@ import { printable, printableJson } from '../printable.js';
 const specs: OptionSpec[] = [
   { name: 'json', help: 'print as JSON' },
   { name: 'clean', help: 'detach and remove temporary mounts and directories left by killed processes' },
+  { name: 'service-socket', value: true, arg: 'PATH', help: 'the mount service asked for the mounts it holds for this user (default $CFS_SERVICE_SOCKET, else /run/composefs/mount.sock)' },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
 export async function run(args: string[], prog: string): Promise<number> {
   const p = parseArgs(args, specs);
   if (p.options.has('help')) {
-    process.stdout.write(formatHelp(`${prog} [--json] [--clean]`, 'List composefs mounts, the path each used, and what they expose (loop devices, temporary mounts, stale paths).', specs));
+    process.stdout.write(
+      formatHelp(
+        `${prog} [--json] [--clean] [--service-socket PATH]`,
+        'List composefs mounts, the path each used, and what they expose (loop devices, temporary mounts, stale paths), and the mounts the mount service (cfs serve) holds for this user.',
+        specs,
+      ),
+    );
     return 0;
   }
   await import('../fuse/register.js');
@@ -21,10 +28,13 @@ export async function run(args: string[], prog: string): Promise<number> {
   const cleaned = p.options.has('clean') ? [...cleanLeftovers(), ...cleanDisconnectedMounts()] : [];
   const s = systemStatus();
   const kernel = probeKernel();
+  const { serviceStatus } = await import('../service/status.js');
+  const socket = p.options.get('service-socket');
+  const service = await serviceStatus(socket === undefined ? undefined : String(socket));
   if (p.options.has('json')) {
     // Each kind of served mount under its own key (`fuse`), as the JSON has always had it.
     const { served, ...rest } = s;
-    process.stdout.write(`${printableJson({ ...rest, ...served, kernel, cleaned }, 2)}\n`);
+    process.stdout.write(`${printableJson({ ...rest, ...served, service, kernel, cleaned }, 2)}\n`);
     return 0;
   }
   const out: string[] = [];
@@ -58,6 +68,16 @@ export async function run(args: string[], prog: string): Promise<number> {
     const served = s.served[kind.name] ?? [];
     out.push(`${kind.title}: ${served.length === 0 ? 'none' : ''}`);
     for (const f of served) out.push(`  ${f.mountpoint} (${f.state}: ${f.why})`);
+  }
+  if (!service.running) out.push(`mount service ${service.socket}: ${service.reason}`);
+  else {
+    const n = service.mounts.length;
+    out.push(`mount service ${service.socket}: ${n} mount${n === 1 ? '' : 's'} of uid ${service.uid} (limit ${service.limit})`);
+    for (const m of service.mounts) {
+      if (m.here) out.push(`  ${m.here} (mount id ${m.mountId}, image ${m.image})`);
+      else if (m.detached) out.push(`  mount id ${m.mountId} (image ${m.image}): detached, attached by its caller in a mount namespace of its own`);
+      else out.push(`  mount id ${m.mountId} (image ${m.image}): not in this mount namespace (attached at ${m.mountpoint})`);
+    }
   }
   for (const c of cleaned) out.push(`cleaned: ${c}`);
   // Mountpoints and paths are anyone's (a user's FUSE mount): escaped before they reach the terminal.

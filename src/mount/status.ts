@@ -121,7 +121,7 @@ export function describeMount(m: MountInfo, all: MountInfo[]): ComposefsMountSta
  * may be stopped, and status never blocks on a mount. Such paths are not
  * checked.
  */
-function underFuse(path: string, all: MountInfo[]): boolean {
+export function underFuse(path: string, all: MountInfo[]): boolean {
   let best: MountInfo | null = null;
   for (const m of all) {
     const mp = m.mountPoint;
