@@ -433,8 +433,11 @@ test('as nobody and as uid 61000, cfs mount goes through the mount service: entr
 
     // umount: another user's service mount is refused in one line, the user's own goes.
     const other = runAs(USER, [CFS, 'umount', ...sock, nobodyMnt]);
-    oneLineError(other, /^cfs umount: mount service: /);
+    oneLineError(other, /^cfs umount: mount service: mountpoint: mount \d+ was made for another uid, not for uid 61000$/);
     assert.equal(mountinfoAt(nobodyMnt).length, 1, 'still mounted');
+    const rootsOwn = runAs(NOBODY, [CFS, 'umount', ...sock, rootMnt]);
+    oneLineError(rootsOwn, new RegExp(`^cfs umount: ${rootMnt}: umount ${rootMnt}: Operation not permitted \\(the mount service did not make it: mountpoint: mount \\d+ was not made by the service\\)$`));
+    assert.equal(mountinfoAt(rootMnt).length, 1, 'still mounted');
     for (const [who, mnt] of [[NOBODY, nobodyMnt], [NOBODY, groupMntNobody], [USER, userMnt], [USER, groupMntUser], [NOBODY, fuseMnt]] as const) {
       const r = runAs(who, [CFS, 'umount', ...sock, mnt]);
       assert.equal(r.status, 0, `${mnt}: ${r.stderr}`);
@@ -471,6 +474,25 @@ test('as nobody and as uid 61000, cfs mount goes through the mount service: entr
     const asked = runAs(NOBODY, [CFS, 'mount', '--service', '--service-socket', absent, '-o', basedir, images.image, fuseMnt]);
     oneLineError(asked, new RegExp(`^cfs mount: mount service ${absent}: not running \\(connect: No such file or directory\\)$`));
     assert.equal(mountinfoAt(fuseMnt).length, 0);
+
+    // nobody inside `unshare -Ur` (the initial mount namespace, not its own): the service attaches as for nobody outside.
+    const usernsMnt = mountDir(images, 'mnt-userns-attached', 65534);
+    const attached = spawnSync(NOBODY[0], [...NOBODY.slice(1), 'unshare', '-Ur', process.execPath, CFS, 'mount', ...sock, '-o', basedir, images.image, usernsMnt, '--explain'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+      killSignal: 'SIGKILL',
+      cwd: '/',
+    });
+    assert.equal(attached.status, 0, attached.stderr);
+    mounted.push(usernsMnt);
+    assert.match(attached.stdout, /through the mount service/);
+    assert.doesNotMatch(attached.stdout, /move_mount/);
+    assert.equal(mountinfoAt(usernsMnt).length, 1);
+    assert.deepEqual(listTree(usernsMnt), withoutPrivilege(kernelView, images, ['/secret.bin']));
+    const unmountedInNs = spawnSync(NOBODY[0], [...NOBODY.slice(1), 'unshare', '-Ur', process.execPath, CFS, 'umount', ...sock, usernsMnt], { encoding: 'utf8', timeout: 60_000, killSignal: 'SIGKILL', cwd: '/' });
+    assert.equal(unmountedInNs.status, 0, unmountedInNs.stderr);
+    assert.equal(mountinfoAt(usernsMnt).length, 0);
+    mounted.splice(mounted.indexOf(usernsMnt), 1);
 
     // nobody inside `unshare -Urm`: the client asks for the detached mount and attaches it itself, in its namespace.
     const nsMnt = mountDir(images, 'mnt-userns', 65534);

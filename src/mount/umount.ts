@@ -20,11 +20,12 @@ export interface UnmountOptions {
 /**
  * Who unmounts a composefs overlay this user may not unmount (umount2 says
  * EPERM): the mount service, which made it for this user
- * (src/service/register.ts registers it). Given the canonical mountpoint and
- * the options; rejects with a one-line ComposefsError. The mount library
+ * (src/service/register.ts registers it). Given the canonical mountpoint,
+ * the options and the kernel's refusal; rejects with a one-line
+ * ComposefsError. The mount library
  * never imports the service: the entry points register it.
  */
-export type UnmountHelper = (path: string, opts: UnmountOptions) => Promise<void>;
+export type UnmountHelper = (path: string, opts: UnmountOptions, refusal: MountError) => Promise<void>;
 
 let unmountHelper: UnmountHelper | null = null;
 
@@ -73,7 +74,7 @@ export async function unmountComposefsAsUser(mountpoint: string, opts: UnmountOp
     unmountComposefs(mountpoint, opts);
   } catch (err) {
     if (!(err instanceof UnmountRefused) || !unmountHelper) throw err;
-    await unmountHelper(err.path, opts);
+    await unmountHelper(err.path, opts, err);
   }
 }
 

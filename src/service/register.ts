@@ -10,16 +10,18 @@
 import { MountError } from '../mount/errors.js';
 import { registerMountRung } from '../mount/ladder.js';
 import { registerUnmountHelper } from '../mount/umount.js';
+import { MountError as ServiceErrors } from './mount-interface.js';
 import { serviceRung } from './rung.js';
 
 registerMountRung(serviceRung);
-registerUnmountHelper(async (path, opts) => {
+registerUnmountHelper(async (path, opts, refusal) => {
   const { unmountThroughService, MountServiceError } = await import('./client.js');
   try {
     await unmountThroughService(path, opts.serviceSocket);
   } catch (err) {
-    // Not the service's mount to begin with, as far as anyone can tell: the kernel's refusal, and why no one else was asked.
-    if (err instanceof MountServiceError && !err.reachable) throw new MountError(`${path}: umount: Operation not permitted (and no mount service answers at ${err.socket}: ${err.reason})`, { cause: err });
+    // Not the service's mount (or no service to ask): the kernel's refusal is the answer, and says why no one else unmounted it.
+    if (err instanceof MountServiceError && !err.reachable) throw new MountError(`${refusal.message} (no mount service answers at ${err.socket}: ${err.reason})`, { cause: err });
+    if (err instanceof MountServiceError && err.error === ServiceErrors.NoSuchMount) throw new MountError(`${refusal.message} (the mount service did not make it: ${err.reason})`, { cause: err });
     throw err;
   }
 });
