@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { isRoot } from './helpers/paths.js';
@@ -69,9 +69,11 @@ interface Service {
   stop(): Promise<void>;
 }
 
-async function startService(dir: string, extra: string[] = []): Promise<Service> {
+/** Start `cfs serve` on a socket in `dir` (`wrap`: a command to start it through, e.g. setpriv); `listening on` waited for. */
+async function startService(dir: string, extra: string[] = [], wrap: string[] = []): Promise<Service> {
   const socket = join(dir, 'run', 'mount.sock');
-  const child = spawn(process.execPath, [CFS, 'serve', '--socket', socket, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...wrap, process.execPath, CFS, 'serve', '--socket', socket, ...extra];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const log: string[] = [];
   let stdout = '';
   let partial = '';
@@ -373,6 +375,10 @@ test('cfs serve: options: digest checked on the bytes received (ImageRefused on 
   const service = await startService(dir);
   try {
     const digest = fsverityDigest(readFileSync(fx.image)).toString('hex');
+    const serviceFds = () => readdirSync(`/proc/${service.child.pid}/fd`).length;
+    // A first request loads what stays loaded (the watcher, the worker's module): count after it.
+    client(asNobody, service, dir, 'io.composefs.Mount.List', {});
+    const fdsBefore = serviceFds();
     const wrong = client(asNobody, service, dir, 'io.composefs.Mount.Mount', mountCall(fx, mnt, { digest: 'ab'.repeat(32) }));
     assert.equal(wrong.error, MountError.ImageRefused, JSON.stringify(wrong));
     assert.match(String(wrong.parameters!.reason), new RegExp(`^image: wrong fs-verity digest: expected ${'ab'.repeat(32)}, the image has ${digest}$`));
@@ -411,9 +417,104 @@ test('cfs serve: options: digest checked on the bytes received (ImageRefused on 
     const unknownOption = client(asNobody, service, dir, 'io.composefs.Mount.Mount', mountCall(fx, mnt, { upperdir: 1 }));
     assert.deepEqual([unknownOption.error, unknownOption.parameters], ['org.varlink.service.InvalidParameter', { parameter: 'options.upperdir' }]);
     assert.equal(mountinfoLine(mnt), undefined);
+    for (let i = 0; i < 100 && serviceFds() !== fdsBefore; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(serviceFds(), fdsBefore, 'every descriptor the service took or opened is closed again');
   } finally {
     unmountQuietly(mnt);
     await service.stop();
+    assert.deepEqual(mountsUnder(dir), before, 'nothing left mounted');
+    cleanupDir(dir);
+  }
+});
+
+test('cfs install-helper --service writes the socket and service units (systemd-analyze verify accepts them), reinstalls its own, refuses a foreign file, uninstalls; the service runs with only the capabilities its unit keeps', { skip: SKIP, timeout: 120_000 }, async () => {
+  const { dir, fx, mountpoint } = setUp('svc-units');
+  const units = join(dir, 'units');
+  mkdirSync(units);
+  const cli = (args: string[]) => spawnSync(process.execPath, [CFS, 'install-helper', ...args], { encoding: 'utf8', timeout: 30_000 });
+  const r = cli(['--service', `--dir=${units}`]);
+  assert.equal(r.status, 0, r.stderr);
+  const socketUnit = readFileSync(join(units, 'composefs-mount.socket'), 'utf8');
+  const serviceUnit = readFileSync(join(units, 'composefs-mount.service'), 'utf8');
+  assert.match(socketUnit, /^ListenStream=\/run\/composefs\/mount\.sock$/m);
+  assert.match(socketUnit, /^SocketMode=0666$/m);
+  assert.match(socketUnit, /^WantedBy=sockets\.target$/m);
+  assert.ok(serviceUnit.split('\n').includes(`ExecStart="${process.execPath}" "${CFS}" serve`), serviceUnit);
+  for (const isolating of ['PrivateMounts', 'PrivateTmp', 'ProtectSystem', 'ProtectHome', 'MemoryDenyWriteExecute']) assert.doesNotMatch(serviceUnit, new RegExp(`^${isolating}=`, 'm'));
+  if (spawnSync('sh', ['-c', 'command -v systemd-analyze'], { stdio: 'ignore' }).status === 0) {
+    const verify = spawnSync('systemd-analyze', ['verify', join(units, 'composefs-mount.socket'), join(units, 'composefs-mount.service')], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(verify.status, 0, verify.stderr);
+    assert.equal(verify.stderr.trim(), '', 'no warning (an unknown key is only a warning)');
+  } else {
+    console.log('# systemd-analyze not found: unit verification skipped');
+  }
+  assert.equal(cli(['--service', `--dir=${units}`]).status, 0, 'reinstall over its own');
+  writeFileSync(join(units, 'composefs-mount.service'), '[Service]\nExecStart=/bin/true\n');
+  const refuse = cli(['--service', `--dir=${units}`]);
+  assert.equal(refuse.status, 1);
+  assert.match(refuse.stderr, /composefs-mount\.service: exists and was not installed by cfs install-helper --service \(--force replaces it\)\n$/);
+  assert.equal(cli(['--service', `--dir=${units}`, '--force']).status, 0);
+  assert.equal(cli(['--service', `--dir=${units}`, '--uninstall']).status, 0);
+  assert.deepEqual([existsSync(join(units, 'composefs-mount.socket')), existsSync(join(units, 'composefs-mount.service'))], [false, false]);
+
+  // The capability bounding set and no_new_privs of the unit, as setpriv gives them: mounting, listing, unmounting work.
+  const caps = /^CapabilityBoundingSet=(.*)$/m.exec(serviceUnit)![1]!.split(' ').map((c) => `+${c.replace(/^CAP_/, '').toLowerCase()}`);
+  const mnt = mountpoint('mnt-caps', NOBODY);
+  const before = mountsUnder(dir);
+  const service = await startService(dir, [], ['setpriv', `--bounding-set=-all,${caps.join(',')}`, '--no-new-privs', '--inh-caps=-all']);
+  try {
+    const status = readFileSync(`/proc/${service.child.pid}/status`, 'utf8');
+    assert.match(status, /^NoNewPrivs:\s+1$/m);
+    assert.notEqual(/^CapBnd:\s+(\w+)$/m.exec(status)![1], /^CapBnd:\s+(\w+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1], 'a smaller bounding set');
+    const m = client(asNobody, service, dir, 'io.composefs.Mount.Mount', mountCall(fx, mnt));
+    assert.equal(m.ok, true, JSON.stringify(m));
+    try {
+      assert.deepEqual(readFileSync(join(mnt, 'big.bin')), fx.files['big.bin']);
+      assert.equal((client(asNobody, service, dir, 'io.composefs.Mount.List', {}).parameters!.mounts as unknown[]).length, 1);
+      assert.equal(client(asNobody, service, dir, 'io.composefs.Mount.Unmount', unmountCall(mnt)).ok, true);
+    } finally {
+      unmountQuietly(mnt);
+    }
+  } finally {
+    await service.stop();
+    assert.deepEqual(mountsUnder(dir), before, 'nothing left mounted');
+    cleanupDir(dir);
+  }
+});
+
+test('cfs serve under socket activation (systemd-socket-activate: LISTEN_FDS) serves the socket systemd passed, and exits 0 on SIGTERM', { skip: SKIP || (spawnSync('sh', ['-c', 'command -v systemd-socket-activate'], { stdio: 'ignore' }).status !== 0 && 'no systemd-socket-activate'), timeout: 120_000 }, async () => {
+  const { dir, fx, mountpoint } = setUp('svc-activate');
+  const mnt = mountpoint('mnt-activated', NOBODY);
+  const socket = join(dir, 'activated.sock');
+  const before = mountsUnder(dir);
+  // systemd-socket-activate listens, and execs the service (same pid) on the first connection.
+  const child = spawn('systemd-socket-activate', ['-l', socket, process.execPath, CFS, 'serve', '--socket', join(dir, 'not-this.sock')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  const log: string[] = [];
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => log.push(...d.split('\n').filter(Boolean)));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const service: Service = { socket, log, child, stop: async () => {} };
+  try {
+    for (let i = 0; i < 250 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 20));
+    chmodSync(socket, 0o666); // as SocketMode=0666 of the unit
+    const m = client(asNobody, service, dir, 'io.composefs.Mount.Mount', mountCall(fx, mnt));
+    assert.equal(m.ok, true, JSON.stringify(m) + log.join('\n'));
+    try {
+      for (let i = 0; i < 250 && !stdout.includes('\n'); i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(stdout, 'listening on fd 3 (from systemd)\n');
+      assert.equal(existsSync(join(dir, 'not-this.sock')), false, '--socket is not used when systemd passes one');
+      assert.equal(client(asNobody, service, dir, 'io.composefs.Mount.Unmount', unmountCall(mnt)).ok, true);
+    } finally {
+      unmountQuietly(mnt);
+    }
+    child.kill('SIGTERM');
+    let timer: NodeJS.Timeout | undefined;
+    const code = await Promise.race([exited, new Promise<'hung'>((r) => (timer = setTimeout(() => r('hung'), 15_000)))]);
+    clearTimeout(timer);
+    assert.equal(code, 0, log.join('\n'));
+  } finally {
+    child.kill('SIGKILL');
     assert.deepEqual(mountsUnder(dir), before, 'nothing left mounted');
     cleanupDir(dir);
   }
