@@ -369,7 +369,8 @@ export async function attachInNamespace(mountFd: number, mountpointFd: number, p
         : answer.step === 'setns'
           ? `cannot join the caller's mount namespace (${answer.message})`
           : answer.message;
-    throw refused('mountpoint', why, answer.step === 'move_mount' || answer.step === 'setns' ? 'mountpoint' : 'mount');
+    // Only the move itself says the mountpoint is not the caller's to use; a namespace the service cannot join is its own failure.
+    throw refused('mountpoint', why, answer.step === 'move_mount' ? 'mountpoint' : 'mount');
   }
   return answer.mountNsId ? BigInt(answer.mountNsId) : null;
 }
