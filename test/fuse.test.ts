@@ -40,9 +40,13 @@ const SKIP_USER = SKIP || (!hasFusermount ? 'no fusermount3 (Debian fuse3)' : !h
 const NOBODY = ['/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all'];
 const manifestJs = join(repoRoot, 'dist', 'test', 'helpers', 'manifest.js');
 
+/** No mount service answers here: a user's ladder goes from the kernel to FUSE whatever runs on this machine (the service rung: test/service-mount.test.ts). */
+const NO_SERVICE = '/nonexistent/cfs-fuse-test/mount.sock';
+const noServiceEnv = { ...process.env, CFS_SERVICE_SOCKET: NO_SERVICE };
+
 function cfs(args: string[], opts: { asNobody?: boolean; cwd?: string } = {}) {
   const cmd = opts.asNobody ? [...NOBODY, process.execPath, cliPath('cfs'), ...args] : [process.execPath, cliPath('cfs'), ...args];
-  return spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', cwd: opts.cwd, timeout: 60_000 });
+  return spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', cwd: opts.cwd, timeout: 60_000, env: noServiceEnv });
 }
 
 /** A source tree with every kind of entry, scanned into a store; hard links added to the tree before writing. */
@@ -230,7 +234,8 @@ test('the mount ladder as an unprivileged user: FUSE when the kernel refuses, na
     assert.equal(r.rung, 'fuse');
     assert.equal(r.readonly, true);
     assert.equal(r.via, 'fusermount');
-    assert.match(r.explain[0], /^fuse: the kernel path lacks privilege \(mounting .*fsopen erofs: Operation not permitted \(mounting needs root: CAP_SYS_ADMIN\)\); FUSE needs none$/);
+    assert.equal(r.explain[0], `service: no mount service at ${NO_SERVICE} (connect: No such file or directory)`);
+    assert.match(r.explain[1], /^fuse: the kernel path lacks privilege \(mounting .*fsopen erofs: Operation not permitted \(mounting needs root: CAP_SYS_ADMIN\)\); FUSE needs none$/);
     assert.ok(r.explain.some((l) => /^passthrough: off: the server lacks CAP_SYS_ADMIN/.test(l)), r.explain.join('\n'));
     const read = () => spawnSync(NOBODY[0], [...NOBODY.slice(1), 'cat', join(mnt, 'small')], { encoding: 'utf8' });
     assert.equal(read().stdout, 'inline content\n', read().stderr);
@@ -243,7 +248,7 @@ test('the mount ladder as an unprivileged user: FUSE when the kernel refuses, na
       [[image, mnt, '-v', '-o', `fuse=no,basedir=${store}`], 'mount.composefs'],
     ] as const) {
       const cmd = [...NOBODY, process.execPath, cliPath(prog), ...args];
-      const no = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 60_000 });
+      const no = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 60_000, env: noServiceEnv });
       assert.equal(no.status, 1, no.stderr);
       assert.equal(no.stdout, '');
       const lines = no.stderr.trim().split('\n');
@@ -262,7 +267,7 @@ test('the mount ladder as an unprivileged user: FUSE when the kernel refuses, na
     assert.ok(!servers());
 
     // --foreground through the ladder: this process serves until the mount goes, then exits 0.
-    foreground = spawn(NOBODY[0], [...NOBODY.slice(1), process.execPath, cliPath('cfs'), 'mount', '--foreground', '--explain', '-o', `basedir=${store}`, image, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
+    foreground = spawn(NOBODY[0], [...NOBODY.slice(1), process.execPath, cliPath('cfs'), 'mount', '--foreground', '--explain', '-o', `basedir=${store}`, image, mnt], { stdio: ['ignore', 'pipe', 'pipe'], env: noServiceEnv });
     let out = '';
     foreground.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     foreground.stderr!.on('data', (d: Buffer) => (out += d.toString()));
@@ -270,7 +275,8 @@ test('the mount ladder as an unprivileged user: FUSE when the kernel refuses, na
     assert.ok(await eventually(() => /passthrough: off/.test(out), 20_000), out);
     const lines = out.split('\n');
     assert.match(lines[0], /^mounted .* on .* \(ro\) through FUSE in /);
-    assert.match(lines[1], /^ {2}fuse: the kernel path lacks privilege \(.*Operation not permitted.*\); FUSE needs none$/);
+    assert.equal(lines[1], `  service: no mount service at ${NO_SERVICE} (connect: No such file or directory)`);
+    assert.match(lines[2], /^ {2}fuse: the kernel path lacks privilege \(.*Operation not permitted.*\); FUSE needs none$/);
     assert.equal(mounted().length, 1);
     const ps = spawnSync('pgrep', ['-u', '65534', '-f', 'fuse/daemon.js']);
     assert.equal(ps.status, 1, 'no detached server: the mounting process serves');

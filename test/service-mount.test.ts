@@ -121,6 +121,11 @@ test('ladder: a service that does not answer hands over to FUSE, which still giv
       m.record.map((a) => `${a.rung} ${a.outcome}`),
       ['kernel refused', 'service note', 'fuse used'],
     );
+    // With no rung after it (fuse=no), the kernel's refusal is the answer: the absent service only explains why no one else mounted it.
+    await assert.rejects(
+      climbRungs(image, join(dir, 'mnt'), { ...o, fuse: false }, [recordingFuse(calls, reasons), serviceRung], kernel),
+      (err: Error) => err.message === kernelRefusal,
+    );
     // Asked for, the same absence is the answer, in one line.
     await assert.rejects(
       climbRungs(image, join(dir, 'mnt'), { ...o, service: true }, [recordingFuse(calls, reasons), serviceRung], kernel),

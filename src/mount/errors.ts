@@ -17,6 +17,8 @@ export interface MountErrorOptions extends ComposefsErrorOptions {
   privilege?: boolean;
   /** The kernel cannot verify the objects the request requires verified: what requires them and why it cannot, for --explain. */
   unverifiable?: string;
+  /** An extra chance that was not there (no mount service answers): when nothing else is tried, the failure before it is the answer (src/mount/ladder.ts). */
+  secondary?: boolean;
 }
 
 export class MountError extends ComposefsError {
@@ -24,8 +26,11 @@ export class MountError extends ComposefsError {
   readonly handover: Handover | null;
   /** The --explain words saying why the next rung was tried: the message itself for privilege, the short reason for verity. */
   readonly handoverReason: string;
+  /** See MountErrorOptions.secondary. */
+  readonly secondary: boolean;
   constructor(message: string, options?: MountErrorOptions) {
     super(message, 'mount', options);
+    this.secondary = options?.secondary === true;
     this.handover = options?.privilege ? 'privilege' : options?.unverifiable !== undefined ? 'verity' : null;
     this.handoverReason = this.handover === 'verity' ? options!.unverifiable! : message;
   }

@@ -182,7 +182,9 @@ export interface LadderMount<Result extends RungResult = RungResult> {
  * over from, is thrown as it is. A rung that `passesOn`, taken after a
  * failure and failing the same way (the mount service, not running), passes
  * that first failure on to the next rung as the reason it is tried, its own
- * refusal an --explain line. `kernel` is the kernel rung.
+ * refusal an --explain line; with no next rung, the first failure is thrown
+ * when the passing rung's is `secondary` (nothing there to ask). `kernel` is
+ * the kernel rung.
  */
 export async function climbRungs(
   image: string | number,
@@ -197,6 +199,8 @@ export async function climbRungs(
   const eligible = (name: string, handover: Handover) => rungOf(name).asked(options) || takesOver(rungOf(name), handover, options);
   const record: Attempt[] = [];
   let reason: RungReason = { asked: true };
+  // The failure `reason` stands for, thrown in place of a secondary one after it.
+  let firstFailure: unknown = null;
   for (const [i, name] of names.entries()) {
     if (!reason.asked && !eligible(name, reason.handover)) continue;
     try {
@@ -215,11 +219,16 @@ export async function climbRungs(
       return { result, record, closed: mounted.closed ?? null };
     } catch (err) {
       const handover = handoverOf(err);
-      if (handover === null || !names.slice(i + 1).some((n) => eligible(n, handover))) throw err;
-      if (name !== KERNEL_RUNG && rungOf(name).passesOn && !reason.asked && reason.handover === handover) {
+      const passingOn = name !== KERNEL_RUNG && rungOf(name).passesOn && !reason.asked && reason.handover === handover;
+      if (handover === null || !names.slice(i + 1).some((n) => eligible(n, handover))) {
+        // An extra chance that was not there (`secondary`: no service at the socket) leaves the failure before it the answer.
+        throw passingOn && (err as MountError).secondary && firstFailure !== null ? firstFailure : err;
+      }
+      if (passingOn) {
         record.push({ stage: 'rung', rung: name, outcome: 'note', text: (err as Error).message });
         continue;
       }
+      firstFailure = err;
       reason = { asked: false, handover, failure: (err as MountError).handoverReason };
       record.push({ stage: 'rung', rung: name, outcome: 'refused', text: (err as Error).message });
     }

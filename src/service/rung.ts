@@ -103,7 +103,7 @@ export const serviceRung: MountRung<ServiceRungResult> = {
       return { result };
     } catch (err) {
       if (asked || !(err instanceof MountServiceError)) throw err;
-      if (!err.reachable) throw new MountError(`service: no mount service at ${socket} (${err.reason})`, { privilege: true, cause: err });
+      if (!err.reachable) throw new MountError(`service: no mount service at ${socket} (${err.reason})`, { privilege: true, secondary: true, cause: err });
       if (err.error !== null && HANDED_OVER.has(err.error)) throw new MountError(`service: the mount service at ${socket} refused (${err.reason})`, { privilege: true, cause: err });
       throw err;
     }
