@@ -72,10 +72,18 @@ function describeReply(err: VarlinkError): string {
   }
 }
 
+/**
+ * How long a Mount may take: the service reads and writes the whole image
+ * again (up to its size limit) before mounting, and a client that gave up
+ * early would leave a mount made after it left. Other calls take the
+ * varlink client's default (30 s).
+ */
+const MOUNT_TIMEOUT_MS = 300_000;
+
 /** Call `method` on the service at `socket`, failing with a MountServiceError. */
-async function call(socket: string, method: string, parameters: Record<string, unknown>, fds: number[] = []): Promise<CallResult> {
+async function call(socket: string, method: string, parameters: Record<string, unknown>, fds: number[] = [], timeoutMs?: number): Promise<CallResult> {
   try {
-    return await callVarlink(socket, method, parameters, fds);
+    return await callVarlink(socket, method, parameters, fds, timeoutMs === undefined ? {} : { timeoutMs });
   } catch (err) {
     if (err instanceof VarlinkError) {
       const reason = describeReply(err);
@@ -249,17 +257,12 @@ export async function mountThroughService(image: string | number, mountpoint: st
     const parameters: Record<string, unknown> = { image: 0, basedirs: basedirFds.map((_, i) => i + 1), options: mountOptions };
     if (!detached) parameters.mountpoint = basedirFds.length + 1;
 
-    const reply = await call(socket, MountMethod.Mount, parameters, fds);
+    const reply = await call(socket, MountMethod.Mount, parameters, fds, MOUNT_TIMEOUT_MS);
     const p = reply.parameters;
-    const mountIndex = typeof p.mount === 'number' ? p.mount : -1;
-    if (detached) {
-      if (mountIndex < 0 || mountIndex >= reply.fds.length) {
-        sys.closeQuiet(reply.fds.splice(0).pop() ?? -1);
-        throw new MountServiceError('mount service: no detached mount came with the reply', socket, true);
-      }
-      mountFd = reply.fds[mountIndex];
-    }
+    const mountIndex = typeof p.mount === 'number' && Number.isInteger(p.mount) ? p.mount : -1;
+    if (detached && mountIndex >= 0 && mountIndex < reply.fds.length) mountFd = reply.fds[mountIndex];
     for (const fd of reply.fds) if (fd !== mountFd) sys.closeQuiet(fd);
+    if (detached && mountFd < 0) throw new MountServiceError('mount service: no detached mount came with the reply', socket, true);
     if (detached) {
       try {
         sys.moveMountTo(mountFd, mnt, mountpointFd);
