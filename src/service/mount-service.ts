@@ -27,6 +27,8 @@ import { invalidParameter, Parameters, serveVarlink, VarlinkError, type CallCont
 import type { JsonObject } from '../oci/strict-json.js';
 
 export const DEFAULT_MAX_MOUNTS_PER_USER = 64;
+/** Records kept before those of every uid are checked for mounts gone (each uid's own are checked whenever it asks). */
+const PRUNE_AT = 1024;
 /** Basedirs one Mount may name (the interface's 1..16). */
 const MAX_BASEDIRS = 16;
 
@@ -204,6 +206,8 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
         const mountpointFd = mountpointIndex === undefined ? undefined : take(mountpointIndex, 'mountpoint');
         if (mountpointFd !== undefined && !mountOptions.detached) note.where = shownPath(mountpointFd);
 
+        // Records of uids that never come back are forgotten once they are gone, whoever asks next.
+        if (records.size >= PRUNE_AT) for (const r of [...records.values()]) if (!alive(r)) records.delete(r.mountId);
         // Counted and reserved in one synchronous stretch: parallel requests of a uid cannot overshoot.
         const held = liveRecords(uid).length + (inFlight.get(uid) ?? 0);
         if (held >= limit) {
