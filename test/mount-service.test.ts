@@ -65,8 +65,8 @@ interface Service {
   socket: string;
   log: string[];
   child: ChildProcess;
-  /** SIGTERM, then its exit: code 0, socket gone. */
-  stop(): Promise<void>;
+  /** SIGTERM (or `signal`), then its exit: code 0, socket gone. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
 /** Start `cfs serve` on a socket in `dir` (`wrap`: a command to start it through, e.g. setpriv); `listening on` waited for. */
@@ -106,10 +106,10 @@ async function startService(dir: string, extra: string[] = [], wrap: string[] = 
     socket,
     log,
     child,
-    async stop() {
+    async stop(signal = 'SIGTERM') {
       if (stopped) return;
       stopped = true;
-      child.kill('SIGTERM');
+      child.kill(signal);
       let timer: NodeJS.Timeout | undefined;
       const code = await Promise.race([exited, new Promise<'hung'>((r) => (timer = setTimeout(() => r('hung'), 15_000)))]);
       clearTimeout(timer);
@@ -323,7 +323,7 @@ test('cfs serve: the per-uid limit counts live mounts and requests under way: 4 
     assert.deepEqual(mountsUnder(dir), before);
   } finally {
     for (const m of mnts) unmountQuietly(m);
-    await service.stop();
+    await service.stop('SIGINT');
     assert.deepEqual(mountsUnder(dir), before, 'nothing left mounted');
     cleanupDir(dir);
   }
@@ -516,6 +516,29 @@ test('cfs serve under socket activation (systemd-socket-activate: LISTEN_FDS) se
   } finally {
     child.kill('SIGKILL');
     assert.deepEqual(mountsUnder(dir), before, 'nothing left mounted');
+    cleanupDir(dir);
+  }
+});
+
+test('cfs serve: not as root, a bad option, a socket it cannot make: one line, non-zero exit', { skip: SKIP, timeout: 60_000 }, () => {
+  const dir = scratch('svc-cli');
+  try {
+    const asUserRun = spawnSync('setpriv', [...asNobody, process.execPath, CFS, 'serve', '--socket', join(dir, 's.sock')], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(asUserRun.status, 1);
+    assert.equal(asUserRun.stdout, '');
+    assert.match(asUserRun.stderr, /^cfs serve: must run as root: [^\n]*\n$/);
+    const bad = spawnSync(process.execPath, [CFS, 'serve', '--max-mounts-per-user', 'many'], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(bad.status, 2);
+    assert.equal(bad.stderr, "cfs serve: invalid value for --max-mounts-per-user: 'many' is not a number\n");
+    writeFileSync(join(dir, 'file'), '');
+    const noDir = spawnSync(process.execPath, [CFS, 'serve', '--socket', join(dir, 'file', 's.sock')], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(noDir.status, 1);
+    assert.match(noDir.stderr, /^cfs serve: [^\n]*file: [^\n]*\n$/);
+    assert.equal(noDir.stdout, '');
+    const help = spawnSync(process.execPath, [CFS, 'serve', '--help'], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(help.status, 0);
+    assert.match(help.stdout, /--max-mounts-per-user=N/);
+  } finally {
     cleanupDir(dir);
   }
 });
