@@ -534,4 +534,8 @@ test('as nobody and as uid 61000, cfs mount goes through the mount service: entr
   }
   const left = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(dir));
   assert.deepEqual(left, [], 'nothing left mounted');
+  // No server left: neither the service nor a FUSE server of this test's mounts (they exit once unmounted).
+  const servers = () => spawnSync('pgrep', ['-f', `(cfs\\.js serve|fuse/daemon\\.js).*${dir}`], { encoding: 'utf8' }).stdout.trim();
+  for (let i = 0; i < 100 && servers() !== ''; i++) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(servers(), '', 'no server process left');
 });
