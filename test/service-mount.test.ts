@@ -171,8 +171,8 @@ interface Service {
 }
 
 /** `cfs serve --socket SOCKET` as root, once it says it listens. */
-async function startService(socket: string): Promise<Service> {
-  const child = spawn(process.execPath, [CFS, 'serve', '--socket', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function startService(socket: string, ...more: string[]): Promise<Service> {
+  const child = spawn(process.execPath, [CFS, 'serve', '--socket', socket, ...more], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d) => (out += d));
@@ -538,4 +538,44 @@ test('as nobody and as uid 61000, cfs mount goes through the mount service: entr
   const servers = () => spawnSync('pgrep', ['-f', `(cfs\\.js serve|fuse/daemon\\.js).*${dir}`], { encoding: 'utf8' }).stdout.trim();
   for (let i = 0; i < 100 && servers() !== ''; i++) await new Promise((r) => setTimeout(r, 50));
   assert.equal(servers(), '', 'no server process left');
+});
+
+test('a user at the service\'s limit: --service fails in one line naming it, plain cfs mount goes to FUSE and --explain says why', { skip: SKIP, timeout: 120_000 }, async () => {
+  const dir = makeTemp('svc-limit', 0o755);
+  let service: Service | null = null;
+  const fuseMode = statSync('/dev/fuse').mode & 0o7777;
+  const mounted: string[] = [];
+  try {
+    const images = buildImages(dir);
+    const socket = join(dir, 'mount.sock');
+    service = await startService(socket, '--max-mounts-per-user=1');
+    const sock = ['--service-socket', socket];
+    const basedir = `basedir=${images.basedir}`;
+    const first = mountDir(images, 'mnt-first', 65534);
+    const second = mountDir(images, 'mnt-second', 65534);
+    const m = runAs(NOBODY, [CFS, 'mount', ...sock, '-o', basedir, images.image, first]);
+    assert.equal(m.status, 0, m.stderr);
+    mounted.push(first);
+    oneLineError(runAs(NOBODY, [CFS, 'mount', '--service', ...sock, '-o', basedir, images.image, second]), /^cfs mount: mount service: limit of 1 mount reached$/);
+    assert.equal(mountinfoAt(second).length, 0);
+    chmodSync('/dev/fuse', 0o666);
+    const f = runAs(NOBODY, [CFS, 'mount', ...sock, '-o', basedir, images.image, second, '--explain']);
+    assert.equal(f.status, 0, f.stderr);
+    mounted.push(second);
+    assert.match(f.stdout, /through FUSE/);
+    assert.match(f.stdout, new RegExp(`\\n {2}service: the mount service at ${socket} refused \\(limit of 1 mount reached\\)\\n {2}fuse: the kernel path lacks privilege \\(`));
+    for (const mnt of [second, first]) {
+      assert.equal(runAs(NOBODY, [CFS, 'umount', ...sock, mnt]).status, 0);
+      mounted.splice(mounted.indexOf(mnt), 1);
+    }
+  } finally {
+    chmodSync('/dev/fuse', fuseMode);
+    for (const mnt of mounted.reverse()) spawnSync('umount', ['-l', mnt]);
+    try {
+      await service?.stop();
+    } finally {
+      removeTemp(dir);
+    }
+  }
+  assert.deepEqual(readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(dir)), [], 'nothing left mounted');
 });

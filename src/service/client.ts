@@ -56,7 +56,7 @@ function describeReply(err: VarlinkError): string {
   const text = (key: string) => (typeof p[key] === 'string' ? printable(p[key] as string) : '');
   switch (err.error) {
     case MountServiceErrors.LimitReached:
-      return `limit of ${typeof p.limit === 'number' ? p.limit : '?'} mounts reached`;
+      return `limit of ${typeof p.limit === 'number' ? p.limit : '?'} mount${p.limit === 1 ? '' : 's'} reached`;
     case MountServiceErrors.ImageRefused:
       return `image refused: ${text('reason').replace(/^image refused: /, '')}`;
     case MountServiceErrors.BadDescriptor:
