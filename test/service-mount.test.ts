@@ -178,18 +178,24 @@ async function startService(socket: string, ...more: string[]): Promise<Service>
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (err += d));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let deadline: NodeJS.Timeout | undefined;
+  let poll: NodeJS.Timeout | undefined;
   const ready = await Promise.race([
     new Promise<boolean>((resolve) => {
-      const check = () => (out.includes('listening on') ? resolve(true) : setTimeout(check, 20));
+      const check = () => (out.includes('listening on') ? resolve(true) : (poll = setTimeout(check, 20)));
       check();
     }),
     exited.then(() => false),
-    new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 20_000)),
+    new Promise<boolean>((resolve) => (deadline = setTimeout(() => resolve(false), 20_000))),
   ]);
+  clearTimeout(deadline);
+  clearTimeout(poll);
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     child.kill('SIGTERM');
-    const code = await Promise.race([exited, new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), 15_000))]);
+    let late: NodeJS.Timeout | undefined;
+    const code = await Promise.race([exited, new Promise<'late'>((resolve) => (late = setTimeout(() => resolve('late'), 15_000)))]);
+    clearTimeout(late);
     if (code === 'late') {
       child.kill('SIGKILL');
       await exited;
