@@ -507,10 +507,12 @@ test('as nobody and as uid 61000, cfs mount goes through the mount service: entr
 
     // nobody inside `unshare -Urm`: the client asks for the detached mount and attaches it itself, in its namespace.
     const nsMnt = mountDir(images, 'mnt-userns', 65534);
+    const nsOut = mountDir(images, 'userns-out', 65534);
     const script = [
       `"${process.execPath}" "${CFS}" mount ${sock.join(' ')} -o ${basedir} "${images.image}" "${nsMnt}" --explain >&2 || exit 10`,
       `grep -c " ${nsMnt} " /proc/self/mountinfo >&2`,
       `"${process.execPath}" "${LISTER}" "${nsMnt}" "${rootMnt}" || exit 11`,
+      `"${process.execPath}" "${CFS}" status --json ${sock.join(' ')} > "${join(nsOut, 'status.json')}" || exit 13`,
       `"${process.execPath}" "${CFS}" umount "${nsMnt}" >&2 || exit 12`,
     ].join('\n');
     const ns = spawnSync(NOBODY[0], [...NOBODY.slice(1), 'unshare', '-Urm', 'sh', '-c', script], { encoding: 'utf8', timeout: 60_000, killSignal: 'SIGKILL', maxBuffer: 64 << 20, cwd: '/' });
@@ -520,6 +522,9 @@ test('as nobody and as uid 61000, cfs mount goes through the mount service: entr
     const [nsService, nsKernel] = ns.stdout.trim().split('\n').map((l) => JSON.parse(l) as TreeListing);
     assert.deepEqual(nsService, withoutPrivilege(nsKernel, images));
     assert.equal(mountinfoAt(nsMnt).length, 0, 'never attached in our namespace');
+    // cfs status in the namespace found it there by its unique mount id, though the service never saw where it went.
+    const nsStatus = JSON.parse(readFileSync(join(nsOut, 'status.json'), 'utf8')) as typeof json;
+    assert.deepEqual(nsStatus.service.mounts.map((x) => [x.here, x.detached]), [[nsMnt, true]]);
     const afterNs = JSON.parse(runAs(NOBODY, [CFS, 'status', '--json', ...sock]).stdout) as typeof json;
     assert.deepEqual(afterNs.service.mounts, [], 'unmounted in the namespace: the service holds nothing for nobody');
   } finally {
