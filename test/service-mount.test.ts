@@ -136,6 +136,29 @@ test('ladder: a service that does not answer hands over to FUSE, which still giv
   }
 });
 
+const blockDevice = ['/dev/loop0', '/dev/loop1', '/dev/vda', '/dev/sda'].find((p) => existsSync(p) && statSync(p).isBlockDevice());
+test('ladder: an image that is no file (a block device) is not the service\'s: unasked, FUSE is tried and --explain says why; asked, one line', { skip: !isRoot ? 'opens a block device' : !blockDevice && 'no block device' }, async () => {
+  const dir = makeTemp('svc-block');
+  try {
+    mkdirSync(join(dir, 'objects'));
+    mkdirSync(join(dir, 'mnt'));
+    const calls: string[] = [];
+    const reasons: string[] = [];
+    const kernel = async (): Promise<never> => {
+      throw new MountError('mounting: Operation not permitted', { privilege: true });
+    };
+    const o: MountOptions = { basedir: [join(dir, 'objects')], serviceSocket: join(dir, 'none.sock') };
+    const m = await climbRungs(blockDevice!, join(dir, 'mnt'), o, [serviceRung, recordingFuse(calls, reasons)], kernel);
+    assert.deepEqual(calls, ['fuse']);
+    assert.equal(m.result.explain[0], `service: image ${blockDevice}: not a regular file (the mount service takes image files only)`);
+    await assert.rejects(climbRungs(blockDevice!, join(dir, 'mnt'), { ...o, service: true }, [serviceRung], kernel), {
+      message: `image ${blockDevice}: not a regular file (the mount service takes image files only)`,
+    });
+  } finally {
+    removeTemp(dir);
+  }
+});
+
 test('the package entry registers the service rung: mountImage with service: true asks it (a dry run opens what it would pass)', async () => {
   const before = registeredMountRungs().map((r) => r.name);
   const dir = makeTemp('svc-entry');

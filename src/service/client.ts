@@ -166,9 +166,12 @@ function openImage(image: string): number {
   return fd;
 }
 
+/** The image is not a regular file (a block device, say): the mount service takes image files only, FUSE or the kernel may still mount it. */
+export class ImageNotForService extends MountError {}
+
 function checkRegular(fd: number, shown: string): void {
   const st = fstatSync(fd);
-  if (!st.isFile()) throw new MountError(`image ${shown}: ${st.isDirectory() ? 'Is a directory' : 'not a regular file'} (the mount service takes image files only)`);
+  if (!st.isFile()) throw new ImageNotForService(`image ${shown}: ${st.isDirectory() ? 'Is a directory' : 'not a regular file'} (the mount service takes image files only)`);
 }
 
 /**

@@ -61,7 +61,7 @@ export const serviceRung: MountRung<ServiceRungResult> = {
     const t0 = performance.now();
     const asked = options.service === true;
     if (kernelOnly(options)) throw new UsageError('upperdir=/workdir=/idmap= are not supported by the mount service (its mounts are read-only, without idmap)');
-    const { mountThroughService, checkServiceRequest, serviceSocketPath, MountServiceError } = await import('./client.js');
+    const { mountThroughService, checkServiceRequest, serviceSocketPath, MountServiceError, ImageNotForService } = await import('./client.js');
     const socket = serviceSocketPath(options.serviceSocket);
     const verity = options.verity ?? (options.digest !== undefined ? 'require' : 'off');
     const explain: string[] = [];
@@ -102,6 +102,7 @@ export const serviceRung: MountRung<ServiceRungResult> = {
       };
       return { result };
     } catch (err) {
+      if (!asked && err instanceof ImageNotForService) throw new MountError(`service: ${err.message}`, { privilege: true, cause: err });
       if (asked || !(err instanceof MountServiceError)) throw err;
       if (!err.reachable) throw new MountError(`service: no mount service at ${socket} (${err.reason})`, { privilege: true, secondary: true, cause: err });
       if (err.error !== null && HANDED_OVER.has(err.error)) throw new MountError(`service: the mount service at ${socket} refused (${err.reason})`, { privilege: true, cause: err });
