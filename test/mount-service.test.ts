@@ -19,7 +19,7 @@ import { fsverityDigest } from '../src/fsverity/index.js';
 import { digestToObjectPath } from '../src/store/layout.js';
 import { cleanupDir, makeImage, scratch, standardFiles, type Fixture } from './mount-fixtures.js';
 import { mountIdOf } from '../src/sys/mountid.js';
-import { MNT_DETACH, O_PATH, closeQuiet, umount2 } from '../src/sys/mount.js';
+import { MNT_DETACH, MS_NODEV, MS_NOSUID, O_PATH, closeQuiet, mount, umount2 } from '../src/sys/mount.js';
 
 const hasSetpriv = spawnSync('sh', ['-c', 'command -v setpriv'], { stdio: 'ignore' }).status === 0;
 const SKIP = !isRoot ? 'the service runs as root' : !hasSetpriv ? 'no setpriv' : false;
@@ -539,6 +539,36 @@ test('cfs serve: not as root, a bad option, a socket it cannot make: one line, n
     assert.equal(help.status, 0);
     assert.match(help.stdout, /--max-mounts-per-user=N/);
   } finally {
+    cleanupDir(dir);
+  }
+});
+
+test('cfs serve: a basedir or mountpoint on a FUSE file system whose daemon never answers is refused at once, and the service goes on serving', { skip: SKIP || (!existsSync('/dev/fuse') && 'no /dev/fuse'), timeout: 120_000 }, async () => {
+  const { dir, fx, mountpoint } = setUp('svc-fuse');
+  const mnt = mountpoint('mnt-nobody', NOBODY);
+  const stalled = mountpoint('fuse', NOBODY);
+  // A FUSE mount whose daemon (this test) never reads its requests: each one waits until /dev/fuse is closed.
+  const devFuse = openSync('/dev/fuse', 'r+');
+  let mounted = false;
+  const service = await startService(dir);
+  try {
+    mount('cfs-test-stall', stalled, 'fuse', MS_NOSUID | MS_NODEV, `fd=${devFuse},rootmode=40755,user_id=${NOBODY},group_id=${NOBODY},allow_other`);
+    mounted = true;
+    const timed = (p: Promise<Answer>) => Promise.race([p, new Promise<'stalled'>((r) => setTimeout(() => r('stalled'), 10_000).unref())]);
+    const basedir = await timed(clientAsync(asNobody, service, dir, 'io.composefs.Mount.Mount', { open: [[fx.image, 'read'], [stalled, 'dir'], [mnt, 'path']], parameters: { image: 0, basedirs: [1], mountpoint: 2 } }));
+    assert.notEqual(basedir, 'stalled', 'the service answers');
+    assert.deepEqual(basedir !== 'stalled' && [basedir.error, basedir.parameters], [MountError.BadDescriptor, { parameter: 'basedirs', reason: 'basedir 1: on a FUSE file system (its answers could stall the service)' }]);
+    const onFuse = await timed(clientAsync(asNobody, service, dir, 'io.composefs.Mount.Mount', mountCall(fx, stalled)));
+    assert.notEqual(onFuse, 'stalled', 'the service answers');
+    assert.deepEqual(onFuse !== 'stalled' && [onFuse.error, onFuse.parameters], [MountError.NotOwner, { reason: 'mountpoint: on a FUSE file system (its answers could stall the service)' }]);
+    const ok = client(asNobody, service, dir, 'io.composefs.Mount.Mount', mountCall(fx, mnt));
+    assert.equal(ok.ok, true, JSON.stringify(ok));
+    assert.equal(client(asNobody, service, dir, 'io.composefs.Mount.Unmount', unmountCall(mnt)).ok, true);
+  } finally {
+    closeQuiet(devFuse); // aborts the connection: whatever waits on it fails now
+    if (mounted) unmountQuietly(stalled);
+    unmountQuietly(mnt);
+    await service.stop();
     cleanupDir(dir);
   }
 });
