@@ -179,13 +179,7 @@ function checkRegular(fd: number, shown: string): void {
  * each basedir, the mountpoint; every descriptor opened is added to
  * `opened` as it is, for the caller to close whatever happens.
  */
-function openRequest(
-  image: string | number,
-  mnt: string,
-  basedir: readonly string[],
-  opened: number[],
-  detached = false,
-): { imageFd: number; basedirFds: number[]; mountpointFd: number } {
+function openRequest(image: string | number, mnt: string, basedir: readonly string[], opened: number[]): { imageFd: number; basedirFds: number[]; mountpointFd: number } {
   if (basedir.length === 0) throw new MountError('no basedir given: composefs needs the object store directory (basedir=PATH)');
   let imageFd: number;
   if (typeof image === 'number') {
@@ -195,30 +189,11 @@ function openRequest(
   const basedirFds = basedir.map((d) => {
     const fd = openOrFail(resolve(d), sys.O_PATH | fsc.O_DIRECTORY, 'basedir');
     opened.push(fd);
-    return detached ? detachedCopyOf(fd, opened) : fd;
+    return fd;
   });
   const mountpointFd = openOrFail(mnt, sys.O_PATH | fsc.O_NOFOLLOW | fsc.O_DIRECTORY, 'mountpoint');
   opened.push(mountpointFd);
   return { imageFd, basedirFds, mountpointFd };
-}
-
-/**
- * A detached copy (open_tree OPEN_TREE_CLONE) of the mount under directory
- * `fd`, rooted there, or `fd` itself when this process may not make one.
- * overlayfs takes a layer only from a mount in the mount namespace of
- * whoever creates the overlay, or from a detached one: the mounts of a
- * mount namespace of the caller's own are neither to the service, a copy
- * detached from it is. Only a caller who may mount in its namespace can
- * make one, which is the caller that asks for a detached mount.
- */
-function detachedCopyOf(fd: number, opened: number[]): number {
-  try {
-    const copy = sys.openTree(fd, '', sys.OPEN_TREE_CLONE | sys.OPEN_TREE_CLOEXEC | sys.AT_EMPTY_PATH);
-    opened.push(copy);
-    return copy;
-  } catch {
-    return fd;
-  }
 }
 
 /** Open and check what a Mount call would pass (a dry run), closing it all again. */
@@ -246,7 +221,7 @@ export async function mountThroughService(image: string | number, mountpoint: st
   let mountFd = -1;
   try {
     const detached = options.detached ?? attachesItself();
-    const { imageFd, basedirFds, mountpointFd } = openRequest(image, mnt, options.basedir, opened, detached);
+    const { imageFd, basedirFds, mountpointFd } = openRequest(image, mnt, options.basedir, opened);
 
     // Descriptor indexes as the service numbers them: the image, the basedirs, the mountpoint.
     const fds = [imageFd, ...basedirFds];
