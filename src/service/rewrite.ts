@@ -221,6 +221,8 @@ export class RewritePool {
     const worker = new Worker(new URL('../service/rewrite-worker.js', import.meta.url), {
       workerData: data,
       transferList,
+      // Not the parent's node options: a flag for its entry point (--input-type with -e) fails a thread's start.
+      execArgv: [],
       resourceLimits: { maxOldGenerationSizeMb: this.heapMb, maxYoungGenerationSizeMb: Math.min(64, Math.max(4, this.heapMb >> 4)) },
       stdout: true,
       stderr: true,
