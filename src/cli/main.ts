@@ -24,6 +24,7 @@ const commands: Record<string, { summary: string; load: () => Promise<CommandMod
   tag: { summary: 'give a named image another name', load: () => import('./repo.js').then((m) => m.tag) },
   rm: { summary: 'remove names from the repository', load: () => import('./repo.js').then((m) => m.rm) },
   gc: { summary: 'remove what no name in the repository reaches', load: () => import('./repo.js').then((m) => m.gc) },
+  serve: { summary: 'serve kernel composefs mounts to users who may not mount (the mount service, as root)', load: () => import('./serve.js') },
   'install-helper': { summary: 'install mount.composefs where mount(8) finds it', load: () => import('./install-helper.js') },
   demo: { summary: 'build a sample image and show what was made (what `npm start` runs)', load: () => import('./demo.js') },
 };

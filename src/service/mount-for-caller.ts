@@ -22,7 +22,7 @@
  *    may write, attached in the caller's mount namespace, joined through the
  *    caller's pidfd by a thread of its own (src/service/attach-worker.ts).
  */
-import { fstatSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, writeSync, constants as fsc } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { ComposefsError } from '../errors.js';
@@ -30,20 +30,22 @@ import { anonymousFile } from '../mount/anonymous.js';
 import { mountErofs } from '../mount/backing.js';
 import { Cleanup, type MountContext } from '../mount/context.js';
 import { MountError } from '../mount/errors.js';
+import { fsverityDigest } from '../fsverity/index.js';
 import { checkImage } from '../mount/image.js';
-import { kernel, type KernelKnowledge } from '../mount/kernel.js';
+import { kernel, kernelHasFsverity, learn, type KernelKnowledge } from '../mount/kernel.js';
 import { explainRecord, type Attempt } from '../mount/ladder.js';
 import type { Backing, Layers } from '../mount/options.js';
 import { mountLayers } from '../mount/overlay.js';
 import { planMount } from '../mount/plan.js';
 import { becomeCaller, restoreCredentials, type Identity } from '../sys/creds.js';
-import { fsTypeOf } from '../sys/fsinfo.js';
+import { fsTypeOf, measureVerity } from '../sys/fsinfo.js';
 import { strerror } from '../sys/libc.js';
 import { loopControlExists } from '../sys/loop.js';
 import * as sys from '../sys/mount.js';
+import { mountIdOf, mountNsIdOfPidfd } from '../sys/mountid.js';
 import { accessFd, pidfdOpen, W_OK } from '../sys/namespace.js';
 import type { AttachAnswer, AttachRequest } from './attach-worker.js';
-import { rewriteInWorker, type Stripped } from './rewrite.js';
+import { ImageRefusal, rewriteInWorker, type Stripped } from './rewrite.js';
 
 export { rewriteImage, type Stripped } from './rewrite.js';
 
@@ -91,6 +93,14 @@ export interface CallerMountRequest {
 export interface CallerMount {
   /** With `detached`: the overlay's detached mount (close-on-exec; the receiver owns it). Else null: it is attached. */
   mountFd: number | null;
+  /** The overlay's unique mount id (STATX_MNT_ID_UNIQUE), taken from its descriptor before it was attached. */
+  mountId: bigint;
+  /** The mount namespace the overlay went into (attached), or the caller's when it asked (detached: it attaches it itself). */
+  mountNsId: bigint;
+  /** The fs-verity digest (SHA-256, hex) of the image the service wrote and mounted. */
+  imageDigest: string;
+  /** Overlay verity (verity=require) is on: the kernel checks each object's digest. */
+  verity: boolean;
   backing: Backing;
   layers: Layers;
   /** Bytes of the image as the caller sent it, and as written again. */
@@ -147,9 +157,36 @@ const MOUNTPOINT_FS_TYPES = new Set([
 const FUSE_SUPER_MAGIC = 0x65735546;
 const ATTACH_TIMEOUT_MS = 10_000;
 
+/**
+ * What a refusal is about, for the service to answer with the interface's
+ * error without reading messages: the mountpoint is not the caller's to
+ * mount on (NotOwner), the image is refused (ImageRefused), a descriptor is
+ * not what it must be (BadDescriptor, naming `parameter`), the kernel or the
+ * system cannot make the mount (MountFailed).
+ */
+export type RefusalSubject = 'mountpoint' | 'image' | 'descriptor' | 'mount';
+
+/** A refusal of the caller's request: one line, naming the thing and the reason, and its subject. */
+export class CallerRefusal extends MountError {
+  constructor(
+    message: string,
+    readonly subject: RefusalSubject,
+    /** For 'descriptor': the request's parameter the descriptor came as (image, basedirs, mountpoint). */
+    readonly parameter?: string,
+    cause?: unknown,
+  ) {
+    super(message, cause === undefined ? undefined : { cause });
+  }
+}
+
 /** A refusal: one line, naming the thing and the reason. */
-function refused(what: string, why: string, cause?: unknown): MountError {
-  return new MountError(`${what}: ${why}`, cause === undefined ? undefined : { cause });
+function refused(what: string, why: string, subject: RefusalSubject, cause?: unknown, parameter?: string): CallerRefusal {
+  return new CallerRefusal(`${what}: ${why}`, subject, parameter, cause);
+}
+
+/** A descriptor that is not what it must be: named by its parameter. */
+function badDescriptor(what: string, parameter: string, why: string, cause?: unknown): CallerRefusal {
+  return refused(what, why, 'descriptor', cause, parameter);
 }
 
 /**
@@ -163,15 +200,15 @@ export function checkMountpoint(fd: number, caller: Caller): void {
   try {
     st = fstatSync(fd);
   } catch (err) {
-    throw refused('mountpoint', `not an open descriptor (${err instanceof Error ? err.message : String(err)})`, err);
+    throw badDescriptor('mountpoint', 'mountpoint', `not an open descriptor (${err instanceof Error ? err.message : String(err)})`, err);
   }
-  if (st.isSymbolicLink()) throw refused('mountpoint', 'is a symbolic link');
-  if (!st.isDirectory()) throw refused('mountpoint', 'not a directory');
+  if (st.isSymbolicLink()) throw badDescriptor('mountpoint', 'mountpoint', 'is a symbolic link');
+  if (!st.isDirectory()) throw badDescriptor('mountpoint', 'mountpoint', 'not a directory');
   const fsType = fsTypeOf(fd) >>> 0;
-  if (!MOUNTPOINT_FS_TYPES.has(fsType)) throw refused('mountpoint', `on a file system of type 0x${fsType.toString(16)}, where the service mounts nothing`);
-  if (caller.uid !== 0 && st.uid !== caller.uid) throw refused('mountpoint', `not owned by uid ${caller.uid} (owner: uid ${st.uid})`);
+  if (!MOUNTPOINT_FS_TYPES.has(fsType)) throw refused('mountpoint', `on a file system of type 0x${fsType.toString(16)}, where the service mounts nothing`, 'mountpoint');
+  if (caller.uid !== 0 && st.uid !== caller.uid) throw refused('mountpoint', `not owned by uid ${caller.uid} (owner: uid ${st.uid})`, 'mountpoint');
   const errno = asCaller(caller, () => accessFd(fd, W_OK));
-  if (errno !== 0) throw refused('mountpoint', `not writable by uid ${caller.uid} (${strerror(errno)})`);
+  if (errno !== 0) throw refused('mountpoint', `not writable by uid ${caller.uid} (${strerror(errno)})`, 'mountpoint');
 }
 
 /** Run `fn` on this thread with the caller's file-system credentials, put back whatever happens. */
@@ -190,11 +227,11 @@ function receiveImage(fd: number, max: number): Buffer {
   try {
     st = fstatSync(fd);
   } catch (err) {
-    throw refused('image', `not an open descriptor (${err instanceof Error ? err.message : String(err)})`, err);
+    throw badDescriptor('image', 'image', `not an open descriptor (${err instanceof Error ? err.message : String(err)})`, err);
   }
-  if (!st.isFile()) throw refused('image', 'not a regular file');
-  if (fsTypeOf(fd) === FUSE_SUPER_MAGIC) throw refused('image', 'on a FUSE file system (its reads could stall the service)');
-  if (st.size > max) throw refused('image', `${st.size} bytes, over the limit of ${max}`);
+  if (!st.isFile()) throw badDescriptor('image', 'image', 'not a regular file');
+  if (fsTypeOf(fd) === FUSE_SUPER_MAGIC) throw refused('image', 'on a FUSE file system (its reads could stall the service)', 'image');
+  if (st.size > max) throw refused('image', `${st.size} bytes, over the limit of ${max}`, 'image');
   const buf = Buffer.alloc(Math.max(st.size, 1));
   let got = 0;
   for (;;) {
@@ -202,9 +239,15 @@ function receiveImage(fd: number, max: number): Buffer {
       // The file grew since fstat: one more byte says whether it is still within the limit.
       const probe = Buffer.alloc(1);
       if (readSync(fd, probe, 0, 1, got) === 0) break;
-      throw refused('image', 'changed while it was read');
+      throw refused('image', 'changed while it was read', 'image');
     }
-    const n = readSync(fd, buf, got, buf.length - got, got);
+    let n: number;
+    try {
+      n = readSync(fd, buf, got, buf.length - got, got);
+    } catch (err) {
+      // EBADF (opened write-only), EIO…: the descriptor, not the image, is at fault.
+      throw badDescriptor('image', 'image', `unreadable (${err instanceof Error ? err.message : String(err)})`, err);
+    }
     if (n === 0) break;
     got += n;
   }
@@ -222,39 +265,64 @@ function privateImageFile(image: Buffer, dirs: string[], c: Cleanup): number {
     c,
   );
   if ('fd' in made) return made.fd;
-  throw new MountError(`image: no anonymous file for the copy: ${made.refused.join('; ')}`);
+  throw new CallerRefusal(`image: no anonymous file for the copy: ${made.refused.join('; ')}`, 'mount');
+}
+
+/** Run one operation of attach-worker.ts on a thread of its own; its answer, or an error when the thread fails or does not answer. */
+async function inCallerNamespace(data: AttachRequest, what: string): Promise<AttachAnswer> {
+  const worker = new Worker(new URL('../service/attach-worker.js', import.meta.url), { workerData: data });
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await new Promise<AttachAnswer>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+      worker.once('exit', (code) => reject(new Error(`the ${what} thread ended (exit ${code}) without an answer`)));
+      timer = setTimeout(() => reject(new Error(`the ${what} thread did not answer in ${ATTACH_TIMEOUT_MS} ms`)), ATTACH_TIMEOUT_MS);
+    });
+  } catch (err) {
+    throw new CallerRefusal(`${what}: ${err instanceof Error ? err.message : String(err)}`, 'mount', undefined, err);
+  } finally {
+    clearTimeout(timer);
+    await worker.terminate();
+  }
 }
 
 /**
  * Attach `mountFd` on `mountpointFd` in the mount namespace of the process
- * `pidfd` refers to, from a thread of its own (see attach-worker.ts).
+ * `pidfd` refers to, from a thread of its own (see attach-worker.ts). With
+ * `mountId`, returns the id of the mount namespace the mount landed in (null
+ * when the kernel cannot say).
  */
-export async function attachInNamespace(mountFd: number, mountpointFd: number, pidfd: number): Promise<void> {
-  const data: AttachRequest = { pidfd, mountFd, mountpointFd };
-  const worker = new Worker(new URL('../service/attach-worker.js', import.meta.url), { workerData: data });
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const answer = await new Promise<AttachAnswer>((resolve, reject) => {
-      worker.once('message', resolve);
-      worker.once('error', reject);
-      worker.once('exit', (code) => reject(new Error(`the attaching thread ended (exit ${code}) without an answer`)));
-      timer = setTimeout(() => reject(new Error(`the attaching thread did not answer in ${ATTACH_TIMEOUT_MS} ms`)), ATTACH_TIMEOUT_MS);
-    });
-    if (!answer.ok) {
-      const why =
-        answer.step === 'move_mount' && answer.code === 'EINVAL'
-          ? "not in the caller's mount namespace"
-          : answer.step === 'setns'
-            ? `cannot join the caller's mount namespace (${answer.message})`
-            : answer.message;
-      throw refused('mountpoint', why);
-    }
-  } catch (err) {
-    if (err instanceof ComposefsError) throw err;
-    throw new MountError(`attaching the mount: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-  } finally {
-    clearTimeout(timer);
-    await worker.terminate();
+export async function attachInNamespace(mountFd: number, mountpointFd: number, pidfd: number, mountId?: bigint): Promise<bigint | null> {
+  const answer = await inCallerNamespace({ op: 'attach', pidfd, mountFd, mountpointFd, mountId }, 'attaching the mount');
+  if (!answer.ok) {
+    const why =
+      answer.step === 'move_mount' && answer.code === 'EINVAL'
+        ? "not in the caller's mount namespace"
+        : answer.step === 'setns'
+          ? `cannot join the caller's mount namespace (${answer.message})`
+          : answer.message;
+    throw refused('mountpoint', why, answer.step === 'move_mount' || answer.step === 'setns' ? 'mountpoint' : 'mount');
+  }
+  return answer.mountNsId ? BigInt(answer.mountNsId) : null;
+}
+
+/**
+ * Detach (MNT_DETACH) the mount whose root `mountpointFd` names, in the mount
+ * namespace of the process `pidfd` refers to, from a thread of its own that
+ * names the descriptor through this process's /proc (see attach-worker.ts).
+ * The caller of this function has checked what the descriptor names.
+ */
+export async function unmountInNamespace(mountpointFd: number, pidfd: number): Promise<void> {
+  const answer = await inCallerNamespace({ op: 'unmount', pidfd, mountpointFd }, 'unmounting');
+  if (!answer.ok) {
+    const why =
+      answer.step === 'umount' && answer.code === 'EINVAL'
+        ? "not a mount in the caller's mount namespace"
+        : answer.step === 'setns'
+          ? `cannot join the caller's mount namespace (${answer.message})`
+          : answer.message;
+    throw new CallerRefusal(`unmounting: ${why}`, answer.step === 'umount' && answer.code === 'EINVAL' ? 'mountpoint' : 'mount');
   }
 }
 
@@ -275,14 +343,75 @@ export async function mountForCaller(request: CallerMountRequest, caller: Caller
   }
 }
 
+/** The mount attributes asked for, over the ones forced (ro, nosuid, nodev). */
+function mountAttributes(o: CallerMountOptions): { attr: number; ms: number } {
+  let attr = sys.MOUNT_ATTR_RDONLY | sys.MOUNT_ATTR_NOSUID | sys.MOUNT_ATTR_NODEV;
+  let ms = sys.MS_RDONLY | sys.MS_NOSUID | sys.MS_NODEV;
+  if (o.noexec) {
+    attr |= sys.MOUNT_ATTR_NOEXEC;
+    ms |= sys.MS_NOEXEC;
+  }
+  if (o.atime === 'noatime') {
+    attr |= sys.MOUNT_ATTR_NOATIME;
+    ms |= sys.MS_NOATIME;
+  } else if (o.atime === 'strictatime') {
+    attr |= sys.MOUNT_ATTR_STRICTATIME;
+    ms |= sys.MS_STRICTATIME;
+  }
+  return { attr, ms };
+}
+
+/**
+ * Can the kernel check every object's digest (overlay verity) with these
+ * basedirs? Each is opened again for reading, as the caller, through this
+ * process's /proc (the caller may have sent O_PATH descriptors, on which the
+ * measuring ioctl does not work); the kernel's own configuration says why
+ * when a file system cannot.
+ */
+function verityAvailable(basedirFds: readonly number[], caller: Caller, knowledge: KernelKnowledge): { ok: boolean; why: string } {
+  for (const [i, dirFd] of basedirFds.entries()) {
+    let fd: number;
+    try {
+      fd = asCaller(caller, () => openSync(`/proc/self/fd/${dirFd}`, fsc.O_RDONLY | fsc.O_DIRECTORY));
+    } catch (err) {
+      return { ok: false, why: `basedir ${i + 1} cannot be opened for reading by uid ${caller.uid} to ask (${(err as NodeJS.ErrnoException).code ?? String(err)})` };
+    }
+    let m;
+    try {
+      m = measureVerity(fd);
+    } finally {
+      closeSync(fd);
+    }
+    if (m.ok || m.reason === 'no-verity') continue;
+    if (knowledge.fsverity === undefined) {
+      const has = kernelHasFsverity();
+      learn(knowledge, {
+        fact: 'fsverity',
+        answer:
+          has === false
+            ? { ok: false, why: 'this kernel lacks fs-verity (built without CONFIG_FS_VERITY)' }
+            : { ok: true, why: has === true ? 'this kernel has fs-verity' : 'unknown' },
+      });
+    }
+    if (!knowledge.fsverity!.ok) return { ok: false, why: knowledge.fsverity!.why };
+    return { ok: false, why: `the file system of basedir ${i + 1} does not support fs-verity (${strerror(m.errno)})` };
+  }
+  return { ok: true, why: 'fs-verity is available on every basedir' };
+}
+
 async function mountChecked(request: CallerMountRequest, caller: Caller): Promise<CallerMount> {
   const o = request.options ?? {};
   const knowledge = o.knowledge ?? kernel;
+  let expected: Buffer | null = null;
+  if (o.digest !== undefined) {
+    if (!/^(?:[0-9a-fA-F]{64}){1,2}$/.test(o.digest)) throw refused('digest', 'expected 64 hex digits (an fs-verity SHA-256 digest) or 128 (SHA-512)', 'image');
+    expected = Buffer.from(o.digest, 'hex');
+  }
   if (!o.detached) {
-    if (request.mountpointFd === undefined) throw refused('mountpoint', 'none given (and no detached mount asked for)');
+    if (request.mountpointFd === undefined) throw badDescriptor('mountpoint', 'mountpoint', 'none given (and no detached mount asked for)');
     checkMountpoint(request.mountpointFd, caller);
   }
-  if (request.basedirFds.length === 0) throw refused('basedir', 'none given');
+  if (request.basedirFds.length === 0) throw badDescriptor('basedir', 'basedirs', 'none given');
   for (const [i, fd] of request.basedirFds.entries()) {
     let isDir = false;
     try {
@@ -290,11 +419,38 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
     } catch {
       /* not open */
     }
-    if (!isDir) throw refused(`basedir ${i + 1}`, 'not an open directory');
+    if (!isDir) throw badDescriptor(`basedir ${i + 1}`, 'basedirs', 'not an open directory');
   }
+  const record: Attempt[] = [];
+  const say = (text: string) => record.push({ stage: 'check', rung: 'check', outcome: 'note', text });
+
+  // Overlay verity, decided before any work: a request the kernel cannot honour is refused at once.
+  let verity = false;
+  const verityMode = o.verity ?? 'off';
+  if (verityMode !== 'off') {
+    const v = verityAvailable(request.basedirFds, caller, knowledge);
+    if (v.ok) {
+      verity = true;
+      say(`verity: overlay verity=require (${v.why})`);
+    } else if (verityMode === 'require') {
+      throw refused('verity', `required, and the kernel cannot check the objects: ${v.why}`, 'mount');
+    } else {
+      say(`verity: off, ${v.why} (try: going on without)`);
+    }
+  } else say('verity: off (not requested)');
 
   const received = receiveImage(request.imageFd, o.maxImageBytes ?? DEFAULT_MAX_IMAGE);
-  const rewritten = await rewriteInWorker(received);
+  if (expected) {
+    // The bytes as received, in userspace: the caller's file may be on any file system, with or without fs-verity.
+    const actual = fsverityDigest(received, expected.length === 64 ? 'sha512' : 'sha256');
+    if (!actual.equals(expected)) throw refused('image', `wrong fs-verity digest: expected ${expected.toString('hex')}, the image has ${actual.toString('hex')}`, 'image');
+    say('digest: matches (computed in userspace on the bytes received)');
+  }
+  const rewritten = await rewriteInWorker(received).catch((err: unknown) => {
+    throw err instanceof ImageRefusal ? refused('image refused', err.reason, 'image', err) : err;
+  });
+  const imageDigest = fsverityDigest(rewritten.image).toString('hex');
+  const { attr, ms } = mountAttributes(o);
 
   const c = new Cleanup();
   let overlayFd = -1;
@@ -312,10 +468,9 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
         loopDevices: (knowledge.loopDevices ??= loopControlExists()),
       },
     );
-    if (!plan.ok) throw new MountError(plan.reason);
+    if (!plan.ok) throw new CallerRefusal(plan.reason, 'mount');
     // Layers by path go through fsconfig only: mount(2) makes no detached overlay.
     const layersRungs = plan.layers.map((r) => (r.layers === 'path' ? { ...r, overlayBy: r.overlayBy.filter((w) => w === 'fsconfig') } : r));
-    const record: Attempt[] = [];
     const ctx: MountContext = {
       image: 'image',
       imagePath: null,
@@ -328,9 +483,9 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
       baseFds: [...request.basedirFds],
       usernsFd: -1,
       source: o.source ?? 'composefs',
-      verity: false,
-      attr: sys.MOUNT_ATTR_RDONLY | sys.MOUNT_ATTR_NOSUID | sys.MOUNT_ATTR_NODEV,
-      msFlags: sys.MS_RDONLY | sys.MS_NOSUID | sys.MS_NODEV,
+      verity,
+      attr,
+      msFlags: ms,
       knowledge,
       keepDetached: true,
       asOverlayCreator: (create) => asCaller(caller, create),
@@ -338,26 +493,44 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
       step: () => {},
       record,
     };
-    const erofs = mountErofs(ctx, plan, { api: 'new' });
-    const made = mountLayers(ctx, layersRungs, erofs);
+    let made;
+    let erofs;
+    try {
+      erofs = mountErofs(ctx, plan, { api: 'new' });
+      made = mountLayers(ctx, layersRungs, erofs);
+    } catch (err) {
+      if (err instanceof CallerRefusal) throw err;
+      throw new CallerRefusal(err instanceof Error ? err.message : String(err), 'mount', undefined, err);
+    }
     overlayFd = made.overlayFd;
-    if (overlayFd < 0) throw new MountError('overlayfs: no detached overlay was made');
-    record.push({ stage: 'check', rung: 'check', outcome: 'note', text: `overlay created as uid ${caller.uid} gid ${caller.gid}, without the capabilities that override file permissions` });
+    if (overlayFd < 0) throw new CallerRefusal('overlayfs: no detached overlay was made', 'mount');
+    say(`overlay created as uid ${caller.uid} gid ${caller.gid}, without the capabilities that override file permissions`);
     const { setId, fileCapabilities } = rewritten.stripped;
-    if (setId || fileCapabilities) {
-      record.push({ stage: 'check', rung: 'check', outcome: 'note', text: `image: ${setId} setuid/setgid bits cleared, ${fileCapabilities} file capabilities dropped` });
+    if (setId || fileCapabilities) say(`image: ${setId} setuid/setgid bits cleared, ${fileCapabilities} file capabilities dropped`);
+    let mountId: bigint;
+    try {
+      mountId = mountIdOf(overlayFd).mountId;
+    } catch (err) {
+      throw new CallerRefusal(`the overlay's mount id: ${err instanceof Error ? err.message : String(err)}`, 'mount', undefined, err);
     }
 
     let mountFd: number | null = overlayFd;
+    let mountNsId: bigint | null;
+    const pidfd = caller.pidfd ?? c.fd(pidfdOpen(caller.pid));
     if (!o.detached) {
-      const pidfd = caller.pidfd ?? c.fd(pidfdOpen(caller.pid));
-      await attachInNamespace(overlayFd, request.mountpointFd!, pidfd);
+      mountNsId = await attachInNamespace(overlayFd, request.mountpointFd!, pidfd, mountId);
       sys.closeQuiet(overlayFd);
       mountFd = null;
+    } else {
+      mountNsId = namespaceOf(pidfd);
     }
     overlayFd = -1;
     return {
       mountFd,
+      mountId,
+      mountNsId: mountNsId ?? 0n,
+      imageDigest,
+      verity,
       backing: erofs.backing,
       layers: made.layers,
       imageBytes: { received: received.length, written: rewritten.image.length },
@@ -367,5 +540,14 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
   } finally {
     sys.closeQuiet(overlayFd);
     c.run();
+  }
+}
+
+/** The id of the mount namespace of the process `pidfd` refers to, or 0 when the kernel cannot say. */
+function namespaceOf(pidfd: number): bigint {
+  try {
+    return mountNsIdOfPidfd(pidfd);
+  } catch {
+    return 0n;
   }
 }

@@ -6,8 +6,7 @@
  * hostile image costs this thread, not the service.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { ComposefsError } from '../errors.js';
-import { rewriteImage, type RewriteAnswer, type RewriteWorkerData } from './rewrite.js';
+import { ImageRefusal, rewriteImage, type RewriteAnswer, type RewriteWorkerData } from './rewrite.js';
 
 const { image } = workerData as RewriteWorkerData;
 let answer: RewriteAnswer;
@@ -21,6 +20,6 @@ try {
   answer = { ok: true, image: out.buffer as ArrayBuffer, offset: 0, length: out.length, version: written.version, stripped: written.stripped };
   transfer = [out.buffer as ArrayBuffer];
 } catch (err) {
-  answer = { ok: false, refused: err instanceof ComposefsError, message: err instanceof Error ? err.message : String(err) };
+  answer = err instanceof ImageRefusal ? { ok: false, refusal: err.reason } : { ok: false, failure: err instanceof Error ? err.message : String(err) };
 }
 parentPort!.postMessage(answer, transfer);

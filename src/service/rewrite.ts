@@ -44,9 +44,18 @@ export interface Rewritten {
   stripped: Stripped;
 }
 
-/** A refusal of the image: one line, "image refused: <why>". */
-function imageRefused(why: string, cause?: unknown): MountError {
-  return new MountError(`image refused: ${why}`, cause === undefined ? undefined : { cause });
+/** A refusal of the image: one line, "image refused: <reason>" (the service answers it as ImageRefused). */
+export class ImageRefusal extends MountError {
+  constructor(
+    readonly reason: string,
+    cause?: unknown,
+  ) {
+    super(`image refused: ${reason}`, cause === undefined ? undefined : { cause });
+  }
+}
+
+function imageRefused(why: string, cause?: unknown): ImageRefusal {
+  return new ImageRefusal(why, cause);
 }
 
 /**
@@ -113,7 +122,8 @@ export interface RewriteWorkerData {
 /** What rewrite-worker.ts answers: the written image's memory (transferred), or why not. */
 export type RewriteAnswer =
   | { ok: true; image: ArrayBuffer; offset: number; length: number; version: number; stripped: Stripped }
-  | { ok: false; refused: boolean; message: string };
+  | { ok: false; refusal: string }
+  | { ok: false; failure: string };
 
 export interface RewriteLimits {
   /** Rewrites running at once (default: one per CPU, at most 4). */
@@ -242,8 +252,8 @@ export class RewritePool {
         timer = setTimeout(() => reject(imageRefused(`the rewrite took longer than ${limitS} s`)), this.timeLimitMs);
       });
       if (!answer.ok) {
-        if (answer.refused) throw new MountError(answer.message);
-        throw new MountError(`image: the rewrite failed: ${oneLine(answer.message)}`);
+        if ('refusal' in answer) throw new ImageRefusal(answer.refusal);
+        throw new MountError(`image: the rewrite failed: ${oneLine(answer.failure)}`);
       }
       return { image: Buffer.from(answer.image, answer.offset, answer.length), version: answer.version, stripped: answer.stripped };
     } finally {
@@ -266,8 +276,8 @@ let defaultPool: RewritePool | null = null;
 /**
  * rewriteImage(image) on a worker thread of the service's pool: bounded in
  * threads, queue, time and heap (RewritePool's defaults). Rejects with a
- * one-line MountError: "image refused: <why>" for the image's fault (and for
- * a full queue), "image: …" for the thread's.
+ * one-line ImageRefusal ("image refused: <why>") for the image's fault (and
+ * for a full queue), a MountError ("image: …") for the thread's.
  */
 export function rewriteInWorker(image: Buffer, options: RewriteInWorkerOptions = {}): Promise<Rewritten> {
   defaultPool ??= new RewritePool();

@@ -29,6 +29,7 @@ import {
   connectUnix,
   listenUnix,
   peerCredentials,
+  peerGroups,
   peerPidfd,
   receiveWithFds,
   sendWithFds,
@@ -115,7 +116,7 @@ export interface CallContext {
   /** The caller asked for several replies (`more`): send all but the last with `reply`. */
   readonly more: boolean;
   readonly oneway: boolean;
-  /** Who connected (SO_PEERCRED, as at connect time). */
+  /** Who connected (SO_PEERCRED and SO_PEERGROUPS, as at connect time). */
   readonly peer: PeerCredentials;
   readonly fds: CallDescriptors;
   /** Aborted when the caller hangs up or the server closes. */
@@ -181,7 +182,7 @@ export interface VarlinkServer {
   readonly path: string | undefined;
   /** Connections open now. */
   readonly connections: number;
-  /** Stop accepting, close every connection, wait for running handlers; removes a socket the server created. */
+  /** Stop accepting, let calls under way finish and reply, close every connection; removes a socket the server created. */
   close(): Promise<void>;
 }
 
@@ -465,7 +466,7 @@ export function serveVarlink(listen: number | string, service: VarlinkServiceInf
       if (fd === null) return;
       let peer: PeerCredentials;
       try {
-        peer = peerCredentials(fd);
+        peer = { ...peerCredentials(fd), groups: peerGroups(fd) };
       } catch (err) {
         refuse(fd, reasonOf(err));
         continue;
@@ -762,6 +763,7 @@ export function serveVarlink(listen: number | string, service: VarlinkServiceInf
           this.close();
         }
         this.busy = false;
+        if (this.closing && this.output.length === 0) this.close();
         if (!this.gone) {
           this.arm();
           this.interest();
@@ -812,6 +814,13 @@ export function serveVarlink(listen: number | string, service: VarlinkServiceInf
       if (this.output.length === 0 && this.closing && !this.busy) this.close();
     }
 
+    /** The server is closing: end now when idle, else once the call under way has replied. */
+    finishThenClose(): void {
+      this.closing = true;
+      if (!this.busy && this.output.length === 0) this.close();
+      else this.interest();
+    }
+
     close(): void {
       if (this.gone) return;
       this.gone = true;
@@ -849,8 +858,12 @@ export function serveVarlink(listen: number | string, service: VarlinkServiceInf
           // already gone
         }
       }
-      for (const c of [...open]) c.close();
+      // Calls under way finish and their replies go out; idle connections close now.
+      for (const c of [...open]) c.finishThenClose();
       await Promise.allSettled([...running]);
+      const deadline = Date.now() + writeTimeout;
+      while (open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      for (const c of [...open]) c.close();
     },
   };
 }

@@ -49,3 +49,11 @@ export function setns(fd: number, nstype: number): void {
 export function accessFd(fd: number, mode: number): number {
   return call('faccessat2', 'int', fd, 'str', '', 'int', mode, 'int', AT_EMPTY_PATH | AT_EACCESS) < 0 ? lastErrno() : 0;
 }
+
+let fchdirFn: ((fd: number) => number) | null = null;
+
+/** Make the directory open on `fd` this thread's working directory (after unshare(CLONE_FS), this thread's alone). */
+export function fchdir(fd: number): void {
+  fchdirFn ??= libc().func('int fchdir(int fd)') as (fd: number) => number;
+  if (fchdirFn(fd) < 0) throw new SysError('fchdir', lastErrno());
+}

@@ -84,6 +84,8 @@ export const SOCK_NONBLOCK = 0o4000;
 const SO_PEERCRED = 17;
 const SO_ACCEPTCONN = 30;
 const SO_PEERPIDFD = 77;
+const SO_PEERGROUPS = 59;
+const ERANGE = 34;
 const MSG_CTRUNC = 0x8;
 const MSG_DONTWAIT = 0x40;
 const MSG_NOSIGNAL = 0x4000;
@@ -306,6 +308,8 @@ export interface PeerCredentials {
   pid: number;
   uid: number;
   gid: number;
+  /** Supplementary groups (SO_PEERGROUPS), when asked for: see peerGroups. */
+  groups?: readonly number[];
 }
 
 /** Who connected (SO_PEERCRED): the process and its ids as they were at connect(2). */
@@ -315,6 +319,32 @@ export function peerCredentials(fd: number): PeerCredentials {
   len.writeUInt32LE(12, 0);
   if (s().getsockopt(fd, SOL_SOCKET, SO_PEERCRED, value, len) < 0) throw new SysError('getsockopt SO_PEERCRED', lastErrno());
   return { pid: value.readInt32LE(0), uid: value.readUInt32LE(4), gid: value.readUInt32LE(8) };
+}
+
+/**
+ * The supplementary groups of the process at the other end of `fd`
+ * (SO_PEERGROUPS, Linux 4.13), as they were at connect(2), like
+ * SO_PEERCRED: the caller's groups as the kernel reports them, never as the
+ * caller says. At most NGROUPS_MAX (65536) of them.
+ */
+export function peerGroups(fd: number): number[] {
+  let size = 64 * 4;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const value = Buffer.alloc(size);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(size, 0);
+    if (s().getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, value, len) === 0) {
+      const got = len.readUInt32LE(0);
+      const groups: number[] = [];
+      for (let off = 0; off + 4 <= Math.min(got, size); off += 4) groups.push(value.readUInt32LE(off));
+      return groups;
+    }
+    const errno = lastErrno();
+    // Too small a buffer: the kernel says how much it needs in `len`.
+    if (errno !== ERANGE) throw new SysError('getsockopt SO_PEERGROUPS', errno);
+    size = Math.min(Math.max(len.readUInt32LE(0), size * 2), 65536 * 4);
+  }
+  throw new SysError('getsockopt SO_PEERGROUPS', ERANGE);
 }
 
 /**
