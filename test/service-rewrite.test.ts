@@ -119,3 +119,25 @@ test('transfer: the image\'s memory moves into the thread (the caller\'s Buffer 
   assert.ok(copied.image.equals(expected));
   assert.equal(view.length, image.length, 'a view is not taken from its owner');
 });
+
+test('a caller that goes away: its rewrite leaves the queue, or its thread is ended; the pool goes on', async () => {
+  const pool = new RewritePool({ threads: 1, waiting: 4 });
+  const first = new AbortController();
+  const second = new AbortController();
+  const t0 = performance.now();
+  const running = pool.rewrite(large, { signal: first.signal });
+  const waiting = pool.rewrite(large, { signal: second.signal });
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(pool.load, { running: 1, waiting: 1 });
+  second.abort();
+  await assert.rejects(waiting, { message: 'image: the rewrite was abandoned: the caller went away' });
+  assert.deepEqual(pool.load, { running: 1, waiting: 0 }, 'it left the queue');
+  first.abort();
+  await assert.rejects(running, { message: 'image: the rewrite was abandoned: the caller went away' });
+  const ms = performance.now() - t0;
+  assert.ok(ms < 300, `ended at once (${ms.toFixed(0)} ms), not when the rewrite would have`);
+  assert.deepEqual(pool.load, { running: 0, waiting: 0 });
+  const small = largeImage(10);
+  assert.ok((await pool.rewrite(small)).image.equals(rewriteImage(small).image));
+  await assert.rejects(pool.rewrite(small, { signal: AbortSignal.abort() }), { message: 'image: the rewrite was abandoned: the caller went away' });
+});

@@ -150,6 +150,16 @@ export interface RewriteInWorkerOptions {
    * spans its whole ArrayBuffer; else the bytes are copied once.
    */
   transfer?: boolean;
+  /**
+   * The caller is gone (it hung up): a rewrite still waiting leaves the
+   * queue, one running has its thread ended; either rejects (MountError,
+   * "image: the rewrite was abandoned: the caller went away").
+   */
+  signal?: AbortSignal;
+}
+
+function abandoned(): MountError {
+  return new MountError('image: the rewrite was abandoned: the caller went away');
 }
 
 /** Rewrites on threads, a bounded number at once, the rest queued up to a bound. */
@@ -178,7 +188,8 @@ export class RewritePool {
 
   /** rewriteImage(image) on a thread of its own; rejects with a one-line MountError ("image refused: …"). */
   async rewrite(image: Buffer, options: RewriteInWorkerOptions = {}): Promise<Rewritten> {
-    await this.slot(image.length);
+    if (options.signal?.aborted) throw abandoned();
+    await this.slot(image.length, options.signal);
     try {
       return await this.onThread(image, options);
     } finally {
@@ -192,7 +203,7 @@ export class RewritePool {
   }
 
   /** Wait for a free thread (this.running is counted for the caller when it resolves). */
-  private slot(bytes: number): Promise<void> {
+  private slot(bytes: number, signal?: AbortSignal): Promise<void> {
     if (this.running < this.threads) {
       this.running++;
       return Promise.resolve();
@@ -203,14 +214,24 @@ export class RewritePool {
       );
     }
     this.queuedBytes += bytes;
-    return new Promise<void>((resolve) => {
-      this.queue.push({
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        const at = this.queue.indexOf(waiter);
+        if (at < 0) return;
+        this.queue.splice(at, 1);
+        this.queuedBytes -= bytes;
+        reject(abandoned());
+      };
+      const waiter = {
         bytes,
         start: () => {
+          signal?.removeEventListener('abort', onAbort);
           this.running++;
           resolve();
         },
-      });
+      };
+      this.queue.push(waiter);
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
 
@@ -241,6 +262,7 @@ export class RewritePool {
     worker.stdout.resume();
     worker.stderr.resume();
     let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
     try {
       const answer = await new Promise<RewriteAnswer>((resolve, reject) => {
         worker.once('message', resolve);
@@ -250,6 +272,9 @@ export class RewritePool {
         });
         worker.once('exit', (code) => reject(new MountError(`image: the rewriting thread ended (exit ${code}) without an answer`)));
         timer = setTimeout(() => reject(imageRefused(`the rewrite took longer than ${limitS} s`)), this.timeLimitMs);
+        onAbort = () => reject(abandoned());
+        if (options.signal?.aborted) onAbort();
+        else options.signal?.addEventListener('abort', onAbort, { once: true });
       });
       if (!answer.ok) {
         if ('refusal' in answer) throw new ImageRefusal(answer.refusal);
@@ -258,6 +283,7 @@ export class RewritePool {
       return { image: Buffer.from(answer.image, answer.offset, answer.length), version: answer.version, stripped: answer.stripped };
     } finally {
       clearTimeout(timer);
+      if (onAbort) options.signal?.removeEventListener('abort', onAbort);
       await worker.terminate();
     }
   }
