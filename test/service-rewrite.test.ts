@@ -8,6 +8,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { RewritePool, rewriteImage, rewriteInWorker } from '../src/service/rewrite.js';
 import { writeImage } from '../src/erofs/writer.js';
 import { newInode, S_IFCHR, S_IFDIR, S_IFREG } from '../src/tree/model.js';
@@ -140,4 +141,45 @@ test('a caller that goes away: its rewrite leaves the queue, or its thread is en
   const small = largeImage(10);
   assert.ok((await pool.rewrite(small)).image.equals(rewriteImage(small).image));
   await assert.rejects(pool.rewrite(small, { signal: AbortSignal.abort() }), { message: 'image: the rewrite was abandoned: the caller went away' });
+});
+
+test('with idleMs, a thread that answered is kept, warm, for the next rewrite, and ended once unused for a while; one whose rewrite was abandoned is not kept', async () => {
+  const small = largeImage(10);
+  const plain = new RewritePool({ threads: 2 });
+  await plain.rewrite(small);
+  assert.equal(plain.idleThreads, 0, 'by default no thread is kept');
+  const pool = new RewritePool({ threads: 2, idleMs: 300 });
+  await pool.rewrite(small);
+  assert.equal(pool.idleThreads, 1, 'kept after its answer');
+  await pool.rewrite(small);
+  assert.equal(pool.idleThreads, 1, 'the same thread served again (no second one)');
+  await Promise.all([pool.rewrite(small), pool.rewrite(small)]);
+  assert.equal(pool.idleThreads, 2, 'two at once: two threads, both kept');
+  await new Promise((r) => setTimeout(r, 600));
+  assert.equal(pool.idleThreads, 0, 'ended once unused');
+
+  const strict = new RewritePool({ threads: 1, idleMs: 10_000 });
+  await strict.rewrite(small);
+  assert.equal(strict.idleThreads, 1);
+  const gone = new AbortController();
+  setTimeout(() => gone.abort(), 30);
+  await assert.rejects(strict.rewrite(large, { signal: gone.signal }), /abandoned/);
+  assert.equal(strict.idleThreads, 0, 'the thread whose rewrite was abandoned was ended, not kept');
+  const again = new RewritePool({ threads: 1 });
+  assert.ok((await again.rewrite(small)).image.equals(rewriteImage(small).image));
+});
+
+test('a process that used rewriteInWorker with warm threads ends on its own: the waiting thread does not hold it', () => {
+  const code = `const { configureRewrites, rewriteInWorker } = await import(${JSON.stringify(new URL('../src/service/rewrite.js', import.meta.url).href)});
+    configureRewrites({ idleMs: 30_000 });
+    const { writeImage } = await import(${JSON.stringify(new URL('../src/erofs/writer.js', import.meta.url).href)});
+    const { newInode } = await import(${JSON.stringify(new URL('../src/tree/model.js', import.meta.url).href)});
+    await rewriteInWorker(writeImage(newInode(0o40755)));
+    process.stdout.write('done');`;
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8', timeout: 20_000 });
+  const ms = performance.now() - t0;
+  assert.equal(r.stdout, 'done', r.stderr);
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(ms < 5000, `ended in ${ms.toFixed(0)} ms (a waiting thread is ended after 30 s)`);
 });

@@ -11,7 +11,13 @@
  * SIGTERM); so each rewrite runs in a worker thread with its own heap:
  *  - a few at once (one per CPU, at most four), the rest wait in a bounded
  *    queue (a count and a total of bytes); past it the request is refused;
- *  - a time limit: the thread is terminated and the image refused;
+ *  - with `idleMs`, a thread that answered waits, warm, for the next
+ *    rewrite (a new one takes ~45 ms to start and runs cold code: the cs9
+ *    developer image's rewrite took 440 ms on new threads, 255 ms on a warm
+ *    one), and is ended once unused that long; by default each rewrite has a
+ *    new thread, ended after it (a waiting thread holds descriptors of its
+ *    own, which a caller counting the process's descriptors would see);
+ *  - a time limit: the thread is ended and the image refused;
  *  - a heap limit (resourceLimits): an image whose tree does not fit is
  *    refused, and only its thread dies;
  *  - the image handed over by transferring its memory where the caller may
@@ -114,8 +120,8 @@ export function rewriteImage(image: Buffer): Rewritten {
 
 // ------------------------------------------------------------ on a thread
 
-/** What rewrite-worker.ts is given: the image's bytes (moved or copied into the thread). */
-export interface RewriteWorkerData {
+/** One message to rewrite-worker.ts: an image's bytes (moved or copied into the thread). */
+export interface RewriteRequest {
   image: Uint8Array;
 }
 
@@ -141,6 +147,8 @@ export interface RewriteLimits {
    * of about a million entries.
    */
   heapMb?: number;
+  /** How long a thread done with a rewrite waits for the next before it is ended, in ms (default 0: ended at once). */
+  idleMs?: number;
 }
 
 export interface RewriteInWorkerOptions {
@@ -172,6 +180,9 @@ export class RewritePool {
   private running = 0;
   private readonly queue: Array<{ bytes: number; start: () => void }> = [];
   private queuedBytes = 0;
+  /** Threads done with a rewrite, waiting for the next (at most `threads`). */
+  private readonly idle: Array<{ worker: Worker; timer: NodeJS.Timeout }> = [];
+  private readonly idleMs: number;
 
   constructor(limits: RewriteLimits = {}) {
     this.threads = Math.max(1, limits.threads ?? Math.min(4, availableParallelism()));
@@ -179,6 +190,12 @@ export class RewritePool {
     this.waitingBytesLimit = Math.max(0, limits.waitingBytes ?? 1 << 30);
     this.timeLimitMs = Math.max(1, limits.timeLimitMs ?? 30_000);
     this.heapMb = Math.max(8, limits.heapMb ?? 1024);
+    this.idleMs = Math.max(0, limits.idleMs ?? 0);
+  }
+
+  /** Threads waiting, warm, for the next rewrite. */
+  get idleThreads(): number {
+    return this.idle.length;
   }
 
   /** Rewrites running now, and waiting for a thread. */
@@ -235,46 +252,77 @@ export class RewritePool {
     });
   }
 
+  /** A thread for one rewrite: an idle one (warm: its code loaded and compiled), or a new one. */
+  private takeThread(): Worker {
+    const idle = this.idle.pop();
+    if (idle) {
+      clearTimeout(idle.timer);
+      idle.worker.ref();
+      return idle.worker;
+    }
+    // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
+    const worker = new Worker(new URL('../service/rewrite-worker.js', import.meta.url), {
+      // Not the parent's node options (a flag for its entry point, --input-type with -e, fails a thread's start), and
+      // no warning printed into the service's log. (Its output is not piped: a piped thread keeps the process alive.)
+      execArgv: ['--no-warnings'],
+      resourceLimits: { maxOldGenerationSizeMb: this.heapMb, maxYoungGenerationSizeMb: Math.min(64, Math.max(4, this.heapMb >> 4)) },
+    });
+    worker.once('exit', () => {
+      const at = this.idle.findIndex((i) => i.worker === worker);
+      if (at >= 0) {
+        clearTimeout(this.idle[at].timer);
+        this.idle.splice(at, 1);
+      }
+    });
+    return worker;
+  }
+
+  /** A thread that answered goes back to wait for the next rewrite, ended after a while unused (its heap given back). */
+  private giveBack(worker: Worker): void {
+    worker.unref();
+    const timer = setTimeout(() => void worker.terminate(), this.idleMs);
+    timer.unref();
+    this.idle.push({ worker, timer });
+  }
+
   private async onThread(image: Buffer, options: RewriteInWorkerOptions): Promise<Rewritten> {
     const whole = image.byteOffset === 0 && image.byteLength === image.buffer.byteLength && !(image.buffer instanceof SharedArrayBuffer);
-    let data: RewriteWorkerData;
+    let message: RewriteRequest;
     let transferList: ArrayBuffer[] = [];
     if (options.transfer && whole) {
-      data = { image: new Uint8Array(image.buffer, 0, image.length) };
+      message = { image: new Uint8Array(image.buffer, 0, image.length) };
       transferList = [image.buffer as ArrayBuffer];
     } else {
       // A view is cloned with its whole ArrayBuffer: an exact copy of the bytes is what crosses, once.
-      const copy = whole ? image : new Uint8Array(image);
-      data = { image: copy };
+      message = { image: whole ? image : new Uint8Array(image) };
     }
     const limitS = Number((this.timeLimitMs / 1000).toFixed(3));
-    // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
-    const worker = new Worker(new URL('../service/rewrite-worker.js', import.meta.url), {
-      workerData: data,
-      transferList,
-      // Not the parent's node options: a flag for its entry point (--input-type with -e) fails a thread's start.
-      execArgv: [],
-      resourceLimits: { maxOldGenerationSizeMb: this.heapMb, maxYoungGenerationSizeMb: Math.min(64, Math.max(4, this.heapMb >> 4)) },
-      stdout: true,
-      stderr: true,
-    });
-    // Nothing the thread prints reaches the service's log unescaped: it is dropped.
-    worker.stdout.resume();
-    worker.stderr.resume();
+    const worker = this.takeThread();
     let timer: NodeJS.Timeout | undefined;
     let onAbort: (() => void) | undefined;
+    let onMessage: ((answer: RewriteAnswer) => void) | undefined;
+    let onError: ((err: Error & { code?: string }) => void) | undefined;
+    let onExit: ((code: number) => void) | undefined;
+    let answered = false;
     try {
       const answer = await new Promise<RewriteAnswer>((resolve, reject) => {
-        worker.once('message', resolve);
-        worker.once('error', (err: Error & { code?: string }) => {
+        onMessage = (answer) => {
+          answered = true;
+          resolve(answer);
+        };
+        onError = (err) => {
           if (err.code === 'ERR_WORKER_OUT_OF_MEMORY') reject(imageRefused(`the rewrite needs more memory than the service gives it (${this.heapMb} MiB of heap)`, err));
           else reject(new MountError(`image: the rewriting thread failed: ${oneLine(err.message)}`, { cause: err }));
-        });
-        worker.once('exit', (code) => reject(new MountError(`image: the rewriting thread ended (exit ${code}) without an answer`)));
+        };
+        onExit = (code) => reject(new MountError(`image: the rewriting thread ended (exit ${code}) without an answer`));
+        worker.on('message', onMessage);
+        worker.on('error', onError);
+        worker.on('exit', onExit);
         timer = setTimeout(() => reject(imageRefused(`the rewrite took longer than ${limitS} s`)), this.timeLimitMs);
         onAbort = () => reject(abandoned());
         if (options.signal?.aborted) onAbort();
         else options.signal?.addEventListener('abort', onAbort, { once: true });
+        worker.postMessage(message, transferList);
       });
       if (!answer.ok) {
         if ('refusal' in answer) throw new ImageRefusal(answer.refusal);
@@ -284,7 +332,12 @@ export class RewritePool {
     } finally {
       clearTimeout(timer);
       if (onAbort) options.signal?.removeEventListener('abort', onAbort);
-      await worker.terminate();
+      if (onMessage) worker.off('message', onMessage);
+      if (onError) worker.off('error', onError);
+      if (onExit) worker.off('exit', onExit);
+      // A thread that answered may be kept for the next rewrite; one that ran out of time, memory or caller is ended.
+      if (answered && this.idleMs > 0 && worker.threadId >= 0) this.giveBack(worker);
+      else await worker.terminate();
     }
   }
 }
@@ -308,4 +361,13 @@ let defaultPool: RewritePool | null = null;
 export function rewriteInWorker(image: Buffer, options: RewriteInWorkerOptions = {}): Promise<Rewritten> {
   defaultPool ??= new RewritePool();
   return defaultPool.rewrite(image, options);
+}
+
+/**
+ * Set the bounds of rewriteInWorker's pool (before its first rewrite: a pool
+ * made with others is replaced, its running rewrites finish as they were).
+ * A long-running service sets `idleMs` to keep warm threads.
+ */
+export function configureRewrites(limits: RewriteLimits): void {
+  defaultPool = new RewritePool(limits);
 }
