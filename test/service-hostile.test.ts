@@ -274,6 +274,16 @@ test('the real service keeps serving whatever one caller sends: 600 damaged imag
       assert.deepEqual(relevantMounts('self', dir), callerMounts, `after ${what}: no mount left in the caller's namespace`);
     };
 
+    await t.test('other callers are answered while a large image is rewritten (64k entries): the rewrite is not on the event loop', async (st) => {
+      const r = (await asNobody({ action: 'list-during-mount', socket: svc.socket, image: large, basedir: fx.basedir, mountpoint: mnt }, pids)) as { mount: Outcome; lists: number[] };
+      const slowest = Math.max(...r.lists);
+      st.diagnostic(`${r.lists.length} List calls answered during the Mount, the slowest in ${slowest.toFixed(0)} ms; the Mount: ${r.mount.kind}`);
+      assert.equal(r.mount.kind, 'mounted', JSON.stringify(r.mount));
+      assert.ok(r.lists.length >= 3, `List calls were made while the Mount ran (${r.lists.length})`);
+      assert.ok(slowest < 150, `no List call waited for the rewrite (the slowest: ${slowest.toFixed(0)} ms)`);
+      await afterAbuse('a large image');
+    });
+
     await t.test(`${FUZZ_CASES} damaged images (the reader's fuzz corpus), each refused in one line or mounted and unmounted`, async (st) => {
       const t0 = Date.now();
       const r = (await asNobody({ action: 'fuzz', socket: svc.socket, seed: 0x5e41ce, count: FUZZ_CASES, basedir: fx.basedir, mountpoints: lanes, workdir: work }, pids, 240_000)) as {

@@ -446,11 +446,13 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
     if (!actual.equals(expected)) throw refused('image', `wrong fs-verity digest: expected ${expected.toString('hex')}, the image has ${actual.toString('hex')}`, 'image');
     say('digest: matches (computed in userspace on the bytes received)');
   }
+  // The received bytes move to the rewriting thread (a copy of a 256 MiB image took the event loop 0.5 s): `received` is empty after.
+  const receivedBytes = received.length;
   const rewriteStart = performance.now();
-  const rewritten = await rewriteInWorker(received).catch((err: unknown) => {
+  const rewritten = await rewriteInWorker(received, { transfer: true }).catch((err: unknown) => {
     throw err instanceof ImageRefusal ? refused('image refused', err.reason, 'image', err) : err;
   });
-  say(`image: read and written again on a thread in ${Math.round(performance.now() - rewriteStart)} ms (${received.length} bytes received, ${rewritten.image.length} written)`);
+  say(`image: read and written again on a thread in ${Math.round(performance.now() - rewriteStart)} ms (${receivedBytes} bytes received, ${rewritten.image.length} written)`);
   const imageDigest = fsverityDigest(rewritten.image).toString('hex');
   const { attr, ms } = mountAttributes(o);
 
@@ -535,7 +537,7 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
       verity,
       backing: erofs.backing,
       layers: made.layers,
-      imageBytes: { received: received.length, written: rewritten.image.length },
+      imageBytes: { received: receivedBytes, written: rewritten.image.length },
       stripped: rewritten.stripped,
       explain: explainRecord(record),
     };

@@ -26,7 +26,8 @@ export type Request =
   | { action: 'oversize'; socket: string }
   | { action: 'fdflood'; socket: string; connections: number; messagesPerConnection: number }
   | { action: 'hangup'; socket: string; image: string; basedir: string; mountpoint: string; stayMs: number }
-  | { action: 'parallel'; socket: string; image: string; basedir: string; mountpoints: string[] };
+  | { action: 'parallel'; socket: string; image: string; basedir: string; mountpoints: string[] }
+  | { action: 'list-during-mount'; socket: string; image: string; basedir: string; mountpoint: string };
 
 /** How one Mount call ended. */
 export type Outcome =
@@ -300,6 +301,21 @@ async function run(req: Request): Promise<unknown> {
       // Alive (its pidfd valid, its namespace there) while the service goes on with the call, or not.
       await sleep(req.stayMs);
       return { sent: true, mountedWhileAlive: mountinfoHas(req.mountpoint) };
+    }
+
+    case 'list-during-mount': {
+      // List calls, one after another, while a Mount of a large image is under way: how long each waits for its answer.
+      let done = false;
+      const mount = mountOnce(req.socket, req.image, req.basedir, req.mountpoint).finally(() => (done = true));
+      const lists: number[] = [];
+      await sleep(20);
+      while (!done) {
+        const t0 = performance.now();
+        await callVarlink(req.socket, 'io.composefs.Mount.List', {}, [], { timeoutMs: 30_000 });
+        lists.push(performance.now() - t0);
+        await sleep(10);
+      }
+      return { mount: await mount, lists };
     }
 
     case 'parallel': {
