@@ -39,10 +39,10 @@ import { mountLayers } from '../mount/overlay.js';
 import { planMount } from '../mount/plan.js';
 import { becomeCaller, restoreCredentials, type Identity } from '../sys/creds.js';
 import { fsTypeOf, measureVerity } from '../sys/fsinfo.js';
-import { strerror } from '../sys/libc.js';
+import { strerror, SysError } from '../sys/libc.js';
 import { loopControlExists } from '../sys/loop.js';
 import * as sys from '../sys/mount.js';
-import { mountIdOf, mountNsIdOfPidfd } from '../sys/mountid.js';
+import { mountIdOf, mountNsIdOfPidfd, statMount } from '../sys/mountid.js';
 import { accessFd, pidfdOpen, W_OK } from '../sys/namespace.js';
 import type { AttachAnswer, AttachRequest } from './attach-worker.js';
 import { ImageRefusal, rewriteInWorker, type Stripped } from './rewrite.js';
@@ -116,7 +116,8 @@ const DEFAULT_MAX_IMAGE = 256 << 20;
  * The file systems a mountpoint may be on: disk, network and memory file
  * systems, as fusermount3 allows an unprivileged user (an allow-list: procfs,
  * sysfs and their kin have places a user "may write" that no mount belongs
- * on, and more such file systems come with new kernels).
+ * on, and more such file systems come with new kernels). Not FUSE: its
+ * daemon, the caller's, could stall the service (see refuseStalling).
  */
 const MOUNTPOINT_FS_TYPES = new Set([
   0x61756673, // aufs
@@ -129,7 +130,6 @@ const MOUNTPOINT_FS_TYPES = new Set([
   0x2011bab0, // exfat
   0x0000ef53, // ext2, ext3, ext4
   0xf2f52010, // f2fs
-  0x65735546, // fuse
   0x01161970, // gfs2
   0x47504653, // gpfs
   0x0000482b, // hfsplus
@@ -302,7 +302,8 @@ export async function attachInNamespace(mountFd: number, mountpointFd: number, p
         : answer.step === 'setns'
           ? `cannot join the caller's mount namespace (${answer.message})`
           : answer.message;
-    throw refused('mountpoint', why, answer.step === 'move_mount' || answer.step === 'setns' ? 'mountpoint' : 'mount');
+    // Only the move itself says the mountpoint is not the caller's to use; a namespace the service cannot join is its own failure.
+    throw refused('mountpoint', why, answer.step === 'move_mount' ? 'mountpoint' : 'mount');
   }
   return answer.mountNsId ? BigInt(answer.mountNsId) : null;
 }
@@ -335,12 +336,43 @@ export async function unmountInNamespace(mountpointFd: number, pidfd: number): P
  * having left nothing mounted; the request's descriptors stay open.
  */
 export async function mountForCaller(request: CallerMountRequest, caller: Caller): Promise<CallerMount> {
+  let ownPidfd = -1;
   try {
-    return await mountChecked(request, caller);
+    if (caller.pidfd === undefined) ownPidfd = pidfdOpen(caller.pid);
+    return await mountChecked(request, caller, caller.pidfd ?? ownPidfd);
   } catch (err) {
     if (err instanceof ComposefsError) throw err;
     throw new MountError(`mounting for uid ${caller.uid}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  } finally {
+    sys.closeQuiet(ownPidfd);
   }
+}
+
+/**
+ * Refuse a descriptor on a FUSE file system before anything asks that file
+ * system a question: its daemon is the caller's to write, and a request it
+ * never answers (a getattr behind fstat, an open, an access check) would
+ * stall this thread, the whole service with it. Told apart by the VFS alone:
+ * the mount's unique id (statx without sync) and its superblock's magic
+ * (statmount, in the caller's mount namespace, else the service's). A
+ * descriptor on a mount in neither is refused too.
+ */
+function refuseStalling(fd: number, what: string, parameter: string, callerNs: bigint, onFuse: () => CallerRefusal): void {
+  let id: bigint;
+  try {
+    id = mountIdOf(fd).mountId;
+  } catch (err) {
+    if (err instanceof SysError && err.code === 'EOPNOTSUPP') throw new CallerRefusal(`${what}: ${err.message} (the service needs Linux 6.8)`, 'mount', undefined, err);
+    throw badDescriptor(what, parameter, `not an open descriptor (${err instanceof Error ? err.message : String(err)})`, err);
+  }
+  let status;
+  try {
+    status = (callerNs !== 0n ? statMount(id, callerNs) : null) ?? statMount(id, 0n);
+  } catch {
+    return; // no statmount (before Linux 6.8): nothing to tell by
+  }
+  if (status === null) throw badDescriptor(what, parameter, "not on a mount of the caller's mount namespace");
+  if (status.fsMagic === FUSE_SUPER_MAGIC) throw onFuse();
 }
 
 /** The mount attributes asked for, over the ones forced (ro, nosuid, nodev). */
@@ -399,9 +431,18 @@ function verityAvailable(basedirFds: readonly number[], caller: Caller, knowledg
   return { ok: true, why: 'fs-verity is available on every basedir' };
 }
 
-async function mountChecked(request: CallerMountRequest, caller: Caller): Promise<CallerMount> {
+async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: number): Promise<CallerMount> {
   const o = request.options ?? {};
   const knowledge = o.knowledge ?? kernel;
+  const callerNs = namespaceOf(pidfd);
+  // Before any other look at them: descriptors on FUSE would let the caller's daemon stall the service.
+  refuseStalling(request.imageFd, 'image', 'image', callerNs, () => refused('image', 'on a FUSE file system (its reads could stall the service)', 'image'));
+  for (const [i, fd] of request.basedirFds.entries()) {
+    refuseStalling(fd, `basedir ${i + 1}`, 'basedirs', callerNs, () => badDescriptor(`basedir ${i + 1}`, 'basedirs', 'on a FUSE file system (its answers could stall the service)'));
+  }
+  if (!o.detached && request.mountpointFd !== undefined) {
+    refuseStalling(request.mountpointFd, 'mountpoint', 'mountpoint', callerNs, () => refused('mountpoint', 'on a FUSE file system (its answers could stall the service)', 'mountpoint'));
+  }
   let expected: Buffer | null = null;
   if (o.digest !== undefined) {
     if (!/^(?:[0-9a-fA-F]{64}){1,2}$/.test(o.digest)) throw refused('digest', 'expected 64 hex digits (an fs-verity SHA-256 digest) or 128 (SHA-512)', 'image');
@@ -520,13 +561,12 @@ async function mountChecked(request: CallerMountRequest, caller: Caller): Promis
 
     let mountFd: number | null = overlayFd;
     let mountNsId: bigint | null;
-    const pidfd = caller.pidfd ?? c.fd(pidfdOpen(caller.pid));
     if (!o.detached) {
       mountNsId = await attachInNamespace(overlayFd, request.mountpointFd!, pidfd, mountId);
       sys.closeQuiet(overlayFd);
       mountFd = null;
     } else {
-      mountNsId = namespaceOf(pidfd);
+      mountNsId = callerNs;
     }
     overlayFd = -1;
     return {

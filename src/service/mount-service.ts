@@ -27,6 +27,8 @@ import { invalidParameter, Parameters, serveVarlink, VarlinkError, type CallCont
 import type { JsonObject } from '../oci/strict-json.js';
 
 export const DEFAULT_MAX_MOUNTS_PER_USER = 64;
+/** Records kept before those of every uid are checked for mounts gone (each uid's own are checked whenever it asks). */
+const PRUNE_AT = 1024;
 /** Basedirs one Mount may name (the interface's 1..16). */
 const MAX_BASEDIRS = 16;
 
@@ -35,6 +37,12 @@ export interface MountServiceOptions {
   listen?: string | number;
   /** Service mounts one uid may hold at once (default 64). */
   maxMountsPerUser?: number;
+  /**
+   * Mounts prepared at once (default 4); more wait their turn. Each holds its
+   * image and the tree read from it in memory (up to 256 MiB and more), so
+   * this, not the number of callers, bounds the service's memory.
+   */
+  maxConcurrentMounts?: number;
   /** One line per request (printable already); default: none. */
   log?: (line: string) => void;
   /** Options of the transport (limits, timeouts), for tests. */
@@ -118,6 +126,22 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
   const limit = options.maxMountsPerUser ?? DEFAULT_MAX_MOUNTS_PER_USER;
   if (!Number.isSafeInteger(limit) || limit < 0) throw new RangeError(`maxMountsPerUser: ${limit} is not a count`);
   const log = options.log ?? (() => {});
+  const maxConcurrent = Math.max(1, options.maxConcurrentMounts ?? 4);
+  let preparing = 0;
+  const waiting: Array<() => void> = [];
+  /** A turn to prepare a mount; call what it returns when done (the next waiting request goes on). */
+  async function turn(): Promise<() => void> {
+    if (preparing < maxConcurrent) preparing++;
+    else await new Promise<void>((resolve) => waiting.push(resolve)); // handed over: `preparing` stays
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = waiting.shift();
+      if (next) next();
+      else preparing--;
+    };
+  }
   const records = new Map<bigint, MountRecord>();
   const inFlight = new Map<number, number>();
   /** statmount(2) is missing (a kernel before 6.8): records then count until unmounted through the service. */
@@ -204,6 +228,8 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
         const mountpointFd = mountpointIndex === undefined ? undefined : take(mountpointIndex, 'mountpoint');
         if (mountpointFd !== undefined && !mountOptions.detached) note.where = shownPath(mountpointFd);
 
+        // Records of uids that never come back are forgotten once they are gone, whoever asks next.
+        if (records.size >= PRUNE_AT) for (const r of [...records.values()]) if (!alive(r)) records.delete(r.mountId);
         // Counted and reserved in one synchronous stretch: parallel requests of a uid cannot overshoot.
         const held = liveRecords(uid).length + (inFlight.get(uid) ?? 0);
         if (held >= limit) {
@@ -219,7 +245,13 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
           throw new CallerRefusal('this kernel cannot name the calling process exactly (no SO_PEERPIDFD, Linux 6.5): the service does not join a namespace by a pid that may be reused', 'mount');
         }
         const caller: Caller = { uid, gid: call.peer.gid, groups: call.peer.groups ?? [], pid: call.peer.pid, pidfd };
-        const made = await mountForCaller({ imageFd, basedirFds, mountpointFd, options: mountOptions }, caller);
+        const release = await turn();
+        let made;
+        try {
+          made = await mountForCaller({ imageFd, basedirFds, mountpointFd, options: mountOptions }, caller);
+        } finally {
+          release();
+        }
         note.image = made.imageDigest;
         const record: MountRecord = {
           uid,

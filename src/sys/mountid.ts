@@ -13,6 +13,8 @@ import { bindLazily, lastErrno, libc, SysError } from './libc.js';
 
 export const AT_EMPTY_PATH = 0x1000;
 export const AT_SYMLINK_NOFOLLOW = 0x100;
+/** statx: report what the kernel has cached, never ask the file system (a FUSE daemon may never answer). */
+export const AT_STATX_DONT_SYNC = 0x4000;
 /** statx masks: the old mount id, and the unique one. */
 export const STATX_MNT_ID = 0x1000;
 export const STATX_MNT_ID_UNIQUE = 0x4000;
@@ -29,11 +31,13 @@ const STX_MNT_ID = 144;
 const NR_STATMOUNT = 457;
 /** struct mnt_id_req with mnt_ns_id (MNT_ID_REQ_SIZE_VER1). */
 const MNT_ID_REQ_SIZE_VER1 = 32;
+export const STATMOUNT_SB_BASIC = 0x1;
 export const STATMOUNT_MNT_BASIC = 0x2;
 export const STATMOUNT_MNT_NS_ID = 0x40;
 /** The fixed part of struct statmount read here, with room for what newer kernels add. */
 const STATMOUNT_BUF = 512;
 const SM_MASK = 8;
+const SM_SB_MAGIC = 24;
 const SM_MNT_ID = 40;
 const SM_MNT_NS_ID = 112;
 
@@ -75,12 +79,14 @@ export interface MountIdentity {
 
 /**
  * The unique id of the mount `fd` is on (any descriptor, O_PATH included,
- * a detached mount's too), and whether it names the mount's root. Throws
- * SysError when the kernel does not report the unique id (older than 6.8).
+ * a detached mount's too), and whether it names the mount's root. Both
+ * come from the VFS: the file system is not asked (AT_STATX_DONT_SYNC), so
+ * a FUSE daemon that never answers cannot stall the caller. Throws SysError
+ * when the kernel does not report the unique id (older than 6.8).
  */
 export function mountIdOf(fd: number): MountIdentity {
   const buf = Buffer.alloc(STATX_SIZE);
-  if (c().statx(fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MNT_ID_UNIQUE, buf) < 0) throw new SysError('statx', lastErrno());
+  if (c().statx(fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_MNT_ID_UNIQUE, buf) < 0) throw new SysError('statx', lastErrno());
   if ((buf.readUInt32LE(STX_MASK) & STATX_MNT_ID_UNIQUE) === 0) throw new SysError('statx STATX_MNT_ID_UNIQUE', 95 /* EOPNOTSUPP */);
   const attributes = buf.readBigUInt64LE(STX_ATTRIBUTES);
   const known = buf.readBigUInt64LE(STX_ATTRIBUTES_MASK);
@@ -91,6 +97,8 @@ export function mountIdOf(fd: number): MountIdentity {
 
 export interface MountStatus {
   mountId: bigint;
+  /** The magic number of its file system (the superblock's, read without asking the file system). */
+  fsMagic: number;
   /** The id of the mount namespace the mount is in. */
   mountNsId: bigint;
 }
@@ -106,7 +114,7 @@ export function statMount(mountId: bigint, mountNsId: bigint = 0n): MountStatus 
   const req = Buffer.alloc(MNT_ID_REQ_SIZE_VER1);
   req.writeUInt32LE(MNT_ID_REQ_SIZE_VER1, 0);
   req.writeBigUInt64LE(mountId, 8);
-  req.writeBigUInt64LE(BigInt(STATMOUNT_MNT_BASIC | STATMOUNT_MNT_NS_ID), 16);
+  req.writeBigUInt64LE(BigInt(STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC | STATMOUNT_MNT_NS_ID), 16);
   req.writeBigUInt64LE(mountNsId, 24);
   const buf = Buffer.alloc(STATMOUNT_BUF);
   const r = Number(c().syscall(NR_STATMOUNT, 'void *', req, 'void *', buf, 'size_t', buf.length, 'uint', 0));
@@ -118,6 +126,7 @@ export function statMount(mountId: bigint, mountNsId: bigint = 0n): MountStatus 
   const mask = buf.readBigUInt64LE(SM_MASK);
   return {
     mountId: buf.readBigUInt64LE(SM_MNT_ID),
+    fsMagic: Number(buf.readBigUInt64LE(SM_SB_MAGIC) & 0xffffffffn),
     mountNsId: (mask & BigInt(STATMOUNT_MNT_NS_ID)) !== 0n ? buf.readBigUInt64LE(SM_MNT_NS_ID) : mountNsId,
   };
 }
