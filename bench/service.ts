@@ -61,7 +61,7 @@ function timed(cmd: string, denials?: Set<string>): number {
   if (r.status !== 0) {
     const errors = r.stderr.trim().split('\n');
     if (!denials || !errors.every((l) => l.endsWith(': Permission denied'))) throw new Error(`${cmd}: ${r.stderr.trim()}`);
-    for (const l of errors) denials.add(l.replace(/^[^:]*: /, '').replace(/: Permission denied$/, ''));
+    for (const l of errors) denials.add(l.replace(/^[^:]*: /, '').replace(/: Permission denied$/, '').replace(/^[‘'](.*)[’']$/, '$1'));
   }
   return seconds;
 }

@@ -2,9 +2,8 @@
  * A thread of image rewrites (rewrite.ts, RewritePool): each message is one
  * image, read with the hardened reader and written again; the answer hands
  * the written image's memory back (transferred, not copied). One rewrite at
- * a time; the thread stays for the next, its code loaded and compiled (a new
- * thread costs about 45 ms to start and runs the first rewrite with cold
- * code, twice as long). The parent bounds its heap (resourceLimits) and each
+ * a time; the pool may keep the thread for the next, its code loaded and
+ * compiled (a new thread loads its modules and runs cold code). The parent bounds its heap (resourceLimits) and each
  * rewrite's time (it ends the thread), so a hostile image costs this thread,
  * not the service. rewriteImage keeps nothing between images.
  */

@@ -4,18 +4,17 @@
  * parses bytes we wrote (rewriteImage), and the same on a thread of its own
  * (rewriteInWorker), so that one caller's image does not stop the service.
  *
- * Reading and writing an image of 64k entries takes the CPU for the better
- * part of a second, and a hostile image is built to take as long and as much
- * memory as the reader lets it. On the service's event loop that time would
+ * Reading and writing a large image takes the CPU for a good while (README,
+ * Performance, "Mount service"), and a hostile image is built to take as long
+ * and as much memory as the reader lets it. On the service's event loop that time would
  * be taken from every other caller (their replies, their hang-ups, their
  * SIGTERM); so each rewrite runs in a worker thread with its own heap:
  *  - a few at once (one per CPU, at most four), the rest wait in a bounded
  *    queue (a count and a total of bytes); past it the request is refused;
  *  - with `idleMs`, a thread that answered waits, warm, for the next
- *    rewrite (a new one takes ~45 ms to start and runs cold code: the cs9
- *    developer image's rewrite took 440 ms on new threads, 255 ms on a warm
- *    one), and is ended once unused that long; by default each rewrite has a
- *    new thread, ended after it (a waiting thread holds descriptors of its
+ *    rewrite (a new thread first loads its modules and then runs cold
+ *    code), and is ended once unused that long; by default each rewrite has
+ *    a new thread, ended after it (a waiting thread holds descriptors of its
  *    own, which a caller counting the process's descriptors would see);
  *  - a time limit: the thread is ended and the image refused;
  *  - a heap limit (resourceLimits): an image whose tree does not fit is
@@ -142,9 +141,8 @@ export interface RewriteLimits {
   timeLimitMs?: number;
   /**
    * The thread's JavaScript heap, in MiB (default 1024). The tree read from
-   * an image takes about 1 KiB of heap per entry (between 32 and 64 MiB for
-   * the 64k entries of the cs9 developer image): the default takes images
-   * of about a million entries.
+   * an image takes heap in proportion to its entries, about 1 KiB each: the
+   * default takes images of about a million entries.
    */
   heapMb?: number;
   /** How long a thread done with a rewrite waits for the next before it is ended, in ms (default 0: ended at once). */

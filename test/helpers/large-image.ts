@@ -2,7 +2,7 @@
  * A large valid composefs image made in memory: `entries` regular files in
  * directories of 128, each redirected to an object (that need not exist),
  * with an xattr on one in eight. What it is for: a rewrite that takes the
- * CPU for a while (about 0.4 s for 64k entries on a 2-CPU machine).
+ * CPU for a while.
  */
 import { createHash } from 'node:crypto';
 import { writeImage } from '../../src/erofs/writer.js';
