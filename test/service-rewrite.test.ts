@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { RewritePool, rewriteImage, rewriteInWorker } from '../src/service/rewrite.js';
 import { writeImage } from '../src/erofs/writer.js';
+import { fsverityDigest } from '../src/fsverity/index.js';
 import { newInode, S_IFCHR, S_IFDIR, S_IFREG } from '../src/tree/model.js';
 import { largeImage } from './helpers/large-image.js';
 
@@ -45,6 +46,7 @@ test('rewriteInWorker writes the bytes rewriteImage writes, and the event loop k
   assert.ok(threaded.value.image.equals(inline.value.image), 'the same image');
   assert.equal(threaded.value.version, inline.value.version);
   assert.deepEqual(threaded.value.stripped, inline.value.stripped);
+  assert.equal(threaded.value.digest, fsverityDigest(threaded.value.image).toString('hex'), 'the digest of the written image, taken on the thread');
   assert.ok(large.length > 0, 'the caller\'s buffer is kept (copied, not moved)');
   assert.ok(inline.maxDelayMs > 100, `the rewrite on the event loop blocks it (${inline.maxDelayMs} ms): the image is large enough to tell`);
   assert.ok(threaded.maxDelayMs < inline.maxDelayMs / 3, `blocked ${threaded.maxDelayMs} ms on a thread, ${inline.maxDelayMs} ms inline`);

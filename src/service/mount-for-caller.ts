@@ -494,7 +494,7 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
     throw err instanceof ImageRefusal ? refused('image refused', err.reason, 'image', err) : err;
   });
   say(`image: read and written again on a thread in ${Math.round(performance.now() - rewriteStart)} ms (${receivedBytes} bytes received, ${rewritten.image.length} written)`);
-  const imageDigest = fsverityDigest(rewritten.image).toString('hex');
+  const imageDigest = rewritten.digest;
   const { attr, ms } = mountAttributes(o);
 
   const c = new Cleanup();

@@ -21,7 +21,7 @@ parentPort!.on('message', ({ image }: RewriteRequest) => {
     let out = written.image;
     // Only memory of its own is moved: a view into a shared pool would take the pool along.
     if (out.byteOffset !== 0 || out.byteLength !== out.buffer.byteLength) out = Buffer.from(out);
-    answer = { ok: true, image: out.buffer as ArrayBuffer, offset: 0, length: out.length, version: written.version, stripped: written.stripped };
+    answer = { ok: true, image: out.buffer as ArrayBuffer, offset: 0, length: out.length, version: written.version, stripped: written.stripped, digest: written.digest };
     transfer = [out.buffer as ArrayBuffer];
   } catch (err) {
     answer = err instanceof ImageRefusal ? { ok: false, refusal: err.reason } : { ok: false, failure: err instanceof Error ? err.message : String(err) };

@@ -20,12 +20,14 @@
  *  - a heap limit (resourceLimits): an image whose tree does not fit is
  *    refused, and only its thread dies;
  *  - the image handed over by transferring its memory where the caller may
- *    give it up, and the written image always transferred back.
+ *    give it up, and the written image always transferred back, with its
+ *    fs-verity digest taken there too.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { readImage, ImageFormatError } from '../erofs/reader.js';
 import { writeImageWithInfo, ImageWriteError } from '../erofs/writer.js';
+import { fsverityDigest } from '../fsverity/index.js';
 import { MountError } from '../mount/errors.js';
 import { printable, printableBytes } from '../printable.js';
 import { objectPathToDigest } from '../store/layout.js';
@@ -47,6 +49,8 @@ export interface Rewritten {
   image: Buffer;
   version: number;
   stripped: Stripped;
+  /** The fs-verity digest (sha256, hex) of the written image: what the service names it by. */
+  digest: string;
 }
 
 /** A refusal of the image: one line, "image refused: <reason>" (the service answers it as ImageRefused). */
@@ -110,7 +114,7 @@ export function rewriteImage(image: Buffer): Rewritten {
   });
   try {
     const written = writeImageWithInfo(tree.root, { minVersion: tree.version });
-    return { image: written.image, version: written.version, stripped };
+    return { image: written.image, version: written.version, stripped, digest: fsverityDigest(written.image).toString('hex') };
   } catch (err) {
     if (err instanceof ImageWriteError) throw imageRefused(err.message, err);
     throw err;
@@ -126,7 +130,7 @@ export interface RewriteRequest {
 
 /** What rewrite-worker.ts answers: the written image's memory (transferred), or why not. */
 export type RewriteAnswer =
-  | { ok: true; image: ArrayBuffer; offset: number; length: number; version: number; stripped: Stripped }
+  | { ok: true; image: ArrayBuffer; offset: number; length: number; version: number; stripped: Stripped; digest: string }
   | { ok: false; refusal: string }
   | { ok: false; failure: string };
 
@@ -326,7 +330,7 @@ export class RewritePool {
         if ('refusal' in answer) throw new ImageRefusal(answer.refusal);
         throw new MountError(`image: the rewrite failed: ${oneLine(answer.failure)}`);
       }
-      return { image: Buffer.from(answer.image, answer.offset, answer.length), version: answer.version, stripped: answer.stripped };
+      return { image: Buffer.from(answer.image, answer.offset, answer.length), version: answer.version, stripped: answer.stripped, digest: answer.digest };
     } finally {
       clearTimeout(timer);
       if (onAbort) options.signal?.removeEventListener('abort', onAbort);
