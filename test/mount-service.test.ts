@@ -488,7 +488,7 @@ test('cfs serve under socket activation (systemd-socket-activate: LISTEN_FDS) se
   const socket = join(dir, 'activated.sock');
   const before = mountsUnder(dir);
   // systemd-socket-activate listens, and execs the service (same pid) on the first connection.
-  const child = spawn('systemd-socket-activate', ['-l', socket, process.execPath, CFS, 'serve', '--socket', join(dir, 'not-this.sock')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('systemd-socket-activate', ['-l', socket, process.execPath, CFS, 'serve', '--socket', join(dir, 'not-this.sock'), '--state', join(dir, 'state.json')], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   const log: string[] = [];
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -569,6 +569,44 @@ test('cfs serve: a basedir or mountpoint on a FUSE file system whose daemon neve
     if (mounted) unmountQuietly(stalled);
     unmountQuietly(mnt);
     await service.stop();
+    cleanupDir(dir);
+  }
+});
+
+test('cfs serve keeps its records across a restart (root-only state file): the restarted service lists and unmounts the mount; a state file another user could have written is ignored', { skip: SKIP, timeout: 120_000 }, async () => {
+  const { dir, fx, mountpoint } = setUp('svc-restart');
+  const mnt = mountpoint('mnt-nobody', NOBODY);
+  const state = join(dir, 'run', 'mounts.json');
+  const before = mountsUnder(dir);
+  let service = await startService(dir);
+  try {
+    const m = client(asNobody, service, dir, 'io.composefs.Mount.Mount', mountCall(fx, mnt));
+    assert.equal(m.ok, true, JSON.stringify(m));
+    await service.stop();
+    assert.equal(statSync(state).mode & 0o777, 0o600);
+    assert.equal(statSync(state).uid, 0);
+
+    // The next service finds the record: it lists the mount and unmounts it for its owner.
+    service = await startService(dir);
+    const list = client(asNobody, service, dir, 'io.composefs.Mount.List', {});
+    assert.deepEqual(list.parameters, { mounts: [{ mountId: m.parameters!.mountId, mountpoint: mnt, image: m.parameters!.image, detached: false }], limit: 64 });
+    assert.equal(client(asNobody, service, dir, 'io.composefs.Mount.Unmount', unmountCall(mnt)).ok, true);
+    assert.equal(mountinfoLine(mnt), undefined);
+    assert.equal(client(asNobody, service, dir, 'io.composefs.Mount.Mount', mountCall(fx, mnt)).ok, true);
+    await service.stop();
+
+    // Handed to nobody, the file could be anyone's words: ignored, and rewritten from what the service knows.
+    chownSync(state, NOBODY, NOBODY);
+    service = await startService(dir);
+    assert.deepEqual(client(asNobody, service, dir, 'io.composefs.Mount.List', {}).parameters, { mounts: [], limit: 64 });
+    assert.ok(await logLine(service, /^state .*mounts\.json: ignored: not a regular file of root's that only root may write$/), service.log.join('\n'));
+    assert.equal(client(asNobody, service, dir, 'io.composefs.Mount.Unmount', unmountCall(mnt)).error, MountError.NoSuchMount);
+    await service.stop();
+    assert.equal(statSync(state).uid, 0, 'rewritten by the service');
+  } finally {
+    unmountQuietly(mnt);
+    await service.stop();
+    assert.deepEqual(mountsUnder(dir), before, 'nothing left mounted');
     cleanupDir(dir);
   }
 });

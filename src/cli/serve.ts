@@ -6,7 +6,7 @@
  * once the socket is ready.
  */
 import { chmodSync, mkdirSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { formatHelp, intOption, parseArgs, type OptionSpec } from './args.js';
 import { UserError, describeSystemError } from './errors.js';
 import { ComposefsError, reasonOf } from '../errors.js';
@@ -17,6 +17,7 @@ import { closeFds, systemdListenFds } from '../sys/socket.js';
 
 const specs: OptionSpec[] = [
   { name: 'socket', value: true, arg: 'PATH', help: `listen on PATH (default ${DEFAULT_MOUNT_SOCKET}; a socket from systemd, LISTEN_FDS, wins)` },
+  { name: 'state', value: true, arg: 'PATH', help: 'keep the records of the mounts made in PATH, for a restarted service (default: mounts.json beside the socket; /run/composefs/mounts.json under systemd)' },
   { name: 'max-mounts-per-user', value: true, arg: 'N', help: `service mounts one user may hold at once (default ${DEFAULT_MAX_MOUNTS_PER_USER})` },
   { name: 'help', short: 'h', help: 'show this help' },
 ];
@@ -26,7 +27,7 @@ export async function run(args: string[], prog: string): Promise<number> {
   if (p.options.has('help')) {
     process.stdout.write(
       formatHelp(
-        `${prog} [--socket=PATH] [--max-mounts-per-user=N]`,
+        `${prog} [--socket=PATH] [--state=PATH] [--max-mounts-per-user=N]`,
         'Serve kernel composefs mounts to users who may not mount (as fusermount3 does for FUSE): `cfs mount` as any user\n' +
           'uses it when its socket answers. The service reads each image and writes it again before the kernel sees it,\n' +
           'mounts it read-only, nosuid, nodev with the caller\'s rights, only on a directory the caller owns. Runs as root;\n' +
@@ -43,6 +44,7 @@ export async function run(args: string[], prog: string): Promise<number> {
 
   let listen: string | number;
   let shown: string;
+  let stateDir: string;
   let activated: number[];
   try {
     activated = systemdListenFds();
@@ -53,24 +55,30 @@ export async function run(args: string[], prog: string): Promise<number> {
     closeFds(activated.slice(1)); // one interface, one socket: any other is not ours to serve
     listen = activated[0]!;
     shown = `fd ${listen} (from systemd)`;
+    stateDir = dirname(DEFAULT_MOUNT_SOCKET);
   } else {
     const socketOption = p.options.get('socket');
     const path = resolve(typeof socketOption === 'string' ? socketOption : DEFAULT_MOUNT_SOCKET);
-    const dir = dirname(path);
+    listen = path;
+    shown = path;
+    stateDir = dirname(path);
+  }
+  const stateOption = p.options.get('state');
+  const stateFile = typeof stateOption === 'string' ? resolve(stateOption) : join(stateDir, 'mounts.json');
+  for (const dir of new Set([typeof listen === 'string' ? dirname(listen) : null, dirname(stateFile)])) {
+    if (dir === null) continue;
     try {
       const made = mkdirSync(dir, { recursive: true, mode: 0o755 });
       if (made !== undefined) chmodSync(dir, 0o755); // the umask may have taken bits: anyone must reach the socket
     } catch (err) {
       throw new UserError(describeSystemError(err, printable(dir)));
     }
-    listen = path;
-    shown = path;
   }
 
   const log = (line: string) => process.stderr.write(`${line}\n`);
   let service;
   try {
-    service = await startMountService({ listen, maxMountsPerUser, log });
+    service = await startMountService({ listen, maxMountsPerUser, log, stateFile });
   } catch (err) {
     if (err instanceof ComposefsError) throw err;
     throw new UserError(`socket ${printable(shown)}: ${reasonOf(err)}`);

@@ -363,7 +363,9 @@ function refuseStalling(fd: number, what: string, parameter: string, callerNs: b
     id = mountIdOf(fd).mountId;
   } catch (err) {
     if (err instanceof SysError && err.code === 'EOPNOTSUPP') throw new CallerRefusal(`${what}: ${err.message} (the service needs Linux 6.8)`, 'mount', undefined, err);
-    throw badDescriptor(what, parameter, `not an open descriptor (${err instanceof Error ? err.message : String(err)})`, err);
+    // As Node words an fstat failure: "EBADF: bad file descriptor, statx".
+    const why = err instanceof SysError ? `${err.code}: ${strerror(err.errno).toLowerCase()}, statx` : String(err);
+    throw badDescriptor(what, parameter, `not an open descriptor (${why})`, err);
   }
   let status;
   try {

@@ -14,7 +14,7 @@
  * requests under way counted too, so parallel requests cannot overshoot),
  * say which mounts Unmount may detach for a uid, and answer List.
  */
-import { readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readlinkSync, readSync, renameSync, unlinkSync, writeFileSync, constants as fsc } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { ComposefsError, reasonOf } from '../errors.js';
 import { printable } from '../printable.js';
@@ -45,6 +45,13 @@ export interface MountServiceOptions {
   maxConcurrentMounts?: number;
   /** One line per request (printable already); default: none. */
   log?: (line: string) => void;
+  /**
+   * Where the records of the mounts made are kept across restarts (written
+   * 0600 after each change, read at start if root owns it and only root may
+   * write it); default: nowhere, a restarted service knows no earlier mount
+   * (and its users could not unmount them through it).
+   */
+  stateFile?: string;
   /** Options of the transport (limits, timeouts), for tests. */
   serve?: Omit<ServeOptions, 'log'>;
   /** Options passed to every mountForCaller (private dirs, kernel knowledge), for tests. */
@@ -72,6 +79,84 @@ interface MountRecord {
   /** The process that asked, by pid and start time: a detached mount it still holds counts while it lives. */
   pid: number;
   pidStart: string | null;
+}
+
+const STATE_VERSION = 1;
+const MAX_STATE_BYTES = 16 << 20;
+
+/**
+ * The records kept in `path`, or none (a missing file) — and none, with a
+ * log line, from a file any user could have written: a record says whose a
+ * mount is, so a forged one would let a user unmount another's.
+ */
+function loadState(path: string, log: (line: string) => void): MountRecord[] {
+  let fd: number;
+  try {
+    fd = openSync(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log(printable(`state ${path}: not read: ${reasonOf(err)}`));
+    return [];
+  }
+  let text: string;
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.uid !== 0 || (st.mode & 0o022) !== 0 || st.nlink !== 1 || st.size > MAX_STATE_BYTES) {
+      log(printable(`state ${path}: ignored: not a regular file of root's that only root may write`));
+      return [];
+    }
+    const buf = Buffer.alloc(st.size);
+    let got = 0;
+    while (got < buf.length) {
+      const n = readSync(fd, buf, got, buf.length - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    text = buf.subarray(0, got).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+  const out: MountRecord[] = [];
+  try {
+    const doc = JSON.parse(text) as { version?: unknown; records?: unknown };
+    if (doc.version !== STATE_VERSION || !Array.isArray(doc.records)) throw new Error(`not version ${STATE_VERSION} records`);
+    const id = (v: unknown) => (typeof v === 'string' && /^[0-9]{1,20}$/.test(v) ? BigInt(v) : null);
+    const count = (v: unknown) => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : null);
+    for (const r of doc.records as Array<Record<string, unknown>>) {
+      const uid = count(r?.uid);
+      const pid = count(r?.pid);
+      const mountId = id(r?.mountId);
+      const mountNsId = id(r?.mountNsId);
+      if (uid === null || pid === null || mountId === null || mountNsId === null) continue;
+      if (typeof r.mountpoint !== 'string' || typeof r.image !== 'string' || typeof r.detached !== 'boolean') continue;
+      if (r.pidStart !== null && typeof r.pidStart !== 'string') continue;
+      out.push({ uid, pid, mountId, mountNsId, mountpoint: r.mountpoint, image: r.image, detached: r.detached, pidStart: r.pidStart as string | null });
+    }
+  } catch (err) {
+    log(printable(`state ${path}: ignored: ${reasonOf(err)}`));
+    return [];
+  }
+  return out;
+}
+
+/** Write the records to `path` (0600, through a new file renamed into place); false when that failed. */
+function saveState(path: string, records: Iterable<MountRecord>): boolean {
+  const doc = {
+    version: STATE_VERSION,
+    records: [...records].map((r) => ({ ...r, mountId: r.mountId.toString(), mountNsId: r.mountNsId.toString() })),
+  };
+  const tmp = `${path}.${process.pid}.tmp`;
+  try {
+    writeFileSync(tmp, `${JSON.stringify(doc)}\n`, { mode: 0o600, flag: 'wx' });
+    renameSync(tmp, path);
+    return true;
+  } catch {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // never made
+    }
+    return false;
+  }
 }
 
 /** A process's start time (field 22 of /proc/PID/stat): with the pid, names one process for the life of the system. */
@@ -143,6 +228,18 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
     };
   }
   const records = new Map<bigint, MountRecord>();
+  const stateFile = options.stateFile;
+  let stateFailing = false;
+  /** Keep the records where a restarted service finds them (a failure is logged once until it works again). */
+  function persist(): void {
+    if (stateFile === undefined) return;
+    const ok = saveState(stateFile, records.values());
+    if (!ok && !stateFailing) log(printable(`state ${stateFile}: cannot be written: the records live in memory only`));
+    stateFailing = !ok;
+  }
+  function forget(r: MountRecord): void {
+    if (records.delete(r.mountId)) persist();
+  }
   const inFlight = new Map<number, number>();
   /** statmount(2) is missing (a kernel before 6.8): records then count until unmounted through the service. */
   let noStatmount = false;
@@ -165,7 +262,7 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
     for (const r of [...records.values()]) {
       if (r.uid !== uid) continue;
       if (alive(r)) out.push(r);
-      else records.delete(r.mountId);
+      else forget(r);
     }
     return out;
   }
@@ -229,7 +326,7 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
         if (mountpointFd !== undefined && !mountOptions.detached) note.where = shownPath(mountpointFd);
 
         // Records of uids that never come back are forgotten once they are gone, whoever asks next.
-        if (records.size >= PRUNE_AT) for (const r of [...records.values()]) if (!alive(r)) records.delete(r.mountId);
+        if (records.size >= PRUNE_AT) for (const r of [...records.values()]) if (!alive(r)) forget(r);
         // Counted and reserved in one synchronous stretch: parallel requests of a uid cannot overshoot.
         const held = liveRecords(uid).length + (inFlight.get(uid) ?? 0);
         if (held >= limit) {
@@ -264,6 +361,7 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
           pidStart: processStart(call.peer.pid),
         };
         records.set(made.mountId, record);
+        persist();
         const reply: Record<string, unknown> = { mountId: Number(made.mountId), image: made.imageDigest, explain: made.explain };
         const fds: number[] = [];
         if (made.mountFd !== null) {
@@ -302,7 +400,7 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
         if (!id.mountRoot) throw new VarlinkError(MountError.NoSuchMount, { reason: `mountpoint: not the root of a mount (mount id ${id.mountId})` });
         const record = records.get(id.mountId);
         if (!record || !alive(record)) {
-          if (record) records.delete(record.mountId);
+          if (record) forget(record);
           throw new VarlinkError(MountError.NoSuchMount, { reason: `mountpoint: mount ${id.mountId} was not made by the service` });
         }
         if (record.uid !== call.peer.uid) {
@@ -313,7 +411,7 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
         pidfd = peerPidfd.pidfd;
         if (!peerPidfd.exact) throw new CallerRefusal('this kernel cannot name the calling process exactly (no SO_PEERPIDFD, Linux 6.5)', 'mount');
         await unmountInNamespace(fd, pidfd);
-        records.delete(record.mountId);
+        forget(record);
         return { result: { parameters: { mountId: Number(record.mountId) } }, line: `unmounted (id ${record.mountId})` };
       } finally {
         closeFds([fd]);
@@ -329,6 +427,12 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
       const mounts = mine.map((r) => ({ mountId: Number(r.mountId), mountpoint: r.mountpoint, image: r.image, detached: r.detached }));
       return { result: { parameters: { mounts, limit } }, line: `${mounts.length} mounts` };
     });
+  }
+
+  if (stateFile !== undefined) {
+    // The mounts of an earlier run that still exist are this run's to count, list and unmount.
+    for (const r of loadState(stateFile, log)) if (alive(r)) records.set(r.mountId, r);
+    persist();
   }
 
   const server: VarlinkServer = serveVarlink(
