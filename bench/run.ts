@@ -46,6 +46,8 @@ async function main(): Promise<void> {
     ['./pull.js', 'benchPull', 'Pulling container images'],
     ['./signature.js', 'benchSignature', 'Signature policy on pull (issue #19)'],
     ['./fuse.js', 'benchFuse', 'FUSE server (cold caches)'],
+    ['./service.js', 'benchServiceRead', 'Mount service: reading beside the kernel and FUSE mounts (cold caches)'],
+    ['./service.js', 'benchServiceMount', 'Mount service: time from the request to the mount'],
   ];
   for (const [path, fn, title] of sections) {
     const bench = await optional(path, fn);

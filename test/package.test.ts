@@ -14,6 +14,7 @@ import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { repoRoot } from './helpers/paths.js';
 
 const hasNpm = spawnSync('npm', ['--version'], { encoding: 'utf8' }).status === 0;
@@ -74,7 +75,7 @@ test('npm install -g of an unbuilt clone, and of the packed tarball: the command
     const name = succeeds(sh('npm', ['pack', '--pack-destination', packed], clone), 'npm pack').trim().split('\n').at(-1)!;
     const tarball = join(packed, name);
     const files = succeeds(sh('tar', ['tzf', tarball], tmp), 'tar tzf').split('\n').filter(Boolean);
-    for (const want of ['package/package.json', 'package/README.md', 'package/bin/cfs.js', 'package/bin/load.js', 'package/bin/package.json', 'package/dist/src/index.js', 'package/dist/src/index.d.ts', 'package/dist/src/cli/bundle.cjs', 'package/dist/src/cli/bundle.cache', 'package/dist/src/fuse/daemon.js', 'package/samples/demo.dump']) {
+    for (const want of ['package/package.json', 'package/README.md', 'package/bin/cfs.js', 'package/bin/load.js', 'package/bin/package.json', 'package/dist/src/index.js', 'package/dist/src/index.d.ts', 'package/dist/src/cli/bundle.cjs', 'package/dist/src/cli/bundle.cache', 'package/dist/src/fuse/daemon.js', 'package/dist/src/service/rewrite-worker.js', 'package/samples/demo.dump']) {
       assert.ok(files.includes(want), `the package holds ${want}`);
     }
     const unwanted = files.filter((f) => /^package\/(src|test|bench|scripts|\.ci|dist\/test|dist\/bench|node_modules)\//.test(f) || f.endsWith('.build-stamp') || f.endsWith('tsconfig.json'));
@@ -116,6 +117,17 @@ test('npm install -g of an unbuilt clone, and of the packed tarball: the command
     assert.equal(lib.mount, 'function');
     assert.deepEqual(lib.entries.map((l) => l.split('\t')[0]), ['/hello.txt', '/sub/', '/sub/big.bin'], names);
     assert.ok(lib.entries[2].endsWith(`@ ${object}`), names);
+
+    // The mount service's image rewrite finds its thread's module in the installed package, and writes the image again.
+    const rewritten = importFrom(
+      prefix,
+      `const { rewriteInWorker } = await import(${JSON.stringify(pathToFileURL(join(pkg, 'dist', 'src', 'service', 'rewrite.js')).href)});
+       const { readFileSync } = await import('node:fs');
+       const image = readFileSync(${JSON.stringify(image)});
+       const r = await rewriteInWorker(image);
+       process.stdout.write(String(r.image.equals(image)));`,
+    );
+    assert.equal(rewritten, 'true', 'the rewrite on its thread gives back the writer\'s image');
 
     // The code cache made at build time is the one the installed bundle uses (npm pack resets every mtime).
     const cache = sh(process.execPath, ['-e', `const { script } = require(${JSON.stringify(join(pkg, 'bin', 'load.js'))}).loadBundle(); process.stdout.write(String(script.cachedDataRejected));`], tmp);
