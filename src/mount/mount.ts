@@ -24,7 +24,7 @@ import { tmpdir } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { ComposefsError, UsageError, ioError } from '../errors.js';
 import { printable } from '../printable.js';
-import { SysError, strerror } from '../sys/libc.js';
+import { SysError } from '../sys/libc.js';
 import { dataExtents } from '../sys/extents.js';
 import { loopControlExists } from '../sys/loop.js';
 import { fsTypeOf, measureVerity, type VerityMeasurement } from '../sys/fsinfo.js';
@@ -34,11 +34,12 @@ import { anonymousFile } from './anonymous.js';
 import { Cleanup, type MountContext } from './context.js';
 import { MountError } from './errors.js';
 import { checkImage, openImageFile, type ImageInfo } from './image.js';
-import { kernel, kernelHasFsverity, learn, type KernelKnowledge } from './kernel.js';
+import { kernel, learn, type KernelKnowledge } from './kernel.js';
 import { climbRungs, explainRecord, registeredMountRungs, type Attempt, type LadderMount, type RungResult } from './ladder.js';
 import type { Api, Backing, Layers, MountOptions } from './options.js';
 import { mountLayers, mountLegacy } from './overlay.js';
 import { planMount, type PlanRequest } from './plan.js';
+import { verityAvailable } from './verity.js';
 
 /** What the kernel rung mounted, and how. */
 export interface MountResult extends RungResult {
@@ -241,7 +242,19 @@ export function mountComposefsSync(
     let verity = false;
     if (verityMode !== 'off') {
       step('verity-probe');
-      const v = verityAvailable(basedirs, knowledge);
+      const v = verityAvailable(
+        basedirs.map((d) => ({
+          name: `basedir ${d}`,
+          open: () => {
+            try {
+              return openSync(d, fsc.O_RDONLY | fsc.O_DIRECTORY);
+            } catch (err) {
+              throw ioError(err, `basedir ${d}`);
+            }
+          },
+        })),
+        knowledge,
+      );
       if (v.ok) {
         verity = true;
         say(`verity: overlay verity=require (${v.why})`);
@@ -454,36 +467,4 @@ function checkDigest(
     : `computed in userspace on the private copy that is mounted, the kernel cannot measure the image (${!cannot.ok && cannot.reason === 'no-verity' ? 'fs-verity not enabled on it' : !cannot.ok && cannot.reason === 'other-algorithm' ? 'fs-verity enabled with another hash algorithm' : 'no fs-verity support'})`;
   say(`digest: matches, ${reason}`);
   return m.ok ? 'kernel' : 'userspace';
-}
-
-/** Can overlay verity work here? Asks the basedirs' file systems, and the kernel for the reason. */
-function verityAvailable(basedirs: string[], knowledge: KernelKnowledge): { ok: boolean; why: string } {
-  for (const d of basedirs) {
-    let fd: number;
-    try {
-      fd = openSync(d, fsc.O_RDONLY | fsc.O_DIRECTORY);
-    } catch (err) {
-      throw ioError(err, `basedir ${d}`);
-    }
-    let m;
-    try {
-      m = measureVerity(fd);
-    } finally {
-      closeSync(fd);
-    }
-    if (m.ok || m.reason === 'no-verity') continue;
-    if (knowledge.fsverity === undefined) {
-      const has = kernelHasFsverity();
-      learn(knowledge, {
-        fact: 'fsverity',
-        answer:
-          has === false
-            ? { ok: false, why: 'this kernel lacks fs-verity (built without CONFIG_FS_VERITY)' }
-            : { ok: true, why: has === true ? 'this kernel has fs-verity' : 'unknown' },
-      });
-    }
-    if (!knowledge.fsverity!.ok) return { ok: false, why: knowledge.fsverity!.why };
-    return { ok: false, why: `the file system of basedir ${d} does not support fs-verity (${strerror(m.errno)})` };
-  }
-  return { ok: true, why: 'fs-verity is available on every basedir' };
 }

@@ -22,7 +22,7 @@
  *    may write, attached in the caller's mount namespace, joined through the
  *    caller's pidfd by a thread of its own (src/service/attach-worker.ts).
  */
-import { closeSync, fstatSync, openSync, readSync, writeSync, constants as fsc } from 'node:fs';
+import { fstatSync, openSync, readSync, writeSync, constants as fsc } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { ComposefsError } from '../errors.js';
@@ -32,13 +32,14 @@ import { Cleanup, type MountContext } from '../mount/context.js';
 import { MountError } from '../mount/errors.js';
 import { fsverityDigest } from '../fsverity/index.js';
 import { checkImage } from '../mount/image.js';
-import { kernel, kernelHasFsverity, learn, type KernelKnowledge } from '../mount/kernel.js';
+import { kernel, type KernelKnowledge } from '../mount/kernel.js';
 import { explainRecord, type Attempt } from '../mount/ladder.js';
 import type { Backing, Layers } from '../mount/options.js';
 import { mountLayers } from '../mount/overlay.js';
 import { planMount } from '../mount/plan.js';
+import { verityAvailable, type BasedirToAsk } from '../mount/verity.js';
 import { becomeCaller, restoreCredentials, type Identity } from '../sys/creds.js';
-import { fsTypeOf, measureVerity } from '../sys/fsinfo.js';
+import { fsTypeOf } from '../sys/fsinfo.js';
 import { strerror, SysError } from '../sys/libc.js';
 import { loopControlExists } from '../sys/loop.js';
 import * as sys from '../sys/mount.js';
@@ -396,41 +397,22 @@ function mountAttributes(o: CallerMountOptions): { attr: number; ms: number } {
 }
 
 /**
- * Can the kernel check every object's digest (overlay verity) with these
- * basedirs? Each is opened again for reading, as the caller, through this
- * process's /proc (the caller may have sent O_PATH descriptors, on which the
- * measuring ioctl does not work); the kernel's own configuration says why
- * when a file system cannot.
+ * The caller's basedirs as verityAvailable (src/mount/mount.ts) asks them:
+ * each opened again for reading, as the caller, through this process's /proc
+ * (the caller may have sent O_PATH descriptors, on which the measuring ioctl
+ * does not work).
  */
-function verityAvailable(basedirFds: readonly number[], caller: Caller, knowledge: KernelKnowledge): { ok: boolean; why: string } {
-  for (const [i, dirFd] of basedirFds.entries()) {
-    let fd: number;
-    try {
-      fd = asCaller(caller, () => openSync(`/proc/self/fd/${dirFd}`, fsc.O_RDONLY | fsc.O_DIRECTORY));
-    } catch (err) {
-      return { ok: false, why: `basedir ${i + 1} cannot be opened for reading by uid ${caller.uid} to ask (${(err as NodeJS.ErrnoException).code ?? String(err)})` };
-    }
-    let m;
-    try {
-      m = measureVerity(fd);
-    } finally {
-      closeSync(fd);
-    }
-    if (m.ok || m.reason === 'no-verity') continue;
-    if (knowledge.fsverity === undefined) {
-      const has = kernelHasFsverity();
-      learn(knowledge, {
-        fact: 'fsverity',
-        answer:
-          has === false
-            ? { ok: false, why: 'this kernel lacks fs-verity (built without CONFIG_FS_VERITY)' }
-            : { ok: true, why: has === true ? 'this kernel has fs-verity' : 'unknown' },
-      });
-    }
-    if (!knowledge.fsverity!.ok) return { ok: false, why: knowledge.fsverity!.why };
-    return { ok: false, why: `the file system of basedir ${i + 1} does not support fs-verity (${strerror(m.errno)})` };
-  }
-  return { ok: true, why: 'fs-verity is available on every basedir' };
+function callerBasedirs(basedirFds: readonly number[], caller: Caller): BasedirToAsk[] {
+  return basedirFds.map((dirFd, i) => ({
+    name: `basedir ${i + 1}`,
+    open: () => {
+      try {
+        return asCaller(caller, () => openSync(`/proc/self/fd/${dirFd}`, fsc.O_RDONLY | fsc.O_DIRECTORY));
+      } catch (err) {
+        return { cannot: `basedir ${i + 1} cannot be opened for reading by uid ${caller.uid} to ask (${(err as NodeJS.ErrnoException).code ?? String(err)})` };
+      }
+    },
+  }));
 }
 
 async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: number): Promise<CallerMount> {
@@ -471,7 +453,7 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
   let verity = false;
   const verityMode = o.verity ?? 'off';
   if (verityMode !== 'off') {
-    const v = verityAvailable(request.basedirFds, caller, knowledge);
+    const v = verityAvailable(callerBasedirs(request.basedirFds, caller), knowledge);
     if (v.ok) {
       verity = true;
       say(`verity: overlay verity=require (${v.why})`);
