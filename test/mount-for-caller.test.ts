@@ -593,3 +593,38 @@ test("attached in the caller's mount namespace (an unshare -m process): there an
     assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
   });
 });
+
+test('a caller that hangs up: during the rewrite, nothing is mounted; after the attach, the mount is detached again in its namespace; no descriptor left', { skip: SKIP }, async () => {
+  await withPlaces('mfc-hangup', async ({ fx, mnt }) => {
+    const before = snapshot();
+    const fds = clientFds(fx.image, fx.basedir, mnt);
+    const fdsBefore = openDescriptors();
+    try {
+      // Gone while its image is rewritten (the transport aborts the call's signal on the hang-up).
+      const early = new AbortController();
+      const during = mountForCaller({ ...fds, signal: early.signal }, nobody);
+      early.abort();
+      await assert.rejects(during, { message: 'caller hung up during the rewrite: nothing mounted' });
+      assert.equal(mountinfoLine(mnt), undefined);
+      // Gone once the mount is attached: the signal reads as aborted as soon as the kernel shows the mount on the mountpoint.
+      let sawMount = false;
+      const late = new AbortController();
+      const lateSignal = Object.create(late.signal, {
+        aborted: {
+          get: () => (sawMount ||= mountinfoLine(mnt) !== undefined),
+        },
+      }) as AbortSignal;
+      try {
+        await assert.rejects(mountForCaller({ ...fds, signal: lateSignal }, nobody), { message: 'caller hung up: undone' });
+      } finally {
+        unmountQuietly(mnt);
+      }
+      assert.ok(sawMount, 'the mount was attached before it was undone');
+      assert.equal(mountinfoLine(mnt), undefined, 'nothing left on the mountpoint');
+      assert.deepEqual(openDescriptors(), fdsBefore, 'no descriptor left');
+    } finally {
+      fds.close();
+    }
+    assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
+  });
+});

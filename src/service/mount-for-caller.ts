@@ -88,6 +88,12 @@ export interface CallerMountRequest {
   /** The mountpoint, opened O_PATH|O_NOFOLLOW; not needed with `detached`. */
   mountpointFd?: number;
   options?: CallerMountOptions;
+  /**
+   * Aborted when the caller hangs up: the rewrite is abandoned, nothing is
+   * attached, and a mount attached before the caller was seen to go is
+   * detached again (CallerGone).
+   */
+  signal?: AbortSignal;
 }
 
 export interface CallerMount {
@@ -176,6 +182,17 @@ export class CallerRefusal extends MountError {
     cause?: unknown,
   ) {
     super(message, cause === undefined ? undefined : { cause });
+  }
+}
+
+/**
+ * The caller hung up before its answer: whatever was made for it is undone
+ * (a caller that never learns of a mount could not unmount it through the
+ * service, and the mount would count against its limit).
+ */
+export class CallerGone extends CallerRefusal {
+  constructor(message: string, cause?: unknown) {
+    super(message, 'mount', undefined, cause);
   }
 }
 
@@ -436,6 +453,8 @@ function verityAvailable(basedirFds: readonly number[], caller: Caller, knowledg
 async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: number): Promise<CallerMount> {
   const o = request.options ?? {};
   const knowledge = o.knowledge ?? kernel;
+  const signal = request.signal;
+  if (signal?.aborted) throw new CallerGone('caller hung up: nothing mounted');
   const callerNs = namespaceOf(pidfd);
   // Before any other look at them: descriptors on FUSE would let the caller's daemon stall the service.
   refuseStalling(request.imageFd, 'image', 'image', callerNs, () => refused('image', 'on a FUSE file system (its reads could stall the service)', 'image'));
@@ -492,7 +511,8 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
   // The received bytes move to the rewriting thread, not copied on the event loop: `received` is empty after.
   const receivedBytes = received.length;
   const rewriteStart = performance.now();
-  const rewritten = await rewriteInWorker(received, { transfer: true }).catch((err: unknown) => {
+  const rewritten = await rewriteInWorker(received, { transfer: true, signal }).catch((err: unknown) => {
+    if (signal?.aborted) throw new CallerGone('caller hung up during the rewrite: nothing mounted', err);
     throw err instanceof ImageRefusal ? refused('image refused', err.reason, 'image', err) : err;
   });
   say(`image: read and written again on a thread in ${Math.round(performance.now() - rewriteStart)} ms (${receivedBytes} bytes received, ${rewritten.image.length} written)`);
@@ -563,8 +583,19 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
 
     let mountFd: number | null = overlayFd;
     let mountNsId: bigint | null;
+    // Gone already: the detached overlay is closed below (finally), and with it the mount.
+    if (signal?.aborted) throw new CallerGone('caller hung up: nothing mounted');
     if (!o.detached) {
-      mountNsId = await attachInNamespace(overlayFd, request.mountpointFd!, pidfd, mountId);
+      mountNsId = await attachInNamespace(overlayFd, request.mountpointFd!, pidfd, mountId).catch((err: unknown) => {
+        throw signal?.aborted ? new CallerGone('caller hung up: nothing mounted', err) : err;
+      });
+      // No await from here to the answer: a hang-up seen later finds the reply on its way.
+      if (signal?.aborted) {
+        // Gone while the mount was attached: detach it again where it went. The overlay's descriptor names the attached mount's root.
+        const undone = await undoAttach(overlayFd, mountId, pidfd);
+        if (undone === null) throw new CallerGone('caller hung up: undone');
+        say(`caller hung up, and the mount could not be undone (${undone}): it stays, recorded`);
+      }
       sys.closeQuiet(overlayFd);
       mountFd = null;
     } else {
@@ -586,6 +617,34 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
   } finally {
     sys.closeQuiet(overlayFd);
     c.run();
+  }
+}
+
+/**
+ * Detach the mount just attached from `overlayFd` (still naming its root), in
+ * the caller's mount namespace; when the caller is gone (no namespace to
+ * join through its pidfd) and the mount went into the service's own
+ * namespace, from here (the magic link of this process's descriptor). Null
+ * when done, else why not.
+ */
+async function undoAttach(overlayFd: number, mountId: bigint, pidfd: number): Promise<string | null> {
+  try {
+    await unmountInNamespace(overlayFd, pidfd);
+    return null;
+  } catch (err) {
+    let inOwnNamespace = false;
+    try {
+      inOwnNamespace = statMount(mountId, 0n) !== null;
+    } catch {
+      // no statmount: cannot tell where it is
+    }
+    if (!inOwnNamespace) return err instanceof Error ? err.message : String(err);
+    try {
+      sys.umount2(`/proc/self/fd/${overlayFd}`, sys.MNT_DETACH);
+      return null;
+    } catch (err2) {
+      return err2 instanceof Error ? err2.message : String(err2);
+    }
   }
 }
 

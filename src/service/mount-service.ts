@@ -21,7 +21,7 @@ import { printable } from '../printable.js';
 import { closeFds } from '../sys/socket.js';
 import { mountIdOf, statMount } from '../sys/mountid.js';
 import { SysError } from '../sys/libc.js';
-import { CallerRefusal, mountForCaller, unmountInNamespace, type Caller, type CallerMountOptions } from './mount-for-caller.js';
+import { CallerGone, CallerRefusal, mountForCaller, unmountInNamespace, type Caller, type CallerMountOptions } from './mount-for-caller.js';
 import { DEFAULT_MOUNT_SOCKET, MOUNT_INTERFACE, MountError, mountInterfaceDescription } from './mount-interface.js';
 import { invalidParameter, Parameters, serveVarlink, VarlinkError, type CallContext, type ServeOptions, type VarlinkServer } from './varlink.js';
 import type { JsonObject } from '../oci/strict-json.js';
@@ -283,8 +283,9 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
       return result;
     } catch (err) {
       const { error, reason } = asInterfaceError(err);
-      const what = error.error === MountError.InternalError ? 'failed' : 'refused';
-      log(printable(`${head()}: ${what}: ${reason} (${ms()})`));
+      // A caller that hung up is answered by nobody: the line says what became of its request.
+      const what = err instanceof CallerGone ? '' : error.error === MountError.InternalError ? 'failed: ' : 'refused: ';
+      log(printable(`${head()}: ${what}${reason} (${ms()})`));
       throw error;
     }
   }
@@ -345,7 +346,9 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
         const release = await turn();
         let made;
         try {
-          made = await mountForCaller({ imageFd, basedirFds, mountpointFd, options: mountOptions }, caller);
+          // The caller's hang-up (call.signal) undoes the mount: mountForCaller looks at it after its last wait, and from
+          // there to the reply nothing waits, so a caller seen gone later finds its answer written.
+          made = await mountForCaller({ imageFd, basedirFds, mountpointFd, options: mountOptions, signal: call.signal }, caller);
         } finally {
           release();
         }
