@@ -628,3 +628,35 @@ test('a caller that hangs up: during the rewrite, nothing is mounted; after the 
     assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
   });
 });
+
+test("basedirs on mounts of the caller's mount namespace (an unshare -m process) are cloned there for overlayfs: mounted, still with the caller's rights; no descriptor left", { skip: SKIP }, async () => {
+  await withPlaces('mfc-nsbase', async ({ fx, mnt }) => {
+    const before = snapshot();
+    const other = await otherNamespace();
+    const fdsBefore = openDescriptors();
+    try {
+      // Everything opened in the caller's namespace, as a client there opens it: the basedir's mount is not one of ours.
+      const fds = clientFds(fx.image, `/proc/${other.pid}/root${fx.basedir}`, `/proc/${other.pid}/root${mnt}`);
+      try {
+        const pidfd = pidfdOpen(other.pid);
+        try {
+          const r = await mountForCaller({ ...fds }, { ...nobody, pid: other.pid, pidfd });
+          assert.ok(r.explain.some((l) => /1 on mounts of the caller's mount namespace, cloned there/.test(l)), r.explain.join('\n'));
+        } finally {
+          closeSync(pidfd);
+        }
+        assert.ok(mountinfoLine(mnt, `/proc/${other.pid}/mountinfo`), "mounted in the caller's namespace");
+        assert.deepEqual(readFileSync(`/proc/${other.pid}/root${mnt}/big.bin`), fx.files['big.bin']);
+        assert.deepEqual(readFileSync(`/proc/${other.pid}/root${mnt}/sub/dir/nested.txt`), fx.files['sub/dir/nested.txt']);
+        // The clone gives overlayfs the caller's view, not root's: the object only root may read stays unreadable.
+        assert.throws(() => readFileSync(`/proc/${other.pid}/root${mnt}/secret.bin`), { code: 'EACCES' });
+      } finally {
+        fds.close();
+      }
+      assert.deepEqual(openDescriptors(), fdsBefore, 'no descriptor left: clones, pidfd, worker');
+    } finally {
+      await other.stop();
+    }
+    assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
+  });
+});

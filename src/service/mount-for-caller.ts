@@ -345,6 +345,51 @@ export async function unmountInNamespace(mountpointFd: number, pidfd: number): P
 }
 
 /**
+ * The layers overlayfs is given for the caller's basedirs: each descriptor
+ * on a mount of the service's own namespace as it is; one on a mount of
+ * another namespace (a caller in a mount namespace of its own) cloned
+ * there, from a thread that joined the caller's namespace (the kernel
+ * clones a mount only in its own namespace, and overlayfs takes a layer
+ * only from the creator's namespace or the root of an anonymous one, which
+ * the clone is). The clone is of the caller's own descriptor, made where
+ * the caller sees it, and the overlay is still created with the caller's
+ * credentials: it shows nothing the descriptor did not.
+ *
+ * Not recursive: overlayfs looks up names in a lower layer without crossing
+ * into mounts beneath it, so submounts of a basedir are unseen either way,
+ * and a recursive copy would have the kernel copy every mount beneath a
+ * basedir (a caller can pile up thousands in a namespace of its own) for
+ * nothing. The kernel refuses the plain copy (EINVAL) of a directory with
+ * locked mounts beneath it (mounts a user namespace inherited): refused as
+ * that basedir. The clones are closed by `c`.
+ */
+async function layerDescriptors(basedirFds: readonly number[], pidfd: number, c: Cleanup): Promise<{ fds: number[]; cloned: number }> {
+  const foreign: number[] = [];
+  for (const [i, fd] of basedirFds.entries()) {
+    try {
+      if (statMount(mountIdOf(fd).mountId, 0n) === null) foreign.push(i);
+    } catch {
+      return { fds: [...basedirFds], cloned: 0 }; // no statmount (before Linux 6.8): layers as they are
+    }
+  }
+  if (foreign.length === 0) return { fds: [...basedirFds], cloned: 0 };
+  const answer = await inCallerNamespace({ op: 'clone', pidfd, fds: foreign.map((i) => basedirFds[i]!) }, "cloning the basedirs in the caller's mount namespace");
+  if (!answer.ok) {
+    if (answer.step === 'open_tree' && answer.index !== undefined) {
+      const n = foreign[answer.index]! + 1;
+      throw badDescriptor(`basedir ${n}`, 'basedirs', `cannot be cloned in the caller's mount namespace (${answer.message})`);
+    }
+    throw new CallerRefusal(`cloning the basedirs: cannot join the caller's mount namespace (${answer.message})`, 'mount');
+  }
+  const clones = answer.clones ?? [];
+  for (const fd of clones) c.fd(fd);
+  if (clones.length !== foreign.length) throw new CallerRefusal(`cloning the basedirs: ${clones.length} clones for ${foreign.length} basedirs`, 'mount');
+  const fds = [...basedirFds];
+  for (const [k, i] of foreign.entries()) fds[i] = clones[k]!;
+  return { fds, cloned: clones.length };
+}
+
+/**
  * Mount the image of `request` for `caller`: the image rewritten by us into
  * an anonymous file, EROFS over it, overlayfs over that and the basedirs
  * created with the caller's credentials, ro,nosuid,nodev; then attached on
@@ -522,6 +567,8 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
   const c = new Cleanup();
   let overlayFd = -1;
   try {
+    const layers = await layerDescriptors(request.basedirFds, pidfd, c);
+    if (layers.cloned > 0) say(`basedirs: ${layers.cloned} on mounts of the caller's mount namespace, cloned there (open_tree) for overlayfs`);
     const imgFd = privateImageFile(rewritten.image, o.privateDirs ?? ['/var/tmp', tmpdir()], c);
     const info = checkImage(imgFd, 'image');
     const imgFsType = fsTypeOf(imgFd);
@@ -546,8 +593,8 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
       info,
       mnt: '',
       mntFd: -1,
-      basedirs: request.basedirFds.map((fd) => `/proc/self/fd/${fd}`),
-      baseFds: [...request.basedirFds],
+      basedirs: layers.fds.map((fd) => `/proc/self/fd/${fd}`),
+      baseFds: layers.fds,
       usernsFd: -1,
       source: o.source ?? 'composefs',
       verity,
