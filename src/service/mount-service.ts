@@ -31,6 +31,8 @@ export const DEFAULT_MAX_MOUNTS_PER_USER = 64;
 const PRUNE_AT = 1024;
 /** Basedirs one Mount may name (the interface's 1..16). */
 const MAX_BASEDIRS = 16;
+/** Descriptors one message may carry: a Mount's image, its basedirs and its mountpoint. */
+const MAX_FDS_PER_MESSAGE = MAX_BASEDIRS + 2;
 
 export interface MountServiceOptions {
   /** A path to create the socket at (default /run/composefs/mount.sock), or a listening socket's descriptor (systemd's). */
@@ -447,7 +449,7 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
       url: 'https://github.com/composefs/composefs',
       interfaces: [{ name: MOUNT_INTERFACE, description: mountInterfaceDescription, methods: { Mount: mount, Unmount: unmount, List: list } }],
     },
-    { ...options.serve, log },
+    { maxFdsPerMessage: MAX_FDS_PER_MESSAGE, ...options.serve, log },
   );
   return {
     path: server.path,
