@@ -26,6 +26,7 @@ import { closeSync, fstatSync, openSync, readSync, writeSync, constants as fsc }
 import { tmpdir } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { ComposefsError } from '../errors.js';
+import { threadExecArgv } from '../threads.js';
 import { anonymousFile } from '../mount/anonymous.js';
 import { mountErofs } from '../mount/backing.js';
 import { Cleanup, type MountContext } from '../mount/context.js';
@@ -287,7 +288,7 @@ function privateImageFile(image: Buffer, dirs: string[], c: Cleanup): number {
 
 /** Run one operation of attach-worker.ts on a thread of its own; its answer, or an error when the thread fails or does not answer. */
 async function inCallerNamespace(data: AttachRequest, what: string): Promise<AttachAnswer> {
-  const worker = new Worker(new URL('../service/attach-worker.js', import.meta.url), { workerData: data });
+  const worker = new Worker(new URL('../service/attach-worker.js', import.meta.url), { workerData: data, execArgv: threadExecArgv() });
   let timer: NodeJS.Timeout | undefined;
   try {
     return await new Promise<AttachAnswer>((resolve, reject) => {
