@@ -593,3 +593,70 @@ test("attached in the caller's mount namespace (an unshare -m process): there an
     assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
   });
 });
+
+test('a caller that hangs up: during the rewrite, nothing is mounted; after the attach, the mount is detached again in its namespace; no descriptor left', { skip: SKIP }, async () => {
+  await withPlaces('mfc-hangup', async ({ fx, mnt }) => {
+    const before = snapshot();
+    const fds = clientFds(fx.image, fx.basedir, mnt);
+    const fdsBefore = openDescriptors();
+    try {
+      // Gone while its image is rewritten (the transport aborts the call's signal on the hang-up).
+      const early = new AbortController();
+      const during = mountForCaller({ ...fds, signal: early.signal }, nobody);
+      early.abort();
+      await assert.rejects(during, { message: 'caller hung up during the rewrite: nothing mounted' });
+      assert.equal(mountinfoLine(mnt), undefined);
+      // Gone once the mount is attached: the signal reads as aborted as soon as the kernel shows the mount on the mountpoint.
+      let sawMount = false;
+      const late = new AbortController();
+      const lateSignal = Object.create(late.signal, {
+        aborted: {
+          get: () => (sawMount ||= mountinfoLine(mnt) !== undefined),
+        },
+      }) as AbortSignal;
+      try {
+        await assert.rejects(mountForCaller({ ...fds, signal: lateSignal }, nobody), { message: 'caller hung up: undone' });
+      } finally {
+        unmountQuietly(mnt);
+      }
+      assert.ok(sawMount, 'the mount was attached before it was undone');
+      assert.equal(mountinfoLine(mnt), undefined, 'nothing left on the mountpoint');
+      assert.deepEqual(openDescriptors(), fdsBefore, 'no descriptor left');
+    } finally {
+      fds.close();
+    }
+    assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
+  });
+});
+
+test("basedirs on mounts of the caller's mount namespace (an unshare -m process) are cloned there for overlayfs: mounted, still with the caller's rights; no descriptor left", { skip: SKIP }, async () => {
+  await withPlaces('mfc-nsbase', async ({ fx, mnt }) => {
+    const before = snapshot();
+    const other = await otherNamespace();
+    const fdsBefore = openDescriptors();
+    try {
+      // Everything opened in the caller's namespace, as a client there opens it: the basedir's mount is not one of ours.
+      const fds = clientFds(fx.image, `/proc/${other.pid}/root${fx.basedir}`, `/proc/${other.pid}/root${mnt}`);
+      try {
+        const pidfd = pidfdOpen(other.pid);
+        try {
+          const r = await mountForCaller({ ...fds }, { ...nobody, pid: other.pid, pidfd });
+          assert.ok(r.explain.some((l) => /1 on mounts of the caller's mount namespace, cloned there/.test(l)), r.explain.join('\n'));
+        } finally {
+          closeSync(pidfd);
+        }
+        assert.ok(mountinfoLine(mnt, `/proc/${other.pid}/mountinfo`), "mounted in the caller's namespace");
+        assert.deepEqual(readFileSync(`/proc/${other.pid}/root${mnt}/big.bin`), fx.files['big.bin']);
+        assert.deepEqual(readFileSync(`/proc/${other.pid}/root${mnt}/sub/dir/nested.txt`), fx.files['sub/dir/nested.txt']);
+        // The clone gives overlayfs the caller's view, not root's: the object only root may read stays unreadable.
+        assert.throws(() => readFileSync(`/proc/${other.pid}/root${mnt}/secret.bin`), { code: 'EACCES' });
+      } finally {
+        fds.close();
+      }
+      assert.deepEqual(openDescriptors(), fdsBefore, 'no descriptor left: clones, pidfd, worker');
+    } finally {
+      await other.stop();
+    }
+    assert.ok(await eventually(() => leftovers(before).length === 0), leftovers(before).join('\n'));
+  });
+});

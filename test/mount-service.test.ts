@@ -368,7 +368,7 @@ test("cfs serve: Unmount by another uid is refused (NotOwner), List shows each u
   }
 });
 
-test('cfs serve: options: digest checked on the bytes received (ImageRefused on a mismatch), verity=require refused where the kernel cannot check objects (MountFailed), noexec and noatime, detached hands over the mount; bad descriptors are BadDescriptor', { skip: SKIP, timeout: 120_000 }, async () => {
+test('cfs serve: options: digest checked on the bytes received (ImageRefused on a mismatch), verity=require refused where the kernel cannot check objects (MountFailed), noexec and noatime, detached hands over the mount; 16 basedirs (18 descriptors in one message) mount, 17 are refused; bad descriptors are BadDescriptor', { skip: SKIP, timeout: 120_000 }, async () => {
   const { dir, fx, mountpoint } = setUp('svc-options');
   const mnt = mountpoint('mnt-options', NOBODY);
   const before = mountsUnder(dir);
@@ -414,6 +414,28 @@ test('cfs serve: options: digest checked on the bytes received (ImageRefused on 
     assert.deepEqual([dirAsImage.error, dirAsImage.parameters], [MountError.BadDescriptor, { parameter: 'image', reason: 'image: not a regular file' }]);
     const noBasedir = client(asNobody, service, dir, 'io.composefs.Mount.Mount', { ...mountCall(fx, mnt), parameters: { image: 0, basedirs: [], mountpoint: 2 } });
     assert.deepEqual([noBasedir.error, noBasedir.parameters], ['org.varlink.service.InvalidParameter', { parameter: 'basedirs' }]);
+    // The most basedirs the interface takes (16), with the image and the mountpoint: 18 descriptors in one message.
+    // The objects are in the last basedir only: a file read through the mount proves every layer was taken.
+    const empties = Array.from({ length: 15 }, (_, i) => {
+      const d = join(dir, `empty-basedir-${i}`);
+      mkdirSync(d, { recursive: true });
+      return d;
+    });
+    const sixteen = {
+      open: [[fx.image, 'read'], ...[...empties, fx.basedir].map((d) => [d, 'dir']), [mnt, 'path']] as Array<[string, 'read' | 'dir' | 'path']>,
+      parameters: { image: 0, basedirs: Array.from({ length: 16 }, (_, i) => i + 1), mountpoint: 17 },
+    };
+    const many = client(asNobody, service, dir, 'io.composefs.Mount.Mount', sixteen);
+    assert.equal(many.ok, true, JSON.stringify(many));
+    try {
+      assert.deepEqual(readFileSync(join(mnt, 'big.bin')), fx.files['big.bin']);
+    } finally {
+      assert.equal(client(asNobody, service, dir, 'io.composefs.Mount.Unmount', unmountCall(mnt)).ok, true);
+      unmountQuietly(mnt);
+    }
+    // More than 16 is refused by the parameter's bound, before any descriptor is looked at.
+    const seventeen = client(asNobody, service, dir, 'io.composefs.Mount.Mount', { ...mountCall(fx, mnt), parameters: { image: 0, basedirs: Array(17).fill(1), mountpoint: 2 } });
+    assert.deepEqual([seventeen.error, seventeen.parameters], ['org.varlink.service.InvalidParameter', { parameter: 'basedirs' }]);
     const unknownOption = client(asNobody, service, dir, 'io.composefs.Mount.Mount', mountCall(fx, mnt, { upperdir: 1 }));
     assert.deepEqual([unknownOption.error, unknownOption.parameters], ['org.varlink.service.InvalidParameter', { parameter: 'options.upperdir' }]);
     assert.equal(mountinfoLine(mnt), undefined);

@@ -560,10 +560,6 @@ test(
   {
     skip: SKIP,
     timeout: 120_000,
-    // The service creates the overlay in its own mount namespace, and overlayfs takes no layer from a mount of
-    // another (non-anonymous) namespace: the caller's basedirs are refused ("no way to give overlayfs its
-    // layers"). Cloning them (open_tree) in the caller's namespace, which the service joins, is the service's to do.
-    todo: 'the service does not take layers from a mount namespace of the caller\'s own yet',
   },
   async () => {
     const dir = makeTemp('svc-userns', 0o755);

@@ -22,6 +22,7 @@ import type { ImageView } from './image.js';
 import { BackingIdTable } from './backing-ids.js';
 import { CONTROL_WORDS, Control, MAX_THREADS, SharedServerState, type ServerOptions, type ServerState, type SharedState, type WorkerMessage } from './shared.js';
 import { O_PATH } from '../sys/openat2.js';
+import { threadExecArgv } from '../threads.js';
 
 export type { ServerOptions, ServerState, SharedState, WorkerMessage } from './shared.js';
 
@@ -81,7 +82,7 @@ export class FuseServer {
       };
       for (let i = 0; i < this.readers; i++) {
         // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
-        const w = new Worker(new URL('../fuse/worker.js', import.meta.url), { workerData: { fd: this.fd, shared, opts: workerOpts, thread: i } });
+        const w = new Worker(new URL('../fuse/worker.js', import.meta.url), { workerData: { fd: this.fd, shared, opts: workerOpts, thread: i }, execArgv: threadExecArgv() });
         let stopError: Error | undefined;
         w.on('message', (m: WorkerMessage) => {
           if (m.type === 'log') this.relayLog(m.thread, m.line);

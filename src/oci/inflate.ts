@@ -10,6 +10,7 @@
 import { Worker } from 'node:worker_threads';
 import { LayerError } from './decompress.js';
 import type { InflateIn, InflateOut, InflateWorkerData } from './inflate-worker.js';
+import { threadExecArgv } from '../threads.js';
 
 /** Slots of uncompressed bytes between the threads, and their size. */
 const INFLATE_SLOTS = 8;
@@ -53,7 +54,7 @@ async function* chunksOf(blob: AsyncIterable<Buffer>, what: string, ended: { res
   const ring = new SharedArrayBuffer(INFLATE_SLOTS * SLOT_SIZE);
   const data: InflateWorkerData = { ring, slots: INFLATE_SLOTS, slotSize: SLOT_SIZE, what };
   // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
-  const worker = new Worker(new URL('../oci/inflate-worker.js', import.meta.url), { workerData: data });
+  const worker = new Worker(new URL('../oci/inflate-worker.js', import.meta.url), { workerData: data, execArgv: threadExecArgv() });
   const send = (m: InflateIn) => worker.postMessage(m);
 
   const out: InflateOut[] = [];

@@ -26,6 +26,7 @@ import { fstatSync, openSync, readSync, writeSync, constants as fsc } from 'node
 import { tmpdir } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { ComposefsError } from '../errors.js';
+import { threadExecArgv } from '../threads.js';
 import { anonymousFile } from '../mount/anonymous.js';
 import { mountErofs } from '../mount/backing.js';
 import { Cleanup, type MountContext } from '../mount/context.js';
@@ -89,6 +90,12 @@ export interface CallerMountRequest {
   /** The mountpoint, opened O_PATH|O_NOFOLLOW; not needed with `detached`. */
   mountpointFd?: number;
   options?: CallerMountOptions;
+  /**
+   * Aborted when the caller hangs up: the rewrite is abandoned, nothing is
+   * attached, and a mount attached before the caller was seen to go is
+   * detached again (CallerGone).
+   */
+  signal?: AbortSignal;
 }
 
 export interface CallerMount {
@@ -177,6 +184,17 @@ export class CallerRefusal extends MountError {
     cause?: unknown,
   ) {
     super(message, cause === undefined ? undefined : { cause });
+  }
+}
+
+/**
+ * The caller hung up before its answer: whatever was made for it is undone
+ * (a caller that never learns of a mount could not unmount it through the
+ * service, and the mount would count against its limit).
+ */
+export class CallerGone extends CallerRefusal {
+  constructor(message: string, cause?: unknown) {
+    super(message, 'mount', undefined, cause);
   }
 }
 
@@ -271,7 +289,7 @@ function privateImageFile(image: Buffer, dirs: string[], c: Cleanup): number {
 
 /** Run one operation of attach-worker.ts on a thread of its own; its answer, or an error when the thread fails or does not answer. */
 async function inCallerNamespace(data: AttachRequest, what: string): Promise<AttachAnswer> {
-  const worker = new Worker(new URL('../service/attach-worker.js', import.meta.url), { workerData: data });
+  const worker = new Worker(new URL('../service/attach-worker.js', import.meta.url), { workerData: data, execArgv: threadExecArgv() });
   let timer: NodeJS.Timeout | undefined;
   try {
     return await new Promise<AttachAnswer>((resolve, reject) => {
@@ -326,6 +344,51 @@ export async function unmountInNamespace(mountpointFd: number, pidfd: number): P
           : answer.message;
     throw new CallerRefusal(`unmounting: ${why}`, answer.step === 'umount' && answer.code === 'EINVAL' ? 'mountpoint' : 'mount');
   }
+}
+
+/**
+ * The layers overlayfs is given for the caller's basedirs: each descriptor
+ * on a mount of the service's own namespace as it is; one on a mount of
+ * another namespace (a caller in a mount namespace of its own) cloned
+ * there, from a thread that joined the caller's namespace (the kernel
+ * clones a mount only in its own namespace, and overlayfs takes a layer
+ * only from the creator's namespace or the root of an anonymous one, which
+ * the clone is). The clone is of the caller's own descriptor, made where
+ * the caller sees it, and the overlay is still created with the caller's
+ * credentials: it shows nothing the descriptor did not.
+ *
+ * Not recursive: overlayfs looks up names in a lower layer without crossing
+ * into mounts beneath it, so submounts of a basedir are unseen either way,
+ * and a recursive copy would have the kernel copy every mount beneath a
+ * basedir (a caller can pile up thousands in a namespace of its own) for
+ * nothing. The kernel refuses the plain copy (EINVAL) of a directory with
+ * locked mounts beneath it (mounts a user namespace inherited): refused as
+ * that basedir. The clones are closed by `c`.
+ */
+async function layerDescriptors(basedirFds: readonly number[], pidfd: number, c: Cleanup): Promise<{ fds: number[]; cloned: number }> {
+  const foreign: number[] = [];
+  for (const [i, fd] of basedirFds.entries()) {
+    try {
+      if (statMount(mountIdOf(fd).mountId, 0n) === null) foreign.push(i);
+    } catch {
+      return { fds: [...basedirFds], cloned: 0 }; // no statmount (before Linux 6.8): layers as they are
+    }
+  }
+  if (foreign.length === 0) return { fds: [...basedirFds], cloned: 0 };
+  const answer = await inCallerNamespace({ op: 'clone', pidfd, fds: foreign.map((i) => basedirFds[i]!) }, "cloning the basedirs in the caller's mount namespace");
+  if (!answer.ok) {
+    if (answer.step === 'open_tree' && answer.index !== undefined) {
+      const n = foreign[answer.index]! + 1;
+      throw badDescriptor(`basedir ${n}`, 'basedirs', `cannot be cloned in the caller's mount namespace (${answer.message})`);
+    }
+    throw new CallerRefusal(`cloning the basedirs: cannot join the caller's mount namespace (${answer.message})`, 'mount');
+  }
+  const clones = answer.clones ?? [];
+  for (const fd of clones) c.fd(fd);
+  if (clones.length !== foreign.length) throw new CallerRefusal(`cloning the basedirs: ${clones.length} clones for ${foreign.length} basedirs`, 'mount');
+  const fds = [...basedirFds];
+  for (const [k, i] of foreign.entries()) fds[i] = clones[k]!;
+  return { fds, cloned: clones.length };
 }
 
 /**
@@ -418,6 +481,8 @@ function callerBasedirs(basedirFds: readonly number[], caller: Caller): BasedirT
 async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: number): Promise<CallerMount> {
   const o = request.options ?? {};
   const knowledge = o.knowledge ?? kernel;
+  const signal = request.signal;
+  if (signal?.aborted) throw new CallerGone('caller hung up: nothing mounted');
   const callerNs = namespaceOf(pidfd);
   // Before any other look at them: descriptors on FUSE would let the caller's daemon stall the service.
   refuseStalling(request.imageFd, 'image', 'image', callerNs, () => refused('image', 'on a FUSE file system (its reads could stall the service)', 'image'));
@@ -474,7 +539,8 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
   // The received bytes move to the rewriting thread, not copied on the event loop: `received` is empty after.
   const receivedBytes = received.length;
   const rewriteStart = performance.now();
-  const rewritten = await rewriteInWorker(received, { transfer: true }).catch((err: unknown) => {
+  const rewritten = await rewriteInWorker(received, { transfer: true, signal }).catch((err: unknown) => {
+    if (signal?.aborted) throw new CallerGone('caller hung up during the rewrite: nothing mounted', err);
     throw err instanceof ImageRefusal ? refused('image refused', err.reason, 'image', err) : err;
   });
   say(`image: read and written again on a thread in ${Math.round(performance.now() - rewriteStart)} ms (${receivedBytes} bytes received, ${rewritten.image.length} written)`);
@@ -484,6 +550,8 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
   const c = new Cleanup();
   let overlayFd = -1;
   try {
+    const layers = await layerDescriptors(request.basedirFds, pidfd, c);
+    if (layers.cloned > 0) say(`basedirs: ${layers.cloned} on mounts of the caller's mount namespace, cloned there (open_tree) for overlayfs`);
     const imgFd = privateImageFile(rewritten.image, o.privateDirs ?? ['/var/tmp', tmpdir()], c);
     const info = checkImage(imgFd, 'image');
     const imgFsType = fsTypeOf(imgFd);
@@ -508,8 +576,8 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
       info,
       mnt: '',
       mntFd: -1,
-      basedirs: request.basedirFds.map((fd) => `/proc/self/fd/${fd}`),
-      baseFds: [...request.basedirFds],
+      basedirs: layers.fds.map((fd) => `/proc/self/fd/${fd}`),
+      baseFds: layers.fds,
       usernsFd: -1,
       source: o.source ?? 'composefs',
       verity,
@@ -545,8 +613,19 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
 
     let mountFd: number | null = overlayFd;
     let mountNsId: bigint | null;
+    // Gone already: the detached overlay is closed below (finally), and with it the mount.
+    if (signal?.aborted) throw new CallerGone('caller hung up: nothing mounted');
     if (!o.detached) {
-      mountNsId = await attachInNamespace(overlayFd, request.mountpointFd!, pidfd, mountId);
+      mountNsId = await attachInNamespace(overlayFd, request.mountpointFd!, pidfd, mountId).catch((err: unknown) => {
+        throw signal?.aborted ? new CallerGone('caller hung up: nothing mounted', err) : err;
+      });
+      // No await from here to the answer: a hang-up seen later finds the reply on its way.
+      if (signal?.aborted) {
+        // Gone while the mount was attached: detach it again where it went. The overlay's descriptor names the attached mount's root.
+        const undone = await undoAttach(overlayFd, mountId, pidfd);
+        if (undone === null) throw new CallerGone('caller hung up: undone');
+        say(`caller hung up, and the mount could not be undone (${undone}): it stays, recorded`);
+      }
       sys.closeQuiet(overlayFd);
       mountFd = null;
     } else {
@@ -568,6 +647,34 @@ async function mountChecked(request: CallerMountRequest, caller: Caller, pidfd: 
   } finally {
     sys.closeQuiet(overlayFd);
     c.run();
+  }
+}
+
+/**
+ * Detach the mount just attached from `overlayFd` (still naming its root), in
+ * the caller's mount namespace; when the caller is gone (no namespace to
+ * join through its pidfd) and the mount went into the service's own
+ * namespace, from here (the magic link of this process's descriptor). Null
+ * when done, else why not.
+ */
+async function undoAttach(overlayFd: number, mountId: bigint, pidfd: number): Promise<string | null> {
+  try {
+    await unmountInNamespace(overlayFd, pidfd);
+    return null;
+  } catch (err) {
+    let inOwnNamespace = false;
+    try {
+      inOwnNamespace = statMount(mountId, 0n) !== null;
+    } catch {
+      // no statmount: cannot tell where it is
+    }
+    if (!inOwnNamespace) return err instanceof Error ? err.message : String(err);
+    try {
+      sys.umount2(`/proc/self/fd/${overlayFd}`, sys.MNT_DETACH);
+      return null;
+    } catch (err2) {
+      return err2 instanceof Error ? err2.message : String(err2);
+    }
   }
 }
 

@@ -21,7 +21,7 @@ import { printable } from '../printable.js';
 import { closeFds } from '../sys/socket.js';
 import { mountIdOf, statMount } from '../sys/mountid.js';
 import { SysError } from '../sys/libc.js';
-import { CallerRefusal, mountForCaller, unmountInNamespace, type Caller, type CallerMountOptions } from './mount-for-caller.js';
+import { CallerGone, CallerRefusal, mountForCaller, unmountInNamespace, type Caller, type CallerMountOptions } from './mount-for-caller.js';
 import { DEFAULT_MOUNT_SOCKET, MOUNT_INTERFACE, MountError, mountInterfaceDescription } from './mount-interface.js';
 import { invalidParameter, Parameters, serveVarlink, VarlinkError, type CallContext, type ServeOptions, type VarlinkServer } from './varlink.js';
 import type { JsonObject } from '../oci/strict-json.js';
@@ -31,6 +31,8 @@ export const DEFAULT_MAX_MOUNTS_PER_USER = 64;
 const PRUNE_AT = 1024;
 /** Basedirs one Mount may name (the interface's 1..16). */
 const MAX_BASEDIRS = 16;
+/** Descriptors one message may carry: a Mount's image, its basedirs and its mountpoint. */
+const MAX_FDS_PER_MESSAGE = MAX_BASEDIRS + 2;
 
 export interface MountServiceOptions {
   /** A path to create the socket at (default /run/composefs/mount.sock), or a listening socket's descriptor (systemd's). */
@@ -283,8 +285,9 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
       return result;
     } catch (err) {
       const { error, reason } = asInterfaceError(err);
-      const what = error.error === MountError.InternalError ? 'failed' : 'refused';
-      log(printable(`${head()}: ${what}: ${reason} (${ms()})`));
+      // A caller that hung up is answered by nobody: the line says what became of its request.
+      const what = err instanceof CallerGone ? '' : error.error === MountError.InternalError ? 'failed: ' : 'refused: ';
+      log(printable(`${head()}: ${what}${reason} (${ms()})`));
       throw error;
     }
   }
@@ -345,7 +348,9 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
         const release = await turn();
         let made;
         try {
-          made = await mountForCaller({ imageFd, basedirFds, mountpointFd, options: mountOptions }, caller);
+          // The caller's hang-up (call.signal) undoes the mount: mountForCaller looks at it after its last wait, and from
+          // there to the reply nothing waits, so a caller seen gone later finds its answer written.
+          made = await mountForCaller({ imageFd, basedirFds, mountpointFd, options: mountOptions, signal: call.signal }, caller);
         } finally {
           release();
         }
@@ -444,7 +449,7 @@ export async function startMountService(options: MountServiceOptions = {}): Prom
       url: 'https://github.com/composefs/composefs',
       interfaces: [{ name: MOUNT_INTERFACE, description: mountInterfaceDescription, methods: { Mount: mount, Unmount: unmount, List: list } }],
     },
-    { ...options.serve, log },
+    { maxFdsPerMessage: MAX_FDS_PER_MESSAGE, ...options.serve, log },
   );
   return {
     path: server.path,

@@ -13,6 +13,7 @@
 import type { ObjectDirs } from './object-dirs.js';
 import { Worker } from 'node:worker_threads';
 import { verityDigestSize, type VerityAlgorithm } from '../fsverity/index.js';
+import { threadExecArgv } from '../threads.js';
 
 /** What every thread is started with: the store (its path and directory fds, ObjectStore.shared()), if any. */
 export interface WorkerInit {
@@ -68,6 +69,7 @@ export class Threads {
     // Spelled from the parent folder so the path also holds from the CLI bundle in dist/src/cli/.
     const w = new Worker(new URL('../store/worker.js', import.meta.url), {
       workerData: this.init,
+      execArgv: threadExecArgv(),
       // The thread opens object files with openat (koffi) and closes them with closeSync: not Node's own fds to track.
       trackUnmanagedFds: false,
     });
