@@ -13,8 +13,8 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
-import { isRoot } from './helpers/paths.js';
-import { MountError } from '../src/service/mount-interface.js';
+import { isRoot, repoRoot } from './helpers/paths.js';
+import { DEFAULT_MOUNT_SOCKET, MountError } from '../src/service/mount-interface.js';
 import { fsverityDigest } from '../src/fsverity/index.js';
 import { digestToObjectPath } from '../src/store/layout.js';
 import { cleanupDir, makeImage, scratch, standardFiles, type Fixture } from './mount-fixtures.js';
@@ -462,6 +462,13 @@ test('cfs install-helper --service writes the socket and service units (systemd-
   assert.match(socketUnit, /^SocketMode=0666$/m);
   assert.match(socketUnit, /^WantedBy=sockets\.target$/m);
   assert.ok(serviceUnit.split('\n').includes(`ExecStart="${process.execPath}" "${CFS}" serve`), serviceUnit);
+  // What is installed is what the repository ships in service/systemd/, but for the marker and the ExecStart= line.
+  const shipped = (name: string) => readFileSync(join(repoRoot, 'service', 'systemd', name), 'utf8');
+  const unmarked = (text: string) => text.split('\n').filter((l) => !l.startsWith('# installed by') && !l.startsWith('ExecStart=')).join('\n');
+  assert.equal(unmarked(socketUnit), unmarked(shipped('composefs-mount.socket')));
+  assert.equal(unmarked(serviceUnit), unmarked(shipped('composefs-mount.service')));
+  assert.match(shipped('composefs-mount.service'), /^ExecStart=cfs serve$/m);
+  assert.match(shipped('composefs-mount.socket'), new RegExp(`^ListenStream=${DEFAULT_MOUNT_SOCKET}$`, 'm'));
   for (const isolating of ['PrivateMounts', 'PrivateTmp', 'ProtectSystem', 'ProtectHome', 'MemoryDenyWriteExecute']) assert.doesNotMatch(serviceUnit, new RegExp(`^${isolating}=`, 'm'));
   if (spawnSync('sh', ['-c', 'command -v systemd-analyze'], { stdio: 'ignore' }).status === 0) {
     const verify = spawnSync('systemd-analyze', ['verify', join(units, 'composefs-mount.socket'), join(units, 'composefs-mount.service')], { encoding: 'utf8', timeout: 60_000 });

@@ -38,7 +38,7 @@ function succeeds(r: { status: number | null; stdout: string; stderr: string }, 
 /** A clone as git gives it: the tracked sources, nothing built, no node_modules. */
 function cloneInto(dir: string): void {
   mkdirSync(dir);
-  for (const name of ['package.json', 'package-lock.json', 'tsconfig.json', 'README.md', 'bin', 'scripts', 'src', 'samples']) {
+  for (const name of ['package.json', 'package-lock.json', 'tsconfig.json', 'README.md', 'bin', 'scripts', 'src', 'samples', 'service']) {
     cpSync(join(repoRoot, name), join(dir, name), { recursive: true });
   }
 }
@@ -75,7 +75,7 @@ test('npm install -g of an unbuilt clone, and of the packed tarball: the command
     const name = succeeds(sh('npm', ['pack', '--pack-destination', packed], clone), 'npm pack').trim().split('\n').at(-1)!;
     const tarball = join(packed, name);
     const files = succeeds(sh('tar', ['tzf', tarball], tmp), 'tar tzf').split('\n').filter(Boolean);
-    for (const want of ['package/package.json', 'package/README.md', 'package/bin/cfs.js', 'package/bin/load.js', 'package/bin/package.json', 'package/dist/src/index.js', 'package/dist/src/index.d.ts', 'package/dist/src/cli/bundle.cjs', 'package/dist/src/cli/bundle.cache', 'package/dist/src/fuse/daemon.js', 'package/dist/src/service/rewrite-worker.js', 'package/samples/demo.dump']) {
+    for (const want of ['package/package.json', 'package/README.md', 'package/bin/cfs.js', 'package/bin/load.js', 'package/bin/package.json', 'package/dist/src/index.js', 'package/dist/src/index.d.ts', 'package/dist/src/cli/bundle.cjs', 'package/dist/src/cli/bundle.cache', 'package/dist/src/fuse/daemon.js', 'package/dist/src/service/rewrite-worker.js', 'package/samples/demo.dump', 'package/service/systemd/composefs-mount.service', 'package/service/systemd/composefs-mount.socket']) {
       assert.ok(files.includes(want), `the package holds ${want}`);
     }
     const unwanted = files.filter((f) => /^package\/(src|test|bench|scripts|\.ci|dist\/test|dist\/bench|node_modules)\//.test(f) || f.endsWith('.build-stamp') || f.endsWith('tsconfig.json'));

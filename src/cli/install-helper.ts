@@ -5,10 +5,9 @@
  * by absolute path: mount(8) may run helpers with a reduced PATH.
  *
  * `--service`: the systemd units of the mount service (`cfs serve`) instead,
- * into /etc/systemd/system: a socket unit and the service it starts, the
- * service naming this Node and this checkout by absolute path too. The
- * units are made here (the package ships no unit files to find);
- * service/README.md explains their settings.
+ * into /etc/systemd/system: the socket unit and the service it starts, as
+ * service/systemd/ holds them, the service naming this Node and this
+ * checkout by absolute path too; service/README.md explains their settings.
  */
 import { chmodSync, existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -16,7 +15,6 @@ import { fileURLToPath } from 'node:url';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { UserError, describeSystemError } from './errors.js';
 import { printable } from '../printable.js';
-import { DEFAULT_MOUNT_SOCKET } from '../service/mount-interface.js';
 
 const MARKER = '# installed by `cfs install-helper` (composefs-ts)';
 
@@ -50,62 +48,31 @@ function execWord(word: string): string {
   return `"${word.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/%/g, '%%').replace(/\$/g, '$$$$')}"`;
 }
 
-/** The mount service's units: the socket systemd listens on, and the service it starts as root on the first connection. */
-export function serviceUnits(): Record<typeof SOCKET_UNIT | typeof SERVICE_UNIT, string> {
-  const entry = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'cfs.js');
-  const socket = [
-    SERVICE_MARKER,
-    '[Unit]',
-    'Description=composefs mount service socket (cfs serve)',
-    '',
-    '[Socket]',
-    `ListenStream=${DEFAULT_MOUNT_SOCKET}`,
-    '# Anyone may call: the service decides, per caller, as the kernel names it.',
-    'SocketMode=0666',
-    'DirectoryMode=0755',
-    '',
-    '[Install]',
-    'WantedBy=sockets.target',
-    '',
-  ].join('\n');
-  const service = [
-    SERVICE_MARKER,
-    '[Unit]',
-    'Description=composefs mount service (cfs serve): kernel composefs mounts for users who may not mount',
-    `Requires=${SOCKET_UNIT}`,
-    `After=${SOCKET_UNIT}`,
-    '',
-    '[Service]',
-    `ExecStart=${execWord(process.execPath)} ${execWord(entry)} serve`,
-    // As the shebang of bin/*.js: Node starts without a CA bundle to parse (the gain: bin/load.js).
-    'UnsetEnvironment=NODE_EXTRA_CA_CERTS',
-    'KillMode=mixed',
-    'TimeoutStopSec=30',
-    '# Hardening that keeps the service in the host\'s mount namespace: it mounts in',
-    '# its callers\' namespaces, and logs and lists paths as the host sees them',
-    '# (no PrivateMounts, PrivateTmp, ProtectSystem, ProtectHome: see service/README.md).',
-    'NoNewPrivileges=yes',
-    `CapabilityBoundingSet=${SERVICE_CAPABILITIES.join(' ')}`,
-    'RestrictAddressFamilies=AF_UNIX',
-    'RestrictNamespaces=mnt',
-    'RestrictRealtime=yes',
-    'RestrictSUIDSGID=yes',
-    'LockPersonality=yes',
-    'SystemCallArchitectures=native',
-    'UMask=0077',
-    '',
-  ].join('\n');
-  return { [SOCKET_UNIT]: socket, [SERVICE_UNIT]: service } as Record<typeof SOCKET_UNIT | typeof SERVICE_UNIT, string>;
-}
-
 /**
- * The capabilities the service keeps: mounting and joining a caller's mount
- * namespace (CAP_SYS_ADMIN, CAP_SYS_CHROOT for setns), taking the caller's
- * file-system ids and groups for the overlay (CAP_SETUID, CAP_SETGID), and
- * asking the kernel about a caller's process (its mount namespace through
- * the pidfd: CAP_SYS_PTRACE).
+ * The mount service's units: the socket systemd listens on, and the service
+ * it starts as root on the first connection. They are the files of
+ * service/systemd/ (shipped in the package), marked as ours, the service's
+ * ExecStart= naming this node and this checkout.
  */
-export const SERVICE_CAPABILITIES = ['CAP_SYS_ADMIN', 'CAP_SYS_CHROOT', 'CAP_SETUID', 'CAP_SETGID', 'CAP_SYS_PTRACE'];
+export function serviceUnits(): Record<typeof SOCKET_UNIT | typeof SERVICE_UNIT, string> {
+  const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+  const shipped = (name: string) => {
+    const path = join(root, 'service', 'systemd', name);
+    try {
+      return readFileSync(path, 'utf8');
+    } catch (err) {
+      throw new UserError(describeSystemError(err, path));
+    }
+  };
+  const entry = join(root, 'bin', 'cfs.js');
+  const execStart = `ExecStart=${execWord(process.execPath)} ${execWord(entry)} serve`;
+  const service = shipped(SERVICE_UNIT).replace(/^ExecStart=.*$/m, () => execStart);
+  if (!service.includes(execStart)) throw new UserError(`${join(root, 'service', 'systemd', SERVICE_UNIT)}: no ExecStart= line`);
+  return {
+    [SOCKET_UNIT]: `${SERVICE_MARKER}\n${shipped(SOCKET_UNIT)}`,
+    [SERVICE_UNIT]: `${SERVICE_MARKER}\n${service}`,
+  } as Record<typeof SOCKET_UNIT | typeof SERVICE_UNIT, string>;
+}
 
 /** Write `content` to `target` through a temporary name beside it. */
 function writeInPlace(target: string, content: string, mode: number): void {
